@@ -1,0 +1,77 @@
+"""The exception tree of cadml, and what each error means for retries.
+
+    CadmlError                      base; never raised itself
+    ├── UsageError                  bad command-line use; exit code 2
+    ├── SourceError                 a file, folder or Git ref cannot be read; exit code 2
+    ├── InvalidInput                input read fine but breaks rules; carries FieldErrors; exit 1
+    ├── StoreError                  the runtime store refused or failed
+    │   ├── ConflictError           a unique rule lost a race (second STABLE, repeated tick)
+    │   └── StoreUnavailable        connection or server failure; a retry can help
+    └── GenerationDrift             generated files differ from the schema source (`gen --check`)
+
+Each class knows the condition reason it maps to and whether retrying can help,
+so the operator turns it into `kopf.PermanentError` or `kopf.TemporaryError`
+without guessing. Validators never raise: they return lists of
+`controller.validation.FieldError`; `InvalidInput` only carries such a list
+across a boundary that must stop (the CLI, a store transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from controller.findings import FieldError
+
+
+class CadmlError(Exception):
+    """Base of every error cadml raises on purpose."""
+
+    reason: ClassVar[str] = "InternalError"
+    retryable: ClassVar[bool] = False
+    exit_code: ClassVar[int] = 2
+
+
+class UsageError(CadmlError):
+    reason = "UsageError"
+
+
+class SourceError(CadmlError):
+    """A path, stream or Git ref could not be read (missing, unreadable, not a repo)."""
+
+    reason = "SourceUnavailable"
+
+
+class InvalidInput(CadmlError):
+    """Input that was read but breaks one or more rules."""
+
+    reason = "InvalidSpec"
+    exit_code = 1
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0].render() if self.errors else "invalid input"
+        more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        super().__init__(first + more)
+
+
+class StoreError(CadmlError):
+    reason = "StoreError"
+
+
+class ConflictError(StoreError):
+    """A uniqueness rule lost a race; retrying the same write cannot succeed."""
+
+    reason = "Conflict"
+    exit_code = 1
+
+
+class StoreUnavailable(StoreError):
+    reason = "StoreUnavailable"
+    retryable = True
+
+
+class GenerationDrift(CadmlError):
+    reason = "GenerationDrift"
+    exit_code = 1

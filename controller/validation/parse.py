@@ -1,0 +1,151 @@
+"""Turns a raw YAML document into a typed resource, or into field errors.
+
+Typing is strict and goes through JSON, as `kubectl apply` does: a string where
+a number belongs, or an unknown field, is refused (the API server's strict
+field validation), never coerced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller.api.v1alpha1 import API_VERSION, GROUP, KINDS, Resource
+from controller.findings import FieldError, ObjectRef
+from controller.yamlio import RawDocument
+
+_PYDANTIC_RULES = {
+    "extra_forbidden": "schema.unknown-field",
+    "missing": "schema.required",
+    "literal_error": "schema.enum",
+    "enum": "schema.enum",
+    "string_pattern_mismatch": "schema.pattern",
+    "too_short": "schema.length",
+    "too_long": "schema.length",
+    "string_too_short": "schema.length",
+    "string_too_long": "schema.length",
+    "greater_than_equal": "schema.range",
+    "less_than_equal": "schema.range",
+    "greater_than": "schema.range",
+    "less_than": "schema.range",
+}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A typed resource and the document it came from."""
+
+    resource: Resource
+    doc: RawDocument | None
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ref_of(self.resource)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        r = self.resource
+        return (r.kind, r.metadata.namespace or "", r.metadata.name)
+
+
+def ref_of(resource: Resource) -> ObjectRef:
+    return ObjectRef(resource.kind, resource.metadata.namespace or "", resource.metadata.name)
+
+
+def format_path(loc: tuple[str | int, ...] | list[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_path(path: str) -> list[str | int]:
+    """Inverse of format_path, for line lookups ('spec.weights[1].weight')."""
+    parts: list[str | int] = []
+    for chunk in path.replace("]", "").split("."):
+        if not chunk:
+            continue
+        name, *indices = chunk.split("[")
+        if name:
+            parts.append(name)
+        parts.extend(int(i) for i in indices if i.isdigit())
+    return parts
+
+
+def _doc_ref(data: dict[str, Any]) -> ObjectRef:
+    meta = data.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    return ObjectRef(
+        str(data.get("kind", "")), str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    )
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    loaded: Loaded | None
+    errors: list[FieldError]
+    foreign: bool = False  # a document of another API group: not ours to judge
+
+
+def parse_document(doc: RawDocument, *, require_namespace: bool = True) -> ParseResult:
+    def err(rule: str, path: str, message: str, ref: ObjectRef = ObjectRef()) -> FieldError:
+        return FieldError(
+            rule=rule,
+            path=path,
+            message=message,
+            obj=ref,
+            file=doc.file,
+            line=doc.line_of(parse_path(path)),
+            document=doc.index,
+        )
+
+    data = doc.data
+    if not isinstance(data, dict):
+        what = "a list" if isinstance(data, list) else f"a {type(data).__name__} scalar"
+        return ParseResult(None, [err("yaml.not-a-mapping", "", f"a resource must be a "
+                                      f"mapping with apiVersion and kind, got {what}")])
+    ref = _doc_ref(data)
+    api_version, kind = data.get("apiVersion"), data.get("kind")
+    if not isinstance(api_version, str) or not api_version:
+        return ParseResult(None, [err("schema.api-version", "apiVersion",
+                                      "apiVersion is required", ref)])
+    if not isinstance(kind, str) or not kind:
+        return ParseResult(None, [err("schema.kind", "kind", "kind is required", ref)])
+    if api_version.split("/", 1)[0] != GROUP:
+        return ParseResult(None, [], foreign=True)
+    if api_version != API_VERSION:
+        return ParseResult(None, [err("schema.api-version", "apiVersion",
+                                      f"unknown API version {api_version!r}; this cadml "
+                                      f"serves {API_VERSION}", ref)])
+    cls = KINDS.get(kind)
+    if cls is None:
+        return ParseResult(None, [err("schema.kind", "kind",
+                                      f"unknown kind {kind!r} in {API_VERSION}; known kinds: "
+                                      f"{', '.join(KINDS)}", ref)])
+    try:
+        payload = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return ParseResult(None, [err("schema.type", "", f"not representable as JSON: {exc}",
+                                      ref)])
+    try:
+        resource = cls.model_validate_json(payload, strict=True)
+    except ValidationError as exc:
+        errors = []
+        for e in exc.errors(include_url=False):
+            path = format_path(list(e["loc"]))
+            rule = _PYDANTIC_RULES.get(e["type"], "schema.type")
+            message = "unknown field (not in the schema)" if rule == "schema.unknown-field" \
+                else e["msg"]
+            errors.append(err(rule, path, message, ref))
+        return ParseResult(None, errors)
+    if require_namespace and not resource.metadata.namespace:
+        return ParseResult(None, [err("meta.namespace-required", "metadata.namespace",
+                                      "metadata.namespace is required: the namespace is the "
+                                      "tenant", ref)])
+    return ParseResult(Loaded(resource, doc), [])
