@@ -55,7 +55,7 @@ def _ignored(rel: str, specs: dict[str, pathspec.PathSpec]) -> bool:
 
 
 def _spec(text: str) -> pathspec.PathSpec:
-    return pathspec.PathSpec.from_lines("gitwildmatch", text.splitlines())
+    return pathspec.GitIgnoreSpec.from_lines(text.splitlines())
 
 
 def _read_limited(stream: BinaryIO, name: str, limit: int) -> tuple[bytes | None, FieldError | None]:

@@ -140,8 +140,13 @@ def parse_document(doc: RawDocument, *, require_namespace: bool = True) -> Parse
         for e in exc.errors(include_url=False):
             path = format_path(list(e["loc"]))
             rule = _PYDANTIC_RULES.get(e["type"], "schema.type")
-            message = "unknown field (not in the schema)" if rule == "schema.unknown-field" \
-                else e["msg"]
+            if rule == "schema.unknown-field":
+                message = "unknown field (not in the schema)"
+            elif rule in ("schema.required",):
+                message = "required field is missing"
+            else:
+                shown = repr(e.get("input"))
+                message = f"{e['msg']} (got {shown[:80]})"
             errors.append(err(rule, path, message, ref))
         return ParseResult(None, errors)
     if require_namespace and not resource.metadata.namespace:
