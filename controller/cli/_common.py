@@ -30,7 +30,8 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
                    help="judge validity windows at this ISO 8601 time (default: now)")
 
 
-def write_json(data: Any, out: TextIO = sys.stdout) -> None:
+def write_json(data: Any, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     json.dump(data, out, indent=2, ensure_ascii=False, default=str)
     out.write("\n")
 
