@@ -162,11 +162,11 @@ def diff_bundles(
 
 
 def _pct(routing: dict[str, int], version: str) -> str:
-    return f"{routing[version]}%" if version in routing else "–"
+    return f"{routing[version]}%" if version in routing else "-"
 
 
 def _thr(t: Threshold | None) -> str:
-    return "–" if t is None else f"{t.value:g} ({t.source})"
+    return "-" if t is None else f"{t.value:g} ({t.source})"
 
 
 def render_markdown(report: ChangeReport, base: str, head: str) -> str:
@@ -205,8 +205,8 @@ def render_markdown(report: ChangeReport, base: str, head: str) -> str:
         if m.thresholds:
             lines += ["Effective thresholds (value and where it comes from):", "",
                       "| version | threshold | before | after |", "|---|---|---|---|"]
-            for (v, name), (b, a) in m.thresholds.items():
-                lines.append(f"| {v} | {name} | {_thr(b)} | {_thr(a)} |")
+            for (v, name), (tb, ta) in m.thresholds.items():
+                lines.append(f"| {v} | {name} | {_thr(tb)} | {_thr(ta)} |")
             lines.append("")
     if report.releases_added:
         lines.append("Release records added: " + ", ".join(report.releases_added))

@@ -44,7 +44,7 @@ def _dir_key(path: str) -> str:
     return "" if parent == "." else parent
 
 
-def _ignored(rel: str, specs: dict[str, pathspec.PathSpec]) -> bool:
+def _ignored(rel: str, specs: dict[str, pathspec.GitIgnoreSpec]) -> bool:
     """True when a .cadmlignore in an ancestor folder of `rel` matches it."""
     path = PurePosixPath(rel)
     for parent in reversed(path.parents):
@@ -54,18 +54,22 @@ def _ignored(rel: str, specs: dict[str, pathspec.PathSpec]) -> bool:
     return False
 
 
-def _spec(text: str) -> pathspec.PathSpec:
+def _spec(text: str) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(text.splitlines())
 
 
-def _read_limited(stream: BinaryIO, name: str, limit: int) -> tuple[bytes | None, FieldError | None]:
+def _read_limited(
+    stream: BinaryIO, name: str, limit: int
+) -> tuple[bytes | None, FieldError | None]:
     data = stream.read(limit + 1)
     if len(data) > limit:
         return None, _too_large(name, len(data), limit)
     return data, None
 
 
-def collect_paths(paths: Iterable[str], max_bytes: int) -> tuple[list[SourceFile], list[FieldError]]:
+def collect_paths(
+    paths: Iterable[str], max_bytes: int
+) -> tuple[list[SourceFile], list[FieldError]]:
     files: list[SourceFile] = []
     errors: list[FieldError] = []
 
@@ -91,7 +95,7 @@ def collect_paths(paths: Iterable[str], max_bytes: int) -> tuple[list[SourceFile
                 continue
             if not root.is_dir():
                 raise SourceError(f"{given}: no such file or folder")
-            specs: dict[str, pathspec.PathSpec] = {}
+            specs: dict[str, pathspec.GitIgnoreSpec] = {}
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 rel_dir = Path(dirpath).relative_to(root).as_posix()
@@ -124,16 +128,16 @@ def collect_git(
     except (git.BadName, ValueError) as exc:
         raise SourceError(f"{ref}: no such Git ref in {repo_dir}") from exc
     wanted = [p.strip("/") for p in prefixes if p.strip("/") not in ("", ".")]
-    blobs = [b for b in commit.tree.traverse() if getattr(b, "type", "") == "blob"]
+    blobs: list[git.Blob] = [b for b in commit.tree.traverse() if isinstance(b, git.Blob)]
     specs = {
-        _dir_key(b.path): _spec(b.data_stream.read().decode("utf-8", "replace"))
+        _dir_key(str(b.path)): _spec(b.data_stream.read().decode("utf-8", "replace"))
         for b in blobs
-        if PurePosixPath(b.path).name == IGNORE_FILE
+        if PurePosixPath(str(b.path)).name == IGNORE_FILE
     }
     files: list[SourceFile] = []
     errors: list[FieldError] = []
-    for blob in sorted(blobs, key=lambda b: b.path):
-        path: str = blob.path
+    for blob in sorted(blobs, key=lambda b: str(b.path)):
+        path = str(blob.path)
         if not path.endswith(YAML_SUFFIXES):
             continue
         if any(part.startswith(".") for part in PurePosixPath(path).parts[:-1]):

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from controller.api.v1alpha1 import Resource
+from controller.findings import FieldError, ObjectRef, errors_only
 from controller.sources import SourceFile
 from controller.validation.bundle import Bundle
 from controller.validation.cross import FIXABLE_LATER, check_bundle
-from controller.findings import FieldError, ObjectRef, errors_only
 from controller.validation.parse import Loaded, parse_document, parse_path, ref_of
 from controller.validation.single import check_object, check_transition
 from controller.yamlio import decode, load_documents

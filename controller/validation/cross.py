@@ -14,8 +14,8 @@ from collections import defaultdict
 from datetime import datetime
 
 from controller.api.v1alpha1 import ROUTABLE_STAGES, Model, ModelVersion, Resource
-from controller.validation.bundle import Bundle
 from controller.findings import FieldError
+from controller.validation.bundle import Bundle
 from controller.validation.gates import failed_gates
 from controller.validation.parse import ref_of
 

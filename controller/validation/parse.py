@@ -94,12 +94,12 @@ class ParseResult:
 
 
 def parse_document(doc: RawDocument, *, require_namespace: bool = True) -> ParseResult:
-    def err(rule: str, path: str, message: str, ref: ObjectRef = ObjectRef()) -> FieldError:
+    def err(rule: str, path: str, message: str, ref: ObjectRef | None = None) -> FieldError:
         return FieldError(
             rule=rule,
             path=path,
             message=message,
-            obj=ref,
+            obj=ref or ObjectRef(),
             file=doc.file,
             line=doc.line_of(parse_path(path)),
             document=doc.index,

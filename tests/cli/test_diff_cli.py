@@ -106,8 +106,10 @@ def test_illegal_stage_move_must_not_merge(gitops_repo: Path,
 def test_promotion_in_one_commit_is_safe(gitops_repo: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rel = "tenants/acme-cad/part-similarity.yaml"
-    _edit(gitops_repo, rel, "  version: 1.1.0\n  stage: STABLE", "  version: 1.1.0\n  stage: DEPRECATED")
-    _edit(gitops_repo, rel, "  version: 1.2.0\n  stage: CANARY", "  version: 1.2.0\n  stage: STABLE")
+    _edit(gitops_repo, rel, "  version: 1.1.0\n  stage: STABLE",
+          "  version: 1.1.0\n  stage: DEPRECATED")
+    _edit(gitops_repo, rel, "  version: 1.2.0\n  stage: CANARY",
+          "  version: 1.2.0\n  stage: STABLE")
     _edit(gitops_repo, rel,
           "    - version: 1.1.0\n      weight: 90\n    - version: 1.2.0\n      weight: 10\n",
           "    - version: 1.2.0\n      weight: 100\n")

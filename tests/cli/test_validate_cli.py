@@ -66,8 +66,8 @@ def test_expired_policy_is_a_warning_unless_asked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = (EXAMPLES / "tenants/globex-cad/fastener-lookup.yaml").read_text()
-    (tmp_path / "f.yaml").write_text(src.replace("  refreshSeconds: 30",
-                                                 '  refreshSeconds: 30\n  validUntil: "2026-01-01T00:00:00Z"'))
+    expired = '  refreshSeconds: 30\n  validUntil: "2026-01-01T00:00:00Z"'
+    (tmp_path / "f.yaml").write_text(src.replace("  refreshSeconds: 30", expired))
     assert main(["validate", str(tmp_path)]) == 0
     assert "policy.expired" in capsys.readouterr().out
     assert main(["validate", "--warnings-as-errors", str(tmp_path)]) == 1

@@ -22,9 +22,9 @@ from celpy import celtypes
 from controller.api.v1alpha1 import KINDS, Resource
 from controller.schemagen import openapi_schema
 from controller.sources import collect_paths
+from controller.validation.parse import parse_document
 from controller.validation.single import check_object, check_transition
 from controller.yamlio import load_documents
-from controller.validation.parse import parse_document
 from tests.conftest import EXAMPLES, INVALID
 
 _ENV = celpy.Environment()
