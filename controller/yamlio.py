@@ -33,7 +33,10 @@ class _StrictLoader(_Base):  # type: ignore[valid-type,misc]
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key = self.construct_object(key_node, deep=True)
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag.endswith(":str"):
+                key: Any = key_node.value  # fast path: plain string keys
+            else:
+                key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
             except TypeError:
@@ -139,6 +142,7 @@ def load_documents(
 ) -> tuple[list[RawDocument], list[FieldError]]:
     """Parse every document of a YAML stream; stop at the first syntax error."""
     docs: list[RawDocument] = []
+    may_alias = "&" in text  # an alias needs an anchor; without one nothing can expand
     loader = _StrictLoader(text)
     index = 0
     try:
@@ -146,7 +150,8 @@ def load_documents(
             node = loader.get_node()
             line = int(node.start_mark.line) + 1
             try:
-                _expanded_size(node, {}, set(), max_nodes)
+                if may_alias:
+                    _expanded_size(node, {}, set(), max_nodes)
             except _TooLarge as exc:
                 return docs, [_err("yaml.too-complex", str(exc), file, line, index)]
             data = loader.construct_document(node)

@@ -7,7 +7,9 @@ webhook refuses. Both only compute and return FieldErrors.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import gc
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -79,9 +81,24 @@ def load_files(files: Iterable[SourceFile], report: ValidationReport) -> list[Lo
     return loaded
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building many acyclic node trees that all stay alive:
+    otherwise each generation-2 pass rescans every tree built so far (3x slower at 10k
+    resources). Recursive YAML is refused before construction, so nothing cyclic leaks."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def validate_files(files: Iterable[SourceFile], now: datetime) -> ValidationReport:
     report = ValidationReport()
-    loaded = load_files(files, report)
+    with _gc_paused():
+        loaded = load_files(files, report)
     report.resources = len(loaded)
     for item in loaded:
         report.findings += [_locate(e, item) for e in check_object(item.resource)]

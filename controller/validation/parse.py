@@ -133,6 +133,9 @@ def parse_document(doc: RawDocument, *, require_namespace: bool = True) -> Parse
     except (TypeError, ValueError) as exc:
         return ParseResult(None, [err("schema.type", "", f"not representable as JSON: {exc}",
                                       ref)])
+    except RecursionError:
+        return ParseResult(None, [err("yaml.too-complex", "", "the document nests too deeply",
+                                      ref)])
     try:
         resource = cls.model_validate_json(payload, strict=True)
     except ValidationError as exc:
