@@ -1,0 +1,64 @@
+"""Engines for the store: where the embedded SQLite file lives and how connections behave.
+
+SQLite: foreign keys on, WAL journal, and write transactions that take the write
+lock up front (BEGIN IMMEDIATE) so two writers queue instead of failing halfway.
+PostgreSQL: psycopg 3; every transaction is scoped to one tenant with
+`set_config('app.tenant_id', …, true)`, which ends at COMMIT (safe with pools).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+ENV_URL = "CADML_STORE_URL"
+
+
+def default_sqlite_path(env: dict[str, str] | None = None) -> Path:
+    """`$CADML_HOME/cadml.db`, else `$XDG_DATA_HOME/cadml/cadml.db`, else ~/.local/share/cadml."""
+    env = dict(os.environ) if env is None else env
+    if env.get("CADML_HOME"):
+        return Path(env["CADML_HOME"]) / "cadml.db"
+    base = Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "cadml" / "cadml.db"
+
+
+def resolve_url(cli_value: str | None, env: dict[str, str] | None = None) -> str:
+    """--store beats CADML_STORE_URL beats the embedded SQLite default."""
+    env = dict(os.environ) if env is None else env
+    if cli_value:
+        return cli_value
+    if env.get(ENV_URL):
+        return env[ENV_URL]
+    return f"sqlite:///{default_sqlite_path(env)}"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys = ON")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+            cur.execute("PRAGMA busy_timeout = 30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return create_engine(url, pool_pre_ping=True, **kwargs)
