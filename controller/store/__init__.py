@@ -1,0 +1,23 @@
+"""The runtime store: tables, migrations and the repository the rest of cadml talks to."""
+
+from controller.store.repository import (
+    ModelRow,
+    PolicySnapshot,
+    ReleaseRow,
+    RouteRow,
+    RunRecord,
+    Store,
+    StoreTx,
+    VersionRow,
+)
+
+__all__ = [
+    "ModelRow",
+    "PolicySnapshot",
+    "ReleaseRow",
+    "RouteRow",
+    "RunRecord",
+    "Store",
+    "StoreTx",
+    "VersionRow",
+]

@@ -1,0 +1,448 @@
+"""The repository: plain data in and out of the store, one transaction per step.
+
+`Store.transaction(tenant, actor)` opens one transaction scoped to one tenant
+(row-level security on PostgreSQL); every row written in it and its audit events
+commit together or not at all. Database refusals become `ConflictError` (a rule
+lost, e.g. a second STABLE) or `StoreUnavailable` (retry can help). Callers never
+see ORM rows or SQLAlchemy exceptions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, and_, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from controller.errors import ConflictError, StoreError, StoreUnavailable
+from controller.store import tables as t
+from controller.store.audit import GENESIS, AuditEvent, ChainProblem, chain_hash, verify_chain
+from controller.store.engine import make_engine
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    name: str
+    model_key: str
+    provider: str
+    display_name: str
+    description: str = ""
+    threshold_defaults: dict[str, float] = field(default_factory=dict)
+    worker_replicas: int = 1
+    generation: int = 0
+    spec_hash: str = ""
+    review_control_allowed: bool = False
+    review_default_decision: str = "PENDING_REVIEW"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    name: str
+    model_name: str
+    version: str
+    stage: str
+    artifact_uri: str
+    artifact_format: str
+    artifact_sha256: str | None = None
+    feature_version: str = "v4"
+    threshold_defaults: dict[str, float] = field(default_factory=dict)
+    generation: int = 0
+    spec_hash: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRow:
+    version: str
+    weight: int
+    is_stable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySnapshot:
+    model_name: str
+    policy_name: str
+    policy_version: int
+    source: str
+    reason: str
+    routes: tuple[RouteRow, ...]
+    thresholds: dict[str, Any]
+    refresh_seconds: int
+    created_at: datetime
+
+    @property
+    def stable_version(self) -> str | None:
+        return next((r.version for r in self.routes if r.is_stable), None)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    model_name: str
+    version: str
+    policy_version: int
+    route_source: str
+    thresholds: dict[str, Any]
+    latency_ms: float
+    success: bool
+    met_threshold: bool
+    job_key: str | None = None
+    ai_suggestion: str | None = None
+    error_code: str | None = None
+    run_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRow:
+    name: str
+    release_id: str
+    git_sha: str
+    model_version_name: str
+    risk_level: str
+    spec: dict[str, Any]
+    spec_hash: str
+
+
+def _translate(exc: DBAPIError) -> StoreError:
+    text_ = str(exc.orig)
+    if isinstance(exc, IntegrityError) or "immutable" in text_ or "append-only" in text_:
+        if "one_stable" in text_ or "model_version.tenant_id, model_version.model_key" in text_:
+            return ConflictError("another version of this model is already STABLE "
+                                 "(one STABLE per tenant and model key)")
+        return ConflictError(f"the store refused the write: {text_.splitlines()[0]}")
+    if isinstance(exc, OperationalError) and "locked" not in text_:
+        return StoreUnavailable(f"store unavailable: {text_.splitlines()[0]}")
+    return StoreError(f"store error: {text_.splitlines()[0]}")
+
+
+class Store:
+    """The runtime store behind one engine (SQLite file or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        return cls(make_engine(url))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self, tenant: str, actor: str) -> Iterator[StoreTx]:
+        try:
+            with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"),
+                                 {"t": tenant})
+                yield StoreTx(conn, tenant, actor)
+        except DBAPIError as exc:
+            raise _translate(exc) from exc
+
+    def tenants(self) -> list[str]:
+        """Tenants with audit history (all of them on SQLite; on PostgreSQL only those the
+        connecting role may see)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(t.audit_head.c.tenant_id).order_by(
+                t.audit_head.c.tenant_id)).scalars())
+
+    def verify_audit(self, tenant: str) -> ChainProblem | None:
+        with self.transaction(tenant, "audit-verify") as tx:
+            return tx.verify_audit()
+
+
+class StoreTx:
+    """One open transaction for one tenant. Methods take and return plain data."""
+
+    def __init__(self, conn: Connection, tenant: str, actor: str) -> None:
+        self.conn = conn
+        self.tenant = tenant
+        self.actor = actor
+        self.now = utcnow()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _one(self, stmt: Any) -> Row[Any] | None:
+        return self.conn.execute(stmt).first()
+
+    def model_id(self, name: str) -> int | None:
+        c = t.model_catalog.c
+        row = self._one(select(c.id).where(c.tenant_id == self.tenant, c.name == name))
+        return None if row is None else int(row[0])
+
+    def _require_model(self, name: str) -> int:
+        mid = self.model_id(name)
+        if mid is None:
+            raise ConflictError(f"model {self.tenant}/{name} is not in the store")
+        return mid
+
+    # ------------------------------------------------------------------ catalog
+
+    def upsert_model(self, m: ModelRow) -> tuple[int, bool]:
+        """Insert or update; returns (id, changed)."""
+        c = t.model_catalog.c
+        values = dict(model_key=m.model_key, provider=m.provider, display_name=m.display_name,
+                      description=m.description, threshold_defaults=m.threshold_defaults,
+                      worker_replicas=m.worker_replicas, generation=m.generation,
+                      spec_hash=m.spec_hash, review_control_allowed=m.review_control_allowed,
+                      review_default_decision=m.review_default_decision, deleted=False)
+        row = self._one(select(c.id, c.spec_hash, c.deleted).where(
+            c.tenant_id == self.tenant, c.name == m.name))
+        if row is None:
+            new_id = self.conn.execute(insert(t.model_catalog).values(
+                tenant_id=self.tenant, name=m.name, created_at=self.now, updated_at=self.now,
+                **values).returning(c.id)).scalar_one()
+            return int(new_id), True
+        if row.spec_hash == m.spec_hash and not row.deleted:
+            return int(row.id), False
+        self.conn.execute(update(t.model_catalog).where(c.id == row.id).values(
+            updated_at=self.now, **values))
+        return int(row.id), True
+
+    def upsert_version(self, v: VersionRow) -> tuple[int, bool]:
+        c = t.model_version.c
+        model_id = self._require_model(v.model_name)
+        key = self.conn.execute(select(t.model_catalog.c.model_key).where(
+            t.model_catalog.c.id == model_id)).scalar_one()
+        values = dict(model_id=model_id, model_key=key, version=v.version, stage=v.stage,
+                      artifact_uri=v.artifact_uri, artifact_sha256=v.artifact_sha256,
+                      artifact_format=v.artifact_format, feature_version=v.feature_version,
+                      threshold_defaults=v.threshold_defaults, generation=v.generation,
+                      spec_hash=v.spec_hash, deleted=False)
+        row = self._one(select(c.id, c.spec_hash, c.deleted).where(
+            c.tenant_id == self.tenant, c.name == v.name))
+        if row is None:
+            new_id = self.conn.execute(insert(t.model_version).values(
+                tenant_id=self.tenant, name=v.name, created_at=self.now, updated_at=self.now,
+                **values).returning(c.id)).scalar_one()
+            return int(new_id), True
+        if row.spec_hash == v.spec_hash and not row.deleted:
+            return int(row.id), False
+        self.conn.execute(update(t.model_version).where(c.id == row.id).values(
+            updated_at=self.now, **values))
+        return int(row.id), True
+
+    def set_stage(self, version_name: str, stage: str) -> None:
+        c = t.model_version.c
+        done = self.conn.execute(update(t.model_version).where(
+            c.tenant_id == self.tenant, c.name == version_name).values(
+            stage=stage, updated_at=self.now))
+        if done.rowcount != 1:
+            raise ConflictError(f"version {self.tenant}/{version_name} is not in the store")
+
+    def versions(self, model_name: str) -> list[VersionRow]:
+        mv, mc = t.model_version.c, t.model_catalog.c
+        rows = self.conn.execute(
+            select(t.model_version).join(t.model_catalog, and_(
+                mc.tenant_id == mv.tenant_id, mc.id == mv.model_id)).where(
+                mv.tenant_id == self.tenant, mc.name == model_name).order_by(mv.id)).mappings()
+        return [VersionRow(name=r["name"], model_name=model_name, version=r["version"],
+                           stage=r["stage"], artifact_uri=r["artifact_uri"],
+                           artifact_format=r["artifact_format"],
+                           artifact_sha256=r["artifact_sha256"],
+                           feature_version=r["feature_version"],
+                           threshold_defaults=dict(r["threshold_defaults"]),
+                           generation=r["generation"], spec_hash=r["spec_hash"])
+                for r in rows]
+
+    # ------------------------------------------------------------------ policies
+
+    def upsert_policy(self, name: str, model_name: str, spec: dict[str, Any],
+                      refresh_seconds: int, generation: int, spec_hash: str) -> int:
+        c = t.model_rollout_policy.c
+        model_id = self._require_model(model_name)
+        row = self._one(select(c.id, c.spec_hash).where(c.tenant_id == self.tenant,
+                                                         c.name == name))
+        values = dict(model_id=model_id, spec=spec, refresh_seconds=refresh_seconds,
+                      generation=generation, spec_hash=spec_hash, deleted=False,
+                      updated_at=self.now)
+        if row is None:
+            return int(self.conn.execute(insert(t.model_rollout_policy).values(
+                tenant_id=self.tenant, name=name, created_at=self.now, **values)
+                .returning(c.id)).scalar_one())
+        if row.spec_hash != spec_hash:
+            self.conn.execute(update(t.model_rollout_policy).where(c.id == row.id)
+                              .values(**values))
+        return int(row.id)
+
+    def publish_snapshot(self, policy_name: str, routes: Sequence[RouteRow],
+                         thresholds: dict[str, Any], source: str, reason: str = "",
+                         refresh_seconds: int = 5) -> int:
+        """Append a snapshot with policy_version + 1; returns the new policy_version.
+        Old snapshots are never changed: history only grows."""
+        pc = t.model_rollout_policy.c
+        policy = self._one(select(pc.id, pc.model_id, pc.policy_version).where(
+            pc.tenant_id == self.tenant, pc.name == policy_name).with_for_update())
+        if policy is None:
+            raise ConflictError(f"policy {self.tenant}/{policy_name} is not in the store")
+        new_version = int(policy.policy_version) + 1
+        vc = t.model_version.c
+        ids = dict(self.conn.execute(select(vc.version, vc.id).where(
+            vc.tenant_id == self.tenant, vc.model_id == policy.model_id)).all())
+        missing = [r.version for r in routes if r.version not in ids]
+        if missing:
+            raise ConflictError(f"policy {policy_name} routes to versions not in the store: "
+                                f"{', '.join(missing)}")
+        sc = t.policy_snapshot.c
+        snap_id = self.conn.execute(insert(t.policy_snapshot).values(
+            tenant_id=self.tenant, policy_id=policy.id, model_id=policy.model_id,
+            policy_version=new_version, source=source, reason=reason, thresholds=thresholds,
+            refresh_seconds=refresh_seconds, created_at=self.now).returning(sc.id)).scalar_one()
+        if routes:
+            self.conn.execute(insert(t.policy_route), [
+                dict(tenant_id=self.tenant, snapshot_id=snap_id, model_version_id=ids[r.version],
+                     version=r.version, weight=r.weight, is_stable=r.is_stable)
+                for r in routes])
+        self.conn.execute(update(t.model_rollout_policy).where(pc.id == policy.id).values(
+            policy_version=new_version, updated_at=self.now))
+        return new_version
+
+    def snapshot(self, model_name: str, at: datetime | None = None) -> PolicySnapshot | None:
+        """The current snapshot of a model's policy, or the one in force at `at`."""
+        sc, mc, pc = t.policy_snapshot.c, t.model_catalog.c, t.model_rollout_policy.c
+        stmt = (select(t.policy_snapshot, pc.name.label("policy_name"))
+                .join(t.model_catalog, and_(mc.tenant_id == sc.tenant_id, mc.id == sc.model_id))
+                .join(t.model_rollout_policy, and_(pc.tenant_id == sc.tenant_id,
+                                                   pc.id == sc.policy_id))
+                .where(sc.tenant_id == self.tenant, mc.name == model_name))
+        if at is not None:
+            stmt = stmt.where(sc.created_at <= at)
+        row = self.conn.execute(stmt.order_by(sc.created_at.desc(), sc.policy_version.desc())
+                                .limit(1)).mappings().first()
+        if row is None:
+            return None
+        rc = t.policy_route.c
+        routes = tuple(RouteRow(r.version, r.weight, bool(r.is_stable)) for r in
+                       self.conn.execute(select(rc.version, rc.weight, rc.is_stable).where(
+                           rc.tenant_id == self.tenant, rc.snapshot_id == row["id"])
+                           .order_by(rc.id)))
+        return PolicySnapshot(model_name=model_name, policy_name=row["policy_name"],
+                              policy_version=row["policy_version"], source=row["source"],
+                              reason=row["reason"], routes=routes,
+                              thresholds=dict(row["thresholds"]),
+                              refresh_seconds=row["refresh_seconds"],
+                              created_at=_aware(row["created_at"]))
+
+    def model_names(self) -> list[str]:
+        c = t.model_catalog.c
+        return list(self.conn.execute(select(c.name).where(c.tenant_id == self.tenant)
+                                      .order_by(c.name)).scalars())
+
+    # ------------------------------------------------------------------ releases
+
+    def record_release(self, r: ReleaseRow) -> bool:
+        """Insert a release record once; the same content again is a no-op, other content a
+        conflict (records are immutable). Returns True when inserted."""
+        c = t.release_record.c
+        row = self._one(select(c.spec_hash).where(c.tenant_id == self.tenant,
+                                                  c.release_id == r.release_id))
+        if row is not None:
+            if row.spec_hash != r.spec_hash:
+                raise ConflictError(f"release record {r.release_id} exists with other content; "
+                                    "release records are immutable")
+            return False
+        self.conn.execute(insert(t.release_record).values(
+            tenant_id=self.tenant, name=r.name, release_id=r.release_id, git_sha=r.git_sha,
+            model_version_name=r.model_version_name, risk_level=r.risk_level, spec=r.spec,
+            spec_hash=r.spec_hash, created_at=self.now))
+        return True
+
+    # ------------------------------------------------------------------ runs
+
+    def record_runs(self, runs: Sequence[RunRecord]) -> None:
+        """Bulk-insert run records (one executemany); ids resolved with one query."""
+        if not runs:
+            return
+        mv, mc = t.model_version.c, t.model_catalog.c
+        pairs = self.conn.execute(
+            select(mc.name, mv.version, mc.id, mv.id).join(t.model_version, and_(
+                mv.tenant_id == mc.tenant_id, mv.model_id == mc.id)).where(
+                mc.tenant_id == self.tenant,
+                mc.name.in_({r.model_name for r in runs}))).all()
+        ids = {(m, v): (mid, vid) for m, v, mid, vid in pairs}
+        rows = []
+        for r in runs:
+            found = ids.get((r.model_name, r.version))
+            if found is None:
+                raise ConflictError(f"run {r.run_key}: version {r.model_name} {r.version} is "
+                                    "not in the store")
+            rows.append(dict(
+                tenant_id=self.tenant, run_key=r.run_key, model_id=found[0],
+                model_version_id=found[1], job_key=r.job_key, policy_version=r.policy_version,
+                route_source=r.route_source, thresholds=r.thresholds,
+                decision="PENDING_REVIEW", ai_suggestion=r.ai_suggestion,
+                review_status="PENDING_REVIEW", latency_ms=r.latency_ms, success=r.success,
+                met_threshold=r.met_threshold, error_code=r.error_code,
+                created_at=r.created_at or self.now))
+        self.conn.execute(insert(t.model_run), rows)
+
+    def count_runs(self) -> int:
+        c = t.model_run.c
+        return int(self.conn.execute(select(func.count()).select_from(t.model_run)
+                                     .where(c.tenant_id == self.tenant)).scalar_one())
+
+    # ------------------------------------------------------------------ ticks, workers
+
+    def claim_tick(self, window_key: str, result: dict[str, Any]) -> bool:
+        """True the first time a window key is claimed; False (nothing written) after."""
+        c = t.schedule_tick.c
+        if self._one(select(c.id).where(c.tenant_id == self.tenant,
+                                        c.window_key == window_key)) is not None:
+            return False
+        self.conn.execute(insert(t.schedule_tick).values(
+            tenant_id=self.tenant, window_key=window_key, result=result, created_at=self.now))
+        return True
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(self, action: str, object_kind: str, object_name: str,
+              details: dict[str, Any] | None = None) -> AuditEvent:
+        """Append one hash-chained audit event (serialised per tenant by the head row)."""
+        h = t.audit_head.c
+        head = self._one(select(h.seq, h.hash).where(h.tenant_id == self.tenant)
+                         .with_for_update())
+        if head is None:
+            self.conn.execute(insert(t.audit_head).values(tenant_id=self.tenant, seq=0,
+                                                          hash=GENESIS))
+            seq, prev = 1, GENESIS
+        else:
+            seq, prev = int(head.seq) + 1, str(head.hash)
+        at = self.now.astimezone(UTC).isoformat(timespec="microseconds")
+        body = dict(details or {})
+        digest = chain_hash(prev, self.tenant, seq, at, self.actor, action, object_kind,
+                            object_name, body)
+        self.conn.execute(insert(t.audit_event).values(
+            tenant_id=self.tenant, seq=seq, at=at, actor=self.actor, action=action,
+            object_kind=object_kind, object_name=object_name, details=body,
+            prev_hash=prev, hash=digest))
+        self.conn.execute(update(t.audit_head).where(h.tenant_id == self.tenant)
+                          .values(seq=seq, hash=digest))
+        return AuditEvent(self.tenant, seq, at, self.actor, action, object_kind, object_name,
+                          body, prev, digest)
+
+    def audit_events(self) -> Iterator[AuditEvent]:
+        c = t.audit_event.c
+        for r in self.conn.execute(select(t.audit_event).where(c.tenant_id == self.tenant)
+                                   .order_by(c.seq)).mappings():
+            yield AuditEvent(r["tenant_id"], int(r["seq"]), r["at"], r["actor"], r["action"],
+                             r["object_kind"], r["object_name"], dict(r["details"]),
+                             r["prev_hash"], r["hash"])
+
+    def verify_audit(self) -> ChainProblem | None:
+        h = t.audit_head.c
+        head = self._one(select(h.seq, h.hash).where(h.tenant_id == self.tenant))
+        return verify_chain(self.tenant, self.audit_events(),
+                            None if head is None else (int(head.seq), str(head.hash)))

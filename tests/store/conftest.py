@@ -1,0 +1,110 @@
+"""Stores on real engines: a SQLite file, and PostgreSQL when CADML_TEST_PG_URL names a server.
+
+The PostgreSQL store connects as `cadml_app`, a role that owns nothing and is no
+superuser, so row-level security applies as in production; migrations and raw
+"behind the application's back" SQL use the admin URL. Locally the PostgreSQL
+cases skip when no server is configured; in CI (CI=true) a missing server fails.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from controller.store import Store
+from controller.store.engine import make_engine
+from controller.store.migrate import upgrade
+
+PG_URL = os.environ.get("CADML_TEST_PG_URL", "")
+APP_ROLE = "cadml_app"
+_TEMPLATE = "cadml_test_template"
+
+
+def pg_required() -> None:
+    if not PG_URL:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the PostgreSQL tests: CADML_TEST_PG_URL is not set")
+        pytest.skip("no PostgreSQL (set CADML_TEST_PG_URL, see .ci/start-postgres)")
+
+
+def _admin(database: str = "postgres") -> Engine:
+    url = make_url(PG_URL).set(database=database)
+    return create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    pg_required()
+    admin = _admin()
+    with admin.connect() as c:
+        c.execute(text(f"DROP DATABASE IF EXISTS {_TEMPLATE}"))
+        c.execute(text(f"CREATE DATABASE {_TEMPLATE}"))
+        c.execute(text(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') "
+            f"THEN CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS; END IF; END $$"))
+    engine = make_engine(make_url(PG_URL).set(database=_TEMPLATE).render_as_string(False))
+    upgrade(engine, app_role=APP_ROLE)
+    engine.dispose()
+    yield _TEMPLATE
+    admin.dispose()
+
+
+def new_pg_database(template: str | None) -> str:
+    name = f"cadml_t_{uuid.uuid4().hex[:12]}"
+    admin = _admin()
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else "")))
+    admin.dispose()
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    admin = _admin()
+    with admin.connect() as c:
+        c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+class Backend:
+    """A migrated store plus an admin engine that bypasses the application."""
+
+    def __init__(self, kind: str, app_url: str, admin_url: str) -> None:
+        self.kind = kind
+        self.app_url = app_url
+        self.admin_url = admin_url
+        self.store = Store(make_engine(app_url))
+        self.admin = make_engine(admin_url)
+
+    def close(self) -> None:
+        self.store.dispose()
+        self.admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+        b = Backend("sqlite", url, url)
+        upgrade(b.store.engine)
+        yield b
+        b.close()
+        return
+    template = request.getfixturevalue("pg_template")
+    db = new_pg_database(template)
+    base = make_url(PG_URL).set(database=db)
+    b = Backend("postgresql", base.set(username=APP_ROLE, password=None).render_as_string(False),
+                base.render_as_string(False))
+    yield b
+    b.close()
+    drop_pg_database(db)
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.store
