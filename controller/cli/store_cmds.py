@@ -86,7 +86,7 @@ def _history(args: argparse.Namespace) -> int:
     at = parse_time(args.at)
     store = open_store(args.store)
     tenants = args.tenant or store.tenants()
-    out = []
+    out: list[dict[str, Any]] = []
     for tenant in tenants:
         with store.transaction(tenant, "history") as tx:
             for model in tx.model_names():

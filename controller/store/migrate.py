@@ -22,7 +22,7 @@ def _config(app_role: str = "cadml_app") -> Config:
 
 def head_revision() -> str:
     head = ScriptDirectory.from_config(_config()).get_current_head()
-    assert head is not None  # noqa: S101 - the package always ships migrations
+    assert head is not None  # the package always ships migrations
     return head
 
 

@@ -32,7 +32,7 @@ def _promote(store: Store, version: str, barrier: threading.Barrier,
         results[version] = "won"
     except ConflictError as exc:
         results[version] = f"conflict: {exc}"
-    except Exception as exc:  # noqa: BLE001 - any other outcome fails the test below
+    except Exception as exc:  # any other outcome fails the test below
         results[version] = f"{type(exc).__name__}: {exc}"
 
 

@@ -1,0 +1,108 @@
+"""Migrations: empty database to head, previous revision with data to head without loss,
+and the migrated schema equals the table definitions the code uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from controller.store.engine import make_engine
+from controller.store.migrate import current_revision, head_revision, upgrade
+from controller.store.tables import metadata
+from tests.store.conftest import PG_URL, drop_pg_database, new_pg_database, pg_required
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+        yield engine
+        engine.dispose()
+        return
+    pg_required()
+    name = new_pg_database(None)
+    engine = make_engine(make_url(PG_URL).set(database=name).render_as_string(False))
+    yield engine
+    engine.dispose()
+    drop_pg_database(name)
+
+
+def test_empty_database_upgrades_to_head(empty_engine: Engine) -> None:
+    assert current_revision(empty_engine) is None
+    upgrade(empty_engine)
+    assert current_revision(empty_engine) == head_revision() == "0004"
+    upgrade(empty_engine)  # again: nothing to do
+    assert current_revision(empty_engine) == "0004"
+
+
+def test_migrated_schema_matches_the_table_definitions(empty_engine: Engine) -> None:
+    upgrade(empty_engine)
+    with empty_engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        diffs = [d for d in compare_metadata(ctx, metadata)
+                 if not (isinstance(d, tuple) and d[0] == "remove_table"
+                         and d[1].name == "alembic_version")]
+    assert diffs == []
+
+
+def _seed_at_0001(engine: Engine) -> None:
+    with engine.begin() as c:
+        c.execute(text(
+            "INSERT INTO model_catalog (tenant_id, name, model_key, provider, display_name, "
+            "description, threshold_defaults, review_control_allowed, review_default_decision, "
+            "worker_replicas, generation, spec_hash, deleted, created_at, updated_at) VALUES "
+            "('acme', 'part-sim', 'part-sim-key', 'p', 'P', '', '{}', false, 'PENDING_REVIEW', "
+            "1, 1, 'h', false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        model_id = c.execute(text("SELECT id FROM model_catalog")).scalar()
+        for name, version, stage in (("v1", "1.0.0", "DEPRECATED"), ("v2", "1.1.0", "STABLE"),
+                                     ("v3", "1.2.0", "CANARY")):
+            c.execute(text(
+                "INSERT INTO model_version (tenant_id, model_id, name, version, stage, "
+                "artifact_uri, artifact_sha256, artifact_format, feature_version, "
+                "threshold_defaults, generation, spec_hash, deleted, created_at, updated_at) "
+                f"VALUES ('acme', {model_id}, '{name}', '{version}', '{stage}', 's3://x', "
+                f"'{'a' * 64}', 'npz', 'v4', '{{}}', 1, 'h', false, CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP)"))
+
+
+def test_previous_revision_with_data_upgrades_without_loss(empty_engine: Engine) -> None:
+    upgrade(empty_engine, "0001")
+    _seed_at_0001(empty_engine)
+    upgrade(empty_engine)
+    with empty_engine.connect() as c:
+        rows = c.execute(text("SELECT name, stage, model_key FROM model_version ORDER BY name"))
+        assert [tuple(r) for r in rows] == [("v1", "DEPRECATED", "part-sim-key"),
+                                            ("v2", "STABLE", "part-sim-key"),
+                                            ("v3", "CANARY", "part-sim-key")]
+    # and the rule is now enforced
+    with pytest.raises(Exception, match=r"(?i)unique"), empty_engine.begin() as c:
+        c.execute(text("UPDATE model_version SET stage = 'STABLE' WHERE name = 'v3'"))
+
+
+def test_backfill_refuses_data_that_breaks_the_new_rule(empty_engine: Engine) -> None:
+    upgrade(empty_engine, "0001")
+    _seed_at_0001(empty_engine)
+    with empty_engine.begin() as c:
+        c.execute(text("UPDATE model_version SET stage = 'STABLE' WHERE name = 'v3'"))
+    with pytest.raises(RuntimeError, match="acme/part-sim-key"):
+        upgrade(empty_engine)
+    assert current_revision(empty_engine) == "0001"  # nothing half-applied
+
+
+def test_embedded_default_creates_and_upgrades_on_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controller.cli import main
+
+    monkeypatch.setenv("CADML_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CADML_STORE_URL", raising=False)
+    assert main(["audit", "verify"]) == 0
+    assert (tmp_path / "home" / "cadml.db").exists()
+    assert main(["db", "current"]) == 0
+    assert "0004" in capsys.readouterr().out
