@@ -2,6 +2,8 @@
 
 from controller.store.repository import (
     ModelRow,
+    ObservedTenant,
+    PolicyRow,
     PolicySnapshot,
     ReleaseRow,
     RouteRow,
@@ -13,6 +15,8 @@ from controller.store.repository import (
 
 __all__ = [
     "ModelRow",
+    "ObservedTenant",
+    "PolicyRow",
     "PolicySnapshot",
     "ReleaseRow",
     "RouteRow",

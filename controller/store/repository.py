@@ -46,6 +46,7 @@ class ModelRow:
     spec_hash: str = ""
     review_control_allowed: bool = False
     review_default_decision: str = "PENDING_REVIEW"
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,18 @@ class VersionRow:
     threshold_defaults: dict[str, float] = field(default_factory=dict)
     generation: int = 0
     spec_hash: str = ""
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRow:
+    name: str
+    model_name: str
+    spec: dict[str, Any]
+    refresh_seconds: int
+    generation: int = 0
+    spec_hash: str = ""
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +81,7 @@ class RouteRow:
     version: str
     weight: int
     is_stable: bool
+    forced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +99,18 @@ class PolicySnapshot:
     @property
     def stable_version(self) -> str | None:
         return next((r.version for r in self.routes if r.is_stable), None)
+
+
+@dataclass(frozen=True)
+class ObservedTenant:
+    """What the store holds for one tenant, as plain data."""
+
+    models: dict[str, ModelRow]
+    versions: dict[str, VersionRow]
+    policies: dict[str, PolicyRow]
+    snapshots: dict[str, PolicySnapshot]  # by model name
+    releases: dict[str, str]  # release_id -> spec_hash
+    statuses: dict[tuple[str, str], dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,13 +218,13 @@ class StoreTx:
     # ------------------------------------------------------------------ catalog
 
     def upsert_model(self, m: ModelRow) -> tuple[int, bool]:
-        """Insert or update; returns (id, changed)."""
+        """Insert or overwrite with exactly these values; returns (id, inserted)."""
         c = t.model_catalog.c
         values = dict(model_key=m.model_key, provider=m.provider, display_name=m.display_name,
                       description=m.description, threshold_defaults=m.threshold_defaults,
                       worker_replicas=m.worker_replicas, generation=m.generation,
                       spec_hash=m.spec_hash, review_control_allowed=m.review_control_allowed,
-                      review_default_decision=m.review_default_decision, deleted=False)
+                      review_default_decision=m.review_default_decision, deleted=m.deleted)
         row = self._one(select(c.id, c.spec_hash, c.deleted).where(
             c.tenant_id == self.tenant, c.name == m.name))
         if row is None:
@@ -206,8 +232,6 @@ class StoreTx:
                 tenant_id=self.tenant, name=m.name, created_at=self.now, updated_at=self.now,
                 **values).returning(c.id)).scalar_one()
             return int(new_id), True
-        if row.spec_hash == m.spec_hash and not row.deleted:
-            return int(row.id), False
         self.conn.execute(update(t.model_catalog).where(c.id == row.id).values(
             updated_at=self.now, **values))
         return int(row.id), True
@@ -221,7 +245,7 @@ class StoreTx:
                       artifact_uri=v.artifact_uri, artifact_sha256=v.artifact_sha256,
                       artifact_format=v.artifact_format, feature_version=v.feature_version,
                       threshold_defaults=v.threshold_defaults, generation=v.generation,
-                      spec_hash=v.spec_hash, deleted=False)
+                      spec_hash=v.spec_hash, deleted=v.deleted)
         row = self._one(select(c.id, c.spec_hash, c.deleted).where(
             c.tenant_id == self.tenant, c.name == v.name))
         if row is None:
@@ -229,8 +253,6 @@ class StoreTx:
                 tenant_id=self.tenant, name=v.name, created_at=self.now, updated_at=self.now,
                 **values).returning(c.id)).scalar_one()
             return int(new_id), True
-        if row.spec_hash == v.spec_hash and not row.deleted:
-            return int(row.id), False
         self.conn.execute(update(t.model_version).where(c.id == row.id).values(
             updated_at=self.now, **values))
         return int(row.id), True
@@ -260,22 +282,19 @@ class StoreTx:
 
     # ------------------------------------------------------------------ policies
 
-    def upsert_policy(self, name: str, model_name: str, spec: dict[str, Any],
-                      refresh_seconds: int, generation: int, spec_hash: str) -> int:
+    def upsert_policy(self, p: PolicyRow) -> int:
+        """Insert or overwrite a policy row (its policy_version is left alone)."""
         c = t.model_rollout_policy.c
-        model_id = self._require_model(model_name)
-        row = self._one(select(c.id, c.spec_hash).where(c.tenant_id == self.tenant,
-                                                         c.name == name))
-        values = dict(model_id=model_id, spec=spec, refresh_seconds=refresh_seconds,
-                      generation=generation, spec_hash=spec_hash, deleted=False,
+        model_id = self._require_model(p.model_name)
+        row = self._one(select(c.id).where(c.tenant_id == self.tenant, c.name == p.name))
+        values = dict(model_id=model_id, spec=p.spec, refresh_seconds=p.refresh_seconds,
+                      generation=p.generation, spec_hash=p.spec_hash, deleted=p.deleted,
                       updated_at=self.now)
         if row is None:
             return int(self.conn.execute(insert(t.model_rollout_policy).values(
-                tenant_id=self.tenant, name=name, created_at=self.now, **values)
+                tenant_id=self.tenant, name=p.name, created_at=self.now, **values)
                 .returning(c.id)).scalar_one())
-        if row.spec_hash != spec_hash:
-            self.conn.execute(update(t.model_rollout_policy).where(c.id == row.id)
-                              .values(**values))
+        self.conn.execute(update(t.model_rollout_policy).where(c.id == row.id).values(**values))
         return int(row.id)
 
     def publish_snapshot(self, policy_name: str, routes: Sequence[RouteRow],
@@ -304,7 +323,7 @@ class StoreTx:
         if routes:
             self.conn.execute(insert(t.policy_route), [
                 dict(tenant_id=self.tenant, snapshot_id=snap_id, model_version_id=ids[r.version],
-                     version=r.version, weight=r.weight, is_stable=r.is_stable)
+                     version=r.version, weight=r.weight, is_stable=r.is_stable, forced=r.forced)
                 for r in routes])
         self.conn.execute(update(t.model_rollout_policy).where(pc.id == policy.id).values(
             policy_version=new_version, updated_at=self.now))
@@ -325,8 +344,8 @@ class StoreTx:
         if row is None:
             return None
         rc = t.policy_route.c
-        routes = tuple(RouteRow(r.version, r.weight, bool(r.is_stable)) for r in
-                       self.conn.execute(select(rc.version, rc.weight, rc.is_stable).where(
+        routes = tuple(RouteRow(r.version, r.weight, bool(r.is_stable), bool(r.forced)) for r in
+                       self.conn.execute(select(rc.version, rc.weight, rc.is_stable, rc.forced).where(
                            rc.tenant_id == self.tenant, rc.snapshot_id == row["id"])
                            .order_by(rc.id)))
         return PolicySnapshot(model_name=model_name, policy_name=row["policy_name"],
@@ -340,6 +359,67 @@ class StoreTx:
         c = t.model_catalog.c
         return list(self.conn.execute(select(c.name).where(c.tenant_id == self.tenant)
                                       .order_by(c.name)).scalars())
+
+    # ------------------------------------------------------------------ observation
+
+    def observe(self) -> ObservedTenant:
+        """Everything the planner compares desired state with, for this tenant."""
+        mc, mv, pc = t.model_catalog.c, t.model_version.c, t.model_rollout_policy.c
+        names = {}
+        models = {}
+        for r in self.conn.execute(select(t.model_catalog).where(
+                mc.tenant_id == self.tenant)).mappings():
+            names[r["id"]] = r["name"]
+            models[r["name"]] = ModelRow(
+                name=r["name"], model_key=r["model_key"], provider=r["provider"],
+                display_name=r["display_name"], description=r["description"],
+                threshold_defaults=dict(r["threshold_defaults"]),
+                worker_replicas=r["worker_replicas"], generation=r["generation"],
+                spec_hash=r["spec_hash"], review_control_allowed=bool(r["review_control_allowed"]),
+                review_default_decision=r["review_default_decision"], deleted=bool(r["deleted"]))
+        versions = {
+            r["name"]: VersionRow(
+                name=r["name"], model_name=names[r["model_id"]], version=r["version"],
+                stage=r["stage"], artifact_uri=r["artifact_uri"],
+                artifact_format=r["artifact_format"], artifact_sha256=r["artifact_sha256"],
+                feature_version=r["feature_version"],
+                threshold_defaults=dict(r["threshold_defaults"]), generation=r["generation"],
+                spec_hash=r["spec_hash"], deleted=bool(r["deleted"]))
+            for r in self.conn.execute(select(t.model_version).where(
+                mv.tenant_id == self.tenant)).mappings()}
+        policies = {
+            r["name"]: PolicyRow(name=r["name"], model_name=names[r["model_id"]],
+                                 spec=dict(r["spec"]), refresh_seconds=r["refresh_seconds"],
+                                 generation=r["generation"], spec_hash=r["spec_hash"],
+                                 deleted=bool(r["deleted"]))
+            for r in self.conn.execute(select(t.model_rollout_policy).where(
+                pc.tenant_id == self.tenant)).mappings()}
+        snapshots = {}
+        for model in models:
+            snap = self.snapshot(model)
+            if snap is not None:
+                snapshots[model] = snap
+        rc = t.release_record.c
+        releases = dict(self.conn.execute(select(rc.release_id, rc.spec_hash).where(
+            rc.tenant_id == self.tenant)).all())
+        return ObservedTenant(models, versions, policies, snapshots, releases,
+                              self.statuses())
+
+    def statuses(self) -> dict[tuple[str, str], dict[str, Any]]:
+        c = t.object_status.c
+        return {(r.kind, r.name): dict(r.status) for r in self.conn.execute(
+            select(c.kind, c.name, c.status).where(c.tenant_id == self.tenant))}
+
+    def write_status(self, kind: str, name: str, generation: int,
+                     status: dict[str, Any]) -> None:
+        c = t.object_status.c
+        done = self.conn.execute(update(t.object_status).where(
+            c.tenant_id == self.tenant, c.kind == kind, c.name == name).values(
+            generation=generation, status=status, updated_at=self.now))
+        if done.rowcount == 0:
+            self.conn.execute(insert(t.object_status).values(
+                tenant_id=self.tenant, kind=kind, name=name, generation=generation,
+                status=status, updated_at=self.now))
 
     # ------------------------------------------------------------------ releases
 

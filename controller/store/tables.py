@@ -163,13 +163,15 @@ policy_route = Table(
     Column("version", String(64), nullable=False),
     Column("weight", Integer, nullable=False),
     Column("is_stable", Boolean, nullable=False),
+    # a manual override may force a canary to 100 %; nothing else may
+    Column("forced", Boolean, nullable=False, server_default=text("false")),
     UniqueConstraint("tenant_id", "snapshot_id", "model_version_id"),
     ForeignKeyConstraint(["tenant_id", "snapshot_id"],
                          ["policy_snapshot.tenant_id", "policy_snapshot.id"]),
     ForeignKeyConstraint(["tenant_id", "model_version_id"],
                          ["model_version.tenant_id", "model_version.id"]),
     CheckConstraint("weight BETWEEN 0 AND 100", name="weight_range"),
-    CheckConstraint("is_stable OR weight BETWEEN 1 AND 99", name="canary_weight"),
+    CheckConstraint("is_stable OR forced OR weight BETWEEN 1 AND 99", name="canary_weight"),
 )
 
 release_record = Table(
@@ -310,6 +312,16 @@ worker_state = Table(
     _ts("updated_at"),
     ForeignKeyConstraint(["tenant_id", "model_id"],
                          ["model_catalog.tenant_id", "model_catalog.id"]),
+)
+
+object_status = Table(
+    "object_status", metadata,
+    Column("tenant_id", String(63), primary_key=True),
+    Column("kind", String(32), primary_key=True),
+    Column("name", String(253), primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Column("status", JSON, nullable=False),
+    _ts("updated_at"),
 )
 
 TENANT_TABLES = [t.name for t in metadata.sorted_tables]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.store import ModelRow, RouteRow, Store, VersionRow
+from controller.store import ModelRow, PolicyRow, RouteRow, Store, VersionRow
 
 
 def seed_model(store: Store, tenant: str = "acme", model: str = "part-sim",
@@ -19,7 +19,7 @@ def seed_model(store: Store, tenant: str = "acme", model: str = "part-sim",
             tx.upsert_version(VersionRow(f"{model}-{canary}", model, canary, "CANARY",
                                          "s3://b/c", "npz", "b" * 64, spec_hash="v2"))
             routes = [RouteRow(stable, 90, True), RouteRow(canary, 10, False)]
-        tx.upsert_policy(model, model, {"weights": []}, 5, 1, "p1")
+        tx.upsert_policy(PolicyRow(model, model, {"weights": []}, 5, 1, "p1"))
         pv = tx.publish_snapshot(model, routes, {"similarity": {"value": 0.8,
                                                                "source": "model"}}, "policy")
         tx.audit("publish", "RolloutPolicy", model, {"policyVersion": pv})
