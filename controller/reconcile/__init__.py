@@ -1,0 +1,1 @@
+"""Reconciliation: the pure planner and the adapters that perform its plans."""

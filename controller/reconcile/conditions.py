@@ -1,0 +1,61 @@
+"""Conditions: kstatus-compatible Ready / Reconciling / Stalled plus domain conditions.
+
+Purely computational. `lastTransitionTime` moves only when status, reason or
+message changes; every condition carries the generation it describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# Domain condition types (positive polarity: True is good unless said otherwise).
+VALIDATED = "Validated"
+APPLIED = "Applied"
+CONFLICT = "Conflict"  # negative polarity: True is bad
+POLICY_EXPIRED = "PolicyExpired"  # negative polarity
+READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
+
+
+@dataclass(frozen=True, slots=True)
+class Cond:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str = ""
+
+
+def summary(*, invalid: str | None, waiting: str | None) -> list[Cond]:
+    """Ready/Reconciling/Stalled from what the domain conditions found."""
+    if invalid:
+        return [Cond(READY, "False", "InvalidSpec", invalid),
+                Cond(STALLED, "True", "InvalidSpec", invalid),
+                Cond(RECONCILING, "False", "InvalidSpec", "")]
+    if waiting:
+        return [Cond(READY, "False", "Waiting", waiting),
+                Cond(STALLED, "False", "Waiting", ""),
+                Cond(RECONCILING, "True", "Waiting", waiting)]
+    return [Cond(READY, "True", "Reconciled", ""),
+            Cond(STALLED, "False", "Reconciled", ""),
+            Cond(RECONCILING, "False", "Reconciled", "")]
+
+
+def merge(previous: list[dict[str, Any]], current: list[Cond], generation: int,
+          now: datetime) -> list[dict[str, Any]]:
+    """Condition dicts for status, keeping lastTransitionTime where nothing changed."""
+    before = {c.get("type"): c for c in previous}
+    stamp = now.isoformat().replace("+00:00", "Z")
+    out = []
+    for cond in current:
+        old = before.get(cond.type)
+        unchanged = old is not None and (old.get("status"), old.get("reason"),
+                                         old.get("message")) == (cond.status, cond.reason,
+                                                                 cond.message)
+        out.append({
+            "type": cond.type, "status": cond.status, "reason": cond.reason,
+            "message": cond.message,
+            "lastTransitionTime": old["lastTransitionTime"] if unchanged and old else stamp,
+            "observedGeneration": generation,
+        })
+    return out

@@ -1,0 +1,385 @@
+"""The planner: desired resources + observed store → a plan of rows, snapshots, audit and status.
+
+Purely computational and level-triggered: it looks at the whole tenant every time
+and never at what event woke it. No kopf, SQLAlchemy, faiss or ezdxf here; the
+operator and Git mode both call `plan_tenant` and perform the plan with an
+adapter (`controller.reconcile.apply`).
+
+Invalid objects are not applied: they get a Stalled/InvalidSpec status naming the
+field and rule. Objects whose references are not there yet (rules in
+`FIXABLE_LATER`) wait with a Reconciling condition. Everything else converges:
+rows that differ from the desired ones are written (a difference the spec did
+not cause is a drift repair), objects gone from the desired state are marked
+deleted, never removed, and a policy whose effective routing changed gets a new
+snapshot with policy_version + 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from controller.api.v1alpha1 import (
+    Model,
+    ModelVersion,
+    ReleaseRecord,
+    Resource,
+    RolloutPolicy,
+)
+from controller.findings import FieldError
+from controller.reconcile.conditions import (
+    APPLIED,
+    CONFLICT,
+    POLICY_EXPIRED,
+    VALIDATED,
+    Cond,
+    merge,
+    summary,
+)
+from controller.routing import effective_thresholds, override_active
+from controller.store.repository import (
+    ModelRow,
+    ObservedTenant,
+    PolicyRow,
+    ReleaseRow,
+    RouteRow,
+    VersionRow,
+)
+from controller.validation.cross import FIXABLE_LATER
+from controller.validation.gates import evaluate_gates, gate_summary
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    action: str
+    kind: str
+    name: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPlan:
+    policy_name: str
+    model_name: str
+    policy_version: int
+    routes: tuple[RouteRow, ...]
+    thresholds: dict[str, Any]
+    source: str
+    reason: str
+    refresh_seconds: int
+
+
+@dataclass
+class Plan:
+    tenant: str
+    models: list[ModelRow] = field(default_factory=list)
+    versions: list[VersionRow] = field(default_factory=list)
+    policies: list[PolicyRow] = field(default_factory=list)
+    snapshots: list[SnapshotPlan] = field(default_factory=list)
+    releases: list[ReleaseRow] = field(default_factory=list)
+    statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        """True when the store's rows must change (status-only plans do not count)."""
+        return bool(self.models or self.versions or self.policies or self.snapshots
+                    or self.releases)
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"{a.action} {a.kind} {self.tenant}/{a.name}"
+                 + (f": {a.details['summary']}" if "summary" in a.details else "")
+                 for a in self.audit]
+        return lines
+
+
+def spec_hash(resource: Resource) -> str:
+    body = resource.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _generation(resource: Resource) -> int:
+    return resource.metadata.generation or 1
+
+
+def _change(kind: str, name: str, observed: Any, desired: Any) -> AuditEntry | None:
+    """An audit entry for writing `desired` over `observed`, or None when equal."""
+    if observed == desired:
+        return None
+    if observed is None:
+        return AuditEntry("create", kind, name, {"specHash": desired.spec_hash})
+    if getattr(desired, "deleted", False):
+        return AuditEntry("delete", kind, name, {"summary": "removed from the desired state; "
+                                                            "history kept"})
+    if observed.spec_hash == desired.spec_hash and not getattr(observed, "deleted", False):
+        fields = [f for f in desired.__dataclass_fields__
+                  if getattr(observed, f) != getattr(desired, f)]
+        return AuditEntry("repair", kind, name, {"summary": "drift repaired: "
+                                                            + ", ".join(fields),
+                                                 "fields": fields})
+    details: dict[str, Any] = {"specHash": desired.spec_hash}
+    if isinstance(desired, VersionRow) and isinstance(observed, VersionRow) \
+            and observed.stage != desired.stage:
+        details["summary"] = f"stage {observed.stage} → {desired.stage}"
+    return AuditEntry("update", kind, name, details)
+
+
+def _model_row(m: Model) -> ModelRow:
+    s = m.spec
+    return ModelRow(name=m.metadata.name, model_key=s.model_key, provider=s.provider,
+                    display_name=s.display_name, description=s.description,
+                    threshold_defaults=dict(s.threshold_defaults),
+                    worker_replicas=s.workers.replicas, generation=_generation(m),
+                    spec_hash=spec_hash(m), review_control_allowed=s.review.control_allowed,
+                    review_default_decision=s.review.default_decision)
+
+
+def _version_row(v: ModelVersion) -> VersionRow:
+    s = v.spec
+    return VersionRow(name=v.metadata.name, model_name=s.model_ref, version=s.version,
+                      stage=s.stage, artifact_uri=s.artifact.uri,
+                      artifact_format=s.artifact.format, artifact_sha256=s.artifact.sha256,
+                      feature_version=s.feature_version,
+                      threshold_defaults=dict(s.threshold_defaults),
+                      generation=_generation(v), spec_hash=spec_hash(v))
+
+
+def _policy_row(p: RolloutPolicy) -> PolicyRow:
+    return PolicyRow(name=p.metadata.name, model_name=p.spec.model_ref,
+                     spec=p.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                     refresh_seconds=p.spec.refresh_seconds, generation=_generation(p),
+                     spec_hash=spec_hash(p))
+
+
+def _release_row(r: ReleaseRecord) -> ReleaseRow:
+    return ReleaseRow(name=r.metadata.name, release_id=r.spec.release_id,
+                      git_sha=r.spec.git_sha, model_version_name=r.spec.artifacts.model_ref,
+                      risk_level=r.spec.risk_level,
+                      spec=r.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                      spec_hash=spec_hash(r))
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredRouting:
+    routes: tuple[RouteRow, ...]
+    source: str
+    reason: str
+    expired: str | None  # why the policy is not in force, if it is not
+
+
+def desired_routing(policy: RolloutPolicy, versions: dict[str, ModelVersion],
+                    now: datetime) -> DesiredRouting:
+    """What the workers must route by now: override > policy window > weights."""
+    spec = policy.spec
+    stage = {sv: v.spec.stage for sv, v in versions.items()}
+    stable = next((sv for sv, st in stage.items() if st == "STABLE"), None)
+    ov = spec.override
+    if ov is not None and override_active(policy, now):
+        return DesiredRouting((RouteRow(ov.version, 100, stage.get(ov.version) == "STABLE",
+                                        forced=True),), "override", ov.reason, None)
+    expired = None
+    if spec.valid_until is not None and spec.valid_until <= now:
+        expired = f"the policy expired at {spec.valid_until.isoformat()}"
+    elif spec.valid_from is not None and spec.valid_from > now:
+        expired = f"the policy starts at {spec.valid_from.isoformat()}"
+    if expired is not None and stable is not None:
+        return DesiredRouting((RouteRow(stable, 100, True),), "expired",
+                              f"{expired}; all traffic on the STABLE version", expired)
+    routes = tuple(RouteRow(w.version, w.weight, stage.get(w.version) == "STABLE")
+                   for w in spec.weights)
+    return DesiredRouting(routes, "policy", "", expired)
+
+
+def _thresholds(model: Model | None, versions: dict[str, ModelVersion],
+                policy: RolloutPolicy, routes: tuple[RouteRow, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for r in routes:
+        eff = effective_thresholds(model, versions.get(r.version), policy)
+        out[r.version] = {k: {"value": t.value, "source": t.source} for k, t in eff.items()}
+    return out
+
+
+def _message(errors: list[FieldError]) -> str:
+    return "; ".join(f"{e.path}: {e.message} [{e.rule}]" for e in errors)
+
+
+def plan_tenant(
+    tenant: str,
+    resources: list[Resource],
+    findings: list[FieldError],
+    observed: ObservedTenant,
+    now: datetime,
+) -> Plan:
+    plan = Plan(tenant)
+    by_obj: dict[tuple[str, str], list[FieldError]] = defaultdict(list)
+    for f in findings:
+        if f.severity == "error" and f.obj.namespace == tenant:
+            by_obj[(f.obj.kind, f.obj.name)].append(f)
+
+    def invalid_of(r: Resource) -> list[FieldError]:
+        return [e for e in by_obj.get((r.kind, r.metadata.name), [])
+                if e.rule not in FIXABLE_LATER]
+
+    def waiting_of(r: Resource) -> list[FieldError]:
+        return [e for e in by_obj.get((r.kind, r.metadata.name), []) if e.rule in FIXABLE_LATER]
+
+    def ok(r: Resource) -> bool:
+        return not by_obj.get((r.kind, r.metadata.name))
+
+    models = {r.metadata.name: r for r in resources if isinstance(r, Model)}
+    versions = [r for r in resources if isinstance(r, ModelVersion)]
+    policies = [r for r in resources if isinstance(r, RolloutPolicy)]
+    releases = [r for r in resources if isinstance(r, ReleaseRecord)]
+    applied_models = {n for n, m in models.items() if ok(m)}
+    applied_versions = [v for v in versions if ok(v) and v.spec.model_ref in applied_models]
+    versions_of: dict[str, dict[str, ModelVersion]] = defaultdict(dict)
+    for v in applied_versions:
+        versions_of[v.spec.model_ref][v.spec.version] = v
+
+    # ---- rows: models, then versions leaving STABLE before any version entering it
+    desired_models = {n: _model_row(models[n]) for n in sorted(applied_models)}
+    for name, row in desired_models.items():
+        entry = _change("Model", name, observed.models.get(name), row)
+        if entry:
+            plan.models.append(row)
+            plan.audit.append(entry)
+    desired_versions = {v.metadata.name: _version_row(v) for v in applied_versions}
+    version_changes = []
+    for name, row in desired_versions.items():
+        entry = _change("ModelVersion", name, observed.versions.get(name), row)
+        if entry:
+            version_changes.append((row, entry))
+    for name, old in observed.versions.items():
+        if name not in desired_versions and not old.deleted and \
+                not any(v.metadata.name == name for v in versions):
+            gone = VersionRow(**{**_asdict(old), "deleted": True,
+                                 "stage": "DEPRECATED" if old.stage == "STABLE" else old.stage})
+            version_changes.append((gone, AuditEntry("delete", "ModelVersion", name, {
+                "summary": f"removed from the desired state (was {old.stage}); history kept"})))
+    version_changes.sort(key=lambda pair: pair[0].stage == "STABLE" and not pair[0].deleted)
+    for row, entry in version_changes:
+        plan.versions.append(row)
+        plan.audit.append(entry)
+
+    # ---- policies and their snapshots
+    status_extra: dict[tuple[str, str], dict[str, Any]] = {}
+    expired_of: dict[str, str | None] = {}
+    serving: dict[tuple[str, str], int] = {}  # (model, semver) → weight
+    for p in policies:
+        if not ok(p) or p.spec.model_ref not in applied_models:
+            continue
+        row = _policy_row(p)
+        entry = _change("RolloutPolicy", p.metadata.name, observed.policies.get(row.name), row)
+        if entry:
+            plan.policies.append(row)
+            plan.audit.append(entry)
+        vs = versions_of[p.spec.model_ref]
+        routing = desired_routing(p, vs, now)
+        expired_of[p.metadata.name] = routing.expired
+        thresholds = _thresholds(models.get(p.spec.model_ref), vs, p, routing.routes)
+        current = observed.snapshots.get(p.spec.model_ref)
+        pv = current.policy_version if current else 0
+        same = current is not None and (current.routes, current.thresholds,
+                                        current.refresh_seconds, current.source,
+                                        current.reason) == (routing.routes, thresholds,
+                                                            p.spec.refresh_seconds,
+                                                            routing.source, routing.reason)
+        if not same:
+            pv += 1
+            plan.snapshots.append(SnapshotPlan(p.metadata.name, p.spec.model_ref, pv,
+                                               routing.routes, thresholds, routing.source,
+                                               routing.reason, p.spec.refresh_seconds))
+            before = ",".join(f"{r.version}={r.weight}" for r in current.routes) \
+                if current else "-"
+            after = ",".join(f"{r.version}={r.weight}" for r in routing.routes)
+            plan.audit.append(AuditEntry("publish", "RolloutPolicy", p.metadata.name, {
+                "summary": f"policyVersion {pv}: {before} → {after} ({routing.source})",
+                "policyVersion": pv, "source": routing.source}))
+        for r in routing.routes:
+            serving[(p.spec.model_ref, r.version)] = r.weight
+        stable_route = next((r.version for r in routing.routes if r.is_stable), None)
+        eff = thresholds.get(stable_route or "", {})
+        status_extra[("RolloutPolicy", p.metadata.name)] = {
+            "policyVersion": pv,
+            "routing": [{"version": r.version, "weight": r.weight,
+                         "stage": vs[r.version].spec.stage if r.version in vs else None}
+                        for r in routing.routes],
+            "routingSummary": ",".join(f"{r.version}={r.weight}" for r in routing.routes),
+            "effectiveThresholds": {k: {"value": f"{v['value']:g}", "source": v["source"]}
+                                    for k, v in eff.items()},
+        }
+        status_extra[("Model", p.spec.model_ref)] = {"activePolicy": p.metadata.name,
+                                                     "policyVersion": pv}
+    for name, old_p in observed.policies.items():
+        if not old_p.deleted and not any(p.metadata.name == name for p in policies):
+            plan.policies.append(PolicyRow(**{**_asdict(old_p), "deleted": True}))
+            plan.audit.append(AuditEntry("delete", "RolloutPolicy", name, {
+                "summary": "removed from the desired state; snapshots kept"}))
+    for name, old_m in observed.models.items():
+        if name not in models and not old_m.deleted:
+            plan.models.append(ModelRow(**{**_asdict(old_m), "deleted": True}))
+            plan.audit.append(AuditEntry("delete", "Model", name, {
+                "summary": "removed from the desired state; history kept"}))
+
+    # ---- release records: append-only
+    for r in releases:
+        if not ok(r):
+            continue
+        rel = _release_row(r)
+        if observed.releases.get(rel.release_id) != rel.spec_hash:
+            if rel.release_id in observed.releases:
+                by_obj[("ReleaseRecord", r.metadata.name)].append(FieldError(
+                    "release.immutable", "spec", "the store holds this release with other "
+                    "content; release records are immutable"))
+                continue
+            plan.releases.append(rel)
+            plan.audit.append(AuditEntry("record", "ReleaseRecord", r.metadata.name, {
+                "summary": f"release {rel.release_id} of {rel.model_version_name}",
+                "releaseId": rel.release_id}))
+
+    # ---- status of every desired object
+    for r in resources:
+        key = (r.kind, r.metadata.name)
+        invalid, waiting = invalid_of(r), waiting_of(r)
+        conds = [Cond(VALIDATED, "False" if invalid else "True",
+                      "InvalidSpec" if invalid else "Valid", _message(invalid))]
+        conds.append(Cond(APPLIED, "False" if invalid or waiting else "True",
+                          "InvalidSpec" if invalid else "Waiting" if waiting else "Applied",
+                          _message(waiting)))
+        extra: dict[str, Any] = dict(status_extra.get(key, {}))
+        if isinstance(r, ModelVersion):
+            conflict = [e for e in invalid if e.rule == "version.one-stable"]
+            conds.append(Cond(CONFLICT, "True" if conflict else "False",
+                              "SecondStable" if conflict else "NoConflict", _message(conflict)))
+            extra["servingWeight"] = serving.get((r.spec.model_ref, r.spec.version), 0)
+        if isinstance(r, Model):
+            vs = versions_of.get(r.metadata.name, {})
+            extra["stableVersion"] = next((sv for sv, v in vs.items()
+                                           if v.spec.stage == "STABLE"), None)
+            extra["canaryVersions"] = sorted(sv for sv, v in vs.items()
+                                             if v.spec.stage == "CANARY")
+        if isinstance(r, RolloutPolicy):
+            why = expired_of.get(r.metadata.name)
+            conds.append(Cond(POLICY_EXPIRED, "True" if why else "False",
+                              "OutsideValidity" if why else "InForce", why or ""))
+        if isinstance(r, ReleaseRecord):
+            gates = evaluate_gates(r.spec)
+            extra["gates"] = [g.model_dump(by_alias=True) for g in gates]
+            extra["gateSummary"] = gate_summary(gates)
+        conds += summary(invalid=_message(invalid) or None, waiting=_message(waiting) or None)
+        previous = observed.statuses.get(key, {})
+        generation = _generation(r)
+        status = {k: v for k, v in extra.items() if v is not None}
+        status["observedGeneration"] = generation
+        status["conditions"] = merge(previous.get("conditions", []), conds, generation, now)
+        if status != previous:
+            plan.statuses[key] = (generation, status)
+    return plan
+
+
+def _asdict(row: Any) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in row.__dataclass_fields__}
