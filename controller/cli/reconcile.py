@@ -83,10 +83,13 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     url = store.engine.url.render_as_string(hide_password=True)
     if args.watch:
+        def report(result: ReconcileResult) -> None:
+            _print(result, args.output, url, quiet_if_same=True)
+            sys.stdout.flush()
+
         try:
             watch(store, args.repo, args.ref, args.paths, args.max_bytes, args.interval,
-                  lambda r: (_print(r, args.output, url, quiet_if_same=True),
-                             sys.stdout.flush()))
+                  report)
         except KeyboardInterrupt:
             return 0
         return 0
@@ -101,21 +104,22 @@ def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def status(args: argparse.Namespace) -> int:
     store = open_store(args.store)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for tenant in args.tenant or store.tenants():
         with store.transaction(tenant, "status") as tx:
-            for (kind, name), st in sorted(tx.statuses().items()):
-                rows.append({"tenant": tenant, "kind": kind, "name": name, "status": st})
+            for (kind, name), found in sorted(tx.statuses().items()):
+                rows.append({"tenant": tenant, "kind": kind, "name": name, "status": found})
     if args.output == "json":
         write_json(rows)
         return 0
     header = f"{'NAMESPACE':<14} {'KIND':<14} {'NAME':<34} {'READY':<6} {'DETAIL'}"
     print(header)
     for r in rows:
-        st = r["status"]
+        st: dict[str, Any] = r["status"]
         ready = _cond(st, "Ready")
-        detail = {
-            "Model": f"stable={st.get('stableVersion') or '-'} policy={st.get('policyVersion', '-')}",
+        detail: str = {
+            "Model": f"stable={st.get('stableVersion') or '-'} "
+                     f"policy={st.get('policyVersion', '-')}",
             "ModelVersion": f"weight={st.get('servingWeight', 0)}",
             "RolloutPolicy": f"v{st.get('policyVersion', '-')} {st.get('routingSummary', '')}",
             "ReleaseRecord": st.get("gateSummary", ""),

@@ -242,17 +242,17 @@ def plan_tenant(
 
     # ---- rows: models, then versions leaving STABLE before any version entering it
     desired_models = {n: _model_row(models[n]) for n in sorted(applied_models)}
-    for name, row in desired_models.items():
-        entry = _change("Model", name, observed.models.get(name), row)
+    for name, mrow in desired_models.items():
+        entry = _change("Model", name, observed.models.get(name), mrow)
         if entry:
-            plan.models.append(row)
+            plan.models.append(mrow)
             plan.audit.append(entry)
     desired_versions = {v.metadata.name: _version_row(v) for v in applied_versions}
-    version_changes = []
-    for name, row in desired_versions.items():
-        entry = _change("ModelVersion", name, observed.versions.get(name), row)
+    version_changes: list[tuple[VersionRow, AuditEntry]] = []
+    for name, vrow in desired_versions.items():
+        entry = _change("ModelVersion", name, observed.versions.get(name), vrow)
         if entry:
-            version_changes.append((row, entry))
+            version_changes.append((vrow, entry))
     for name, old in observed.versions.items():
         if name not in desired_versions and not old.deleted and \
                 not any(v.metadata.name == name for v in versions):
@@ -261,8 +261,8 @@ def plan_tenant(
             version_changes.append((gone, AuditEntry("delete", "ModelVersion", name, {
                 "summary": f"removed from the desired state (was {old.stage}); history kept"})))
     version_changes.sort(key=lambda pair: pair[0].stage == "STABLE" and not pair[0].deleted)
-    for row, entry in version_changes:
-        plan.versions.append(row)
+    for vrow, entry in version_changes:
+        plan.versions.append(vrow)
         plan.audit.append(entry)
 
     # ---- policies and their snapshots
@@ -272,10 +272,10 @@ def plan_tenant(
     for p in policies:
         if not ok(p) or p.spec.model_ref not in applied_models:
             continue
-        row = _policy_row(p)
-        entry = _change("RolloutPolicy", p.metadata.name, observed.policies.get(row.name), row)
+        prow = _policy_row(p)
+        entry = _change("RolloutPolicy", p.metadata.name, observed.policies.get(prow.name), prow)
         if entry:
-            plan.policies.append(row)
+            plan.policies.append(prow)
             plan.audit.append(entry)
         vs = versions_of[p.spec.model_ref]
         routing = desired_routing(p, vs, now)
@@ -293,22 +293,22 @@ def plan_tenant(
             plan.snapshots.append(SnapshotPlan(p.metadata.name, p.spec.model_ref, pv,
                                                routing.routes, thresholds, routing.source,
                                                routing.reason, p.spec.refresh_seconds))
-            before = ",".join(f"{r.version}={r.weight}" for r in current.routes) \
+            before = ",".join(f"{x.version}={x.weight}" for x in current.routes) \
                 if current else "-"
-            after = ",".join(f"{r.version}={r.weight}" for r in routing.routes)
+            after = ",".join(f"{x.version}={x.weight}" for x in routing.routes)
             plan.audit.append(AuditEntry("publish", "RolloutPolicy", p.metadata.name, {
                 "summary": f"policyVersion {pv}: {before} → {after} ({routing.source})",
                 "policyVersion": pv, "source": routing.source}))
-        for r in routing.routes:
-            serving[(p.spec.model_ref, r.version)] = r.weight
-        stable_route = next((r.version for r in routing.routes if r.is_stable), None)
+        for route in routing.routes:
+            serving[(p.spec.model_ref, route.version)] = route.weight
+        stable_route = next((x.version for x in routing.routes if x.is_stable), None)
         eff = thresholds.get(stable_route or "", {})
         status_extra[("RolloutPolicy", p.metadata.name)] = {
             "policyVersion": pv,
-            "routing": [{"version": r.version, "weight": r.weight,
-                         "stage": vs[r.version].spec.stage if r.version in vs else None}
-                        for r in routing.routes],
-            "routingSummary": ",".join(f"{r.version}={r.weight}" for r in routing.routes),
+            "routing": [{"version": x.version, "weight": x.weight,
+                         "stage": vs[x.version].spec.stage if x.version in vs else None}
+                        for x in routing.routes],
+            "routingSummary": ",".join(f"{x.version}={x.weight}" for x in routing.routes),
             "effectiveThresholds": {k: {"value": f"{v['value']:g}", "source": v["source"]}
                                     for k, v in eff.items()},
         }
@@ -326,59 +326,69 @@ def plan_tenant(
                 "summary": "removed from the desired state; history kept"}))
 
     # ---- release records: append-only
-    for r in releases:
-        if not ok(r):
+    for rr in releases:
+        if not ok(rr):
             continue
-        rel = _release_row(r)
+        rel = _release_row(rr)
         if observed.releases.get(rel.release_id) != rel.spec_hash:
             if rel.release_id in observed.releases:
-                by_obj[("ReleaseRecord", r.metadata.name)].append(FieldError(
+                by_obj[("ReleaseRecord", rr.metadata.name)].append(FieldError(
                     "release.immutable", "spec", "the store holds this release with other "
                     "content; release records are immutable"))
                 continue
             plan.releases.append(rel)
-            plan.audit.append(AuditEntry("record", "ReleaseRecord", r.metadata.name, {
+            plan.audit.append(AuditEntry("record", "ReleaseRecord", rr.metadata.name, {
                 "summary": f"release {rel.release_id} of {rel.model_version_name}",
                 "releaseId": rel.release_id}))
 
     # ---- status of every desired object
-    for r in resources:
-        key = (r.kind, r.metadata.name)
-        invalid, waiting = invalid_of(r), waiting_of(r)
-        conds = [Cond(VALIDATED, "False" if invalid else "True",
-                      "InvalidSpec" if invalid else "Valid", _message(invalid))]
-        conds.append(Cond(APPLIED, "False" if invalid or waiting else "True",
-                          "InvalidSpec" if invalid else "Waiting" if waiting else "Applied",
-                          _message(waiting)))
-        extra: dict[str, Any] = dict(status_extra.get(key, {}))
-        if isinstance(r, ModelVersion):
-            conflict = [e for e in invalid if e.rule == "version.one-stable"]
-            conds.append(Cond(CONFLICT, "True" if conflict else "False",
-                              "SecondStable" if conflict else "NoConflict", _message(conflict)))
-            extra["servingWeight"] = serving.get((r.spec.model_ref, r.spec.version), 0)
-        if isinstance(r, Model):
-            vs = versions_of.get(r.metadata.name, {})
-            extra["stableVersion"] = next((sv for sv, v in vs.items()
-                                           if v.spec.stage == "STABLE"), None)
-            extra["canaryVersions"] = sorted(sv for sv, v in vs.items()
-                                             if v.spec.stage == "CANARY")
-        if isinstance(r, RolloutPolicy):
-            why = expired_of.get(r.metadata.name)
-            conds.append(Cond(POLICY_EXPIRED, "True" if why else "False",
-                              "OutsideValidity" if why else "InForce", why or ""))
-        if isinstance(r, ReleaseRecord):
-            gates = evaluate_gates(r.spec)
-            extra["gates"] = [g.model_dump(by_alias=True) for g in gates]
-            extra["gateSummary"] = gate_summary(gates)
-        conds += summary(invalid=_message(invalid) or None, waiting=_message(waiting) or None)
-        previous = observed.statuses.get(key, {})
-        generation = _generation(r)
-        status = {k: v for k, v in extra.items() if v is not None}
-        status["observedGeneration"] = generation
-        status["conditions"] = merge(previous.get("conditions", []), conds, generation, now)
-        if status != previous:
-            plan.statuses[key] = (generation, status)
+    for res in resources:
+        _status_of(plan, res, invalid_of(res), waiting_of(res), status_extra, serving,
+                   versions_of, expired_of, observed, now)
     return plan
+
+
+def _status_of(plan: Plan, r: Resource, invalid: list[FieldError], waiting: list[FieldError],
+               status_extra: dict[tuple[str, str], dict[str, Any]],
+               serving: dict[tuple[str, str], int],
+               versions_of: dict[str, dict[str, ModelVersion]],
+               expired_of: dict[str, str | None], observed: ObservedTenant,
+               now: datetime) -> None:
+    """The full status of one object; recorded in the plan only when it changed."""
+    key = (r.kind, r.metadata.name)
+    conds = [Cond(VALIDATED, "False" if invalid else "True",
+                  "InvalidSpec" if invalid else "Valid", _message(invalid))]
+    conds.append(Cond(APPLIED, "False" if invalid or waiting else "True",
+                      "InvalidSpec" if invalid else "Waiting" if waiting else "Applied",
+                      _message(waiting)))
+    extra: dict[str, Any] = dict(status_extra.get(key, {}))
+    if isinstance(r, ModelVersion):
+        conflict = [e for e in invalid if e.rule == "version.one-stable"]
+        conds.append(Cond(CONFLICT, "True" if conflict else "False",
+                          "SecondStable" if conflict else "NoConflict", _message(conflict)))
+        extra["servingWeight"] = serving.get((r.spec.model_ref, r.spec.version), 0)
+    if isinstance(r, Model):
+        vs = versions_of.get(r.metadata.name, {})
+        extra["stableVersion"] = next((sv for sv, v in vs.items()
+                                       if v.spec.stage == "STABLE"), None)
+        extra["canaryVersions"] = sorted(sv for sv, v in vs.items()
+                                         if v.spec.stage == "CANARY")
+    if isinstance(r, RolloutPolicy):
+        why = expired_of.get(r.metadata.name)
+        conds.append(Cond(POLICY_EXPIRED, "True" if why else "False",
+                          "OutsideValidity" if why else "InForce", why or ""))
+    if isinstance(r, ReleaseRecord):
+        gates = evaluate_gates(r.spec)
+        extra["gates"] = [g.model_dump(by_alias=True) for g in gates]
+        extra["gateSummary"] = gate_summary(gates)
+    conds += summary(invalid=_message(invalid) or None, waiting=_message(waiting) or None)
+    previous = observed.statuses.get(key, {})
+    generation = _generation(r)
+    status = {k: v for k, v in extra.items() if v is not None}
+    status["observedGeneration"] = generation
+    status["conditions"] = merge(previous.get("conditions", []), conds, generation, now)
+    if status != previous:
+        plan.statuses[key] = (generation, status)
 
 
 def _asdict(row: Any) -> dict[str, Any]:

@@ -344,10 +344,11 @@ class StoreTx:
         if row is None:
             return None
         rc = t.policy_route.c
-        routes = tuple(RouteRow(r.version, r.weight, bool(r.is_stable), bool(r.forced)) for r in
-                       self.conn.execute(select(rc.version, rc.weight, rc.is_stable, rc.forced).where(
-                           rc.tenant_id == self.tenant, rc.snapshot_id == row["id"])
-                           .order_by(rc.id)))
+        route_rows = self.conn.execute(
+            select(rc.version, rc.weight, rc.is_stable, rc.forced).where(
+                rc.tenant_id == self.tenant, rc.snapshot_id == row["id"]).order_by(rc.id))
+        routes = tuple(RouteRow(r.version, r.weight, bool(r.is_stable), bool(r.forced))
+                       for r in route_rows)
         return PolicySnapshot(model_name=model_name, policy_name=row["policy_name"],
                               policy_version=row["policy_version"], source=row["source"],
                               reason=row["reason"], routes=routes,
