@@ -48,3 +48,7 @@ def gitops_repo(tmp_path: Path) -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "initial")
     return repo
+
+
+# Store fixtures (SQLite always, PostgreSQL when CADML_TEST_PG_URL is set) for every package.
+from tests.stores import backend, pg_template, store  # noqa: E402, F401

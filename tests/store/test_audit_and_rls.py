@@ -7,7 +7,7 @@ from sqlalchemy import create_engine, text
 
 from controller.errors import StoreError
 from controller.store import ModelRow
-from tests.store.conftest import APP_ROLE, Backend
+from tests.stores import APP_ROLE, Backend
 from tests.store.helpers import seed_model
 
 

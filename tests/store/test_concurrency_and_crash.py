@@ -14,7 +14,7 @@ import pytest
 
 from controller.errors import ConflictError
 from controller.store import RouteRow, Store, VersionRow
-from tests.store.conftest import Backend
+from tests.stores import Backend
 from tests.store.helpers import seed_model
 
 

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from tests.store.conftest import Backend
+from tests.stores import Backend
 from tests.store.helpers import seed_model
 
 

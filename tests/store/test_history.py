@@ -10,7 +10,7 @@ import pytest
 
 from controller.cli import main
 from controller.store import RouteRow
-from tests.store.conftest import Backend
+from tests.stores import Backend
 from tests.store.helpers import seed_model
 
 

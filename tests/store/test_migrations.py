@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from controller.store.engine import make_engine
 from controller.store.migrate import current_revision, head_revision, upgrade
 from controller.store.tables import metadata
-from tests.store.conftest import PG_URL, drop_pg_database, new_pg_database, pg_required
+from tests.stores import PG_URL, drop_pg_database, new_pg_database, pg_required
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
