@@ -124,8 +124,9 @@ def test_promotion_commit_applies_in_one_pass(backend: Backend, gitops_repo: Pat
     store = backend.store
     assert _run(store, gitops_repo).ok
     body = (gitops_repo / PART).read_text()
-    body = body.replace("  version: 1.1.0\n  stage: STABLE", "  version: 1.1.0\n  stage: DEPRECATED")
-    body = body.replace("  version: 1.2.0\n  stage: CANARY", "  version: 1.2.0\n  stage: STABLE")
+    for semver, old, new in (("1.1.0", "STABLE", "DEPRECATED"), ("1.2.0", "CANARY", "STABLE")):
+        body = body.replace(f"  version: {semver}\n  stage: {old}",
+                            f"  version: {semver}\n  stage: {new}")
     body = body.replace(CANARY, "    - version: 1.2.0\n      weight: 100\n")
     (gitops_repo / PART).write_text(body)
     git(gitops_repo, "commit", "-qam", "promote 1.2.0")

@@ -7,8 +7,8 @@ from sqlalchemy import create_engine, text
 
 from controller.errors import StoreError
 from controller.store import ModelRow
-from tests.stores import APP_ROLE, Backend
 from tests.store.helpers import seed_model
+from tests.stores import APP_ROLE, Backend
 
 
 def _tamper(b: Backend, sql: str) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from controller.errors import ConflictError
 from controller.store import RouteRow, Store, VersionRow
-from tests.stores import Backend
 from tests.store.helpers import seed_model
+from tests.stores import Backend
 
 
 def _promote(store: Store, version: str, barrier: threading.Barrier,

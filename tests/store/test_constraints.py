@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from tests.stores import Backend
 from tests.store.helpers import seed_model
+from tests.stores import Backend
 
 
 def _ids(b: Backend) -> dict[str, int]:

@@ -10,8 +10,8 @@ import pytest
 
 from controller.cli import main
 from controller.store import RouteRow
-from tests.stores import Backend
 from tests.store.helpers import seed_model
+from tests.stores import Backend
 
 
 def _moment() -> datetime:
