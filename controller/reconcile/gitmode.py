@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from controller.findings import FieldError, errors_only
-from controller.reconcile.apply import apply_plan
-from controller.reconcile.planner import Plan, plan_tenant
+from controller.reconcile.planner import Plan
+from controller.reconcile.step import reconcile_tenant
 from controller.sources import collect_git
 from controller.store.repository import Store
 from controller.validation import validate_files
@@ -64,11 +64,8 @@ def reconcile_repo(store: Store, repo_dir: str, ref: str, paths: Iterable[str],
     for item in report.bundle.items:
         by_tenant[item.key[1]].append(item.resource)
     for tenant in sorted(set(by_tenant) | set(store.tenants())):
-        with store.transaction(tenant, actor) as tx:
-            plan = plan_tenant(tenant, by_tenant.get(tenant, []), result.findings,
-                               tx.observe(), now)
-            apply_plan(tx, plan)
-        result.plans.append(plan)
+        result.plans.append(reconcile_tenant(store, tenant, by_tenant.get(tenant, []),
+                                             result.findings, now, actor))
     return result
 
 

@@ -82,6 +82,7 @@ class Plan:
     snapshots: list[SnapshotPlan] = field(default_factory=list)
     releases: list[ReleaseRow] = field(default_factory=list)
     statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    computed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # every status
     audit: list[AuditEntry] = field(default_factory=list)
 
     @property
@@ -387,6 +388,7 @@ def _status_of(plan: Plan, r: Resource, invalid: list[FieldError], waiting: list
     status = {k: v for k, v in extra.items() if v is not None}
     status["observedGeneration"] = generation
     status["conditions"] = merge(previous.get("conditions", []), conds, generation, now)
+    plan.computed[key] = status
     if status != previous:
         plan.statuses[key] = (generation, status)
 

@@ -8,6 +8,7 @@ field validation), never coerced.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,18 +95,38 @@ class ParseResult:
 
 
 def parse_document(doc: RawDocument, *, require_namespace: bool = True) -> ParseResult:
+    """A YAML document from a file: errors carry its file, line and document index."""
+    return parse_data(doc.data, doc, file=doc.file, document=doc.index,
+                      line_of=lambda path: doc.line_of(parse_path(path)),
+                      require_namespace=require_namespace)
+
+
+def parse_body(body: dict[str, Any]) -> ParseResult:
+    """An object as the API server holds it (no file, no lines)."""
+    return parse_data(body, None, file="<cluster>", document=None, line_of=lambda _: None,
+                      require_namespace=True)
+
+
+def parse_data(
+    data: Any,
+    doc: RawDocument | None,
+    *,
+    file: str,
+    document: int | None,
+    line_of: Callable[[str], int | None],
+    require_namespace: bool,
+) -> ParseResult:
     def err(rule: str, path: str, message: str, ref: ObjectRef | None = None) -> FieldError:
         return FieldError(
             rule=rule,
             path=path,
             message=message,
             obj=ref or ObjectRef(),
-            file=doc.file,
-            line=doc.line_of(parse_path(path)),
-            document=doc.index,
+            file=file,
+            line=line_of(path),
+            document=document,
         )
 
-    data = doc.data
     if not isinstance(data, dict):
         what = "a list" if isinstance(data, list) else f"a {type(data).__name__} scalar"
         return ParseResult(None, [err("yaml.not-a-mapping", "", f"a resource must be a "
@@ -157,3 +178,6 @@ def parse_document(doc: RawDocument, *, require_namespace: bool = True) -> Parse
                                       "metadata.namespace is required: the namespace is the "
                                       "tenant", ref)])
     return ParseResult(Loaded(resource, doc), [])
+
+
+__all__ = ["Loaded", "ParseResult", "parse_body", "parse_data", "parse_document"]

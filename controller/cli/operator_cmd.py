@@ -1,0 +1,51 @@
+"""`cadml run`: the kopf operator."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from controller.cli.store_cmds import STORE_HELP
+
+HELP = """\
+Run the operator in a cluster: validate and reconcile Models, ModelVersions,
+RolloutPolicies and ReleaseRecords into the runtime store, keep each Model's
+worker Deployment and Service, write status and events, repair drift on a timer,
+and (with --webhook-host) serve the validating admission webhook. Several
+replicas elect a leader through kopf peering (--peering).
+
+Settings are read once here, from flags and the environment (CADML_STORE_URL,
+CADML_WORKER_IMAGE, CADML_NAMESPACES, CADML_TIMER_INTERVAL, CADML_PEERING,
+CADML_WEBHOOK_HOST, CADML_WEBHOOK_PORT).
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the kopf operator (in a cluster)", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--namespace", action="append", dest="namespaces",
+                   help="watch only this namespace (repeatable; default: all)")
+    p.add_argument("--peering", help="kopf peering name for leader election (default: cadml)")
+    p.add_argument("--webhook-host", help="serve the admission webhook; the API server calls "
+                                          "https://HOST:PORT")
+    p.add_argument("--webhook-port", type=int)
+    p.add_argument("--timer-interval", type=float, help="drift-repair interval, seconds")
+    p.add_argument("--liveness", help="liveness endpoint (default http://0.0.0.0:8081/healthz)")
+    p.add_argument("--no-workers", action="store_true",
+                   help="do not create worker Deployments/Services (store-only mode)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from controller.operator.run import run_operator
+    from controller.operator.settings import OperatorSettings
+    from controller.store.engine import resolve_url
+
+    settings = OperatorSettings.from_env(
+        store_url=resolve_url(args.store) if args.store else None,
+        namespaces=tuple(args.namespaces) if args.namespaces else None,
+        peering=args.peering, webhook_host=args.webhook_host, webhook_port=args.webhook_port,
+        timer_interval=args.timer_interval, liveness=args.liveness)
+    run_operator(settings, apply_workers=not args.no_workers)
+    return 0

@@ -1,0 +1,1 @@
+"""The kopf operator (`cadml run`): thin wiring around the planner, the store and the API."""

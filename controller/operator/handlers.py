@@ -1,0 +1,256 @@
+"""kopf handlers: load → validate → plan → apply → write status once, only if it changed.
+
+`build_registry(settings)` registers every handler on a fresh registry, so the
+settings are read once at start-up and nothing happens at import. Create,
+update, resume and the drift-repair timer all funnel into `reconcile_object`,
+one level-triggered pass over the whole tenant (the four `*_by_ns` indexes hold
+the cluster's view of it). Handlers are sync functions: kopf runs them in its
+thread pool, so store I/O never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Model, Resource
+from controller.errors import CadmlError, ConflictError
+from controller.operator.settings import OperatorSettings
+from controller.operator.workers import readiness, worker_objects
+from controller.reconcile.planner import Plan
+from controller.reconcile.step import findings_for, reconcile_tenant
+from controller.store.repository import Store
+from controller.validation import admission_errors
+from controller.validation.parse import parse_body
+
+PLURALS = {cls.plural: kind for kind, cls in KINDS.items()}
+INDEXES = tuple(f"{plural}_by_ns" for plural in PLURALS)
+FINALIZER = "cadml.io/finalizer"
+
+
+def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
+    namespace: str = kwargs["namespace"]
+    body: kopf.Body = kwargs["body"]
+    return {namespace: {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                        "metadata": dict(body.metadata), "spec": dict(body.spec),
+                        "status": dict(body.status)}}
+
+
+def tenant_bodies(namespace: str, indexes: Mapping[str, Any],
+                  current: Mapping[str, Any] | None = None,
+                  without: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """The tenant as the indexes see it, with `current` (fresher than the index) in place
+    of its indexed copy and `without` (kind, name) left out."""
+    bodies: dict[tuple[str, str], dict[str, Any]] = {}
+    for name in INDEXES:
+        index = indexes.get(name)
+        if index is not None and namespace in index:
+            for b in index[namespace]:
+                bodies[(b["kind"], b["metadata"]["name"])] = dict(b)
+    if current is not None:
+        bodies[(current["kind"], current["metadata"]["name"])] = {
+            k: current.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
+    if without is not None:
+        bodies.pop(without, None)
+    return list(bodies.values())
+
+
+def parse_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Resource]:
+    out = []
+    for body in bodies:
+        result = parse_body(dict(body))
+        if result.loaded is not None:
+            out.append(result.loaded.resource)
+    return out
+
+
+def actor_of(body: Mapping[str, Any]) -> str:
+    """Who changed the object last, from its managed fields (kubectl, argocd, …)."""
+    managed = (body.get("metadata") or {}).get("managedFields") or []
+    managers = [m.get("manager", "?") for m in managed if m.get("operation") == "Update"]
+    return f"k8s:{managers[-1] if managers else 'unknown'}"
+
+
+def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The status fields to patch: those that differ (None removes a field)."""
+    patch = {k: v for k, v in desired.items() if current.get(k) != v}
+    patch.update({k: None for k in current if k not in desired and not k.startswith("kopf")})
+    return patch
+
+
+def reconcile_object(store: Store, body: Mapping[str, Any], indexes: Mapping[str, Any],
+                     now: datetime) -> tuple[Plan, dict[str, Any]]:
+    """One pass over the object's tenant; returns the plan and this object's status."""
+    namespace = body["metadata"]["namespace"]
+    resources = parse_bodies(tenant_bodies(namespace, indexes, current=body))
+    plan = reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
+                            actor_of(body))
+    return plan, plan.computed.get((body["kind"], body["metadata"]["name"]), {})
+
+
+def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
+    name = body.metadata.name
+    for entry in plan.audit:
+        if entry.kind == body.get("kind") and entry.name == name:
+            post(body, reason=entry.action.title(),
+                 message=str(entry.details.get("summary", entry.action)))
+
+
+def _tenant_pass(store: Store, body: kopf.Body, indexes: Mapping[str, Any],
+                 without: tuple[str, str] | None = None) -> Plan:
+    ns = str(body.metadata.namespace)
+    now = datetime.now(UTC)
+    resources = parse_bodies(tenant_bodies(ns, indexes, without=without))
+    return reconcile_tenant(store, ns, resources, findings_for(resources, now), now,
+                            actor_of(body))
+
+
+# The handlers take only keyword arguments (kopf passes many; each picks what it needs).
+# memo carries what start-up built: store, settings, post_event, apply_workers.
+
+def on_change(**kwargs: Any) -> None:
+    """Create, update, resume and the repair timer: one pass over the whole tenant."""
+    body: kopf.Body = kwargs["body"]
+    patch: kopf.Patch = kwargs["patch"]
+    memo: kopf.Memo = kwargs["memo"]
+    try:
+        plan, status = reconcile_object(memo["store"], body, kwargs, datetime.now(UTC))
+    except ConflictError as exc:  # a rival writer won this round; the next pass converges
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
+    except CadmlError as exc:
+        if exc.retryable:
+            raise kopf.TemporaryError(str(exc), delay=15) from exc
+        raise kopf.PermanentError(str(exc)) from exc
+    if body.get("kind") == "Model" and memo.get("apply_workers"):
+        status = {**status, **memo["apply_workers"](body, memo["settings"])}
+    changes = status_changes(dict(body.status), status)
+    if changes:  # written once, and only when something changed
+        patch.status.update(changes)
+    _post_events(body, plan, memo.get("post_event") or kopf.info)
+
+
+def on_version_delete(**kwargs: Any) -> None:
+    """Finalizer: a version that still receives traffic cannot go; otherwise the store
+    marks it deleted (history kept) and audits it."""
+    body: kopf.Body = kwargs["body"]
+    store: Store = kwargs["memo"]["store"]
+    ns, name = str(body.metadata.namespace), str(body.metadata.name)
+    model, semver = body.spec.get("modelRef"), body.spec.get("version")
+    with store.transaction(ns, "finalizer") as tx:
+        snap = tx.snapshot(model) if model else None
+    weight = next((r.weight for r in snap.routes if r.version == semver), 0) if snap else 0
+    if snap is not None and weight > 0:
+        raise kopf.TemporaryError(
+            f"ModelVersion {ns}/{name} still receives {weight}% of traffic (policyVersion "
+            f"{snap.policy_version}); route it away first, then the deletion completes",
+            delay=30)
+    _tenant_pass(store, body, kwargs, without=("ModelVersion", name))
+
+
+def on_delete(**kwargs: Any) -> None:
+    """Finalizer for Models and RolloutPolicies: marked deleted in the store, audited."""
+    body: kopf.Body = kwargs["body"]
+    _tenant_pass(kwargs["memo"]["store"], body, kwargs,
+                 without=(str(body.get("kind")), str(body.metadata.name)))
+
+
+def validate(**kwargs: Any) -> None:
+    """The admission webhook: refuse what no later object can fix (DESIGN §3)."""
+    body: kopf.Body = kwargs["body"]
+    old: kopf.Body | None = kwargs.get("old")
+    if kwargs.get("operation") == "DELETE":
+        return
+    new = parse_body(dict(body))
+    if new.loaded is None:
+        raise kopf.AdmissionError(_refusal(new.errors), code=422)
+    before = parse_body(dict(old)).loaded if old else None
+    existing = parse_bodies(tenant_bodies(str(body.metadata.namespace), kwargs))
+    errors = admission_errors(new.loaded.resource, before.resource if before else None,
+                              existing, datetime.now(UTC))
+    if errors:
+        raise kopf.AdmissionError(_refusal(errors), code=422)
+
+
+def _refusal(errors: Iterable[Any]) -> str:
+    return "; ".join(f"{e.path}: {e.message} [{e.rule}]" for e in errors)
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    for plural in PLURALS:
+        kopf.index(GROUP, VERSION, plural, id=f"{plural}_by_ns",
+                   registry=registry)(index_by_namespace)
+        for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
+            on(GROUP, VERSION, plural, id="reconcile", registry=registry)(on_change)
+        kopf.timer(GROUP, VERSION, plural, id="repair", interval=settings.timer_interval,
+                   initial_delay=settings.timer_interval, idle=settings.timer_interval,
+                   registry=registry)(on_change)
+        kopf.on.validate(GROUP, VERSION, plural, id=f"validate-{plural}",
+                         registry=registry)(validate)
+    kopf.on.delete(GROUP, VERSION, "modelversions", id="retire",
+                   registry=registry)(on_version_delete)
+    for plural in ("models", "rolloutpolicies"):
+        kopf.on.delete(GROUP, VERSION, plural, id="retire", registry=registry)(on_delete)
+
+    @kopf.on.startup(registry=registry)
+    def configure(**kwargs: Any) -> None:
+        kopf_settings: kopf.OperatorSettings = kwargs["settings"]
+        kopf_settings.persistence.finalizer = FINALIZER
+        kopf_settings.posting.level = logging.INFO
+        if settings.webhook_host:
+            kopf_settings.admission.server = kopf.WebhookServer(
+                addr="0.0.0.0", port=settings.webhook_port,  # in-pod server
+                host=settings.webhook_url_host or settings.webhook_host)
+            kopf_settings.admission.managed = f"validating.{GROUP}"
+
+    @kopf.on.probe(id="store", registry=registry)
+    def store_probe(**kwargs: Any) -> str:
+        store: Store = kwargs["memo"]["store"]
+        store.tenants()
+        return "ok"
+
+    return registry
+
+
+def kubernetes_worker_applier() -> Any:
+    """Applies a Model's worker Deployment and Service with the kubernetes client and
+    returns the Model status fields about them. Needs a cluster (the end-to-end tests)."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    apps, core = client.AppsV1Api(), client.CoreV1Api()
+
+    def apply(body: kopf.Body, settings: OperatorSettings) -> dict[str, Any]:
+        result = parse_body(dict(body))
+        if result.loaded is None or not isinstance(result.loaded.resource, Model):
+            return {}
+        model = result.loaded.resource
+        deployment, service = worker_objects(model, body.metadata.uid, settings.worker_image,
+                                             settings.worker_port)
+        ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+        steps: tuple[tuple[dict[str, Any], Any, Any, Any], ...] = (
+            (deployment, apps.read_namespaced_deployment, apps.create_namespaced_deployment,
+             apps.patch_namespaced_deployment),
+            (service, core.read_namespaced_service, core.create_namespaced_service,
+             core.patch_namespaced_service),
+        )
+        for obj, read, create, patch in steps:
+            try:
+                read(name, ns)
+                patch(name, ns, obj)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                create(ns, obj)
+        live = apps.read_namespaced_deployment_status(name, ns).to_dict().get("status")
+        return {"workersReady": readiness(live, model.spec.workers.replicas)}
+
+    return apply

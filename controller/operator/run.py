@@ -1,0 +1,27 @@
+"""Starting the operator: settings once, the store, the registry, then kopf's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import kopf
+
+from controller.operator.handlers import build_registry, kubernetes_worker_applier
+from controller.operator.settings import OperatorSettings
+from controller.store.open import open_store
+
+
+def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> None:
+    store = open_store(settings.store_url)
+    memo = kopf.Memo(store=store, settings=settings, post_event=kopf.info,
+                     apply_workers=kubernetes_worker_applier() if apply_workers else None)
+    registry = build_registry(settings)
+    asyncio.run(kopf.operator(
+        registry=registry,
+        memo=memo,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        peering_name=settings.peering,
+        priority=settings.priority,
+        liveness_endpoint=settings.liveness,
+    ))

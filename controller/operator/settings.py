@@ -1,0 +1,40 @@
+"""Operator settings, read once at start-up into a typed object and passed down (kopf memo)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from controller.store.engine import resolve_url
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    store_url: str
+    worker_image: str = "ghcr.io/cadml/cadml:0.1.0"
+    worker_port: int = 8080
+    timer_interval: float = 60.0
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    peering: str = "cadml"
+    priority: int = 0
+    webhook_port: int = 9443
+    webhook_host: str | None = None  # set: serve the admission webhook (self-signed cert)
+    webhook_url_host: str | None = None  # the address the API server calls, if not webhook_host
+    liveness: str = "http://0.0.0.0:8081/healthz"
+    metrics_port: int = 9090
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> OperatorSettings:
+        env = dict(os.environ) if env is None else env
+        values: dict[str, object] = {
+            "store_url": resolve_url(None, env),
+            "worker_image": env.get("CADML_WORKER_IMAGE", cls.worker_image),
+            "timer_interval": float(env.get("CADML_TIMER_INTERVAL", cls.timer_interval)),
+            "namespaces": tuple(n for n in env.get("CADML_NAMESPACES", "").split(",") if n),
+            "peering": env.get("CADML_PEERING", cls.peering),
+            "webhook_host": env.get("CADML_WEBHOOK_HOST") or None,
+            "webhook_port": int(env.get("CADML_WEBHOOK_PORT", cls.webhook_port)),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,71 @@
+"""The similarity workers of a Model, as desired Kubernetes objects (pure builders).
+
+One Deployment and one Service per Model, owned by it (ownerReferences), so
+deleting the Model garbage-collects them and scaling is a Git change to
+`spec.workers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.api.v1alpha1 import API_VERSION, Model
+
+
+def worker_name(model: Model) -> str:
+    return f"cadml-worker-{model.metadata.name}"[:63].rstrip("-")
+
+
+def owner_reference(model: Model, uid: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "Model", "name": model.metadata.name,
+            "uid": uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def worker_objects(model: Model, uid: str, image: str, port: int) -> list[dict[str, Any]]:
+    """The Deployment and Service the Model's workers run as."""
+    name = worker_name(model)
+    ns = model.metadata.namespace
+    labels = {"app.kubernetes.io/name": "cadml-worker",
+              "app.kubernetes.io/instance": name,
+              "app.kubernetes.io/part-of": "cadml",
+              "cadml.io/model": model.metadata.name}
+    meta = {"name": name, "namespace": ns, "labels": labels,
+            "ownerReferences": [owner_reference(model, uid)]}
+    workers = model.spec.workers
+    resources = ({"requests": dict(workers.resources.requests),
+                  "limits": dict(workers.resources.limits)} if workers.resources else {})
+    container = {
+        "name": "worker",
+        "image": workers.image or image,
+        "args": ["worker", "--model", f"{ns}/{model.metadata.name}", "--port", str(port)],
+        "ports": [{"name": "http", "containerPort": port}],
+        "env": [{"name": "CADML_STORE_URL",
+                 "valueFrom": {"secretKeyRef": {"name": "cadml-store", "key": "url"}}}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
+                           "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                          "periodSeconds": 10},
+        "resources": resources,
+        "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True,
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+        "spec": {"replicas": workers.replicas,
+                 "selector": {"matchLabels": {"app.kubernetes.io/instance": name}},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [container],
+                                       "automountServiceAccountToken": False}}},
+    }
+    service = {
+        "apiVersion": "v1", "kind": "Service", "metadata": meta,
+        "spec": {"selector": {"app.kubernetes.io/instance": name},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    return [deployment, service]
+
+
+def readiness(deployment_status: dict[str, Any] | None, replicas: int) -> str:
+    ready = int((deployment_status or {}).get("readyReplicas") or 0)
+    return f"{ready}/{replicas}"

@@ -1,0 +1,33 @@
+"""One reconcile step for one tenant: validate, observe, plan and apply in one transaction.
+
+Shared by Git mode and the operator; the caller supplies the resources and their
+findings, and decides what to do with the returned Plan (print it, patch status,
+post events).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from controller.api.v1alpha1 import Resource
+from controller.findings import FieldError
+from controller.reconcile.apply import apply_plan
+from controller.reconcile.planner import Plan, plan_tenant
+from controller.store.repository import Store
+from controller.validation import Bundle
+from controller.validation.cross import check_bundle
+from controller.validation.single import check_object
+
+
+def findings_for(resources: list[Resource], now: datetime) -> list[FieldError]:
+    """Single-object and cross-object findings for a set of resources."""
+    findings = [e for r in resources for e in check_object(r)]
+    return findings + check_bundle(Bundle.of_resources(resources), now)
+
+
+def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
+                     findings: list[FieldError], now: datetime, actor: str) -> Plan:
+    with store.transaction(tenant, actor) as tx:
+        plan = plan_tenant(tenant, resources, findings, tx.observe(), now)
+        apply_plan(tx, plan)
+    return plan

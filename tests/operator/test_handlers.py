@@ -1,0 +1,185 @@
+"""The kopf handlers, called with real bodies (the examples), real indexes and a real store.
+
+No API server here: the end-to-end issue runs the same handlers under kopf against
+kube-apiserver. What stands in: the index mapping kopf would pass (built from the
+same bodies), and a recorder instead of kopf's event poster (kopf.info needs the
+running operator's context).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+
+from controller.operator.handlers import (
+    index_by_namespace,
+    on_change,
+    on_version_delete,
+    status_changes,
+    validate,
+)
+from controller.operator.settings import OperatorSettings
+from controller.operator.workers import worker_objects
+from controller.store import Store
+from controller.store.engine import make_engine
+from controller.store.migrate import upgrade
+from controller.validation.parse import parse_body
+from tests.conftest import EXAMPLES
+
+
+def _bodies() -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((EXAMPLES / "tenants").rglob("*.yaml")):
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            doc["metadata"].update(uid=f"uid-{doc['metadata']['name']}-{i}", generation=1)
+            doc["status"] = {}
+            out.append(doc)
+    return out
+
+
+class Cluster:
+    """The cluster's view kopf would hand to handlers: bodies and the four indexes."""
+
+    def __init__(self, store: Store) -> None:
+        self.bodies = {(b["kind"], b["metadata"]["name"]): b for b in _bodies()}
+        self.events: list[tuple[str, str, str]] = []
+        self.memo = kopf.Memo(store=store, settings=OperatorSettings(store_url="sqlite://"),
+                              post_event=lambda body, reason, message: self.events.append(
+                                  (body["metadata"]["name"], reason, message)))
+
+    def indexes(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        plural = {"Model": "models", "ModelVersion": "modelversions",
+                  "RolloutPolicy": "rolloutpolicies", "ReleaseRecord": "releaserecords"}
+        out: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+        for b in self.bodies.values():
+            for ns, value in index_by_namespace(namespace=b["metadata"]["namespace"],
+                                                body=kopf.Body(b)).items():
+                out[f"{plural[b['kind']]}_by_ns"][ns].append(value)
+        return out
+
+    def handle(self, kind: str, name: str) -> kopf.Patch:
+        patch = kopf.Patch()
+        on_change(body=kopf.Body(self.bodies[(kind, name)]), patch=patch, memo=self.memo,
+                  logger=logging.getLogger("test"), **self.indexes())
+        # what kopf does with the patch: merge it into the object's status
+        status = self.bodies[(kind, name)]["status"]
+        for k, v in dict(patch.get("status", {})).items():
+            if v is None:
+                status.pop(k, None)
+            else:
+                status[k] = v
+        return patch
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Cluster:
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'op.db'}"))
+    upgrade(store.engine)
+    return Cluster(store)
+
+
+def test_policy_status_is_written_once_and_only_when_changed(cluster: Cluster) -> None:
+    patch = cluster.handle("RolloutPolicy", "part-similarity")
+    status = patch["status"]
+    assert status["policyVersion"] == 1 and status["routingSummary"] == "1.1.0=90,1.2.0=10"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == 1
+    assert ("part-similarity", "Publish",
+            "policyVersion 1: - → 1.1.0=90,1.2.0=10 (policy)") in cluster.events
+    again = cluster.handle("RolloutPolicy", "part-similarity")
+    assert dict(again) == {}  # nothing changed: no status write at all
+
+
+def test_weight_change_through_the_api_raises_policy_version(cluster: Cluster) -> None:
+    cluster.handle("RolloutPolicy", "part-similarity")
+    body = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    body["spec"]["weights"] = [{"version": "1.1.0", "weight": 100}]
+    body["metadata"]["generation"] = 2
+    status = cluster.handle("RolloutPolicy", "part-similarity")["status"]
+    assert status["policyVersion"] == 2 and status["routingSummary"] == "1.1.0=100"
+    assert status["observedGeneration"] == 2
+
+
+def test_invalid_object_gets_stalled_status_not_retries(cluster: Cluster) -> None:
+    body = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    body["spec"]["weights"] = [{"version": "1.1.0", "weight": 90},
+                               {"version": "1.2.0", "weight": 20}]
+    status = cluster.handle("RolloutPolicy", "part-similarity")["status"]
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and "policy.weights-sum-100" in stalled["message"]
+
+
+def test_every_example_object_reaches_ready(cluster: Cluster) -> None:
+    for kind, name in list(cluster.bodies):
+        cluster.handle(kind, name)
+    for (kind, name), body in cluster.bodies.items():
+        ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "True", (kind, name, ready)
+
+
+def _admission(cluster: Cluster, body: dict[str, Any], old: dict[str, Any] | None = None,
+               operation: str = "CREATE") -> None:
+    validate(body=kopf.Body(body), old=kopf.Body(old) if old else None, operation=operation,
+             memo=cluster.memo, **cluster.indexes())
+
+
+def test_webhook_refuses_a_second_stable(cluster: Cluster) -> None:
+    canary = cluster.bodies[("ModelVersion", "part-similarity-1-2-0")]
+    promoted = {**canary, "spec": {**canary["spec"], "stage": "STABLE"}}
+    with pytest.raises(kopf.AdmissionError, match=r"version\.one-stable") as exc:
+        _admission(cluster, promoted, old=canary, operation="UPDATE")
+    assert exc.value.code == 422 and "DEPRECATED" in str(exc.value)
+
+
+def test_webhook_refuses_editing_a_release_record(cluster: Cluster) -> None:
+    record = cluster.bodies[("ReleaseRecord", "rel-2026-09-02-part-sim-1-1-0")]
+    edited = {**record, "spec": {**record["spec"], "canaryPercent": 50}}
+    with pytest.raises(kopf.AdmissionError, match=r"release\.immutable"):
+        _admission(cluster, edited, old=record, operation="UPDATE")
+
+
+def test_webhook_accepts_references_that_arrive_later(cluster: Cluster) -> None:
+    policy = {"apiVersion": "cadml.io/v1alpha1", "kind": "RolloutPolicy",
+              "metadata": {"name": "newcomer", "namespace": "acme-cad"},
+              "spec": {"modelRef": "not-yet-there", "weights": [
+                  {"version": "1.0.0", "weight": 100}]}}
+    _admission(cluster, policy)  # no exception
+
+
+def test_version_with_traffic_cannot_be_deleted(cluster: Cluster) -> None:
+    cluster.handle("RolloutPolicy", "part-similarity")
+    canary = cluster.bodies[("ModelVersion", "part-similarity-1-2-0")]
+    with pytest.raises(kopf.TemporaryError, match="10% of traffic"):
+        on_version_delete(body=kopf.Body(canary), memo=cluster.memo, **cluster.indexes())
+    draft = cluster.bodies.pop(("ModelVersion", "part-similarity-1-3-0-rc-1"))
+    on_version_delete(body=kopf.Body(draft), memo=cluster.memo, **cluster.indexes())
+    with cluster.memo["store"].transaction("acme-cad", "t") as tx:
+        assert [e.action for e in tx.audit_events()][-1] == "delete"
+
+
+def test_status_changes_removes_stale_fields() -> None:
+    assert status_changes({"a": 1, "b": 2}, {"a": 1, "c": 3}) == {"c": 3, "b": None}
+
+
+def test_worker_objects_are_owned_by_the_model() -> None:
+    body = next(b for b in _bodies() if b["kind"] == "Model" and
+                b["metadata"]["name"] == "part-similarity")
+    model = parse_body(body).loaded.resource  # type: ignore[union-attr]
+    deployment, service = worker_objects(model, "uid-1", "img:1", 8080)  # type: ignore[arg-type]
+    assert deployment["spec"]["replicas"] == 2
+    owner = deployment["metadata"]["ownerReferences"][0]
+    assert owner == {"apiVersion": "cadml.io/v1alpha1", "kind": "Model",
+                     "name": "part-similarity", "uid": "uid-1", "controller": True,
+                     "blockOwnerDeletion": True}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["worker", "--model", "acme-cad/part-similarity", "--port",
+                                 "8080"]
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert container["resources"]["limits"] == {"memory": "1Gi"}
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
