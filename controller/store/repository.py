@@ -356,6 +356,42 @@ class StoreTx:
                               refresh_seconds=row["refresh_seconds"],
                               created_at=_aware(row["created_at"]))
 
+    def current_snapshots(self) -> dict[str, PolicySnapshot]:
+        """The newest snapshot of every model's policy, in two queries."""
+        sc, mc, pc, rc = (t.policy_snapshot.c, t.model_catalog.c, t.model_rollout_policy.c,
+                          t.policy_route.c)
+        latest = (select(sc.policy_id, func.max(sc.policy_version).label("pv"))
+                  .where(sc.tenant_id == self.tenant).group_by(sc.policy_id).subquery())
+        rows = self.conn.execute(
+            select(t.policy_snapshot, pc.name.label("policy_name"),
+                   mc.name.label("model_name"))
+            .join(latest, and_(sc.policy_id == latest.c.policy_id,
+                               sc.policy_version == latest.c.pv))
+            .join(t.model_rollout_policy, and_(pc.tenant_id == sc.tenant_id,
+                                               pc.id == sc.policy_id))
+            .join(t.model_catalog, and_(mc.tenant_id == sc.tenant_id, mc.id == sc.model_id))
+            .where(sc.tenant_id == self.tenant)).mappings().all()
+        routes: dict[int, list[RouteRow]] = {}
+        if rows:
+            for r in self.conn.execute(
+                    select(rc.snapshot_id, rc.version, rc.weight, rc.is_stable, rc.forced)
+                    .where(rc.tenant_id == self.tenant,
+                           rc.snapshot_id.in_([row["id"] for row in rows])).order_by(rc.id)):
+                routes.setdefault(r.snapshot_id, []).append(
+                    RouteRow(r.version, r.weight, bool(r.is_stable), bool(r.forced)))
+        out: dict[str, PolicySnapshot] = {}
+        for row in rows:
+            snap = PolicySnapshot(
+                model_name=row["model_name"], policy_name=row["policy_name"],
+                policy_version=row["policy_version"], source=row["source"],
+                reason=row["reason"], routes=tuple(routes.get(row["id"], [])),
+                thresholds=dict(row["thresholds"]), refresh_seconds=row["refresh_seconds"],
+                created_at=_aware(row["created_at"]))
+            previous = out.get(snap.model_name)
+            if previous is None or snap.created_at > previous.created_at:
+                out[snap.model_name] = snap
+        return out
+
     def model_names(self) -> list[str]:
         c = t.model_catalog.c
         return list(self.conn.execute(select(c.name).where(c.tenant_id == self.tenant)
@@ -395,11 +431,7 @@ class StoreTx:
                                  deleted=bool(r["deleted"]))
             for r in self.conn.execute(select(t.model_rollout_policy).where(
                 pc.tenant_id == self.tenant)).mappings()}
-        snapshots = {}
-        for model in models:
-            snap = self.snapshot(model)
-            if snap is not None:
-                snapshots[model] = snap
+        snapshots = self.current_snapshots()
         rc = t.release_record.c
         releases = dict(self.conn.execute(select(rc.release_id, rc.spec_hash).where(
             rc.tenant_id == self.tenant)).all())
