@@ -88,7 +88,7 @@ def reconcile_object(store: Store, body: Mapping[str, Any], indexes: Mapping[str
     namespace = body["metadata"]["namespace"]
     resources = parse_bodies(tenant_bodies(namespace, indexes, current=body))
     plan = reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
-                            actor_of(body))
+                            actor_of(body), mode="operator")
     return plan, plan.computed.get((body["kind"], body["metadata"]["name"]), {})
 
 
@@ -106,7 +106,7 @@ def _tenant_pass(store: Store, body: kopf.Body, indexes: Mapping[str, Any],
     now = datetime.now(UTC)
     resources = parse_bodies(tenant_bodies(ns, indexes, without=without))
     return reconcile_tenant(store, ns, resources, findings_for(resources, now), now,
-                            actor_of(body))
+                            actor_of(body), mode="operator")
 
 
 # The handlers take only keyword arguments (kopf passes many; each picks what it needs).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import kopf
+from prometheus_client import start_http_server
 
 from controller.operator.handlers import build_registry, kubernetes_worker_applier
 from controller.operator.settings import OperatorSettings
@@ -12,6 +13,7 @@ from controller.store.open import open_store
 
 
 def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> None:
+    start_http_server(settings.metrics_port)  # /metrics for Prometheus
     store = open_store(settings.store_url)
     memo = kopf.Memo(store=store, settings=settings, post_event=kopf.info,
                      apply_workers=kubernetes_worker_applier() if apply_workers else None)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from controller import metrics
 from controller.api.v1alpha1 import Resource
+from controller.errors import CadmlError
 from controller.findings import FieldError
 from controller.reconcile.apply import apply_plan
 from controller.reconcile.planner import Plan, plan_tenant
@@ -26,8 +28,23 @@ def findings_for(resources: list[Resource], now: datetime) -> list[FieldError]:
 
 
 def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
-                     findings: list[FieldError], now: datetime, actor: str) -> Plan:
-    with store.transaction(tenant, actor) as tx:
-        plan = plan_tenant(tenant, resources, findings, tx.observe(), now)
-        apply_plan(tx, plan)
+                     findings: list[FieldError], now: datetime, actor: str,
+                     mode: str = "git") -> Plan:
+    with metrics.RECONCILE_SECONDS.labels(mode).time():
+        try:
+            with store.transaction(tenant, actor) as tx:
+                plan = plan_tenant(tenant, resources, findings, tx.observe(), now)
+                apply_plan(tx, plan)
+        except CadmlError as exc:
+            metrics.RECONCILE_ERRORS.labels(mode, exc.reason).inc()
+            raise
+    metrics.RECONCILES.labels(mode).inc()
+    for entry in plan.audit:
+        metrics.AUDIT_EVENTS.labels(tenant, entry.action).inc()
+    for snap in plan.snapshots:
+        metrics.POLICY_VERSION.labels(tenant, snap.model_name).set(snap.policy_version)
+    metrics.INVALID_OBJECTS.labels(tenant).set(sum(
+        1 for status in plan.computed.values()
+        if any(c["type"] == "Stalled" and c["status"] == "True"
+               for c in status.get("conditions", []))))
     return plan

@@ -181,3 +181,16 @@ def test_cli_reconcile_and_status(gitops_repo: Path, tmp_path: Path,
     out = capsys.readouterr().out
     assert "policy.weights-sum-100" in out and "not applied" in out
     assert main(["reconcile", "--repo", str(tmp_path / "nope"), "--store", url]) == 2
+
+
+def test_reconcile_records_metrics(backend: Backend, gitops_repo: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = sample("cadml_reconciles_total", mode="git")
+    assert _run(backend.store, gitops_repo).ok
+    assert sample("cadml_reconciles_total", mode="git") == before + 2  # two tenants
+    assert sample("cadml_policy_version", tenant="acme-cad", model="part-similarity") == 1
+    assert sample("cadml_invalid_objects", tenant="acme-cad") == 0
