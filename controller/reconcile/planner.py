@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from controller.api.v1alpha1 import (
@@ -48,6 +48,7 @@ from controller.store.repository import (
     ReleaseRow,
     RouteRow,
     VersionRow,
+    WorkerState,
 )
 from controller.validation.cross import FIXABLE_LATER
 from controller.validation.gates import evaluate_gates, gate_summary
@@ -369,6 +370,8 @@ def _status_of(plan: Plan, r: Resource, invalid: list[FieldError], waiting: list
                           "SecondStable" if conflict else "NoConflict", _message(conflict)))
         extra["servingWeight"] = serving.get((r.spec.model_ref, r.spec.version), 0)
     if isinstance(r, Model):
+        extra["workersApplied"] = workers_applied(observed.workers.get(r.metadata.name, []),
+                                                  extra.get("policyVersion"), now)
         vs = versions_of.get(r.metadata.name, {})
         extra["stableVersion"] = next((sv for sv, v in vs.items()
                                        if v.spec.stage == "STABLE"), None)
@@ -391,6 +394,19 @@ def _status_of(plan: Plan, r: Resource, invalid: list[FieldError], waiting: list
     plan.computed[key] = status
     if status != previous:
         plan.statuses[key] = (generation, status)
+
+
+WORKER_STALE_AFTER = timedelta(seconds=60)
+
+
+def workers_applied(workers: list[WorkerState], policy_version: int | None,
+                    now: datetime) -> str | None:
+    """'n/m': live workers (reported within a minute) serving the current policyVersion."""
+    live = [w for w in workers if now - w.updated_at <= WORKER_STALE_AFTER]
+    if not live:
+        return None
+    applied = sum(1 for w in live if w.applied_policy_version == policy_version)
+    return f"{applied}/{len(live)}"
 
 
 def _asdict(row: Any) -> dict[str, Any]:

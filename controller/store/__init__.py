@@ -11,6 +11,7 @@ from controller.store.repository import (
     Store,
     StoreTx,
     VersionRow,
+    WorkerState,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "Store",
     "StoreTx",
     "VersionRow",
+    "WorkerState",
 ]

@@ -111,6 +111,17 @@ class ObservedTenant:
     snapshots: dict[str, PolicySnapshot]  # by model name
     releases: dict[str, str]  # release_id -> spec_hash
     statuses: dict[tuple[str, str], dict[str, Any]]
+    workers: dict[str, list[WorkerState]] = field(default_factory=dict)  # by model name
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    worker_id: str
+    model_name: str
+    applied_policy_version: int
+    degraded: bool
+    updated_at: datetime
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,7 +447,7 @@ class StoreTx:
         releases = dict(self.conn.execute(select(rc.release_id, rc.spec_hash).where(
             rc.tenant_id == self.tenant)).all())
         return ObservedTenant(models, versions, policies, snapshots, releases,
-                              self.statuses())
+                              self.statuses(), self.worker_states())
 
     def statuses(self) -> dict[tuple[str, str], dict[str, Any]]:
         c = t.object_status.c
@@ -508,6 +519,30 @@ class StoreTx:
                                      .where(c.tenant_id == self.tenant)).scalar_one())
 
     # ------------------------------------------------------------------ ticks, workers
+
+    def report_worker(self, worker_id: str, model_name: str, applied_policy_version: int,
+                      degraded: bool, detail: dict[str, Any] | None = None) -> None:
+        """A worker says which policyVersion it serves (and whether it is degraded)."""
+        c = t.worker_state.c
+        model_id = self._require_model(model_name)
+        values = dict(model_id=model_id, applied_policy_version=applied_policy_version,
+                      degraded=degraded, detail=detail or {}, updated_at=self.now)
+        done = self.conn.execute(update(t.worker_state).where(
+            c.tenant_id == self.tenant, c.worker_id == worker_id).values(**values))
+        if done.rowcount == 0:
+            self.conn.execute(insert(t.worker_state).values(
+                tenant_id=self.tenant, worker_id=worker_id, **values))
+
+    def worker_states(self) -> dict[str, list[WorkerState]]:
+        c, mc = t.worker_state.c, t.model_catalog.c
+        out: dict[str, list[WorkerState]] = {}
+        for r in self.conn.execute(select(t.worker_state, mc.name.label("model_name")).join(
+                t.model_catalog, and_(mc.tenant_id == c.tenant_id, mc.id == c.model_id))
+                .where(c.tenant_id == self.tenant).order_by(c.worker_id)).mappings():
+            out.setdefault(r["model_name"], []).append(WorkerState(
+                r["worker_id"], r["model_name"], r["applied_policy_version"],
+                bool(r["degraded"]), _aware(r["updated_at"]), dict(r["detail"])))
+        return out
 
     def claim_tick(self, window_key: str, result: dict[str, Any]) -> bool:
         """True the first time a window key is claimed; False (nothing written) after."""

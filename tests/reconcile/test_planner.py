@@ -196,3 +196,17 @@ def test_last_transition_time_moves_only_on_change(old: Cond, new: Cond, moves: 
     second = merge(first, [new], 2, later)
     assert (second[0]["lastTransitionTime"] != first[0]["lastTransitionTime"]) is moves
     assert second[0]["observedGeneration"] == 2
+
+
+def test_model_status_counts_workers_on_the_current_policy_version() -> None:
+    from controller.store.repository import WorkerState
+
+    observed = _observed_after(BASE)
+    workers = {"m": [WorkerState("w1", "m", 1, False, NOW - timedelta(seconds=5)),
+                     WorkerState("w2", "m", 0, False, NOW - timedelta(seconds=2)),
+                     WorkerState("w3", "m", 1, False, NOW - timedelta(minutes=10))]}
+    plan = _plan(BASE, ObservedTenant(observed.models, observed.versions, observed.policies,
+                                      observed.snapshots, observed.releases,
+                                      observed.statuses, workers))
+    _, status = plan.statuses[("Model", "m")]
+    assert status["workersApplied"] == "1/2"  # w3 is stale, w2 still on policyVersion 0
