@@ -79,8 +79,8 @@ def load_drawing(data: bytes, *, max_bytes: int = 50 * 1024 * 1024) -> Loaded:
     import ezdxf
     from ezdxf import recover
     from ezdxf.document import Drawing
-    from ezdxf.lldxf.tagger import binary_tags_loader
     from ezdxf.filemanagement import dxf_stream_info
+    from ezdxf.lldxf.tagger import binary_tags_loader
 
     if len(data) > max_bytes:
         raise InvalidDrawing(f"drawing is {len(data)} bytes, over the limit of {max_bytes}",
@@ -95,13 +95,13 @@ def load_drawing(data: bytes, *, max_bytes: int = 50 * 1024 * 1024) -> Loaded:
         try:
             info = dxf_stream_info(io.StringIO(data[:65536].decode("utf-8", errors="ignore")))
             text = data.decode(info.encoding, errors="surrogateescape")
-            return Loaded(ezdxf.read(io.StringIO(text)), False)
-        except Exception:  # noqa: BLE001 - any failure of the strict reader: try to recover
+            return Loaded(ezdxf.read(io.StringIO(text)), False)  # type: ignore[attr-defined]
+        except Exception:  # any failure of the strict reader: try to recover
             doc, _auditor = recover.read(io.BytesIO(data))
             return Loaded(doc, True)
     except InvalidDrawing:
         raise
-    except (Exception, RecursionError) as exc:  # noqa: BLE001 - every parser failure is one error
+    except (Exception, RecursionError) as exc:  # every parser failure is one error
         raise InvalidDrawing(f"not a readable DXF drawing: {type(exc).__name__}: "
                              f"{str(exc)[:200]}", context={"error": type(exc).__name__}) from None
 
