@@ -111,10 +111,10 @@ def scan(data: bytes, mode: str = "whitelist",
             if name in _STRING_OPS:
                 recent.append(arg if isinstance(arg, str) else None)
             elif name in _MEMO_PUT:
-                slot = len(memo) if name == "MEMOIZE" else int(arg)
+                slot = len(memo) if name == "MEMOIZE" else int(arg or 0)
                 memo[slot] = recent[-1] if recent else None
             elif name in _MEMO_GET:
-                recent.append(memo.get(int(arg)))
+                recent.append(memo.get(int(arg or 0)))
             elif name in ("GLOBAL", "INST"):
                 module, _, attr = str(arg).partition(" ")
                 _check(report, module, attr, mode)
