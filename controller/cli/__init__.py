@@ -30,7 +30,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from controller.cli import diff, gen, operator_cmd, reconcile, store_cmds, validate
+    from controller.cli import (
+        diff,
+        gen,
+        index_cmd,
+        operator_cmd,
+        reconcile,
+        store_cmds,
+        validate,
+    )
 
     parser = _Parser(
         prog="cadml",
@@ -41,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cadml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (validate, diff, reconcile, operator_cmd, gen, store_cmds):
+    for module in (validate, diff, reconcile, operator_cmd, index_cmd, gen, store_cmds):
         module.register(sub)
     return parser
 

@@ -1,0 +1,140 @@
+"""Model-version artifacts: resolve the URI, verify sha256, load vectors and an index.
+
+Formats: `faiss-index` (a manifest written by `cadml index build`: it names the
+faiss index file and the raw vectors, each with its sha256), `npz` (arrays
+`vectors` and `ids`, no pickles allowed), `pickle` (scanned opcode by opcode,
+then loaded restricted; a dict with `vectors` and `ids`). A faiss index that is
+missing, corrupt or fails its checksum does not stop the version: it is served
+Degraded from the exact numpy index over the verified vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from controller.errors import CadmlError
+from controller.search.index import ExactIndex, VectorIndex, read_faiss
+from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport, safe_load
+
+MANIFEST_FORMAT = "cadml-index/v1"
+
+
+class ArtifactError(CadmlError):
+    reason = "ArtifactError"
+    exit_code = 1
+
+    def __init__(self, message: str, *, code: str, context: dict[str, Any] | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.stage = "artifact"
+        self.context = context or {}
+
+
+def resolve(uri: str) -> Path:
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise ArtifactError(f"artifact scheme {parsed.scheme!r} cannot be fetched by this worker "
+                            "(file:// only; mount s3/http/configmap artifacts as files)",
+                            code="unsupported_scheme", context={"uri": uri})
+    return Path(unquote(parsed.path))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verified(path: Path, expected: str | None, what: str) -> None:
+    if not path.is_file():
+        raise ArtifactError(f"{what} {path} does not exist", code="artifact_missing",
+                            context={"path": str(path)})
+    if expected is not None:
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ArtifactError(f"{what} {path}: sha256 {actual} does not match {expected}",
+                                code="checksum_mismatch",
+                                context={"path": str(path), "expected": expected,
+                                         "actual": actual})
+
+
+@dataclass
+class Artifact:
+    ids: list[str]
+    vectors: np.ndarray
+    index: VectorIndex
+    feature_version: str | None
+    degraded: str | None = None  # why the exact fallback serves, if it does
+    scan: ScanReport | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def load_artifact(uri: str, sha256: str | None, fmt: str, *, pickle_mode: str = "whitelist",
+                  pickle_max_bytes: int = DEFAULT_MAX_BYTES, ef_search: int | None = None,
+                  ) -> Artifact:
+    path = resolve(uri)
+    _verified(path, sha256, "artifact")
+    if fmt == "faiss-index":
+        return _load_manifest(path, ef_search)
+    if fmt == "npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                vectors, ids = data["vectors"], [str(i) for i in data["ids"]]
+        except (ValueError, KeyError, OSError) as exc:
+            raise ArtifactError(f"npz artifact {path}: {exc}", code="artifact_corrupt") from None
+        return Artifact(ids, _matrix(vectors, len(ids)), ExactIndex(vectors), None)
+    if fmt == "pickle":
+        obj, report = safe_load(path.read_bytes(), pickle_mode, pickle_max_bytes)
+        if not isinstance(obj, dict) or "vectors" not in obj or "ids" not in obj:
+            raise ArtifactError("pickle artifact must hold a dict with 'vectors' and 'ids'",
+                                code="artifact_corrupt")
+        ids = [str(i) for i in obj["ids"]]
+        vectors = _matrix(obj["vectors"], len(ids))
+        return Artifact(ids, vectors, ExactIndex(vectors), None, scan=report)
+    raise ArtifactError(f"unknown artifact format {fmt!r}", code="artifact_format")
+
+
+def _matrix(vectors: Any, n: int) -> np.ndarray:
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] != n or not np.isfinite(arr).all():
+        raise ArtifactError(f"vectors must be a finite {n} x d matrix, got shape {arr.shape}",
+                            code="artifact_corrupt")
+    return arr
+
+
+def _load_manifest(path: Path, ef_search: int | None) -> Artifact:
+    try:
+        manifest = json.loads(path.read_text("utf-8"))
+    except (ValueError, OSError) as exc:
+        raise ArtifactError(f"manifest {path}: {exc}", code="artifact_corrupt") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ArtifactError(f"manifest {path} is not {MANIFEST_FORMAT}", code="artifact_format")
+    base = path.parent
+    vec = manifest["vectors"]
+    _verified(base / vec["file"], vec["sha256"], "vectors")
+    vectors = np.load(base / vec["file"], allow_pickle=False)
+    ids = [f["id"] for f in manifest["files"]]
+    vectors = _matrix(vectors, len(ids))
+    idx = manifest["index"]
+    try:
+        _verified(base / idx["file"], idx["sha256"], "faiss index")
+        index: VectorIndex = read_faiss(str(base / idx["file"]), idx.get("kind", "flat"),
+                                        ef_search)
+        if index.ntotal != len(ids):
+            raise ArtifactError("faiss index size differs from the manifest",
+                                code="artifact_corrupt")
+        degraded = None
+    except (ArtifactError, RuntimeError) as exc:
+        index, degraded = ExactIndex(vectors), f"faiss index unavailable: {exc}"
+    return Artifact(ids, vectors, index, manifest.get("featureVersion"), degraded,
+                    manifest=manifest)

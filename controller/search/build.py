@@ -1,0 +1,88 @@
+"""`cadml index build`: drawings → feature vectors → faiss index + vectors + manifest.
+
+The manifest (`manifest.json`) is the artifact a ModelVersion points at (URI +
+sha256); it records the feature version, dimension, the sha256 of the index and
+of the raw vectors, every indexed file and every skipped file with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.features import FEATURE_DIMS, Features, InvalidDrawing
+from controller.features.sandbox import FeatureSandbox, SandboxLimits
+from controller.search.artifacts import MANIFEST_FORMAT, sha256_file
+from controller.search.index import build_faiss, write_faiss
+
+DXF_SUFFIXES = (".dxf",)
+
+
+@dataclass
+class BuildResult:
+    manifest_path: Path
+    manifest_sha256: str
+    indexed: int
+    skipped: list[dict[str, str]]
+
+
+def find_drawings(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in DXF_SUFFIXES)
+
+
+def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: str = "flat",
+                workers: int = 2, limits: SandboxLimits | None = None,
+                progress: Callable[[int, int, str, str], None] | None = None) -> BuildResult:
+    if feature_version not in FEATURE_DIMS:
+        raise ValueError(f"unknown feature version {feature_version!r}")
+    paths = find_drawings(source)
+    items = [(str(p.relative_to(source)), p.read_bytes()) for p in paths]
+    results: dict[str, Features | InvalidDrawing] = {}
+    sandbox = FeatureSandbox(workers, limits)
+    try:
+        for done, (name, result) in enumerate(sandbox.map(items, feature_version), start=1):
+            results[name] = result
+            if progress:
+                what = (f"skipped: {result}" if isinstance(result, InvalidDrawing)
+                        else f"{result.entities} entities")
+                progress(done, len(items), name, what)
+    finally:
+        sandbox.close()
+    files, vectors, skipped = [], [], []
+    for name, _ in items:  # manifest order = sorted file order, whatever finished first
+        result = results[name]
+        if isinstance(result, InvalidDrawing):
+            skipped.append({"file": name, "code": result.code, "reason": str(result)})
+            continue
+        files.append({"id": name, "entities": result.entities, "truncated": result.truncated,
+                      "recovered": result.recovered})
+        vectors.append(result.vector)
+    if not vectors:
+        raise InvalidDrawing(f"no drawing in {source} could be indexed", code="nothing_indexed",
+                             stage="index")
+    matrix = np.vstack(vectors).astype(np.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "vectors.npy", matrix, allow_pickle=False)
+    write_faiss(build_faiss(matrix, kind), str(out / "index.faiss"))
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "featureVersion": feature_version,
+        "dim": int(matrix.shape[1]),
+        "count": len(files),
+        "index": {"file": "index.faiss", "kind": kind,
+                  "sha256": sha256_file(out / "index.faiss")},
+        "vectors": {"file": "vectors.npy", "sha256": sha256_file(out / "vectors.npy")},
+        "files": files,
+        "skipped": skipped,
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    os.replace(tmp, out / "manifest.json")  # a reader never sees half a manifest
+    return BuildResult(out / "manifest.json", sha256_file(out / "manifest.json"), len(files),
+                       skipped)

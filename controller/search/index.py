@@ -1,0 +1,104 @@
+"""Vector indexes behind one narrow seam: faiss (flat or HNSW) and the exact numpy fallback.
+
+Both return squared L2 distances and row ids, best first, padded with -1 when k
+exceeds the index size — so a Degraded version answers exactly like its faiss
+flat index would.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class VectorIndex(Protocol):
+    kind: str
+
+    @property
+    def ntotal(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ExactIndex:
+    """Brute-force squared-L2 search in numpy (the degraded path, and the test oracle)."""
+
+    kind = "exact"
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.norms = np.einsum("ij,ij->i", self.vectors, self.vectors)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        n, kk = self.ntotal, min(k, self.ntotal)
+        dist = np.full((q.shape[0], k), np.inf, dtype=np.float32)
+        ids = np.full((q.shape[0], k), -1, dtype=np.int64)
+        if kk == 0:
+            return dist, ids
+        d = (np.einsum("ij,ij->i", q, q)[:, None] - 2.0 * (q @ self.vectors.T)
+             + self.norms[None, :])
+        np.maximum(d, 0.0, out=d)
+        part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < n else \
+            np.tile(np.arange(n), (q.shape[0], 1))
+        rows = np.arange(q.shape[0])[:, None]
+        order = np.lexsort((part, d[rows, part]), axis=1)  # by distance, then id
+        top = part[rows, order]
+        dist[:, :kk] = d[rows, top]
+        ids[:, :kk] = top
+        return dist, ids
+
+
+class FaissIndex:
+    def __init__(self, index: Any, kind: str) -> None:
+        self.index = index
+        self.kind = kind
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        dist, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        dist = np.where(ids < 0, np.inf, dist).astype(np.float32)
+        return dist, ids.astype(np.int64)
+
+
+def build_faiss(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32,
+                ef_construction: int = 80, ef_search: int = 96) -> FaissIndex:
+    import faiss
+
+    data = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = data.shape[1]
+    index: Any
+    if kind == "flat":
+        index = faiss.IndexFlatL2(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
+    else:
+        raise ValueError(f"unknown index kind {kind!r} (flat, hnsw)")
+    index.add(data)
+    return FaissIndex(index, kind)
+
+
+def read_faiss(path: str, kind: str, ef_search: int | None = None) -> FaissIndex:
+    import faiss
+
+    index: Any = faiss.read_index(path)
+    if kind == "hnsw" and ef_search is not None:
+        hnsw: Any = faiss.downcast_index(index)
+        hnsw.hnsw.efSearch = ef_search
+    return FaissIndex(index, kind)
+
+
+def write_faiss(index: FaissIndex, path: str) -> None:
+    import faiss
+
+    faiss.write_index(index.index, path)
