@@ -6,6 +6,7 @@
     ├── InvalidInput                input read fine but breaks rules; carries FieldErrors; exit 1
     ├── StoreError                  the runtime store refused or failed
     │   ├── ConflictError           a unique rule lost a race (second STABLE, repeated tick)
+    │   ├── NotFound                the row asked for does not exist
     │   └── StoreUnavailable        connection or server failure; a retry can help
     └── GenerationDrift             generated files differ from the schema source (`gen --check`)
 
@@ -64,6 +65,11 @@ class ConflictError(StoreError):
     """A uniqueness rule lost a race; retrying the same write cannot succeed."""
 
     reason = "Conflict"
+    exit_code = 1
+
+
+class NotFound(StoreError):
+    reason = "NotFound"
     exit_code = 1
 
 

@@ -18,3 +18,16 @@ INVALID_OBJECTS = Gauge("cadml_invalid_objects", "Objects with a Stalled/Invalid
 POLICY_VERSION = Gauge("cadml_policy_version", "Current policyVersion per model",
                        ["tenant", "model"])
 AUDIT_EVENTS = Counter("cadml_audit_events_total", "Audit events appended", ["tenant", "action"])
+
+WORKER_REQUESTS = Counter("cadml_worker_requests_total", "Runs served, by version and route",
+                          ["tenant", "model", "version", "route"])
+RUN_LATENCY = Histogram("cadml_run_latency_seconds", "Search latency per run",
+                        ["tenant", "model", "version"])
+WORKER_DEGRADED = Gauge("cadml_worker_degraded", "1 while a version is served by the exact "
+                        "fallback", ["tenant", "model", "version"])
+WORKER_POLICY_VERSION = Gauge("cadml_worker_policy_version", "policyVersion a worker applies",
+                              ["tenant", "model"])
+ARTIFACT_REFUSALS = Counter("cadml_artifact_refusals_total", "Artifacts refused as unsafe",
+                            ["tenant", "model", "code"])
+WORKER_ERRORS = Counter("cadml_worker_errors_total", "Requests refused, by error code",
+                        ["tenant", "model", "code"])

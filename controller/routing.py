@@ -7,6 +7,7 @@ default policy. Thresholds layer model defaults < version defaults < policy.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -69,3 +70,36 @@ def effective_thresholds(
     if policy is not None:
         out.update({k: Threshold(v, "policy") for k, v in policy.spec.thresholds.items()})
     return dict(sorted(out.items()))
+
+
+def bucket(job_id: str) -> float:
+    """A job's fixed place in [0, 100): the same job lands in the same bucket forever."""
+    digest = hashlib.sha256(job_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000 / 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    version: str
+    source: str  # "override" | "binding" | "policy"
+
+
+def choose_version(job_id: str, routes: tuple[tuple[str, int], ...], snapshot_source: str,
+                   binding: str | None, available: frozenset[str]) -> Choice | None:
+    """Precedence, fixed: manual override > the job's own binding > the policy's weights.
+
+    `routes` are (version, weight) of the published snapshot; `available` the
+    versions this worker has loaded. A binding to a version that is not loaded any
+    more falls back to the policy. None when nothing can serve.
+    """
+    if snapshot_source == "override" and routes:
+        version = routes[0][0]
+        return Choice(version, "override") if version in available else None
+    if binding is not None and binding in available:
+        return Choice(binding, "binding")
+    point, cumulative = bucket(job_id), 0.0
+    for version, weight in routes:
+        cumulative += weight
+        if point < cumulative and weight > 0:
+            return Choice(version, "policy") if version in available else None
+    return None

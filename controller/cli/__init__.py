@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         reconcile,
         store_cmds,
         validate,
+        worker_cmd,
     )
 
     parser = _Parser(
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cadml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (validate, diff, reconcile, operator_cmd, index_cmd, gen, store_cmds):
+    for module in (validate, diff, reconcile, operator_cmd, worker_cmd, index_cmd, gen,
+                   store_cmds):
         module.register(sub)
     return parser
 

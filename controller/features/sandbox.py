@@ -34,6 +34,15 @@ class _CpuLimit(Exception):
 
 
 def _init(memory_bytes: int) -> None:
+    # Import the parser before any limit applies: an import cut short by the CPU timer
+    # would leave a half-initialised module behind for every later drawing.
+    import ezdxf
+    import ezdxf.document
+    import ezdxf.filemanagement
+    import ezdxf.lldxf.tagger
+    import ezdxf.recover
+
+    ezdxf.new()  # first use loads lazily imported entity modules too
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
 

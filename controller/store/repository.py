@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, and_, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from controller.errors import ConflictError, StoreError, StoreUnavailable
+from controller.errors import ConflictError, NotFound, StoreError, StoreUnavailable
 from controller.store import tables as t
 from controller.store.audit import GENESIS, AuditEvent, ChainProblem, chain_hash, verify_chain
 from controller.store.engine import make_engine
@@ -512,6 +512,49 @@ class StoreTx:
                 met_threshold=r.met_threshold, error_code=r.error_code,
                 created_at=r.created_at or self.now))
         self.conn.execute(insert(t.model_run), rows)
+
+    def review_run(self, run_key: str, status: str, reviewer: str,
+                   human_decision: str | None) -> None:
+        """A human reviews an AI run; the AI's own decision stays PENDING_REVIEW."""
+        c = t.model_run.c
+        done = self.conn.execute(update(t.model_run).where(
+            c.tenant_id == self.tenant, c.run_key == run_key).values(
+            review_status=status, reviewer=reviewer, human_decision=human_decision,
+            reviewed_at=self.now))
+        if done.rowcount != 1:
+            raise NotFound(f"run {run_key} does not exist")
+
+    def run(self, run_key: str) -> dict[str, Any] | None:
+        c = t.model_run.c
+        row = self.conn.execute(select(t.model_run).where(
+            c.tenant_id == self.tenant, c.run_key == run_key)).mappings().first()
+        return dict(row) if row else None
+
+    def bind_job(self, job_key: str, version_name: str, snapshot: dict[str, Any]) -> None:
+        """Bind a job to a version (insert or move); keeps the runtime snapshot it ran under."""
+        c, vc = t.ai_analysis_jobs.c, t.model_version.c
+        vid = self.conn.execute(select(vc.id).where(vc.tenant_id == self.tenant,
+                                                    vc.name == version_name)).scalar()
+        if vid is None:
+            raise NotFound(f"version {version_name} does not exist")
+        done = self.conn.execute(update(t.ai_analysis_jobs).where(
+            c.tenant_id == self.tenant, c.job_key == job_key).values(
+            model_version_id=vid, runtime_snapshot=snapshot))
+        if done.rowcount == 0:
+            self.conn.execute(insert(t.ai_analysis_jobs).values(
+                tenant_id=self.tenant, job_key=job_key, model_version_id=vid,
+                runtime_snapshot=snapshot, created_at=self.now))
+
+    def job_bindings(self, model_name: str) -> dict[str, str]:
+        """job_key → bound version (semver) for one model."""
+        c, vc, mc = t.ai_analysis_jobs.c, t.model_version.c, t.model_catalog.c
+        rows = self.conn.execute(
+            select(c.job_key, vc.version)
+            .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
+                                        vc.id == c.model_version_id))
+            .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
+            .where(c.tenant_id == self.tenant, mc.name == model_name))
+        return {r.job_key: r.version for r in rows}
 
     def count_runs(self) -> int:
         c = t.model_run.c

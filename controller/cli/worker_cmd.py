@@ -1,0 +1,59 @@
+"""`cadml worker`: the CAD similarity worker of one model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from controller.cli.store_cmds import STORE_HELP
+
+HELP = """\
+Serve similarity search for one model over HTTP. The worker re-reads the model's
+policy snapshot every refreshSeconds, loads the versions it routes to (artifact
+sha256 verified; pickles scanned first), routes each job by a hash of its id into
+the weight buckets (manual override > job binding > policy), and records every
+run with its version, policyVersion and thresholds, as PENDING_REVIEW.
+
+Endpoints: POST /v1/search (application/json {vector, jobId, topK} | multipart
+'drawing' | application/dxf), POST /v1/search/batch, POST /v1/jobs/JOB/binding,
+POST /v1/runs/RUN/review, POST /admin/recover (Bearer CADML_ADMIN_TOKEN),
+GET /healthz, /readyz, /metrics.
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("worker", help="serve similarity search for one model",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="TENANT/MODEL")
+    p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="0.0.0.0")  # in-pod server
+    p.add_argument("--pickle-mode", choices=("whitelist", "blacklist", "audit"),
+                   default=os.environ.get("CADML_PICKLE_MODE", "whitelist"))
+    p.add_argument("--backoff", type=float, default=300.0, metavar="S",
+                   help="first recovery retry of a degraded index (default 300 s, x2, <= 3600)")
+    p.add_argument("--backoff-max", type=float, default=3600.0, metavar="S")
+    p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from controller.errors import UsageError
+    from controller.store.open import open_store
+    from controller.worker.app import make_app
+    from controller.worker.runtime import WorkerRuntime, WorkerSettings
+
+    tenant, _, model = args.model.partition("/")
+    if not tenant or not model:
+        raise UsageError("--model takes TENANT/MODEL")
+    store = open_store(args.store)
+    settings = WorkerSettings(
+        tenant=tenant, model=model, store_url=str(store.engine.url),
+        pickle_mode=args.pickle_mode, backoff_initial=args.backoff,
+        backoff_max=args.backoff_max, admin_token=os.environ.get("CADML_ADMIN_TOKEN") or None,
+        max_upload_bytes=args.max_upload_bytes)
+    web.run_app(make_app(WorkerRuntime(store, settings)), host=args.host, port=args.port)
+    return 0

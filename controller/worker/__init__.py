@@ -1,0 +1,1 @@
+"""The CAD similarity worker: routing by policy, features, faiss search, run records."""

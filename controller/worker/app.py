@@ -1,0 +1,322 @@
+"""The worker's HTTP API (aiohttp). Handlers parse and answer; `WorkerRuntime` does the work.
+
+Errors are JSON `{code, stage, message, context, timestamp}`:
+    400 bad_request / bad_top_k / bad_vector   404 not_found (run, version, route)
+    409 not_routable (binding to a version that is not CANARY/STABLE)
+    413 too_large   415 unsupported_media_type   422 invalid_drawing & friends,
+    dimension_mismatch   503 no_policy / version_unavailable / not_ready
+A malformed request never crashes the worker or leaves a half-written run:
+runs are written in one transaction after the search succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from aiohttp import BodyPartReader, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from controller import metrics
+from controller.errors import CadmlError, NotFound
+from controller.features import InvalidDrawing
+from controller.features.sandbox import FeatureSandbox, SandboxLimits
+from controller.search.artifacts import ArtifactError
+from controller.worker.runtime import WorkerError, WorkerRuntime
+
+log = logging.getLogger("cadml.worker")
+RUNTIME = web.AppKey("runtime", WorkerRuntime)
+SANDBOX = web.AppKey("sandbox", FeatureSandbox)
+REVIEW_STATUSES = ("APPROVED", "REJECTED")
+
+
+def error_body(code: str, stage: str, message: str, context: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    return {"code": code, "stage": stage, "message": message, "context": context or {},
+            "timestamp": datetime.now(UTC).isoformat()}
+
+
+def _fail(status: int, code: str, stage: str, message: str,
+          context: dict[str, Any] | None = None) -> web.Response:
+    return web.json_response(error_body(code, stage, message, context), status=status)
+
+
+@web.middleware
+async def errors(request: web.Request,
+                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    s = runtime.settings
+    try:
+        return await handler(request)
+    except (WorkerError, InvalidDrawing) as exc:
+        metrics.WORKER_ERRORS.labels(s.tenant, s.model, exc.code).inc()
+        return _fail(exc.status, exc.code, exc.stage, str(exc), exc.context)
+    except ArtifactError as exc:
+        metrics.WORKER_ERRORS.labels(s.tenant, s.model, exc.code).inc()
+        return _fail(503, exc.code, exc.stage, str(exc), exc.context)
+    except NotFound as exc:
+        return _fail(404, "not_found", "request", str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _fail(413, "too_large", "upload", str(exc))
+    except web.HTTPException:
+        raise
+    except CadmlError as exc:
+        log.warning("request failed: %s", exc)
+        return _fail(503 if exc.retryable else 500, exc.reason, "store", str(exc))
+    except Exception:
+        log.exception("unexpected error")
+        return _fail(500, "internal", "worker", "unexpected error; see the worker log")
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WorkerError(f"request body is not JSON: {exc}", code="bad_request",
+                          stage="request", status=400) from None
+    if not isinstance(body, dict):
+        raise WorkerError("request body must be a JSON object", code="bad_request",
+                          stage="request", status=400)
+    return body
+
+
+def _vector(value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        arr = np.zeros(0, dtype=np.float32)
+    if arr.ndim != 1 or arr.size == 0 or not np.isfinite(arr).all():
+        raise WorkerError("vector must be a non-empty list of finite numbers",
+                          code="bad_vector", stage="request", status=400)
+    return arr
+
+
+def _int(value: Any, default: int, name: str) -> int:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise WorkerError(f"{name} must be an integer", code="bad_request", stage="request",
+                          status=400) from None
+
+
+async def _drawing_vector(request: web.Request, data: bytes, job_id: str) -> np.ndarray:
+    runtime = request.app[RUNTIME]
+    _choice, lv, _snap = runtime.choose(job_id)
+    version = lv.artifact.feature_version or lv.row.feature_version
+    features = await request.app[SANDBOX].extract_async(data, version)
+    return features.vector
+
+
+async def search(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    ctype = request.content_type
+    params: dict[str, Any] = dict(request.query)
+    if ctype == "application/json":
+        body = await _json(request)
+        params.update(body)
+        job_id = str(params.get("jobId") or uuid.uuid4().hex)
+        vector = _vector(body.get("vector"))
+    elif ctype == "multipart/form-data":
+        reader = await request.multipart()
+        data = b""
+        async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "drawing":
+                data = await part.read(decode=False)
+            elif part.name in ("jobId", "topK"):
+                params[part.name] = (await part.text()).strip()
+        if not data:
+            raise WorkerError("multipart upload needs a 'drawing' file part",
+                              code="bad_request", stage="request", status=400)
+        job_id = str(params.get("jobId") or uuid.uuid4().hex)
+        vector = await _drawing_vector(request, data, job_id)
+    elif ctype in ("application/dxf", "image/vnd.dxf", "application/octet-stream"):
+        data = await request.read()
+        job_id = str(params.get("jobId") or uuid.uuid4().hex)
+        vector = await _drawing_vector(request, data, job_id)
+    else:
+        raise WorkerError(f"unsupported content type {ctype!r}; send application/json "
+                          "(vector), multipart/form-data (drawing) or application/dxf",
+                          code="unsupported_media_type", stage="request", status=415)
+    k = _int(params.get("topK"), runtime.settings.default_top_k, "topK")
+    loop = asyncio.get_running_loop()
+    (outcome,) = await loop.run_in_executor(
+        None, runtime.search, vector[None, :], [job_id], k)
+    return web.json_response(outcome.as_json())
+
+
+async def search_batch(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    if request.content_type != "application/json":
+        raise WorkerError("batch search takes application/json", code="unsupported_media_type",
+                          stage="request", status=415)
+    body = await _json(request)
+    queries = body.get("queries")
+    if not isinstance(queries, list) or not queries or len(queries) > 10_000:
+        raise WorkerError("queries must be a list of 1..10000 {vector, jobId}",
+                          code="bad_request", stage="request", status=400)
+    vectors = [_vector(q.get("vector") if isinstance(q, dict) else None) for q in queries]
+    if len({v.size for v in vectors}) != 1:
+        raise WorkerError("all vectors of a batch must have the same length",
+                          code="bad_vector", stage="request", status=400)
+    matrix = np.vstack(vectors)
+    jobs = [str(q.get("jobId") or uuid.uuid4().hex) for q in queries]
+    k = _int(body.get("topK"), runtime.settings.default_top_k, "topK")
+    loop = asyncio.get_running_loop()
+    threshold = runtime.settings.parallel_batch_threshold
+    if len(jobs) <= threshold:
+        outcomes = await loop.run_in_executor(None, runtime.search, matrix, jobs, k)
+    else:  # faiss releases the GIL: chunks search in parallel threads
+        chunks = [(matrix[i:i + threshold], jobs[i:i + threshold])
+                  for i in range(0, len(jobs), threshold)]
+        found = await asyncio.gather(*(loop.run_in_executor(
+            None, functools.partial(runtime.search, m, j, k, record=False))
+            for m, j in chunks))
+        outcomes = [o for part in found for o in part]
+        await loop.run_in_executor(None, runtime.record, outcomes)
+    return web.json_response({"results": [o.as_json() for o in outcomes]})
+
+
+async def bind_job(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    job = request.match_info["job"]
+    body = await _json(request)
+    version = str(body.get("version") or "")
+    s = runtime.settings
+
+    def bind() -> dict[str, Any]:
+        with runtime.store.transaction(s.tenant, f"binding:{job}") as tx:
+            rows = {v.version: v for v in tx.versions(s.model)}
+            row = rows.get(version)
+            if row is None:
+                raise NotFound(f"model {s.model} has no version {version!r}")
+            if row.stage not in ("CANARY", "STABLE"):
+                raise WorkerError(f"version {version} is {row.stage}; jobs bind only to CANARY "
+                                  "or STABLE versions", code="not_routable", stage="binding",
+                                  status=409)
+            snap = runtime.snapshot
+            snapshot = {"policyVersion": snap.policy_version if snap else None,
+                        "thresholds": (snap.thresholds.get(version, {}) if snap else {})}
+            tx.bind_job(job, row.name, snapshot)
+            tx.audit("bind", "ModelVersion", row.name, {"job": job})
+        runtime.bindings[job] = version
+        return {"jobId": job, "version": version, "runtimeSnapshot": snapshot}
+
+    return web.json_response(await asyncio.get_running_loop().run_in_executor(None, bind))
+
+
+async def review_run(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    run_key = request.match_info["run"]
+    body = await _json(request)
+    status = str(body.get("status") or "")
+    reviewer = str(body.get("reviewer") or request.headers.get("X-Reviewer") or "").strip()
+    if status not in REVIEW_STATUSES:
+        raise WorkerError(f"status must be one of {', '.join(REVIEW_STATUSES)}",
+                          code="bad_request", stage="review", status=400)
+    if not reviewer:
+        raise WorkerError("a review needs the reviewer's identity (reviewer or X-Reviewer)",
+                          code="bad_request", stage="review", status=400)
+    if "controlAllowed" in body or "decision" in body:
+        raise WorkerError("the AI decision stays PENDING_REVIEW; only status, reviewer and "
+                          "humanDecision can be set", code="bad_request", stage="review",
+                          status=400)
+    human = body.get("humanDecision")
+    s = runtime.settings
+
+    def review() -> dict[str, Any]:
+        with runtime.store.transaction(s.tenant, f"reviewer:{reviewer}") as tx:
+            tx.review_run(run_key, status, reviewer, None if human is None else str(human))
+            tx.audit("review", "ModelRun", run_key, {"status": status, "reviewer": reviewer,
+                                                     "humanDecision": human})
+        return {"runKey": run_key, "reviewStatus": status, "reviewer": reviewer,
+                "decision": "PENDING_REVIEW"}
+
+    return web.json_response(await asyncio.get_running_loop().run_in_executor(None, review))
+
+
+async def recover(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    token = runtime.settings.admin_token
+    if not token:
+        raise web.HTTPNotFound()
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return _fail(401, "unauthorized", "admin", "a valid admin token is required")
+    body = await _json(request) if request.can_read_body else {}
+    versions = [str(body["version"])] if body.get("version") else [
+        v for v, lv in runtime.versions.items() if lv.degraded]
+    loop = asyncio.get_running_loop()
+    results = {}
+    for version in versions:
+        lv = await loop.run_in_executor(None, runtime.recover, version)
+        results[version] = "missing" if lv is None else (
+            "Degraded: " + lv.degraded if lv.degraded else "Ready")
+    return web.json_response({"recovered": results})
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ok, detail = request.app[RUNTIME].ready()
+    return web.json_response({"ready": ok, **detail}, status=200 if ok else 503)
+
+
+async def metrics_endpoint(_: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _refresher(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+
+    async def loop() -> None:
+        while True:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, runtime.refresh)
+            except Exception:
+                log.exception("policy refresh failed; serving the last snapshot")
+            snap = runtime.snapshot
+            await asyncio.sleep(max(1.0, float(snap.refresh_seconds)) if snap else 1.0)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    app[SANDBOX].close()
+
+
+def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
+             refresh: bool = True) -> web.Application:
+    s = runtime.settings
+    app = web.Application(middlewares=[errors], client_max_size=s.max_upload_bytes)
+    app[RUNTIME] = runtime
+    app[SANDBOX] = sandbox or FeatureSandbox(
+        s.sandbox_workers, SandboxLimits(cpu_seconds=s.cpu_seconds,
+                                         max_bytes=s.max_upload_bytes))
+    app.router.add_post("/v1/search", search)
+    app.router.add_post("/v1/search/batch", search_batch)
+    app.router.add_post("/v1/jobs/{job}/binding", bind_job)
+    app.router.add_post("/v1/runs/{run}/review", review_run)
+    app.router.add_post("/admin/recover", recover)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    if refresh:
+        app.cleanup_ctx.append(_refresher)
+    return app
