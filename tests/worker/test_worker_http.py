@@ -1,0 +1,235 @@
+"""The worker over real HTTP (aiohttp test server), real store, real indexes and drawings."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient
+
+from controller.features.sandbox import FeatureSandbox
+from controller.store import RouteRow
+from controller.worker.app import make_app
+from tests.conftest import DXF_CORPUS
+from tests.worker.conftest import MODEL, TENANT, World
+
+Client = TestClient  # type: ignore[type-arg]
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Any:
+    box = FeatureSandbox(2)
+    yield box
+    box.close()
+
+
+@pytest.fixture
+async def client(world: World, sandbox: FeatureSandbox, aiohttp_client: Any) -> Client:
+    app = make_app(world.runtime, sandbox=sandbox, refresh=False)
+    app.on_cleanup.clear()
+    return await aiohttp_client(app)
+
+
+def _vector(world: World, i: int = 0) -> list[float]:
+    vectors = np.load(world.stable.manifest_path.parent / "vectors.npy")
+    return [float(x) for x in vectors[i]]
+
+
+async def test_search_by_vector_records_the_run(world: World, client: Client) -> None:
+    resp = await client.post("/v1/search", json={"vector": _vector(world, 3), "jobId": "j-1",
+                                                  "topK": 5})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["decision"] == "PENDING_REVIEW" and body["policyVersion"] == 1
+    assert body["routeSource"] == "policy" and body["version"] in ("1.0.0", "1.1.0")
+    assert len(body["results"]) == 5
+    assert body["results"][0]["distance"] == pytest.approx(0, abs=1e-3)
+    assert body["thresholds"]["similarity"]["value"] == 0.5
+    with world.store.transaction(TENANT, "t") as tx:
+        run = tx.run(body["runKey"])
+    assert run is not None and run["review_status"] == "PENDING_REVIEW"
+    assert run["policy_version"] == 1 and run["route_source"] == "policy"
+    assert run["thresholds"]["similarity"]["source"] in ("model", "policy")
+
+
+async def test_search_by_dxf_upload(world: World, client: Client) -> None:
+    data = (DXF_CORPUS / "xclip.dxf").read_bytes()
+    form = aiohttp.FormData()
+    form.add_field("drawing", data, filename="xclip.dxf", content_type="application/dxf")
+    form.add_field("jobId", "upload-1")
+    resp = await client.post("/v1/search", data=form)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["results"][0]["id"] == "xclip.dxf"  # a drawing finds itself first
+    raw = await client.post("/v1/search?jobId=upload-2", data=data,
+                            headers={"Content-Type": "application/dxf"})
+    assert raw.status == 200 and (await raw.json())["results"][0]["id"] == "xclip.dxf"
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code"), [
+    ({"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415,
+     "unsupported_media_type"),
+    ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400,
+     "bad_request"),
+    ({"json": {"vector": "abc"}}, 400, "bad_vector"),
+    ({"json": {"vector": [1.0, float("nan")]}}, 400, "bad_vector"),
+    ({"json": {"vector": [1.0, 2.0]}}, 422, "dimension_mismatch"),
+    ({"json": {"vector": [0.0] * 24, "topK": 0}}, 400, "bad_top_k"),
+    ({"data": b"garbage garbage", "headers": {"Content-Type": "application/dxf"}}, 422,
+     "invalid_drawing"),
+    ({"data": b"0\n" * (11 * 1024 * 1024), "headers": {"Content-Type": "application/dxf"}},
+     413, "too_large"),
+])
+async def test_bad_requests_get_json_errors_and_write_nothing(
+    world: World, client: Client, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    with world.store.transaction(TENANT, "t") as tx:
+        before = tx.count_runs()
+    resp = await client.post("/v1/search", **kwargs)
+    assert resp.status == status
+    body = await resp.json()
+    assert body["code"] == code and {"stage", "message", "context", "timestamp"} <= set(body)
+    with world.store.transaction(TENANT, "t") as tx:
+        assert tx.count_runs() == before
+    assert (await client.get("/healthz")).status == 200  # the worker is still fine
+
+
+def test_routing_shares_and_stickiness(world: World) -> None:
+    choices = [world.runtime.choose(f"job-{i}")[0].version for i in range(10_000)]
+    share = Counter(choices)
+    assert abs(share["1.0.0"] / 100 - 90) <= 2 and abs(share["1.1.0"] / 100 - 10) <= 2
+    again = [world.runtime.choose(f"job-{i}")[0].version for i in range(10_000)]
+    assert again == choices  # a job keeps its version while the policy is unchanged
+
+
+async def test_batch_search_parallel_and_serial_agree(world: World, client: Client) -> None:
+    vectors = np.load(world.stable.manifest_path.parent / "vectors.npy")
+    queries = [{"vector": [float(x) for x in vectors[i % len(vectors)]], "jobId": f"b-{i}"}
+               for i in range(150)]
+    world.runtime.settings.__dict__["parallel_batch_threshold"] = 40
+    parallel = await (await client.post("/v1/search/batch", json={"queries": queries,
+                                                                   "topK": 3})).json()
+    world.runtime.settings.__dict__["parallel_batch_threshold"] = 1000
+    serial = await (await client.post("/v1/search/batch", json={"queries": queries,
+                                                                 "topK": 3})).json()
+    strip = [[(r["version"], [h["id"] for h in r["results"]]) for r in x["results"]]
+             for x in (parallel, serial)]
+    assert strip[0] == strip[1] and len(strip[0]) == 150
+    with world.store.transaction(TENANT, "t") as tx:
+        assert tx.count_runs() == 300
+
+
+async def test_binding_beats_policy_and_override_beats_binding(world: World,
+                                                               client: Client) -> None:
+    job = next(f"job-{i}" for i in range(1000)
+               if world.runtime.choose(f"job-{i}")[0].version == "1.0.0")
+    resp = await client.post(f"/v1/jobs/{job}/binding", json={"version": "1.1.0"})
+    assert resp.status == 200
+    assert world.runtime.choose(job)[0].source == "binding"
+    run = await (await client.post("/v1/search", json={"vector": _vector(world),
+                                                       "jobId": job})).json()
+    assert run["version"] == "1.1.0" and run["routeSource"] == "binding"
+    world.publish([RouteRow("1.0.0", 100, True, forced=True)], source="override")
+    world.runtime.refresh()
+    run = await (await client.post("/v1/search", json={"vector": _vector(world),
+                                                       "jobId": job})).json()
+    assert run["version"] == "1.0.0" and run["routeSource"] == "override"
+    missing = await client.post(f"/v1/jobs/{job}/binding", json={"version": "9.9.9"})
+    assert missing.status == 404
+
+
+async def test_rollback_reaches_new_runs_within_one_refresh(world: World,
+                                                            client: Client) -> None:
+    canary_jobs = [f"job-{i}" for i in range(2000)
+                   if world.runtime.choose(f"job-{i}")[0].version == "1.1.0"]
+    assert canary_jobs
+    pv = world.publish([RouteRow("1.0.0", 100, True)], source="rollback")
+    world.runtime.refresh()  # what the refresh loop does every refreshSeconds
+    for job in canary_jobs[:20]:
+        run = await (await client.post("/v1/search", json={"vector": _vector(world),
+                                                           "jobId": job})).json()
+        assert run["version"] == "1.0.0" and run["policyVersion"] == pv
+    with world.store.transaction(TENANT, "t") as tx:
+        (state,) = tx.worker_states()[MODEL]
+    assert state.applied_policy_version == pv
+
+
+async def test_human_review_is_recorded_and_audited(world: World, client: Client) -> None:
+    run = await (await client.post("/v1/search", json={"vector": _vector(world),
+                                                       "jobId": "r-1"})).json()
+    no_reviewer = await client.post(f"/v1/runs/{run['runKey']}/review",
+                                    json={"status": "APPROVED"})
+    assert no_reviewer.status == 400
+    weaken = await client.post(f"/v1/runs/{run['runKey']}/review",
+                               json={"status": "APPROVED", "reviewer": "ann",
+                                     "controlAllowed": True})
+    assert weaken.status == 400
+    ok = await client.post(f"/v1/runs/{run['runKey']}/review",
+                           json={"status": "REJECTED", "humanDecision": "no-match"},
+                           headers={"X-Reviewer": "ann@acme"})
+    assert ok.status == 200 and (await ok.json())["decision"] == "PENDING_REVIEW"
+    with world.store.transaction(TENANT, "t") as tx:
+        stored = tx.run(run["runKey"])
+        last = list(tx.audit_events())[-1]
+    assert stored is not None and stored["review_status"] == "REJECTED"
+    assert stored["reviewer"] == "ann@acme" and stored["decision"] == "PENDING_REVIEW"
+    assert last.action == "review" and last.actor == "reviewer:ann@acme"
+    unknown = await client.post("/v1/runs/nope/review", json={"status": "APPROVED",
+                                                             "reviewer": "ann"})
+    assert unknown.status == 404
+
+
+async def test_degraded_version_serves_identical_results_and_recovers(
+    world: World, client: Client
+) -> None:
+    q = {"vector": _vector(world, 5), "jobId": "d-1", "topK": 5}
+    healthy = await (await client.post("/v1/search", json=q)).json()
+    index_file = world.stable.manifest_path.parent / "index.faiss"
+    saved = index_file.read_bytes()
+    index_file.write_bytes(b"\0" * 64)
+    world.runtime.versions.clear()  # as after a restart: load again from disk
+    world.runtime.refresh()
+    ready = await (await client.get("/readyz")).json()
+    assert ready["degraded"] and ready["versions"]["1.0.0"].startswith("Degraded")
+    degraded = await (await client.post("/v1/search", json=q)).json()
+    assert degraded["degraded"] and [h["id"] for h in degraded["results"]] == [
+        h["id"] for h in healthy["results"]]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'cadml_worker_degraded{model="part-sim",tenant="acme-cad",version="1.0.0"} 1.0' \
+        in metrics
+    lv = world.runtime.versions["1.0.0"]
+    assert lv.backoff == 300.0 and lv.next_retry is not None
+    assert (await client.post("/admin/recover")).status == 401
+    still = await (await client.post("/admin/recover", headers={
+        "Authorization": "Bearer s3cret"})).json()
+    assert still["recovered"]["1.0.0"].startswith("Degraded")
+    assert world.runtime.versions["1.0.0"].manual_until is not None  # auto retry paused
+    index_file.write_bytes(saved)
+    fixed = await (await client.post("/admin/recover", headers={
+        "Authorization": "Bearer s3cret"})).json()
+    assert fixed["recovered"]["1.0.0"] == "Ready"
+    assert not (await (await client.get("/readyz")).json())["degraded"]
+
+
+def test_automatic_recovery_backs_off_exponentially(world: World) -> None:
+    index_file = world.stable.manifest_path.parent / "index.faiss"
+    index_file.write_bytes(b"\0" * 64)
+    runtime = world.runtime
+    runtime.versions.clear()
+    runtime.refresh(now=0.0)
+    lv = runtime.versions["1.0.0"]
+    assert (lv.backoff, lv.next_retry) == (300.0, 300.0)
+    runtime.refresh(now=100.0)  # too early: no attempt
+    assert runtime.versions["1.0.0"].next_retry == 300.0
+    waits = []
+    now = 300.0
+    for _ in range(6):
+        runtime.refresh(now=now)
+        lv = runtime.versions["1.0.0"]
+        waits.append(lv.backoff)
+        assert lv.next_retry is not None
+        now = lv.next_retry
+    assert waits == [600.0, 1200.0, 2400.0, 3600.0, 3600.0, 3600.0]
