@@ -42,7 +42,7 @@ def _init(memory_bytes: int) -> None:
     import ezdxf.lldxf.tagger
     import ezdxf.recover
 
-    ezdxf.new()  # first use loads lazily imported entity modules too
+    ezdxf.new()  # type: ignore[attr-defined]  # loads lazily imported entity modules too
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
 
