@@ -1,0 +1,226 @@
+"""Benchmarks of the similarity worker; every figure is a ratio against a baseline of the same run.
+
+Run: python -m bench.worker_bench [--vectors 100000] [--requests 2000] [--skip-http]
+  1. search through the worker's code path (routing, index, thresholds, results; run
+     recording off) vs raw faiss on the same flat index: batch of 100 queries, 100k
+     vectors — target >= 0.8x raw throughput
+  2. v4 feature extraction vs a bare ezdxf read-and-iterate of the corpus — target >= 0.5x
+  3. HTTP search with concurrent clients (run recorded in SQLite) vs a minimal aiohttp
+     handler returning a fixed body — reported
+  4. HNSW (per-ModelVersion option) vs exact flat search at 100k vectors on the same
+     queries — target >= 5x throughput at recall@10 >= 0.99
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DXF_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "dxf-corpus"
+
+
+def best(repeat: int, fn: Callable[[], Any]) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def corpus_like(n: int, seed: int = 1) -> np.ndarray:
+    """n vectors shaped like real drawings: the corpus' v4 vectors plus jitter."""
+    from controller.features import features_from_bytes
+
+    centers = np.vstack([features_from_bytes(p.read_bytes()).vector
+                         for p in sorted(DXF_CORPUS.rglob("*.dxf"))])
+    rng = np.random.default_rng(seed)
+    picks = centers[rng.integers(0, len(centers), n)]
+    scale = centers.std(axis=0) * 0.15 + 1e-3
+    return (picks + rng.normal(size=picks.shape) * scale).astype(np.float32)
+
+
+def bench_search(n: int) -> None:
+    import faiss
+
+    from controller.search.artifacts import Artifact
+    from controller.search.index import build_faiss
+    from controller.store.repository import PolicySnapshot, RouteRow, VersionRow
+    from controller.worker.runtime import LoadedVersion, WorkerRuntime, WorkerSettings
+
+    faiss.omp_set_num_threads(1)
+    data = corpus_like(n)
+    queries = corpus_like(100, seed=2)
+    index = build_faiss(data)
+    ids = [f"d{i}" for i in range(n)]
+    runtime = WorkerRuntime(None, WorkerSettings("t", "m", "sqlite://"))  # type: ignore[arg-type]
+    runtime.snapshot = PolicySnapshot("m", "m", 1, "policy", "", (RouteRow("1.0.0", 100, True),),
+                                      {"1.0.0": {"similarity": {"value": 0.5,
+                                                                "source": "model"}}},
+                                      5, datetime.now(UTC))
+    row = VersionRow("m-1", "m", "1.0.0", "STABLE", "file:///x", "faiss-index", "0" * 64)
+    runtime.versions = {"1.0.0": LoadedVersion(row, Artifact(ids, data, index, "v4"), None)}
+    jobs = [f"job-{i}" for i in range(100)]
+    raw = best(5, lambda: index.index.search(queries, 10))
+    ours = best(5, lambda: runtime.search(queries, jobs, 10, record=False))
+    print(f"1. search, batch 100 @ {n} vectors: raw faiss {100 / raw:,.0f} q/s, worker path "
+          f"{100 / ours:,.0f} q/s -> ratio {raw / ours:.2f} (target >= 0.8)")
+
+
+def bench_features() -> None:
+    import ezdxf
+
+    from controller.features import features_from_bytes
+
+    files = sorted(DXF_CORPUS.rglob("*.dxf"))
+    blobs = [p.read_bytes() for p in files]
+
+    def bare() -> None:
+        for p in files:
+            for _ in ezdxf.readfile(p).modelspace():
+                pass
+
+    def ours() -> None:
+        for data in blobs:
+            features_from_bytes(data, "v4")
+
+    t_bare, t_ours = best(3, bare), best(3, ours)
+    print(f"2. {len(files)} corpus drawings: bare ezdxf read+iterate {t_bare:.2f} s, v4 features "
+          f"{t_ours:.2f} s -> ratio {t_bare / t_ours:.2f} (target >= 0.5)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(app: Any, port: int, ready: threading.Event, stop: threading.Event) -> None:
+    from aiohttp import web
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+async def _load(port: int, body: dict[str, Any], requests: int, concurrency: int) -> float:
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/v1/search"
+    per = requests // concurrency
+
+    async def client(session: aiohttp.ClientSession, c: int) -> None:
+        for i in range(per):
+            async with session.post(url, json={**body, "jobId": f"c{c}-{i}"}) as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+
+    async with aiohttp.ClientSession() as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(session, c) for c in range(concurrency)))
+        return per * concurrency / (time.perf_counter() - start)
+
+
+def bench_http(requests: int, concurrency: int) -> None:
+    from aiohttp import web
+
+    from controller.search.build import build_index
+    from controller.store import ModelRow, PolicyRow, Store, VersionRow
+    from controller.store.engine import make_engine
+    from controller.store.migrate import upgrade
+    from controller.store.repository import RouteRow
+    from controller.worker.app import make_app
+    from controller.worker.runtime import WorkerRuntime, WorkerSettings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        art = build_index(DXF_CORPUS, Path(tmp) / "idx")
+        store = Store(make_engine(f"sqlite:///{tmp}/w.db"))
+        upgrade(store.engine)
+        with store.transaction("t", "bench") as tx:
+            tx.upsert_model(ModelRow("m", "m", "p", "M", spec_hash="h"))
+            tx.upsert_version(VersionRow("m-1", "m", "1.0.0", "STABLE",
+                                         art.manifest_path.as_uri(), "faiss-index",
+                                         art.manifest_sha256, spec_hash="h"))
+            tx.upsert_policy(PolicyRow("m", "m", {}, 5, 1, "h"))
+            tx.publish_snapshot("m", [RouteRow("1.0.0", 100, True)], {}, "policy")
+        runtime = WorkerRuntime(store, WorkerSettings("t", "m", "sqlite://"))
+        runtime.refresh()
+        vector = [float(x) for x in np.load(art.manifest_path.parent / "vectors.npy")[0]]
+
+        async def fixed(_: web.Request) -> web.Response:
+            return web.json_response({"results": []})
+
+        minimal = web.Application()
+        minimal.router.add_post("/v1/search", fixed)
+        rates = {}
+        for name, app in (("minimal", minimal), ("worker", make_app(runtime, refresh=False))):
+            port, ready, stop = _free_port(), threading.Event(), threading.Event()
+            thread = threading.Thread(target=_serve, args=(app, port, ready, stop), daemon=True)
+            thread.start()
+            ready.wait(10)
+            rates[name] = asyncio.run(_load(port, {"vector": vector, "topK": 10}, requests,
+                                            concurrency))
+            stop.set()
+            thread.join(10)
+        store.dispose()
+    print(f"3. HTTP, {concurrency} concurrent clients, {requests} requests: minimal aiohttp "
+          f"{rates['minimal']:,.0f} req/s, worker (search + run recorded in SQLite) "
+          f"{rates['worker']:,.0f} req/s -> ratio {rates['worker'] / rates['minimal']:.2f}")
+
+
+def bench_hnsw(n: int) -> None:
+    import faiss
+
+    from controller.search.index import build_faiss
+
+    faiss.omp_set_num_threads(1)
+    data = corpus_like(n)
+    queries = corpus_like(1000, seed=3)
+    flat = build_faiss(data)
+    _, truth = flat.search(queries, 10)
+    t_flat = best(3, lambda: flat.search(queries, 10))
+    hnsw = build_faiss(data, "hnsw", hnsw_m=32, ef_construction=80)
+    for ef in (32, 64, 96, 128, 192):
+        hnsw.index.hnsw.efSearch = ef
+        _, got = hnsw.search(queries, 10)
+        recall = float(np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth,
+                                                                          strict=True)]))
+        t_hnsw = best(3, lambda: hnsw.search(queries, 10))
+        print(f"4. HNSW M=32 efSearch={ef} @ {n}: recall@10 {recall:.4f}, "
+              f"{1000 / t_hnsw:,.0f} q/s vs exact {1000 / t_flat:,.0f} q/s -> "
+              f"{t_flat / t_hnsw:.1f}x (target >= 5x at recall >= 0.99)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--skip-http", action="store_true")
+    args = parser.parse_args()
+    bench_search(args.vectors)
+    bench_features()
+    if not args.skip_http:
+        bench_http(args.requests, args.concurrency)
+    bench_hnsw(args.vectors)
+
+
+if __name__ == "__main__":
+    main()
