@@ -18,7 +18,8 @@ from pathlib import Path
 from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 
-from controller.store import ModelRow, RunRecord, Store, VersionRow
+from controller.records import ModelRow, RunRecord, VersionRow
+from controller.store import Store
 from controller.store import tables as t
 from controller.store.engine import make_engine
 from controller.store.migrate import upgrade

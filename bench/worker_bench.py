@@ -53,9 +53,9 @@ def corpus_like(n: int, seed: int = 1) -> np.ndarray:
 def bench_search(n: int) -> None:
     import faiss
 
+    from controller.records import PolicySnapshot, RouteRow, VersionRow
     from controller.search.artifacts import Artifact
     from controller.search.index import build_faiss
-    from controller.store.repository import PolicySnapshot, RouteRow, VersionRow
     from controller.worker.runtime import LoadedVersion, WorkerRuntime, WorkerSettings
 
     faiss.omp_set_num_threads(1)
@@ -141,11 +141,11 @@ async def _load(port: int, body: dict[str, Any], requests: int, concurrency: int
 def bench_http(requests: int, concurrency: int) -> None:
     from aiohttp import web
 
+    from controller.records import ModelRow, PolicyRow, RouteRow, VersionRow
     from controller.search.build import build_index
-    from controller.store import ModelRow, PolicyRow, Store, VersionRow
+    from controller.store import Store
     from controller.store.engine import make_engine
     from controller.store.migrate import upgrade
-    from controller.store.repository import RouteRow
     from controller.worker.app import make_app
     from controller.worker.runtime import WorkerRuntime, WorkerSettings
 

@@ -31,3 +31,5 @@ ARTIFACT_REFUSALS = Counter("cadml_artifact_refusals_total", "Artifacts refused 
                             ["tenant", "model", "code"])
 WORKER_ERRORS = Counter("cadml_worker_errors_total", "Requests refused, by error code",
                         ["tenant", "model", "code"])
+CANARY_ABORTS = Counter("cadml_canary_aborts_total", "Canaries aborted by automatic analysis",
+                        ["tenant", "model", "version"])

@@ -393,6 +393,18 @@ class VersionEvaluation(_Object):
     reviewed_sample_size: int = 0
 
 
+class AnalysisVerdict(_Object):
+    """One metric bound of the automatic canary analysis, judged on a canary version."""
+
+    version: str
+    metric: str
+    result: Literal["Pass", "Fail", "InsufficientData"]
+    observed: float | None = None
+    bound: str
+    sample_size: int
+    window_seconds: int
+
+
 class RollbackRecord(_Object):
     requested_at: datetime
     effective_at: datetime | None = None
@@ -407,6 +419,9 @@ class RolloutPolicyStatus(_Status):
         default_factory=dict, description="name → {value, source}."
     )
     evaluation: list[VersionEvaluation] = Field(default_factory=list)
+    analysis: list[AnalysisVerdict] = Field(default_factory=list)
+    aborted_versions: list[str] = Field(
+        default_factory=list, description="Canaries the analysis aborted for this spec.")
     workers_applied: str | None = None
     last_rollback: RollbackRecord | None = None
 

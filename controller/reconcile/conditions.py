@@ -15,6 +15,8 @@ VALIDATED = "Validated"
 APPLIED = "Applied"
 CONFLICT = "Conflict"  # negative polarity: True is bad
 POLICY_EXPIRED = "PolicyExpired"  # negative polarity
+ROLLOUT_HEALTHY = "RolloutHealthy"  # canary analysis verdict
+ROLLBACK_SLO_BREACHED = "RollbackSLOBreached"  # negative polarity
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 
 

@@ -35,13 +35,15 @@ from controller.reconcile.conditions import (
     APPLIED,
     CONFLICT,
     POLICY_EXPIRED,
+    ROLLBACK_SLO_BREACHED,
+    ROLLOUT_HEALTHY,
     VALIDATED,
     Cond,
     merge,
     summary,
 )
-from controller.routing import effective_thresholds, override_active
-from controller.store.repository import (
+from controller.records import (
+    AnalysisState,
     ModelRow,
     ObservedTenant,
     PolicyRow,
@@ -50,6 +52,7 @@ from controller.store.repository import (
     VersionRow,
     WorkerState,
 )
+from controller.routing import effective_thresholds, override_active
 from controller.validation.cross import FIXABLE_LATER
 from controller.validation.gates import evaluate_gates, gate_summary
 
@@ -173,9 +176,20 @@ class DesiredRouting:
     expired: str | None  # why the policy is not in force, if it is not
 
 
+ROLLBACK_ANNOTATION = "cadml.io/rollback-reason"
+
+
+def abort_reason(aborted: list[AnalysisState]) -> str:
+    return "; ".join(f"canary {a.version} aborted: {a.verdicts.get('summary', '')}"
+                     for a in sorted(aborted, key=lambda a: a.version))
+
+
 def desired_routing(policy: RolloutPolicy, versions: dict[str, ModelVersion],
-                    now: datetime) -> DesiredRouting:
-    """What the workers must route by now: override > policy window > weights."""
+                    now: datetime, aborted: list[AnalysisState] | None = None
+                    ) -> DesiredRouting:
+    """What the workers must route by now: override > analysis abort > policy window >
+    weights. An abort holds for the spec it judged; a new spec generation clears it, and
+    the spec in Git is never touched, so a GitOps sync cannot undo the abort."""
     spec = policy.spec
     stage = {sv: v.spec.stage for sv, v in versions.items()}
     stable = next((sv for sv, st in stage.items() if st == "STABLE"), None)
@@ -183,6 +197,9 @@ def desired_routing(policy: RolloutPolicy, versions: dict[str, ModelVersion],
     if ov is not None and override_active(policy, now):
         return DesiredRouting((RouteRow(ov.version, 100, stage.get(ov.version) == "STABLE",
                                         forced=True),), "override", ov.reason, None)
+    if aborted and stable is not None:
+        return DesiredRouting((RouteRow(stable, 100, True),), "analysis-abort",
+                              abort_reason(aborted), None)
     expired = None
     if spec.valid_until is not None and spec.valid_until <= now:
         expired = f"the policy expired at {spec.valid_until.isoformat()}"
@@ -193,6 +210,9 @@ def desired_routing(policy: RolloutPolicy, versions: dict[str, ModelVersion],
                               f"{expired}; all traffic on the STABLE version", expired)
     routes = tuple(RouteRow(w.version, w.weight, stage.get(w.version) == "STABLE")
                    for w in spec.weights)
+    reason = policy.metadata.annotations.get(ROLLBACK_ANNOTATION)
+    if reason and len(routes) == 1 and routes[0].is_stable:
+        return DesiredRouting(routes, "rollback", reason, expired)
     return DesiredRouting(routes, "policy", "", expired)
 
 
@@ -280,7 +300,9 @@ def plan_tenant(
             plan.policies.append(prow)
             plan.audit.append(entry)
         vs = versions_of[p.spec.model_ref]
-        routing = desired_routing(p, vs, now)
+        p_hash = spec_hash(p)
+        states = [a for a in observed.analysis.get(p.metadata.name, []) if a.spec_hash == p_hash]
+        routing = desired_routing(p, vs, now, [a for a in states if a.aborted])
         expired_of[p.metadata.name] = routing.expired
         thresholds = _thresholds(models.get(p.spec.model_ref), vs, p, routing.routes)
         current = observed.snapshots.get(p.spec.model_ref)
@@ -316,6 +338,8 @@ def plan_tenant(
         }
         status_extra[("Model", p.spec.model_ref)] = {"activePolicy": p.metadata.name,
                                                      "policyVersion": pv}
+        status_extra[("RolloutPolicy", p.metadata.name)].update(
+            _governance_status(p, routing, states, observed))
     for name, old_p in observed.policies.items():
         if not old_p.deleted and not any(p.metadata.name == name for p in policies):
             plan.policies.append(PolicyRow(**{**_asdict(old_p), "deleted": True}))
@@ -381,6 +405,7 @@ def _status_of(plan: Plan, r: Resource, invalid: list[FieldError], waiting: list
         why = expired_of.get(r.metadata.name)
         conds.append(Cond(POLICY_EXPIRED, "True" if why else "False",
                           "OutsideValidity" if why else "InForce", why or ""))
+        conds += extra.pop("_conditions", [])
     if isinstance(r, ReleaseRecord):
         gates = evaluate_gates(r.spec)
         extra["gates"] = [g.model_dump(by_alias=True) for g in gates]
@@ -394,6 +419,51 @@ def _status_of(plan: Plan, r: Resource, invalid: list[FieldError], waiting: list
     plan.computed[key] = status
     if status != previous:
         plan.statuses[key] = (generation, status)
+
+
+def _governance_status(p: RolloutPolicy, routing: DesiredRouting, states: list[AnalysisState],
+                       observed: ObservedTenant) -> dict[str, Any]:
+    """Evaluation, canary analysis and rollback facts for a RolloutPolicy's status."""
+    model = p.spec.model_ref
+    routed = [w.version for w in p.spec.weights]
+    out: dict[str, Any] = {
+        "evaluation": [observed.evaluations[f"{model}/{v}"] for v in routed
+                       if f"{model}/{v}" in observed.evaluations],
+        "analysis": [{"version": a.version, **v} for a in states
+                     for v in a.verdicts.get("verdicts", [])],
+        "abortedVersions": sorted(a.version for a in states if a.aborted),
+    }
+    conds: list[Cond] = []
+    if p.spec.analysis is not None:
+        if any(a.aborted for a in states):
+            conds.append(Cond(ROLLOUT_HEALTHY, "False", "CanaryAborted", routing.reason))
+        elif any(a.verdicts.get("overall") == "Fail" for a in states):
+            conds.append(Cond(ROLLOUT_HEALTHY, "False", "AnalysisFailing", "; ".join(
+                a.verdicts.get("summary", "") for a in states)))
+        elif not states or any(a.verdicts.get("overall") == "InsufficientData"
+                               for a in states):
+            conds.append(Cond(ROLLOUT_HEALTHY, "Unknown", "InsufficientData", "; ".join(
+                a.verdicts.get("summary", "") for a in states) or "no analysis yet"))
+        else:
+            conds.append(Cond(ROLLOUT_HEALTHY, "True", "AnalysisPassing", "; ".join(
+                a.verdicts.get("summary", "") for a in states)))
+    facts = observed.rollbacks.get(model)
+    if facts is not None:
+        cycles = None
+        if facts.effective_at is not None:
+            cycles = round((facts.effective_at - facts.requested_at).total_seconds()
+                           / facts.refresh_seconds, 3)
+        out["lastRollback"] = {"requestedAt": facts.requested_at.isoformat(),
+                               "effectiveAt": (facts.effective_at.isoformat()
+                                               if facts.effective_at else None),
+                               "cycles": cycles}
+        breached = cycles is not None and cycles > 1.0
+        conds.append(Cond(ROLLBACK_SLO_BREACHED, "True" if breached else "False",
+                          "SlowRollback" if breached else "WithinOneCycle",
+                          f"new runs needed {cycles} refresh cycles to reach the STABLE version"
+                          if breached else ""))
+    out["_conditions"] = conds
+    return out
 
 
 WORKER_STALE_AFTER = timedelta(seconds=60)

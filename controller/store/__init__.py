@@ -1,29 +1,5 @@
 """The runtime store: tables, migrations and the repository the rest of cadml talks to."""
 
-from controller.store.repository import (
-    ModelRow,
-    ObservedTenant,
-    PolicyRow,
-    PolicySnapshot,
-    ReleaseRow,
-    RouteRow,
-    RunRecord,
-    Store,
-    StoreTx,
-    VersionRow,
-    WorkerState,
-)
+from controller.store.repository import Store, StoreTx
 
-__all__ = [
-    "ModelRow",
-    "ObservedTenant",
-    "PolicyRow",
-    "PolicySnapshot",
-    "ReleaseRow",
-    "RouteRow",
-    "RunRecord",
-    "Store",
-    "StoreTx",
-    "VersionRow",
-    "WorkerState",
-]
+__all__ = ["Store", "StoreTx"]

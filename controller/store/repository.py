@@ -9,10 +9,8 @@ see ORM rows or SQLAlchemy exceptions.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +18,20 @@ from sqlalchemy import Connection, Engine, Row, and_, func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from controller.errors import ConflictError, NotFound, StoreError, StoreUnavailable
+from controller.evaluation import Metrics, RunFact
+from controller.records import (
+    AnalysisState,
+    ModelRow,
+    ObservedTenant,
+    PolicyRow,
+    PolicySnapshot,
+    ReleaseRow,
+    RollbackFacts,
+    RouteRow,
+    RunRecord,
+    VersionRow,
+    WorkerState,
+)
 from controller.store import tables as t
 from controller.store.audit import GENESIS, AuditEvent, ChainProblem, chain_hash, verify_chain
 from controller.store.engine import make_engine
@@ -31,125 +43,6 @@ def utcnow() -> datetime:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRow:
-    name: str
-    model_key: str
-    provider: str
-    display_name: str
-    description: str = ""
-    threshold_defaults: dict[str, float] = field(default_factory=dict)
-    worker_replicas: int = 1
-    generation: int = 0
-    spec_hash: str = ""
-    review_control_allowed: bool = False
-    review_default_decision: str = "PENDING_REVIEW"
-    deleted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class VersionRow:
-    name: str
-    model_name: str
-    version: str
-    stage: str
-    artifact_uri: str
-    artifact_format: str
-    artifact_sha256: str | None = None
-    feature_version: str = "v4"
-    threshold_defaults: dict[str, float] = field(default_factory=dict)
-    generation: int = 0
-    spec_hash: str = ""
-    deleted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyRow:
-    name: str
-    model_name: str
-    spec: dict[str, Any]
-    refresh_seconds: int
-    generation: int = 0
-    spec_hash: str = ""
-    deleted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RouteRow:
-    version: str
-    weight: int
-    is_stable: bool
-    forced: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class PolicySnapshot:
-    model_name: str
-    policy_name: str
-    policy_version: int
-    source: str
-    reason: str
-    routes: tuple[RouteRow, ...]
-    thresholds: dict[str, Any]
-    refresh_seconds: int
-    created_at: datetime
-
-    @property
-    def stable_version(self) -> str | None:
-        return next((r.version for r in self.routes if r.is_stable), None)
-
-
-@dataclass(frozen=True)
-class ObservedTenant:
-    """What the store holds for one tenant, as plain data."""
-
-    models: dict[str, ModelRow]
-    versions: dict[str, VersionRow]
-    policies: dict[str, PolicyRow]
-    snapshots: dict[str, PolicySnapshot]  # by model name
-    releases: dict[str, str]  # release_id -> spec_hash
-    statuses: dict[tuple[str, str], dict[str, Any]]
-    workers: dict[str, list[WorkerState]] = field(default_factory=dict)  # by model name
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerState:
-    worker_id: str
-    model_name: str
-    applied_policy_version: int
-    degraded: bool
-    updated_at: datetime
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    model_name: str
-    version: str
-    policy_version: int
-    route_source: str
-    thresholds: dict[str, Any]
-    latency_ms: float
-    success: bool
-    met_threshold: bool
-    job_key: str | None = None
-    ai_suggestion: str | None = None
-    error_code: str | None = None
-    run_key: str = field(default_factory=lambda: uuid.uuid4().hex)
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseRow:
-    name: str
-    release_id: str
-    git_sha: str
-    model_version_name: str
-    risk_level: str
-    spec: dict[str, Any]
-    spec_hash: str
 
 
 def _translate(exc: DBAPIError) -> StoreError:
@@ -447,7 +340,8 @@ class StoreTx:
         releases = dict(self.conn.execute(select(rc.release_id, rc.spec_hash).where(
             rc.tenant_id == self.tenant)).all())
         return ObservedTenant(models, versions, policies, snapshots, releases,
-                              self.statuses(), self.worker_states())
+                              self.statuses(), self.worker_states(), self.latest_evaluations(),
+                              self.analysis_states(), self.rollback_facts())
 
     def statuses(self) -> dict[tuple[str, str], dict[str, Any]]:
         c = t.object_status.c
@@ -586,6 +480,111 @@ class StoreTx:
                 r["worker_id"], r["model_name"], r["applied_policy_version"],
                 bool(r["degraded"]), _aware(r["updated_at"]), dict(r["detail"])))
         return out
+
+    # ------------------------------------------------------------------ evaluation
+
+    def run_facts(self, model_name: str, since: datetime, until: datetime,
+                  version: str | None = None, job_key: str | None = None) -> list[RunFact]:
+        rc, vc, mc = t.model_run.c, t.model_version.c, t.model_catalog.c
+        stmt = (select(vc.version, rc.success, rc.met_threshold, rc.latency_ms,
+                       rc.review_status, rc.ai_suggestion, rc.human_decision, rc.created_at,
+                       rc.job_key)
+                .join(t.model_version, and_(vc.tenant_id == rc.tenant_id,
+                                            vc.id == rc.model_version_id))
+                .join(t.model_catalog, and_(mc.tenant_id == rc.tenant_id, mc.id == rc.model_id))
+                .where(rc.tenant_id == self.tenant, mc.name == model_name,
+                       rc.created_at >= since, rc.created_at < until))
+        if version is not None:
+            stmt = stmt.where(vc.version == version)
+        if job_key is not None:
+            stmt = stmt.where(rc.job_key == job_key)
+        return [RunFact(r.version, bool(r.success), bool(r.met_threshold), float(r.latency_ms),
+                        r.review_status, r.ai_suggestion, r.human_decision,
+                        _aware(r.created_at), r.job_key) for r in self.conn.execute(stmt)]
+
+    def write_evaluation(self, model_name: str, version: str, start: datetime, end: datetime,
+                         m: Metrics, job_key: str = "") -> None:
+        c, vc, mc = t.evaluation.c, t.model_version.c, t.model_catalog.c
+        vid = self.conn.execute(select(vc.id).join(t.model_catalog, and_(
+            mc.tenant_id == vc.tenant_id, mc.id == vc.model_id)).where(
+            vc.tenant_id == self.tenant, mc.name == model_name, vc.version == version)
+        ).scalar()
+        if vid is None:
+            raise NotFound(f"version {model_name} {version} is not in the store")
+        values = dict(success_rate=m.success_rate, review_override_rate=m.review_override_rate,
+                      p95_latency_ms=m.p95_latency_ms, sample_size=m.sample_size,
+                      reviewed_sample_size=m.reviewed_sample_size, created_at=self.now)
+        key = and_(c.tenant_id == self.tenant, c.model_version_id == vid, c.job_key == job_key,
+                   c.window_start == start, c.window_end == end)
+        if self.conn.execute(update(t.evaluation).where(key).values(**values)).rowcount == 0:
+            self.conn.execute(insert(t.evaluation).values(
+                tenant_id=self.tenant, model_version_id=vid, job_key=job_key,
+                window_start=start, window_end=end, **values))
+
+    def latest_evaluations(self) -> dict[str, dict[str, Any]]:
+        """'model/version' → the newest whole-model evaluation of that version."""
+        c, vc, mc = t.evaluation.c, t.model_version.c, t.model_catalog.c
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.conn.execute(
+                select(mc.name, vc.version, t.evaluation)
+                .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
+                                            vc.id == c.model_version_id))
+                .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
+                .where(c.tenant_id == self.tenant, c.job_key == "")
+                .order_by(c.window_end)).mappings():
+            start, end = _aware(r["window_start"]), _aware(r["window_end"])
+            out[f"{r['name']}/{r['version']}"] = {
+                "version": r["version"], "window": f"{start.isoformat()}/{end.isoformat()}",
+                "successRate": r["success_rate"], "reviewOverrideRate": r["review_override_rate"],
+                "p95LatencyMs": r["p95_latency_ms"], "sampleSize": r["sample_size"],
+                "reviewedSampleSize": r["reviewed_sample_size"]}
+        return out
+
+    def analysis_states(self) -> dict[str, list[AnalysisState]]:
+        c = t.canary_analysis.c
+        out: dict[str, list[AnalysisState]] = {}
+        for r in self.conn.execute(select(t.canary_analysis).where(
+                c.tenant_id == self.tenant).order_by(c.policy_name, c.version)).mappings():
+            out.setdefault(r["policy_name"], []).append(AnalysisState(
+                r["policy_name"], r["version"], r["spec_hash"], r["failures"],
+                bool(r["aborted"]), dict(r["verdicts"])))
+        return out
+
+    def save_analysis(self, s: AnalysisState) -> None:
+        c = t.canary_analysis.c
+        values = dict(spec_hash=s.spec_hash, failures=s.failures, aborted=s.aborted,
+                      verdicts=s.verdicts, updated_at=self.now)
+        key = and_(c.tenant_id == self.tenant, c.policy_name == s.policy_name,
+                   c.version == s.version)
+        if self.conn.execute(update(t.canary_analysis).where(key).values(**values)).rowcount == 0:
+            self.conn.execute(insert(t.canary_analysis).values(
+                tenant_id=self.tenant, policy_name=s.policy_name, version=s.version, **values))
+
+    def rollback_facts(self) -> dict[str, RollbackFacts]:
+        """Per model: the newest rollback/abort snapshot and when runs first obeyed it."""
+        sc, mc, rc = t.policy_snapshot.c, t.model_catalog.c, t.model_run.c
+        out: dict[str, RollbackFacts] = {}
+        rows = self.conn.execute(
+            select(mc.name, mc.id.label("model_id"), sc.policy_version, sc.source, sc.reason,
+                   sc.created_at, sc.refresh_seconds)
+            .join(t.model_catalog, and_(mc.tenant_id == sc.tenant_id, mc.id == sc.model_id))
+            .where(sc.tenant_id == self.tenant, sc.source.in_(("rollback", "analysis-abort")))
+            .order_by(sc.created_at)).mappings().all()
+        for r in rows:
+            first = self.conn.execute(
+                select(func.min(rc.created_at)).where(
+                    rc.tenant_id == self.tenant, rc.model_id == r["model_id"],
+                    rc.policy_version >= r["policy_version"])).scalar()
+            out[r["name"]] = RollbackFacts(r["policy_version"], r["source"], r["reason"],
+                                           _aware(r["created_at"]),
+                                           _aware(first) if first is not None else None,
+                                           r["refresh_seconds"])
+        return out
+
+    def tick_claimed(self, window_key: str) -> bool:
+        c = t.schedule_tick.c
+        return self._one(select(c.id).where(c.tenant_id == self.tenant,
+                                            c.window_key == window_key)) is not None
 
     def claim_tick(self, window_key: str, result: dict[str, Any]) -> bool:
         """True the first time a window key is claimed; False (nothing written) after."""

@@ -324,4 +324,17 @@ object_status = Table(
     _ts("updated_at"),
 )
 
+canary_analysis = Table(
+    "canary_analysis", metadata,
+    Column("tenant_id", String(63), primary_key=True),
+    Column("policy_name", String(253), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("spec_hash", String(64), nullable=False),  # the spec generation judged
+    Column("failures", Integer, nullable=False),
+    Column("aborted", Boolean, nullable=False, server_default=text("false")),
+    Column("verdicts", JSON, nullable=False),
+    _ts("updated_at"),
+    CheckConstraint("failures >= 0", name="failures_nonneg"),
+)
+
 TENANT_TABLES = [t.name for t in metadata.sorted_tables]

@@ -23,10 +23,11 @@ import numpy as np
 
 from controller import metrics
 from controller.errors import CadmlError
+from controller.records import PolicySnapshot, RunRecord, VersionRow
 from controller.routing import Choice, choose_version
 from controller.search.artifacts import Artifact, ArtifactError, load_artifact
 from controller.search.pickle_scan import UnsafeArtifact
-from controller.store.repository import PolicySnapshot, RunRecord, Store, VersionRow
+from controller.store.repository import Store
 
 log = logging.getLogger("cadml.worker")
 

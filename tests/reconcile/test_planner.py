@@ -10,7 +10,7 @@ import pytest
 from controller.api.v1alpha1 import KINDS, Resource
 from controller.reconcile.conditions import Cond, merge
 from controller.reconcile.planner import desired_routing, plan_tenant
-from controller.store.repository import ObservedTenant
+from controller.records import ObservedTenant
 from controller.validation import Bundle
 from controller.validation.cross import check_bundle
 from controller.validation.single import check_object
@@ -53,7 +53,7 @@ def _plan(resources: list[Resource], observed: ObservedTenant = EMPTY):  # type:
 
 def _observed_after(resources: list[Resource]) -> ObservedTenant:
     """What the store would hold after applying the plan (no database needed)."""
-    from controller.store.repository import PolicySnapshot
+    from controller.records import PolicySnapshot
 
     plan = _plan(resources)
     snaps = {s.model_name: PolicySnapshot(s.model_name, s.policy_name, s.policy_version,
@@ -199,7 +199,7 @@ def test_last_transition_time_moves_only_on_change(old: Cond, new: Cond, moves: 
 
 
 def test_model_status_counts_workers_on_the_current_policy_version() -> None:
-    from controller.store.repository import WorkerState
+    from controller.records import WorkerState
 
     observed = _observed_after(BASE)
     workers = {"m": [WorkerState("w1", "m", 1, False, NOW - timedelta(seconds=5)),

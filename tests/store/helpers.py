@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from controller.store import ModelRow, PolicyRow, RouteRow, Store, VersionRow
+from controller.records import ModelRow, PolicyRow, RouteRow, VersionRow
+from controller.store import Store
 
 
 def seed_model(store: Store, tenant: str = "acme", model: str = "part-sim",

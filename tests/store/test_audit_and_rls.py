@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from controller.errors import StoreError
-from controller.store import ModelRow
+from controller.records import ModelRow
 from tests.store.helpers import seed_model
 from tests.stores import APP_ROLE, Backend
 

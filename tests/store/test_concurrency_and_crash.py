@@ -13,7 +13,8 @@ import time
 import pytest
 
 from controller.errors import ConflictError
-from controller.store import RouteRow, Store, VersionRow
+from controller.records import RouteRow, VersionRow
+from controller.store import Store
 from tests.store.helpers import seed_model
 from tests.stores import Backend
 
@@ -78,7 +79,8 @@ class _NoBarrier(threading.Barrier):
 
 _WRITER = textwrap.dedent("""
     import sys, time
-    from controller.store import RunRecord, Store
+    from controller.store import Store
+    from controller.records import RunRecord
     store = Store.open(sys.argv[1])
     with store.transaction("acme", "writer") as tx:
         tx.record_runs([RunRecord("part-sim", "1.0.0", 1, "policy", {}, 5.0, True, True)
@@ -96,7 +98,7 @@ def test_killed_writer_loses_nothing_committed_and_leaves_nothing_partial(
     store = backend.store
     seed_model(store)
     with store.transaction("acme", "before") as tx:
-        from controller.store import RunRecord
+        from controller.records import RunRecord
         tx.record_runs([RunRecord("part-sim", "1.0.0", 1, "policy", {}, 3.0, True, True)])
         tx.audit("run", "Model", "part-sim")
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, backend.app_url],

@@ -68,7 +68,7 @@ BAD_SQL = {
 def test_database_refuses(backend: Backend, case: str) -> None:
     seed_model(backend.store)
     with backend.store.transaction("acme", "seed") as tx:
-        from controller.store import ReleaseRow
+        from controller.records import ReleaseRow
         tx.record_release(ReleaseRow("rel-1", "rel_1", "abc1234", "part-sim-1.0.0", "low",
                                      {"x": 1}, "h"))
         tx.claim_tick("w1", {})

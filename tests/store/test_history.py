@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from controller.cli import main
-from controller.store import RouteRow
+from controller.records import RouteRow
 from tests.store.helpers import seed_model
 from tests.stores import Backend
 

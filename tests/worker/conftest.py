@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.records import ModelRow, PolicyRow, RouteRow, VersionRow
 from controller.search.build import BuildResult, build_index
-from controller.store import ModelRow, PolicyRow, RouteRow, Store, VersionRow
+from controller.store import Store
 from controller.store.engine import make_engine
 from controller.store.migrate import upgrade
 from controller.worker.runtime import WorkerRuntime, WorkerSettings

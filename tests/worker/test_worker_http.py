@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from controller.features.sandbox import FeatureSandbox
-from controller.store import RouteRow
+from controller.records import RouteRow
 from controller.worker.app import make_app
 from tests.conftest import DXF_CORPUS
 from tests.worker.conftest import MODEL, TENANT, World

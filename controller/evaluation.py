@@ -1,0 +1,132 @@
+"""Evaluation and canary analysis: pure functions over run facts.
+
+- `compute(runs)`: success_rate = runs that completed without error and met their
+  threshold / all runs; review_override_rate = reviewed runs whose human decision
+  differs from the AI's suggestion (a rejection, or a humanDecision other than the
+  suggestion) / reviewed runs; p95_latency_ms by the nearest-rank method; each with
+  its sample size. A rate over no runs is None, never 0.
+- `analyse(bounds, metrics)`: one verdict per bound (Pass / Fail / InsufficientData
+  when fewer than minSampleSize runs), and the overall verdict.
+- `next_state(failures, overall, limit)`: consecutive failing analyses; abort at the limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from controller.api.v1alpha1 import AnalysisSpec
+
+
+@dataclass(frozen=True, slots=True)
+class RunFact:
+    version: str
+    success: bool
+    met_threshold: bool
+    latency_ms: float
+    review_status: str
+    ai_suggestion: str | None
+    human_decision: str | None
+    created_at: datetime
+    job_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    success_rate: float | None
+    review_override_rate: float | None
+    p95_latency_ms: float | None
+    sample_size: int
+    reviewed_sample_size: int
+
+    def get(self, name: str) -> float | None:
+        value: float | None = getattr(self, name)
+        return value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"successRate": self.success_rate, "reviewOverrideRate": self.review_override_rate,
+                "p95LatencyMs": self.p95_latency_ms, "sampleSize": self.sample_size,
+                "reviewedSampleSize": self.reviewed_sample_size}
+
+
+def p95(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def overridden(run: RunFact) -> bool:
+    if run.review_status == "REJECTED":
+        return True
+    return run.human_decision is not None and run.human_decision != run.ai_suggestion
+
+
+def compute(runs: Iterable[RunFact]) -> Metrics:
+    runs = list(runs)
+    n = len(runs)
+    reviewed = [r for r in runs if r.review_status != "PENDING_REVIEW"]
+    ok = sum(1 for r in runs if r.success and r.met_threshold)
+    return Metrics(
+        success_rate=ok / n if n else None,
+        review_override_rate=(sum(1 for r in reviewed if overridden(r)) / len(reviewed)
+                              if reviewed else None),
+        p95_latency_ms=p95([r.latency_ms for r in runs]),
+        sample_size=n,
+        reviewed_sample_size=len(reviewed),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    metric: str
+    result: str  # "Pass" | "Fail" | "InsufficientData"
+    observed: float | None
+    bound: str
+    sample_size: int
+    window_seconds: int
+
+    def explain(self) -> str:
+        seen = "n/a" if self.observed is None else f"{self.observed:.4g}"
+        return (f"{self.metric} {seen} vs {self.bound} over {self.window_seconds}s, "
+                f"n={self.sample_size}: {self.result}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "result": self.result, "observed": self.observed,
+                "bound": self.bound, "sampleSize": self.sample_size,
+                "windowSeconds": self.window_seconds}
+
+
+def analyse(spec: AnalysisSpec, metrics: Metrics) -> tuple[str, list[Verdict]]:
+    verdicts = []
+    for bound in spec.metrics:
+        parts = ([f"min {bound.min:g}"] if bound.min is not None else []) + (
+            [f"max {bound.max:g}"] if bound.max is not None else [])
+        text = " and ".join(parts) or "no bound"
+        value = metrics.get(bound.name)
+        samples = (metrics.reviewed_sample_size if bound.name == "review_override_rate"
+                   else metrics.sample_size)
+        if samples < spec.min_sample_size or value is None:
+            result = "InsufficientData"
+        elif (bound.min is not None and value < bound.min) or (
+                bound.max is not None and value > bound.max):
+            result = "Fail"
+        else:
+            result = "Pass"
+        verdicts.append(Verdict(bound.name, result, value, text, samples, spec.window_seconds))
+    results = {v.result for v in verdicts}
+    overall = "Fail" if "Fail" in results else (
+        "InsufficientData" if "InsufficientData" in results else "Pass")
+    return overall, verdicts
+
+
+def next_state(failures: int, overall: str, failure_limit: int) -> tuple[int, bool]:
+    """Consecutive failed analyses; InsufficientData neither counts nor resets."""
+    if overall == "Fail":
+        failures += 1
+    elif overall == "Pass":
+        failures = 0
+    return failures, failures >= failure_limit

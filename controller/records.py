@@ -1,0 +1,154 @@
+"""Plain data records the store hands out and takes in (no SQLAlchemy here).
+
+The planner and the workers work on these; only `controller.store.repository`
+turns them into rows and back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    name: str
+    model_key: str
+    provider: str
+    display_name: str
+    description: str = ""
+    threshold_defaults: dict[str, float] = field(default_factory=dict)
+    worker_replicas: int = 1
+    generation: int = 0
+    spec_hash: str = ""
+    review_control_allowed: bool = False
+    review_default_decision: str = "PENDING_REVIEW"
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    name: str
+    model_name: str
+    version: str
+    stage: str
+    artifact_uri: str
+    artifact_format: str
+    artifact_sha256: str | None = None
+    feature_version: str = "v4"
+    threshold_defaults: dict[str, float] = field(default_factory=dict)
+    generation: int = 0
+    spec_hash: str = ""
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRow:
+    name: str
+    model_name: str
+    spec: dict[str, Any]
+    refresh_seconds: int
+    generation: int = 0
+    spec_hash: str = ""
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRow:
+    version: str
+    weight: int
+    is_stable: bool
+    forced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySnapshot:
+    model_name: str
+    policy_name: str
+    policy_version: int
+    source: str
+    reason: str
+    routes: tuple[RouteRow, ...]
+    thresholds: dict[str, Any]
+    refresh_seconds: int
+    created_at: datetime
+
+    @property
+    def stable_version(self) -> str | None:
+        return next((r.version for r in self.routes if r.is_stable), None)
+
+
+@dataclass(frozen=True)
+class ObservedTenant:
+    """What the store holds for one tenant, as plain data."""
+
+    models: dict[str, ModelRow]
+    versions: dict[str, VersionRow]
+    policies: dict[str, PolicyRow]
+    snapshots: dict[str, PolicySnapshot]  # by model name
+    releases: dict[str, str]  # release_id -> spec_hash
+    statuses: dict[tuple[str, str], dict[str, Any]]
+    workers: dict[str, list[WorkerState]] = field(default_factory=dict)  # by model name
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # model/version
+    analysis: dict[str, list[AnalysisState]] = field(default_factory=dict)  # by policy name
+    rollbacks: dict[str, RollbackFacts] = field(default_factory=dict)  # by model name
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    worker_id: str
+    model_name: str
+    applied_policy_version: int
+    degraded: bool
+    updated_at: datetime
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisState:
+    policy_name: str
+    version: str
+    spec_hash: str
+    failures: int
+    aborted: bool
+    verdicts: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackFacts:
+    policy_version: int
+    source: str
+    reason: str
+    requested_at: datetime
+    effective_at: datetime | None
+    refresh_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    model_name: str
+    version: str
+    policy_version: int
+    route_source: str
+    thresholds: dict[str, Any]
+    latency_ms: float
+    success: bool
+    met_threshold: bool
+    job_key: str | None = None
+    ai_suggestion: str | None = None
+    error_code: str | None = None
+    run_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRow:
+    name: str
+    release_id: str
+    git_sha: str
+    model_version_name: str
+    risk_level: str
+    spec: dict[str, Any]
+    spec_hash: str
