@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     from controller.cli import (
         diff,
         gen,
+        governance_cmds,
         index_cmd,
         operator_cmd,
         reconcile,
@@ -50,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cadml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (validate, diff, reconcile, operator_cmd, worker_cmd, index_cmd, gen,
-                   store_cmds):
+    for module in (validate, diff, reconcile, operator_cmd, worker_cmd, index_cmd,
+                   governance_cmds, gen, store_cmds):
         module.register(sub)
     return parser
 
