@@ -133,6 +133,22 @@ def on_change(**kwargs: Any) -> None:
     _post_events(body, plan, memo.get("post_event") or kopf.info)
 
 
+def on_analysis(**kwargs: Any) -> None:
+    """Timer: judge the canaries of every policy of the tenant (aborts publish at once)."""
+    from controller.governance import analyse_policies
+
+    body: kopf.Body = kwargs["body"]
+    store: Store = kwargs["memo"]["store"]
+    if not body.spec.get("analysis"):
+        return
+    with store.transaction(str(body.metadata.namespace), "canary-analysis") as tx:
+        outcomes = analyse_policies(tx, datetime.now(UTC))
+    post = kwargs["memo"].get("post_event") or kopf.info
+    for o in outcomes:
+        if o.aborted_now and o.policy == body.metadata.name:
+            post(body, reason="CanaryAborted", message=o.summary)
+
+
 def on_version_delete(**kwargs: Any) -> None:
     """Finalizer: a version that still receives traffic cannot go; otherwise the store
     marks it deleted (history kept) and audits it."""
@@ -191,6 +207,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                    registry=registry)(on_change)
         kopf.on.validate(GROUP, VERSION, plural, id=f"validate-{plural}",
                          registry=registry)(validate)
+    kopf.timer(GROUP, VERSION, "rolloutpolicies", id="analysis",
+               interval=settings.analysis_interval, initial_delay=settings.analysis_interval,
+               registry=registry)(on_analysis)
     kopf.on.delete(GROUP, VERSION, "modelversions", id="retire",
                    registry=registry)(on_version_delete)
     for plural in ("models", "rolloutpolicies"):

@@ -14,6 +14,7 @@ class OperatorSettings:
     worker_image: str = "ghcr.io/cadml/cadml:0.1.0"
     worker_port: int = 8080
     timer_interval: float = 60.0
+    analysis_interval: float = 60.0
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     peering: str = "cadml"
     priority: int = 0

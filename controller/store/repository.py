@@ -296,6 +296,13 @@ class StoreTx:
                 out[snap.model_name] = snap
         return out
 
+    def policy_version_of(self, model_name: str) -> int | None:
+        pc, mc = t.model_rollout_policy.c, t.model_catalog.c
+        return self.conn.execute(
+            select(pc.policy_version).join(t.model_catalog, and_(
+                mc.tenant_id == pc.tenant_id, mc.id == pc.model_id)).where(
+                pc.tenant_id == self.tenant, mc.name == model_name)).scalar()
+
     def model_names(self) -> list[str]:
         c = t.model_catalog.c
         return list(self.conn.execute(select(c.name).where(c.tenant_id == self.tenant)

@@ -268,6 +268,30 @@ async def recover(request: web.Request) -> web.Response:
     return web.json_response({"recovered": results})
 
 
+async def schedule_tick(request: web.Request) -> web.Response:
+    """The cron's endpoint: evaluation and canary analysis once per window key."""
+    from controller.governance import schedule_tick as tick
+
+    runtime = request.app[RUNTIME]
+    token = runtime.settings.admin_token
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not token:
+        raise web.HTTPNotFound()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return _fail(401, "unauthorized", "admin", "a valid admin token is required")
+    body = await _json(request)
+    key = str(body.get("windowKey") or "").strip()
+    if not key:
+        raise WorkerError("windowKey is required", code="bad_request", stage="request",
+                          status=400)
+    result = await asyncio.get_running_loop().run_in_executor(
+        None, tick, runtime.store, runtime.settings.tenant, key, datetime.now(UTC))
+    return web.json_response({
+        "tenant": result.tenant, "windowKey": key, "ran": result.ran,
+        "message": "done" if result.ran else f"window {key} already ran; nothing to do",
+        "aborted": [a.version for a in result.analysed if a.aborted_now]})
+
+
 async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -282,16 +306,28 @@ async def metrics_endpoint(_: web.Request) -> web.Response:
 
 
 async def _refresher(app: web.Application) -> AsyncIterator[None]:
+    """Full refresh every refreshSeconds; in between, a one-row probe of the published
+    policyVersion four times per cycle, so a rollback lands well within one cycle."""
     runtime = app[RUNTIME]
 
     async def loop() -> None:
+        ev = asyncio.get_running_loop()
+        last_full = -1e9
         while True:
+            snap = runtime.snapshot
+            period = float(snap.refresh_seconds) if snap else 1.0
             try:
-                await asyncio.get_running_loop().run_in_executor(None, runtime.refresh)
+                now = ev.time()
+                due = now - last_full >= period
+                if not due and snap is not None:
+                    published = await ev.run_in_executor(None, runtime.published_version)
+                    due = published != snap.policy_version
+                if due:
+                    await ev.run_in_executor(None, runtime.refresh)
+                    last_full = now
             except Exception:
                 log.exception("policy refresh failed; serving the last snapshot")
-            snap = runtime.snapshot
-            await asyncio.sleep(max(1.0, float(snap.refresh_seconds)) if snap else 1.0)
+            await asyncio.sleep(min(1.0, period / 4))
 
     task = asyncio.create_task(loop())
     yield
@@ -314,6 +350,7 @@ def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
     app.router.add_post("/v1/jobs/{job}/binding", bind_job)
     app.router.add_post("/v1/runs/{run}/review", review_run)
     app.router.add_post("/admin/recover", recover)
+    app.router.add_post("/admin/schedule-tick", schedule_tick)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

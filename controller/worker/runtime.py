@@ -203,6 +203,12 @@ class WorkerRuntime:
             lv.degraded = fresh.degraded
         return lv
 
+    def published_version(self) -> int | None:
+        """The policyVersion the store has now: one indexed row, cheap to poll often."""
+        s = self.settings
+        with self.store.transaction(s.tenant, s.worker_id) as tx:
+            return tx.policy_version_of(s.model)
+
     # ---------------------------------------------------------------- requests
 
     def ready(self) -> tuple[bool, dict[str, Any]]:

@@ -233,3 +233,16 @@ def test_automatic_recovery_backs_off_exponentially(world: World) -> None:
         assert lv.next_retry is not None
         now = lv.next_retry
     assert waits == [600.0, 1200.0, 2400.0, 3600.0, 3600.0, 3600.0]
+
+
+async def test_schedule_tick_endpoint_runs_once_per_window(world: World, client: Client) -> None:
+    auth = {"Authorization": "Bearer s3cret"}
+    assert (await client.post("/admin/schedule-tick", json={"windowKey": "h1"})).status == 401
+    first = await (await client.post("/admin/schedule-tick", json={"windowKey": "h1"},
+                                     headers=auth)).json()
+    again = await (await client.post("/admin/schedule-tick", json={"windowKey": "h1"},
+                                     headers=auth)).json()
+    assert first["ran"] is True and again["ran"] is False
+    assert "already ran" in again["message"]
+    bad = await client.post("/admin/schedule-tick", json={}, headers=auth)
+    assert bad.status == 400
