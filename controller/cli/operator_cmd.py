@@ -32,6 +32,7 @@ def register(sub: Any) -> None:
     p.add_argument("--webhook-port", type=int)
     p.add_argument("--timer-interval", type=float, help="drift-repair interval, seconds")
     p.add_argument("--liveness", help="liveness endpoint (default http://0.0.0.0:8081/healthz)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 9090)")
     p.add_argument("--no-workers", action="store_true",
                    help="do not create worker Deployments/Services (store-only mode)")
     p.set_defaults(handler=run)
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         store_url=resolve_url(args.store) if args.store else None,
         namespaces=tuple(args.namespaces) if args.namespaces else None,
         peering=args.peering, webhook_host=args.webhook_host, webhook_port=args.webhook_port,
-        timer_interval=args.timer_interval, liveness=args.liveness)
+        timer_interval=args.timer_interval, liveness=args.liveness,
+        metrics_port=args.metrics_port)
     run_operator(settings, apply_workers=not args.no_workers)
     return 0

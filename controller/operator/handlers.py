@@ -11,14 +11,17 @@ thread pool, so store I/O never blocks the event loop.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
 
 from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Model, Resource
 from controller.errors import CadmlError, ConflictError
+from controller.operator.certs import self_signed
 from controller.operator.settings import OperatorSettings
 from controller.operator.workers import readiness, worker_objects
 from controller.reconcile.planner import Plan
@@ -221,9 +224,14 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         kopf_settings.persistence.finalizer = FINALIZER
         kopf_settings.posting.level = logging.INFO
         if settings.webhook_host:
+            host = settings.webhook_url_host or settings.webhook_host
+            if settings.webhook_cert and settings.webhook_key:  # mounted (e.g. cert-manager)
+                certfile, pkeyfile = Path(settings.webhook_cert), Path(settings.webhook_key)
+            else:
+                certfile, pkeyfile = self_signed([host], Path(tempfile.mkdtemp(prefix="cadml-")))
             kopf_settings.admission.server = kopf.WebhookServer(
                 addr="0.0.0.0", port=settings.webhook_port,  # in-pod server
-                host=settings.webhook_url_host or settings.webhook_host)
+                host=host, certfile=str(certfile), pkeyfile=str(pkeyfile))
             kopf_settings.admission.managed = f"validating.{GROUP}"
 
     @kopf.on.probe(id="store", registry=registry)

@@ -21,6 +21,8 @@ class OperatorSettings:
     webhook_port: int = 9443
     webhook_host: str | None = None  # set: serve the admission webhook (self-signed cert)
     webhook_url_host: str | None = None  # the address the API server calls, if not webhook_host
+    webhook_cert: str | None = None  # mounted serving certificate; self-signed when unset
+    webhook_key: str | None = None
     liveness: str = "http://0.0.0.0:8081/healthz"
     metrics_port: int = 9090
     extra: dict[str, str] = field(default_factory=dict)
@@ -36,6 +38,9 @@ class OperatorSettings:
             "peering": env.get("CADML_PEERING", cls.peering),
             "webhook_host": env.get("CADML_WEBHOOK_HOST") or None,
             "webhook_port": int(env.get("CADML_WEBHOOK_PORT", cls.webhook_port)),
+            "webhook_cert": env.get("CADML_WEBHOOK_CERT") or None,
+            "webhook_key": env.get("CADML_WEBHOOK_KEY") or None,
+            "metrics_port": int(env.get("CADML_METRICS_PORT", cls.metrics_port)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

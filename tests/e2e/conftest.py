@@ -1,0 +1,123 @@
+"""End-to-end fixtures: a real kube-apiserver + etcd (+ controller-manager) and the operator
+running for real as `cadml run` in a subprocess. Skipped locally without the binaries;
+in CI (CI=true) their absence fails the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.e2e.controlplane import ControlPlane, find_binaries, free_port
+
+
+def _require_binaries() -> Path:
+    found = find_binaries()
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the end-to-end tests: CADML_CONTROLPLANE_BIN is not set "
+                        "(tests/controlplane/build.sh builds the control plane)")
+        pytest.skip("no control plane binaries (export CADML_CONTROLPLANE_BIN=$("
+                    "tests/controlplane/build.sh | tail -1))")
+    return found
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    cp = ControlPlane(_require_binaries(), tmp_path_factory.mktemp("controlplane"))
+    try:
+        cp.start()
+        cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        for crd in ("models", "modelversions", "rolloutpolicies", "releaserecords"):
+            cp.kubectl("wait", "--for=condition=Established", f"crd/{crd}.cadml.io",
+                       "--timeout=60s")
+        yield cp
+    finally:
+        cp.stop()
+
+
+class Operator:
+    """`cadml run` as a subprocess, its store a SQLite file, its webhook on loopback."""
+
+    def __init__(self, cp: ControlPlane, workdir: Path) -> None:
+        self.cp = cp
+        self.workdir = workdir
+        self.store_url = f"sqlite:///{workdir / 'store.db'}"
+        self.webhook_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "operator.log"
+
+    def start(self) -> None:
+        env = {**self.cp.env(), "CADML_STORE_URL": self.store_url,
+               "CADML_WEBHOOK_HOST": "127.0.0.1", "CADML_WEBHOOK_PORT": str(self.webhook_port),
+               "CADML_TIMER_INTERVAL": "5", "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller", "run", "--liveness",
+                 f"http://127.0.0.1:{free_port()}/healthz", "--metrics-port", str(free_port())],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the managed webhook configuration appears
+            out = self.cp.kubectl("get", "validatingwebhookconfigurations", "-o", "name",
+                                  check=False).stdout
+            if "validating.cadml.io" in out:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError("operator exited:\n" + self.tail())
+            time.sleep(0.5)
+        raise RuntimeError("operator did not register its webhook:\n" + self.tail())
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def tail(self, lines: int = 60) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Operator]:
+    op = Operator(control_plane, tmp_path_factory.mktemp("operator"))
+    op.start()
+    yield op
+    op.stop()
+
+
+def get(cp: ControlPlane, kind: str, ns: str, name: str) -> dict[str, Any]:
+    out = cp.kubectl("get", kind, "-n", ns, name, "-o", "json").stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def wait_for(predicate: Any, timeout: float = 60.0, every: float = 0.5,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except (RuntimeError, KeyError, StopIteration, ValueError) as exc:
+            last = exc
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")

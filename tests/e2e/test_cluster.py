@@ -1,0 +1,162 @@
+"""End to end against a real kube-apiserver + etcd, with `cadml run` operating for real."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from tests.e2e.conftest import Operator, get, wait_for
+from tests.e2e.controlplane import ControlPlane
+
+pytestmark = pytest.mark.e2e
+
+KINDS = ("models", "modelversions", "rolloutpolicies", "releaserecords")
+
+
+def _ready(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    cond = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+    gen = obj["metadata"].get("generation")
+    return bool(cond and cond["status"] == "True" and cond.get("observedGeneration") == gen
+                and status.get("observedGeneration") == gen)
+
+
+def _all(cp: ControlPlane, ns: str) -> list[dict[str, Any]]:
+    out = json.loads(cp.kubectl("get", ",".join(KINDS), "-n", ns, "-o", "json").stdout)
+    return out["items"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def applied(control_plane: ControlPlane, operator: Operator) -> ControlPlane:
+    for ns in ("acme-cad", "globex-cad"):
+        control_plane.kubectl("create", "namespace", ns, check=False)
+    control_plane.kubectl("apply", "-R", "-f", str(EXAMPLES / "tenants"))
+
+    def everything_ready() -> bool:
+        items = _all(control_plane, "acme-cad") + _all(control_plane, "globex-cad")
+        return len(items) == 21 and all(_ready(i) for i in items)
+
+    try:
+        wait_for(everything_ready, timeout=120, what="every example object Ready")
+    except AssertionError:
+        print(operator.tail())
+        raise
+    return control_plane
+
+
+def test_printer_columns_and_category(applied: ControlPlane) -> None:
+    out = applied.kubectl("get", "rolloutpolicies", "-n", "acme-cad").stdout
+    assert "WEIGHTS" in out and "1.1.0=90,1.2.0=10" in out and "POLICY" in out
+    versions = applied.kubectl("get", "mv", "-n", "acme-cad").stdout
+    assert "STAGE" in versions and "CANARY" in versions and "DEPRECATED" in versions
+    everything = applied.kubectl("get", "cadml", "-A").stdout
+    assert "releaserecord.cadml.io/rel-2026-09-02-part-sim-1-1-0" in everything
+    explain = applied.kubectl("explain", "rolloutpolicy.spec.refreshSeconds").stdout
+    assert "re-read" in explain
+
+
+def test_cel_rules_refuse_in_the_api_server(applied: ControlPlane) -> None:
+    bad = (EXAMPLES / "invalid" / "policy-weights-sum.yaml").read_text()
+    ns_bad = bad.replace("initech-cad", "acme-cad").replace("widget-search", "cel-probe")
+    proc = applied.kubectl("apply", "-f", "-", stdin=ns_bad, check=False)
+    assert proc.returncode != 0
+    assert "[policy.weights-sum-100] weights must sum to exactly 100" in proc.stderr
+    control = (EXAMPLES / "invalid" / "model-review-control.yaml").read_text().replace(
+        "initech-cad", "acme-cad").replace("widget-search", "cel-probe-2")
+    proc = applied.kubectl("apply", "-f", "-", stdin=control, check=False)
+    assert proc.returncode != 0 and "[model.review-control-allowed]" in proc.stderr
+
+
+def test_webhook_refuses_a_second_stable(applied: ControlPlane) -> None:
+    proc = applied.kubectl("patch", "mv", "-n", "acme-cad", "part-similarity-1-2-0",
+                           "--type=merge", "-p", '{"spec":{"stage":"STABLE"}}', check=False)
+    assert proc.returncode != 0
+    assert "version.one-stable" in proc.stderr and "DEPRECATED" in proc.stderr
+    assert get(applied, "mv", "acme-cad", "part-similarity-1-2-0")["spec"]["stage"] == "CANARY"
+
+
+def test_release_records_are_immutable(applied: ControlPlane) -> None:
+    proc = applied.kubectl("patch", "releaserecord", "-n", "acme-cad",
+                           "rel-2026-09-02-part-sim-1-1-0", "--type=merge",
+                           "-p", '{"spec":{"canaryPercent":50}}', check=False)
+    assert proc.returncode != 0 and "[release.immutable]" in proc.stderr
+
+
+def _store_rows(op: Operator, sql: str) -> list[tuple[Any, ...]]:
+    path = op.store_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        return db.execute(sql).fetchall()
+
+
+def test_moving_weights_and_rolling_back_raise_policy_version(applied: ControlPlane,
+                                                              operator: Operator) -> None:
+    before = get(applied, "rp", "acme-cad", "part-similarity")["status"]["policyVersion"]
+    applied.kubectl("patch", "rp", "-n", "acme-cad", "part-similarity", "--type=merge", "-p",
+                    '{"spec":{"weights":[{"version":"1.1.0","weight":75},'
+                    '{"version":"1.2.0","weight":25}]}}')
+    moved = wait_for(lambda: (s := get(applied, "rp", "acme-cad", "part-similarity")["status"])
+                     ["policyVersion"] == before + 1 and s, what="policyVersion + 1")
+    assert moved["routingSummary"] == "1.1.0=75,1.2.0=25"
+    applied.kubectl("patch", "rp", "-n", "acme-cad", "part-similarity", "--type=merge", "-p",
+                    '{"spec":{"weights":[{"version":"1.1.0","weight":100}]}}')
+    rolled = wait_for(lambda: (s := get(applied, "rp", "acme-cad", "part-similarity")["status"])
+                      ["policyVersion"] == before + 2 and s, what="rollback published")
+    assert rolled["routingSummary"] == "1.1.0=100"
+    rows = _store_rows(operator, "SELECT ps.policy_version, pr.version, pr.weight FROM "
+                                 "policy_snapshot ps JOIN policy_route pr ON pr.snapshot_id = "
+                                 "ps.id JOIN model_rollout_policy p ON p.id = ps.policy_id "
+                                 "WHERE p.name = 'part-similarity' ORDER BY ps.policy_version")
+    assert (before + 2, "1.1.0", 100) in rows and (before, "1.2.0", 10) in rows  # history kept
+
+
+def test_models_own_their_worker_deployments(applied: ControlPlane) -> None:
+    dep = wait_for(lambda: get(applied, "deployment", "acme-cad",
+                               "cadml-worker-part-similarity"), what="worker Deployment")
+    owner = dep["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "Model" and owner["name"] == "part-similarity"
+    assert dep["spec"]["replicas"] == 2
+    model = get(applied, "model", "acme-cad", "part-similarity")
+    assert model["status"]["workersReady"] == "0/2"  # no kubelet here: no pods run
+
+
+def test_operator_restart_converges_without_duplicate_audit(applied: ControlPlane,
+                                                            operator: Operator) -> None:
+    count = _store_rows(operator, "SELECT count(*) FROM audit_event")[0][0]
+    operator.stop(kill=True)  # as if the pod died mid-way
+    operator.start()
+    items = wait_for(lambda: (i := _all(applied, "acme-cad")) and all(_ready(x) for x in i)
+                     and i, what="Ready after restart")
+    assert items
+    time.sleep(8)  # resume handlers and at least one repair timer (5 s) run meanwhile
+    assert _store_rows(operator, "SELECT count(*) FROM audit_event")[0][0] == count
+
+
+def test_api_server_restart_is_survived(applied: ControlPlane, operator: Operator) -> None:
+    applied.restart_apiserver()
+    applied.kubectl("patch", "model", "-n", "globex-cad", "fastener-lookup", "--type=merge",
+                    "-p", '{"spec":{"displayName":"Fastener lookup (renamed)"}}')
+    status = wait_for(lambda: (m := get(applied, "model", "globex-cad", "fastener-lookup"))
+                      and _ready(m) and m["metadata"]["generation"] == 2 and m["status"],
+                      timeout=90, what="operator handles changes after the restart")
+    assert status["observedGeneration"] == 2
+
+
+def test_deleting_a_model_garbage_collects_its_workers(applied: ControlPlane) -> None:
+    applied.kubectl("delete", "rp", "-n", "globex-cad", "fastener-lookup", "--wait=true")
+    applied.kubectl("delete", "mv", "-n", "globex-cad", "fastener-lookup-3-4-1", "--wait=true")
+    applied.kubectl("delete", "model", "-n", "globex-cad", "fastener-lookup", "--wait=true")
+    wait_for(lambda: applied.kubectl("get", "deployment", "-n", "globex-cad",
+                                     "cadml-worker-fastener-lookup", check=False).returncode != 0,
+             timeout=60, what="worker Deployment garbage-collected")
+
+
+def test_crds_from_the_chart_match(applied: ControlPlane) -> None:
+    root = Path(__file__).resolve().parents[2]
+    for path in sorted((root / "charts" / "cadml" / "crds").glob("*.yaml")):
+        assert path.read_text() == (root / "crds" / path.name).read_text()
