@@ -33,3 +33,5 @@ WORKER_ERRORS = Counter("cadml_worker_errors_total", "Requests refused, by error
                         ["tenant", "model", "code"])
 CANARY_ABORTS = Counter("cadml_canary_aborts_total", "Canaries aborted by automatic analysis",
                         ["tenant", "model", "version"])
+ROLLBACK_CYCLES = Gauge("cadml_rollback_cycles", "Refresh cycles the last rollback needed to "
+                        "reach new runs", ["tenant", "model"])

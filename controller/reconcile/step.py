@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from controller import metrics
-from controller.api.v1alpha1 import Resource
+from controller.api.v1alpha1 import Resource, RolloutPolicy
 from controller.errors import CadmlError
 from controller.findings import FieldError
 from controller.reconcile.apply import apply_plan
@@ -43,6 +43,11 @@ def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
         metrics.AUDIT_EVENTS.labels(tenant, entry.action).inc()
     for snap in plan.snapshots:
         metrics.POLICY_VERSION.labels(tenant, snap.model_name).set(snap.policy_version)
+    policies = {r.metadata.name: r for r in resources if isinstance(r, RolloutPolicy)}
+    for (kind, name), status in plan.computed.items():
+        cycles = (status.get("lastRollback") or {}).get("cycles")
+        if kind == "RolloutPolicy" and cycles is not None and name in policies:
+            metrics.ROLLBACK_CYCLES.labels(tenant, policies[name].spec.model_ref).set(cycles)
     metrics.INVALID_OBJECTS.labels(tenant).set(sum(
         1 for status in plan.computed.values()
         if any(c["type"] == "Stalled" and c["status"] == "True"

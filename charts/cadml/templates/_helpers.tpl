@@ -1,0 +1,23 @@
+{{- define "cadml.name" -}}cadml{{- end -}}
+{{- define "cadml.fullname" -}}{{ .Release.Name | trunc 40 | trimSuffix "-" }}-cadml{{- end -}}
+{{- define "cadml.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
+{{- define "cadml.labels" -}}
+app.kubernetes.io/name: cadml
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: cadml
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+{{- define "cadml.operatorSelector" -}}
+app.kubernetes.io/name: cadml
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+{{- define "cadml.storeEnv" -}}
+- name: CADML_STORE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.store.existingSecret }}
+      key: {{ .Values.store.urlKey }}
+{{- end -}}
