@@ -59,8 +59,11 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
     ],
 }
 
-# Keywords JSON Schema has and a structural CRD schema must not carry.
-_DROP = {"title", "propertyNames", "$defs", "x-cadml-transition", "$schema", "$id"}
+# Keywords JSON Schema has and a structural CRD schema must not carry. `x-cadml-editor-only`
+# holds hints for editors (an enum) that must not pre-empt the CEL rule in the API server:
+# a failed enum makes the API server skip CEL, and its message would lose our rule id.
+_DROP = {"title", "propertyNames", "$defs", "x-cadml-transition", "$schema", "$id",
+         "x-cadml-editor-only"}
 
 
 def _deref(node: Any, defs: dict[str, Any]) -> Any:
@@ -159,7 +162,10 @@ def crd(kind: str) -> dict[str, Any]:
 
 def _strip_markers(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: _strip_markers(v) for k, v in node.items() if k != "x-cadml-transition"}
+        hints = node.get("x-cadml-editor-only", {})
+        kept = {k: _strip_markers(v) for k, v in node.items()
+                if k not in ("x-cadml-transition", "x-cadml-editor-only")}
+        return {**kept, **hints}
     if isinstance(node, list):
         return [_strip_markers(v) for v in node]
     return node

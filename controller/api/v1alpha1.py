@@ -157,13 +157,13 @@ class ReviewSpec(_Object):
     control_allowed: bool = Field(
         default=False,
         description="Must be false: AI output never acts without a human.",
-        json_schema_extra={"enum": [False]},
+        json_schema_extra={"x-cadml-editor-only": {"enum": [False]}},
     )
     default_decision: str = Field(
         default=PENDING_REVIEW,
         max_length=32,
         description="Decision recorded for every AI run until a reviewer acts.",
-        json_schema_extra={"enum": [PENDING_REVIEW]},
+        json_schema_extra={"x-cadml-editor-only": {"enum": [PENDING_REVIEW]}},
     )
 
 

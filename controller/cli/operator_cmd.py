@@ -26,7 +26,9 @@ def register(sub: Any) -> None:
     p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--namespace", action="append", dest="namespaces",
                    help="watch only this namespace (repeatable; default: all)")
-    p.add_argument("--peering", help="kopf peering name for leader election (default: cadml)")
+    p.add_argument("--peering", help="kopf peering name for leader election between replicas "
+                                     "(needs kopf's peering CRDs and the named object, as the "
+                                     "chart installs; default: standalone)")
     p.add_argument("--webhook-host", help="serve the admission webhook; the API server calls "
                                           "https://HOST:PORT")
     p.add_argument("--webhook-port", type=int)

@@ -160,7 +160,7 @@ def on_version_delete(**kwargs: Any) -> None:
     ns, name = str(body.metadata.namespace), str(body.metadata.name)
     model, semver = body.spec.get("modelRef"), body.spec.get("version")
     with store.transaction(ns, "finalizer") as tx:
-        snap = tx.snapshot(model) if model else None
+        snap = tx.snapshot(model, live=True) if model else None
     weight = next((r.weight for r in snap.routes if r.version == semver), 0) if snap else 0
     if snap is not None and weight > 0:
         raise kopf.TemporaryError(
@@ -217,6 +217,10 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                    registry=registry)(on_version_delete)
     for plural in ("models", "rolloutpolicies"):
         kopf.on.delete(GROUP, VERSION, plural, id="retire", registry=registry)(on_delete)
+
+    # A registry of our own has none of kopf's default activities: log in explicitly
+    # (in-cluster service account, else $KUBECONFIG) through the kubernetes client.
+    kopf.on.login(registry=registry)(kopf.login_via_client)
 
     @kopf.on.startup(registry=registry)
     def configure(**kwargs: Any) -> None:

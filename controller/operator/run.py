@@ -13,6 +13,7 @@ from controller.store.open import open_store
 
 
 def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> None:
+    kopf.configure(verbose=False, log_format=kopf.LogFormat.PLAIN)
     start_http_server(settings.metrics_port)  # /metrics for Prometheus
     store = open_store(settings.store_url)
     memo = kopf.Memo(store=store, settings=settings, post_event=kopf.info,
@@ -24,6 +25,7 @@ def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> N
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         peering_name=settings.peering,
+        standalone=settings.peering is None,
         priority=settings.priority,
         liveness_endpoint=settings.liveness,
     ))

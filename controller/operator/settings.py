@@ -16,7 +16,7 @@ class OperatorSettings:
     timer_interval: float = 60.0
     analysis_interval: float = 60.0
     namespaces: tuple[str, ...] = ()  # empty: every namespace
-    peering: str = "cadml"
+    peering: str | None = None  # None: standalone; a name needs kopf's peering CRDs + object
     priority: int = 0
     webhook_port: int = 9443
     webhook_host: str | None = None  # set: serve the admission webhook (self-signed cert)
@@ -35,7 +35,7 @@ class OperatorSettings:
             "worker_image": env.get("CADML_WORKER_IMAGE", cls.worker_image),
             "timer_interval": float(env.get("CADML_TIMER_INTERVAL", cls.timer_interval)),
             "namespaces": tuple(n for n in env.get("CADML_NAMESPACES", "").split(",") if n),
-            "peering": env.get("CADML_PEERING", cls.peering),
+            "peering": env.get("CADML_PEERING") or None,
             "webhook_host": env.get("CADML_WEBHOOK_HOST") or None,
             "webhook_port": int(env.get("CADML_WEBHOOK_PORT", cls.webhook_port)),
             "webhook_cert": env.get("CADML_WEBHOOK_CERT") or None,

@@ -233,8 +233,10 @@ class StoreTx:
             policy_version=new_version, updated_at=self.now))
         return new_version
 
-    def snapshot(self, model_name: str, at: datetime | None = None) -> PolicySnapshot | None:
-        """The current snapshot of a model's policy, or the one in force at `at`."""
+    def snapshot(self, model_name: str, at: datetime | None = None,
+                 live: bool = False) -> PolicySnapshot | None:
+        """The current snapshot of a model's policy, or the one in force at `at`. With
+        `live`, only while the policy exists: what workers serve and traffic checks use."""
         sc, mc, pc = t.policy_snapshot.c, t.model_catalog.c, t.model_rollout_policy.c
         stmt = (select(t.policy_snapshot, pc.name.label("policy_name"))
                 .join(t.model_catalog, and_(mc.tenant_id == sc.tenant_id, mc.id == sc.model_id))
@@ -243,6 +245,8 @@ class StoreTx:
                 .where(sc.tenant_id == self.tenant, mc.name == model_name))
         if at is not None:
             stmt = stmt.where(sc.created_at <= at)
+        if live:
+            stmt = stmt.where(pc.deleted.is_(False))
         row = self.conn.execute(stmt.order_by(sc.created_at.desc(), sc.policy_version.desc())
                                 .limit(1)).mappings().first()
         if row is None:

@@ -120,7 +120,7 @@ class WorkerRuntime:
         now = time.monotonic() if now is None else now
         s = self.settings
         with self.store.transaction(s.tenant, s.worker_id) as tx:
-            snap = tx.snapshot(s.model)
+            snap = tx.snapshot(s.model, live=True)
             rows = {v.version: v for v in tx.versions(s.model)}
             bindings = tx.job_bindings(s.model)
         wanted = {r.version for r in snap.routes} if snap else set()

@@ -36,9 +36,15 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     try:
         cp.start()
         cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        cp.kubectl("apply", "--server-side", "-f",
+                   str(ROOT / "charts" / "cadml" / "crds" / "kopf-peering.yaml"))
         for crd in ("models", "modelversions", "rolloutpolicies", "releaserecords"):
             cp.kubectl("wait", "--for=condition=Established", f"crd/{crd}.cadml.io",
                        "--timeout=60s")
+        cp.kubectl("wait", "--for=condition=Established",
+                   "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+        cp.kubectl("apply", "-f", "-", stdin="apiVersion: kopf.dev/v1\n"
+                   "kind: ClusterKopfPeering\nmetadata: {name: cadml}\n")
         yield cp
     finally:
         cp.stop()
@@ -61,7 +67,7 @@ class Operator:
                "CADML_TIMER_INTERVAL": "5", "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller", "run", "--liveness",
+                [sys.executable, "-m", "controller", "run", "--peering", "cadml", "--liveness",
                  f"http://127.0.0.1:{free_port()}/healthz", "--metrics-port", str(free_port())],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 60

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -154,9 +153,3 @@ def test_deleting_a_model_garbage_collects_its_workers(applied: ControlPlane) ->
     wait_for(lambda: applied.kubectl("get", "deployment", "-n", "globex-cad",
                                      "cadml-worker-fastener-lookup", check=False).returncode != 0,
              timeout=60, what="worker Deployment garbage-collected")
-
-
-def test_crds_from_the_chart_match(applied: ControlPlane) -> None:
-    root = Path(__file__).resolve().parents[2]
-    for path in sorted((root / "charts" / "cadml" / "crds").glob("*.yaml")):
-        assert path.read_text() == (root / "crds" / path.name).read_text()
