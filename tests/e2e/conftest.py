@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.e2e.controlplane import ControlPlane, find_binaries, free_port
+from tests.worker.conftest import corpus_index  # noqa: F401  - real index artifacts
 
 
 def _require_binaries() -> Path:
@@ -123,7 +124,7 @@ def wait_for(predicate: Any, timeout: float = 60.0, every: float = 0.5,
             last = predicate()
             if last:
                 return last
-        except (RuntimeError, KeyError, StopIteration, ValueError) as exc:
+        except (RuntimeError, KeyError, StopIteration, ValueError, OSError) as exc:
             last = exc
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")

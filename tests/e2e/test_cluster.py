@@ -153,3 +153,67 @@ def test_deleting_a_model_garbage_collects_its_workers(applied: ControlPlane) ->
     wait_for(lambda: applied.kubectl("get", "deployment", "-n", "globex-cad",
                                      "cadml-worker-fastener-lookup", check=False).returncode != 0,
              timeout=60, what="worker Deployment garbage-collected")
+
+
+def test_a_worker_process_follows_a_rollback_within_one_refresh(
+    applied: ControlPlane, operator: Operator, corpus_index: Any, tmp_path: Any
+) -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    from controller.routing import bucket
+    from tests.e2e.controlplane import free_port
+
+    uri, sha = corpus_index.manifest_path.as_uri(), corpus_index.manifest_sha256
+
+    def version(name: str, semver: str, stage: str) -> str:
+        return (f"apiVersion: cadml.io/v1alpha1\nkind: ModelVersion\nmetadata: {{name: {name}, "
+                f"namespace: acme-cad}}\nspec:\n  modelRef: finder\n  version: {semver}\n"
+                f"  stage: {stage}\n  artifact: {{uri: '{uri}', sha256: {sha}, "
+                f"format: faiss-index}}\n")
+
+    docs = "---\n".join([
+        "apiVersion: cadml.io/v1alpha1\nkind: Model\nmetadata: {name: finder, namespace: "
+        "acme-cad}\nspec: {modelKey: finder, provider: acme, displayName: Finder, "
+        "workers: {replicas: 0}}\n",
+        version("finder-1-0-0", "1.0.0", "STABLE"), version("finder-1-1-0", "1.1.0", "CANARY"),
+        "apiVersion: cadml.io/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: finder, namespace: "
+        "acme-cad}\nspec:\n  modelRef: finder\n  refreshSeconds: 2\n  weights:\n"
+        "    - {version: 1.0.0, weight: 50}\n    - {version: 1.1.0, weight: 50}\n"])
+    applied.kubectl("apply", "-f", "-", stdin=docs)
+    wait_for(lambda: get(applied, "rp", "acme-cad", "finder").get("status", {})
+             .get("policyVersion") == 1, what="finder policy published")
+    port = free_port()
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen([sys.executable, "-m", "controller", "worker", "--model",
+                               "acme-cad/finder", "--port", str(port), "--host", "127.0.0.1"],
+                              env={**applied.env(), "CADML_STORE_URL": operator.store_url},
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: urllib.request.urlopen(f"{base}/readyz", timeout=2).status == 200,
+                 what="worker ready")
+        job = next(f"job-{i}" for i in range(1000) if bucket(f"job-{i}") >= 50)
+        vector = [0.0] * 24
+
+        def served() -> str:
+            req = urllib.request.Request(f"{base}/v1/search", method="POST",
+                                         data=json.dumps({"vector": vector, "jobId": job})
+                                         .encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return str(json.loads(resp.read())["version"])
+
+        assert served() == "1.1.0"
+        applied.kubectl("patch", "rp", "-n", "acme-cad", "finder", "--type=merge", "-p",
+                        '{"spec":{"weights":[{"version":"1.0.0","weight":100}]}}')
+        wait_for(lambda: get(applied, "rp", "acme-cad", "finder")["status"]["policyVersion"]
+                 == 2, every=0.05, what="rollback published")
+        published = time.monotonic()
+        wait_for(lambda: served() == "1.0.0", every=0.05, timeout=10, what="stable served")
+        assert time.monotonic() - published <= 2.0  # within one refreshSeconds
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
+        log.close()
