@@ -1,5 +1,8 @@
 {{- define "cadml.name" -}}cadml{{- end -}}
-{{- define "cadml.fullname" -}}{{ .Release.Name | trunc 40 | trimSuffix "-" }}-cadml{{- end -}}
+{{- define "cadml.fullname" -}}
+{{- if contains "cadml" .Release.Name -}}{{ .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else -}}{{ printf "%s-cadml" .Release.Name | trunc 40 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
 {{- define "cadml.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
 {{- define "cadml.labels" -}}
 app.kubernetes.io/name: cadml
