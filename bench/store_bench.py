@@ -27,8 +27,8 @@ from controller.store.migrate import upgrade
 
 def _seed(store: Store) -> tuple[int, int]:
     with store.transaction("bench", "bench") as tx:
-        mid, _ = tx.upsert_model(ModelRow("m", "m", "p", "M", spec_hash="h"))
-        vid, _ = tx.upsert_version(VersionRow("m-1", "m", "1.0.0", "STABLE", "s3://x", "npz",
+        mid = tx.upsert_model(ModelRow("m", "m", "p", "M", spec_hash="h"))
+        vid = tx.upsert_version(VersionRow("m-1", "m", "1.0.0", "STABLE", "s3://x", "npz",
                                               "a" * 64, spec_hash="h"))
     return mid, vid
 

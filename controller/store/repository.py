@@ -113,6 +113,26 @@ class StoreTx:
         row = self._one(select(c.id).where(c.tenant_id == self.tenant, c.name == name))
         return None if row is None else int(row[0])
 
+    def _upsert_named(self, table: Any, name: str, values: dict[str, Any]) -> int:
+        """Insert the tenant's row called `name`, or overwrite it with `values`; its id."""
+        c = table.c
+        row_id = self.conn.execute(select(c.id).where(c.tenant_id == self.tenant,
+                                                      c.name == name)).scalar()
+        if row_id is None:
+            return int(self.conn.execute(insert(table).values(
+                tenant_id=self.tenant, name=name, created_at=self.now, updated_at=self.now,
+                **values).returning(c.id)).scalar_one())
+        self.conn.execute(update(table).where(c.id == row_id).values(updated_at=self.now,
+                                                                    **values))
+        return int(row_id)
+
+    def _put(self, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
+        """Update the tenant's row with this key, or insert it (rows keyed by columns)."""
+        c = table.c
+        where = and_(c.tenant_id == self.tenant, *(c[k] == v for k, v in key.items()))
+        if self.conn.execute(update(table).where(where).values(**values)).rowcount == 0:
+            self.conn.execute(insert(table).values(tenant_id=self.tenant, **key, **values))
+
     def _require_model(self, name: str) -> int:
         mid = self.model_id(name)
         if mid is None:
@@ -121,45 +141,25 @@ class StoreTx:
 
     # ------------------------------------------------------------------ catalog
 
-    def upsert_model(self, m: ModelRow) -> tuple[int, bool]:
-        """Insert or overwrite with exactly these values; returns (id, inserted)."""
-        c = t.model_catalog.c
-        values = dict(model_key=m.model_key, provider=m.provider, display_name=m.display_name,
-                      description=m.description, threshold_defaults=m.threshold_defaults,
-                      worker_replicas=m.worker_replicas, generation=m.generation,
-                      spec_hash=m.spec_hash, review_control_allowed=m.review_control_allowed,
-                      review_default_decision=m.review_default_decision, deleted=m.deleted)
-        row = self._one(select(c.id, c.spec_hash, c.deleted).where(
-            c.tenant_id == self.tenant, c.name == m.name))
-        if row is None:
-            new_id = self.conn.execute(insert(t.model_catalog).values(
-                tenant_id=self.tenant, name=m.name, created_at=self.now, updated_at=self.now,
-                **values).returning(c.id)).scalar_one()
-            return int(new_id), True
-        self.conn.execute(update(t.model_catalog).where(c.id == row.id).values(
-            updated_at=self.now, **values))
-        return int(row.id), True
+    def upsert_model(self, m: ModelRow) -> int:
+        """Insert or overwrite with exactly these values; returns the row id."""
+        return self._upsert_named(t.model_catalog, m.name, dict(
+            model_key=m.model_key, provider=m.provider, display_name=m.display_name,
+            description=m.description, threshold_defaults=m.threshold_defaults,
+            worker_replicas=m.worker_replicas, generation=m.generation, spec_hash=m.spec_hash,
+            review_control_allowed=m.review_control_allowed,
+            review_default_decision=m.review_default_decision, deleted=m.deleted))
 
-    def upsert_version(self, v: VersionRow) -> tuple[int, bool]:
-        c = t.model_version.c
+    def upsert_version(self, v: VersionRow) -> int:
         model_id = self._require_model(v.model_name)
         key = self.conn.execute(select(t.model_catalog.c.model_key).where(
             t.model_catalog.c.id == model_id)).scalar_one()
-        values = dict(model_id=model_id, model_key=key, version=v.version, stage=v.stage,
-                      artifact_uri=v.artifact_uri, artifact_sha256=v.artifact_sha256,
-                      artifact_format=v.artifact_format, feature_version=v.feature_version,
-                      threshold_defaults=v.threshold_defaults, generation=v.generation,
-                      spec_hash=v.spec_hash, deleted=v.deleted)
-        row = self._one(select(c.id, c.spec_hash, c.deleted).where(
-            c.tenant_id == self.tenant, c.name == v.name))
-        if row is None:
-            new_id = self.conn.execute(insert(t.model_version).values(
-                tenant_id=self.tenant, name=v.name, created_at=self.now, updated_at=self.now,
-                **values).returning(c.id)).scalar_one()
-            return int(new_id), True
-        self.conn.execute(update(t.model_version).where(c.id == row.id).values(
-            updated_at=self.now, **values))
-        return int(row.id), True
+        return self._upsert_named(t.model_version, v.name, dict(
+            model_id=model_id, model_key=key, version=v.version, stage=v.stage,
+            artifact_uri=v.artifact_uri, artifact_sha256=v.artifact_sha256,
+            artifact_format=v.artifact_format, feature_version=v.feature_version,
+            threshold_defaults=v.threshold_defaults, generation=v.generation,
+            spec_hash=v.spec_hash, deleted=v.deleted))
 
     def set_stage(self, version_name: str, stage: str) -> None:
         c = t.model_version.c
@@ -188,18 +188,10 @@ class StoreTx:
 
     def upsert_policy(self, p: PolicyRow) -> int:
         """Insert or overwrite a policy row (its policy_version is left alone)."""
-        c = t.model_rollout_policy.c
-        model_id = self._require_model(p.model_name)
-        row = self._one(select(c.id).where(c.tenant_id == self.tenant, c.name == p.name))
-        values = dict(model_id=model_id, spec=p.spec, refresh_seconds=p.refresh_seconds,
-                      generation=p.generation, spec_hash=p.spec_hash, deleted=p.deleted,
-                      updated_at=self.now)
-        if row is None:
-            return int(self.conn.execute(insert(t.model_rollout_policy).values(
-                tenant_id=self.tenant, name=p.name, created_at=self.now, **values)
-                .returning(c.id)).scalar_one())
-        self.conn.execute(update(t.model_rollout_policy).where(c.id == row.id).values(**values))
-        return int(row.id)
+        return self._upsert_named(t.model_rollout_policy, p.name, dict(
+            model_id=self._require_model(p.model_name), spec=p.spec,
+            refresh_seconds=p.refresh_seconds, generation=p.generation, spec_hash=p.spec_hash,
+            deleted=p.deleted))
 
     def publish_snapshot(self, policy_name: str, routes: Sequence[RouteRow],
                          thresholds: dict[str, Any], source: str, reason: str = "",
@@ -361,14 +353,8 @@ class StoreTx:
 
     def write_status(self, kind: str, name: str, generation: int,
                      status: dict[str, Any]) -> None:
-        c = t.object_status.c
-        done = self.conn.execute(update(t.object_status).where(
-            c.tenant_id == self.tenant, c.kind == kind, c.name == name).values(
-            generation=generation, status=status, updated_at=self.now))
-        if done.rowcount == 0:
-            self.conn.execute(insert(t.object_status).values(
-                tenant_id=self.tenant, kind=kind, name=name, generation=generation,
-                status=status, updated_at=self.now))
+        self._put(t.object_status, {"kind": kind, "name": name},
+                  {"generation": generation, "status": status, "updated_at": self.now})
 
     # ------------------------------------------------------------------ releases
 
@@ -471,15 +457,10 @@ class StoreTx:
     def report_worker(self, worker_id: str, model_name: str, applied_policy_version: int,
                       degraded: bool, detail: dict[str, Any] | None = None) -> None:
         """A worker says which policyVersion it serves (and whether it is degraded)."""
-        c = t.worker_state.c
-        model_id = self._require_model(model_name)
-        values = dict(model_id=model_id, applied_policy_version=applied_policy_version,
-                      degraded=degraded, detail=detail or {}, updated_at=self.now)
-        done = self.conn.execute(update(t.worker_state).where(
-            c.tenant_id == self.tenant, c.worker_id == worker_id).values(**values))
-        if done.rowcount == 0:
-            self.conn.execute(insert(t.worker_state).values(
-                tenant_id=self.tenant, worker_id=worker_id, **values))
+        self._put(t.worker_state, {"worker_id": worker_id}, dict(
+            model_id=self._require_model(model_name),
+            applied_policy_version=applied_policy_version, degraded=degraded,
+            detail=detail or {}, updated_at=self.now))
 
     def worker_states(self) -> dict[str, list[WorkerState]]:
         c, mc = t.worker_state.c, t.model_catalog.c
@@ -515,22 +496,18 @@ class StoreTx:
 
     def write_evaluation(self, model_name: str, version: str, start: datetime, end: datetime,
                          m: Metrics, job_key: str = "") -> None:
-        c, vc, mc = t.evaluation.c, t.model_version.c, t.model_catalog.c
+        vc, mc = t.model_version.c, t.model_catalog.c
         vid = self.conn.execute(select(vc.id).join(t.model_catalog, and_(
             mc.tenant_id == vc.tenant_id, mc.id == vc.model_id)).where(
             vc.tenant_id == self.tenant, mc.name == model_name, vc.version == version)
         ).scalar()
         if vid is None:
             raise NotFound(f"version {model_name} {version} is not in the store")
-        values = dict(success_rate=m.success_rate, review_override_rate=m.review_override_rate,
-                      p95_latency_ms=m.p95_latency_ms, sample_size=m.sample_size,
-                      reviewed_sample_size=m.reviewed_sample_size, created_at=self.now)
-        key = and_(c.tenant_id == self.tenant, c.model_version_id == vid, c.job_key == job_key,
-                   c.window_start == start, c.window_end == end)
-        if self.conn.execute(update(t.evaluation).where(key).values(**values)).rowcount == 0:
-            self.conn.execute(insert(t.evaluation).values(
-                tenant_id=self.tenant, model_version_id=vid, job_key=job_key,
-                window_start=start, window_end=end, **values))
+        self._put(t.evaluation, dict(model_version_id=vid, job_key=job_key, window_start=start,
+                                     window_end=end), dict(
+            success_rate=m.success_rate, review_override_rate=m.review_override_rate,
+            p95_latency_ms=m.p95_latency_ms, sample_size=m.sample_size,
+            reviewed_sample_size=m.reviewed_sample_size, created_at=self.now))
 
     def latest_evaluations(self) -> dict[str, dict[str, Any]]:
         """'model/version' → the newest whole-model evaluation of that version."""
@@ -562,14 +539,9 @@ class StoreTx:
         return out
 
     def save_analysis(self, s: AnalysisState) -> None:
-        c = t.canary_analysis.c
-        values = dict(spec_hash=s.spec_hash, failures=s.failures, aborted=s.aborted,
-                      verdicts=s.verdicts, updated_at=self.now)
-        key = and_(c.tenant_id == self.tenant, c.policy_name == s.policy_name,
-                   c.version == s.version)
-        if self.conn.execute(update(t.canary_analysis).where(key).values(**values)).rowcount == 0:
-            self.conn.execute(insert(t.canary_analysis).values(
-                tenant_id=self.tenant, policy_name=s.policy_name, version=s.version, **values))
+        self._put(t.canary_analysis, {"policy_name": s.policy_name, "version": s.version},
+                  dict(spec_hash=s.spec_hash, failures=s.failures, aborted=s.aborted,
+                       verdicts=s.verdicts, updated_at=self.now))
 
     def rollback_facts(self) -> dict[str, RollbackFacts]:
         """Per model: the newest rollback/abort snapshot and when runs first obeyed it."""
