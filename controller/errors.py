@@ -8,7 +8,12 @@
     │   ├── ConflictError           a unique rule lost a race (second STABLE, repeated tick)
     │   ├── NotFound                the row asked for does not exist
     │   └── StoreUnavailable        connection or server failure; a retry can help
-    └── GenerationDrift             generated files differ from the schema source (`gen --check`)
+    ├── GenerationDrift             generated files differ from the schema source (`gen --check`)
+    │   Defined beside the code that raises them, each with code/stage/context for JSON errors:
+    ├── InvalidDrawing              controller.features: a DXF upload we cannot read (4xx)
+    ├── UnsafeArtifact              controller.search.pickle_scan: a pickle refused before loading
+    ├── ArtifactError               controller.search.artifacts: missing, corrupt, bad checksum
+    └── WorkerError                 controller.worker.runtime: a request the worker cannot serve
 
 Each class knows the condition reason it maps to and whether retrying can help,
 so the operator turns it into `kopf.PermanentError` or `kopf.TemporaryError`

@@ -40,7 +40,7 @@ def test_on_corpus_vectors_the_distances_agree(corpus_index: BuildResult) -> Non
     assert np.allclose(fd, ed, rtol=1e-4, atol=1e-3)
 
 
-def test_hnsw_recall_at_10(corpus_hnsw: BuildResult) -> None:
+def test_hnsw_recall_at_10() -> None:
     rng = np.random.default_rng(7)
     data = rng.normal(size=(20_000, 24)).astype(np.float32)
     queries = rng.normal(size=(200, 24)).astype(np.float32)

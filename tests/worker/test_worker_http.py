@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -109,10 +110,11 @@ async def test_batch_search_parallel_and_serial_agree(world: World, client: Clie
     vectors = np.load(world.stable.manifest_path.parent / "vectors.npy")
     queries = [{"vector": [float(x) for x in vectors[i % len(vectors)]], "jobId": f"b-{i}"}
                for i in range(150)]
-    world.runtime.settings.__dict__["parallel_batch_threshold"] = 40
+    settings = world.runtime.settings
+    world.runtime.settings = replace(settings, parallel_batch_threshold=40)
     parallel = await (await client.post("/v1/search/batch", json={"queries": queries,
                                                                    "topK": 3})).json()
-    world.runtime.settings.__dict__["parallel_batch_threshold"] = 1000
+    world.runtime.settings = replace(settings, parallel_batch_threshold=1000)
     serial = await (await client.post("/v1/search/batch", json={"queries": queries,
                                                                  "topK": 3})).json()
     strip = [[(r["version"], [h["id"] for h in r["results"]]) for r in x["results"]]
