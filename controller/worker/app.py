@@ -32,10 +32,12 @@ from controller.features import InvalidDrawing
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.search.artifacts import ArtifactError
 from controller.worker.runtime import WorkerError, WorkerRuntime
+from controller.worker.runwriter import RunWriter
 
 log = logging.getLogger("cadml.worker")
 RUNTIME = web.AppKey("runtime", WorkerRuntime)
 SANDBOX = web.AppKey("sandbox", FeatureSandbox)
+WRITER = web.AppKey("writer", RunWriter)
 REVIEW_STATUSES = ("APPROVED", "REJECTED")
 
 
@@ -153,9 +155,10 @@ async def search(request: web.Request) -> web.Response:
                           code="unsupported_media_type", stage="request", status=415)
     k = _int(params.get("topK"), runtime.settings.default_top_k, "topK")
     loop = asyncio.get_running_loop()
-    (outcome,) = await loop.run_in_executor(
-        None, runtime.search, vector[None, :], [job_id], k)
-    return web.json_response(outcome.as_json())
+    outcomes = await loop.run_in_executor(
+        None, functools.partial(runtime.search, vector[None, :], [job_id], k, record=False))
+    await request.app[WRITER].write(outcomes)
+    return web.json_response(outcomes[0].as_json())
 
 
 async def search_batch(request: web.Request) -> web.Response:
@@ -177,16 +180,13 @@ async def search_batch(request: web.Request) -> web.Response:
     k = _int(body.get("topK"), runtime.settings.default_top_k, "topK")
     loop = asyncio.get_running_loop()
     threshold = runtime.settings.parallel_batch_threshold
-    if len(jobs) <= threshold:
-        outcomes = await loop.run_in_executor(None, runtime.search, matrix, jobs, k)
-    else:  # faiss releases the GIL: chunks search in parallel threads
-        chunks = [(matrix[i:i + threshold], jobs[i:i + threshold])
-                  for i in range(0, len(jobs), threshold)]
-        found = await asyncio.gather(*(loop.run_in_executor(
-            None, functools.partial(runtime.search, m, j, k, record=False))
-            for m, j in chunks))
-        outcomes = [o for part in found for o in part]
-        await loop.run_in_executor(None, runtime.record, outcomes)
+    # faiss releases the GIL: above the threshold, chunks search in parallel threads
+    chunks = [(matrix[i:i + threshold], jobs[i:i + threshold])
+              for i in range(0, len(jobs), threshold)]
+    found = await asyncio.gather(*(loop.run_in_executor(
+        None, functools.partial(runtime.search, m, j, k, record=False)) for m, j in chunks))
+    outcomes = [o for part in found for o in part]
+    await request.app[WRITER].write(outcomes)
     return web.json_response({"results": [o.as_json() for o in outcomes]})
 
 
@@ -337,14 +337,22 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
     app[SANDBOX].close()
 
 
+async def _run_writer(app: web.Application) -> AsyncIterator[None]:
+    app[WRITER].start()
+    yield
+    await app[WRITER].stop()
+
+
 def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
              refresh: bool = True) -> web.Application:
     s = runtime.settings
     app = web.Application(middlewares=[errors], client_max_size=s.max_upload_bytes)
     app[RUNTIME] = runtime
+    app[WRITER] = RunWriter(runtime.record)
     app[SANDBOX] = sandbox or FeatureSandbox(
         s.sandbox_workers, SandboxLimits(cpu_seconds=s.cpu_seconds,
                                          max_bytes=s.max_upload_bytes))
+    app.cleanup_ctx.append(_run_writer)
     app.router.add_post("/v1/search", search)
     app.router.add_post("/v1/search/batch", search_batch)
     app.router.add_post("/v1/jobs/{job}/binding", bind_job)

@@ -1,0 +1,65 @@
+"""Group commit: concurrent requests share a transaction; one bad run fails only its request."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from controller.errors import ConflictError
+from controller.worker.runwriter import RunWriter
+
+
+class Outcome:
+    def __init__(self, key: str) -> None:
+        self.run_key = key
+
+
+def _recorder(commits: list[list[str]]) -> Any:
+    def record(outcomes: list[Any]) -> None:
+        keys = [o.run_key for o in outcomes]
+        if "bad" in keys:
+            raise ConflictError("version not in the store")
+        commits.append(keys)
+    return record
+
+
+async def _write_all(writer: RunWriter, keys: list[str]) -> list[Any]:
+    writer.start()
+    try:
+        return await asyncio.gather(*(writer.write([Outcome(k)]) for k in keys),
+                                    return_exceptions=True)
+    finally:
+        await writer.stop()
+
+
+async def test_concurrent_requests_share_commits() -> None:
+    commits: list[list[str]] = []
+    results = await _write_all(RunWriter(_recorder(commits)), [f"r{i}" for i in range(20)])
+    assert results == [None] * 20
+    assert sorted(k for batch in commits for k in batch) == sorted(f"r{i}" for i in range(20))
+    assert len(commits) < 20
+
+
+async def test_a_bad_run_fails_only_its_own_request() -> None:
+    commits: list[list[str]] = []
+    keys = [f"r{i}" for i in range(10)] + ["bad"] + [f"s{i}" for i in range(10)]
+    results = await _write_all(RunWriter(_recorder(commits)), keys)
+    assert isinstance(results[10], ConflictError)
+    assert all(r is None for i, r in enumerate(results) if i != 10)
+    committed = sorted(k for batch in commits for k in batch)
+    assert committed == sorted(k for k in keys if k != "bad")  # each exactly once
+
+
+async def test_write_returns_only_after_the_commit() -> None:
+    done = asyncio.Event()
+
+    def record(_: list[Any]) -> None:
+        done.set()
+
+    writer = RunWriter(record)
+    writer.start()
+    try:
+        await writer.write([Outcome("x")])
+        assert done.is_set()
+    finally:
+        await writer.stop()
