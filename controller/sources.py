@@ -1,6 +1,6 @@
 """Where resource YAML comes from: files, folders, standard input, or a Git ref.
 
-Folders are walked in sorted order for YAML files (hidden folders skipped); a
+Folders are walked in sorted order for YAML files (hidden files and folders skipped); a
 `.cadmlignore` file (gitignore syntax) in any folder excludes paths below it,
 the way `.helmignore` does for charts. A Git ref is read from the object
 database with gitpython: no checkout, the working tree is never touched.
@@ -103,7 +103,7 @@ def collect_paths(
                 if IGNORE_FILE in filenames:
                     specs[rel_dir] = _spec((Path(dirpath) / IGNORE_FILE).read_text("utf-8"))
                 for fname in sorted(filenames):
-                    if not fname.endswith(YAML_SUFFIXES):
+                    if not fname.endswith(YAML_SUFFIXES) or fname.startswith("."):
                         continue
                     rel = f"{rel_dir}/{fname}" if rel_dir else fname
                     if _ignored(rel, specs):
@@ -140,7 +140,7 @@ def collect_git(
         path = str(blob.path)
         if not path.endswith(YAML_SUFFIXES):
             continue
-        if any(part.startswith(".") for part in PurePosixPath(path).parts[:-1]):
+        if any(part.startswith(".") for part in PurePosixPath(path).parts):
             continue
         if wanted and not any(path == w or path.startswith(w + "/") for w in wanted):
             continue

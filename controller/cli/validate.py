@@ -73,5 +73,6 @@ def emit(report: ValidationReport, output: str) -> None:
     summary = (f"{verdict}: {report.resources} resources in {report.files} files, "
                f"{errors} errors, {warnings} warnings")
     if report.foreign:
-        summary += f" ({report.foreign} documents of other API groups skipped)"
+        summary += (f" ({report.foreign} documents of other API groups or not Kubernetes "
+                    "objects skipped)")
     print(summary, file=sys.stderr if output == "github" else sys.stdout)

@@ -133,13 +133,15 @@ def parse_data(
                                       f"mapping with apiVersion and kind, got {what}")])
     ref = _doc_ref(data)
     api_version, kind = data.get("apiVersion"), data.get("kind")
+    if api_version is None and kind is None:
+        return ParseResult(None, [], foreign=True)  # not a Kubernetes object (values, config)
+    if isinstance(api_version, str) and api_version.split("/", 1)[0] != GROUP:
+        return ParseResult(None, [], foreign=True)  # another API group: not ours to judge
     if not isinstance(api_version, str) or not api_version:
         return ParseResult(None, [err("schema.api-version", "apiVersion",
                                       "apiVersion is required", ref)])
     if not isinstance(kind, str) or not kind:
         return ParseResult(None, [err("schema.kind", "kind", "kind is required", ref)])
-    if api_version.split("/", 1)[0] != GROUP:
-        return ParseResult(None, [], foreign=True)
     if api_version != API_VERSION:
         return ParseResult(None, [err("schema.api-version", "apiVersion",
                                       f"unknown API version {api_version!r}; this cadml "

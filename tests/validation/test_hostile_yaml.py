@@ -117,3 +117,22 @@ def test_a_syntax_error_keeps_earlier_documents_and_names_the_line() -> None:
     (err,) = report.findings
     assert err.rule == "yaml.syntax" and err.line is not None and err.line >= 6
     assert report.resources == 1
+
+
+@pytest.mark.parametrize("text", [
+    "replicaCount: 2\nimage: {tag: v1}\n",                  # a Helm values file
+    "apiVersion: v2\nname: chart\nversion: 0.1.0\n",       # a Chart.yaml: other group, no kind
+    "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {name: a}\n",
+])
+def test_documents_that_are_not_ours_are_skipped(text: str) -> None:
+    report = validate_files([SourceFile("other.yaml", text.encode())], NOW)
+    assert report.findings == [] and report.foreign == 1
+
+
+def test_hidden_files_and_folders_are_not_read(tmp_path: Path) -> None:
+    (tmp_path / ".pre-commit-hooks.yaml").write_text("- id: x\n")
+    (tmp_path / ".github").mkdir()
+    (tmp_path / ".github" / "ci.yaml").write_text("- broken: [\n")
+    (tmp_path / "model.yaml").write_text(MODEL)
+    files, errors = collect_paths([str(tmp_path)], 10**6)
+    assert [Path(f.name).name for f in files] == ["model.yaml"] and errors == []
