@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 
 from controller.store.engine import resolve_url
@@ -17,7 +18,9 @@ class OperatorSettings:
     analysis_interval: float = 60.0
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     peering: str | None = None  # None: standalone; a name needs kopf's peering CRDs + object
-    priority: int = 0
+    # Peers of equal priority freeze each other (kopf), so each replica draws its own at
+    # start: the highest is active, the others stand by until it is gone.
+    priority: int = field(default_factory=lambda: secrets.randbelow(2**31 - 1) + 1)
     webhook_port: int = 9443
     webhook_host: str | None = None  # set: serve the admission webhook (self-signed cert)
     webhook_url_host: str | None = None  # the address the API server calls, if not webhook_host
@@ -36,6 +39,7 @@ class OperatorSettings:
             "timer_interval": float(env.get("CADML_TIMER_INTERVAL", cls.timer_interval)),
             "namespaces": tuple(n for n in env.get("CADML_NAMESPACES", "").split(",") if n),
             "peering": env.get("CADML_PEERING") or None,
+            "priority": int(env["CADML_PRIORITY"]) if env.get("CADML_PRIORITY") else None,
             "webhook_host": env.get("CADML_WEBHOOK_HOST") or None,
             "webhook_port": int(env.get("CADML_WEBHOOK_PORT", cls.webhook_port)),
             "webhook_cert": env.get("CADML_WEBHOOK_CERT") or None,
@@ -43,4 +47,4 @@ class OperatorSettings:
             "metrics_port": int(env.get("CADML_METRICS_PORT", cls.metrics_port)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]

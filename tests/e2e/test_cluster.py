@@ -217,3 +217,31 @@ def test_a_worker_process_follows_a_rollback_within_one_refresh(
         worker.terminate()
         worker.wait(timeout=20)
         log.close()
+
+
+def test_two_replicas_elect_one_active_and_fail_over(applied: ControlPlane, operator: Operator,
+                                                     tmp_path_factory: Any) -> None:
+    """kopf peering: a second replica stands by; when the active one leaves, it takes over."""
+    second = Operator(applied, tmp_path_factory.mktemp("operator-2"))
+    second.store_url = operator.store_url  # replicas share the store, as in a Deployment
+    second.start()
+    try:
+        def paused() -> list[Operator]:
+            return [op for op in (operator, second)
+                    if "pausing operations in favour of" in op.tail(400).lower()]
+
+        (standby,) = wait_for(lambda: (p := paused()) and len(p) == 1 and p,
+                              timeout=30, what="exactly one replica standing by")
+        active = second if standby is operator else operator
+        active.stop()  # a graceful exit removes its peering record
+        wait_for(lambda: "resuming operations" in standby.tail(400).lower(), timeout=60,
+                 what="the standby takes over")
+        applied.kubectl("patch", "model", "-n", "acme-cad", "assembly-match", "--type=merge",
+                        "-p", '{"spec":{"description":"handled after fail-over"}}')
+        wait_for(lambda: (m := get(applied, "model", "acme-cad", "assembly-match"))
+                 and _ready(m) and m["metadata"]["generation"] >= 2, timeout=60,
+                 what="the standby handles changes")
+    finally:
+        second.stop()
+        if operator.proc is None:
+            operator.start()  # leave the module's operator running for later tests
