@@ -54,8 +54,9 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 class Operator:
     """`cadml run` as a subprocess, its store a SQLite file, its webhook on loopback."""
 
-    def __init__(self, cp: ControlPlane, workdir: Path) -> None:
+    def __init__(self, cp: ControlPlane, workdir: Path, priority: int | None = None) -> None:
         self.cp = cp
+        self.priority = priority
         self.workdir = workdir
         self.store_url = f"sqlite:///{workdir / 'store.db'}"
         self.webhook_port = free_port()
@@ -66,6 +67,8 @@ class Operator:
         env = {**self.cp.env(), "CADML_STORE_URL": self.store_url,
                "CADML_WEBHOOK_HOST": "127.0.0.1", "CADML_WEBHOOK_PORT": str(self.webhook_port),
                "CADML_TIMER_INTERVAL": "5", "PYTHONUNBUFFERED": "1"}
+        if self.priority is not None:
+            env["CADML_PRIORITY"] = str(self.priority)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller", "run", "--peering", "cadml", "--liveness",
@@ -73,6 +76,8 @@ class Operator:
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the managed webhook configuration appears
+            if self.priority is not None:
+                return  # a standby replica may not touch the webhook configuration
             out = self.cp.kubectl("get", "validatingwebhookconfigurations", "-o", "name",
                                   check=False).stdout
             if "validating.cadml.io" in out:
