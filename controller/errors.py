@@ -8,8 +8,7 @@
     │   ├── ConflictError           a unique rule lost a race (second STABLE, repeated tick)
     │   ├── NotFound                the row asked for does not exist
     │   └── StoreUnavailable        connection or server failure; a retry can help
-    ├── GenerationDrift             generated files differ from the schema source (`gen --check`)
-    │   Defined beside the code that raises them, each with code/stage/context for JSON errors:
+    │   (below: defined beside the code that raises them, with code/stage/context for JSON)
     ├── InvalidDrawing              controller.features: a DXF upload we cannot read (4xx)
     ├── UnsafeArtifact              controller.search.pickle_scan: a pickle refused before loading
     ├── ArtifactError               controller.search.artifacts: missing, corrupt, bad checksum
@@ -18,7 +17,7 @@
 Each class knows the condition reason it maps to and whether retrying can help,
 so the operator turns it into `kopf.PermanentError` or `kopf.TemporaryError`
 without guessing. Validators never raise: they return lists of
-`controller.validation.FieldError`; `InvalidInput` only carries such a list
+`controller.findings.FieldError`; `InvalidInput` only carries such a list
 across a boundary that must stop (the CLI, a store transaction).
 """
 
@@ -82,7 +81,3 @@ class StoreUnavailable(StoreError):
     reason = "StoreUnavailable"
     retryable = True
 
-
-class GenerationDrift(CadmlError):
-    reason = "GenerationDrift"
-    exit_code = 1

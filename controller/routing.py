@@ -27,9 +27,6 @@ class RoutingTable:
     source: str  # "override" | "policy" | "none"
     override_reason: str | None = None
 
-    def summary(self) -> str:
-        return ",".join(f"{r.version}={r.weight}" for r in self.routes) or "-"
-
     def as_percentages(self) -> dict[str, int]:
         return {r.version: r.weight for r in self.routes}
 

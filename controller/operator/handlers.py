@@ -2,7 +2,7 @@
 
 `build_registry(settings)` registers every handler on a fresh registry, so the
 settings are read once at start-up and nothing happens at import. Create,
-update, resume and the drift-repair timer all funnel into `reconcile_object`,
+update, resume and the drift-repair timer all funnel into `tenant_pass`,
 one level-triggered pass over the whole tenant (the four `*_by_ns` indexes hold
 the cluster's view of it). Handlers are sync functions: kopf runs them in its
 thread pool, so store I/O never blocks the event loop.
@@ -85,14 +85,16 @@ def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> di
     return patch
 
 
-def reconcile_object(store: Store, body: Mapping[str, Any], indexes: Mapping[str, Any],
-                     now: datetime) -> tuple[Plan, dict[str, Any]]:
-    """One pass over the object's tenant; returns the plan and this object's status."""
-    namespace = body["metadata"]["namespace"]
-    resources = parse_bodies(tenant_bodies(namespace, indexes, current=body))
-    plan = reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
+def tenant_pass(store: Store, body: Mapping[str, Any], indexes: Mapping[str, Any], *,
+                current: bool = True, without: tuple[str, str] | None = None) -> Plan:
+    """One pass over the object's tenant as the indexes see it, with `body` fresher than
+    its indexed copy (`current`) or left out (`without`, for deletions)."""
+    namespace = str(body["metadata"]["namespace"])
+    now = datetime.now(UTC)
+    resources = parse_bodies(tenant_bodies(namespace, indexes,
+                                           current=body if current else None, without=without))
+    return reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
                             actor_of(body), mode="operator")
-    return plan, plan.computed.get((body["kind"], body["metadata"]["name"]), {})
 
 
 def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
@@ -101,15 +103,6 @@ def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
         if entry.kind == body.get("kind") and entry.name == name:
             post(body, reason=entry.action.title(),
                  message=str(entry.details.get("summary", entry.action)))
-
-
-def _tenant_pass(store: Store, body: kopf.Body, indexes: Mapping[str, Any],
-                 without: tuple[str, str] | None = None) -> Plan:
-    ns = str(body.metadata.namespace)
-    now = datetime.now(UTC)
-    resources = parse_bodies(tenant_bodies(ns, indexes, without=without))
-    return reconcile_tenant(store, ns, resources, findings_for(resources, now), now,
-                            actor_of(body), mode="operator")
 
 
 # The handlers take only keyword arguments (kopf passes many; each picks what it needs).
@@ -121,13 +114,14 @@ def on_change(**kwargs: Any) -> None:
     patch: kopf.Patch = kwargs["patch"]
     memo: kopf.Memo = kwargs["memo"]
     try:
-        plan, status = reconcile_object(memo["store"], body, kwargs, datetime.now(UTC))
+        plan = tenant_pass(memo["store"], body, kwargs)
     except ConflictError as exc:  # a rival writer won this round; the next pass converges
         raise kopf.TemporaryError(str(exc), delay=5) from exc
     except CadmlError as exc:
         if exc.retryable:
             raise kopf.TemporaryError(str(exc), delay=15) from exc
         raise kopf.PermanentError(str(exc)) from exc
+    status = plan.computed.get((str(body.get("kind")), str(body.metadata.name)), {})
     if body.get("kind") == "Model" and memo.get("apply_workers"):
         status = {**status, **memo["apply_workers"](body, memo["settings"])}
     changes = status_changes(dict(body.status), status)
@@ -167,14 +161,14 @@ def on_version_delete(**kwargs: Any) -> None:
             f"ModelVersion {ns}/{name} still receives {weight}% of traffic (policyVersion "
             f"{snap.policy_version}); route it away first, then the deletion completes",
             delay=30)
-    _tenant_pass(store, body, kwargs, without=("ModelVersion", name))
+    tenant_pass(store, body, kwargs, current=False, without=("ModelVersion", name))
 
 
 def on_delete(**kwargs: Any) -> None:
     """Finalizer for Models and RolloutPolicies: marked deleted in the store, audited."""
     body: kopf.Body = kwargs["body"]
-    _tenant_pass(kwargs["memo"]["store"], body, kwargs,
-                 without=(str(body.get("kind")), str(body.metadata.name)))
+    tenant_pass(kwargs["memo"]["store"], body, kwargs, current=False,
+                without=(str(body.get("kind")), str(body.metadata.name)))
 
 
 def validate(**kwargs: Any) -> None:

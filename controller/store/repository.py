@@ -225,52 +225,18 @@ class StoreTx:
             policy_version=new_version, updated_at=self.now))
         return new_version
 
-    def snapshot(self, model_name: str, at: datetime | None = None,
-                 live: bool = False) -> PolicySnapshot | None:
-        """The current snapshot of a model's policy, or the one in force at `at`. With
-        `live`, only while the policy exists: what workers serve and traffic checks use."""
+    def _snapshot_select(self) -> Any:
         sc, mc, pc = t.policy_snapshot.c, t.model_catalog.c, t.model_rollout_policy.c
-        stmt = (select(t.policy_snapshot, pc.name.label("policy_name"))
+        return (select(t.policy_snapshot, pc.name.label("policy_name"),
+                       mc.name.label("model_name"))
                 .join(t.model_catalog, and_(mc.tenant_id == sc.tenant_id, mc.id == sc.model_id))
                 .join(t.model_rollout_policy, and_(pc.tenant_id == sc.tenant_id,
                                                    pc.id == sc.policy_id))
-                .where(sc.tenant_id == self.tenant, mc.name == model_name))
-        if at is not None:
-            stmt = stmt.where(sc.created_at <= at)
-        if live:
-            stmt = stmt.where(pc.deleted.is_(False))
-        row = self.conn.execute(stmt.order_by(sc.created_at.desc(), sc.policy_version.desc())
-                                .limit(1)).mappings().first()
-        if row is None:
-            return None
-        rc = t.policy_route.c
-        route_rows = self.conn.execute(
-            select(rc.version, rc.weight, rc.is_stable, rc.forced).where(
-                rc.tenant_id == self.tenant, rc.snapshot_id == row["id"]).order_by(rc.id))
-        routes = tuple(RouteRow(r.version, r.weight, bool(r.is_stable), bool(r.forced))
-                       for r in route_rows)
-        return PolicySnapshot(model_name=model_name, policy_name=row["policy_name"],
-                              policy_version=row["policy_version"], source=row["source"],
-                              reason=row["reason"], routes=routes,
-                              thresholds=dict(row["thresholds"]),
-                              refresh_seconds=row["refresh_seconds"],
-                              created_at=_aware(row["created_at"]))
+                .where(sc.tenant_id == self.tenant))
 
-    def current_snapshots(self) -> dict[str, PolicySnapshot]:
-        """The newest snapshot of every model's policy, in two queries."""
-        sc, mc, pc, rc = (t.policy_snapshot.c, t.model_catalog.c, t.model_rollout_policy.c,
-                          t.policy_route.c)
-        latest = (select(sc.policy_id, func.max(sc.policy_version).label("pv"))
-                  .where(sc.tenant_id == self.tenant).group_by(sc.policy_id).subquery())
-        rows = self.conn.execute(
-            select(t.policy_snapshot, pc.name.label("policy_name"),
-                   mc.name.label("model_name"))
-            .join(latest, and_(sc.policy_id == latest.c.policy_id,
-                               sc.policy_version == latest.c.pv))
-            .join(t.model_rollout_policy, and_(pc.tenant_id == sc.tenant_id,
-                                               pc.id == sc.policy_id))
-            .join(t.model_catalog, and_(mc.tenant_id == sc.tenant_id, mc.id == sc.model_id))
-            .where(sc.tenant_id == self.tenant)).mappings().all()
+    def _build_snapshots(self, rows: Sequence[Any]) -> list[PolicySnapshot]:
+        """PolicySnapshots for snapshot rows, their routes read in one query."""
+        rc = t.policy_route.c
         routes: dict[int, list[RouteRow]] = {}
         if rows:
             for r in self.conn.execute(
@@ -279,14 +245,38 @@ class StoreTx:
                            rc.snapshot_id.in_([row["id"] for row in rows])).order_by(rc.id)):
                 routes.setdefault(r.snapshot_id, []).append(
                     RouteRow(r.version, r.weight, bool(r.is_stable), bool(r.forced)))
+        return [PolicySnapshot(
+            model_name=row["model_name"], policy_name=row["policy_name"],
+            policy_version=row["policy_version"], source=row["source"], reason=row["reason"],
+            routes=tuple(routes.get(row["id"], [])), thresholds=dict(row["thresholds"]),
+            refresh_seconds=row["refresh_seconds"], created_at=_aware(row["created_at"]))
+            for row in rows]
+
+    def snapshot(self, model_name: str, at: datetime | None = None,
+                 live: bool = False) -> PolicySnapshot | None:
+        """The current snapshot of a model's policy, or the one in force at `at`. With
+        `live`, only while the policy exists: what workers serve and traffic checks use."""
+        sc, mc, pc = t.policy_snapshot.c, t.model_catalog.c, t.model_rollout_policy.c
+        stmt = self._snapshot_select().where(mc.name == model_name)
+        if at is not None:
+            stmt = stmt.where(sc.created_at <= at)
+        if live:
+            stmt = stmt.where(pc.deleted.is_(False))
+        rows = self.conn.execute(stmt.order_by(sc.created_at.desc(), sc.policy_version.desc())
+                                 .limit(1)).mappings().all()
+        found = self._build_snapshots(rows)
+        return found[0] if found else None
+
+    def current_snapshots(self) -> dict[str, PolicySnapshot]:
+        """The newest snapshot of every model's policy, in two queries."""
+        sc = t.policy_snapshot.c
+        latest = (select(sc.policy_id, func.max(sc.policy_version).label("pv"))
+                  .where(sc.tenant_id == self.tenant).group_by(sc.policy_id).subquery())
+        rows = self.conn.execute(self._snapshot_select().join(latest, and_(
+            sc.policy_id == latest.c.policy_id, sc.policy_version == latest.c.pv))
+        ).mappings().all()
         out: dict[str, PolicySnapshot] = {}
-        for row in rows:
-            snap = PolicySnapshot(
-                model_name=row["model_name"], policy_name=row["policy_name"],
-                policy_version=row["policy_version"], source=row["source"],
-                reason=row["reason"], routes=tuple(routes.get(row["id"], [])),
-                thresholds=dict(row["thresholds"]), refresh_seconds=row["refresh_seconds"],
-                created_at=_aware(row["created_at"]))
+        for snap in self._build_snapshots(rows):
             previous = out.get(snap.model_name)
             if previous is None or snap.created_at > previous.created_at:
                 out[snap.model_name] = snap
