@@ -7,11 +7,12 @@ from sqlalchemy import create_engine, text
 
 from controller.errors import StoreError
 from controller.records import ModelRow
+from controller.store.audit import chain_hash
 from tests.store.helpers import seed_model
 from tests.stores import APP_ROLE, Backend
 
 
-def _tamper(b: Backend, sql: str) -> None:
+def _tamper(b: Backend, sql: str, **params: object) -> None:
     """Change audit rows as someone who got around the application AND its triggers."""
     with b.admin.begin() as c:
         if b.kind == "sqlite":
@@ -19,7 +20,7 @@ def _tamper(b: Backend, sql: str) -> None:
                 c.execute(text(f"DROP TRIGGER audit_event_no_{verb}"))
         else:
             c.execute(text("ALTER TABLE audit_event DISABLE TRIGGER audit_event_frozen"))
-        c.execute(text(sql))
+        c.execute(text(sql), params)
 
 
 def _five_events(b: Backend) -> None:
@@ -45,10 +46,29 @@ def test_tampering_is_detected_and_named(backend: Backend, sql: str, seq: int,
 
 
 def test_rewriting_a_row_with_a_fresh_hash_breaks_the_next_link(backend: Backend) -> None:
+    """Mallory alters row 2 and gives it a hash consistent with its new content: row 2
+    checks out on its own, and the chain breaks at row 3, whose link names the old hash."""
     _five_events(backend)
-    _tamper(backend, "UPDATE audit_event SET hash = 'f' || substr(hash, 2) WHERE seq = 2")
+    with backend.store.transaction("acme", "test") as tx:
+        row = next(e for e in tx.audit_events() if e.seq == 2)
+    forged = chain_hash(row.prev_hash, row.tenant, row.seq, row.at, "mallory", row.action,
+                        row.object_kind, row.object_name, row.details)
+    assert forged != row.hash
+    _tamper(backend, "UPDATE audit_event SET actor = 'mallory', hash = :h "
+                     "WHERE tenant_id = 'acme' AND seq = 2", h=forged)
     problem = backend.store.verify_audit("acme")
-    assert problem is not None and problem.seq == 2
+    assert problem is not None and problem.seq == 3 and "link" in problem.problem
+
+
+def test_flipping_a_stored_hash_is_named(backend: Backend) -> None:
+    _five_events(backend)
+    with backend.store.transaction("acme", "test") as tx:
+        old = next(e.hash for e in tx.audit_events() if e.seq == 2)
+    flipped = ("0" if old[0] != "0" else "1") + old[1:]
+    _tamper(backend, "UPDATE audit_event SET hash = :h WHERE tenant_id = 'acme' AND seq = 2",
+            h=flipped)
+    problem = backend.store.verify_audit("acme")
+    assert problem is not None and problem.seq == 2 and "content altered" in problem.problem
 
 
 def test_audit_verify_cli(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
