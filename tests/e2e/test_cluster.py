@@ -257,7 +257,9 @@ def test_a_worker_process_follows_a_rollback_within_one_refresh(
                  == 2, every=0.05, what="rollback published")
         published = time.monotonic()
         wait_for(lambda: served() == "1.0.0", every=0.05, timeout=10, what="stable served")
-        assert time.monotonic() - published <= 2.0  # within one refreshSeconds
+        # within one refresh cycle: refreshSeconds (2 s) plus the reload itself and this
+        # poll's own HTTP round trip, allowed 0.5 s together on a loaded CI machine
+        assert time.monotonic() - published <= 2.5
     finally:
         worker.terminate()
         worker.wait(timeout=20)
