@@ -27,6 +27,10 @@ WORKER_DEGRADED = Gauge("cadml_worker_degraded", "1 while a version is served by
                         "fallback", ["tenant", "model", "version"])
 WORKER_POLICY_VERSION = Gauge("cadml_worker_policy_version", "policyVersion a worker applies",
                               ["tenant", "model"])
+WORKER_NOTIFICATIONS = Counter("cadml_worker_policy_notifications_total",
+                               "Policy-change notifications a worker received from the store "
+                               "(PostgreSQL LISTEN/NOTIFY; also one per (re)connect)",
+                               ["tenant", "model"])
 ARTIFACT_REFUSALS = Counter("cadml_artifact_refusals_total", "Artifacts refused as unsafe",
                             ["tenant", "model", "code"])
 WORKER_ERRORS = Counter("cadml_worker_errors_total", "Requests refused, by error code",

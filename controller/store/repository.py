@@ -9,7 +9,7 @@ see ORM rows or SQLAlchemy exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +35,7 @@ from controller.records import (
 from controller.store import tables as t
 from controller.store.audit import GENESIS, AuditEvent, ChainProblem, chain_hash, verify_chain
 from controller.store.engine import make_engine
+from controller.store.notify import PolicyListener, channel
 
 
 def utcnow() -> datetime:
@@ -82,6 +83,14 @@ class Store:
         except DBAPIError as exc:
             raise _translate(exc) from exc
 
+    def listen(self, tenant: str, model: str,
+               on_notify: Callable[[str], None]) -> PolicyListener | None:
+        """Call `on_notify` (from a thread) whenever the model's published policy or job
+        bindings change; None where the store cannot notify (SQLite): poll instead."""
+        if self.dialect != "postgresql":
+            return None
+        return PolicyListener(self.engine, channel(tenant, model), on_notify).start()
+
     def tenants(self) -> list[str]:
         """Tenants with audit history (all of them on SQLite; on PostgreSQL only those the
         connecting role may see)."""
@@ -112,6 +121,16 @@ class StoreTx:
         c = t.model_catalog.c
         row = self._one(select(c.id).where(c.tenant_id == self.tenant, c.name == name))
         return None if row is None else int(row[0])
+
+    def _notify(self, model_id: int, payload: str) -> None:
+        """Wake the model's workers at COMMIT (PostgreSQL; nothing on SQLite)."""
+        if self.conn.dialect.name != "postgresql":
+            return
+        mc = t.model_catalog.c
+        name = self.conn.execute(select(mc.name).where(mc.tenant_id == self.tenant,
+                                                       mc.id == model_id)).scalar_one()
+        self.conn.execute(text("SELECT pg_notify(:c, :p)"),
+                          {"c": channel(self.tenant, name), "p": payload})
 
     def _upsert_named(self, table: Any, name: str, values: dict[str, Any]) -> int:
         """Insert the tenant's row called `name`, or overwrite it with `values`; its id."""
@@ -223,6 +242,7 @@ class StoreTx:
                 for r in routes])
         self.conn.execute(update(t.model_rollout_policy).where(pc.id == policy.id).values(
             policy_version=new_version, updated_at=self.now))
+        self._notify(int(policy.model_id), str(new_version))
         return new_version
 
     def _snapshot_select(self) -> Any:
@@ -414,10 +434,11 @@ class StoreTx:
     def bind_job(self, job_key: str, version_name: str, snapshot: dict[str, Any]) -> None:
         """Bind a job to a version (insert or move); keeps the runtime snapshot it ran under."""
         c, vc = t.ai_analysis_jobs.c, t.model_version.c
-        vid = self.conn.execute(select(vc.id).where(vc.tenant_id == self.tenant,
-                                                    vc.name == version_name)).scalar()
-        if vid is None:
+        found = self.conn.execute(select(vc.id, vc.model_id).where(
+            vc.tenant_id == self.tenant, vc.name == version_name)).first()
+        if found is None:
             raise NotFound(f"version {version_name} does not exist")
+        vid = found.id
         done = self.conn.execute(update(t.ai_analysis_jobs).where(
             c.tenant_id == self.tenant, c.job_key == job_key).values(
             model_version_id=vid, runtime_snapshot=snapshot))
@@ -425,6 +446,7 @@ class StoreTx:
             self.conn.execute(insert(t.ai_analysis_jobs).values(
                 tenant_id=self.tenant, job_key=job_key, model_version_id=vid,
                 runtime_snapshot=snapshot, created_at=self.now))
+        self._notify(int(found.model_id), "binding")
 
     def job_bindings(self, model_name: str) -> dict[str, str]:
         """job_key → bound version (semver) for one model."""

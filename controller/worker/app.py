@@ -306,19 +306,30 @@ async def metrics_endpoint(_: web.Request) -> web.Response:
 
 
 async def _refresher(app: web.Application) -> AsyncIterator[None]:
-    """Full refresh every refreshSeconds; in between, a one-row probe of the published
-    policyVersion four times per cycle, so a rollback lands well within one cycle."""
+    """Full refresh every refreshSeconds, and at once when the store notifies a change
+    (PostgreSQL LISTEN/NOTIFY). In between, a one-row probe of the published
+    policyVersion (by default four times per cycle) is the safety net that also covers
+    SQLite and notifications lost while the listener reconnects."""
     runtime = app[RUNTIME]
+    s = runtime.settings
+    ev = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    def notified(_payload: str) -> None:
+        metrics.WORKER_NOTIFICATIONS.labels(s.tenant, s.model).inc()
+        ev.call_soon_threadsafe(wake.set)
+
+    listener = runtime.store.listen(s.tenant, s.model, notified)
 
     async def loop() -> None:
-        ev = asyncio.get_running_loop()
         last_full = -1e9
         while True:
             snap = runtime.snapshot
             period = float(snap.refresh_seconds) if snap else 1.0
             try:
                 now = ev.time()
-                due = now - last_full >= period
+                due = wake.is_set() or now - last_full >= period
+                wake.clear()
                 if not due and snap is not None:
                     published = await ev.run_in_executor(None, runtime.published_version)
                     due = published != snap.policy_version
@@ -327,13 +338,17 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
                     last_full = now
             except Exception:
                 log.exception("policy refresh failed; serving the last snapshot")
-            await asyncio.sleep(min(1.0, period / 4))
+            probe = s.probe_seconds if s.probe_seconds is not None else min(1.0, period / 4)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=probe)
 
     task = asyncio.create_task(loop())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if listener is not None:
+        await ev.run_in_executor(None, listener.stop)
     app[SANDBOX].close()
 
 

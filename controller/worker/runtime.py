@@ -60,6 +60,7 @@ class WorkerSettings:
     sandbox_workers: int = 2
     cpu_seconds: float = 10.0
     hnsw_ef_search: int | None = None
+    probe_seconds: float | None = None  # None: min(1 s, refreshSeconds / 4)
 
 
 @dataclass

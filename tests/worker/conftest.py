@@ -41,11 +41,12 @@ class World:
     root: Path
 
     def publish(self, routes: list[RouteRow], source: str = "policy",
-                thresholds: dict[str, object] | None = None) -> int:
+                thresholds: dict[str, object] | None = None, refresh_seconds: int = 5) -> int:
         with self.store.transaction(TENANT, "test") as tx:
             return tx.publish_snapshot(MODEL, routes, thresholds or {
                 "1.0.0": {"similarity": {"value": 0.5, "source": "model"}},
-                "1.1.0": {"similarity": {"value": 0.5, "source": "policy"}}}, source)
+                "1.1.0": {"similarity": {"value": 0.5, "source": "policy"}}}, source,
+                refresh_seconds=refresh_seconds)
 
 
 def copy_artifact(src: BuildResult, dest: Path) -> BuildResult:
@@ -53,13 +54,11 @@ def copy_artifact(src: BuildResult, dest: Path) -> BuildResult:
     return BuildResult(dest / "manifest.json", src.manifest_sha256, src.indexed, src.skipped)
 
 
-@pytest.fixture
-def world(tmp_path: Path, corpus_index: BuildResult, corpus_hnsw: BuildResult
-          ) -> Iterator[World]:
-    stable = copy_artifact(corpus_index, tmp_path / "stable")
-    canary = copy_artifact(corpus_hnsw, tmp_path / "canary")
-    store = Store(make_engine(f"sqlite:///{tmp_path / 'w.db'}"))
-    upgrade(store.engine)
+def build_world(store: Store, root: Path, index: BuildResult, hnsw: BuildResult,
+                refresh_seconds: int = 5, **settings: object) -> World:
+    """A model with a STABLE (flat) and a CANARY (HNSW) version, a 90/10 policy, a worker."""
+    stable = copy_artifact(index, root / "stable")
+    canary = copy_artifact(hnsw, root / "canary")
     with store.transaction(TENANT, "seed") as tx:
         tx.upsert_model(ModelRow(MODEL, MODEL, "acme", "Part sim", spec_hash="m"))
         for name, semver, stage, art in (("ps-1-0-0", "1.0.0", "STABLE", stable),
@@ -69,9 +68,19 @@ def world(tmp_path: Path, corpus_index: BuildResult, corpus_hnsw: BuildResult
                                          art.manifest_sha256, spec_hash=semver))
         tx.upsert_policy(PolicyRow(MODEL, MODEL, {}, 5, 1, "p"))
     runtime = WorkerRuntime(store, WorkerSettings(TENANT, MODEL, "sqlite://",
-                                                  worker_id="w-test", admin_token="s3cret"))
-    w = World(store, runtime, stable, canary, tmp_path)
-    w.publish([RouteRow("1.0.0", 90, True), RouteRow("1.1.0", 10, False)])
+                                                  worker_id="w-test", admin_token="s3cret",
+                                                  **settings))  # type: ignore[arg-type]
+    w = World(store, runtime, stable, canary, root)
+    w.publish([RouteRow("1.0.0", 90, True), RouteRow("1.1.0", 10, False)],
+              refresh_seconds=refresh_seconds)
     runtime.refresh()
-    yield w
+    return w
+
+
+@pytest.fixture
+def world(tmp_path: Path, corpus_index: BuildResult, corpus_hnsw: BuildResult
+          ) -> Iterator[World]:
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'w.db'}"))
+    upgrade(store.engine)
+    yield build_world(store, tmp_path, corpus_index, corpus_hnsw)
     store.dispose()
