@@ -42,6 +42,7 @@ class VersionRow:
     generation: int = 0
     spec_hash: str = ""
     deleted: bool = False
+    ef_search: int | None = None  # spec.search.efSearch: HNSW search depth
 
 
 @dataclass(frozen=True, slots=True)

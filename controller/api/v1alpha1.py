@@ -228,9 +228,27 @@ class ArtifactSpec(_Object):
     format: Literal["faiss-index", "npz", "pickle"]
 
 
+class SearchSpec(_Object):
+    """How the worker searches this version's index; tuning that needs no rebuild."""
+
+    ef_search: int | None = Field(
+        default=None, ge=16, le=4096,
+        description="HNSW search depth (faiss efSearch) for an approximate (HNSW) index "
+        "built with `cadml index build --kind hnsw`: higher finds more true neighbours, "
+        "slower. Ignored by exact (flat) indexes. Unset: the worker's --hnsw-ef-search, "
+        "else the value stored in the artifact.",
+    )
+
+
 class ModelVersionSpec(_Object):
     model_config = ConfigDict(
         json_schema_extra=_validations(
+            cel(
+                "version.search-needs-index",
+                "!has(self.search) || self.artifact.format == 'faiss-index'",
+                "search settings apply only to a faiss-index artifact",
+                field_path=".search",
+            ),
             cel(
                 "version.sha256-required",
                 "!(self.stage in ['CANARY', 'STABLE']) || has(self.artifact.sha256)",
@@ -276,6 +294,9 @@ class ModelVersionSpec(_Object):
     )
     threshold_defaults: ThresholdMap = Field(default_factory=dict)
     evaluation_ref: str | None = Field(default=None, max_length=253)
+    search: SearchSpec | None = Field(
+        default=None, description="Search tuning for this version (approximate indexes)."
+    )
 
 
 class ModelVersionStatus(_Status):

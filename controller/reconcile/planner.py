@@ -150,7 +150,8 @@ def _version_row(v: ModelVersion) -> VersionRow:
                       artifact_format=s.artifact.format, artifact_sha256=s.artifact.sha256,
                       feature_version=s.feature_version,
                       threshold_defaults=dict(s.threshold_defaults),
-                      generation=_generation(v), spec_hash=spec_hash(v))
+                      generation=_generation(v), spec_hash=spec_hash(v),
+                      ef_search=s.search.ef_search if s.search else None)
 
 
 def _policy_row(p: RolloutPolicy) -> PolicyRow:

@@ -20,6 +20,8 @@ class VectorIndex(Protocol):
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def describe(self) -> dict[str, Any]: ...
+
 
 class ExactIndex:
     """Brute-force squared-L2 search in numpy (the degraded path, and the test oracle)."""
@@ -29,6 +31,9 @@ class ExactIndex:
     def __init__(self, vectors: np.ndarray) -> None:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.norms = np.einsum("ij,ij->i", self.vectors, self.vectors)
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": "exact"}
 
     @property
     def ntotal(self) -> int:
@@ -62,6 +67,15 @@ class FaissIndex:
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
+
+    def describe(self) -> dict[str, Any]:
+        """What the index is, and for HNSW the efSearch it searches with."""
+        if self.kind != "hnsw":
+            return {"index": self.kind}
+        import faiss
+
+        hnsw: Any = faiss.downcast_index(self.index)
+        return {"index": "hnsw", "efSearch": int(hnsw.hnsw.efSearch)}
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         dist, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

@@ -46,6 +46,16 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _version_row(r: Any, model_name: str) -> VersionRow:
+    return VersionRow(name=r["name"], model_name=model_name, version=r["version"],
+                      stage=r["stage"], artifact_uri=r["artifact_uri"],
+                      artifact_format=r["artifact_format"], artifact_sha256=r["artifact_sha256"],
+                      feature_version=r["feature_version"],
+                      threshold_defaults=dict(r["threshold_defaults"]),
+                      generation=r["generation"], spec_hash=r["spec_hash"],
+                      deleted=bool(r["deleted"]), ef_search=r["ef_search"])
+
+
 def _translate(exc: DBAPIError) -> StoreError:
     text_ = str(exc.orig)
     if isinstance(exc, IntegrityError) or "immutable" in text_ or "append-only" in text_:
@@ -178,7 +188,7 @@ class StoreTx:
             artifact_uri=v.artifact_uri, artifact_sha256=v.artifact_sha256,
             artifact_format=v.artifact_format, feature_version=v.feature_version,
             threshold_defaults=v.threshold_defaults, generation=v.generation,
-            spec_hash=v.spec_hash, deleted=v.deleted))
+            spec_hash=v.spec_hash, deleted=v.deleted, ef_search=v.ef_search))
 
     def set_stage(self, version_name: str, stage: str) -> None:
         c = t.model_version.c
@@ -194,14 +204,7 @@ class StoreTx:
             select(t.model_version).join(t.model_catalog, and_(
                 mc.tenant_id == mv.tenant_id, mc.id == mv.model_id)).where(
                 mv.tenant_id == self.tenant, mc.name == model_name).order_by(mv.id)).mappings()
-        return [VersionRow(name=r["name"], model_name=model_name, version=r["version"],
-                           stage=r["stage"], artifact_uri=r["artifact_uri"],
-                           artifact_format=r["artifact_format"],
-                           artifact_sha256=r["artifact_sha256"],
-                           feature_version=r["feature_version"],
-                           threshold_defaults=dict(r["threshold_defaults"]),
-                           generation=r["generation"], spec_hash=r["spec_hash"])
-                for r in rows]
+        return [_version_row(r, model_name) for r in rows]
 
     # ------------------------------------------------------------------ policies
 
@@ -332,13 +335,7 @@ class StoreTx:
                 spec_hash=r["spec_hash"], review_control_allowed=bool(r["review_control_allowed"]),
                 review_default_decision=r["review_default_decision"], deleted=bool(r["deleted"]))
         versions = {
-            r["name"]: VersionRow(
-                name=r["name"], model_name=names[r["model_id"]], version=r["version"],
-                stage=r["stage"], artifact_uri=r["artifact_uri"],
-                artifact_format=r["artifact_format"], artifact_sha256=r["artifact_sha256"],
-                feature_version=r["feature_version"],
-                threshold_defaults=dict(r["threshold_defaults"]), generation=r["generation"],
-                spec_hash=r["spec_hash"], deleted=bool(r["deleted"]))
+            r["name"]: _version_row(r, names[r["model_id"]])
             for r in self.conn.execute(select(t.model_version).where(
                 mv.tenant_id == self.tenant)).mappings()}
         policies = {

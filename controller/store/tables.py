@@ -95,6 +95,7 @@ model_version = Table(
     Column("spec_hash", String(64), nullable=False),
     Column("deleted", Boolean, nullable=False, server_default=text("false")),
     _ts("created_at"), _ts("updated_at"),
+    Column("ef_search", Integer, nullable=True),  # 0007: spec.search.efSearch
     UniqueConstraint("tenant_id", "id"),
     UniqueConstraint("tenant_id", "name"),
     UniqueConstraint("tenant_id", "model_id", "version"),

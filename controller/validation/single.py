@@ -40,6 +40,12 @@ def _sha_required(r: Resource) -> bool:
     return r.spec.stage not in ROUTABLE_STAGES or r.spec.artifact.sha256 is not None
 
 
+def _search_needs_index(r: Resource) -> bool:
+    if not isinstance(r, ModelVersion):
+        return True
+    return r.spec.search is None or r.spec.artifact.format == "faiss-index"
+
+
 def _weights_sum(r: Resource) -> bool:
     return not isinstance(r, RolloutPolicy) or sum(w.weight for w in r.spec.weights) == 100
 
@@ -109,6 +115,7 @@ OBJECT_RULES: dict[str, Callable[[Resource], bool]] = {
     "model.review-control-allowed": _review_control,
     "model.review-default-decision": _review_decision,
     "version.sha256-required": _sha_required,
+    "version.search-needs-index": _search_needs_index,
     "policy.weights-sum-100": _weights_sum,
     "policy.canary-weight-range": _canary_range,
     "policy.versions-unique": _versions_unique,

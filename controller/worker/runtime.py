@@ -134,7 +134,8 @@ class WorkerRuntime:
                 continue
             current = self.versions.get(version)
             if current and current.row.artifact_sha256 == row.artifact_sha256 and \
-                    current.row.artifact_uri == row.artifact_uri:
+                    current.row.artifact_uri == row.artifact_uri and \
+                    current.row.ef_search == row.ef_search:
                 loaded[version] = self._maybe_recover(current, now)
                 continue
             lv = self._load(row, now)
@@ -152,13 +153,15 @@ class WorkerRuntime:
         with self.store.transaction(s.tenant, s.worker_id) as tx:
             tx.report_worker(s.worker_id, s.model, applied, degraded, {
                 "versions": sorted(loaded), "loadErrors": self.load_errors,
+                "search": {v: lv.artifact.index.describe() for v, lv in loaded.items()},
                 "degraded": {v: lv.degraded for v, lv in loaded.items() if lv.degraded}})
 
     def _load(self, row: VersionRow, now: float) -> LoadedVersion | None:
         s = self.settings
         try:
             artifact = load_artifact(row.artifact_uri, row.artifact_sha256, row.artifact_format,
-                                     pickle_mode=s.pickle_mode, ef_search=s.hnsw_ef_search)
+                                     pickle_mode=s.pickle_mode,
+                                     ef_search=row.ef_search or s.hnsw_ef_search)
         except (ArtifactError, UnsafeArtifact) as exc:
             self.load_errors[row.version] = f"{exc.code}: {exc}"
             if isinstance(exc, UnsafeArtifact):
@@ -219,6 +222,7 @@ class WorkerRuntime:
             "policyVersion": snap.policy_version if snap else None,
             "versions": {v: ("Degraded: " + lv.degraded) if lv.degraded else "Ready"
                          for v, lv in self.versions.items()},
+            "search": {v: lv.artifact.index.describe() for v, lv in self.versions.items()},
             "loadErrors": dict(self.load_errors),
             "degraded": any(lv.degraded for lv in self.versions.values()),
         }

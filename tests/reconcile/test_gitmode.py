@@ -53,6 +53,8 @@ def test_first_reconcile_then_idempotent(backend: Backend, gitops_repo: Path) ->
     with store.transaction("acme-cad", "t") as tx:
         statuses = tx.statuses()
         assert tx.verify_audit() is None
+        ef = {v.version: v.ef_search for v in tx.versions("assembly-match")}
+    assert ef["2.1.0"] == 128 and ef["2.0.0"] is None  # spec.search.efSearch, per version
     ready = {k: next(c["status"] for c in s["conditions"] if c["type"] == "Ready")
              for k, s in statuses.items()}
     assert set(ready.values()) == {"True"} and len(ready) == 13

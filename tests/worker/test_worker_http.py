@@ -248,3 +248,33 @@ async def test_schedule_tick_endpoint_runs_once_per_window(world: World, client:
     assert "already ran" in again["message"]
     bad = await client.post("/admin/schedule-tick", json={}, headers=auth)
     assert bad.status == 400
+
+
+async def test_ef_search_is_chosen_per_model_version(world: World, client: Client) -> None:
+    """spec.search.efSearch reaches the loaded HNSW index of that version only, and a
+    change is applied at the next refresh without a new artifact."""
+
+    def set_ef(ef: int | None) -> None:
+        with world.store.transaction(TENANT, "test") as tx:
+            row = next(v for v in tx.versions(MODEL) if v.version == "1.1.0")
+            tx.upsert_version(replace(row, ef_search=ef))
+
+    async def search_settings() -> dict[str, Any]:
+        ready = await (await client.get("/readyz")).json()
+        return dict(ready["search"])
+
+    stored_default = (await search_settings())["1.1.0"]["efSearch"]
+    set_ef(300)
+    world.runtime.refresh()
+    settings = await search_settings()
+    assert settings["1.1.0"] == {"index": "hnsw", "efSearch": 300}
+    assert settings["1.0.0"] == {"index": "flat"}  # the stable (exact) version is untouched
+    run = await (await client.post("/v1/search", json={
+        "vector": _vector(world, 3), "jobId": "ef-1", "k": 5})).json()
+    assert run["results"]
+    set_ef(None)  # back to the worker's default (none set here): the artifact's own value
+    world.runtime.refresh()
+    assert (await search_settings())["1.1.0"]["efSearch"] == stored_default
+    with world.store.transaction(TENANT, "t") as tx:
+        (state,) = tx.worker_states()[MODEL]
+    assert state.detail["search"]["1.1.0"]["efSearch"] == stored_default
