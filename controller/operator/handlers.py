@@ -33,6 +33,7 @@ from controller.validation.parse import parse_body
 PLURALS = {cls.plural: kind for kind, cls in KINDS.items()}
 INDEXES = tuple(f"{plural}_by_ns" for plural in PLURALS)
 FINALIZER = "cadml.io/finalizer"
+CHANGED_BY = "cadml.io/changed-by"
 
 
 def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
@@ -71,8 +72,25 @@ def parse_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Resource]:
     return out
 
 
+def changed_by(operation: str, new: Mapping[str, Any], old: Mapping[str, Any] | None,
+               username: str) -> str | None:
+    """What the `cadml.io/changed-by` annotation must say once this request is admitted:
+    the authenticated user who created the object or last changed its spec. A request
+    that leaves the spec alone (the operator's finalizers, a label, someone typing the
+    annotation by hand) keeps the previous value, so the annotation cannot be forged
+    or dropped while the webhook runs. None: no value to keep (leave it absent)."""
+    if operation == "CREATE" or old is None or new.get("spec") != old.get("spec"):
+        return username or "unknown"
+    previous = ((old.get("metadata") or {}).get("annotations") or {}).get(CHANGED_BY)
+    return None if previous is None else str(previous)
+
+
 def actor_of(body: Mapping[str, Any]) -> str:
-    """Who changed the object last, from its managed fields (kubectl, argocd, …)."""
+    """Who changed the object last: the authenticated user the mutating webhook stamped,
+    else (webhook off) the last field manager (kubectl, argocd, …)."""
+    stamped = ((body.get("metadata") or {}).get("annotations") or {}).get(CHANGED_BY)
+    if stamped:
+        return f"k8s:{stamped}"
     managed = (body.get("metadata") or {}).get("managedFields") or []
     managers = [m.get("manager", "?") for m in managed if m.get("operation") == "Update"]
     return f"k8s:{managers[-1] if managers else 'unknown'}"
@@ -91,10 +109,12 @@ def tenant_pass(store: Store, body: Mapping[str, Any], indexes: Mapping[str, Any
     its indexed copy (`current`) or left out (`without`, for deletions)."""
     namespace = str(body["metadata"]["namespace"])
     now = datetime.now(UTC)
-    resources = parse_bodies(tenant_bodies(namespace, indexes,
-                                           current=body if current else None, without=without))
+    bodies = tenant_bodies(namespace, indexes, current=body if current else None,
+                           without=without)
+    resources = parse_bodies(bodies)
+    actors = {(str(b.get("kind")), str(b["metadata"]["name"])): actor_of(b) for b in bodies}
     return reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
-                            actor_of(body), mode="operator")
+                            actor_of(body), mode="operator", actors=actors)
 
 
 def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
@@ -188,6 +208,20 @@ def validate(**kwargs: Any) -> None:
         raise kopf.AdmissionError(_refusal(errors), code=422)
 
 
+def stamp_changed_by(**kwargs: Any) -> None:
+    """The mutating webhook: record who changed the spec, for the audit trail's actor."""
+    operation = str(kwargs.get("operation"))
+    if operation not in ("CREATE", "UPDATE"):
+        return
+    body: kopf.Body = kwargs["body"]
+    old: kopf.Body | None = kwargs.get("old")
+    userinfo = kwargs.get("userinfo") or {}
+    value = changed_by(operation, body, old, str(userinfo.get("username") or ""))
+    if body.metadata.annotations.get(CHANGED_BY) != value:
+        patch: kopf.Patch = kwargs["patch"]
+        patch.metadata.annotations[CHANGED_BY] = value
+
+
 def _refusal(errors: Iterable[Any]) -> str:
     return "; ".join(f"{e.path}: {e.message} [{e.rule}]" for e in errors)
 
@@ -204,6 +238,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                    registry=registry)(on_change)
         kopf.on.validate(GROUP, VERSION, plural, id=f"validate-{plural}",
                          registry=registry)(validate)
+        kopf.on.mutate(GROUP, VERSION, plural, id=f"changed-by-{plural}",
+                       operations=["CREATE", "UPDATE"], registry=registry)(stamp_changed_by)
     kopf.timer(GROUP, VERSION, "rolloutpolicies", id="analysis",
                interval=settings.analysis_interval, initial_delay=settings.analysis_interval,
                registry=registry)(on_analysis)
@@ -230,7 +266,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             kopf_settings.admission.server = kopf.WebhookServer(
                 addr="0.0.0.0", port=settings.webhook_port,  # in-pod server
                 host=host, certfile=str(certfile), pkeyfile=str(pkeyfile))
-            kopf_settings.admission.managed = f"validating.{GROUP}"
+            # one name for both configurations kopf manages (validating and mutating)
+            kopf_settings.admission.managed = f"admission.{GROUP}"
 
     @kopf.on.probe(id="store", registry=registry)
     def store_probe(**kwargs: Any) -> str:

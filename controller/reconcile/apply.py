@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from controller.errors import ConflictError
 from controller.reconcile.planner import Plan
 from controller.store.repository import StoreTx
 
 
-def apply_plan(tx: StoreTx, plan: Plan) -> None:
-    """Write every row, snapshot, release, status and audit event of `plan` in `tx`."""
+def apply_plan(tx: StoreTx, plan: Plan,
+               actors: Mapping[tuple[str, str], str] | None = None) -> None:
+    """Write every row, snapshot, release, status and audit event of `plan` in `tx`.
+    An audit event names the actor of its object from `actors` ((kind, name) → who last
+    changed it) where known, else the transaction's actor."""
     for model in plan.models:
         tx.upsert_model(model)
     for version in plan.versions:
@@ -27,4 +32,5 @@ def apply_plan(tx: StoreTx, plan: Plan) -> None:
     for (kind, name), (generation, status) in plan.statuses.items():
         tx.write_status(kind, name, generation, status)
     for entry in plan.audit:
-        tx.audit(entry.action, entry.kind, entry.name, entry.details)
+        tx.audit(entry.action, entry.kind, entry.name, entry.details,
+                 actor=(actors or {}).get((entry.kind, entry.name)))

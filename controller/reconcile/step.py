@@ -7,6 +7,7 @@ post events).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from controller import metrics
@@ -29,12 +30,15 @@ def findings_for(resources: list[Resource], now: datetime) -> list[FieldError]:
 
 def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
                      findings: list[FieldError], now: datetime, actor: str,
-                     mode: str = "git") -> Plan:
+                     mode: str = "git",
+                     actors: Mapping[tuple[str, str], str] | None = None) -> Plan:
+    """Plan and apply one tenant in one transaction. `actor` is who triggered the pass;
+    `actors` ((kind, name) → who last changed that object) attribute its audit rows."""
     with metrics.RECONCILE_SECONDS.labels(mode).time():
         try:
             with store.transaction(tenant, actor) as tx:
                 plan = plan_tenant(tenant, resources, findings, tx.observe(), now)
-                apply_plan(tx, plan)
+                apply_plan(tx, plan, actors)
         except CadmlError as exc:
             metrics.RECONCILE_ERRORS.labels(mode, exc.reason).inc()
             raise

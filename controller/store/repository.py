@@ -591,8 +591,10 @@ class StoreTx:
     # ------------------------------------------------------------------ audit
 
     def audit(self, action: str, object_kind: str, object_name: str,
-              details: dict[str, Any] | None = None) -> AuditEvent:
-        """Append one hash-chained audit event (serialised per tenant by the head row)."""
+              details: dict[str, Any] | None = None, actor: str | None = None) -> AuditEvent:
+        """Append one hash-chained audit event (serialised per tenant by the head row);
+        `actor` overrides the transaction's actor for this event."""
+        actor = actor or self.actor
         h = t.audit_head.c
         head = self._one(select(h.seq, h.hash).where(h.tenant_id == self.tenant)
                          .with_for_update())
@@ -604,15 +606,15 @@ class StoreTx:
             seq, prev = int(head.seq) + 1, str(head.hash)
         at = self.now.astimezone(UTC).isoformat(timespec="microseconds")
         body = dict(details or {})
-        digest = chain_hash(prev, self.tenant, seq, at, self.actor, action, object_kind,
+        digest = chain_hash(prev, self.tenant, seq, at, actor, action, object_kind,
                             object_name, body)
         self.conn.execute(insert(t.audit_event).values(
-            tenant_id=self.tenant, seq=seq, at=at, actor=self.actor, action=action,
+            tenant_id=self.tenant, seq=seq, at=at, actor=actor, action=action,
             object_kind=object_kind, object_name=object_name, details=body,
             prev_hash=prev, hash=digest))
         self.conn.execute(update(t.audit_head).where(h.tenant_id == self.tenant)
                           .values(seq=seq, hash=digest))
-        return AuditEvent(self.tenant, seq, at, self.actor, action, object_kind, object_name,
+        return AuditEvent(self.tenant, seq, at, actor, action, object_kind, object_name,
                           body, prev, digest)
 
     def audit_events(self) -> Iterator[AuditEvent]:

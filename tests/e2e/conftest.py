@@ -78,9 +78,10 @@ class Operator:
         while time.monotonic() < deadline:  # the managed webhook configuration appears
             if self.priority is not None:
                 return  # a standby replica may not touch the webhook configuration
-            out = self.cp.kubectl("get", "validatingwebhookconfigurations", "-o", "name",
+            out = self.cp.kubectl("get", "validatingwebhookconfigurations,"
+                                  "mutatingwebhookconfigurations", "-o", "name",
                                   check=False).stdout
-            if "validating.cadml.io" in out:
+            if out.count("/admission.cadml.io") == 2:
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError("operator exited:\n" + self.tail())

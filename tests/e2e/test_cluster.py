@@ -114,6 +114,26 @@ def test_moving_weights_and_rolling_back_raise_policy_version(applied: ControlPl
     assert (before + 2, "1.1.0", 100) in rows and (before, "1.2.0", 10) in rows  # history kept
 
 
+def test_audit_names_the_authenticated_user(applied: ControlPlane, operator: Operator) -> None:
+    """The mutating webhook stamps who changed the spec (from the API server's userInfo);
+    the audit row of that change names them, and typing the annotation changes nothing."""
+    as_alice = ("--as=alice@example.com", "--as-group=system:masters")
+    applied.kubectl("patch", "model", "-n", "globex-cad", "drawing-dedup", "--type=merge",
+                    "-p", '{"spec":{"description":"changed by alice"}}', *as_alice)
+    model = get(applied, "model", "globex-cad", "drawing-dedup")
+    assert model["metadata"]["annotations"]["cadml.io/changed-by"] == "alice@example.com"
+    gen = model["metadata"]["generation"]
+    wait_for(lambda: get(applied, "model", "globex-cad", "drawing-dedup")["status"]
+             .get("observedGeneration") == gen, what="alice's change handled")
+    rows = _store_rows(operator, "SELECT actor FROM audit_event WHERE object_kind = 'Model' "
+                                 "AND object_name = 'drawing-dedup' ORDER BY id DESC LIMIT 1")
+    assert rows == [("k8s:alice@example.com",)]
+    applied.kubectl("annotate", "model", "-n", "globex-cad", "drawing-dedup", "--overwrite",
+                    "cadml.io/changed-by=mallory")  # no spec change: the stamp stays
+    annotations = get(applied, "model", "globex-cad", "drawing-dedup")["metadata"]["annotations"]
+    assert annotations["cadml.io/changed-by"] == "alice@example.com"
+
+
 def test_models_own_their_worker_deployments(applied: ControlPlane) -> None:
     dep = wait_for(lambda: get(applied, "deployment", "acme-cad",
                                "cadml-worker-part-similarity"), what="worker Deployment")

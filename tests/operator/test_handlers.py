@@ -18,9 +18,13 @@ import pytest
 import yaml
 
 from controller.operator.handlers import (
+    CHANGED_BY,
+    actor_of,
+    changed_by,
     index_by_namespace,
     on_change,
     on_version_delete,
+    stamp_changed_by,
     status_changes,
     validate,
 )
@@ -183,3 +187,59 @@ def test_worker_objects_are_owned_by_the_model() -> None:
     assert container["securityContext"]["runAsNonRoot"] is True
     assert container["resources"]["limits"] == {"memory": "1Gi"}
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def _annotated(body: dict[str, Any], **annotations: str) -> dict[str, Any]:
+    meta = {**body["metadata"], "annotations": {**body["metadata"].get("annotations", {}),
+                                               **annotations}}
+    return {**body, "metadata": meta}
+
+
+def _stamp(new: dict[str, Any], old: dict[str, Any] | None, user: str) -> dict[str, Any]:
+    """What kopf does with a mutating handler: the JSON patch the API server applies."""
+    patch = kopf.Patch()
+    stamp_changed_by(body=kopf.Body(new), old=kopf.Body(old) if old else None, patch=patch,
+                     operation="UPDATE" if old else "CREATE", userinfo={"username": user})
+    return {"ops": patch.as_json_patch(new)}
+
+
+def test_changed_by_records_the_user_who_changed_the_spec(cluster: Cluster) -> None:
+    policy = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    assert changed_by("CREATE", policy, None, "alice") == "alice"
+    mine = _annotated(policy, **{CHANGED_BY: "alice"})
+    moved = {**mine, "spec": {**mine["spec"], "weights": [{"version": "1.1.0",
+                                                            "weight": 100}]}}
+    assert changed_by("UPDATE", moved, mine, "bob") == "bob"
+    # no spec change: the operator's finalizer, a label, or a hand-typed annotation
+    forged = _annotated(mine, **{CHANGED_BY: "someone-else"})
+    assert changed_by("UPDATE", forged, mine, "mallory") == "alice"
+    assert changed_by("UPDATE", policy, policy, "system:serviceaccount:cadml:op") is None
+
+
+def test_mutating_webhook_patches_only_what_must_change(cluster: Cluster) -> None:
+    policy = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    created = _stamp(policy, None, "alice")["ops"]
+    assert created == [{"op": "add", "path": "/metadata/annotations",
+                        "value": {CHANGED_BY: "alice"}}]
+    mine = _annotated(policy, **{CHANGED_BY: "alice"})
+    forged = _annotated(mine, **{CHANGED_BY: "mallory"})
+    assert _stamp(forged, mine, "mallory")["ops"] == [
+        {"op": "replace", "path": "/metadata/annotations/cadml.io~1changed-by",
+         "value": "alice"}]
+    assert _stamp(mine, mine, "system:serviceaccount:cadml:op")["ops"] == []
+
+
+def test_audit_actor_is_the_stamped_user(cluster: Cluster) -> None:
+    key = ("RolloutPolicy", "part-similarity")
+    cluster.bodies[key] = _annotated(cluster.bodies[key], **{CHANGED_BY: "alice@acme"})
+    assert actor_of(cluster.bodies[key]) == "k8s:alice@acme"
+    model = ("Model", "part-similarity")
+    cluster.bodies[model] = _annotated(cluster.bodies[model], **{CHANGED_BY: "bob@acme"})
+    cluster.handle(*key)  # one pass over the tenant, triggered by the policy
+    with cluster.memo["store"].transaction("acme-cad", "t") as tx:
+        actors = {(e.object_kind, e.object_name): e.actor for e in tx.audit_events()}
+    assert actors[key] == "k8s:alice@acme"  # each row names who changed its object
+    assert actors[model] == "k8s:bob@acme"
+    assert actors[("Model", "assembly-match")] == "k8s:unknown"  # no managedFields here
+    unstamped = {"metadata": {"managedFields": [{"manager": "kubectl", "operation": "Update"}]}}
+    assert actor_of(unstamped) == "k8s:kubectl"  # the webhook is off: the field manager
