@@ -54,6 +54,7 @@ class PolicyRow:
     generation: int = 0
     spec_hash: str = ""
     deleted: bool = False
+    previous_name: str | None = None  # a rename: this row carries on that policy's line
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -109,6 +109,23 @@ def spec_hash(resource: Resource) -> str:
 
 def _generation(resource: Resource) -> int:
     return resource.metadata.generation or 1
+
+
+def _renamed_policies(policies: list[RolloutPolicy], observed: ObservedTenant) -> dict[str, str]:
+    """new name → old name, for each desired policy the store does not know by name whose
+    model has a stored policy under a name no longer desired (renamed in Git, or deleted
+    and created again under another name). The store keeps one policy row per model."""
+    desired = {p.metadata.name for p in policies}
+    out: dict[str, str] = {}
+    for p in policies:
+        if p.metadata.name in observed.policies:
+            continue
+        old = next((o.name for o in observed.policies.values()
+                    if o.model_name == p.spec.model_ref and o.name not in desired
+                    and o.name not in out.values()), None)
+        if old is not None:
+            out[p.metadata.name] = old
+    return out
 
 
 def _change(kind: str, name: str, observed: Any, desired: Any) -> AuditEntry | None:
@@ -292,12 +309,20 @@ def plan_tenant(
     status_extra: dict[tuple[str, str], dict[str, Any]] = {}
     expired_of: dict[str, str | None] = {}
     serving: dict[tuple[str, str], int] = {}  # (model, semver) → weight
+    renamed = _renamed_policies(policies, observed)
     for p in policies:
         if not ok(p) or p.spec.model_ref not in applied_models:
             continue
         prow = _policy_row(p)
-        entry = _change("RolloutPolicy", p.metadata.name, observed.policies.get(prow.name), prow)
-        if entry:
+        old_name = renamed.get(prow.name)
+        if old_name is not None:  # one policy under a new name: policyVersion continues
+            prow = replace(prow, previous_name=old_name)
+            plan.policies.append(prow)
+            plan.audit.append(AuditEntry("rename", "RolloutPolicy", prow.name, {
+                "summary": f"renamed from {old_name}; its snapshots and policyVersion carry on",
+                "previousName": old_name, "specHash": prow.spec_hash}))
+        elif entry := _change("RolloutPolicy", p.metadata.name,
+                              observed.policies.get(prow.name), prow):
             plan.policies.append(prow)
             plan.audit.append(entry)
         vs = versions_of[p.spec.model_ref]
@@ -342,7 +367,8 @@ def plan_tenant(
         status_extra[("RolloutPolicy", p.metadata.name)].update(
             _governance_status(p, routing, states, observed))
     for name, old_p in observed.policies.items():
-        if not old_p.deleted and not any(p.metadata.name == name for p in policies):
+        if not old_p.deleted and name not in renamed.values() and \
+                not any(p.metadata.name == name for p in policies):
             plan.policies.append(PolicyRow(**{**_asdict(old_p), "deleted": True}))
             plan.audit.append(AuditEntry("delete", "RolloutPolicy", name, {
                 "summary": "removed from the desired state; snapshots kept"}))

@@ -209,7 +209,13 @@ class StoreTx:
     # ------------------------------------------------------------------ policies
 
     def upsert_policy(self, p: PolicyRow) -> int:
-        """Insert or overwrite a policy row (its policy_version is left alone)."""
+        """Insert or overwrite a policy row (its policy_version is left alone). With
+        `previous_name`, the row of that name is renamed first, so the policy keeps its
+        id, snapshots and policy_version under the new name."""
+        if p.previous_name is not None:
+            c = t.model_rollout_policy.c
+            self.conn.execute(update(t.model_rollout_policy).where(
+                c.tenant_id == self.tenant, c.name == p.previous_name).values(name=p.name))
         return self._upsert_named(t.model_rollout_policy, p.name, dict(
             model_id=self._require_model(p.model_name), spec=p.spec,
             refresh_seconds=p.refresh_seconds, generation=p.generation, spec_hash=p.spec_hash,

@@ -196,3 +196,31 @@ def test_reconcile_records_metrics(backend: Backend, gitops_repo: Path) -> None:
     assert sample("cadml_reconciles_total", mode="git") == before + 2  # two tenants
     assert sample("cadml_policy_version", tenant="acme-cad", model="part-similarity") == 1
     assert sample("cadml_invalid_objects", tenant="acme-cad") == 0
+
+
+def test_renaming_a_policy_continues_its_history(backend: Backend, gitops_repo: Path) -> None:
+    """A commit that renames a RolloutPolicy (same model) is one policy under a new name:
+    policyVersion continues, old snapshots stay, the audit trail says rename."""
+    store = backend.store
+    assert _run(store, gitops_repo).ok
+    _commit(gitops_repo, PART, "kind: RolloutPolicy\nmetadata:\n  name: part-similarity\n",
+            "kind: RolloutPolicy\nmetadata:\n  name: part-similarity-rollout\n", "rename")
+    renamed = _run(store, gitops_repo)
+    assert renamed.ok, [f.render() for f in renamed.findings]
+    _commit(gitops_repo, PART, CANARY,
+            "    - version: 1.1.0\n      weight: 100\n", "roll back under the new name")
+    assert _run(store, gitops_repo).ok
+    snap = _snapshot(store)
+    assert snap.policy_name == "part-similarity-rollout" and snap.policy_version == 2
+    with store.transaction("acme-cad", "t") as tx:
+        events = [(e.action, e.object_name) for e in tx.audit_events()]
+        policies = tx.conn.execute(text("SELECT name, deleted FROM model_rollout_policy "
+                                        "WHERE name LIKE 'part-similarity%'")).all()
+        history = tx.conn.execute(text("SELECT count(*) FROM policy_snapshot ps JOIN "
+                                       "model_rollout_policy p ON p.id = ps.policy_id "
+                                       "WHERE p.name = 'part-similarity-rollout'")).scalar()
+        assert tx.verify_audit() is None
+    assert ("rename", "part-similarity-rollout") in events
+    assert ("delete", "part-similarity") not in events
+    assert [(n, bool(d)) for n, d in policies] == [("part-similarity-rollout", False)]
+    assert history == 2  # the snapshot published under the old name is kept, in its line

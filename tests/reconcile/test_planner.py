@@ -210,3 +210,28 @@ def test_model_status_counts_workers_on_the_current_policy_version() -> None:
                                       observed.statuses, workers))
     _, status = plan.statuses[("Model", "m")]
     assert status["workersApplied"] == "1/2"  # w3 is stale, w2 still on policyVersion 0
+
+
+@pytest.mark.parametrize("old_deleted", [False, True])
+def test_a_policy_renamed_or_recreated_under_another_name_carries_on(
+        old_deleted: bool) -> None:
+    from dataclasses import replace
+
+    observed = _observed_after(BASE)
+    if old_deleted:  # `kubectl delete rp m` came first, then the new one is created
+        observed.policies["m"] = replace(observed.policies["m"], deleted=True)
+    renamed = _obj("RolloutPolicy", "m-rollout", {"modelRef": "m", "weights": [
+        {"version": "1.0.0", "weight": 100}]})
+    plan = _plan([*BASE[:3], renamed], observed)
+    (row,) = plan.policies
+    assert (row.name, row.previous_name, row.deleted) == ("m-rollout", "m", False)
+    assert [(a.action, a.name) for a in plan.audit] == [("rename", "m-rollout"),
+                                                        ("publish", "m-rollout")]
+    (snap,) = plan.snapshots
+    assert snap.policy_version == 2  # the line continues: workers never see it go back
+
+
+def test_a_removed_policy_is_deleted_when_nothing_replaces_it() -> None:
+    plan = _plan(BASE[:3], _observed_after(BASE))
+    (row,) = plan.policies
+    assert (row.name, row.deleted, row.previous_name) == ("m", True, None)
