@@ -257,14 +257,17 @@ async def recover(request: web.Request) -> web.Response:
     if not hmac.compare_digest(given.encode(), token.encode()):
         return _fail(401, "unauthorized", "admin", "a valid admin token is required")
     body = await _json(request) if request.can_read_body else {}
-    versions = [str(body["version"])] if body.get("version") else [
-        v for v, lv in runtime.versions.items() if lv.degraded]
+    versions = [str(body["version"])] if body.get("version") else sorted(
+        {v for v, lv in runtime.versions.items() if lv.degraded} | set(runtime.failed))
     loop = asyncio.get_running_loop()
     results = {}
     for version in versions:
         lv = await loop.run_in_executor(None, runtime.recover, version)
-        results[version] = "missing" if lv is None else (
-            "Degraded: " + lv.degraded if lv.degraded else "Ready")
+        if lv is None:
+            error = runtime.load_errors.get(version)
+            results[version] = f"NotLoaded: {error}" if error else "missing"
+        else:
+            results[version] = "Degraded: " + lv.degraded if lv.degraded else "Ready"
     return web.json_response({"recovered": results})
 
 

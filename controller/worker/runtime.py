@@ -111,6 +111,8 @@ class WorkerRuntime:
         self.versions: dict[str, LoadedVersion] = {}
         self.bindings: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
+        # versions whose artifact failed to load: (what was tried, next attempt, backoff)
+        self.failed: dict[str, tuple[tuple[Any, ...], float, float]] = {}
         self.last_refresh: float | None = None
         self._lock = threading.Lock()
 
@@ -138,9 +140,12 @@ class WorkerRuntime:
                     current.row.ef_search == row.ef_search:
                 loaded[version] = self._maybe_recover(current, now)
                 continue
-            lv = self._load(row, now)
+            lv = self._load_or_back_off(row, now)
             if lv is not None:
                 loaded[version] = lv
+        for version in set(self.failed) - wanted:
+            self.failed.pop(version)
+            self.load_errors.pop(version, None)
         with self._lock:
             self.snapshot, self.versions, self.bindings = snap, loaded, bindings
             self.last_refresh = now
@@ -155,6 +160,28 @@ class WorkerRuntime:
                 "versions": sorted(loaded), "loadErrors": self.load_errors,
                 "search": {v: lv.artifact.index.describe() for v, lv in loaded.items()},
                 "degraded": {v: lv.degraded for v, lv in loaded.items() if lv.degraded}})
+
+    @staticmethod
+    def _attempt_key(row: VersionRow) -> tuple[Any, ...]:
+        return row.artifact_uri, row.artifact_sha256, row.artifact_format, row.ef_search
+
+    def _load_or_back_off(self, row: VersionRow, now: float) -> LoadedVersion | None:
+        """Load a version not yet loaded. After a failure the same artifact is tried again
+        with the recovery backoff (not at every refresh); a changed artifact at once."""
+        failed = self.failed.get(row.version)
+        if failed is not None and failed[0] == self._attempt_key(row) and now < failed[1]:
+            return None
+        lv = self._load(row, now)
+        if lv is not None:
+            self.failed.pop(row.version, None)
+            return lv
+        s = self.settings
+        backoff = s.backoff_initial if failed is None or failed[0] != self._attempt_key(row) \
+            else min(failed[2] * s.backoff_factor, s.backoff_max)
+        self.failed[row.version] = (self._attempt_key(row), now + backoff, backoff)
+        log.error("version %s: next load attempt in %.0f s (POST /admin/recover to retry now)",
+                  row.version, backoff)
+        return None
 
     def _load(self, row: VersionRow, now: float) -> LoadedVersion | None:
         s = self.settings
@@ -191,6 +218,10 @@ class WorkerRuntime:
         now = time.monotonic() if now is None else now
         lv = self.versions.get(version)
         if lv is None:
+            if manual and version in self.failed:  # never loaded: retry at the next refresh
+                self.failed.pop(version)
+                self.refresh(now)
+                return self.versions.get(version)
             return None
         fresh = self._load(lv.row, now)
         s = self.settings

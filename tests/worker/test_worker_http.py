@@ -237,6 +237,32 @@ def test_automatic_recovery_backs_off_exponentially(world: World) -> None:
     assert waits == [600.0, 1200.0, 2400.0, 3600.0, 3600.0, 3600.0]
 
 
+async def test_an_unloadable_artifact_is_retried_with_backoff_not_every_refresh(
+        world: World, client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    manifest = world.canary.manifest_path
+    saved = manifest.read_bytes()
+    manifest.unlink()  # the artifact is not there (yet): upload late, wrong mount, …
+    runtime = world.runtime
+    runtime.versions.clear()
+    caplog.clear()
+    runtime.refresh(now=0.0)
+    assert "1.1.0" not in runtime.versions and "1.1.0" in runtime.load_errors
+    for now in (5.0, 10.0, 299.0):  # refreshes before the backoff ends try nothing
+        runtime.refresh(now=now)
+    attempts = [r for r in caplog.records if "not loaded" in r.getMessage()]
+    assert len(attempts) == 1
+    runtime.refresh(now=300.0)
+    assert runtime.failed["1.1.0"][2] == 600.0  # failed again: the wait doubles
+    ready = await (await client.get("/readyz")).json()
+    assert "artifact" in ready["loadErrors"]["1.1.0"]
+    manifest.write_bytes(saved)  # the artifact arrives; an operator need not wait 600 s
+    auth = {"Authorization": "Bearer s3cret"}
+    fixed = await (await client.post("/admin/recover", json={"version": "1.1.0"},
+                                     headers=auth)).json()
+    assert fixed["recovered"]["1.1.0"] == "Ready"
+    assert "1.1.0" in runtime.versions and not runtime.load_errors and not runtime.failed
+
+
 async def test_schedule_tick_endpoint_runs_once_per_window(world: World, client: Client) -> None:
     auth = {"Authorization": "Bearer s3cret"}
     assert (await client.post("/admin/schedule-tick", json={"windowKey": "h1"})).status == 401
