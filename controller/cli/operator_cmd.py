@@ -11,12 +11,17 @@ HELP = """\
 Run the operator in a cluster: validate and reconcile Models, ModelVersions,
 RolloutPolicies and ReleaseRecords into the runtime store, keep each Model's
 worker Deployment and Service, write status and events, repair drift on a timer,
-and (with --webhook-host) serve the validating admission webhook. Several
-replicas elect a leader through kopf peering (--peering).
+and (with --webhook-host) serve the admission webhooks: the validating one
+refuses what no later object can fix, the mutating one stamps cadml.io/changed-by
+with the authenticated user for the audit trail. Several replicas elect a leader
+through kopf peering (--peering).
 
 Settings are read once here, from flags and the environment (CADML_STORE_URL,
 CADML_WORKER_IMAGE, CADML_NAMESPACES, CADML_TIMER_INTERVAL, CADML_PEERING,
-CADML_WEBHOOK_HOST, CADML_WEBHOOK_PORT).
+CADML_WEBHOOK_HOST, CADML_WEBHOOK_PORT; CADML_WEBHOOK_CERT, CADML_WEBHOOK_KEY and
+CADML_WEBHOOK_CA for a mounted certificate such as cert-manager's, else a
+self-signed one is made at start; CADML_WEBHOOK_FAILURE_POLICY Fail (default) or
+Ignore).
 """
 
 

@@ -228,6 +228,7 @@ def _refusal(errors: Iterable[Any]) -> str:
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    ignore_failures = settings.webhook_failure_policy == "Ignore"
     for plural in PLURALS:
         kopf.index(GROUP, VERSION, plural, id=f"{plural}_by_ns",
                    registry=registry)(index_by_namespace)
@@ -237,9 +238,10 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                    initial_delay=settings.timer_interval, idle=settings.timer_interval,
                    registry=registry)(on_change)
         kopf.on.validate(GROUP, VERSION, plural, id=f"validate-{plural}",
-                         registry=registry)(validate)
+                         ignore_failures=ignore_failures, registry=registry)(validate)
         kopf.on.mutate(GROUP, VERSION, plural, id=f"changed-by-{plural}",
-                       operations=["CREATE", "UPDATE"], registry=registry)(stamp_changed_by)
+                       operations=["CREATE", "UPDATE"], ignore_failures=ignore_failures,
+                       registry=registry)(stamp_changed_by)
     kopf.timer(GROUP, VERSION, "rolloutpolicies", id="analysis",
                interval=settings.analysis_interval, initial_delay=settings.analysis_interval,
                registry=registry)(on_analysis)
@@ -265,7 +267,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                 certfile, pkeyfile = self_signed([host], Path(tempfile.mkdtemp(prefix="cadml-")))
             kopf_settings.admission.server = kopf.WebhookServer(
                 addr="0.0.0.0", port=settings.webhook_port,  # in-pod server
-                host=host, certfile=str(certfile), pkeyfile=str(pkeyfile))
+                host=host, certfile=str(certfile), pkeyfile=str(pkeyfile),
+                cafile=settings.webhook_ca)  # None: the serving certificate is the bundle
             # one name for both configurations kopf manages (validating and mutating)
             kopf_settings.admission.managed = f"admission.{GROUP}"
 

@@ -26,6 +26,8 @@ class OperatorSettings:
     webhook_url_host: str | None = None  # the address the API server calls, if not webhook_host
     webhook_cert: str | None = None  # mounted serving certificate; self-signed when unset
     webhook_key: str | None = None
+    webhook_ca: str | None = None  # CA bundle the API server trusts (cert-manager: ca.crt)
+    webhook_failure_policy: str = "Fail"  # Fail: nothing is admitted while the webhook is down
     liveness: str = "http://0.0.0.0:8081/healthz"
     metrics_port: int = 9090
     extra: dict[str, str] = field(default_factory=dict)
@@ -44,7 +46,13 @@ class OperatorSettings:
             "webhook_port": int(env.get("CADML_WEBHOOK_PORT", cls.webhook_port)),
             "webhook_cert": env.get("CADML_WEBHOOK_CERT") or None,
             "webhook_key": env.get("CADML_WEBHOOK_KEY") or None,
+            "webhook_ca": env.get("CADML_WEBHOOK_CA") or None,
+            "webhook_failure_policy": env.get("CADML_WEBHOOK_FAILURE_POLICY") or None,
             "metrics_port": int(env.get("CADML_METRICS_PORT", cls.metrics_port)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+        settings = cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+        if settings.webhook_failure_policy not in ("Fail", "Ignore"):
+            raise ValueError(f"CADML_WEBHOOK_FAILURE_POLICY must be Fail or Ignore, "
+                             f"not {settings.webhook_failure_policy!r}")
+        return settings

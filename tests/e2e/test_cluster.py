@@ -134,6 +134,16 @@ def test_audit_names_the_authenticated_user(applied: ControlPlane, operator: Ope
     assert annotations["cadml.io/changed-by"] == "alice@example.com"
 
 
+def test_the_operator_manages_both_webhook_configurations(applied: ControlPlane) -> None:
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        conf = json.loads(applied.kubectl("get", kind, "admission.cadml.io", "-o", "json")
+                          .stdout)
+        hooks = conf["webhooks"]
+        assert len(hooks) == 4  # one per kind
+        assert {h["failurePolicy"] for h in hooks} == {"Fail"}  # the default
+        assert all(h["clientConfig"].get("caBundle") for h in hooks)
+
+
 def test_models_own_their_worker_deployments(applied: ControlPlane) -> None:
     dep = wait_for(lambda: get(applied, "deployment", "acme-cad",
                                "cadml-worker-part-similarity"), what="worker Deployment")

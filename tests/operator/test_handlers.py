@@ -243,3 +243,14 @@ def test_audit_actor_is_the_stamped_user(cluster: Cluster) -> None:
     assert actors[("Model", "assembly-match")] == "k8s:unknown"  # no managedFields here
     unstamped = {"metadata": {"managedFields": [{"manager": "kubectl", "operation": "Update"}]}}
     assert actor_of(unstamped) == "k8s:kubectl"  # the webhook is off: the field manager
+
+
+def test_webhook_settings_from_the_environment() -> None:
+    s = OperatorSettings.from_env({"CADML_WEBHOOK_CERT": "/c/tls.crt", "CADML_WEBHOOK_KEY":
+                                   "/c/tls.key", "CADML_WEBHOOK_CA": "/c/ca.crt",
+                                   "CADML_WEBHOOK_FAILURE_POLICY": "Ignore"})
+    assert (s.webhook_cert, s.webhook_key, s.webhook_ca, s.webhook_failure_policy) == (
+        "/c/tls.crt", "/c/tls.key", "/c/ca.crt", "Ignore")
+    assert OperatorSettings.from_env({}).webhook_failure_policy == "Fail"
+    with pytest.raises(ValueError, match="Fail or Ignore"):
+        OperatorSettings.from_env({"CADML_WEBHOOK_FAILURE_POLICY": "fail-open"})
