@@ -11,7 +11,8 @@ from controller.cli.store_cmds import STORE_HELP
 HELP = """\
 Serve similarity search for one model over HTTP. The worker re-reads the model's
 policy snapshot every refreshSeconds, loads the versions it routes to (artifact
-sha256 verified; pickles scanned first), routes each job by a hash of its id into
+sha256 verified; file:// or http(s):// URIs, downloads cached by sha256; pickles
+scanned first), routes each job by a hash of its id into
 the weight buckets (manual override > job binding > policy), and records every
 run with its version, policyVersion and thresholds, as PENDING_REVIEW.
 
@@ -35,6 +36,14 @@ def register(sub: Any) -> None:
                    help="first recovery retry of a degraded index (default 300 s, x2, <= 3600)")
     p.add_argument("--backoff-max", type=float, default=3600.0, metavar="S")
     p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
+    p.add_argument("--artifact-cache", metavar="DIR",
+                   help="where http(s) artifacts are downloaded to, by sha256 "
+                        "(default $CADML_ARTIFACT_CACHE, else $CADML_HOME/artifacts, else "
+                        "~/.cache/cadml/artifacts)")
+    p.add_argument("--artifact-max-bytes", type=int, default=4 * 1024**3,
+                   help="refuse a downloaded artifact file larger than this (default 4 GiB)")
+    p.add_argument("--hnsw-ef-search", type=int, metavar="N",
+                   help="HNSW search depth for versions whose spec.search sets none")
     p.set_defaults(handler=run)
 
 
@@ -54,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         tenant=tenant, model=model, store_url=str(store.engine.url),
         pickle_mode=args.pickle_mode, backoff_initial=args.backoff,
         backoff_max=args.backoff_max, admin_token=os.environ.get("CADML_ADMIN_TOKEN") or None,
-        max_upload_bytes=args.max_upload_bytes)
+        max_upload_bytes=args.max_upload_bytes, artifact_cache=args.artifact_cache,
+        artifact_max_bytes=args.artifact_max_bytes, hnsw_ef_search=args.hnsw_ef_search)
     web.run_app(make_app(WorkerRuntime(store, settings)), host=args.host, port=args.port)
     return 0

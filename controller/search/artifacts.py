@@ -10,6 +10,7 @@ Degraded from the exact numpy index over the verified vectors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from controller.errors import CadmlError
+from controller.search.fetch import Fetcher, FetchError, is_remote, plain_name
 from controller.search.index import ExactIndex, VectorIndex, read_faiss
 from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport, safe_load
 
@@ -42,9 +44,28 @@ def resolve(uri: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme != "file":
         raise ArtifactError(f"artifact scheme {parsed.scheme!r} cannot be fetched by this worker "
-                            "(file:// only; mount s3/http/configmap artifacts as files)",
+                            "(file:// and http(s):// only; mount s3/configmap artifacts as "
+                            "files, or give a presigned https URL)",
                             code="unsupported_scheme", context={"uri": uri})
     return Path(unquote(parsed.path))
+
+
+def _fetched(uri: str, sha256: str | None, fmt: str, fetcher: Fetcher) -> Path:
+    """The local copy of an http(s) artifact, and for a manifest its companion files."""
+    if sha256 is None:
+        raise ArtifactError(f"{uri}: a downloaded artifact needs its sha256",
+                            code="checksum_required", context={"uri": uri})
+    try:
+        path = fetcher.fetch(uri, sha256)
+        if fmt == "faiss-index":
+            manifest = _read_manifest(path)
+            vec, idx = manifest["vectors"], manifest["index"]
+            fetcher.companion(uri, vec["file"], vec["sha256"], path.parent)
+            with contextlib.suppress(FetchError):  # no index: served Degraded (exact search)
+                fetcher.companion(uri, idx["file"], idx["sha256"], path.parent)
+    except FetchError as exc:
+        raise ArtifactError(str(exc), code=exc.code, context={"uri": exc.uri}) from None
+    return path
 
 
 def sha256_file(path: Path) -> str:
@@ -81,8 +102,8 @@ class Artifact:
 
 def load_artifact(uri: str, sha256: str | None, fmt: str, *, pickle_mode: str = "whitelist",
                   pickle_max_bytes: int = DEFAULT_MAX_BYTES, ef_search: int | None = None,
-                  ) -> Artifact:
-    path = resolve(uri)
+                  fetcher: Fetcher | None = None) -> Artifact:
+    path = _fetched(uri, sha256, fmt, fetcher or Fetcher()) if is_remote(uri) else resolve(uri)
     _verified(path, sha256, "artifact")
     if fmt == "faiss-index":
         return _load_manifest(path, ef_search)
@@ -112,13 +133,25 @@ def _matrix(vectors: Any, n: int) -> np.ndarray:
     return arr
 
 
-def _load_manifest(path: Path, ef_search: int | None) -> Artifact:
+def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text("utf-8"))
     except (ValueError, OSError) as exc:
         raise ArtifactError(f"manifest {path}: {exc}", code="artifact_corrupt") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ArtifactError(f"manifest {path} is not {MANIFEST_FORMAT}", code="artifact_format")
+    try:
+        for part in ("vectors", "index"):
+            plain_name(str(manifest[part]["file"]))
+            str(manifest[part]["sha256"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"manifest {path}: vectors and index must each name a plain file "
+                            f"and its sha256 ({exc})", code="artifact_corrupt") from None
+    return manifest
+
+
+def _load_manifest(path: Path, ef_search: int | None) -> Artifact:
+    manifest = _read_manifest(path)
     base = path.parent
     vec = manifest["vectors"]
     _verified(base / vec["file"], vec["sha256"], "vectors")

@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from controller.errors import CadmlError
 from controller.records import PolicySnapshot, RunRecord, VersionRow
 from controller.routing import Choice, choose_version
 from controller.search.artifacts import Artifact, ArtifactError, load_artifact
+from controller.search.fetch import Fetcher
 from controller.search.pickle_scan import UnsafeArtifact
 from controller.store.repository import Store
 
@@ -61,6 +63,8 @@ class WorkerSettings:
     cpu_seconds: float = 10.0
     hnsw_ef_search: int | None = None
     probe_seconds: float | None = None  # None: min(1 s, refreshSeconds / 4)
+    artifact_cache: str | None = None  # None: fetch.default_cache()
+    artifact_max_bytes: int = 4 * 1024**3
 
 
 @dataclass
@@ -114,6 +118,8 @@ class WorkerRuntime:
         # versions whose artifact failed to load: (what was tried, next attempt, backoff)
         self.failed: dict[str, tuple[tuple[Any, ...], float, float]] = {}
         self.last_refresh: float | None = None
+        self.fetcher = Fetcher(Path(settings.artifact_cache) if settings.artifact_cache
+                               else None, max_bytes=settings.artifact_max_bytes)
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- refresh
@@ -188,7 +194,8 @@ class WorkerRuntime:
         try:
             artifact = load_artifact(row.artifact_uri, row.artifact_sha256, row.artifact_format,
                                      pickle_mode=s.pickle_mode,
-                                     ef_search=row.ef_search or s.hnsw_ef_search)
+                                     ef_search=row.ef_search or s.hnsw_ef_search,
+                                     fetcher=self.fetcher)
         except (ArtifactError, UnsafeArtifact) as exc:
             self.load_errors[row.version] = f"{exc.code}: {exc}"
             if isinstance(exc, UnsafeArtifact):

@@ -1,0 +1,128 @@
+"""Fetching http(s) artifacts into a local cache, verified by sha256 while they stream.
+
+A ModelVersion's artifact URI may be `https://…` (or `http://…`, e.g. an in-cluster
+object-store gateway or a presigned URL). The worker downloads it once into
+`<cache>/<sha256>/<name>`, hashing as it writes; only a file whose sha256 matches
+is renamed into place, so a cut connection or a wrong file never leaves anything
+that looks valid. A verified cached copy is reused without any network. A
+faiss-index manifest names its companion files (vectors, index) by plain file name
+with their own sha256; they are fetched from beside the manifest's URL into the
+same directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urljoin, urlparse
+
+from controller.errors import CadmlError
+
+DEFAULT_MAX_BYTES = 4 * 1024**3
+DEFAULT_TIMEOUT = 30.0
+CHUNK = 1 << 20
+
+
+class FetchError(CadmlError):
+    """A download that failed; `code` is one of the worker's documented error codes."""
+
+    reason = "ArtifactError"
+    exit_code = 1
+
+    def __init__(self, message: str, *, code: str, uri: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.uri = uri
+
+
+def default_cache() -> Path:
+    """`$CADML_ARTIFACT_CACHE`, else `$CADML_HOME/artifacts`, else ~/.cache/cadml/artifacts."""
+    if os.environ.get("CADML_ARTIFACT_CACHE"):
+        return Path(os.environ["CADML_ARTIFACT_CACHE"])
+    if os.environ.get("CADML_HOME"):
+        return Path(os.environ["CADML_HOME"]) / "artifacts"
+    return Path.home() / ".cache" / "cadml" / "artifacts"
+
+
+def is_remote(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https")
+
+
+def plain_name(name: str) -> str:
+    """A file name from a URL path or a manifest: no directories, nothing hidden."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise ValueError(f"{name!r} is not a plain file name")
+    return name
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Fetcher:
+    def __init__(self, cache: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.cache = cache or default_cache()
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+
+    def fetch(self, uri: str, sha256: str, *, into: Path | None = None,
+              name: str | None = None) -> Path:
+        """The local, verified copy of `uri` (downloaded unless already cached)."""
+        try:
+            name = plain_name(name or unquote(Path(urlparse(uri).path).name))
+        except ValueError:
+            raise FetchError(f"{uri}: the URL does not end in a file name", code="artifact_uri",
+                             uri=uri) from None
+        folder = into or self.cache / sha256
+        target = folder / name
+        if target.is_file() and _sha256(target) == sha256:
+            return target
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+        tmp = Path(tmp_name)
+        try:
+            h, size = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as out, self._open(uri) as resp:
+                for chunk in iter(lambda: resp.read(CHUNK), b""):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise FetchError(f"{uri}: larger than the {self.max_bytes} byte limit",
+                                         code="artifact_too_large", uri=uri)
+                    h.update(chunk)
+                    out.write(chunk)
+            if h.hexdigest() != sha256:
+                raise FetchError(f"{uri}: sha256 {h.hexdigest()} does not match {sha256}",
+                                 code="checksum_mismatch", uri=uri)
+            os.replace(tmp, target)
+            return target
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def companion(self, manifest_uri: str, name: str, sha256: str, folder: Path) -> Path:
+        """A file a manifest names, fetched from beside the manifest into its folder."""
+        try:
+            name = plain_name(name)
+        except ValueError:
+            raise FetchError(f"manifest {manifest_uri} names {name!r}, not a plain file name",
+                             code="artifact_corrupt", uri=manifest_uri) from None
+        return self.fetch(urljoin(manifest_uri, name), sha256, into=folder, name=name)
+
+    def _open(self, uri: str) -> Any:
+        try:
+            return urllib.request.urlopen(uri, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            code = "artifact_missing" if exc.code in (404, 410) else "artifact_fetch_failed"
+            raise FetchError(f"{uri}: HTTP {exc.code} {exc.reason}", code=code, uri=uri) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise FetchError(f"{uri}: {getattr(exc, 'reason', exc)}",
+                             code="artifact_fetch_failed", uri=uri) from None
