@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-DXF_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "dxf-corpus"
+from tests.corpus import DXF_CORPUS
 
 
 def best(repeat: int, fn: Callable[[], Any]) -> float:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.corpus import DXF_CORPUS
+
+__all__ = ["DXF_CORPUS"]
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 INVALID = EXAMPLES / "invalid"
-DXF_CORPUS = ROOT.parent / "shared" / "dxf-corpus"
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 _EXPECT = re.compile(r"^# expect: (\S+) (\S+)$", re.M)
@@ -52,3 +55,11 @@ def gitops_repo(tmp_path: Path) -> Path:
 
 # Store fixtures (SQLite always, PostgreSQL when CADML_TEST_PG_URL is set) for every package.
 from tests.stores import backend, pg_template, store  # noqa: E402, F401
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Say once, plainly, when the real drawings are missing (rather than dozens of
+    FileNotFoundErrors)."""
+    if not any(DXF_CORPUS.glob("*.dxf")):
+        raise pytest.UsageError(f"no DXF drawings in {DXF_CORPUS}: the tests use the real "
+                                "corpus; set CADML_DXF_CORPUS to its folder")
