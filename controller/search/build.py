@@ -66,7 +66,14 @@ def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: s
     if not vectors:
         raise InvalidDrawing(f"no drawing in {source} could be indexed", code="nothing_indexed",
                              stage="index")
-    matrix = np.vstack(vectors).astype(np.float32)
+    return write_artifact(out, np.vstack(vectors).astype(np.float32), files, skipped,
+                          feature_version, kind)
+
+
+def write_artifact(out: Path, matrix: np.ndarray, files: list[dict[str, Any]],
+                   skipped: list[dict[str, Any]], feature_version: str = "v4",
+                   kind: str = "flat") -> BuildResult:
+    """Write vectors, the faiss index and the manifest (last, atomically) into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "vectors.npy", matrix, allow_pickle=False)
     write_faiss(build_faiss(matrix, kind), str(out / "index.faiss"))
