@@ -1,7 +1,9 @@
 """Benchmark: time-to-rollback — policy change → first run on the STABLE version.
 
-Run: python -m bench.rollback_bench [--trials 30] [--refresh 2]
-A real worker (HTTP, its own refresh loop) serves a model from a SQLite store.
+Run: python -m bench.rollback_bench [--trials 30] [--refresh 2] [--pg ADMIN_URL]
+A real worker (HTTP, its own refresh loop) serves a model from a SQLite store (it
+probes the published policyVersion) and, with --pg, from PostgreSQL (it is also
+notified by LISTEN/NOTIFY).
 Each trial publishes a 50/50 canary snapshot, waits until a canary job is served
 by the canary, then publishes the rollback and polls with that job until a run
 comes back on STABLE. Prints p50/p99 of the elapsed time as a ratio of
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import tempfile
@@ -21,55 +24,72 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.worker_bench import DXF_CORPUS, _free_port, _serve
+from bench.scratch import pg_store, sqlite_store
+from bench.worker_bench import _free_port, _serve
+from controller.search.build import BuildResult
+from controller.store import Store
+from tests.corpus import DXF_CORPUS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--refresh", type=int, default=2, help="refreshSeconds of the policy")
+    parser.add_argument("--pg", default=os.environ.get("CADML_TEST_PG_URL"),
+                        help="also measure on PostgreSQL (admin URL; a scratch database), "
+                             "where the worker is notified (LISTEN/NOTIFY)")
     args = parser.parse_args()
 
-    from controller.records import ModelRow, PolicyRow, RouteRow, VersionRow
     from controller.search.build import build_index
-    from controller.store import Store
-    from controller.store.engine import make_engine
-    from controller.store.migrate import upgrade
-    from controller.worker.app import make_app
-    from controller.worker.runtime import WorkerRuntime, WorkerSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         art = build_index(DXF_CORPUS, Path(tmp) / "idx")
-        url = f"sqlite:///{tmp}/s.db"
-        store = Store(make_engine(url))
-        upgrade(store.engine)
-        with store.transaction("t", "bench") as tx:
-            tx.upsert_model(ModelRow("m", "m", "p", "M", spec_hash="h"))
-            for name, semver, stage in (("m-1", "1.0.0", "STABLE"), ("m-2", "1.1.0", "CANARY")):
-                tx.upsert_version(VersionRow(name, "m", semver, stage,
-                                             art.manifest_path.as_uri(), "faiss-index",
-                                             art.manifest_sha256, spec_hash=semver))
-            tx.upsert_policy(PolicyRow("m", "m", {}, args.refresh, 1, "h"))
-            tx.publish_snapshot("m", [RouteRow("1.0.0", 100, True)], {}, "policy",
-                                refresh_seconds=args.refresh)
-        runtime = WorkerRuntime(store, WorkerSettings("t", "m", url, worker_id="bench"))
-        runtime.refresh()
-        canary_job = next(f"job-{i}" for i in range(1000) if _bucket(f"job-{i}") >= 50)
-        port, ready, stop = _free_port(), threading.Event(), threading.Event()
-        thread = threading.Thread(target=_serve, args=(make_app(runtime), port, ready, stop),
-                                  daemon=True)
-        thread.start()
-        ready.wait(10)
-        vector = [float(x) for x in np.load(art.manifest_path.parent / "vectors.npy")[0]]
-        ratios = asyncio.run(_trials(store, port, vector, canary_job, args.trials,
-                                     args.refresh))
+        with sqlite_store() as store:
+            report("sqlite (probe only)", measure(store, art, args.trials, args.refresh),
+                   args.refresh)
+        if args.pg:
+            with pg_store(args.pg) as store:
+                report("postgresql (notified)", measure(store, art, args.trials, args.refresh),
+                       args.refresh)
+        else:
+            print("postgresql skipped (no --pg / CADML_TEST_PG_URL)")
+
+
+def measure(store: Store, art: BuildResult, trials: int, refresh: int) -> list[float]:
+    from controller.records import ModelRow, PolicyRow, RouteRow, VersionRow
+    from controller.worker.app import make_app
+    from controller.worker.runtime import WorkerRuntime, WorkerSettings
+
+    with store.transaction("t", "bench") as tx:
+        tx.upsert_model(ModelRow("m", "m", "p", "M", spec_hash="h"))
+        for name, semver, stage in (("m-1", "1.0.0", "STABLE"), ("m-2", "1.1.0", "CANARY")):
+            tx.upsert_version(VersionRow(name, "m", semver, stage, art.manifest_path.as_uri(),
+                                         "faiss-index", art.manifest_sha256, spec_hash=semver))
+        tx.upsert_policy(PolicyRow("m", "m", {}, refresh, 1, "h"))
+        tx.publish_snapshot("m", [RouteRow("1.0.0", 100, True)], {}, "policy",
+                            refresh_seconds=refresh)
+    runtime = WorkerRuntime(store, WorkerSettings("t", "m", str(store.engine.url),
+                                                  worker_id="bench"))
+    runtime.refresh()
+    canary_job = next(f"job-{i}" for i in range(1000) if _bucket(f"job-{i}") >= 50)
+    port, ready, stop = _free_port(), threading.Event(), threading.Event()
+    thread = threading.Thread(target=_serve, args=(make_app(runtime), port, ready, stop),
+                              daemon=True)
+    thread.start()
+    ready.wait(10)
+    vector = [float(x) for x in np.load(art.manifest_path.parent / "vectors.npy")[0]]
+    try:
+        return asyncio.run(_trials(store, port, vector, canary_job, trials, refresh))
+    finally:
         stop.set()
         thread.join(10)
-        store.dispose()
-    ratios.sort()
+
+
+def report(label: str, ratios: list[float], refresh: int) -> None:
+    ratios = sorted(ratios)
     p50 = statistics.median(ratios)
     p99 = ratios[min(len(ratios) - 1, int(0.99 * len(ratios)))]
-    print(f"time-to-rollback over {len(ratios)} trials, refreshSeconds={args.refresh}: "
+    print(f"{label}: time-to-rollback over {len(ratios)} trials, refreshSeconds={refresh}: "
           f"p50 {p50:.3f}, p99 {p99:.3f}, max {ratios[-1]:.3f} cycles (target p99 <= 1.0)")
 
 

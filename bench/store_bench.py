@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy import insert, text
-from sqlalchemy.engine import make_url
 
+from bench.scratch import pg_store, sqlite_store
 from controller.records import ModelRow, RunRecord, VersionRow
 from controller.store import Store
 from controller.store import tables as t
-from controller.store.engine import make_engine
-from controller.store.migrate import upgrade
 
 
 def _seed(store: Store) -> tuple[int, int]:
@@ -93,25 +89,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--pg", default=os.environ.get("CADML_TEST_PG_URL"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(make_engine(f"sqlite:///{Path(tmp) / 'bench.db'}"))
-        upgrade(store.engine)
+    with sqlite_store() as store:
         report("sqlite", *measure(store, args.runs, args.batch))
-        store.dispose()
     if args.pg:
-        name = f"cadml_bench_{uuid.uuid4().hex[:8]}"
-        admin = make_engine(args.pg, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text(f"CREATE DATABASE {name}"))
-        store = Store(make_engine(make_url(args.pg).set(database=name).render_as_string(False)))
-        try:
-            upgrade(store.engine)
+        with pg_store(args.pg) as store:
             report("postgresql", *measure(store, args.runs, args.batch))
-        finally:
-            store.dispose()
-            with admin.connect() as c:
-                c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-            admin.dispose()
     else:
         print("postgresql skipped (no --pg / CADML_TEST_PG_URL)")
 

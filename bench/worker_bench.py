@@ -48,7 +48,8 @@ def corpus_like(n: int, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picks = centers[rng.integers(0, len(centers), n)]
     scale = centers.std(axis=0) * 0.15 + 1e-3
-    return (picks + rng.normal(size=picks.shape) * scale).astype(np.float32)
+    out: np.ndarray = (picks + rng.normal(size=picks.shape) * scale).astype(np.float32)
+    return out
 
 
 def bench_search(n: int) -> None:
@@ -79,7 +80,7 @@ def bench_search(n: int) -> None:
 
 
 def bench_features() -> None:
-    import ezdxf
+    from ezdxf.filemanagement import readfile
 
     from controller.features import features_from_bytes
 
@@ -88,7 +89,7 @@ def bench_features() -> None:
 
     def bare() -> None:
         for p in files:
-            for _ in ezdxf.readfile(p).modelspace():
+            for _ in readfile(p).modelspace():
                 pass
 
     def ours() -> None:
