@@ -34,6 +34,7 @@ PLURALS = {cls.plural: kind for kind, cls in KINDS.items()}
 INDEXES = tuple(f"{plural}_by_ns" for plural in PLURALS)
 FINALIZER = "cadml.io/finalizer"
 CHANGED_BY = "cadml.io/changed-by"
+DELETE_REQUESTED = "delete-requested"
 
 
 def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
@@ -104,7 +105,8 @@ def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> di
 
 
 def tenant_pass(store: Store, body: Mapping[str, Any], indexes: Mapping[str, Any], *,
-                current: bool = True, without: tuple[str, str] | None = None) -> Plan:
+                current: bool = True, without: tuple[str, str] | None = None,
+                actor: str | None = None) -> Plan:
     """One pass over the object's tenant as the indexes see it, with `body` fresher than
     its indexed copy (`current`) or left out (`without`, for deletions)."""
     namespace = str(body["metadata"]["namespace"])
@@ -114,7 +116,7 @@ def tenant_pass(store: Store, body: Mapping[str, Any], indexes: Mapping[str, Any
     resources = parse_bodies(bodies)
     actors = {(str(b.get("kind")), str(b["metadata"]["name"])): actor_of(b) for b in bodies}
     return reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
-                            actor_of(body), mode="operator", actors=actors)
+                            actor or actor_of(body), mode="operator", actors=actors)
 
 
 def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
@@ -181,14 +183,45 @@ def on_version_delete(**kwargs: Any) -> None:
             f"ModelVersion {ns}/{name} still receives {weight}% of traffic (policyVersion "
             f"{snap.policy_version}); route it away first, then the deletion completes",
             delay=30)
-    tenant_pass(store, body, kwargs, current=False, without=("ModelVersion", name))
+    tenant_pass(store, body, kwargs, current=False, without=("ModelVersion", name),
+                actor=deleted_by(store, body))
 
 
 def on_delete(**kwargs: Any) -> None:
     """Finalizer for Models and RolloutPolicies: marked deleted in the store, audited."""
     body: kopf.Body = kwargs["body"]
-    tenant_pass(kwargs["memo"]["store"], body, kwargs, current=False,
-                without=(str(body.get("kind")), str(body.metadata.name)))
+    store: Store = kwargs["memo"]["store"]
+    tenant_pass(store, body, kwargs, current=False,
+                without=(str(body.get("kind")), str(body.metadata.name)),
+                actor=deleted_by(store, body))
+
+
+def record_delete_request(**kwargs: Any) -> None:
+    """DELETE passes the validating webhook: the only moment the API server says who asked.
+    The request is audited (never on dry-run) so the finalizer's `delete` row can name the
+    same user. A store that cannot take the row refuses the deletion (retry later) rather
+    than let it go unaudited."""
+    if kwargs.get("dryrun"):
+        return
+    body: kopf.Body = kwargs["body"]
+    user = str((kwargs.get("userinfo") or {}).get("username") or "unknown")
+    try:
+        with kwargs["memo"]["store"].transaction(str(body.metadata.namespace),
+                                                 f"k8s:{user}") as tx:
+            tx.audit(DELETE_REQUESTED, str(body.get("kind")), str(body.metadata.name),
+                     {"uid": str(body.metadata.uid), "summary": f"deletion requested by {user}"})
+    except CadmlError as exc:
+        raise kopf.AdmissionError(f"the deletion cannot be audited now ({exc}); retry",
+                                  code=503) from exc
+
+
+def deleted_by(store: Store, body: Mapping[str, Any]) -> str:
+    """Who asked for this object's deletion (its audited request), else who last changed it."""
+    meta = body.get("metadata") or {}
+    with store.transaction(str(meta.get("namespace")), "finalizer") as tx:
+        requested = tx.last_audit_actor(str(body.get("kind")), str(meta.get("name")),
+                                        DELETE_REQUESTED, uid=str(meta.get("uid")))
+    return requested or actor_of(body)
 
 
 def validate(**kwargs: Any) -> None:
@@ -196,6 +229,7 @@ def validate(**kwargs: Any) -> None:
     body: kopf.Body = kwargs["body"]
     old: kopf.Body | None = kwargs.get("old")
     if kwargs.get("operation") == "DELETE":
+        record_delete_request(**kwargs)
         return
     new = parse_body(dict(body))
     if new.loaded is None:
@@ -237,7 +271,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         kopf.timer(GROUP, VERSION, plural, id="repair", interval=settings.timer_interval,
                    initial_delay=settings.timer_interval, idle=settings.timer_interval,
                    registry=registry)(on_change)
-        kopf.on.validate(GROUP, VERSION, plural, id=f"validate-{plural}",
+        kopf.on.validate(GROUP, VERSION, plural, id=f"validate-{plural}", side_effects=True,
                          ignore_failures=ignore_failures, registry=registry)(validate)
         kopf.on.mutate(GROUP, VERSION, plural, id=f"changed-by-{plural}",
                        operations=["CREATE", "UPDATE"], ignore_failures=ignore_failures,

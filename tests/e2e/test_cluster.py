@@ -221,13 +221,30 @@ def test_api_server_restart_is_survived(applied: ControlPlane, operator: Operato
     assert status["observedGeneration"] == 2
 
 
-def test_deleting_a_model_garbage_collects_its_workers(applied: ControlPlane) -> None:
-    applied.kubectl("delete", "rp", "-n", "globex-cad", "fastener-lookup", "--wait=true")
-    applied.kubectl("delete", "mv", "-n", "globex-cad", "fastener-lookup-3-4-1", "--wait=true")
-    applied.kubectl("delete", "model", "-n", "globex-cad", "fastener-lookup", "--wait=true")
+def test_deleting_a_model_garbage_collects_its_workers(applied: ControlPlane,
+                                                       operator: Operator) -> None:
+    as_carol = ("--as=carol@example.com", "--as-group=system:masters")
+    applied.kubectl("delete", "rp", "-n", "globex-cad", "fastener-lookup", "--dry-run=server",
+                    *as_carol)  # a dry run deletes and audits nothing
+    applied.kubectl("delete", "rp", "-n", "globex-cad", "fastener-lookup", "--wait=true",
+                    *as_carol)
+    applied.kubectl("delete", "mv", "-n", "globex-cad", "fastener-lookup-3-4-1", "--wait=true",
+                    *as_carol)
+    applied.kubectl("delete", "model", "-n", "globex-cad", "fastener-lookup", "--wait=true",
+                    *as_carol)
     wait_for(lambda: applied.kubectl("get", "deployment", "-n", "globex-cad",
                                      "cadml-worker-fastener-lookup", check=False).returncode != 0,
              timeout=60, what="worker Deployment garbage-collected")
+    rows = _store_rows(operator, "SELECT object_kind, action, actor FROM audit_event WHERE "
+                                 "tenant_id = 'globex-cad' AND object_name LIKE "
+                                 "'fastener-lookup%' AND action LIKE 'delete%' ORDER BY id")
+    carol = "k8s:carol@example.com"
+    assert rows == [("RolloutPolicy", "delete-requested", carol),
+                    ("RolloutPolicy", "delete", carol),
+                    ("ModelVersion", "delete-requested", carol),
+                    ("ModelVersion", "delete", carol),
+                    ("Model", "delete-requested", carol),
+                    ("Model", "delete", carol)]
 
 
 def test_a_worker_process_follows_a_rollback_within_one_refresh(

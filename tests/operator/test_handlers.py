@@ -23,6 +23,7 @@ from controller.operator.handlers import (
     changed_by,
     index_by_namespace,
     on_change,
+    on_delete,
     on_version_delete,
     stamp_changed_by,
     status_changes,
@@ -254,3 +255,33 @@ def test_webhook_settings_from_the_environment() -> None:
     assert OperatorSettings.from_env({}).webhook_failure_policy == "Fail"
     with pytest.raises(ValueError, match="Fail or Ignore"):
         OperatorSettings.from_env({"CADML_WEBHOOK_FAILURE_POLICY": "fail-open"})
+
+
+def test_a_deletion_is_audited_under_the_user_who_asked(cluster: Cluster) -> None:
+    key = ("RolloutPolicy", "part-similarity")
+    cluster.bodies[key] = _annotated(cluster.bodies[key], **{CHANGED_BY: "alice@acme"})
+    cluster.handle(*key)
+    policy = cluster.bodies[key]
+    for dryrun in (True, False):  # `kubectl delete --dry-run=server` audits nothing
+        validate(body=kopf.Body(policy), old=kopf.Body(policy), operation="DELETE",
+                 dryrun=dryrun, userinfo={"username": "carol@acme"}, memo=cluster.memo,
+                 **cluster.indexes())
+    del cluster.bodies[key]  # the finalizer runs once the object is gone from the indexes
+    on_delete(body=kopf.Body(policy), memo=cluster.memo, **cluster.indexes())
+    with cluster.memo["store"].transaction("acme-cad", "t") as tx:
+        rows = [(e.action, e.actor) for e in tx.audit_events() if e.object_name == key[1]
+                and e.object_kind == key[0]]
+        assert tx.verify_audit() is None
+    assert rows[-2:] == [("delete-requested", "k8s:carol@acme"), ("delete", "k8s:carol@acme")]
+    assert rows.count(("delete-requested", "k8s:carol@acme")) == 1
+
+
+def test_a_deletion_that_cannot_be_audited_is_refused(cluster: Cluster,
+                                                      tmp_path: Path) -> None:
+    policy = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    broken = Store(make_engine(f"sqlite:///{tmp_path / 'never-migrated.db'}"))  # no tables
+    memo = kopf.Memo(store=broken, settings=cluster.memo["settings"])
+    with pytest.raises(kopf.AdmissionError, match="cannot be audited") as exc:
+        validate(body=kopf.Body(policy), old=kopf.Body(policy), operation="DELETE",
+                 dryrun=False, userinfo={"username": "carol"}, memo=memo, **cluster.indexes())
+    assert exc.value.code == 503
