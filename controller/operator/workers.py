@@ -40,7 +40,13 @@ def worker_objects(model: Model, uid: str, image: str, port: int) -> list[dict[s
         "args": ["worker", "--model", f"{ns}/{model.metadata.name}", "--port", str(port)],
         "ports": [{"name": "http", "containerPort": port}],
         "env": [{"name": "CADML_STORE_URL",
-                 "valueFrom": {"secretKeyRef": {"name": "cadml-store", "key": "url"}}}],
+                 "valueFrom": {"secretKeyRef": {"name": "cadml-store", "key": "url"}}},
+                # the root filesystem is read-only: scratch (sandbox sockets) and downloaded
+                # artifacts go to volumes of the pod's own
+                {"name": "HOME", "value": "/tmp"},
+                {"name": "CADML_ARTIFACT_CACHE", "value": "/var/cache/cadml/artifacts"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "artifacts", "mountPath": "/var/cache/cadml"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
                            "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
@@ -56,6 +62,8 @@ def worker_objects(model: Model, uid: str, image: str, port: int) -> list[dict[s
                  "selector": {"matchLabels": {"app.kubernetes.io/instance": name}},
                  "template": {"metadata": {"labels": labels},
                               "spec": {"containers": [container],
+                                       "volumes": [{"name": "tmp", "emptyDir": {}},
+                                                   {"name": "artifacts", "emptyDir": {}}],
                                        "automountServiceAccountToken": False}}},
     }
     service = {

@@ -74,6 +74,16 @@ def test_operator_runs_hardened(helm: str) -> None:
     assert not any("*" in r["verbs"] or "*" in r["resources"] for r in operator_rules)
 
 
+def test_static_workers_can_write_where_they_must(helm: str) -> None:
+    from tests.operator.test_handlers import assert_writable_paths_are_volumes
+
+    docs = [d for d in yaml.safe_load_all(_template(
+        helm, "workers.static[0].model=acme-cad/part-similarity")) if d]
+    (worker,) = [d for d in docs if d["kind"] == "Deployment"
+                 and d["metadata"]["name"].startswith("cadml-static-worker")]
+    assert_writable_paths_are_volumes(worker["spec"]["template"]["spec"])
+
+
 def test_plain_manifests_are_generated_from_the_chart(helm: str) -> None:
     committed = (ROOT / "manifests" / "install" / "cadml.yaml").read_text()
     rendered = _run(helm, "template", "cadml", str(CHART), "--namespace", "cadml-system",

@@ -188,6 +188,20 @@ def test_worker_objects_are_owned_by_the_model() -> None:
     assert container["securityContext"]["runAsNonRoot"] is True
     assert container["resources"]["limits"] == {"memory": "1Gi"}
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert_writable_paths_are_volumes(deployment["spec"]["template"]["spec"])
+
+
+def assert_writable_paths_are_volumes(pod: dict[str, Any]) -> None:
+    """The root filesystem is read-only: /tmp (the feature sandbox's sockets) and the
+    artifact cache must be volumes of the pod."""
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"] for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]
+              if m["name"] in volumes and not m.get("readOnly")}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    for path in ("/tmp", env["HOME"], env["CADML_ARTIFACT_CACHE"]):
+        assert any(path == m or path.startswith(m + "/") for m in mounts), path
 
 
 def _annotated(body: dict[str, Any], **annotations: str) -> dict[str, Any]:
