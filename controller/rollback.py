@@ -1,4 +1,4 @@
-"""`cadml rollback`: point a model's policy back at a STABLE version — in Git, or live.
+"""`cadml rollback` and `cadml promote`: edit a model's release state in Git (or live).
 
 With a repository, the policy YAML in the working tree is edited (comments and
 layout kept, ruamel.yaml), the result is validated with the same rules as
@@ -63,12 +63,29 @@ def _is(doc: Any, kind: str, ns: str) -> bool:
             and (doc.get("metadata") or {}).get("namespace") == ns)
 
 
-def rollback_in_repo(repo_dir: str, tenant: str, model: str, to: str | None, reason: str,
-                     actor: str, now: datetime | None = None) -> RollbackResult:
+@dataclass
+class _ModelTree:
+    """One model's policy and versions in a Git working tree, loaded round-trip."""
+
+    repo: Any
+    root: Path
+    loaded: dict[Path, list[Any]]
+    policy: _Doc
+    versions: list[_Doc]
+    yaml: YAML
+
+    def version(self, semver: str) -> _Doc | None:
+        return next((v for v in self.versions if str(v.body["spec"]["version"]) == semver),
+                    None)
+
+    def stage(self, semver: str) -> str:
+        doc = self.version(semver)
+        return str(doc.body["spec"]["stage"]) if doc else ""
+
+
+def _load_model(repo_dir: str, tenant: str, model: str) -> _ModelTree:
     import git
 
-    if not reason.strip():
-        raise UsageError("--reason is required: say why you roll back")
     try:
         repo = git.Repo(repo_dir, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
@@ -96,47 +113,29 @@ def rollback_in_repo(repo_dir: str, tenant: str, model: str, to: str | None, rea
         loaded[path] = docs
     if policy is None:
         raise UsageError(f"no RolloutPolicy for model {tenant}/{model} in {root}")
-    stable = [v for v in versions if v.body["spec"].get("stage") == "STABLE"]
-    target_version = to or (str(stable[0].body["spec"]["version"]) if stable else None)
-    if target_version is None:
-        raise UsageError(f"model {tenant}/{model} has no STABLE version; name one with --to")
-    target = next((v for v in versions if str(v.body["spec"]["version"]) == target_version),
-                  None)
-    if target is None:
-        raise UsageError(f"model {tenant}/{model} has no version {target_version}")
-    stage = target.body["spec"]["stage"]
-    changes: list[str] = []
-    touched = {policy.path}
-    if stage == "DEPRECATED":  # reinstate an earlier stable version
-        for old in stable:
-            old.body["spec"]["stage"] = "DEPRECATED"
-            touched.add(old.path)
-            changes.append(f"{old.body['metadata']['name']}: STABLE → DEPRECATED")
-        target.body["spec"]["stage"] = "STABLE"
-        touched.add(target.path)
-        changes.append(f"{target.body['metadata']['name']}: DEPRECATED → STABLE")
-    elif stage != "STABLE":
-        raise UsageError(f"version {target_version} is {stage}; a rollback goes to the STABLE "
-                         "version or reinstates an earlier (DEPRECATED) stable one")
-    spec = policy.body["spec"]
-    before = ", ".join(f"{w['version']}={w['weight']}" for w in spec.get("weights", []))
-    spec["weights"] = [{"version": target_version, "weight": 100}]
-    if "override" in spec:
-        del spec["override"]
-        changes.append("manual override removed")
-    meta = policy.body["metadata"]
-    meta.setdefault("annotations", {})[ROLLBACK_ANNOTATION] = reason
-    changes.insert(0, f"{meta['name']}: weights {before} → {target_version}=100")
+    return _ModelTree(repo, root, loaded, policy, versions, y)
 
-    dirty = {root / str(d.a_path) for d in repo.index.diff(None)} | {
-        Path(root / p) for p in repo.untracked_files}
+
+def _set_stage(doc: _Doc, stage: str, touched: set[Path], changes: list[str]) -> None:
+    changes.append(f"{doc.body['metadata']['name']}: {doc.body['spec']['stage']} → {stage}")
+    doc.body["spec"]["stage"] = stage
+    touched.add(doc.path)
+
+
+def _commit(tree: _ModelTree, touched: set[Path], title: str, reason: str, actor: str,
+            changes: list[str], now: datetime | None) -> RollbackResult:
+    """Write the edited files, validate the whole tree with `cadml validate`'s rules, and
+    commit; on any refusal the files are restored and nothing is committed."""
+    root = tree.root
+    dirty = {root / str(d.a_path) for d in tree.repo.index.diff(None)} | {
+        Path(root / p) for p in tree.repo.untracked_files}
     if touched & dirty:
         raise UsageError("uncommitted changes in " + ", ".join(
             str(p.relative_to(root)) for p in sorted(touched & dirty)) + "; commit or stash them")
     originals = {p: p.read_text("utf-8") for p in touched}
     for path in touched:
         buf = io.StringIO()
-        y.dump_all(loaded[path], buf)
+        tree.yaml.dump_all(tree.loaded[path], buf)
         path.write_text(buf.getvalue(), "utf-8")
     check_files, _ = collect_paths([str(root)], DEFAULT_MAX_BYTES)
     report = validate_files(check_files, now or datetime.now(UTC))
@@ -145,12 +144,92 @@ def rollback_in_repo(repo_dir: str, tenant: str, model: str, to: str | None, rea
             path.write_text(text, "utf-8")
         raise InvalidInput(report.errors)
     rel = [str(p.relative_to(root)) for p in sorted(touched)]
-    repo.index.add(rel)
+    tree.repo.index.add(rel)
     when = (now or datetime.now(UTC)).isoformat()
-    message = (f"rollback {tenant}/{model} to {target_version}\n\nReason: {reason}\n"
-               f"Actor: {actor}\nRequested-At: {when}\n\n" + "\n".join(f"- {c}" for c in changes))
-    commit = repo.index.commit(message)
-    return RollbackResult(commit.hexsha, target_version, rel, changes)
+    message = (f"{title}\n\nReason: {reason}\nActor: {actor}\nRequested-At: {when}\n\n"
+               + "\n".join(f"- {c}" for c in changes))
+    commit = tree.repo.index.commit(message)
+    return RollbackResult(commit.hexsha, "", rel, changes)
+
+
+def _weights(spec: Any) -> str:
+    return ", ".join(f"{w['version']}={w['weight']}" for w in spec.get("weights", []))
+
+
+def rollback_in_repo(repo_dir: str, tenant: str, model: str, to: str | None, reason: str,
+                     actor: str, now: datetime | None = None) -> RollbackResult:
+    if not reason.strip():
+        raise UsageError("--reason is required: say why you roll back")
+    tree = _load_model(repo_dir, tenant, model)
+    stable = [v for v in tree.versions if v.body["spec"].get("stage") == "STABLE"]
+    target_version = to or (str(stable[0].body["spec"]["version"]) if stable else None)
+    if target_version is None:
+        raise UsageError(f"model {tenant}/{model} has no STABLE version; name one with --to")
+    target = tree.version(target_version)
+    if target is None:
+        raise UsageError(f"model {tenant}/{model} has no version {target_version}")
+    stage = target.body["spec"]["stage"]
+    changes: list[str] = []
+    touched = {tree.policy.path}
+    if stage == "DEPRECATED":  # reinstate an earlier stable version
+        for old in stable:
+            _set_stage(old, "DEPRECATED", touched, changes)
+        _set_stage(target, "STABLE", touched, changes)
+    elif stage != "STABLE":
+        raise UsageError(f"version {target_version} is {stage}; a rollback goes to the STABLE "
+                         "version or reinstates an earlier (DEPRECATED) stable one")
+    spec = tree.policy.body["spec"]
+    before = _weights(spec)
+    spec["weights"] = [{"version": target_version, "weight": 100}]
+    if "override" in spec:
+        del spec["override"]
+        changes.append("manual override removed")
+    meta = tree.policy.body["metadata"]
+    meta.setdefault("annotations", {})[ROLLBACK_ANNOTATION] = reason
+    changes.insert(0, f"{meta['name']}: weights {before} → {target_version}=100")
+    result = _commit(tree, touched, f"rollback {tenant}/{model} to {target_version}", reason,
+                     actor, changes, now)
+    result.target = target_version
+    return result
+
+
+def promote_in_repo(repo_dir: str, tenant: str, model: str, version: str, reason: str,
+                    actor: str, now: datetime | None = None) -> RollbackResult:
+    """Make a CANARY version the STABLE one in one commit: it becomes STABLE, the current
+    STABLE becomes DEPRECATED (one STABLE per model key at every commit), and the policy
+    gives the new stable what the old one and this canary had; other canaries keep their
+    weights. A failed release gate or any other broken rule refuses the commit."""
+    if not reason.strip():
+        raise UsageError("--reason is required: say why you promote")
+    tree = _load_model(repo_dir, tenant, model)
+    target = tree.version(version)
+    if target is None:
+        raise UsageError(f"model {tenant}/{model} has no version {version}")
+    stage = target.body["spec"]["stage"]
+    if stage != "CANARY":
+        raise UsageError(f"version {version} is {stage}; only a CANARY is promoted "
+                         "(DRAFT → CANARY first; to go back to an old stable, rollback)")
+    changes: list[str] = []
+    touched = {tree.policy.path}
+    for old in tree.versions:
+        if old.body["spec"].get("stage") == "STABLE":
+            _set_stage(old, "DEPRECATED", touched, changes)
+    _set_stage(target, "STABLE", touched, changes)
+    spec = tree.policy.body["spec"]
+    before = _weights(spec)
+    others = [w for w in spec.get("weights", []) if str(w["version"]) != version
+              and tree.stage(str(w["version"])) == "CANARY"]
+    spec["weights"] = [{"version": version, "weight": 100 - sum(int(w["weight"])
+                                                                for w in others)}, *others]
+    if "override" in spec:
+        del spec["override"]
+        changes.append("manual override removed")
+    changes.insert(0, f"{tree.policy.body['metadata']['name']}: weights {before} → "
+                      f"{_weights(spec)}")
+    result = _commit(tree, touched, f"promote {tenant}/{model} {version} to STABLE", reason,
+                     actor, changes, now)
+    result.target = version
+    return result
 
 
 def cluster_patch(target_version: str, reason: str, actor: str, now: datetime) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""`cadml evaluate`, `compare`, `schedule-tick` and `rollback`: closing the governance loop."""
+"""`cadml evaluate`, `compare`, `schedule-tick`, `rollback` and `promote`: the governance
+loop."""
 
 from __future__ import annotations
 
@@ -82,6 +83,23 @@ def register(sub: Any) -> None:
     where.add_argument("--cluster", action="store_true", help="patch the live RolloutPolicy")
     r.add_argument("--output", "-o", choices=("text", "json"), default="text")
     r.set_defaults(handler=_rollback)
+
+    p = sub.add_parser("promote", help="make a CANARY version the STABLE one, in Git",
+                       description="Edit the Git working tree and commit, in one commit: the "
+                                   "version becomes STABLE, the current STABLE becomes "
+                                   "DEPRECATED, and the policy gives the new stable the old "
+                                   "one's and this canary's traffic (other canaries keep "
+                                   "theirs). The result is validated first (one STABLE per "
+                                   "model key, release gates, …); nothing is committed if it "
+                                   "breaks a rule.")
+    p.add_argument("model", metavar="TENANT/MODEL")
+    p.add_argument("--version", required=True, metavar="VERSION",
+                   help="the CANARY's spec.version")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--actor", default=None, help="who (default: the local user)")
+    p.add_argument("--repo", metavar="PATH", default=".", help="Git working tree (default .)")
+    p.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    p.set_defaults(handler=_promote)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -189,6 +207,27 @@ def _tick(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_commit(args: argparse.Namespace, result: Any, what: str) -> None:
+    if args.output == "json":
+        write_json({"commit": result.commit, "target": result.target,
+                    "files": result.files, "changes": result.changes})
+        return
+    print(f"committed {result.commit[:12]}: {what}")
+    for change in result.changes:
+        print(f"  {change}")
+    print("push it (or open a pull request); Argo CD / `cadml reconcile` applies it")
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from controller.rollback import promote_in_repo
+
+    tenant, model = _model_arg(args.model)
+    result = promote_in_repo(args.repo, tenant, model, args.version, args.reason,
+                             args.actor or getpass.getuser())
+    _print_commit(args, result, f"promote {tenant}/{model} {result.target} to STABLE")
+    return 0
+
+
 def _rollback(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -198,15 +237,7 @@ def _rollback(args: argparse.Namespace) -> int:
         from controller.rollback import rollback_in_repo
 
         result = rollback_in_repo(args.repo, tenant, model, args.to, args.reason, actor)
-        if args.output == "json":
-            write_json({"commit": result.commit, "target": result.target,
-                        "files": result.files, "changes": result.changes})
-        else:
-            print(f"committed {result.commit[:12]}: rollback {tenant}/{model} to "
-                  f"{result.target}")
-            for change in result.changes:
-                print(f"  {change}")
-            print("push it (or open a pull request); Argo CD / `cadml reconcile` applies it")
+        _print_commit(args, result, f"rollback {tenant}/{model} to {result.target}")
         return 0
     from controller.rollback import cluster_patch
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from controller.cli import main
-from controller.errors import UsageError
-from controller.rollback import cluster_patch, rollback_in_repo
+from controller.errors import InvalidInput, UsageError
+from controller.rollback import cluster_patch, promote_in_repo, rollback_in_repo
 from tests.conftest import git
 
 PART = "tenants/acme-cad/part-similarity.yaml"
@@ -66,3 +66,72 @@ def test_cluster_patch_forces_stable_and_says_git_must_follow() -> None:
     assert patch["spec"]["override"]["version"] == "1.1.0"
     assert "INC-9" in patch["spec"]["override"]["reason"]
     assert patch["metadata"]["annotations"]["cadml.io/git-must-follow"] == "true"
+
+
+# ---------------------------------------------------------------- cadml promote
+
+ASSEMBLY = "tenants/acme-cad/assembly-match.yaml"
+
+
+def test_promote_moves_both_stages_and_the_traffic_in_one_commit(gitops_repo: Path) -> None:
+    from controller.reconcile.gitmode import reconcile_repo
+    from controller.store import Store
+    from controller.store.engine import make_engine
+    from controller.store.migrate import upgrade
+    from tests.conftest import NOW
+
+    assert main(["promote", "acme-cad/part-similarity", "--version", "1.2.0", "--reason",
+                 "canary held its bounds for a week", "--repo", str(gitops_repo)]) == 0
+    assert git(gitops_repo, "status", "--porcelain") == ""
+    message = git(gitops_repo, "log", "-1", "--format=%B")
+    assert message.startswith("promote acme-cad/part-similarity 1.2.0 to STABLE")
+    assert "Reason: canary held its bounds for a week" in message
+    assert "part-similarity-1-1-0: STABLE → DEPRECATED" in message
+    assert main(["validate", "--git-ref", "HEAD", "--repo", str(gitops_repo)]) == 0
+    store = Store(make_engine(f"sqlite:///{gitops_repo.parent / 'p.db'}"))
+    upgrade(store.engine)
+    assert reconcile_repo(store, str(gitops_repo), "HEAD", [], 8 << 20, now=NOW).ok
+    with store.transaction("acme-cad", "t") as tx:
+        snap = tx.snapshot("part-similarity")
+    assert snap is not None and snap.stable_version == "1.2.0"
+    assert [(r.version, r.weight) for r in snap.routes] == [("1.2.0", 100)]
+
+
+def test_promote_keeps_the_other_canaries_share(gitops_repo: Path) -> None:
+    result = promote_in_repo(str(gitops_repo), "acme-cad", "assembly-match", "2.1.0",
+                             "recall up", "ann")
+    assert result.changes[0] == ("assembly-match: weights 2.0.0=80, 2.1.0=15, 2.2.0-beta=5 → "
+                                 "2.1.0=95, 2.2.0-beta=5")
+    assert result.files == [ASSEMBLY]
+
+
+@pytest.mark.parametrize(("version", "match"), [
+    ("1.1.0", "STABLE; only a CANARY"),
+    ("1.3.0-rc.1", "DRAFT; only a CANARY"),
+    ("9.9.9", "no version 9.9.9"),
+])
+def test_promote_refuses_what_is_not_a_canary(gitops_repo: Path, version: str,
+                                              match: str) -> None:
+    head = git(gitops_repo, "rev-parse", "HEAD")
+    with pytest.raises(UsageError, match=match):
+        promote_in_repo(str(gitops_repo), "acme-cad", "part-similarity", version, "x", "ann")
+    assert git(gitops_repo, "rev-parse", "HEAD") == head
+
+
+def test_promote_past_a_failed_release_gate_commits_nothing(gitops_repo: Path) -> None:
+    failing = (
+        "---\napiVersion: cadml.io/v1alpha1\nkind: ReleaseRecord\nmetadata:\n"
+        "  name: rel-part-sim-1-2-0\n  namespace: acme-cad\nspec:\n"
+        "  releaseId: rel_2026_11_20_001\n  gitSha: 0a1b2c3\n"
+        "  artifacts: {modelRef: part-similarity-1-2-0}\n  evalSetRef: golden_parts@sha1\n"
+        "  evalReportUri: s3://acme-eval/rel_2026_11_20_001/report.html\n"
+        "  approvers: [tl-ml]\n  canaryPercent: 10\n  changeSummary: recall regressed\n"
+        "  riskLevel: low\n  evidence: {evalScore: 0.81, evalThreshold: 0.9}\n")
+    (gitops_repo / PART).write_text((gitops_repo / PART).read_text() + failing)
+    git(gitops_repo, "commit", "-qam", "release record of 1.2.0 (C2 fails)")
+    head, before = git(gitops_repo, "rev-parse", "HEAD"), (gitops_repo / PART).read_text()
+    with pytest.raises(InvalidInput) as exc:
+        promote_in_repo(str(gitops_repo), "acme-cad", "part-similarity", "1.2.0", "x", "ann")
+    assert "version.release-gates" in {e.rule for e in exc.value.errors}
+    assert git(gitops_repo, "rev-parse", "HEAD") == head  # nothing committed
+    assert (gitops_repo / PART).read_text() == before  # nothing left edited
