@@ -102,11 +102,11 @@ class Store:
         return PolicyListener(self.engine, channel(tenant, model), on_notify).start()
 
     def tenants(self) -> list[str]:
-        """Tenants with audit history (all of them on SQLite; on PostgreSQL only those the
-        connecting role may see)."""
+        """Every tenant with audit history, by name (the registry every role may list; each
+        tenant's rows are still read in a transaction scoped to it)."""
         with self.engine.connect() as conn:
-            return list(conn.execute(select(t.audit_head.c.tenant_id).order_by(
-                t.audit_head.c.tenant_id)).scalars())
+            return list(conn.execute(select(t.tenant.c.tenant_id).order_by(
+                t.tenant.c.tenant_id)).scalars())
 
     def verify_audit(self, tenant: str) -> ChainProblem | None:
         with self.transaction(tenant, "audit-verify") as tx:
@@ -604,7 +604,11 @@ class StoreTx:
         h = t.audit_head.c
         head = self._one(select(h.seq, h.hash).where(h.tenant_id == self.tenant)
                          .with_for_update())
-        if head is None:
+        if head is None:  # the tenant's first event: register its name and start its chain
+            tc = t.tenant.c
+            if self._one(select(tc.tenant_id).where(tc.tenant_id == self.tenant)) is None:
+                self.conn.execute(insert(t.tenant).values(tenant_id=self.tenant,
+                                                          created_at=self.now))
             self.conn.execute(insert(t.audit_head).values(tenant_id=self.tenant, seq=0,
                                                           hash=GENESIS))
             seq, prev = 1, GENESIS

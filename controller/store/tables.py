@@ -285,6 +285,12 @@ audit_event = Table(
     CheckConstraint("seq >= 1", name="seq_positive"),
 )
 
+tenant = Table(  # 0008: names every role may list; rows stay behind row-level security
+    "tenant", metadata,
+    Column("tenant_id", String(63), primary_key=True),
+    _ts("created_at"),
+)
+
 audit_head = Table(
     "audit_head", metadata,
     Column("tenant_id", String(63), primary_key=True),

@@ -147,3 +147,32 @@ def test_runtime_role_cannot_rewrite_history(backend: Backend) -> None:
         tx.conn.execute(text("DELETE FROM audit_event"))
     with backend.store.transaction("acme", "x") as tx:
         tx.upsert_model(ModelRow("other", "other", "p", "O", spec_hash="h"))
+
+
+def test_every_role_lists_tenant_names_but_registers_only_its_own(backend: Backend) -> None:
+    """Commands that act for every tenant (the chart's schedule-tick CronJob, evaluate,
+    status, audit verify) list names from the registry; rows stay isolated."""
+    seed_model(backend.store, tenant="acme")
+    seed_model(backend.store, tenant="globex", model="dedup")
+    assert backend.store.tenants() == ["acme", "globex"]  # as the runtime role on PostgreSQL
+    if backend.kind != "postgresql":
+        return
+    with pytest.raises(Exception, match="row-level security"), \
+            backend.store.transaction("acme", "x") as tx:
+        tx.conn.execute(text("INSERT INTO tenant (tenant_id, created_at) "
+                             "VALUES ('initech', now())"))
+    with pytest.raises(StoreError, match="permission denied"), \
+            backend.store.transaction("acme", "x") as tx:
+        tx.conn.execute(text("DELETE FROM tenant WHERE tenant_id = 'globex'"))
+
+
+def test_schedule_tick_reaches_every_tenant_as_the_runtime_role(
+        backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.cli import main
+
+    seed_model(backend.store, tenant="acme")
+    seed_model(backend.store, tenant="globex", model="dedup")
+    assert main(["schedule-tick", "--store", backend.app_url, "--window-key", "w1",
+                 "--output", "json"]) == 0
+    out = capsys.readouterr().out
+    assert '"acme"' in out and '"globex"' in out

@@ -36,9 +36,9 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
 def test_empty_database_upgrades_to_head(empty_engine: Engine) -> None:
     assert current_revision(empty_engine) is None
     upgrade(empty_engine)
-    assert current_revision(empty_engine) == head_revision() == "0007"
+    assert current_revision(empty_engine) == head_revision() == "0008"
     upgrade(empty_engine)  # again: nothing to do
-    assert current_revision(empty_engine) == "0007"
+    assert current_revision(empty_engine) == "0008"
 
 
 def test_migrated_schema_matches_the_table_definitions(empty_engine: Engine) -> None:
@@ -105,4 +105,43 @@ def test_embedded_default_creates_and_upgrades_on_first_use(
     assert main(["audit", "verify"]) == 0
     assert (tmp_path / "home" / "cadml.db").exists()
     assert main(["db", "current"]) == 0
-    assert "0007" in capsys.readouterr().out
+    assert "0008" in capsys.readouterr().out
+
+
+def test_tenant_registry_is_backfilled_by_an_owner_that_is_not_superuser() -> None:
+    """0008 copies tenant names out of `audit_head`, which FORCE ROW LEVEL SECURITY hides
+    even from its owner; the migration must still see every tenant. Run as a plain owner
+    role, as in production (the tests' admin is a superuser, which RLS never applies to)."""
+    from sqlalchemy import create_engine
+
+    from controller.store import Store
+    from tests.stores import _admin
+
+    pg_required()
+    owner = "cadml_owner_t"
+    name = new_pg_database(None)
+    admin = _admin()
+    with admin.connect() as c:
+        c.execute(text(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+                       f"'{owner}') THEN CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; "
+                       "END IF; END $$"))
+        c.execute(text(f"ALTER DATABASE {name} OWNER TO {owner}"))
+    admin.dispose()
+    url = make_url(PG_URL).set(database=name, username=owner, password=None)
+    engine = make_engine(url.render_as_string(False))
+    try:
+        upgrade(engine, "0007", app_role="nobody_here")
+        store = Store(engine)
+        for tenant in ("acme", "globex"):
+            with store.transaction(tenant, "seed") as tx:
+                tx.conn.execute(text("INSERT INTO audit_head (tenant_id, seq, hash) "
+                                     "VALUES (:t, 0, :h)"), {"t": tenant, "h": "0" * 64})
+        plain = create_engine(url.render_as_string(False))
+        with plain.connect() as c:  # the owner itself sees no head row without a tenant set
+            assert c.execute(text("SELECT count(*) FROM audit_head")).scalar() == 0
+        plain.dispose()
+        upgrade(engine, app_role="nobody_here")
+        assert store.tenants() == ["acme", "globex"]
+    finally:
+        engine.dispose()
+        drop_pg_database(name)
