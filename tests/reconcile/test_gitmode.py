@@ -224,3 +224,18 @@ def test_renaming_a_policy_continues_its_history(backend: Backend, gitops_repo: 
     assert ("delete", "part-similarity") not in events
     assert [(n, bool(d)) for n, d in policies] == [("part-similarity-rollout", False)]
     assert history == 2  # the snapshot published under the old name is kept, in its line
+
+
+def test_a_tenant_removed_from_git_is_marked_deleted(backend: Backend, gitops_repo: Path) -> None:
+    """Git no longer names the tenant at all: only the store knows it (its tenant registry,
+    readable by the runtime role on PostgreSQL too), and its objects are soft-deleted."""
+    store = backend.store
+    assert _run(store, gitops_repo).ok
+    git(gitops_repo, "rm", "-rq", "tenants/globex-cad")
+    git(gitops_repo, "commit", "-qm", "globex leaves")
+    assert _run(store, gitops_repo).ok
+    with store.transaction("globex-cad", "t") as tx:
+        deleted = dict(tx.conn.execute(text("SELECT name, deleted FROM model_catalog "
+                                            "WHERE tenant_id = 'globex-cad'")).all())
+        assert tx.verify_audit() is None
+    assert deleted and all(bool(d) for d in deleted.values())
