@@ -52,13 +52,18 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 
 class Operator:
-    """`cadml run` as a subprocess, its store a SQLite file, its webhook on loopback."""
+    """`cadml run` as a subprocess, its webhook on loopback. Its store is PostgreSQL as in
+    production (a fresh database, the operator connected as the runtime role under
+    row-level security) when a server is configured — always in CI — else a SQLite file.
+    `admin_url` reads the store around the application (tests inspect rows with it)."""
 
-    def __init__(self, cp: ControlPlane, workdir: Path, priority: int | None = None) -> None:
+    def __init__(self, cp: ControlPlane, workdir: Path, priority: int | None = None,
+                 store_url: str | None = None, admin_url: str | None = None) -> None:
         self.cp = cp
         self.priority = priority
         self.workdir = workdir
-        self.store_url = f"sqlite:///{workdir / 'store.db'}"
+        self.store_url = store_url or f"sqlite:///{workdir / 'store.db'}"
+        self.admin_url = admin_url or self.store_url
         self.webhook_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "operator.log"
@@ -101,6 +106,17 @@ class Operator:
                 self.proc.wait()
         self.proc = None
 
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of a query on the store, read as its owner (no tenant scope needed)."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.admin_url)
+        try:
+            with engine.connect() as c:
+                return [tuple(r) for r in c.execute(text(sql))]
+        finally:
+            engine.dispose()
+
     def tail(self, lines: int = 60) -> str:
         if not self.log.exists():
             return ""
@@ -108,12 +124,25 @@ class Operator:
 
 
 @pytest.fixture(scope="module")
-def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Operator]:
-    op = Operator(control_plane, tmp_path_factory.mktemp("operator"))
+def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+             request: pytest.FixtureRequest) -> Iterator[Operator]:
+    from sqlalchemy.engine import make_url
+
+    from tests.stores import APP_ROLE, PG_URL, drop_pg_database, new_pg_database
+
+    database = None
+    urls: dict[str, str] = {}
+    if PG_URL:
+        database = new_pg_database(request.getfixturevalue("pg_template"))
+        base = make_url(PG_URL).set(database=database)
+        urls = {"store_url": base.set(username=APP_ROLE, password=None)
+                .render_as_string(False), "admin_url": base.render_as_string(False)}
+    op = Operator(control_plane, tmp_path_factory.mktemp("operator"), **urls)
     op.start()
     yield op
     op.stop()
+    if database:
+        drop_pg_database(database)
 
 
 def get(cp: ControlPlane, kind: str, ns: str, name: str) -> dict[str, Any]:
