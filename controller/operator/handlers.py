@@ -332,8 +332,9 @@ def kubernetes_worker_applier() -> Any:
         if result.loaded is None or not isinstance(result.loaded.resource, Model):
             return {}
         model = result.loaded.resource
-        deployment, service = worker_objects(model, body.metadata.uid, settings.worker_image,
-                                             settings.worker_port)
+        deployment, service = worker_objects(
+            model, body.metadata.uid, settings.worker_image, settings.worker_port,
+            (settings.worker_store_secret, settings.worker_store_key))
         ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
         steps: tuple[tuple[dict[str, Any], Any, Any, Any], ...] = (
             (deployment, apps.read_namespaced_deployment, apps.create_namespaced_deployment,

@@ -14,6 +14,8 @@ class OperatorSettings:
     store_url: str
     worker_image: str = "ghcr.io/cadml/cadml:0.1.0"
     worker_port: int = 8080
+    worker_store_secret: str = "cadml-store"  # in each tenant namespace: name and key of
+    worker_store_key: str = "url"  # the Secret holding the workers' store URL
     timer_interval: float = 60.0
     analysis_interval: float = 60.0
     namespaces: tuple[str, ...] = ()  # empty: every namespace
@@ -38,6 +40,8 @@ class OperatorSettings:
         values: dict[str, object] = {
             "store_url": resolve_url(None, env),
             "worker_image": env.get("CADML_WORKER_IMAGE", cls.worker_image),
+            "worker_store_secret": env.get("CADML_WORKER_STORE_SECRET") or None,
+            "worker_store_key": env.get("CADML_WORKER_STORE_KEY") or None,
             "timer_interval": float(env.get("CADML_TIMER_INTERVAL", cls.timer_interval)),
             "namespaces": tuple(n for n in env.get("CADML_NAMESPACES", "").split(",") if n),
             "peering": env.get("CADML_PEERING") or None,

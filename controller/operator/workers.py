@@ -21,8 +21,12 @@ def owner_reference(model: Model, uid: str) -> dict[str, Any]:
             "uid": uid, "controller": True, "blockOwnerDeletion": True}
 
 
-def worker_objects(model: Model, uid: str, image: str, port: int) -> list[dict[str, Any]]:
-    """The Deployment and Service the Model's workers run as."""
+def worker_objects(model: Model, uid: str, image: str, port: int,
+                   store_secret: tuple[str, str] = ("cadml-store", "url")
+                   ) -> list[dict[str, Any]]:
+    """The Deployment and Service the Model's workers run as. `store_secret` (name, key)
+    holds the store URL; it must exist in the Model's namespace (a pod reads only the
+    Secrets of its own namespace)."""
     name = worker_name(model)
     ns = model.metadata.namespace
     labels = {"app.kubernetes.io/name": "cadml-worker",
@@ -40,7 +44,8 @@ def worker_objects(model: Model, uid: str, image: str, port: int) -> list[dict[s
         "args": ["worker", "--model", f"{ns}/{model.metadata.name}", "--port", str(port)],
         "ports": [{"name": "http", "containerPort": port}],
         "env": [{"name": "CADML_STORE_URL",
-                 "valueFrom": {"secretKeyRef": {"name": "cadml-store", "key": "url"}}},
+                 "valueFrom": {"secretKeyRef": {"name": store_secret[0],
+                                                "key": store_secret[1]}}},
                 # the root filesystem is read-only: scratch (sandbox sockets) and downloaded
                 # artifacts go to volumes of the pod's own
                 {"name": "HOME", "value": "/tmp"},

@@ -189,6 +189,16 @@ def test_worker_objects_are_owned_by_the_model() -> None:
     assert container["resources"]["limits"] == {"memory": "1Gi"}
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert_writable_paths_are_volumes(deployment["spec"]["template"]["spec"])
+    (store_env,) = [e for e in container["env"] if e["name"] == "CADML_STORE_URL"]
+    assert store_env["valueFrom"]["secretKeyRef"] == {"name": "cadml-store", "key": "url"}
+    custom, _ = worker_objects(model, "uid-1", "img:1", 8080,  # type: ignore[arg-type]
+                               ("acme-store", "dsn"))
+    (store_env,) = [e for e in custom["spec"]["template"]["spec"]["containers"][0]["env"]
+                    if e["name"] == "CADML_STORE_URL"]
+    assert store_env["valueFrom"]["secretKeyRef"] == {"name": "acme-store", "key": "dsn"}
+    settings = OperatorSettings.from_env({"CADML_WORKER_STORE_SECRET": "acme-store",
+                                          "CADML_WORKER_STORE_KEY": "dsn"})
+    assert (settings.worker_store_secret, settings.worker_store_key) == ("acme-store", "dsn")
 
 
 def assert_writable_paths_are_volumes(pod: dict[str, Any]) -> None:
