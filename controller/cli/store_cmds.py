@@ -7,7 +7,12 @@ from typing import Any
 
 from controller.cli._common import parse_time, write_json
 from controller.store.engine import make_engine, resolve_url
-from controller.store.migrate import current_revision, head_revision, upgrade
+from controller.store.migrate import (
+    current_revision,
+    grant_runtime_role,
+    head_revision,
+    upgrade,
+)
 from controller.store.open import open_store
 
 STORE_HELP = ("store URL (default: $CADML_STORE_URL, else the embedded SQLite file "
@@ -54,6 +59,9 @@ def _upgrade(args: argparse.Namespace) -> int:
     after = current_revision(engine)
     print(f"store schema: {before or 'empty'} → {after}" if before != after
           else f"store schema already at {after}")
+    if engine.dialect.name == "postgresql" and after == head_revision():
+        grant_runtime_role(engine, args.app_role)
+        print(f"runtime role {args.app_role}: granted (row-level security applies to it)")
     return 0
 
 

@@ -145,3 +145,46 @@ def test_tenant_registry_is_backfilled_by_an_owner_that_is_not_superuser() -> No
     finally:
         engine.dispose()
         drop_pg_database(name)
+
+
+def test_db_upgrade_grants_a_runtime_role_created_later(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The grants in the migrations skip a role that does not exist yet; `cadml db upgrade`
+    grants it once it does, and refuses roles row-level security would not apply to."""
+    from controller.cli import main
+    from controller.store import Store
+    from tests.stores import _admin
+
+    pg_required()
+    role = "cadml_late_t"
+    name = new_pg_database(None)
+    admin = _admin()
+    with admin.connect() as c:
+        c.execute(text(f"DROP ROLE IF EXISTS {role}"))
+    url = make_url(PG_URL).set(database=name)
+    try:
+        assert main(["db", "upgrade", "--store", url.render_as_string(False),
+                     "--app-role", role]) == 2  # the schema is there; the role is not
+        assert "does not exist" in capsys.readouterr().err
+        with admin.connect() as c:
+            c.execute(text(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"))
+        assert main(["db", "upgrade", "--store", url.render_as_string(False),
+                     "--app-role", role]) == 0
+        assert f"runtime role {role}: granted" in capsys.readouterr().out
+        store = Store(make_engine(url.set(username=role, password=None)
+                                  .render_as_string(False)))
+        try:
+            from tests.store.helpers import seed_model
+
+            seed_model(store)  # writes rows, a snapshot and audit events as that role
+            assert store.tenants() == ["acme"] and store.verify_audit("acme") is None
+        finally:
+            store.dispose()
+        assert main(["db", "upgrade", "--store", url.render_as_string(False),
+                     "--app-role", "postgres"]) == 2
+        assert "row-level security would not apply" in capsys.readouterr().err
+    finally:
+        drop_pg_database(name)
+        with admin.connect() as c:
+            c.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
