@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ INDEXES = tuple(f"{plural}_by_ns" for plural in PLURALS)
 FINALIZER = "cadml.io/finalizer"
 CHANGED_BY = "cadml.io/changed-by"
 DELETE_REQUESTED = "delete-requested"
+FINALIZED = "finalized"  # memo key: uid → when its deletion finalizer completed
 
 
 def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
@@ -47,15 +49,18 @@ def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
 
 def tenant_bodies(namespace: str, indexes: Mapping[str, Any],
                   current: Mapping[str, Any] | None = None,
-                  without: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+                  without: tuple[str, str] | None = None,
+                  gone: Collection[str] = ()) -> list[dict[str, Any]]:
     """The tenant as the indexes see it, with `current` (fresher than the index) in place
-    of its indexed copy and `without` (kind, name) left out."""
+    of its indexed copy, `without` (kind, name) left out, and objects whose finalizer has
+    completed (`gone`, by uid) left out even while a stale index still holds them."""
     bodies: dict[tuple[str, str], dict[str, Any]] = {}
     for name in INDEXES:
         index = indexes.get(name)
         if index is not None and namespace in index:
             for b in index[namespace]:
-                bodies[(b["kind"], b["metadata"]["name"])] = dict(b)
+                if b["metadata"].get("uid") not in gone:
+                    bodies[(b["kind"], b["metadata"]["name"])] = dict(b)
     if current is not None:
         bodies[(current["kind"], current["metadata"]["name"])] = {
             k: current.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
@@ -104,6 +109,23 @@ def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> di
     return patch
 
 
+def finalized_uids(memo: Mapping[str, Any], body: Mapping[str, Any] | None = None
+                   ) -> set[str]:
+    """Objects whose deletion finalizer completed in the last 10 minutes (uids). kopf's
+    indexes drop an object only when its DELETED event arrives; a pass that ran in
+    between would write the object back into the store. With `body`, record it first."""
+    finalized: dict[str, float] | None = memo.get(FINALIZED)
+    if finalized is None:
+        return set()
+    now = time.monotonic()
+    if body is not None:
+        finalized[str((body.get("metadata") or {}).get("uid"))] = now
+    for uid, at in list(finalized.items()):
+        if now - at > 600:
+            finalized.pop(uid, None)
+    return set(finalized)
+
+
 def tenant_pass(store: Store, body: Mapping[str, Any], indexes: Mapping[str, Any], *,
                 current: bool = True, without: tuple[str, str] | None = None,
                 actor: str | None = None) -> Plan:
@@ -112,7 +134,7 @@ def tenant_pass(store: Store, body: Mapping[str, Any], indexes: Mapping[str, Any
     namespace = str(body["metadata"]["namespace"])
     now = datetime.now(UTC)
     bodies = tenant_bodies(namespace, indexes, current=body if current else None,
-                           without=without)
+                           without=without, gone=finalized_uids(indexes.get("memo") or {}))
     resources = parse_bodies(bodies)
     actors = {(str(b.get("kind")), str(b["metadata"]["name"])): actor_of(b) for b in bodies}
     return reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
@@ -185,6 +207,7 @@ def on_version_delete(**kwargs: Any) -> None:
             delay=30)
     tenant_pass(store, body, kwargs, current=False, without=("ModelVersion", name),
                 actor=deleted_by(store, body))
+    finalized_uids(kwargs["memo"], body)
 
 
 def on_delete(**kwargs: Any) -> None:
@@ -194,6 +217,7 @@ def on_delete(**kwargs: Any) -> None:
     tenant_pass(store, body, kwargs, current=False,
                 without=(str(body.get("kind")), str(body.metadata.name)),
                 actor=deleted_by(store, body))
+    finalized_uids(kwargs["memo"], body)
 
 
 def record_delete_request(**kwargs: Any) -> None:

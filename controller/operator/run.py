@@ -17,7 +17,8 @@ def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> N
     start_http_server(settings.metrics_port)  # /metrics for Prometheus
     store = open_store(settings.store_url)
     memo = kopf.Memo(store=store, settings=settings, post_event=kopf.info,
-                     apply_workers=kubernetes_worker_applier() if apply_workers else None)
+                     apply_workers=kubernetes_worker_applier() if apply_workers else None,
+                     finalized={})  # shared by every handler (kopf copies memos shallowly)
     registry = build_registry(settings)
     asyncio.run(kopf.operator(
         registry=registry,
