@@ -111,6 +111,35 @@ def test_moving_weights_and_rolling_back_raise_policy_version(applied: ControlPl
     assert (before + 2, "1.1.0", 100) in rows and (before, "1.2.0", 10) in rows  # history kept
 
 
+def test_emergency_rollback_from_the_cli_patches_the_live_policy(applied: ControlPlane,
+                                                                 operator: Operator) -> None:
+    """`cadml rollback --cluster` against the real API server: an override the operator
+    publishes at once, and the annotation saying Git must follow."""
+    import subprocess
+    import sys
+
+    before = get(applied, "rp", "acme-cad", "part-similarity")["status"]["policyVersion"]
+    proc = subprocess.run([sys.executable, "-m", "controller", "rollback",
+                           "acme-cad/part-similarity", "--to", "1.1.0", "--cluster",
+                           "--reason", "INC-9: flanges misrouted", "--actor", "oncall"],
+                          env=applied.env(), capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Git must follow" in proc.stdout
+    live = get(applied, "rp", "acme-cad", "part-similarity")
+    assert live["metadata"]["annotations"]["cadml.io/git-must-follow"] == "true"
+    assert live["spec"]["override"]["version"] == "1.1.0"
+    wait_for(lambda: get(applied, "rp", "acme-cad", "part-similarity")["status"]
+             ["policyVersion"] == before + 1, what="override published")
+    (source,) = _store_rows(operator, "SELECT ps.source FROM policy_snapshot ps JOIN "
+                                      "model_rollout_policy p ON p.id = ps.policy_id WHERE "
+                                      "p.name = 'part-similarity' ORDER BY ps.policy_version "
+                                      "DESC LIMIT 1")[0:1]
+    assert source == ("override",)
+    applied.kubectl("patch", "rp", "-n", "acme-cad", "part-similarity", "--type=merge", "-p",
+                    '{"spec":{"override":null}}')  # Git caught up: the override goes
+
+
 def test_audit_names_the_authenticated_user(applied: ControlPlane, operator: Operator) -> None:
     """The mutating webhook stamps who changed the spec (from the API server's userInfo);
     the audit row of that change names them, and typing the annotation changes nothing."""
