@@ -28,6 +28,8 @@ class ModelChange:
     routing_source_before: str = "none"
     routing_source_after: str = "none"
     stage_changes: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    # how a version kept across the change is served differently: (version, what)
+    serving_changes: list[tuple[str, str]] = field(default_factory=list)
     # (version, name) → (before, after)
     thresholds: dict[tuple[str, str], tuple[Threshold | None, Threshold | None]] = field(
         default_factory=dict)
@@ -45,7 +47,8 @@ class ModelChange:
     @property
     def changed(self) -> bool:
         return bool(self.routing_before != self.routing_after or self.stage_changes
-                    or self.thresholds or self.review_before != self.review_after
+                    or self.serving_changes or self.thresholds
+                    or self.review_before != self.review_after
                     or self.status in ("added", "removed"))
 
 
@@ -119,6 +122,9 @@ def diff_bundles(
             after = hv[semver].spec.stage if semver in hv else None
             if before != after:
                 change.stage_changes.append((semver, before, after))
+            if semver in bv and semver in hv:
+                change.serving_changes += [(semver, what) for what in
+                                           _serving_changes(bv[semver], hv[semver])]
         tb, th = _thresholds_by_version(base, ns, name), _thresholds_by_version(head, ns, name)
         for key in sorted(set(tb) | set(th)):
             if tb.get(key) != th.get(key):
@@ -161,6 +167,22 @@ def diff_bundles(
     return report
 
 
+def _serving_changes(before: ModelVersion, after: ModelVersion) -> list[str]:
+    """What serves this version differently: its artifact, features or search depth."""
+    b, a = before.spec, after.spec
+    out = []
+    if (b.artifact.uri, b.artifact.sha256) != (a.artifact.uri, a.artifact.sha256):
+        out.append(f"artifact {b.artifact.sha256 or b.artifact.uri} → "
+                   f"{a.artifact.sha256 or a.artifact.uri}")
+    if b.feature_version != a.feature_version:
+        out.append(f"featureVersion {b.feature_version} → {a.feature_version}")
+    eb = b.search.ef_search if b.search else None
+    ea = a.search.ef_search if a.search else None
+    if eb != ea:
+        out.append(f"search.efSearch {eb or 'default'} → {ea or 'default'}")
+    return out
+
+
 def _pct(routing: dict[str, int], version: str) -> str:
     return f"{routing[version]}%" if version in routing else "-"
 
@@ -182,7 +204,7 @@ def render_markdown(report: ChangeReport, base: str, head: str) -> str:
     lines.append("")
     changed = [m for m in report.models if m.status != "unchanged"]
     if not changed:
-        lines += ["No change to routing, stages, thresholds or review.", ""]
+        lines += ["No change to routing, stages, serving, thresholds or review.", ""]
     for m in changed:
         lines.append(f"### {m.tenant} / {m.model} ({m.status})")
         src = ""
@@ -201,6 +223,10 @@ def render_markdown(report: ChangeReport, base: str, head: str) -> str:
         if m.stage_changes:
             lines.append("Stages: " + ", ".join(
                 f"{v} {b or '(new)'} → {a or '(removed)'}" for v, b, a in m.stage_changes))
+            lines.append("")
+        if m.serving_changes:
+            lines.append("Served differently: " + ", ".join(
+                f"{v}: {what}" for v, what in m.serving_changes))
             lines.append("")
         if m.thresholds:
             lines += ["Effective thresholds (value and where it comes from):", "",

@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
                  "gaining": m.gaining, "losing": m.losing,
                  "stageChanges": [{"version": v, "before": b, "after": a}
                                   for v, b, a in m.stage_changes],
+                 "servingChanges": [{"version": v, "change": what}
+                                    for v, what in m.serving_changes],
                  "thresholds": [{"version": v, "name": n,
                                  "before": None if b is None else {"value": b.value,
                                                                    "source": b.source},

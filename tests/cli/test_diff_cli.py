@@ -125,3 +125,17 @@ def test_diff_between_two_refs(gitops_repo: Path, capsys: pytest.CaptureFixture[
     code = main(["diff", "--base", base, "--head", "HEAD", "--repo", str(gitops_repo)])
     assert code == 0
     assert "No change to routing" in capsys.readouterr().out
+
+
+def test_search_depth_change_is_shown_as_serving_change(gitops_repo: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    _edit(gitops_repo, "tenants/acme-cad/assembly-match.yaml", "efSearch: 128", "efSearch: 256")
+    code, out = _diff(gitops_repo, capsys)
+    assert code == 0, out
+    assert "### acme-cad / assembly-match (changed)" in out
+    assert "Served differently: 2.1.0: search.efSearch 128 → 256" in out
+    code, out = _diff(gitops_repo, capsys, "-o", "json")
+    (model,) = [m for m in json.loads(out)["models"] if m["model"] == "assembly-match"]
+    assert model["servingChanges"] == [{"version": "2.1.0",
+                                        "change": "search.efSearch 128 → 256"}]
