@@ -51,6 +51,27 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         cp.stop()
 
 
+RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(control_plane: ControlPlane,
+                        tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The operator's own identity from the install manifests (generated from the chart):
+    its ServiceAccount and least-privilege RBAC applied for real, and a token for it. The
+    end-to-end operator runs as that account, so a missing permission fails the suite."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all((ROOT / "manifests" / "install" / "cadml.yaml")
+                                          .read_text()) if d and d.get("kind") in RBAC_KINDS]
+    control_plane.kubectl("create", "namespace", "cadml-system", check=False)
+    control_plane.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    token = control_plane.kubectl("create", "token", "cadml-operator", "-n", "cadml-system",
+                                  "--duration=6h").stdout.strip()
+    return control_plane.token_kubeconfig(
+        token, tmp_path_factory.mktemp("operator-identity") / "kubeconfig")
+
+
 class Operator:
     """`cadml run` as a subprocess, its webhook on loopback. Its store is PostgreSQL as in
     production (a fresh database, the operator connected as the runtime role under
@@ -58,8 +79,10 @@ class Operator:
     `admin_url` reads the store around the application (tests inspect rows with it)."""
 
     def __init__(self, cp: ControlPlane, workdir: Path, priority: int | None = None,
-                 store_url: str | None = None, admin_url: str | None = None) -> None:
+                 store_url: str | None = None, admin_url: str | None = None,
+                 kubeconfig: Path | None = None) -> None:
         self.cp = cp
+        self.kubeconfig = kubeconfig
         self.priority = priority
         self.workdir = workdir
         self.store_url = store_url or f"sqlite:///{workdir / 'store.db'}"
@@ -70,6 +93,7 @@ class Operator:
 
     def start(self) -> None:
         env = {**self.cp.env(), "CADML_STORE_URL": self.store_url,
+               **({"KUBECONFIG": str(self.kubeconfig)} if self.kubeconfig else {}),
                "CADML_WEBHOOK_HOST": "127.0.0.1", "CADML_WEBHOOK_PORT": str(self.webhook_port),
                "CADML_TIMER_INTERVAL": "5", "PYTHONUNBUFFERED": "1"}
         if self.priority is not None:
@@ -125,7 +149,7 @@ class Operator:
 
 @pytest.fixture(scope="module")
 def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
-             request: pytest.FixtureRequest) -> Iterator[Operator]:
+             request: pytest.FixtureRequest, operator_kubeconfig: Path) -> Iterator[Operator]:
     from sqlalchemy.engine import make_url
 
     from tests.stores import APP_ROLE, PG_URL, drop_pg_database, new_pg_database
@@ -137,7 +161,8 @@ def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
         base = make_url(PG_URL).set(database=database)
         urls = {"store_url": base.set(username=APP_ROLE, password=None)
                 .render_as_string(False), "admin_url": base.render_as_string(False)}
-    op = Operator(control_plane, tmp_path_factory.mktemp("operator"), **urls)
+    op = Operator(control_plane, tmp_path_factory.mktemp("operator"), **urls,
+                  kubeconfig=operator_kubeconfig)
     op.start()
     yield op
     op.stop()

@@ -130,6 +130,26 @@ contexts:
 current-context: test
 """)
 
+    def token_kubeconfig(self, token: str, path: Path) -> Path:
+        """A kubeconfig for the same server that authenticates with a bearer token."""
+        path.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: {self.url}
+    certificate-authority: {self.workdir / 'pki' / 'ca.crt'}
+users:
+- name: token
+  user:
+    token: {token}
+contexts:
+- name: test
+  context: {{cluster: test, user: token}}
+current-context: test
+""")
+        return path
+
     # ------------------------------------------------------------- processes
 
     def _spawn(self, name: str, args: list[str]) -> None:

@@ -184,7 +184,8 @@ def test_two_replicas_elect_one_active_and_fail_over(applied: ControlPlane, oper
                                                      tmp_path_factory: Any) -> None:
     """kopf peering: a lower-priority replica stands by (kopf starts paused and stays so
     while a higher peer lives); when the active one leaves, it resumes and handles changes."""
-    second = Operator(applied, tmp_path_factory.mktemp("operator-2"), priority=1)
+    second = Operator(applied, tmp_path_factory.mktemp("operator-2"), priority=1,
+                      kubeconfig=operator.kubeconfig)
     second.store_url = operator.store_url  # replicas share the store, as in a Deployment
 
     def handled(op: Operator) -> int:
