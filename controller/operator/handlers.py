@@ -102,8 +102,19 @@ def actor_of(body: Mapping[str, Any]) -> str:
     return f"k8s:{managers[-1] if managers else 'unknown'}"
 
 
+def _without_nulls(value: Any) -> Any:
+    """The value as the API server stores it: a null field inside a status object is
+    pruned (merge-patch null = absent), so comparing with it would differ forever."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """The status fields to patch: those that differ (None removes a field)."""
+    desired = {k: _without_nulls(v) for k, v in desired.items()}
     patch = {k: v for k, v in desired.items() if current.get(k) != v}
     patch.update({k: None for k in current if k not in desired and not k.startswith("kopf")})
     return patch

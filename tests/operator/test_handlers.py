@@ -173,6 +173,18 @@ def test_status_changes_removes_stale_fields() -> None:
     assert status_changes({"a": 1, "b": 2}, {"a": 1, "c": 3}) == {"c": 3, "b": None}
 
 
+def test_status_changes_compare_as_the_api_server_stores() -> None:
+    """Nulls inside status objects are pruned by the API server; a status that differs only
+    by them is unchanged (it used to be patched again at every pass)."""
+    stored = {"analysis": [{"metric": "success_rate", "result": "InsufficientData"}]}
+    desired = {"analysis": [{"metric": "success_rate", "result": "InsufficientData",
+                             "observed": None}], "lastRollback": None}
+    assert status_changes(stored, desired) == {}
+    desired["analysis"][0]["observed"] = 0.91
+    assert status_changes(stored, desired) == {"analysis": [
+        {"metric": "success_rate", "result": "InsufficientData", "observed": 0.91}]}
+
+
 def test_worker_objects_are_owned_by_the_model() -> None:
     body = next(b for b in _bodies() if b["kind"] == "Model" and
                 b["metadata"]["name"] == "part-similarity")
