@@ -24,6 +24,7 @@ from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Model, Resource
 from controller.errors import CadmlError, ConflictError
 from controller.operator.certs import self_signed
 from controller.operator.settings import OperatorSettings
+from controller.operator.webhook import ServiceWebhookServer, parse_service
 from controller.operator.workers import readiness, worker_objects
 from controller.reconcile.planner import Plan
 from controller.reconcile.step import findings_for, reconcile_tenant
@@ -236,15 +237,19 @@ def record_delete_request(**kwargs: Any) -> None:
     The request is audited (never on dry-run) so the finalizer's `delete` row can name the
     same user. A store that cannot take the row refuses the deletion (retry later) rather
     than let it go unaudited."""
-    if kwargs.get("dryrun"):
-        return
     body: kopf.Body = kwargs["body"]
+    if kwargs.get("dryrun") or body.metadata.get("deletionTimestamp"):
+        return  # a dry run, or a repeated DELETE of an object already being deleted
     user = str((kwargs.get("userinfo") or {}).get("username") or "unknown")
+    kind, name, uid = str(body.get("kind")), str(body.metadata.name), str(body.metadata.uid)
     try:
         with kwargs["memo"]["store"].transaction(str(body.metadata.namespace),
                                                  f"k8s:{user}") as tx:
-            tx.audit(DELETE_REQUESTED, str(body.get("kind")), str(body.metadata.name),
-                     {"uid": str(body.metadata.uid), "summary": f"deletion requested by {user}"})
+            # the API server may call a webhook again for the same request (a retried
+            # connection): one row per object, the first requester's
+            if tx.last_audit_actor(kind, name, DELETE_REQUESTED, uid=uid) is None:
+                tx.audit(DELETE_REQUESTED, kind, name,
+                         {"uid": uid, "summary": f"deletion requested by {user}"})
     except CadmlError as exc:
         raise kopf.AdmissionError(f"the deletion cannot be audited now ({exc}); retry",
                                   code=503) from exc
@@ -334,10 +339,13 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                 certfile, pkeyfile = Path(settings.webhook_cert), Path(settings.webhook_key)
             else:
                 certfile, pkeyfile = self_signed([host], Path(tempfile.mkdtemp(prefix="cadml-")))
-            kopf_settings.admission.server = kopf.WebhookServer(
+            server: dict[str, Any] = dict(
                 addr="0.0.0.0", port=settings.webhook_port,  # in-pod server
                 host=host, certfile=str(certfile), pkeyfile=str(pkeyfile),
                 cafile=settings.webhook_ca)  # None: the serving certificate is the bundle
+            kopf_settings.admission.server = ServiceWebhookServer(
+                service=parse_service(settings.webhook_service), **server) \
+                if settings.webhook_service else kopf.WebhookServer(**server)
             # one name for both configurations kopf manages (validating and mutating)
             kopf_settings.admission.managed = f"admission.{GROUP}"
 

@@ -29,6 +29,8 @@ class OperatorSettings:
     webhook_cert: str | None = None  # mounted serving certificate; self-signed when unset
     webhook_key: str | None = None
     webhook_ca: str | None = None  # CA bundle the API server trusts (cert-manager: ca.crt)
+    webhook_service: str | None = None  # NAMESPACE/NAME[:PORT]: the API server calls the
+    #                                     Service (in a cluster), not https://HOST:PORT
     webhook_failure_policy: str = "Fail"  # Fail: nothing is admitted while the webhook is down
     liveness: str = "http://0.0.0.0:8081/healthz"
     metrics_port: int = 9090
@@ -51,11 +53,16 @@ class OperatorSettings:
             "webhook_cert": env.get("CADML_WEBHOOK_CERT") or None,
             "webhook_key": env.get("CADML_WEBHOOK_KEY") or None,
             "webhook_ca": env.get("CADML_WEBHOOK_CA") or None,
+            "webhook_service": env.get("CADML_WEBHOOK_SERVICE") or None,
             "webhook_failure_policy": env.get("CADML_WEBHOOK_FAILURE_POLICY") or None,
             "metrics_port": int(env.get("CADML_METRICS_PORT", cls.metrics_port)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+        if settings.webhook_service:
+            from controller.operator.webhook import parse_service
+
+            parse_service(settings.webhook_service)  # a malformed value fails at start
         if settings.webhook_failure_policy not in ("Fail", "Ignore"):
             raise ValueError(f"CADML_WEBHOOK_FAILURE_POLICY must be Fail or Ignore, "
                              f"not {settings.webhook_failure_policy!r}")

@@ -80,9 +80,10 @@ class Operator:
 
     def __init__(self, cp: ControlPlane, workdir: Path, priority: int | None = None,
                  store_url: str | None = None, admin_url: str | None = None,
-                 kubeconfig: Path | None = None) -> None:
+                 kubeconfig: Path | None = None, service: str | None = None) -> None:
         self.cp = cp
         self.kubeconfig = kubeconfig
+        self.service = service  # NAMESPACE/NAME: the API server calls the webhooks there
         self.priority = priority
         self.workdir = workdir
         self.store_url = store_url or f"sqlite:///{workdir / 'store.db'}"
@@ -95,6 +96,9 @@ class Operator:
         env = {**self.cp.env(), "CADML_STORE_URL": self.store_url,
                **({"KUBECONFIG": str(self.kubeconfig)} if self.kubeconfig else {}),
                "CADML_WEBHOOK_HOST": "127.0.0.1", "CADML_WEBHOOK_PORT": str(self.webhook_port),
+               **({"CADML_WEBHOOK_SERVICE": f"{self.service}:443",
+                   "CADML_WEBHOOK_HOST": "{1}.{0}.svc".format(*self.service.split("/"))}
+                  if self.service else {}),
                "CADML_TIMER_INTERVAL": "5", "PYTHONUNBUFFERED": "1"}
         if self.priority is not None:
             env["CADML_PRIORITY"] = str(self.priority)
@@ -161,8 +165,10 @@ def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
         base = make_url(PG_URL).set(database=database)
         urls = {"store_url": base.set(username=APP_ROLE, password=None)
                 .render_as_string(False), "admin_url": base.render_as_string(False)}
+    # in-cluster wiring: the API server calls the webhooks through the operator's Service
     op = Operator(control_plane, tmp_path_factory.mktemp("operator"), **urls,
-                  kubeconfig=operator_kubeconfig)
+                  kubeconfig=operator_kubeconfig, service="cadml-system/cadml-operator")
+    control_plane.route_service("cadml-system", "cadml-operator", 443, op.webhook_port)
     op.start()
     yield op
     op.stop()

@@ -150,6 +150,35 @@ current-context: test
 """)
         return path
 
+    def route_service(self, namespace: str, name: str, port: int, target: int) -> str:
+        """A Service without selector whose endpoints are this host's own address at
+        `target` (as a pod's would be): how the API server reaches in-cluster webhooks.
+        Returns the host address used."""
+        import json
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: picks the outward address
+            ip = str(s.getsockname()[0])
+        if ip.startswith("127."):
+            raise RuntimeError("no non-loopback IPv4 address to use as a Service endpoint")
+        meta = {"name": name, "namespace": namespace}
+        docs = [
+            {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+             "spec": {"ports": [{"name": "webhook", "port": port, "targetPort": target}]}},
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": meta,
+             "subsets": [{"addresses": [{"ip": ip}],
+                          "ports": [{"name": "webhook", "port": target}]}]},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {**meta, "name": f"{name}-host",
+                          "labels": {"kubernetes.io/service-name": name}},
+             "addressType": "IPv4", "ports": [{"name": "webhook", "port": target}],
+             "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]},
+        ]
+        self.kubectl("create", "namespace", namespace, check=False)
+        self.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
+        return ip
+
     # ------------------------------------------------------------- processes
 
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -180,6 +209,8 @@ current-context: test
             f"--service-account-issuer=https://127.0.0.1:{self.api_port}/",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
+            # no kube-proxy here: reach Services (webhooks) through their endpoints
+            "--enable-aggregator-routing=true",
         ])
 
     def start_controller_manager(self) -> None:

@@ -168,6 +168,10 @@ def test_the_operator_manages_both_webhook_configurations(applied: ControlPlane)
         assert len(hooks) == 4  # one per kind
         assert {h["failurePolicy"] for h in hooks} == {"Fail"}  # the default
         assert all(h["clientConfig"].get("caBundle") for h in hooks)
+        # reached through the operator's Service (as in a cluster), not a URL
+        assert {(h["clientConfig"]["service"]["namespace"], h["clientConfig"]["service"]["name"],
+                 h["clientConfig"]["service"]["port"]) for h in hooks} == {
+            ("cadml-system", "cadml-operator", 443)}
 
 
 def test_models_own_their_worker_deployments(applied: ControlPlane) -> None:

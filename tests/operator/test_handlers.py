@@ -299,10 +299,17 @@ def test_a_deletion_is_audited_under_the_user_who_asked(cluster: Cluster) -> Non
     cluster.bodies[key] = _annotated(cluster.bodies[key], **{CHANGED_BY: "alice@acme"})
     cluster.handle(*key)
     policy = cluster.bodies[key]
-    for dryrun in (True, False):  # `kubectl delete --dry-run=server` audits nothing
+    # `kubectl delete --dry-run=server` audits nothing, and a webhook call repeated for the
+    # same request (the API server retries a broken connection) adds no second row
+    for dryrun in (True, False, False):
         validate(body=kopf.Body(policy), old=kopf.Body(policy), operation="DELETE",
                  dryrun=dryrun, userinfo={"username": "carol@acme"}, memo=cluster.memo,
                  **cluster.indexes())
+    terminating = {**policy, "metadata": {**policy["metadata"],
+                                          "deletionTimestamp": "2026-11-22T06:00:00Z"}}
+    validate(body=kopf.Body(terminating), old=kopf.Body(terminating), operation="DELETE",
+             dryrun=False, userinfo={"username": "dave@acme"}, memo=cluster.memo,
+             **cluster.indexes())  # a second DELETE while it terminates: not a new request
     del cluster.bodies[key]  # the finalizer runs once the object is gone from the indexes
     on_delete(body=kopf.Body(policy), memo=cluster.memo, **cluster.indexes())
     with cluster.memo["store"].transaction("acme-cad", "t") as tx:
@@ -337,3 +344,40 @@ def test_a_pass_on_a_stale_index_does_not_bring_a_deleted_object_back(cluster: C
         actions = [e.action for e in tx.audit_events() if e.object_name == key[1]]
     assert rows[key[1]] is True
     assert actions[-1] == "delete" and actions.count("delete") == 1
+
+
+def test_webhook_service_reference_parses_and_refuses_garbage() -> None:
+    from controller.operator.webhook import parse_service
+
+    assert parse_service("cadml-system/cadml-operator") == ("cadml-system", "cadml-operator",
+                                                            443)
+    assert parse_service("ops/hooks:8443") == ("ops", "hooks", 8443)
+    for bad in ("cadml-operator", "/x", "ns/", "ns/x:https"):
+        with pytest.raises(ValueError, match="NAMESPACE/NAME"):
+            parse_service(bad)
+    with pytest.raises(ValueError, match="NAMESPACE/NAME"):
+        OperatorSettings.from_env({"CADML_WEBHOOK_SERVICE": "nope"})
+
+
+async def test_the_webhook_server_hands_the_api_server_a_service(tmp_path: Path) -> None:
+    """The real server starts (TLS on loopback) and the client config it yields names the
+    Service and carries the CA bundle; the URL of the pod is not given out."""
+    from controller.operator.certs import self_signed
+    from controller.operator.webhook import ServiceWebhookServer
+    from tests.e2e.controlplane import free_port
+
+    cert, key = self_signed(["cadml-operator.cadml-system.svc"], tmp_path)
+    server = ServiceWebhookServer(service=("cadml-system", "cadml-operator", 443),
+                                  addr="127.0.0.1", port=free_port(),
+                                  host="cadml-operator.cadml-system.svc",
+                                  certfile=str(cert), pkeyfile=str(key))
+
+    async def never(*_: Any, **__: Any) -> Any:
+        raise AssertionError("no admission request is made here")
+
+    configs = server(never)
+    config = await configs.__anext__()
+    await configs.aclose()
+    assert config["service"] == {"namespace": "cadml-system", "name": "cadml-operator",
+                                 "port": 443, "path": ""}
+    assert config["caBundle"] and "url" not in config
