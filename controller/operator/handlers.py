@@ -217,19 +217,19 @@ def on_version_delete(**kwargs: Any) -> None:
             f"ModelVersion {ns}/{name} still receives {weight}% of traffic (policyVersion "
             f"{snap.policy_version}); route it away first, then the deletion completes",
             delay=30)
+    finalized_uids(kwargs["memo"], body)  # from now on no pass may write it back
     tenant_pass(store, body, kwargs, current=False, without=("ModelVersion", name),
                 actor=deleted_by(store, body))
-    finalized_uids(kwargs["memo"], body)
 
 
 def on_delete(**kwargs: Any) -> None:
     """Finalizer for Models and RolloutPolicies: marked deleted in the store, audited."""
     body: kopf.Body = kwargs["body"]
     store: Store = kwargs["memo"]["store"]
+    finalized_uids(kwargs["memo"], body)  # from now on no pass may write it back
     tenant_pass(store, body, kwargs, current=False,
                 without=(str(body.get("kind")), str(body.metadata.name)),
                 actor=deleted_by(store, body))
-    finalized_uids(kwargs["memo"], body)
 
 
 def record_delete_request(**kwargs: Any) -> None:
