@@ -11,7 +11,6 @@ Degraded from the exact numpy index over the verified vectors.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from controller.errors import CadmlError
-from controller.search.fetch import Fetcher, FetchError, is_remote, plain_name
+from controller.search.fetch import Fetcher, FetchError, is_remote, plain_name, sha256_file
 from controller.search.index import ExactIndex, VectorIndex, read_faiss
 from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport, safe_load
 
@@ -66,14 +65,6 @@ def _fetched(uri: str, sha256: str | None, fmt: str, fetcher: Fetcher) -> Path:
     except FetchError as exc:
         raise ArtifactError(str(exc), code=exc.code, context={"uri": exc.uri}) from None
     return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _verified(path: Path, expected: str | None, what: str) -> None:

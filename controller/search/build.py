@@ -18,7 +18,8 @@ import numpy as np
 
 from controller.features import FEATURE_DIMS, Features, InvalidDrawing
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
-from controller.search.artifacts import MANIFEST_FORMAT, sha256_file
+from controller.search.artifacts import MANIFEST_FORMAT
+from controller.search.fetch import sha256_file
 from controller.search.index import build_faiss, write_faiss
 
 DXF_SUFFIXES = (".dxf",)

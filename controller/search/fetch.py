@@ -60,7 +60,7 @@ def plain_name(name: str) -> str:
     return name
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
@@ -85,7 +85,7 @@ class Fetcher:
                              uri=uri) from None
         folder = into or self.cache / sha256
         target = folder / name
-        if target.is_file() and _sha256(target) == sha256:
+        if target.is_file() and sha256_file(target) == sha256:
             return target
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", dir=folder)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.search.artifacts import ArtifactError, load_artifact, sha256_file
+from controller.search.artifacts import ArtifactError, load_artifact
 from controller.search.build import BuildResult
-from controller.search.fetch import Fetcher
+from controller.search.fetch import Fetcher, sha256_file
 from tests.worker.conftest import MODEL, TENANT, World, copy_artifact
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.search.artifacts import ArtifactError, load_artifact, sha256_file
+from controller.search.artifacts import ArtifactError, load_artifact
 from controller.search.build import BuildResult
+from controller.search.fetch import sha256_file
 from controller.search.index import ExactIndex, build_faiss
 from controller.search.pickle_scan import UnsafeArtifact, safe_load, scan
 from tests.worker.conftest import copy_artifact
