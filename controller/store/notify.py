@@ -48,7 +48,6 @@ class PolicyListener:
         self.channel = channel_name
         self.on_notify = on_notify
         self.wait_seconds = wait_seconds
-        self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"listen-{channel_name}",
                                         daemon=True)
@@ -78,14 +77,12 @@ class PolicyListener:
             conn = None
             try:
                 conn = self._connect()
-                self.connected.set()
                 failures = 0
                 self.on_notify("")
                 while not self._stop.is_set():
                     for note in conn.notifies(timeout=self.wait_seconds):
                         self.on_notify(str(note.payload))
             except Exception as exc:  # the database went away: poll meanwhile, reconnect
-                self.connected.clear()
                 delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
                 failures += 1
                 log.warning("policy notifications on %s lost (%s); reconnecting in %.1f s",
@@ -96,4 +93,3 @@ class PolicyListener:
                 if conn is not None:
                     with contextlib.suppress(Exception):  # already broken
                         conn.close()
-        self.connected.clear()

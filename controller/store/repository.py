@@ -627,15 +627,14 @@ class StoreTx:
         return AuditEvent(self.tenant, seq, at, actor, action, object_kind, object_name,
                           body, prev, digest)
 
-    def last_audit_actor(self, kind: str, name: str, action: str,
-                         uid: str | None = None) -> str | None:
-        """The actor of the newest `action` event on an object (with details.uid == uid)."""
+    def last_audit_actor(self, kind: str, name: str, action: str, uid: str) -> str | None:
+        """The actor of the newest `action` event on this incarnation (uid) of an object."""
         c = t.audit_event.c
         rows = self.conn.execute(select(c.actor, c.details).where(
             c.tenant_id == self.tenant, c.object_kind == kind, c.object_name == name,
             c.action == action).order_by(c.seq.desc()).limit(20))
         for actor, details in rows:
-            if uid is None or (details or {}).get("uid") == uid:
+            if (details or {}).get("uid") == uid:
                 return str(actor)
         return None
 

@@ -141,9 +141,7 @@ class WorkerRuntime:
             if row is None:
                 continue
             current = self.versions.get(version)
-            if current and current.row.artifact_sha256 == row.artifact_sha256 and \
-                    current.row.artifact_uri == row.artifact_uri and \
-                    current.row.ef_search == row.ef_search:
+            if current and self._attempt_key(current.row) == self._attempt_key(row):
                 loaded[version] = self._maybe_recover(current, now)
                 continue
             lv = self._load_or_back_off(row, now)
@@ -169,22 +167,24 @@ class WorkerRuntime:
 
     @staticmethod
     def _attempt_key(row: VersionRow) -> tuple[Any, ...]:
+        """What a loaded version is made of: a change means loading it again."""
         return row.artifact_uri, row.artifact_sha256, row.artifact_format, row.ef_search
 
     def _load_or_back_off(self, row: VersionRow, now: float) -> LoadedVersion | None:
         """Load a version not yet loaded. After a failure the same artifact is tried again
         with the recovery backoff (not at every refresh); a changed artifact at once."""
-        failed = self.failed.get(row.version)
-        if failed is not None and failed[0] == self._attempt_key(row) and now < failed[1]:
+        key, failed = self._attempt_key(row), self.failed.get(row.version)
+        retrying = failed is not None and failed[0] == key
+        if failed is not None and retrying and now < failed[1]:
             return None
         lv = self._load(row, now)
         if lv is not None:
             self.failed.pop(row.version, None)
             return lv
         s = self.settings
-        backoff = s.backoff_initial if failed is None or failed[0] != self._attempt_key(row) \
-            else min(failed[2] * s.backoff_factor, s.backoff_max)
-        self.failed[row.version] = (self._attempt_key(row), now + backoff, backoff)
+        backoff = min(failed[2] * s.backoff_factor, s.backoff_max) \
+            if failed is not None and retrying else s.backoff_initial
+        self.failed[row.version] = (key, now + backoff, backoff)
         log.error("version %s: next load attempt in %.0f s (POST /admin/recover to retry now)",
                   row.version, backoff)
         return None
