@@ -122,7 +122,8 @@ def _set_stage(doc: _Doc, stage: str, touched: set[Path], changes: list[str]) ->
     touched.add(doc.path)
 
 
-def _commit(tree: _ModelTree, touched: set[Path], title: str, reason: str, actor: str,
+def _commit(tree: _ModelTree, touched: set[Path], target: str, title: str, reason: str,
+            actor: str,
             changes: list[str], now: datetime | None) -> RollbackResult:
     """Write the edited files, validate the whole tree with `cadml validate`'s rules, and
     commit; on any refusal the files are restored and nothing is committed."""
@@ -149,7 +150,14 @@ def _commit(tree: _ModelTree, touched: set[Path], title: str, reason: str, actor
     message = (f"{title}\n\nReason: {reason}\nActor: {actor}\nRequested-At: {when}\n\n"
                + "\n".join(f"- {c}" for c in changes))
     commit = tree.repo.index.commit(message)
-    return RollbackResult(commit.hexsha, "", rel, changes)
+    return RollbackResult(commit.hexsha, target, rel, changes)
+
+
+def _drop_override(spec: Any, changes: list[str]) -> None:
+    """The commit itself routes traffic: a manual override would hide it."""
+    if "override" in spec:
+        del spec["override"]
+        changes.append("manual override removed")
 
 
 def _weights(spec: Any) -> str:
@@ -181,16 +189,12 @@ def rollback_in_repo(repo_dir: str, tenant: str, model: str, to: str | None, rea
     spec = tree.policy.body["spec"]
     before = _weights(spec)
     spec["weights"] = [{"version": target_version, "weight": 100}]
-    if "override" in spec:
-        del spec["override"]
-        changes.append("manual override removed")
+    _drop_override(spec, changes)
     meta = tree.policy.body["metadata"]
     meta.setdefault("annotations", {})[ROLLBACK_ANNOTATION] = reason
     changes.insert(0, f"{meta['name']}: weights {before} → {target_version}=100")
-    result = _commit(tree, touched, f"rollback {tenant}/{model} to {target_version}", reason,
-                     actor, changes, now)
-    result.target = target_version
-    return result
+    return _commit(tree, touched, target_version,
+                   f"rollback {tenant}/{model} to {target_version}", reason, actor, changes, now)
 
 
 def promote_in_repo(repo_dir: str, tenant: str, model: str, version: str, reason: str,
@@ -221,15 +225,11 @@ def promote_in_repo(repo_dir: str, tenant: str, model: str, version: str, reason
               and tree.stage(str(w["version"])) == "CANARY"]
     spec["weights"] = [{"version": version, "weight": 100 - sum(int(w["weight"])
                                                                 for w in others)}, *others]
-    if "override" in spec:
-        del spec["override"]
-        changes.append("manual override removed")
+    _drop_override(spec, changes)
     changes.insert(0, f"{tree.policy.body['metadata']['name']}: weights {before} → "
                       f"{_weights(spec)}")
-    result = _commit(tree, touched, f"promote {tenant}/{model} {version} to STABLE", reason,
-                     actor, changes, now)
-    result.target = version
-    return result
+    return _commit(tree, touched, version, f"promote {tenant}/{model} {version} to STABLE",
+                   reason, actor, changes, now)
 
 
 def cluster_patch(target_version: str, reason: str, actor: str, now: datetime) -> dict[str, Any]:
