@@ -23,7 +23,7 @@ from controller.store.migrate import upgrade
 
 PG_URL = os.environ.get("CADML_TEST_PG_URL", "")
 APP_ROLE = "cadml_app"
-_TEMPLATE = "cadml_test_template"
+_TEMPLATE = f"cadml_test_template_{os.getpid()}"  # one per test session: sessions may overlap
 
 
 def pg_required() -> None:
@@ -52,6 +52,8 @@ def pg_template() -> Iterator[str]:
     upgrade(engine, app_role=APP_ROLE)
     engine.dispose()
     yield _TEMPLATE
+    with admin.connect() as c:
+        c.execute(text(f"DROP DATABASE IF EXISTS {_TEMPLATE} WITH (FORCE)"))
     admin.dispose()
 
 
