@@ -7,6 +7,7 @@
     ├── StoreError                  the runtime store refused or failed
     │   ├── ConflictError           a unique rule lost a race (second STABLE, repeated tick)
     │   ├── NotFound                the row asked for does not exist
+    │   ├── StaleWrite              a pass built from an older view than the store's; requeue
     │   └── StoreUnavailable        connection or server failure; a retry can help
     │   (below: defined beside the code that raises them, with code/stage/context for JSON)
     ├── InvalidDrawing              controller.features: a DXF upload we cannot read (4xx)
@@ -81,3 +82,12 @@ class StoreUnavailable(StoreError):
     reason = "StoreUnavailable"
     retryable = True
 
+
+
+class StaleWrite(StoreError):
+    """A write from an older view than the store holds: a row's `generation` is newer than
+    the pass's, or a snapshot would be published from an older policy generation. The
+    whole pass is refused (nothing written); a new pass from the latest view converges."""
+
+    reason = "StalePass"
+    retryable = True

@@ -26,6 +26,7 @@ class ModelRow:
     review_control_allowed: bool = False
     review_default_decision: str = "PENDING_REVIEW"
     deleted: bool = False
+    previous_name: str | None = None  # a rename: this row carries on that model's line
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class VersionRow:
     spec_hash: str = ""
     deleted: bool = False
     ef_search: int | None = None  # spec.search.efSearch: HNSW search depth
+    previous_name: str | None = None  # a rename: same model and semver under a new name
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,8 @@ def apply_plan(tx: StoreTx, plan: Plan,
         tx.upsert_policy(policy)
     for snap in plan.snapshots:
         published = tx.publish_snapshot(snap.policy_name, snap.routes, snap.thresholds,
-                                        snap.source, snap.reason, snap.refresh_seconds)
+                                        snap.source, snap.reason, snap.refresh_seconds,
+                                        generation=snap.generation)
         if published != snap.policy_version:
             raise ConflictError(f"policy {snap.policy_name}: planned policyVersion "
                                 f"{snap.policy_version}, the store gave {published}; "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -75,6 +76,7 @@ class SnapshotPlan:
     source: str
     reason: str
     refresh_seconds: int
+    generation: int = 0  # of the policy the snapshot was planned from (the store's guard)
 
 
 @dataclass
@@ -111,21 +113,28 @@ def _generation(resource: Resource) -> int:
     return resource.metadata.generation or 1
 
 
-def _renamed_policies(policies: list[RolloutPolicy], observed: ObservedTenant) -> dict[str, str]:
-    """new name → old name, for each desired policy the store does not know by name whose
-    model has a stored policy under a name no longer desired (renamed in Git, or deleted
-    and created again under another name). The store keeps one policy row per model."""
-    desired = {p.metadata.name for p in policies}
+def renames(desired: dict[str, Hashable], stored: dict[str, tuple[Hashable, bool]],
+            keep: set[str]) -> dict[str, str]:
+    """new name → old name: each desired object the store does not know by name whose
+    identity (`desired`: name → identity) a stored row has under a name no longer wanted
+    (`stored`: name → (identity, deleted); `keep`: every name still desired, applied or
+    not). Live rows are taken before soft-deleted ones. The store's identity survives
+    renames: history stays with the row, and the unique rules never see two rows."""
     out: dict[str, str] = {}
-    for p in policies:
-        if p.metadata.name in observed.policies:
+    for name, identity in sorted(desired.items()):
+        if name in stored:
             continue
-        old = next((o.name for o in observed.policies.values()
-                    if o.model_name == p.spec.model_ref and o.name not in desired
-                    and o.name not in out.values()), None)
+        old = next((o for o, (oid, deleted) in sorted(stored.items(), key=lambda kv: kv[1][1])
+                    if oid == identity and o not in keep and o not in out.values()), None)
         if old is not None:
-            out[p.metadata.name] = old
+            out[name] = old
     return out
+
+
+def _rename_entry(kind: str, new: str, old: str, spec_hash_: str, what: str) -> AuditEntry:
+    return AuditEntry("rename", kind, new, {
+        "summary": f"renamed from {old}; {what} carry on", "previousName": old,
+        "specHash": spec_hash_})
 
 
 def _change(kind: str, name: str, observed: Any, desired: Any) -> AuditEntry | None:
@@ -282,19 +291,35 @@ def plan_tenant(
 
     # ---- rows: models, then versions leaving STABLE before any version entering it
     desired_models = {n: _model_row(models[n]) for n in sorted(applied_models)}
+    model_renamed = renames({n: m.model_key for n, m in desired_models.items()},
+                            {n: (m.model_key, m.deleted) for n, m in observed.models.items()},
+                            set(models))
+    model_now = {old: new for new, old in model_renamed.items()}  # stored name → desired
     for name, mrow in desired_models.items():
-        entry = _change("Model", name, observed.models.get(name), mrow)
-        if entry:
+        if name in model_renamed:
+            plan.models.append(replace(mrow, previous_name=model_renamed[name]))
+            plan.audit.append(_rename_entry("Model", name, model_renamed[name],
+                                            mrow.spec_hash, "its versions, policy and runs"))
+        elif entry := _change("Model", name, observed.models.get(name), mrow):
             plan.models.append(mrow)
             plan.audit.append(entry)
     desired_versions = {v.metadata.name: _version_row(v) for v in applied_versions}
+    version_renamed = renames(
+        {n: (v.model_name, v.version) for n, v in desired_versions.items()},
+        {n: ((model_now.get(v.model_name, v.model_name), v.version), v.deleted)
+         for n, v in observed.versions.items()},
+        {v.metadata.name for v in versions})
     version_changes: list[tuple[VersionRow, AuditEntry]] = []
     for name, vrow in desired_versions.items():
-        entry = _change("ModelVersion", name, observed.versions.get(name), vrow)
-        if entry:
+        if name in version_renamed:
+            version_changes.append((replace(vrow, previous_name=version_renamed[name]),
+                                    _rename_entry("ModelVersion", name, version_renamed[name],
+                                                  vrow.spec_hash, "its runs and routes")))
+        elif entry := _change("ModelVersion", name, observed.versions.get(name), vrow):
             version_changes.append((vrow, entry))
     for name, old in observed.versions.items():
         if name not in desired_versions and not old.deleted and \
+                name not in version_renamed.values() and \
                 not any(v.metadata.name == name for v in versions):
             gone = VersionRow(**{**_asdict(old), "deleted": True,
                                  "stage": "DEPRECATED" if old.stage == "STABLE" else old.stage})
@@ -309,7 +334,11 @@ def plan_tenant(
     status_extra: dict[tuple[str, str], dict[str, Any]] = {}
     expired_of: dict[str, str | None] = {}
     serving: dict[tuple[str, str], int] = {}  # (model, semver) → weight
-    renamed = _renamed_policies(policies, observed)
+    renamed = renames({p.metadata.name: p.spec.model_ref for p in policies
+                       if ok(p) and p.spec.model_ref in applied_models},
+                      {n: (model_now.get(o.model_name, o.model_name), o.deleted)
+                       for n, o in observed.policies.items()},
+                      {p.metadata.name for p in policies})
     for p in policies:
         if not ok(p) or p.spec.model_ref not in applied_models:
             continue
@@ -318,9 +347,8 @@ def plan_tenant(
         if old_name is not None:  # one policy under a new name: policyVersion continues
             prow = replace(prow, previous_name=old_name)
             plan.policies.append(prow)
-            plan.audit.append(AuditEntry("rename", "RolloutPolicy", prow.name, {
-                "summary": f"renamed from {old_name}; its snapshots and policyVersion carry on",
-                "previousName": old_name, "specHash": prow.spec_hash}))
+            plan.audit.append(_rename_entry("RolloutPolicy", prow.name, old_name,
+                                            prow.spec_hash, "its snapshots and policyVersion"))
         elif entry := _change("RolloutPolicy", p.metadata.name,
                               observed.policies.get(prow.name), prow):
             plan.policies.append(prow)
@@ -331,7 +359,9 @@ def plan_tenant(
         routing = desired_routing(p, vs, now, [a for a in states if a.aborted])
         expired_of[p.metadata.name] = routing.expired
         thresholds = _thresholds(models.get(p.spec.model_ref), vs, p, routing.routes)
-        current = observed.snapshots.get(p.spec.model_ref)
+        # a renamed model's line: its snapshots are stored under the old name
+        current = observed.snapshots.get(
+            model_renamed.get(p.spec.model_ref, p.spec.model_ref))
         pv = current.policy_version if current else 0
         same = current is not None and (current.routes, current.thresholds,
                                         current.refresh_seconds, current.source,
@@ -342,7 +372,8 @@ def plan_tenant(
             pv += 1
             plan.snapshots.append(SnapshotPlan(p.metadata.name, p.spec.model_ref, pv,
                                                routing.routes, thresholds, routing.source,
-                                               routing.reason, p.spec.refresh_seconds))
+                                               routing.reason, p.spec.refresh_seconds,
+                                               _generation(p)))
             before = ",".join(f"{x.version}={x.weight}" for x in current.routes) \
                 if current else "-"
             after = ",".join(f"{x.version}={x.weight}" for x in routing.routes)
@@ -373,7 +404,7 @@ def plan_tenant(
             plan.audit.append(AuditEntry("delete", "RolloutPolicy", name, {
                 "summary": "removed from the desired state; snapshots kept"}))
     for name, old_m in observed.models.items():
-        if name not in models and not old_m.deleted:
+        if name not in models and not old_m.deleted and name not in model_renamed.values():
             plan.models.append(ModelRow(**{**_asdict(old_m), "deleted": True}))
             plan.audit.append(AuditEntry("delete", "Model", name, {
                 "summary": "removed from the desired state; history kept"}))

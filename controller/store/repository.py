@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, and_, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from controller.errors import ConflictError, NotFound, StoreError, StoreUnavailable
+from controller.errors import ConflictError, NotFound, StaleWrite, StoreError, StoreUnavailable
 from controller.evaluation import Metrics, RunFact
 from controller.records import (
     AnalysisState,
@@ -142,18 +142,32 @@ class StoreTx:
         self.conn.execute(text("SELECT pg_notify(:c, :p)"),
                           {"c": channel(self.tenant, name), "p": payload})
 
-    def _upsert_named(self, table: Any, name: str, values: dict[str, Any]) -> int:
-        """Insert the tenant's row called `name`, or overwrite it with `values`; its id."""
+    def _upsert_named(self, table: Any, name: str, values: dict[str, Any],
+                      previous_name: str | None = None) -> int:
+        """Insert the tenant's row called `name`, or overwrite it with `values`; its id.
+
+        With `previous_name` (a rename) the row of that name is renamed first, so the
+        object keeps its id and history under the new name. The generation guard: a live
+        row is never overwritten from an older `generation` (StaleWrite, nothing written);
+        a deleted row takes any generation (a new incarnation), and so does a rename."""
         c = table.c
-        row_id = self.conn.execute(select(c.id).where(c.tenant_id == self.tenant,
-                                                      c.name == name)).scalar()
-        if row_id is None:
+        if previous_name is not None:
+            self.conn.execute(update(table).where(
+                c.tenant_id == self.tenant, c.name == previous_name).values(name=name))
+        row = self._one(select(c.id, c.generation, c.deleted).where(
+            c.tenant_id == self.tenant, c.name == name).with_for_update())
+        if row is None:
             return int(self.conn.execute(insert(table).values(
                 tenant_id=self.tenant, name=name, created_at=self.now, updated_at=self.now,
                 **values).returning(c.id)).scalar_one())
-        self.conn.execute(update(table).where(c.id == row_id).values(updated_at=self.now,
+        if previous_name is None and not row.deleted and \
+                int(values["generation"]) < int(row.generation or 0):
+            raise StaleWrite(f"{table.name} {self.tenant}/{name}: the store holds generation "
+                             f"{row.generation}, this pass was built from generation "
+                             f"{values['generation']}; a newer pass has been applied")
+        self.conn.execute(update(table).where(c.id == row.id).values(updated_at=self.now,
                                                                     **values))
-        return int(row_id)
+        return int(row.id)
 
     def _put(self, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
         """Update the tenant's row with this key, or insert it (rows keyed by columns)."""
@@ -177,7 +191,8 @@ class StoreTx:
             description=m.description, threshold_defaults=m.threshold_defaults,
             worker_replicas=m.worker_replicas, generation=m.generation, spec_hash=m.spec_hash,
             review_control_allowed=m.review_control_allowed,
-            review_default_decision=m.review_default_decision, deleted=m.deleted))
+            review_default_decision=m.review_default_decision, deleted=m.deleted),
+            previous_name=m.previous_name)
 
     def upsert_version(self, v: VersionRow) -> int:
         model_id = self._require_model(v.model_name)
@@ -188,7 +203,8 @@ class StoreTx:
             artifact_uri=v.artifact_uri, artifact_sha256=v.artifact_sha256,
             artifact_format=v.artifact_format, feature_version=v.feature_version,
             threshold_defaults=v.threshold_defaults, generation=v.generation,
-            spec_hash=v.spec_hash, deleted=v.deleted, ef_search=v.ef_search))
+            spec_hash=v.spec_hash, deleted=v.deleted, ef_search=v.ef_search),
+            previous_name=v.previous_name)
 
     def set_stage(self, version_name: str, stage: str) -> None:
         c = t.model_version.c
@@ -212,25 +228,26 @@ class StoreTx:
         """Insert or overwrite a policy row (its policy_version is left alone). With
         `previous_name`, the row of that name is renamed first, so the policy keeps its
         id, snapshots and policy_version under the new name."""
-        if p.previous_name is not None:
-            c = t.model_rollout_policy.c
-            self.conn.execute(update(t.model_rollout_policy).where(
-                c.tenant_id == self.tenant, c.name == p.previous_name).values(name=p.name))
         return self._upsert_named(t.model_rollout_policy, p.name, dict(
             model_id=self._require_model(p.model_name), spec=p.spec,
             refresh_seconds=p.refresh_seconds, generation=p.generation, spec_hash=p.spec_hash,
-            deleted=p.deleted))
+            deleted=p.deleted), previous_name=p.previous_name)
 
     def publish_snapshot(self, policy_name: str, routes: Sequence[RouteRow],
                          thresholds: dict[str, Any], source: str, reason: str = "",
-                         refresh_seconds: int = 5) -> int:
+                         refresh_seconds: int = 5, generation: int | None = None) -> int:
         """Append a snapshot with policy_version + 1; returns the new policy_version.
-        Old snapshots are never changed: history only grows."""
+        Old snapshots are never changed: history only grows. With `generation` (the policy
+        generation the plan was built from), a plan older than the policy row is refused."""
         pc = t.model_rollout_policy.c
-        policy = self._one(select(pc.id, pc.model_id, pc.policy_version).where(
+        policy = self._one(select(pc.id, pc.model_id, pc.policy_version, pc.generation).where(
             pc.tenant_id == self.tenant, pc.name == policy_name).with_for_update())
         if policy is None:
             raise ConflictError(f"policy {self.tenant}/{policy_name} is not in the store")
+        if generation is not None and generation < int(policy.generation or 0):
+            raise StaleWrite(f"policy {self.tenant}/{policy_name}: a snapshot planned from "
+                             f"generation {generation} is older than the stored generation "
+                             f"{policy.generation}; not published")
         new_version = int(policy.policy_version) + 1
         vc = t.model_version.c
         ids = dict(self.conn.execute(select(vc.version, vc.id).where(

@@ -188,7 +188,7 @@ release_record = Table(
     Column("spec_hash", String(64), nullable=False),
     _ts("created_at"),
     UniqueConstraint("tenant_id", "release_id"),
-    UniqueConstraint("tenant_id", "name"),
+    Index("ix_release_record_tenant_id_name", "tenant_id", "name"),  # 0011: reusable names
     CheckConstraint("risk_level IN ('low', 'medium', 'high', 'write')", name="risk_level"),
 )
 

@@ -30,8 +30,21 @@ FIXABLE_LATER: frozenset[str] = frozenset(
         "policy.override-ref",
         "release.model-ref",
         "release.rollback-target",
+        # a rename through a sync: the new object arrives while the old one still exists
+        # (kubectl apply --prune and Argo CD prune after applying); the newer one waits
+        "model.key-unique",
+        "version.semver-unique",
+        "policy.one-per-model",
+        "release.id-unique",
     }
 )
+
+
+def arrival(r: Resource) -> tuple[bool, str, str]:
+    """Order of arrival: by creationTimestamp where the API server set one (an object
+    being admitted has none yet and comes last), then by name (offline, in Git)."""
+    created = r.metadata.creation_timestamp
+    return created is None, created or "", r.metadata.name
 
 
 def _e(rule: str, res: Resource, path: str, message: str, warning: bool = False) -> FieldError:
@@ -53,10 +66,13 @@ def check_models(bundle: Bundle, ns: str) -> list[FieldError]:
     for m in bundle.models(ns):
         by_key[m.spec.model_key].append(m)
     for key, models in by_key.items():
-        for m in sorted(models, key=lambda m: m.metadata.name)[1:]:
+        first, *later = sorted(models, key=arrival)
+        for m in later:
             errors.append(_e("model.key-unique", m, "spec.modelKey",
                              f"modelKey {key!r} is already used by Model "
-                             f"{ns}/{models[0].metadata.name}; model keys are unique per tenant"))
+                             f"{ns}/{first.metadata.name}; model keys are unique per tenant "
+                             f"(a rename: {m.metadata.name} takes over once "
+                             f"{first.metadata.name} is removed)"))
     return errors
 
 
@@ -81,12 +97,17 @@ def check_versions(bundle: Bundle, ns: str) -> list[FieldError]:
                     errors.append(_e("version.release-gates", v, "spec.stage",
                                      f"cannot be STABLE: ReleaseRecord {ns}/{rr.metadata.name} "
                                      f"failed release gates ({detail})"))
+    renamed: set[int] = set()  # later objects of a semver: one version under two names
     for (model, semver), same in semvers.items():
-        for v in sorted(same, key=lambda v: v.metadata.name)[1:]:
+        first, *later = sorted(same, key=arrival)
+        for v in later:
+            renamed.add(id(v))
             errors.append(_e("version.semver-unique", v, "spec.version",
                              f"model {model!r} already has version {semver} "
-                             f"({ns}/{same[0].metadata.name})"))
-    for key, vs in stables.items():
+                             f"({ns}/{first.metadata.name}); a rename: {v.metadata.name} "
+                             f"takes over once {first.metadata.name} is removed"))
+    for key, all_stable in stables.items():
+        vs = [v for v in all_stable if id(v) not in renamed]
         if len(vs) < 2:
             continue
         for v in vs:
@@ -155,10 +176,13 @@ def check_policies(bundle: Bundle, ns: str, now: datetime) -> list[FieldError]:
                              f"the policy expired at {p.spec.valid_until.isoformat()}; the "
                              "model falls back to its STABLE version", warning=True))
     for model_name, policies in by_model.items():
-        for p in sorted(policies, key=lambda p: p.metadata.name)[1:]:
+        first, *later = sorted(policies, key=arrival)
+        for p in later:
             errors.append(_e("policy.one-per-model", p, "spec.modelRef",
                              f"model {model_name!r} already has RolloutPolicy "
-                             f"{ns}/{policies[0].metadata.name}; one policy per model"))
+                             f"{ns}/{first.metadata.name}; one policy per model (a rename: "
+                             f"{p.metadata.name} takes over once {first.metadata.name} is "
+                             "removed)"))
     return errors
 
 
@@ -191,10 +215,11 @@ def check_releases(bundle: Bundle, ns: str) -> list[FieldError]:
                              f"{stage_name or 'missing'}; a rollback target must have been "
                              "STABLE"))
     for release_id, same in by_id.items():
-        for rr in sorted(same, key=lambda r: r.metadata.name)[1:]:
+        first, *later = sorted(same, key=arrival)
+        for rr in later:
             errors.append(_e("release.id-unique", rr, "spec.releaseId",
                              f"releaseId {release_id!r} is already used by "
-                             f"{ns}/{same[0].metadata.name}"))
+                             f"{ns}/{first.metadata.name}"))
     return errors
 
 
