@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -241,18 +241,19 @@ def test_two_analysed_policies_do_not_double_count(store: Store) -> None:
     canary is aborted after failureLimit intervals, not fewer."""
     docs = bodies("a", failure_limit=3) + bodies("b", failure_limit=3)
     reconcile(store, docs)
-    runs(store, "a")
-    runs(store, "b")
+    start = datetime.now(UTC)  # the wall clock's neighbourhood, as a live operator sees it
+    runs(store, "a", at=start - timedelta(minutes=1))
+    runs(store, "b", at=start - timedelta(minutes=1))
     cluster = Cluster(store, docs)
     for interval in range(2):
-        cluster.now = NOW + timedelta(seconds=60 * interval)
+        cluster.now = start + timedelta(seconds=60 * interval)
         cluster.timer("a-policy")
         cluster.timer("b-policy")
     for model in ("a", "b"):
         assert snapshot(store, model).source == "policy"
         (state,) = states(store, model)
         assert state.failures == 2 and not state.aborted
-    cluster.now = NOW + timedelta(seconds=120)
+    cluster.now = start + timedelta(seconds=120)
     cluster.timer("a-policy")
     (state,) = states(store, "a")
     assert state.failures == 3 and state.aborted
