@@ -8,14 +8,19 @@
 - `analyse(bounds, metrics)`: one verdict per bound (Pass / Fail / InsufficientData
   when fewer than minSampleSize runs), and the overall verdict.
 - `next_state(failures, overall, limit)`: consecutive failing analyses; abort at the limit.
+- `measurement_due(measurements, now, interval)`, `measure(...)` and `judge(...)`: canary
+  analysis as data, like Argo Rollouts' AnalysisRun. A measurement (time, overall verdict,
+  observed value and bound per metric, and the consecutive failure count it brings) is
+  taken only once `intervalSeconds` have passed since the previous one; the last
+  `MEASUREMENT_HISTORY` are kept. The failure count and the abort derive from them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from controller.api.v1alpha1 import AnalysisSpec
@@ -130,3 +135,38 @@ def next_state(failures: int, overall: str, failure_limit: int) -> tuple[int, bo
     elif overall == "Pass":
         failures = 0
     return failures, failures >= failure_limit
+
+
+# Measurements kept per (model, version, policy spec), oldest dropped first: Argo Rollouts'
+# measurementRetention. Each measurement carries the consecutive failure count it
+# brought, so dropping old ones never changes the count or the abort.
+MEASUREMENT_HISTORY = 10
+
+Measurement = Mapping[str, Any]
+
+
+def measurement_due(measurements: Sequence[Measurement], now: datetime,
+                    interval_seconds: int) -> bool:
+    """True when no measurement was taken yet, or `interval_seconds` have passed since the
+    last one. A call before that must record nothing and count nothing."""
+    if not measurements:
+        return True
+    last = datetime.fromisoformat(str(measurements[-1]["at"]))
+    return now - last >= timedelta(seconds=interval_seconds)
+
+
+def judge(measurements: Sequence[Measurement], failure_limit: int) -> tuple[int, bool]:
+    """(consecutive failed measurements, aborted) as the measurements say."""
+    failures = int(measurements[-1].get("consecutiveFailures", 0)) if measurements else 0
+    return failures, failures >= failure_limit
+
+
+def measure(measurements: Sequence[Measurement], overall: str, verdicts: Sequence[Verdict],
+            now: datetime, failure_limit: int) -> tuple[tuple[dict[str, Any], ...], int, bool]:
+    """Append one measurement; (the bounded history, consecutive failures, aborted)."""
+    failures, _ = next_state(judge(measurements, failure_limit)[0], overall, failure_limit)
+    taken = {"at": now.isoformat(), "overall": overall,
+             "summary": "; ".join(v.explain() for v in verdicts),
+             "verdicts": [v.as_dict() for v in verdicts], "consecutiveFailures": failures}
+    kept = tuple(dict(m) for m in (*measurements, taken))[-MEASUREMENT_HISTORY:]
+    return (kept, *judge(kept, failure_limit))

@@ -1,11 +1,14 @@
 """Evaluation, automatic canary analysis and the scheduled tick, performed in the store.
 
 Thin adapter over the pure `controller.evaluation`: it reads run facts, writes
-evaluation rows and analysis state, and when a canary fails its analysis
-`failureLimit` times in a row it aborts it: a snapshot routing 100 % to the
-STABLE version is published (source `analysis-abort`), audited and counted. The
-spec in Git is not touched; the planner keeps routing to STABLE while the abort
-holds for that spec, and a new spec generation clears it.
+evaluation rows and analysis state. Analysis writes analysis state only (Argo
+Rollouts' AnalysisRun): a measurement per canary version, taken once its policy's
+`intervalSeconds` have passed, keyed by (model, version, policy spec hash); when a
+canary fails `failureLimit` measurements in a row, the abort is recorded (state and an
+`abort` audit row). The planner is the only snapshot writer: it reads the abort and
+publishes 100 % to STABLE (source `analysis-abort`) on its next pass, which the caller
+runs at once (`schedule_tick` here, the operator's analysis timer). The spec in Git is
+not touched; a new spec generation starts the analysis afresh.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Any
 
 from controller import metrics
 from controller.api.v1alpha1 import AnalysisSpec
-from controller.evaluation import Metrics, analyse, compute, next_state
-from controller.reconcile.planner import abort_reason
-from controller.records import AnalysisState, RouteRow
+from controller.evaluation import Metrics, analyse, compute, measure, measurement_due
+from controller.reconcile.step import publish_aborts
+from controller.records import AnalysisState
 from controller.store.repository import Store, StoreTx
 
 DEFAULT_WINDOW = timedelta(hours=1)
@@ -67,46 +70,45 @@ def evaluate(tx: StoreTx, now: datetime, window: timedelta = DEFAULT_WINDOW,
     return out
 
 
-def analyse_policies(tx: StoreTx, now: datetime) -> list[AnalysisOutcome]:
+def analyse_policies(tx: StoreTx, now: datetime,
+                     policy: str | None = None) -> list[AnalysisOutcome]:
+    """Measure the canaries of the tenant's analysed policies (only `policy`, if named) that
+    are due; one outcome per measurement taken. Publishes nothing."""
     out = []
     observed = tx.observe()
-    for name, policy in observed.policies.items():
-        raw = policy.spec.get("analysis")
-        snap = observed.snapshots.get(policy.model_name)
-        if policy.deleted or not raw or snap is None:
+    for row in observed.policies.values():
+        raw = row.spec.get("analysis")
+        snap = observed.snapshots.get(row.model_name)
+        if row.deleted or not raw or snap is None or policy not in (None, row.name):
             continue
         spec = AnalysisSpec.model_validate(raw)
-        previous = {a.version: a for a in observed.analysis.get(name, [])}
-        stable = snap.stable_version
+        # a new spec generation (another hash) starts afresh; a rename keeps the hash
+        previous = {a.version: a for a in observed.analysis.get(row.model_name, [])
+                    if a.spec_hash == row.spec_hash}
         canaries = [r.version for r in snap.routes if not r.is_stable and r.weight > 0]
         for version in canaries:
             before = previous.get(version)
-            if before is not None and before.spec_hash != policy.spec_hash:
-                before = None  # a new spec generation starts the analysis afresh
-            if before is not None and before.aborted:
+            taken = before.measurements if before else ()
+            if (before is not None and before.aborted) or \
+                    not measurement_due(taken, now, spec.interval_seconds):
                 continue
-            m = compute(tx.run_facts(policy.model_name,
+            m = compute(tx.run_facts(row.model_name,
                                      now - timedelta(seconds=spec.window_seconds), now,
                                      version=version))
             overall, verdicts = analyse(spec, m)
-            failures, abort = next_state(before.failures if before else 0, overall,
-                                         spec.failure_limit)
-            summary = "; ".join(v.explain() for v in verdicts)
-            state = AnalysisState(name, version, policy.spec_hash, failures, abort, {
-                "overall": overall, "summary": summary,
-                "verdicts": [v.as_dict() for v in verdicts], "at": now.isoformat()})
+            kept, failures, abort = measure(taken, overall, verdicts, now, spec.failure_limit)
+            state = AnalysisState(row.model_name, version, row.spec_hash, failures, abort, kept)
             tx.save_analysis(state)
-            if abort and stable is not None:
-                pv = tx.publish_snapshot(name, [RouteRow(stable, 100, True)],
-                                         {stable: snap.thresholds.get(stable, {})},
-                                         "analysis-abort", abort_reason([state]),
-                                         snap.refresh_seconds)
-                tx.audit("abort", "RolloutPolicy", name, {
+            if abort:
+                tx.audit("abort", "RolloutPolicy", row.name, {
                     "summary": f"canary {version} aborted after {failures} failed analyses; "
-                               f"policyVersion {pv} routes 100% to {stable}",
-                    "version": version, "verdicts": state.verdicts["verdicts"]})
-                metrics.CANARY_ABORTS.labels(tx.tenant, policy.model_name, version).inc()
-            out.append(AnalysisOutcome(name, version, overall, failures, abort, summary))
+                               f"the policy routes 100% to {snap.stable_version} from its "
+                               "next pass",
+                    "version": version, "specHash": row.spec_hash,
+                    "verdicts": state.latest["verdicts"]})
+                metrics.CANARY_ABORTS.labels(tx.tenant, row.model_name, version).inc()
+            out.append(AnalysisOutcome(row.name, version, overall, failures, abort,
+                                       state.latest["summary"]))
     return out
 
 
@@ -123,4 +125,6 @@ def schedule_tick(store: Store, tenant: str, window_key: str, now: datetime,
             "evaluated": len(result.evaluated),
             "aborted": [a.version for a in result.analysed if a.aborted_now]}
         tx.claim_tick(window_key, summary)
+    if summary["aborted"]:  # in force at once: the planner publishes it from the store
+        publish_aborts(store, tenant, now, f"schedule-tick:{window_key}")
     return result

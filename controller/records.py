@@ -96,7 +96,7 @@ class ObservedTenant:
     statuses: dict[tuple[str, str], dict[str, Any]]
     workers: dict[str, list[WorkerState]] = field(default_factory=dict)  # by model name
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # model/version
-    analysis: dict[str, list[AnalysisState]] = field(default_factory=dict)  # by policy name
+    analysis: dict[str, list[AnalysisState]] = field(default_factory=dict)  # by model name
     rollbacks: dict[str, RollbackFacts] = field(default_factory=dict)  # by model name
 
 
@@ -112,12 +112,21 @@ class WorkerState:
 
 @dataclass(frozen=True, slots=True)
 class AnalysisState:
-    policy_name: str
+    """Canary analysis of one version under one policy spec: keyed by (model, version,
+    spec hash), so renaming the policy neither resumes nor resets it, and a new spec starts
+    afresh. `failures` and `aborted` derive from the measurements (`evaluation.judge`)."""
+
+    model_name: str
     version: str
     spec_hash: str
     failures: int
     aborted: bool
-    verdicts: dict[str, Any]
+    measurements: tuple[dict[str, Any], ...] = ()  # oldest first, bounded
+
+    @property
+    def latest(self) -> dict[str, Any]:
+        """The newest measurement (overall, summary, verdicts, at), or {}."""
+        return self.measurements[-1] if self.measurements else {}
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,19 +187,26 @@ def on_change(**kwargs: Any) -> None:
 
 
 def on_analysis(**kwargs: Any) -> None:
-    """Timer: judge the canaries of every policy of the tenant (aborts publish at once)."""
+    """Timer, one per analysed RolloutPolicy: measure this policy's canaries when its
+    `intervalSeconds` have passed (earlier calls record nothing). An abort is recorded as
+    analysis state; the normal tenant pass then publishes it at once (the planner is the
+    only snapshot writer). `memo.clock` (tests) stands in for the wall clock."""
     from controller.governance import analyse_policies
 
     body: kopf.Body = kwargs["body"]
-    store: Store = kwargs["memo"]["store"]
+    memo: kopf.Memo = kwargs["memo"]
     if not body.spec.get("analysis"):
         return
-    with store.transaction(str(body.metadata.namespace), "canary-analysis") as tx:
-        outcomes = analyse_policies(tx, datetime.now(UTC))
-    post = kwargs["memo"].get("post_event") or kopf.info
-    for o in outcomes:
-        if o.aborted_now and o.policy == body.metadata.name:
-            post(body, reason="CanaryAborted", message=o.summary)
+    now = memo["clock"]() if "clock" in memo else datetime.now(UTC)
+    with memo["store"].transaction(str(body.metadata.namespace), "canary-analysis") as tx:
+        outcomes = analyse_policies(tx, now, policy=str(body.metadata.name))
+    aborted = [o for o in outcomes if o.aborted_now]
+    if not aborted:
+        return
+    post = memo.get("post_event") or kopf.info
+    for o in aborted:
+        post(body, reason="CanaryAborted", message=o.summary)
+    on_change(**kwargs)
 
 
 def on_version_delete(**kwargs: Any) -> None:

@@ -25,6 +25,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from controller.api.v1alpha1 import (
+    GROUP,
+    VERSION,
     Model,
     ModelVersion,
     ReleaseRecord,
@@ -48,6 +50,7 @@ from controller.records import (
     ModelRow,
     ObservedTenant,
     PolicyRow,
+    PolicySnapshot,
     ReleaseRow,
     RouteRow,
     VersionRow,
@@ -207,8 +210,14 @@ ROLLBACK_ANNOTATION = "cadml.io/rollback-reason"
 
 
 def abort_reason(aborted: list[AnalysisState]) -> str:
-    return "; ".join(f"canary {a.version} aborted: {a.verdicts.get('summary', '')}"
+    return "; ".join(f"canary {a.version} aborted: {a.latest.get('summary', '')}"
                      for a in sorted(aborted, key=lambda a: a.version))
+
+
+def abort_routing(stable: str, aborted: list[AnalysisState]) -> DesiredRouting:
+    """All traffic on the STABLE version while canary analysis holds an abort."""
+    return DesiredRouting((RouteRow(stable, 100, True),), "analysis-abort",
+                          abort_reason(aborted), None)
 
 
 def desired_routing(policy: RolloutPolicy, versions: dict[str, ModelVersion],
@@ -225,8 +234,7 @@ def desired_routing(policy: RolloutPolicy, versions: dict[str, ModelVersion],
         return DesiredRouting((RouteRow(ov.version, 100, stage.get(ov.version) == "STABLE",
                                         forced=True),), "override", ov.reason, None)
     if aborted and stable is not None:
-        return DesiredRouting((RouteRow(stable, 100, True),), "analysis-abort",
-                              abort_reason(aborted), None)
+        return abort_routing(stable, aborted)
     expired = None
     if spec.valid_until is not None and spec.valid_until <= now:
         expired = f"the policy expired at {spec.valid_until.isoformat()}"
@@ -295,6 +303,11 @@ def plan_tenant(
                             {n: (m.model_key, m.deleted) for n, m in observed.models.items()},
                             set(models))
     model_now = {old: new for new, old in model_renamed.items()}  # stored name → desired
+
+    def stored_model(name: str) -> str:
+        """The name the store keeps a desired model's rows under (its old one if renamed)."""
+        return model_renamed.get(name, name)
+
     for name, mrow in desired_models.items():
         if name in model_renamed:
             plan.models.append(replace(mrow, previous_name=model_renamed[name]))
@@ -355,31 +368,16 @@ def plan_tenant(
             plan.audit.append(entry)
         vs = versions_of[p.spec.model_ref]
         p_hash = spec_hash(p)
-        states = [a for a in observed.analysis.get(p.metadata.name, []) if a.spec_hash == p_hash]
+        # analysis state is keyed by model and spec, never by the policy's name
+        states = [a for a in observed.analysis.get(stored_model(p.spec.model_ref), [])
+                  if a.spec_hash == p_hash]
         routing = desired_routing(p, vs, now, [a for a in states if a.aborted])
         expired_of[p.metadata.name] = routing.expired
         thresholds = _thresholds(models.get(p.spec.model_ref), vs, p, routing.routes)
-        # a renamed model's line: its snapshots are stored under the old name
-        current = observed.snapshots.get(
-            model_renamed.get(p.spec.model_ref, p.spec.model_ref))
-        pv = current.policy_version if current else 0
-        same = current is not None and (current.routes, current.thresholds,
-                                        current.refresh_seconds, current.source,
-                                        current.reason) == (routing.routes, thresholds,
-                                                            p.spec.refresh_seconds,
-                                                            routing.source, routing.reason)
-        if not same:
-            pv += 1
-            plan.snapshots.append(SnapshotPlan(p.metadata.name, p.spec.model_ref, pv,
-                                               routing.routes, thresholds, routing.source,
-                                               routing.reason, p.spec.refresh_seconds,
-                                               _generation(p)))
-            before = ",".join(f"{x.version}={x.weight}" for x in current.routes) \
-                if current else "-"
-            after = ",".join(f"{x.version}={x.weight}" for x in routing.routes)
-            plan.audit.append(AuditEntry("publish", "RolloutPolicy", p.metadata.name, {
-                "summary": f"policyVersion {pv}: {before} → {after} ({routing.source})",
-                "policyVersion": pv, "source": routing.source}))
+        pv = _publish(plan, p.metadata.name, p.spec.model_ref,
+                      # a renamed model's line: its snapshots are stored under the old name
+                      observed.snapshots.get(stored_model(p.spec.model_ref)), routing,
+                      thresholds, p.spec.refresh_seconds, _generation(p))
         for route in routing.routes:
             serving[(p.spec.model_ref, route.version)] = route.weight
         stable_route = next((x.version for x in routing.routes if x.is_stable), None)
@@ -429,6 +427,59 @@ def plan_tenant(
     for res in resources:
         _status_of(plan, res, invalid_of(res), waiting_of(res), status_extra, serving,
                    versions_of, expired_of, observed, now)
+    return plan
+
+
+def _publish(plan: Plan, policy_name: str, model: str, current: PolicySnapshot | None,
+             routing: DesiredRouting, thresholds: dict[str, Any], refresh_seconds: int,
+             generation: int) -> int:
+    """Plan a snapshot with policy_version + 1 (and its audit) when the routing differs
+    from the current snapshot; the policyVersion in force once the plan is applied."""
+    pv = current.policy_version if current else 0
+    if current is not None and (current.routes, current.thresholds, current.refresh_seconds,
+                                current.source, current.reason) == (
+            routing.routes, thresholds, refresh_seconds, routing.source, routing.reason):
+        return pv
+    pv += 1
+    plan.snapshots.append(SnapshotPlan(policy_name, model, pv, routing.routes, thresholds,
+                                       routing.source, routing.reason, refresh_seconds,
+                                       generation))
+    before = ",".join(f"{x.version}={x.weight}" for x in current.routes) if current else "-"
+    after = ",".join(f"{x.version}={x.weight}" for x in routing.routes)
+    plan.audit.append(AuditEntry("publish", "RolloutPolicy", policy_name, {
+        "summary": f"policyVersion {pv}: {before} → {after} ({routing.source})",
+        "policyVersion": pv, "source": routing.source}))
+    return pv
+
+
+def plan_abort(tenant: str, observed: ObservedTenant, now: datetime) -> Plan:
+    """The abort snapshots the store's own rows call for, where no desired resources are at
+    hand (`cadml schedule-tick` right after recording an abort). For each live policy whose
+    canary analysis aborted under its stored spec: the snapshot `plan_tenant` publishes for
+    it (the same `abort_routing`, reason, thresholds, refresh and audit), and nothing else,
+    so the next full pass finds it in place. Where the rows cannot say (an active override
+    wins, no STABLE version, no thresholds of it in force) it leaves it to that pass."""
+    plan = Plan(tenant)
+    for row in observed.policies.values():
+        aborted = [a for a in observed.analysis.get(row.model_name, [])
+                   if a.spec_hash == row.spec_hash and a.aborted]
+        current = observed.snapshots.get(row.model_name)
+        stable = next((v.version for v in observed.versions.values()
+                       if v.model_name == row.model_name and v.stage == "STABLE"
+                       and not v.deleted), None)
+        if row.deleted or not aborted or current is None or stable is None \
+                or stable not in current.thresholds:
+            continue
+        try:
+            policy = RolloutPolicy.model_validate({
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "RolloutPolicy",
+                "metadata": {"name": row.name, "namespace": tenant}, "spec": row.spec})
+        except ValueError:  # a row written under an older schema: the full pass decides
+            continue
+        if override_active(policy, now):
+            continue
+        _publish(plan, row.name, row.model_name, current, abort_routing(stable, aborted),
+                 {stable: current.thresholds[stable]}, row.refresh_seconds, row.generation)
     return plan
 
 
@@ -488,23 +539,23 @@ def _governance_status(p: RolloutPolicy, routing: DesiredRouting, states: list[A
         "evaluation": [observed.evaluations[f"{model}/{v}"] for v in routed
                        if f"{model}/{v}" in observed.evaluations],
         "analysis": [{"version": a.version, **v} for a in states
-                     for v in a.verdicts.get("verdicts", [])],
+                     for v in a.latest.get("verdicts", [])],
         "abortedVersions": sorted(a.version for a in states if a.aborted),
     }
     conds: list[Cond] = []
     if p.spec.analysis is not None:
         if any(a.aborted for a in states):
             conds.append(Cond(ROLLOUT_HEALTHY, "False", "CanaryAborted", routing.reason))
-        elif any(a.verdicts.get("overall") == "Fail" for a in states):
+        elif any(a.latest.get("overall") == "Fail" for a in states):
             conds.append(Cond(ROLLOUT_HEALTHY, "False", "AnalysisFailing", "; ".join(
-                a.verdicts.get("summary", "") for a in states)))
-        elif not states or any(a.verdicts.get("overall") == "InsufficientData"
+                a.latest.get("summary", "") for a in states)))
+        elif not states or any(a.latest.get("overall") == "InsufficientData"
                                for a in states):
             conds.append(Cond(ROLLOUT_HEALTHY, "Unknown", "InsufficientData", "; ".join(
-                a.verdicts.get("summary", "") for a in states) or "no analysis yet"))
+                a.latest.get("summary", "") for a in states) or "no analysis yet"))
         else:
             conds.append(Cond(ROLLOUT_HEALTHY, "True", "AnalysisPassing", "; ".join(
-                a.verdicts.get("summary", "") for a in states)))
+                a.latest.get("summary", "") for a in states)))
     facts = observed.rollbacks.get(model)
     if facts is not None:
         cycles = None

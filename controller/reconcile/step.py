@@ -12,10 +12,10 @@ from datetime import datetime
 
 from controller import metrics
 from controller.api.v1alpha1 import Resource, RolloutPolicy
-from controller.errors import CadmlError
+from controller.errors import CadmlError, ConflictError
 from controller.findings import FieldError
 from controller.reconcile.apply import apply_plan
-from controller.reconcile.planner import Plan, plan_tenant
+from controller.reconcile.planner import Plan, plan_abort, plan_tenant
 from controller.store.repository import Store
 from controller.validation import Bundle
 from controller.validation.cross import check_bundle
@@ -56,4 +56,23 @@ def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
         1 for status in plan.computed.values()
         if any(c["type"] == "Stalled" and c["status"] == "True"
                for c in status.get("conditions", []))))
+    return plan
+
+
+def publish_aborts(store: Store, tenant: str, now: datetime, actor: str) -> Plan:
+    """Make recorded canary aborts effective where no desired resources are at hand
+    (`cadml schedule-tick`): the planner's `plan_abort` over the store's own rows, applied
+    in one transaction. A rival pass that published first (it read the same abort) leaves
+    nothing to do on the retry."""
+    for attempt in range(3):
+        try:
+            with store.transaction(tenant, actor) as tx:
+                plan = plan_abort(tenant, tx.observe(), now)
+                apply_plan(tx, plan)
+            break
+        except ConflictError:
+            if attempt == 2:
+                raise
+    for snap in plan.snapshots:
+        metrics.POLICY_VERSION.labels(tenant, snap.model_name).set(snap.policy_version)
     return plan

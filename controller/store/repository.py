@@ -561,19 +561,25 @@ class StoreTx:
         return out
 
     def analysis_states(self) -> dict[str, list[AnalysisState]]:
-        c = t.canary_analysis.c
+        """Canary analysis state by model name: one per (version, policy spec hash)."""
+        c, mc = t.analysis_state.c, t.model_catalog.c
         out: dict[str, list[AnalysisState]] = {}
-        for r in self.conn.execute(select(t.canary_analysis).where(
-                c.tenant_id == self.tenant).order_by(c.policy_name, c.version)).mappings():
-            out.setdefault(r["policy_name"], []).append(AnalysisState(
-                r["policy_name"], r["version"], r["spec_hash"], r["failures"],
-                bool(r["aborted"]), dict(r["verdicts"])))
+        for r in self.conn.execute(
+                select(t.analysis_state, mc.name.label("model_name"))
+                .join(t.model_catalog, and_(mc.tenant_id == c.tenant_id, mc.id == c.model_id))
+                .where(c.tenant_id == self.tenant)
+                .order_by(mc.name, c.version, c.spec_hash)).mappings():
+            out.setdefault(r["model_name"], []).append(AnalysisState(
+                r["model_name"], r["version"], r["spec_hash"], r["failures"],
+                bool(r["aborted"]), tuple(dict(m) for m in r["measurements"])))
         return out
 
     def save_analysis(self, s: AnalysisState) -> None:
-        self._put(t.canary_analysis, {"policy_name": s.policy_name, "version": s.version},
-                  dict(spec_hash=s.spec_hash, failures=s.failures, aborted=s.aborted,
-                       verdicts=s.verdicts, updated_at=self.now))
+        """Insert or overwrite the analysis state of (model, version, spec hash)."""
+        self._put(t.analysis_state, {"model_id": self._require_model(s.model_name),
+                                     "version": s.version, "spec_hash": s.spec_hash},
+                  dict(failures=s.failures, aborted=s.aborted,
+                       measurements=list(s.measurements), updated_at=self.now))
 
     def rollback_facts(self) -> dict[str, RollbackFacts]:
         """Per model: the newest rollback/abort snapshot and when runs first obeyed it."""

@@ -331,17 +331,20 @@ object_status = Table(
     _ts("updated_at"),
 )
 
-canary_analysis = Table(
-    "canary_analysis", metadata,
+analysis_state = Table(
+    "analysis_state", metadata,
+    # one canary version judged under one policy spec; a rename changes neither key
     Column("tenant_id", String(63), primary_key=True),
-    Column("policy_name", String(253), primary_key=True),
+    Column("model_id", Id, primary_key=True),
     Column("version", String(64), primary_key=True),
-    Column("spec_hash", String(64), nullable=False),  # the spec generation judged
-    Column("failures", Integer, nullable=False),
+    Column("spec_hash", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),  # derived from the measurements
     Column("aborted", Boolean, nullable=False, server_default=text("false")),
-    Column("verdicts", JSON, nullable=False),
+    Column("measurements", JSON, nullable=False),  # the last few, oldest first
     _ts("updated_at"),
     CheckConstraint("failures >= 0", name="failures_nonneg"),
+    ForeignKeyConstraint(["tenant_id", "model_id"],
+                         ["model_catalog.tenant_id", "model_catalog.id"]),
 )
 
 TENANT_TABLES = [t.name for t in metadata.sorted_tables]

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from controller.api.v1alpha1 import AnalysisSpec
-from controller.evaluation import RunFact, analyse, compute, next_state, overridden, p95
+from controller.evaluation import (
+    MEASUREMENT_HISTORY,
+    RunFact,
+    analyse,
+    compute,
+    judge,
+    measure,
+    measurement_due,
+    next_state,
+    overridden,
+    p95,
+)
 
 T = datetime(2026, 11, 22, tzinfo=UTC)
 
@@ -77,3 +88,34 @@ def test_analysis_verdicts(runs: list[RunFact], overall: str) -> None:
 def test_failures_count_consecutively(failures: int, overall: str,
                                       expect: tuple[int, bool]) -> None:
     assert next_state(failures, overall, 2) == expect
+
+
+@pytest.mark.parametrize(("seconds", "due"), [(0, False), (59, False), (60, True), (600, True),
+                                              (-5, False)])
+def test_a_measurement_is_due_once_the_interval_passed(seconds: int, due: bool) -> None:
+    taken = [{"at": T.isoformat(), "overall": "Fail", "consecutiveFailures": 1}]
+    assert measurement_due(taken, T + timedelta(seconds=seconds), 60) is due
+    assert measurement_due([], T, 60)
+
+
+@pytest.mark.parametrize(("overalls", "expect"), [
+    (["Fail", "Fail"], (2, True)),
+    (["Fail", "InsufficientData", "Fail"], (2, True)),  # neither counts nor resets
+    (["Fail", "Pass", "Fail"], (1, False)),
+    (["Pass"] * 3, (0, False)),
+])
+def test_failures_and_abort_derive_from_the_measurements(overalls: list[str],
+                                                         expect: tuple[int, bool]) -> None:
+    kept: tuple[dict[str, object], ...] = ()
+    for i, overall in enumerate(overalls):
+        kept, failures, aborted = measure(kept, overall, [], T + timedelta(minutes=i), 2)
+    assert (failures, aborted) == expect == judge(kept, 2)
+
+
+def test_history_is_bounded_and_keeps_the_count() -> None:
+    """The count rides on each measurement, so dropping old ones never loses it."""
+    kept: tuple[dict[str, object], ...] = ()
+    for i in range(MEASUREMENT_HISTORY + 5):
+        kept, failures, _ = measure(kept, "Fail", [], T + timedelta(minutes=i), 100)
+    assert len(kept) == MEASUREMENT_HISTORY and failures == MEASUREMENT_HISTORY + 5
+    assert kept[0]["at"] == (T + timedelta(minutes=5)).isoformat()

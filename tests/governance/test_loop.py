@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,10 @@ def test_canary_abort_rollback_and_tick(tmp_path: Path, corpus_index: BuildResul
     runtime.refresh()
     served = _traffic(runtime, vectors, "failing", 1200)
     assert served.count("1.1.0") > 250
-    assert main(["schedule-tick", "--window-key", "w-2", "--store", url, "-o", "json"]) == 0
+    # the next measurement is due once the policy's intervalSeconds (60 by default) passed
+    later = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
+    assert main(["schedule-tick", "--window-key", "w-2", "--store", url, "--now", later,
+                 "-o", "json"]) == 0
     (tick,) = json.loads(capsys.readouterr().out)
     (verdict,) = tick["analysis"]
     assert verdict["verdict"] == "Fail" and verdict["aborted"]

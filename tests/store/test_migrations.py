@@ -3,14 +3,17 @@ and the migrated schema equals the table definitions the code uses."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from controller.store.engine import make_engine
 from controller.store.migrate import current_revision, head_revision, upgrade
@@ -95,6 +98,51 @@ def test_backfill_refuses_data_that_breaks_the_new_rule(empty_engine: Engine) ->
     assert current_revision(empty_engine) == "0001"  # nothing half-applied
 
 
+def _seed_analysis_at_0008(engine: Engine) -> None:
+    """A policy `part-sim-policy` with an aborted canary, and a row of a policy since renamed."""
+    from controller.store import Store
+
+    with Store(engine).transaction("acme", "seed") as tx:
+        model_id = tx.conn.execute(text("SELECT id FROM model_catalog")).scalar()
+        tx.conn.execute(text(
+            "INSERT INTO model_rollout_policy (tenant_id, model_id, name, spec, refresh_seconds, "
+            "policy_version, generation, spec_hash, deleted, created_at, updated_at) VALUES "
+            f"('acme', {model_id}, 'part-sim-policy', '{{}}', 5, 2, 1, 'h', false, "
+            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        for policy, version in (("part-sim-policy", "1.2.0"), ("renamed-away", "1.2.0")):
+            tx.conn.execute(text(
+                "INSERT INTO canary_analysis (tenant_id, policy_name, version, spec_hash, "
+                "failures, aborted, verdicts, updated_at) VALUES ('acme', :p, :v, 'h', 2, "
+                "true, :verdicts, CURRENT_TIMESTAMP)"), {
+                "p": policy, "v": version, "verdicts": json.dumps(
+                    {"overall": "Fail", "summary": "success_rate 0.5 vs min 0.9: Fail",
+                     "verdicts": [{"metric": "success_rate", "result": "Fail"}],
+                     "at": "2026-11-22T12:00:00+00:00"})})
+
+
+def _analysis_after_upgrade(engine: Engine) -> list[Any]:
+    from controller.store import Store
+
+    with Store(engine).transaction("acme", "t") as tx:
+        return tx.analysis_states().get("part-sim", [])
+
+
+def test_canary_analysis_moves_to_state_keyed_by_model(empty_engine: Engine) -> None:
+    """0010 keys analysis by (model, version, spec hash): an existing row keeps its abort,
+    its model taken from the policy row; its verdict becomes its one measurement."""
+    upgrade(empty_engine, "0001")
+    _seed_at_0001(empty_engine)
+    upgrade(empty_engine, "0008")
+    _seed_analysis_at_0008(empty_engine)
+    upgrade(empty_engine)
+    (state,) = _analysis_after_upgrade(empty_engine)
+    assert (state.version, state.spec_hash, state.failures, state.aborted) == (
+        "1.2.0", "h", 2, True)
+    (measured,) = state.measurements
+    assert measured["overall"] == "Fail" and measured["consecutiveFailures"] == 2
+    assert measured["at"] == "2026-11-22T12:00:00+00:00"
+
+
 def test_embedded_default_creates_and_upgrades_on_first_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -108,13 +156,10 @@ def test_embedded_default_creates_and_upgrades_on_first_use(
     assert "0011" in capsys.readouterr().out
 
 
-def test_tenant_registry_is_backfilled_by_an_owner_that_is_not_superuser() -> None:
-    """0008 copies tenant names out of `audit_head`, which FORCE ROW LEVEL SECURITY hides
-    even from its owner; the migration must still see every tenant. Run as a plain owner
-    role, as in production (the tests' admin is a superuser, which RLS never applies to)."""
-    from sqlalchemy import create_engine
-
-    from controller.store import Store
+@contextmanager
+def _owned_database() -> Iterator[tuple[URL, Engine]]:
+    """A fresh PostgreSQL database owned by a plain role (no superuser, no BYPASSRLS), as in
+    production: FORCE ROW LEVEL SECURITY applies to its owner. Its URL and an engine."""
     from tests.stores import _admin
 
     pg_required()
@@ -130,6 +175,21 @@ def test_tenant_registry_is_backfilled_by_an_owner_that_is_not_superuser() -> No
     url = make_url(PG_URL).set(database=name, username=owner, password=None)
     engine = make_engine(url.render_as_string(False))
     try:
+        yield url, engine
+    finally:
+        engine.dispose()
+        drop_pg_database(name)
+
+
+def test_tenant_registry_is_backfilled_by_an_owner_that_is_not_superuser() -> None:
+    """0008 copies tenant names out of `audit_head`, which FORCE ROW LEVEL SECURITY hides
+    even from its owner; the migration must still see every tenant. Run as a plain owner
+    role, as in production (the tests' admin is a superuser, which RLS never applies to)."""
+    from sqlalchemy import create_engine
+
+    from controller.store import Store
+
+    with _owned_database() as (url, engine):
         upgrade(engine, "0007", app_role="nobody_here")
         store = Store(engine)
         for tenant in ("acme", "globex"):
@@ -142,9 +202,6 @@ def test_tenant_registry_is_backfilled_by_an_owner_that_is_not_superuser() -> No
         plain.dispose()
         upgrade(engine, app_role="nobody_here")
         assert store.tenants() == ["acme", "globex"]
-    finally:
-        engine.dispose()
-        drop_pg_database(name)
 
 
 def test_db_upgrade_grants_a_runtime_role_created_later(
@@ -188,3 +245,16 @@ def test_db_upgrade_grants_a_runtime_role_created_later(
         with admin.connect() as c:
             c.execute(text(f"DROP ROLE IF EXISTS {role}"))
         admin.dispose()
+
+
+def test_canary_analysis_is_copied_by_an_owner_that_is_not_superuser() -> None:
+    """FORCE ROW LEVEL SECURITY hides `canary_analysis` from its owner: 0010 must still
+    copy every row (run as a plain owner role, as in production)."""
+    with _owned_database() as (_, engine):
+        upgrade(engine, "0001", app_role="nobody_here")
+        _seed_at_0001(engine)
+        upgrade(engine, "0008", app_role="nobody_here")
+        _seed_analysis_at_0008(engine)
+        upgrade(engine, app_role="nobody_here")
+        (state,) = _analysis_after_upgrade(engine)
+        assert state.aborted and state.failures == 2
