@@ -8,11 +8,13 @@
     │   ├── ConflictError           a unique rule lost a race (second STABLE, repeated tick)
     │   ├── NotFound                the row asked for does not exist
     │   └── StoreUnavailable        connection or server failure; a retry can help
-    │   (below: defined beside the code that raises them, with code/stage/context for JSON)
-    ├── InvalidDrawing              controller.features: a DXF upload we cannot read (4xx)
-    ├── UnsafeArtifact              controller.search.pickle_scan: a pickle refused before loading
-    ├── ArtifactError               controller.search.artifacts: missing, corrupt, bad checksum
-    └── WorkerError                 controller.worker.runtime: a request the worker cannot serve
+    └── StructuredError             carries code/stage/context: the JSON error envelope
+        │   (below: defined beside the code that raises them)
+        ├── InvalidDrawing          controller.features: a DXF upload we cannot read (4xx)
+        ├── UnsafeArtifact          controller.search.pickle_scan: a pickle refused before loading
+        ├── FetchError              controller.search.fetch: a download that failed
+        ├── ArtifactError           controller.search.artifacts: missing, corrupt, bad checksum
+        └── WorkerError             controller.worker.runtime: a request the worker cannot serve
 
 Each class knows the condition reason it maps to and whether retrying can help,
 so the operator turns it into `kopf.PermanentError` or `kopf.TemporaryError`
@@ -24,7 +26,7 @@ across a boundary that must stop (the CLI, a store transaction).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from controller.findings import FieldError
@@ -81,3 +83,19 @@ class StoreUnavailable(StoreError):
     reason = "StoreUnavailable"
     retryable = True
 
+
+
+class StructuredError(CadmlError):
+    """An error the worker reports as JSON: a stable `code` (what went wrong), the `stage`
+    it happened in (upload, parse, artifact, …) and `context` (the values that explain it).
+    `as_json()` is the envelope of DESIGN §5 less its timestamp, which the sender adds."""
+
+    def __init__(self, message: str, *, code: str, stage: str,
+                 context: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.stage = code, stage
+        self.context: dict[str, Any] = context or {}
+
+    def as_json(self) -> dict[str, Any]:
+        return {"code": self.code, "stage": self.stage, "message": str(self),
+                "context": self.context}
