@@ -4,6 +4,7 @@
     ├── UsageError                  bad command-line use; exit code 2
     ├── SourceError                 a file, folder or Git ref cannot be read; exit code 2
     ├── InvalidInput                input read fine but breaks rules; carries FieldErrors; exit 1
+    ├── PruneRefused                a pass would delete a tenant (or most of it) unasked; exit 1
     ├── StoreError                  the runtime store refused or failed
     │   ├── ConflictError           a unique rule lost a race (second STABLE, repeated tick)
     │   ├── NotFound                the row asked for does not exist
@@ -61,6 +62,22 @@ class InvalidInput(CadmlError):
         first = self.errors[0].render() if self.errors else "invalid input"
         more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
         super().__init__(first + more)
+
+
+class PruneRefused(CadmlError):
+    """A pass would delete a whole tenant, or more than half of its live objects, and
+    pruning was not asked for (`cadml reconcile --prune`). Nothing of the tenant is
+    applied; `deleting` lists (kind, name) of what the pass would have deleted."""
+
+    reason = "PruneRefused"
+    exit_code = 1
+
+    def __init__(self, tenant: str, deleting: Sequence[tuple[str, str]], live: int) -> None:
+        self.tenant, self.deleting, self.live = tenant, list(deleting), live
+        what = ("removes every live object of the tenant" if len(self.deleting) >= live
+                else f"deletes {len(self.deleting)} of its {live} live objects")
+        super().__init__(f"tenant {tenant}: this commit {what}; nothing applied in "
+                         f"{tenant} (pass --prune if that is intended)")
 
 
 class StoreError(CadmlError):
