@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from controller.store import Store
 from tests.conftest import ROOT, git
-from tests.stores import Backend
+from tests.stores import Backend, refuse_version, stop_refusing
 
 ACME, GLOBEX = "acme-cad", "globex-cad"
 PART = "tenants/acme-cad/part-similarity.yaml"
@@ -180,26 +180,6 @@ def test_deleting_less_than_half_needs_no_prune(backend: Backend, reconciled: Pa
 
 # ---------------------------------------------------------------- failure is contained
 
-def refuse_version(backend: Backend, semver: str) -> None:
-    """A rule inside the database the planner cannot foresee: inserting this semver fails
-    with a unique violation, as a stale row would make it (deterministic: a retry fails
-    the same way)."""
-    message = "UNIQUE constraint failed: model_version.tenant_id, model_version.model_id, " \
-              "model_version.version"
-    with backend.admin.begin() as c:
-        if backend.kind == "sqlite":
-            c.execute(text(f"CREATE TRIGGER refuse_version BEFORE INSERT ON model_version "
-                           f"WHEN NEW.version = '{semver}' "
-                           f"BEGIN SELECT RAISE(ABORT, '{message}'); END"))
-            return
-        c.execute(text(f"CREATE FUNCTION refuse_version() RETURNS trigger LANGUAGE plpgsql AS "
-                       f"$$ BEGIN RAISE EXCEPTION '{message}' USING ERRCODE = "
-                       f"'unique_violation'; END $$"))
-        c.execute(text(f"CREATE TRIGGER refuse_version BEFORE INSERT ON model_version "
-                       f"FOR EACH ROW WHEN (NEW.version = '{semver}') "
-                       f"EXECUTE FUNCTION refuse_version()"))
-
-
 def test_one_tenants_conflict_does_not_stop_another_tenants_rollback(
         backend: Backend, reconciled: Path) -> None:
     refuse_version(backend, "9.9.9")
@@ -228,9 +208,7 @@ def test_one_tenants_conflict_does_not_stop_another_tenants_rollback(
     assert "UNIQUE" in as_json["failed"][0]["error"]["message"]
 
     # the cause goes: the next pass applies acme and clears the Stalled condition
-    with backend.admin.begin() as c:
-        c.execute(text("DROP TRIGGER refuse_version" + (" ON model_version"
-                                                        if backend.kind != "sqlite" else "")))
+    stop_refusing(backend)
     healed = cadml(backend, reconciled)
     assert healed.returncode == 0, healed.stdout + healed.stderr
     assert condition(backend.store, ACME, "RolloutPolicy", "part-similarity",
