@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from controller.store import Store
 from tests.conftest import ROOT, git
+from tests.reconcile.test_gitmode import _commit as edit
 from tests.stores import Backend, refuse_version, stop_refusing
 
 ACME, GLOBEX = "acme-cad", "globex-cad"
@@ -50,14 +51,6 @@ def cadml(backend: Backend, repo: Path, *args: str) -> subprocess.CompletedProce
          "--store", backend.app_url, *args],
         check=False, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
-def edit(repo: Path, rel: str, old: str, new: str, message: str) -> None:
-    path = repo / rel
-    body = path.read_text()
-    assert old in body, old
-    path.write_text(body.replace(old, new, 1))
-    git(repo, "commit", "-qam", message)
 
 
 def audit_rows(store: Store, tenant: str) -> list[tuple[str, str, str]]:
