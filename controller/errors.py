@@ -4,16 +4,19 @@
     ├── UsageError                  bad command-line use; exit code 2
     ├── SourceError                 a file, folder or Git ref cannot be read; exit code 2
     ├── InvalidInput                input read fine but breaks rules; carries FieldErrors; exit 1
+    ├── PruneRefused                a pass would delete a tenant (or most of it) unasked; exit 1
     ├── StoreError                  the runtime store refused or failed
     │   ├── ConflictError           a unique rule lost a race (second STABLE, repeated tick)
     │   ├── NotFound                the row asked for does not exist
     │   ├── StaleWrite              a pass built from an older view than the store's; requeue
     │   └── StoreUnavailable        connection or server failure; a retry can help
-    │   (below: defined beside the code that raises them, with code/stage/context for JSON)
-    ├── InvalidDrawing              controller.features: a DXF upload we cannot read (4xx)
-    ├── UnsafeArtifact              controller.search.pickle_scan: a pickle refused before loading
-    ├── ArtifactError               controller.search.artifacts: missing, corrupt, bad checksum
-    └── WorkerError                 controller.worker.runtime: a request the worker cannot serve
+    └── StructuredError             carries code/stage/context: the JSON error envelope
+        │   (below: defined beside the code that raises them)
+        ├── InvalidDrawing          controller.features: a DXF upload we cannot read (4xx)
+        ├── UnsafeArtifact          controller.search.pickle_scan: a pickle refused before loading
+        ├── FetchError              controller.search.fetch: a download that failed
+        ├── ArtifactError           controller.search.artifacts: missing, corrupt, bad checksum
+        └── WorkerError             controller.worker.runtime: a request the worker cannot serve
 
 Each class knows the condition reason it maps to and whether retrying can help,
 so the operator turns it into `kopf.PermanentError` or `kopf.TemporaryError`
@@ -25,7 +28,7 @@ across a boundary that must stop (the CLI, a store transaction).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from controller.findings import FieldError
@@ -62,6 +65,22 @@ class InvalidInput(CadmlError):
         super().__init__(first + more)
 
 
+class PruneRefused(CadmlError):
+    """A pass would delete a whole tenant, or more than half of its live objects, and
+    pruning was not asked for (`cadml reconcile --prune`). Nothing of the tenant is
+    applied; `deleting` lists (kind, name) of what the pass would have deleted."""
+
+    reason = "PruneRefused"
+    exit_code = 1
+
+    def __init__(self, tenant: str, deleting: Sequence[tuple[str, str]], live: int) -> None:
+        self.tenant, self.deleting, self.live = tenant, list(deleting), live
+        what = ("removes every live object of the tenant" if len(self.deleting) >= live
+                else f"deletes {len(self.deleting)} of its {live} live objects")
+        super().__init__(f"tenant {tenant}: this commit {what}; nothing applied in "
+                         f"{tenant} (pass --prune if that is intended)")
+
+
 class StoreError(CadmlError):
     reason = "StoreError"
 
@@ -91,3 +110,19 @@ class StaleWrite(StoreError):
 
     reason = "StalePass"
     retryable = True
+
+
+class StructuredError(CadmlError):
+    """An error the worker reports as JSON: a stable `code` (what went wrong), the `stage`
+    it happened in (upload, parse, artifact, …) and `context` (the values that explain it).
+    `as_json()` is the envelope of DESIGN §5 less its timestamp, which the sender adds."""
+
+    def __init__(self, message: str, *, code: str, stage: str,
+                 context: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.stage = code, stage
+        self.context: dict[str, Any] = context or {}
+
+    def as_json(self) -> dict[str, Any]:
+        return {"code": self.code, "stage": self.stage, "message": str(self),
+                "context": self.context}

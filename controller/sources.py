@@ -114,10 +114,32 @@ def collect_paths(
     return files, errors
 
 
+def _missing_prefix(prefix: str, ref: str, paths: Iterable[str]) -> SourceError:
+    """The error for a prefix that selects no YAML file: it names what exists instead, at
+    the deepest folder of the prefix that does exist (so a typo shows its neighbours)."""
+    parts = PurePosixPath(prefix).parts
+    paths = list(paths)
+    for depth in range(len(parts), -1, -1):
+        base = "/".join(parts[:depth])
+        below = [p[len(base) + 1:] if base else p for p in paths
+                 if not base or p.startswith(base + "/")]
+        if below:
+            break
+    entries = sorted({e.split("/", 1)[0] + ("/" if "/" in e else "") for e in below})
+    where = f"{base}/ holds" if base else "the tree holds"
+    shown = ", ".join(entries[:20]) + (f", … ({len(entries)} in all)" if len(entries) > 20
+                                       else "")
+    return SourceError(f"PREFIX {prefix}/ selects no YAML file at {ref[:12]}; "
+                       f"{where}: {shown or 'nothing'}")
+
+
 def collect_git(
-    repo_dir: str, ref: str, prefixes: Iterable[str], max_bytes: int
+    repo_dir: str, ref: str, prefixes: Iterable[str], max_bytes: int,
+    *, require_match: bool = False,
 ) -> tuple[list[SourceFile], list[FieldError]]:
-    """YAML files of the tree at `ref`, below any of `prefixes` (all when empty)."""
+    """YAML files of the tree at `ref`, below any of `prefixes` (all when empty). With
+    `require_match`, a prefix that selects no YAML file is a SourceError naming what
+    exists: a typo must not read as "this part of the repository is empty"."""
     import git  # gitpython; imported here so validating files needs no git binary
 
     try:
@@ -136,19 +158,25 @@ def collect_git(
     }
     files: list[SourceFile] = []
     errors: list[FieldError] = []
+    matched: set[str] = set()
     for blob in sorted(blobs, key=lambda b: str(b.path)):
         path = str(blob.path)
         if not path.endswith(YAML_SUFFIXES):
             continue
         if any(part.startswith(".") for part in PurePosixPath(path).parts):
             continue
-        if wanted and not any(path == w or path.startswith(w + "/") for w in wanted):
+        hits = {w for w in wanted if path == w or path.startswith(w + "/")}
+        if wanted and not hits:
             continue
         if _ignored(path, specs):
             continue
+        matched |= hits
         name = f"{ref}:{path}"
         if blob.size > max_bytes:
             errors.append(_too_large(name, blob.size, max_bytes))
             continue
         files.append(SourceFile(name, blob.data_stream.read()))
+    missing = [w for w in wanted if w not in matched] if require_match else []
+    if missing:
+        raise _missing_prefix(missing[0], commit.hexsha, (str(b.path) for b in blobs))
     return files, errors

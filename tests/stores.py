@@ -110,3 +110,30 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 @pytest.fixture
 def store(backend: Backend) -> Store:
     return backend.store
+
+
+def refuse_version(backend: Backend, semver: str) -> None:
+    """A rule inside the database the planner cannot foresee: inserting this semver fails
+    with a unique violation, as a stale row would make it (deterministic: a retry fails
+    the same way)."""
+    message = "UNIQUE constraint failed: model_version.tenant_id, model_version.model_id, " \
+              "model_version.version"
+    with backend.admin.begin() as c:
+        if backend.kind == "sqlite":
+            c.execute(text(f"CREATE TRIGGER refuse_version BEFORE INSERT ON model_version "
+                           f"WHEN NEW.version = '{semver}' "
+                           f"BEGIN SELECT RAISE(ABORT, '{message}'); END"))
+            return
+        c.execute(text(f"CREATE FUNCTION refuse_version() RETURNS trigger LANGUAGE plpgsql AS "
+                       f"$$ BEGIN RAISE EXCEPTION '{message}' USING ERRCODE = "
+                       f"'unique_violation'; END $$"))
+        c.execute(text(f"CREATE TRIGGER refuse_version BEFORE INSERT ON model_version "
+                       f"FOR EACH ROW WHEN (NEW.version = '{semver}') "
+                       f"EXECUTE FUNCTION refuse_version()"))
+
+
+def stop_refusing(backend: Backend) -> None:
+    """Drop what `refuse_version` installed: the cause of the conflict is gone."""
+    on = "" if backend.kind == "sqlite" else " ON model_version"
+    with backend.admin.begin() as c:
+        c.execute(text(f"DROP TRIGGER refuse_version{on}"))

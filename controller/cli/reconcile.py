@@ -22,10 +22,25 @@ object's status and the audit trail, tenant by tenant in one transaction each.
 Running it again on the same commit changes nothing. Rows changed behind the
 controller's back are restored and audited as repairs.
 
+PREFIXes limit the pass to the tenants that have objects under them; the other
+tenants are not touched. A PREFIX that selects no YAML file is an error (exit 2,
+nothing changed), never "this part of the repository is now empty".
+
+Pruning is explicit: a pass that would delete a whole tenant (gone from Git) or
+more than half of a tenant's live models, versions and policies is refused for
+that tenant unless --prune is given, and prints what it would delete.
+
+Failure is contained: a tenant whose pass fails (a conflict in the store, a
+refused prune) is rolled back alone and its objects become Stalled with the
+reason (see `cadml status`); the other tenants still apply, and the exit code
+says that one failed.
+
 The store is the embedded SQLite file unless --store / CADML_STORE_URL say
 otherwise. `cadml status` prints what was reconciled.
 
-exit codes: 0 reconciled · 1 invalid input (nothing applied) · 2 usage, I/O or store error
+exit codes: 0 reconciled · 1 invalid input (nothing applied), or a tenant refused
+or in conflict (the others applied) · 2 usage, I/O or store error (a PREFIX that
+selects nothing included)
 """
 
 
@@ -41,6 +56,9 @@ def register(sub: Any) -> None:
                    help="keep polling the ref like a GitOps agent (Ctrl-C stops)")
     p.add_argument("--interval", type=float, default=10.0, metavar="S",
                    help="seconds between passes with --watch (default: 10)")
+    p.add_argument("--prune", action="store_true",
+                   help="allow deleting a whole tenant, or more than half of a tenant's "
+                        "objects, in one pass (refused otherwise)")
     p.add_argument("--output", "-o", choices=("text", "json"), default="text")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="N",
                    help="refuse files larger than N bytes")
@@ -59,7 +77,8 @@ def _print(result: ReconcileResult, output: str, store_url: str, quiet_if_same: 
         write_json({"commit": result.commit, "valid": result.ok, "changed": result.changed,
                     "findings": [f.as_dict() for f in result.findings],
                     "tenants": [{"tenant": p.tenant, "changes": p.summary_lines()}
-                                for p in result.plans]})
+                                for p in result.plans],
+                    "failed": [f.as_dict() for f in result.failures]})
         return
     if not result.ok:
         for f in result.findings:
@@ -67,7 +86,7 @@ def _print(result: ReconcileResult, output: str, store_url: str, quiet_if_same: 
         print(f"INVALID: commit {result.commit[:12]} not applied; the store keeps its "
               "previous state")
         return
-    if quiet_if_same and not result.changed:
+    if quiet_if_same and not result.changed and not result.failures:
         return
     print(f"reconciled {result.commit[:12]}: {result.resources} resources into {store_url}")
     for plan in result.plans:
@@ -75,8 +94,15 @@ def _print(result: ReconcileResult, output: str, store_url: str, quiet_if_same: 
         print(f"  {plan.tenant}: " + ("no change" if not lines else f"{len(lines)} change(s)"))
         for line in lines:
             print(f"    {line}")
+    for failure in result.failures:
+        print(f"  {failure.tenant}: FAILED ({failure.reason}): {failure.message}")
+        for kind, name in failure.would_delete:
+            print(f"    would delete {kind} {failure.tenant}/{name}")
     for f in result.findings:  # warnings only at this point
         print(f.render())
+    if result.failures:
+        print(f"FAILED: {len(result.failures)} tenant(s) not applied: "
+              + ", ".join(f.tenant for f in result.failures), file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,13 +115,14 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             watch(store, args.repo, args.ref, args.paths, args.max_bytes, args.interval,
-                  report)
+                  report, prune=args.prune)
         except KeyboardInterrupt:
             return 0
         return 0
-    result = reconcile_repo(store, args.repo, args.ref, args.paths, args.max_bytes)
+    result = reconcile_repo(store, args.repo, args.ref, args.paths, args.max_bytes,
+                            prune=args.prune)
     _print(result, args.output, url, quiet_if_same=False)
-    return 0 if result.ok else 1
+    return result.exit_code
 
 
 def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.errors import CadmlError
+from controller.errors import StructuredError
 
 FEATURE_DIMS = {"v1": 11, "v2": 16, "v3": 22, "v4": 24}
 MAX_DEPTH = 8
@@ -55,7 +55,7 @@ SURFACES = frozenset({"3DFACE", "3DSOLID", "REGION", "SURFACE", "MESH", "BODY",
                       "SWEPTSURFACE"})
 
 
-class InvalidDrawing(CadmlError):
+class InvalidDrawing(StructuredError):
     """The upload is not a drawing we can read (damaged beyond recovery, too large, hostile)."""
 
     reason = "InvalidDrawing"
@@ -63,9 +63,8 @@ class InvalidDrawing(CadmlError):
 
     def __init__(self, message: str, *, code: str = "invalid_drawing", stage: str = "parse",
                  context: dict[str, Any] | None = None, status: int = 422) -> None:
-        super().__init__(message)
-        self.code, self.stage, self.status = code, stage, status
-        self.context = context or {}
+        super().__init__(message, code=code, stage=stage, context=context)
+        self.status = status
 
 
 @dataclass

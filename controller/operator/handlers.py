@@ -21,11 +21,12 @@ from typing import Any
 import kopf
 
 from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Model, Resource
-from controller.errors import CadmlError, ConflictError
+from controller.errors import CadmlError, StaleWrite
 from controller.operator.certs import self_signed
 from controller.operator.settings import OperatorSettings
 from controller.operator.webhook import ServiceWebhookServer, parse_service
 from controller.operator.workers import readiness, worker_objects
+from controller.reconcile.conditions import stalled, with_conditions
 from controller.reconcile.planner import Plan
 from controller.reconcile.step import findings_for, reconcile_tenant
 from controller.store.repository import Store
@@ -161,6 +162,11 @@ def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
                  message=str(entry.details.get("summary", entry.action)))
 
 
+def retry_delay(retry: int | None) -> float:
+    """Seconds before kopf retries a pass that failed on a transient store error."""
+    return float(min(15 * 2 ** min(retry or 0, 10), 600))
+
+
 # The handlers take only keyword arguments (kopf passes many; each picks what it needs).
 # memo carries what start-up built: store, settings, post_event, apply_workers.
 
@@ -171,11 +177,18 @@ def on_change(**kwargs: Any) -> None:
     memo: kopf.Memo = kwargs["memo"]
     try:
         plan = tenant_pass(memo["store"], body, kwargs)
-    except ConflictError as exc:  # a rival writer won this round; the next pass converges
-        raise kopf.TemporaryError(str(exc), delay=5) from exc
+    except StaleWrite as exc:  # built from an older view than the store's: requeue soon
+        raise kopf.TemporaryError(str(exc), delay=1) from exc
     except CadmlError as exc:
-        if exc.retryable:
-            raise kopf.TemporaryError(str(exc), delay=15) from exc
+        if exc.retryable:  # the store is away: back off, 15 s doubling up to 10 min
+            raise kopf.TemporaryError(str(exc), delay=retry_delay(kwargs.get("retry"))) from exc
+        # Deterministic (a unique rule the same pass breaks again): say so on the object and
+        # stop retrying this event. The tenant is passed again by the repair timer and by
+        # any event of any of its objects, so fixing the cause in Git is enough.
+        stalled_status = with_conditions(dict(body.status), stalled(exc.reason, str(exc)),
+                                         int(body.metadata.get("generation") or 1),
+                                         datetime.now(UTC))
+        patch.status.update(status_changes(dict(body.status), stalled_status))
         raise kopf.PermanentError(str(exc)) from exc
     status = plan.computed.get((str(body.get("kind")), str(body.metadata.name)), {})
     if body.get("kind") == "Model" and memo.get("apply_workers"):

@@ -43,6 +43,24 @@ def summary(*, invalid: str | None, waiting: str | None) -> list[Cond]:
             Cond(RECONCILING, "False", "Reconciled", "")]
 
 
+def stalled(reason: str, message: str) -> list[Cond]:
+    """Ready/Reconciling/Stalled of an object whose pass failed in a way a retry cannot fix
+    (a conflict in the store, a refused prune): nothing of its tenant was applied."""
+    return [Cond(READY, "False", reason, message),
+            Cond(STALLED, "True", reason, message),
+            Cond(RECONCILING, "False", reason, "")]
+
+
+def with_conditions(status: dict[str, Any], current: list[Cond], generation: int,
+                    now: datetime) -> dict[str, Any]:
+    """`status` with `current` merged into its conditions in place; the other conditions
+    and fields stay as they are."""
+    previous: list[dict[str, Any]] = list(status.get("conditions") or [])
+    fresh = {c["type"]: c for c in merge(previous, current, generation, now)}
+    kept = [fresh.pop(c.get("type"), c) for c in previous]
+    return {**status, "conditions": kept + list(fresh.values())}
+
+
 def merge(previous: list[dict[str, Any]], current: list[Cond], generation: int,
           now: datetime) -> list[dict[str, Any]]:
     """Condition dicts for status, keeping lastTransitionTime where nothing changed."""

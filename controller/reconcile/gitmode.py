@@ -3,6 +3,12 @@
 Reads the tree with gitpython (no checkout), validates everything first and
 applies nothing if any rule fails, then plans and applies tenant by tenant, each
 in one transaction that reads the observed state and writes the plan.
+
+Failure is contained to its tenant: a tenant whose pass fails (a conflict in the
+store, a refused prune) is rolled back alone, its objects become Stalled with the
+reason, and the other tenants still apply. With PREFIXes, only the tenants that
+have objects under them are reconciled; a PREFIX selecting nothing is an error.
+Deleting a whole tenant, or more than half of its live objects, needs `prune`.
 """
 
 from __future__ import annotations
@@ -12,12 +18,30 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from controller.api.v1alpha1 import Resource
+from controller.errors import CadmlError, PruneRefused
 from controller.findings import FieldError, errors_only
 from controller.reconcile.planner import Plan
-from controller.reconcile.step import reconcile_tenant
+from controller.reconcile.prune import refuse_unasked_prune
+from controller.reconcile.step import reconcile_tenant, stall_tenant
 from controller.sources import collect_git
 from controller.store.repository import Store
 from controller.validation import validate_files
+
+
+@dataclass(frozen=True)
+class TenantFailure:
+    """A tenant whose pass failed and was rolled back; the others went on."""
+
+    tenant: str
+    reason: str  # the error's condition reason (Conflict, PruneRefused, StoreUnavailable…)
+    message: str
+    exit_code: int
+    would_delete: tuple[tuple[str, str], ...] = ()  # (kind, name): a refused prune
+
+    def as_dict(self) -> dict[str, object]:
+        return {"tenant": self.tenant, "error": {"reason": self.reason, "message": self.message},
+                "wouldDelete": [{"kind": k, "name": n} for k, n in self.would_delete]}
 
 
 @dataclass
@@ -26,10 +50,19 @@ class ReconcileResult:
     findings: list[FieldError] = field(default_factory=list)
     plans: list[Plan] = field(default_factory=list)
     resources: int = 0
+    failures: list[TenantFailure] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not errors_only(self.findings)
+
+    @property
+    def exit_code(self) -> int:
+        """0 applied everywhere · 1 invalid (nothing applied) or a tenant refused · 2 a
+        tenant failed on the store (unavailable): the worst of them."""
+        if not self.ok:
+            return 1
+        return max((f.exit_code for f in self.failures), default=0)
 
     @property
     def changed(self) -> bool:
@@ -52,31 +85,57 @@ def resolve_commit(repo_dir: str, ref: str) -> tuple[str, str]:
 
 
 def reconcile_repo(store: Store, repo_dir: str, ref: str, paths: Iterable[str],
-                   max_bytes: int, now: datetime | None = None) -> ReconcileResult:
+                   max_bytes: int, now: datetime | None = None,
+                   prune: bool = False) -> ReconcileResult:
+    """Reconcile the tree at `ref` (below `paths`, all when empty). Without `paths` every
+    tenant the store knows is reconciled too (a tenant gone from Git is deleted, with
+    `prune`); with `paths`, only the tenants that have objects under them."""
     now = now or datetime.now(UTC)
+    paths = list(paths)
     sha, actor = resolve_commit(repo_dir, ref)
-    files, read_errors = collect_git(repo_dir, sha, list(paths), max_bytes)
+    files, read_errors = collect_git(repo_dir, sha, paths, max_bytes, require_match=True)
     report = validate_files(files, now)
     result = ReconcileResult(sha, read_errors + report.findings, resources=report.resources)
     if not result.ok:
         return result  # nothing applied: the previous state stays intact
-    by_tenant: dict[str, list] = {t: [] for t in report.bundle.tenants()}  # type: ignore[type-arg]
+    by_tenant: dict[str, list[Resource]] = {t: [] for t in report.bundle.tenants()}
     for item in report.bundle.items:
         by_tenant[item.key[1]].append(item.resource)
-    for tenant in sorted(set(by_tenant) | set(store.tenants())):
-        result.plans.append(reconcile_tenant(store, tenant, by_tenant.get(tenant, []),
-                                             result.findings, now, actor))
+    tenants = set(by_tenant) if paths else set(by_tenant) | set(store.tenants())
+    for tenant in sorted(tenants):
+        resources = by_tenant.get(tenant, [])
+        try:
+            result.plans.append(reconcile_tenant(
+                store, tenant, resources, result.findings, now, actor,
+                guard=None if prune else refuse_unasked_prune))
+        except CadmlError as exc:  # contained: this tenant rolled back, the others go on
+            result.failures.append(_failed(store, tenant, resources, exc, now, actor))
     return result
+
+
+def _failed(store: Store, tenant: str, resources: list[Resource], exc: CadmlError,
+            now: datetime, actor: str) -> TenantFailure:
+    """Record a tenant's failed pass: its objects become Stalled with the reason, unless a
+    retry can help (the store was unavailable: it would likely refuse this write too)."""
+    deleting = tuple(exc.deleting) if isinstance(exc, PruneRefused) else ()
+    message = str(exc)
+    if not exc.retryable:
+        try:
+            stall_tenant(store, tenant, resources, exc, now, actor, also=deleting)
+        except CadmlError as again:
+            message += f" (its status could not be written either: {again})"
+    return TenantFailure(tenant, exc.reason, message, exc.exit_code, deleting)
 
 
 def watch(store: Store, repo_dir: str, ref: str, paths: list[str], max_bytes: int,
           interval: float, on_result: Callable[[ReconcileResult], None],
-          passes: int | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+          passes: int | None = None, sleep: Callable[[float], None] = time.sleep,
+          prune: bool = False) -> None:
     """Reconcile every `interval` seconds like a GitOps agent: a new commit is applied once,
     and each pass in between repairs drift (a no-op pass writes nothing)."""
     done = 0
     while passes is None or done < passes:
-        on_result(reconcile_repo(store, repo_dir, ref, paths, max_bytes))
+        on_result(reconcile_repo(store, repo_dir, ref, paths, max_bytes, prune=prune))
         done += 1
         if passes is None or done < passes:
             sleep(interval)

@@ -7,7 +7,7 @@ post events).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 
 from controller import metrics
@@ -15,7 +15,9 @@ from controller.api.v1alpha1 import Resource, RolloutPolicy
 from controller.errors import CadmlError, ConflictError
 from controller.findings import FieldError
 from controller.reconcile.apply import apply_plan
+from controller.reconcile.conditions import stalled, with_conditions
 from controller.reconcile.planner import Plan, plan_abort, plan_tenant
+from controller.records import ObservedTenant
 from controller.store.repository import Store
 from controller.validation import Bundle
 from controller.validation.cross import check_bundle
@@ -31,13 +33,18 @@ def findings_for(resources: list[Resource], now: datetime) -> list[FieldError]:
 def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
                      findings: list[FieldError], now: datetime, actor: str,
                      mode: str = "git",
-                     actors: Mapping[tuple[str, str], str] | None = None) -> Plan:
+                     actors: Mapping[tuple[str, str], str] | None = None,
+                     guard: Callable[[Plan, ObservedTenant], None] | None = None) -> Plan:
     """Plan and apply one tenant in one transaction. `actor` is who triggered the pass;
-    `actors` ((kind, name) → who last changed that object) attribute its audit rows."""
+    `actors` ((kind, name) → who last changed that object) attribute its audit rows;
+    `guard` may refuse the plan before anything is written (it raises a CadmlError)."""
     with metrics.RECONCILE_SECONDS.labels(mode).time():
         try:
             with store.transaction(tenant, actor) as tx:
-                plan = plan_tenant(tenant, resources, findings, tx.observe(), now)
+                observed = tx.observe()
+                plan = plan_tenant(tenant, resources, findings, observed, now)
+                if guard is not None:
+                    guard(plan, observed)
                 apply_plan(tx, plan, actors)
         except CadmlError as exc:
             metrics.RECONCILE_ERRORS.labels(mode, exc.reason).inc()
@@ -76,3 +83,28 @@ def publish_aborts(store: Store, tenant: str, now: datetime, actor: str) -> Plan
     for snap in plan.snapshots:
         metrics.POLICY_VERSION.labels(tenant, snap.model_name).set(snap.policy_version)
     return plan
+
+
+def _generations(observed: ObservedTenant) -> dict[tuple[str, str], int]:
+    return ({("Model", n): m.generation for n, m in observed.models.items()}
+            | {("ModelVersion", n): v.generation for n, v in observed.versions.items()}
+            | {("RolloutPolicy", n): p.generation for n, p in observed.policies.items()})
+
+
+def stall_tenant(store: Store, tenant: str, resources: list[Resource], error: CadmlError,
+                 now: datetime, actor: str, also: Collection[tuple[str, str]] = ()) -> None:
+    """After a pass of `tenant` failed and rolled back: mark its objects (`resources`, and
+    the stored objects `also` names) Stalled with the error's reason and message, in a
+    transaction of its own, so status says why nothing changed. The next pass that
+    succeeds computes their conditions afresh."""
+    generation: dict[tuple[str, str], int] = {
+        (r.kind, r.metadata.name): r.metadata.generation or 1 for r in resources}
+    with store.transaction(tenant, actor) as tx:
+        previous = tx.statuses()
+        stored = _generations(tx.observe()) if set(also) - set(generation) else {}
+        for key in sorted(set(generation) | set(also)):
+            gen = generation.get(key) or stored.get(key, 1)
+            status = with_conditions(previous.get(key, {}), stalled(error.reason, str(error)),
+                                     gen, now)
+            if status != previous.get(key):
+                tx.write_status(key[0], key[1], gen, status)

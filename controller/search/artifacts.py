@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from controller.errors import CadmlError
+from controller.errors import StructuredError
 from controller.search.fetch import Fetcher, FetchError, is_remote, plain_name, sha256_file
 from controller.search.index import ExactIndex, VectorIndex, read_faiss
 from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport, safe_load
@@ -27,16 +27,13 @@ from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport, safe_lo
 MANIFEST_FORMAT = "cadml-index/v1"
 
 
-class ArtifactError(CadmlError):
+class ArtifactError(StructuredError):
     reason = "ArtifactError"
     exit_code = 1
 
     def __init__(self, message: str, *, code: str, context: dict[str, Any] | None = None
                  ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.stage = "artifact"
-        self.context = context or {}
+        super().__init__(message, code=code, stage="artifact", context=context)
 
 
 def resolve(uri: str) -> Path:
@@ -63,7 +60,7 @@ def _fetched(uri: str, sha256: str | None, fmt: str, fetcher: Fetcher) -> Path:
             with contextlib.suppress(FetchError):  # no index: served Degraded (exact search)
                 fetcher.companion(uri, idx["file"], idx["sha256"], path.parent)
     except FetchError as exc:
-        raise ArtifactError(str(exc), code=exc.code, context={"uri": exc.uri}) from None
+        raise ArtifactError(str(exc), code=exc.code, context=exc.context) from None
     return path
 
 

@@ -21,22 +21,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
-from controller.errors import CadmlError
+from controller.errors import StructuredError
 
 DEFAULT_MAX_BYTES = 4 * 1024**3
 DEFAULT_TIMEOUT = 30.0
 CHUNK = 1 << 20
 
 
-class FetchError(CadmlError):
+class FetchError(StructuredError):
     """A download that failed; `code` is one of the worker's documented error codes."""
 
     reason = "ArtifactError"
     exit_code = 1
 
     def __init__(self, message: str, *, code: str, uri: str) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code=code, stage="artifact", context={"uri": uri})
         self.uri = uri
 
 

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.errors import CadmlError
+from controller.errors import StructuredError
 
 MODES = ("whitelist", "blacklist", "audit")
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
@@ -52,7 +52,7 @@ _MEMO_PUT = {"BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"}
 _MEMO_GET = {"BINGET", "LONG_BINGET", "GET"}
 
 
-class UnsafeArtifact(CadmlError):
+class UnsafeArtifact(StructuredError):
     """An artifact was refused before it could run anything."""
 
     reason = "UnsafeArtifact"
@@ -60,10 +60,7 @@ class UnsafeArtifact(CadmlError):
 
     def __init__(self, message: str, *, code: str = "unsafe_pickle",
                  context: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.stage = "artifact"
-        self.context = context or {}
+        super().__init__(message, code=code, stage="artifact", context=context)
 
 
 @dataclass

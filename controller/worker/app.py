@@ -62,10 +62,10 @@ async def errors(request: web.Request,
         return await handler(request)
     except (WorkerError, InvalidDrawing) as exc:
         metrics.WORKER_ERRORS.labels(s.tenant, s.model, exc.code).inc()
-        return _fail(exc.status, exc.code, exc.stage, str(exc), exc.context)
+        return _fail(exc.status, **exc.as_json())
     except ArtifactError as exc:
         metrics.WORKER_ERRORS.labels(s.tenant, s.model, exc.code).inc()
-        return _fail(503, exc.code, exc.stage, str(exc), exc.context)
+        return _fail(503, **exc.as_json())
     except NotFound as exc:
         return _fail(404, "not_found", "request", str(exc))
     except web.HTTPRequestEntityTooLarge as exc:

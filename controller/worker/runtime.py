@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from controller import metrics
-from controller.errors import CadmlError
+from controller.errors import StructuredError
 from controller.records import PolicySnapshot, RunRecord, VersionRow
 from controller.routing import Choice, choose_version
 from controller.search.artifacts import Artifact, ArtifactError, load_artifact
@@ -34,14 +34,13 @@ from controller.store.repository import Store
 log = logging.getLogger("cadml.worker")
 
 
-class WorkerError(CadmlError):
-    """A request the worker cannot serve; carries the JSON error envelope's fields."""
+class WorkerError(StructuredError):
+    """A request the worker cannot serve, answered with HTTP `status`."""
 
     def __init__(self, message: str, *, code: str, stage: str, status: int,
                  context: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code, self.stage, self.status = code, stage, status
-        self.context = context or {}
+        super().__init__(message, code=code, stage=stage, context=context)
+        self.status = status
 
 
 @dataclass(frozen=True)

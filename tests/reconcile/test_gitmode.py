@@ -233,7 +233,8 @@ def test_a_tenant_removed_from_git_is_marked_deleted(backend: Backend, gitops_re
     assert _run(store, gitops_repo).ok
     git(gitops_repo, "rm", "-rq", "tenants/globex-cad")
     git(gitops_repo, "commit", "-qm", "globex leaves")
-    assert _run(store, gitops_repo).ok
+    assert reconcile_repo(store, str(gitops_repo), "HEAD", [], 8 * 1024 * 1024, now=NOW,
+                          prune=True).exit_code == 0  # pruning a tenant is asked for
     with store.transaction("globex-cad", "t") as tx:
         deleted = dict(tx.conn.execute(text("SELECT name, deleted FROM model_catalog "
                                             "WHERE tenant_id = 'globex-cad'")).all())
