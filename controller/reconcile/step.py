@@ -36,7 +36,7 @@ def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
     `actors` ((kind, name) → who last changed that object) attribute its audit rows."""
     with metrics.RECONCILE_SECONDS.labels(mode).time():
         try:
-            with store.transaction(tenant, actor) as tx:
+            with store.transaction(tenant, actor, snapshot=True) as tx:
                 plan = plan_tenant(tenant, resources, findings, tx.observe(), now)
                 apply_plan(tx, plan, actors)
         except CadmlError as exc:
