@@ -150,7 +150,7 @@ def _compare(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     now, window = parse_time(args.now), parse_window(args.window)
     rows = []
-    with store.transaction(tenant, "cadml-compare") as tx:
+    with store.read(tenant, "cadml-compare") as tx:
         known = {v.version for v in tx.versions(model)}
         for v in versions:
             if v not in known:

@@ -133,7 +133,7 @@ def status(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     rows: list[dict[str, Any]] = []
     for tenant in args.tenant or store.tenants():
-        with store.transaction(tenant, "status") as tx:
+        with store.read(tenant, "status") as tx:
             for (kind, name), found in sorted(tx.statuses().items()):
                 rows.append({"tenant": tenant, "kind": kind, "name": name, "status": found})
     if args.output == "json":

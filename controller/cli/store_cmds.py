@@ -96,7 +96,7 @@ def _history(args: argparse.Namespace) -> int:
     tenants = args.tenant or store.tenants()
     out: list[dict[str, Any]] = []
     for tenant in tenants:
-        with store.transaction(tenant, "history") as tx:
+        with store.read(tenant, "history") as tx:
             for model in tx.model_names():
                 snap = tx.snapshot(model, at=at)
                 if snap is None:

@@ -40,7 +40,7 @@ def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
     `guard` may refuse the plan before anything is written (it raises a CadmlError)."""
     with metrics.RECONCILE_SECONDS.labels(mode).time():
         try:
-            with store.transaction(tenant, actor) as tx:
+            with store.transaction(tenant, actor, snapshot=True) as tx:
                 observed = tx.observe()
                 plan = plan_tenant(tenant, resources, findings, observed, now)
                 if guard is not None:

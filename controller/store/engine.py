@@ -1,7 +1,11 @@
 """Engines for the store: where the embedded SQLite file lives and how connections behave.
 
 SQLite: foreign keys on, WAL journal, and write transactions that take the write
-lock up front (BEGIN IMMEDIATE) so two writers queue instead of failing halfway.
+lock up front (BEGIN IMMEDIATE) so two writers queue instead of failing halfway;
+a connection marked read-only (`READ_ONLY` execution option) begins a deferred
+transaction with `query_only` set instead: in WAL it reads one snapshot and neither
+waits for nor blocks the writer. A `timeout` in the URL's query (seconds, default 30)
+bounds how long a writer waits for the lock before `database is locked`.
 PostgreSQL: psycopg 3; every transaction is scoped to one tenant with
 `set_config('app.tenant_id', …, true)`, which ends at COMMIT (safe with pools).
 """
@@ -16,6 +20,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 ENV_URL = "CADML_STORE_URL"
+READ_ONLY = "cadml_read_only"  # connection execution option: this transaction only reads
 
 
 def default_sqlite_path(env: dict[str, str] | None = None) -> Path:
@@ -42,7 +47,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        timeout = float(parsed.query.get("timeout", 30))  # type: ignore[arg-type]
+        engine = create_engine(url, connect_args={"timeout": timeout}, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -51,12 +57,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA foreign_keys = ON")
             cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = NORMAL")
-            cur.execute("PRAGMA busy_timeout = 30000")
+            cur.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             cur.close()
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("PRAGMA query_only = 1")
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("PRAGMA query_only = 0")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":

@@ -10,6 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from controller.store.engine import READ_ONLY
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
@@ -79,4 +81,5 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
+        conn.execution_options(**{READ_ONLY: True})  # a probe: no write lock on SQLite
         return MigrationContext.configure(conn).get_current_revision()

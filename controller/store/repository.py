@@ -11,10 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from controller.errors import ConflictError, NotFound, StaleWrite, StoreError, StoreUnavailable
@@ -34,8 +45,12 @@ from controller.records import (
 )
 from controller.store import tables as t
 from controller.store.audit import GENESIS, AuditEvent, ChainProblem, chain_hash, verify_chain
-from controller.store.engine import make_engine
+from controller.store.engine import READ_ONLY, make_engine
 from controller.store.notify import PolicyListener, channel
+
+WORKER_STATE_TTL = timedelta(minutes=10)
+"""Worker rows older than this are ignored and deleted: the pod is gone. Longer than the
+planner's WORKER_STALE_AFTER (60 s), so `workers_applied` sees every live worker."""
 
 
 def utcnow() -> datetime:
@@ -63,7 +78,12 @@ def _translate(exc: DBAPIError) -> StoreError:
             return ConflictError("another version of this model is already STABLE "
                                  "(one STABLE per tenant and model key)")
         return ConflictError(f"the store refused the write: {text_.splitlines()[0]}")
-    if isinstance(exc, OperationalError) and "locked" not in text_:
+    if "readonly" in text_ or "read-only" in text_:
+        return StoreError(f"a read-only transaction tried to write: {text_.splitlines()[0]}")
+    if getattr(exc.orig, "sqlstate", None) == "40001":  # REPEATABLE READ lost to a writer
+        return StaleWrite("another pass changed the tenant while this one was planned from "
+                          f"its snapshot; reconcile again ({text_.splitlines()[0]})")
+    if isinstance(exc, OperationalError):  # lost connection, a locked SQLite
         return StoreUnavailable(f"store unavailable: {text_.splitlines()[0]}")
     return StoreError(f"store error: {text_.splitlines()[0]}")
 
@@ -83,13 +103,40 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def transaction(self, tenant: str, actor: str) -> Iterator[StoreTx]:
+    def transaction(self, tenant: str, actor: str, *,
+                    snapshot: bool = False) -> Iterator[StoreTx]:
+        """A read-write transaction for one tenant. SQLite: it holds the write lock from its
+        first statement (BEGIN IMMEDIATE), so it is serializable. PostgreSQL: READ COMMITTED,
+        or with `snapshot` REPEATABLE READ, which the reconcile step uses: everything it
+        observes comes from one snapshot, and a row another transaction changed after that
+        snapshot cannot be overwritten (PostgreSQL refuses with a serialization failure,
+        raised as StoreUnavailable, and the pass is retried on a fresh view)."""
+        options = {"isolation_level": "REPEATABLE READ"} \
+            if snapshot and self.dialect == "postgresql" else {}
+        with self._begin(tenant, actor, options) as tx:
+            yield tx
+
+    @contextmanager
+    def read(self, tenant: str, actor: str = "reader") -> Iterator[StoreTx]:
+        """A read-only transaction for one tenant that sees one consistent snapshot: SQLite
+        reads without the write lock (neither waiting for a writer nor blocking one);
+        PostgreSQL runs it READ ONLY at REPEATABLE READ. Writing in it is a StoreError."""
+        options: dict[str, Any] = {READ_ONLY: True}
+        if self.dialect == "postgresql":
+            options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with self._begin(tenant, actor, options) as tx:
+            yield tx
+
+    @contextmanager
+    def _begin(self, tenant: str, actor: str, options: dict[str, Any]) -> Iterator[StoreTx]:
         try:
-            with self.engine.begin() as conn:
-                if self.dialect == "postgresql":
-                    conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"),
-                                 {"t": tenant})
-                yield StoreTx(conn, tenant, actor)
+            with self.engine.connect() as conn:
+                conn.execution_options(**options)
+                with conn.begin():
+                    if self.dialect == "postgresql":
+                        conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"),
+                                     {"t": tenant})
+                    yield StoreTx(conn, tenant, actor)
         except DBAPIError as exc:
             raise _translate(exc) from exc
 
@@ -105,11 +152,12 @@ class Store:
         """Every tenant with audit history, by name (the registry every role may list; each
         tenant's rows are still read in a transaction scoped to it)."""
         with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
             return list(conn.execute(select(t.tenant.c.tenant_id).order_by(
                 t.tenant.c.tenant_id)).scalars())
 
     def verify_audit(self, tenant: str) -> ChainProblem | None:
-        with self.transaction(tenant, "audit-verify") as tx:
+        with self.read(tenant, "audit-verify") as tx:
             return tx.verify_audit()
 
 
@@ -314,13 +362,18 @@ class StoreTx:
         return found[0] if found else None
 
     def current_snapshots(self) -> dict[str, PolicySnapshot]:
-        """The newest snapshot of every model's policy, in two queries."""
-        sc = t.policy_snapshot.c
-        latest = (select(sc.policy_id, func.max(sc.policy_version).label("pv"))
-                  .where(sc.tenant_id == self.tenant).group_by(sc.policy_id).subquery())
-        rows = self.conn.execute(self._snapshot_select().join(latest, and_(
-            sc.policy_id == latest.c.policy_id, sc.policy_version == latest.c.pv))
-        ).mappings().all()
+        """The newest snapshot of every model's policy, in three queries: one index seek per
+        policy finds its newest policy_version, then those rows and their routes (older
+        snapshots are not read)."""
+        sc, pc = t.policy_snapshot.c, t.model_rollout_policy.c
+        s = t.policy_snapshot.alias("newer")
+        newest = (select(s.c.policy_version).where(s.c.tenant_id == pc.tenant_id,
+                                                   s.c.policy_id == pc.id)
+                  .order_by(s.c.policy_version.desc()).limit(1).scalar_subquery())
+        keys = [(int(i), int(v)) for i, v in self.conn.execute(
+            select(pc.id, newest).where(pc.tenant_id == self.tenant)) if v is not None]
+        rows = self.conn.execute(self._snapshot_select().where(
+            tuple_(sc.policy_id, sc.policy_version).in_(keys))).mappings().all() if keys else []
         out: dict[str, PolicySnapshot] = {}
         for snap in self._build_snapshots(rows):
             previous = out.get(snap.model_name)
@@ -459,13 +512,18 @@ class StoreTx:
         if found is None:
             raise NotFound(f"version {version_name} does not exist")
         vid = found.id
+        if self.conn.dialect.name == "postgresql":  # binds of a tenant commit in seq order
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                              {"k": f"cadml-bindings/{self.tenant}"})
+        seq = int(self.conn.execute(select(func.coalesce(func.max(c.updated_seq), 0)).where(
+            c.tenant_id == self.tenant)).scalar_one()) + 1
         done = self.conn.execute(update(t.ai_analysis_jobs).where(
             c.tenant_id == self.tenant, c.job_key == job_key).values(
-            model_version_id=vid, runtime_snapshot=snapshot))
+            model_version_id=vid, runtime_snapshot=snapshot, updated_seq=seq))
         if done.rowcount == 0:
             self.conn.execute(insert(t.ai_analysis_jobs).values(
                 tenant_id=self.tenant, job_key=job_key, model_version_id=vid,
-                runtime_snapshot=snapshot, created_at=self.now))
+                runtime_snapshot=snapshot, created_at=self.now, updated_seq=seq))
         self._notify(int(found.model_id), "binding")
 
     def job_bindings(self, model_name: str) -> dict[str, str]:
@@ -479,6 +537,26 @@ class StoreTx:
             .where(c.tenant_id == self.tenant, mc.name == model_name))
         return {r.job_key: r.version for r in rows}
 
+    def binding_changes(self, model_name: str,
+                        since: int = 0) -> tuple[dict[str, str | None], int]:
+        """The job bindings of the tenant changed after the marker `since` (0: all of them),
+        and the marker to pass next time. Each changed job maps to its bound version (semver)
+        when bound to `model_name`, else to None (it moved to another model): a worker that
+        keeps its own map applies these changes and reads nothing else.
+
+        Every bind in a tenant takes the next `updated_seq` and binds commit in that order
+        (SQLite has one writer; PostgreSQL serialises binds per tenant with an advisory
+        lock), so a reader never skips a change that commits after its read."""
+        c, vc, mc = t.ai_analysis_jobs.c, t.model_version.c, t.model_catalog.c
+        rows = self.conn.execute(
+            select(c.job_key, c.updated_seq, vc.version, mc.name)
+            .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
+                                        vc.id == c.model_version_id))
+            .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
+            .where(c.tenant_id == self.tenant, c.updated_seq > since)).all()
+        changes = {r.job_key: r.version if r.name == model_name else None for r in rows}
+        return changes, max((int(r.updated_seq) for r in rows), default=since)
+
     def count_runs(self) -> int:
         c = t.model_run.c
         return int(self.conn.execute(select(func.count()).select_from(t.model_run)
@@ -488,18 +566,26 @@ class StoreTx:
 
     def report_worker(self, worker_id: str, model_name: str, applied_policy_version: int,
                       degraded: bool, detail: dict[str, Any] | None = None) -> None:
-        """A worker says which policyVersion it serves (and whether it is degraded)."""
+        """A worker says which policyVersion it serves (and whether it is degraded). Rows of
+        the tenant's workers that have not reported for WORKER_STATE_TTL (pods gone) are
+        deleted first, so the table holds live incarnations only."""
+        c = t.worker_state.c
+        self.conn.execute(t.worker_state.delete().where(
+            c.tenant_id == self.tenant, c.updated_at < self.now - WORKER_STATE_TTL))
         self._put(t.worker_state, {"worker_id": worker_id}, dict(
             model_id=self._require_model(model_name),
             applied_policy_version=applied_policy_version, degraded=degraded,
             detail=detail or {}, updated_at=self.now))
 
     def worker_states(self) -> dict[str, list[WorkerState]]:
+        """Workers that reported within WORKER_STATE_TTL, by model (older rows are ignored
+        until the next report deletes them)."""
         c, mc = t.worker_state.c, t.model_catalog.c
         out: dict[str, list[WorkerState]] = {}
         for r in self.conn.execute(select(t.worker_state, mc.name.label("model_name")).join(
                 t.model_catalog, and_(mc.tenant_id == c.tenant_id, mc.id == c.model_id))
-                .where(c.tenant_id == self.tenant).order_by(c.worker_id)).mappings():
+                .where(c.tenant_id == self.tenant, c.updated_at >= self.now - WORKER_STATE_TTL)
+                .order_by(c.worker_id)).mappings():
             out.setdefault(r["model_name"], []).append(WorkerState(
                 r["worker_id"], r["model_name"], r["applied_policy_version"],
                 bool(r["degraded"]), _aware(r["updated_at"]), dict(r["detail"])))
@@ -542,16 +628,20 @@ class StoreTx:
             reviewed_sample_size=m.reviewed_sample_size, created_at=self.now))
 
     def latest_evaluations(self) -> dict[str, dict[str, Any]]:
-        """'model/version' → the newest whole-model evaluation of that version."""
+        """'model/version' → the newest whole-model evaluation of that version: one index
+        seek per version (ix_evaluation_latest); older evaluations are not read."""
         c, vc, mc = t.evaluation.c, t.model_version.c, t.model_catalog.c
+        e = t.evaluation.alias("newer")
+        newest = (select(e.c.id).where(e.c.tenant_id == vc.tenant_id,
+                                       e.c.model_version_id == vc.id, e.c.job_key == "")
+                  .order_by(e.c.window_end.desc(), e.c.id.desc()).limit(1).scalar_subquery())
         out: dict[str, dict[str, Any]] = {}
         for r in self.conn.execute(
                 select(mc.name, vc.version, t.evaluation)
-                .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
-                                            vc.id == c.model_version_id))
+                .select_from(t.model_version)
                 .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
-                .where(c.tenant_id == self.tenant, c.job_key == "")
-                .order_by(c.window_end)).mappings():
+                .join(t.evaluation, and_(c.tenant_id == vc.tenant_id, c.id == newest))
+                .where(vc.tenant_id == self.tenant)).mappings():
             start, end = _aware(r["window_start"]), _aware(r["window_end"])
             out[f"{r['name']}/{r['version']}"] = {
                 "version": r["version"], "window": f"{start.isoformat()}/{end.isoformat()}",
@@ -582,24 +672,32 @@ class StoreTx:
                        measurements=list(s.measurements), updated_at=self.now))
 
     def rollback_facts(self) -> dict[str, RollbackFacts]:
-        """Per model: the newest rollback/abort snapshot and when runs first obeyed it."""
+        """Per model: the newest rollback/abort snapshot and when runs first obeyed it, in
+        one statement of two index seeks per model (ix_policy_snapshot_rollbacks, then
+        ix_model_run_model_time): older rollbacks and runs are not read. The first run
+        that obeyed is searched forward from the snapshot's publication, so the scan
+        covers only the runs of the switch-over (a run cannot obey a snapshot before it
+        exists; a worker clock behind the store's by d can move the answer by up to d)."""
         sc, mc, rc = t.policy_snapshot.c, t.model_catalog.c, t.model_run.c
+        s = t.policy_snapshot.alias("rb")
+        newest = (select(s.c.id).where(s.c.tenant_id == mc.tenant_id, s.c.model_id == mc.id,
+                                       text(f"rb.{t.ROLLBACK_SQL}"))
+                  .order_by(s.c.created_at.desc(), s.c.id.desc()).limit(1).scalar_subquery())
+        first = (select(rc.created_at).where(
+            rc.tenant_id == sc.tenant_id, rc.model_id == sc.model_id,
+            rc.created_at >= sc.created_at, rc.policy_version >= sc.policy_version)
+            .order_by(rc.created_at).limit(1).scalar_subquery())
         out: dict[str, RollbackFacts] = {}
-        rows = self.conn.execute(
-            select(mc.name, mc.id.label("model_id"), sc.policy_version, sc.source, sc.reason,
-                   sc.created_at, sc.refresh_seconds)
-            .join(t.model_catalog, and_(mc.tenant_id == sc.tenant_id, mc.id == sc.model_id))
-            .where(sc.tenant_id == self.tenant, sc.source.in_(("rollback", "analysis-abort")))
-            .order_by(sc.created_at)).mappings().all()
-        for r in rows:
-            first = self.conn.execute(
-                select(func.min(rc.created_at)).where(
-                    rc.tenant_id == self.tenant, rc.model_id == r["model_id"],
-                    rc.policy_version >= r["policy_version"])).scalar()
-            out[r["name"]] = RollbackFacts(r["policy_version"], r["source"], r["reason"],
-                                           _aware(r["created_at"]),
-                                           _aware(first) if first is not None else None,
-                                           r["refresh_seconds"])
+        for r in self.conn.execute(
+                select(mc.name, sc.policy_version, sc.source, sc.reason, sc.created_at,
+                       sc.refresh_seconds, first.label("effective_at"))
+                .select_from(t.model_catalog)
+                .join(t.policy_snapshot, and_(sc.tenant_id == mc.tenant_id, sc.id == newest))
+                .where(mc.tenant_id == self.tenant)).mappings():
+            out[r["name"]] = RollbackFacts(
+                r["policy_version"], r["source"], r["reason"], _aware(r["created_at"]),
+                _aware(r["effective_at"]) if r["effective_at"] is not None else None,
+                r["refresh_seconds"])
         return out
 
     def tick_claimed(self, window_key: str) -> bool:

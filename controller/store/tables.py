@@ -41,6 +41,7 @@ metadata = MetaData(naming_convention=NAMING)
 Id = BigInteger().with_variant(Integer(), "sqlite")
 STAGE_SQL = "stage IN ('DRAFT', 'CANARY', 'STABLE', 'DEPRECATED')"
 REVIEW_SQL = "review_status IN ('PENDING_REVIEW', 'APPROVED', 'REJECTED')"
+ROLLBACK_SQL = "source IN ('rollback', 'analysis-abort')"  # snapshots that roll back
 
 
 def _tenant() -> Column[str]:
@@ -153,6 +154,9 @@ policy_snapshot = Table(
     CheckConstraint("source IN ('policy', 'override', 'rollback', 'analysis-abort', 'expired')",
                     name="source"),
     CheckConstraint("policy_version >= 1", name="policy_version_positive"),
+    # 0009: a model's newest rollback is one seek, however many snapshots it has
+    Index("ix_policy_snapshot_rollbacks", "tenant_id", "model_id", "created_at", "id",
+          sqlite_where=text(ROLLBACK_SQL), postgresql_where=text(ROLLBACK_SQL)),
 )
 
 policy_route = Table(
@@ -200,8 +204,11 @@ ai_analysis_jobs = Table(
     Column("model_version_id", Id, nullable=False),
     Column("runtime_snapshot", JSON, nullable=False),
     _ts("created_at"),
+    # 0009: rises with every bind in the tenant, so workers read only the changes
+    Column("updated_seq", BigInteger, nullable=False),
     UniqueConstraint("tenant_id", "id"),
     UniqueConstraint("tenant_id", "job_key"),
+    Index("ix_ai_analysis_jobs_changes", "tenant_id", "updated_seq"),
     ForeignKeyConstraint(["tenant_id", "model_version_id"],
                          ["model_version.tenant_id", "model_version.id"]),
 )
@@ -242,6 +249,8 @@ model_run = Table(
     CheckConstraint("(review_status = 'PENDING_REVIEW') = (reviewer IS NULL)",
                     name="reviewed_has_reviewer"),
     Index("ix_model_run_version_time", "tenant_id", "model_version_id", "created_at"),
+    # 0009: the first run that obeyed a rollback, scanning forward from its publication
+    Index("ix_model_run_model_time", "tenant_id", "model_id", "created_at", "policy_version"),
 )
 
 evaluation = Table(
@@ -266,6 +275,9 @@ evaluation = Table(
     CheckConstraint("sample_size >= 0 AND reviewed_sample_size BETWEEN 0 AND sample_size",
                     name="samples"),
     CheckConstraint("window_start < window_end", name="window"),
+    # 0009: the newest evaluation of a version is one seek
+    Index("ix_evaluation_latest", "tenant_id", "model_version_id", "job_key", "window_end",
+          "id"),
 )
 
 audit_event = Table(
@@ -319,6 +331,7 @@ worker_state = Table(
     _ts("updated_at"),
     ForeignKeyConstraint(["tenant_id", "model_id"],
                          ["model_catalog.tenant_id", "model_catalog.id"]),
+    Index("ix_worker_state_updated", "tenant_id", "updated_at"),  # 0009: expiry
 )
 
 object_status = Table(

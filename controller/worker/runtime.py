@@ -113,6 +113,7 @@ class WorkerRuntime:
         self.snapshot: PolicySnapshot | None = None
         self.versions: dict[str, LoadedVersion] = {}
         self.bindings: dict[str, str] = {}
+        self.bindings_seen = 0  # the store's binding change marker this map is up to
         self.load_errors: dict[str, str] = {}
         # versions whose artifact failed to load: (what was tried, next attempt, backoff)
         self.failed: dict[str, tuple[tuple[Any, ...], float, float]] = {}
@@ -127,10 +128,13 @@ class WorkerRuntime:
         """Read the policy snapshot, load what it routes to, report what is applied."""
         now = time.monotonic() if now is None else now
         s = self.settings
-        with self.store.transaction(s.tenant, s.worker_id) as tx:
+        with self.store.read(s.tenant, s.worker_id) as tx:
             snap = tx.snapshot(s.model, live=True)
             rows = {v.version: v for v in tx.versions(s.model)}
-            bindings = tx.job_bindings(s.model)
+            changes, seen = tx.binding_changes(s.model, self.bindings_seen)
+        bindings = {**self.bindings, **{j: v for j, v in changes.items() if v is not None}}
+        for job in (j for j, v in changes.items() if v is None):
+            bindings.pop(job, None)
         wanted = {r.version for r in snap.routes} if snap else set()
         wanted |= {v for v in bindings.values() if v in rows and
                    rows[v].stage in ("CANARY", "STABLE")}
@@ -151,6 +155,7 @@ class WorkerRuntime:
             self.load_errors.pop(version, None)
         with self._lock:
             self.snapshot, self.versions, self.bindings = snap, loaded, bindings
+            self.bindings_seen = seen
             self.last_refresh = now
         degraded = any(v.degraded for v in loaded.values())
         for version, lv in loaded.items():
@@ -247,7 +252,7 @@ class WorkerRuntime:
     def published_version(self) -> int | None:
         """The policyVersion the store has now: one indexed row, cheap to poll often."""
         s = self.settings
-        with self.store.transaction(s.tenant, s.worker_id) as tx:
+        with self.store.read(s.tenant, s.worker_id) as tx:
             return tx.policy_version_of(s.model)
 
     # ---------------------------------------------------------------- requests

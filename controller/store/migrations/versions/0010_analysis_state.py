@@ -12,7 +12,7 @@ invisible to the planner and is not copied. The owner lifts FORCE on the two tab
 reads for the copy inside this transaction, as 0008 does.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
