@@ -71,6 +71,10 @@ def _policy_for(bundle: Bundle, ns: str, model: str) -> RolloutPolicy | None:
     return policies[0] if policies else None
 
 
+def _stages(versions: dict[str, ModelVersion]) -> dict[str, str]:
+    return {sv: v.spec.stage for sv, v in versions.items()}
+
+
 def _versions(bundle: Bundle, ns: str, model: str) -> dict[str, ModelVersion]:
     return {v.spec.version: v for v in bundle.versions_of(ns, model)}
 
@@ -113,8 +117,8 @@ def diff_bundles(
         elif (ns, name) not in head_models:
             change.status = "removed"
         bv, hv = _versions(base, ns, name), _versions(head, ns, name)
-        rb = effective_routing(_policy_for(base, ns, name), list(bv.values()), now)
-        rh = effective_routing(_policy_for(head, ns, name), list(hv.values()), now)
+        rb = effective_routing(_policy_for(base, ns, name), _stages(bv), now)
+        rh = effective_routing(_policy_for(head, ns, name), _stages(hv), now)
         change.routing_before, change.routing_after = rb.as_percentages(), rh.as_percentages()
         change.routing_source_before, change.routing_source_after = rb.source, rh.source
         for semver in sorted(set(bv) | set(hv)):

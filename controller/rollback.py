@@ -22,7 +22,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from controller.errors import InvalidInput, SourceError, UsageError
-from controller.reconcile.planner import ROLLBACK_ANNOTATION
+from controller.routing import ROLLBACK_ANNOTATION
 from controller.sources import collect_paths
 from controller.validation import validate_files
 from controller.yamlio import DEFAULT_MAX_BYTES

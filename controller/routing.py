@@ -8,24 +8,25 @@ default policy. Thresholds layer model defaults < version defaults < policy.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from controller.api.v1alpha1 import Model, ModelVersion, RolloutPolicy
+from controller.records import RouteRow
 
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    version: str
-    weight: int
-    stage: str | None
+ROLLBACK_ANNOTATION = "cadml.io/rollback-reason"
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
-    routes: tuple[Route, ...]
-    source: str  # "override" | "policy" | "none"
-    override_reason: str | None = None
+    """How traffic is split and why. `source`: override | analysis-abort | expired |
+    rollback | policy | default (no policy: all on STABLE) | none (nothing to serve)."""
+
+    routes: tuple[RouteRow, ...]
+    source: str
+    reason: str = ""
+    expired: str | None = None  # why the policy is not in force, if it is not
 
     def as_percentages(self) -> dict[str, int]:
         return {r.version: r.weight for r in self.routes}
@@ -36,17 +37,47 @@ def override_active(policy: RolloutPolicy, now: datetime) -> bool:
     return ov is not None and (ov.until is None or ov.until > now)
 
 
-def effective_routing(
-    policy: RolloutPolicy | None, versions: list[ModelVersion], now: datetime
-) -> RoutingTable:
-    stage = {v.spec.version: v.spec.stage for v in versions}
+def stable_only(stable: str, source: str, reason: str,
+                expired: str | None = None) -> RoutingTable:
+    return RoutingTable((RouteRow(stable, 100, True),), source, reason, expired)
+
+
+def effective_routing(policy: RolloutPolicy | None, stages: Mapping[str, str], now: datetime,
+                      aborted: str | None = None) -> RoutingTable:
+    """The one routing function (`cadml diff`, the planner, the workers' default): what a
+    model routes by now, from its policy (or none), the stage of each of its versions
+    (semver → stage) and, where the store holds one, the reason of a canary abort.
+
+    Precedence, fixed: override > analysis abort > validity window > weights; a model with
+    a STABLE version and no policy routes 100 % to it (source `default`). An abort holds
+    for the spec it judged; the spec in Git is never touched, so a sync cannot undo it."""
+    stable = next((sv for sv, st in stages.items() if st == "STABLE"), None)
     if policy is None:
-        return RoutingTable((), "none")
-    ov = policy.spec.override
+        if stable is None:
+            return RoutingTable((), "none", "no RolloutPolicy and no STABLE version")
+        return stable_only(stable, "default", "no RolloutPolicy: all traffic on the STABLE "
+                                              "version")
+    spec = policy.spec
+    ov = spec.override
     if ov is not None and override_active(policy, now):
-        return RoutingTable((Route(ov.version, 100, stage.get(ov.version)),), "override", ov.reason)
-    routes = tuple(Route(w.version, w.weight, stage.get(w.version)) for w in policy.spec.weights)
-    return RoutingTable(routes, "policy")
+        return RoutingTable((RouteRow(ov.version, 100, stages.get(ov.version) == "STABLE",
+                                      forced=True),), "override", ov.reason)
+    if aborted and stable is not None:
+        return stable_only(stable, "analysis-abort", aborted)
+    expired = None
+    if spec.valid_until is not None and spec.valid_until <= now:
+        expired = f"the policy expired at {spec.valid_until.isoformat()}"
+    elif spec.valid_from is not None and spec.valid_from > now:
+        expired = f"the policy starts at {spec.valid_from.isoformat()}"
+    if expired is not None and stable is not None:
+        return stable_only(stable, "expired", f"{expired}; all traffic on the STABLE version",
+                           expired)
+    routes = tuple(RouteRow(w.version, w.weight, stages.get(w.version) == "STABLE")
+                   for w in spec.weights)
+    reason = policy.metadata.annotations.get(ROLLBACK_ANNOTATION)
+    if reason and len(routes) == 1 and routes[0].is_stable:
+        return RoutingTable(routes, "rollback", reason, expired)
+    return RoutingTable(routes, "policy", "", expired)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +89,21 @@ class Threshold:
 def effective_thresholds(
     model: Model | None, version: ModelVersion | None, policy: RolloutPolicy | None
 ) -> dict[str, Threshold]:
-    out: dict[str, Threshold] = {}
-    if model is not None:
-        out.update({k: Threshold(v, "model") for k, v in model.spec.threshold_defaults.items()})
+    return layered_thresholds(
+        model.spec.threshold_defaults if model is not None else {},
+        (version.spec.version, version.spec.threshold_defaults) if version is not None
+        else None,
+        policy.spec.thresholds if policy is not None else {})
+
+
+def layered_thresholds(model: Mapping[str, float],
+                       version: tuple[str, Mapping[str, float]] | None,
+                       policy: Mapping[str, float]) -> dict[str, Threshold]:
+    """Model defaults < version defaults < policy, each value with its source."""
+    out = {k: Threshold(v, "model") for k, v in model.items()}
     if version is not None:
-        src = f"version {version.spec.version}"
-        out.update({k: Threshold(v, src) for k, v in version.spec.threshold_defaults.items()})
-    if policy is not None:
-        out.update({k: Threshold(v, "policy") for k, v in policy.spec.thresholds.items()})
+        out.update({k: Threshold(v, f"version {version[0]}") for k, v in version[1].items()})
+    out.update({k: Threshold(v, "policy") for k, v in policy.items()})
     return dict(sorted(out.items()))
 
 
@@ -78,7 +116,7 @@ def bucket(job_id: str) -> float:
 @dataclass(frozen=True, slots=True)
 class Choice:
     version: str
-    source: str  # "override" | "binding" | "policy"
+    source: str  # "override" | "binding" | "policy" | "default"
 
 
 def choose_version(job_id: str, routes: tuple[tuple[str, int], ...], snapshot_source: str,
@@ -95,8 +133,9 @@ def choose_version(job_id: str, routes: tuple[tuple[str, int], ...], snapshot_so
     if binding is not None and binding in available:
         return Choice(binding, "binding")
     point, cumulative = bucket(job_id), 0.0
+    source = "default" if snapshot_source == "default" else "policy"
     for version, weight in routes:
         cumulative += weight
         if point < cumulative and weight > 0:
-            return Choice(version, "policy") if version in available else None
+            return Choice(version, source) if version in available else None
     return None

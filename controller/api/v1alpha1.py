@@ -197,6 +197,10 @@ class ModelStatus(_Status):
     canary_versions: list[str] = Field(default_factory=list)
     active_policy: str | None = None
     policy_version: int | None = None
+    route_source: str | None = Field(
+        default=None, description="What routes the model now: policy, override, rollback, "
+        "analysis-abort, expired, or default (no RolloutPolicy: all traffic on STABLE).")
+    routing_summary: str | None = Field(default=None, description="e.g. '1.2.0=90,1.3.0=10'.")
     workers_ready: str | None = Field(default=None, description="Ready workers, 'n/m'.")
     workers_applied: str | None = Field(
         default=None, description="Workers that applied the current policyVersion, 'n/m'."

@@ -146,7 +146,8 @@ def status(args: argparse.Namespace) -> int:
         ready = _cond(st, "Ready")
         detail: str = {
             "Model": f"stable={st.get('stableVersion') or '-'} "
-                     f"policy={st.get('policyVersion', '-')}",
+                     f"policy={st.get('policyVersion', '-')} "
+                     f"route={st.get('routeSource', '-')}",
             "ModelVersion": f"weight={st.get('servingWeight', 0)}",
             "RolloutPolicy": f"v{st.get('policyVersion', '-')} {st.get('routingSummary', '')}",
             "ReleaseRecord": st.get("gateSummary", ""),

@@ -230,7 +230,7 @@ def on_version_delete(**kwargs: Any) -> None:
     ns, name = str(body.metadata.namespace), str(body.metadata.name)
     model, semver = body.spec.get("modelRef"), body.spec.get("version")
     with store.transaction(ns, "finalizer") as tx:
-        snap = tx.snapshot(model, live=True) if model else None
+        snap = tx.serving_snapshot(model) if model else None
     weight = next((r.weight for r in snap.routes if r.version == semver), 0) if snap else 0
     if snap is not None and weight > 0:
         raise kopf.TemporaryError(

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from controller.api.v1alpha1 import Resource
-from controller.errors import CadmlError, PruneRefused
+from controller.errors import CadmlError, InvalidInput, PruneRefused
 from controller.findings import FieldError, errors_only
 from controller.reconcile.planner import Plan
 from controller.reconcile.prune import refuse_unasked_prune
 from controller.reconcile.step import reconcile_tenant, stall_tenant
+from controller.records import ObservedTenant
 from controller.sources import collect_git
 from controller.store.repository import Store
 from controller.validation import validate_files
@@ -107,10 +108,23 @@ def reconcile_repo(store: Store, repo_dir: str, ref: str, paths: Iterable[str],
         try:
             result.plans.append(reconcile_tenant(
                 store, tenant, resources, result.findings, now, actor,
-                guard=None if prune else refuse_unasked_prune))
+                guard=_refuse_transitions if prune else _refuse_transitions_or_prune))
         except CadmlError as exc:  # contained: this tenant rolled back, the others go on
             result.failures.append(_failed(store, tenant, resources, exc, now, actor))
     return result
+
+
+def _refuse_transitions(plan: Plan, observed: ObservedTenant) -> None:
+    """Git mode applies a commit whole or not at all, tenant by tenant: a transition rule
+    broken against what the store applied (an artifact changed on a served version, a
+    stage move the CRD forbids) refuses the tenant's pass, as `cadml diff` refuses it."""
+    if plan.transitions:
+        raise InvalidInput(plan.transitions)
+
+
+def _refuse_transitions_or_prune(plan: Plan, observed: ObservedTenant) -> None:
+    _refuse_transitions(plan, observed)
+    refuse_unasked_prune(plan, observed)
 
 
 def _failed(store: Store, tenant: str, resources: list[Resource], exc: CadmlError,

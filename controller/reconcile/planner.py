@@ -26,6 +26,7 @@ from typing import Any
 
 from controller.api.v1alpha1 import (
     GROUP,
+    KINDS,
     VERSION,
     Model,
     ModelVersion,
@@ -56,9 +57,16 @@ from controller.records import (
     VersionRow,
     WorkerState,
 )
-from controller.routing import effective_thresholds, override_active
+from controller.routing import (
+    RoutingTable,
+    effective_routing,
+    effective_thresholds,
+    override_active,
+    stable_only,
+)
 from controller.validation.cross import FIXABLE_LATER
 from controller.validation.gates import evaluate_gates, gate_summary
+from controller.validation.single import check_transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,7 @@ class Plan:
     statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = field(default_factory=dict)
     computed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # every status
     audit: list[AuditEntry] = field(default_factory=list)
+    transitions: list[FieldError] = field(default_factory=list)  # broken against the store
 
     @property
     def changes(self) -> bool:
@@ -198,57 +207,14 @@ def _release_row(r: ReleaseRecord) -> ReleaseRow:
                       spec_hash=spec_hash(r))
 
 
-@dataclass(frozen=True, slots=True)
-class DesiredRouting:
-    routes: tuple[RouteRow, ...]
-    source: str
-    reason: str
-    expired: str | None  # why the policy is not in force, if it is not
-
-
-ROLLBACK_ANNOTATION = "cadml.io/rollback-reason"
-
-
 def abort_reason(aborted: list[AnalysisState]) -> str:
     return "; ".join(f"canary {a.version} aborted: {a.latest.get('summary', '')}"
                      for a in sorted(aborted, key=lambda a: a.version))
 
 
-def abort_routing(stable: str, aborted: list[AnalysisState]) -> DesiredRouting:
+def abort_routing(stable: str, aborted: list[AnalysisState]) -> RoutingTable:
     """All traffic on the STABLE version while canary analysis holds an abort."""
-    return DesiredRouting((RouteRow(stable, 100, True),), "analysis-abort",
-                          abort_reason(aborted), None)
-
-
-def desired_routing(policy: RolloutPolicy, versions: dict[str, ModelVersion],
-                    now: datetime, aborted: list[AnalysisState] | None = None
-                    ) -> DesiredRouting:
-    """What the workers must route by now: override > analysis abort > policy window >
-    weights. An abort holds for the spec it judged; a new spec generation clears it, and
-    the spec in Git is never touched, so a GitOps sync cannot undo the abort."""
-    spec = policy.spec
-    stage = {sv: v.spec.stage for sv, v in versions.items()}
-    stable = next((sv for sv, st in stage.items() if st == "STABLE"), None)
-    ov = spec.override
-    if ov is not None and override_active(policy, now):
-        return DesiredRouting((RouteRow(ov.version, 100, stage.get(ov.version) == "STABLE",
-                                        forced=True),), "override", ov.reason, None)
-    if aborted and stable is not None:
-        return abort_routing(stable, aborted)
-    expired = None
-    if spec.valid_until is not None and spec.valid_until <= now:
-        expired = f"the policy expired at {spec.valid_until.isoformat()}"
-    elif spec.valid_from is not None and spec.valid_from > now:
-        expired = f"the policy starts at {spec.valid_from.isoformat()}"
-    if expired is not None and stable is not None:
-        return DesiredRouting((RouteRow(stable, 100, True),), "expired",
-                              f"{expired}; all traffic on the STABLE version", expired)
-    routes = tuple(RouteRow(w.version, w.weight, stage.get(w.version) == "STABLE")
-                   for w in spec.weights)
-    reason = policy.metadata.annotations.get(ROLLBACK_ANNOTATION)
-    if reason and len(routes) == 1 and routes[0].is_stable:
-        return DesiredRouting(routes, "rollback", reason, expired)
-    return DesiredRouting(routes, "policy", "", expired)
+    return stable_only(stable, "analysis-abort", abort_reason(aborted))
 
 
 def _thresholds(model: Model | None, versions: dict[str, ModelVersion],
@@ -264,6 +230,44 @@ def _message(errors: list[FieldError]) -> str:
     return "; ".join(f"{e.path}: {e.message} [{e.rule}]" for e in errors)
 
 
+def _stored_resource(kind: str, tenant: str, name: str, spec: dict[str, Any]) -> Resource | None:
+    """The object as the store last applied it, for the CRD's transition rules; None where
+    the row cannot be read as one (written under an older schema)."""
+    try:
+        return KINDS[kind].model_validate({"apiVersion": "cadml.io/v1alpha1", "kind": kind,
+                                           "metadata": {"name": name, "namespace": tenant},
+                                           "spec": spec})
+    except ValueError:
+        return None
+
+
+def store_transitions(resources: list[Resource], observed: ObservedTenant) -> list[FieldError]:
+    """The CRD's transition rules (stage moves, identity and artifact immutability, a
+    policy's model) between what the store applied and the desired objects of the same
+    name: what the API server checks with `oldSelf` and `cadml diff` checks between two
+    commits, so Git mode and diff give the same verdict. Only where the spec changed: a row
+    altered behind the controller's back (same spec hash) is drift, repaired, not judged."""
+    errors: list[FieldError] = []
+    for r in resources:
+        name, tenant = r.metadata.name, r.metadata.namespace or ""
+        old: Resource | None = None
+        if isinstance(r, ModelVersion):
+            v = observed.versions.get(name)
+            if v is not None and not v.deleted and v.spec_hash != spec_hash(r):
+                old = _stored_resource("ModelVersion", tenant, name, {
+                    "modelRef": v.model_name, "version": v.version, "stage": v.stage,
+                    "artifact": {"uri": v.artifact_uri, "format": v.artifact_format,
+                                 **({"sha256": v.artifact_sha256} if v.artifact_sha256 else {})},
+                    "featureVersion": v.feature_version})
+        elif isinstance(r, RolloutPolicy):
+            p = observed.policies.get(name)
+            if p is not None and not p.deleted and p.spec_hash != spec_hash(r):
+                old = _stored_resource("RolloutPolicy", tenant, name, p.spec)
+        if old is not None:
+            errors += check_transition(old, r)
+    return errors
+
+
 def plan_tenant(
     tenant: str,
     resources: list[Resource],
@@ -272,8 +276,9 @@ def plan_tenant(
     now: datetime,
 ) -> Plan:
     plan = Plan(tenant)
+    plan.transitions = store_transitions(resources, observed)
     by_obj: dict[tuple[str, str], list[FieldError]] = defaultdict(list)
-    for f in findings:
+    for f in [*findings, *plan.transitions]:
         if f.severity == "error" and f.obj.namespace == tenant:
             by_obj[(f.obj.kind, f.obj.name)].append(f)
 
@@ -371,7 +376,9 @@ def plan_tenant(
         # analysis state is keyed by model and spec, never by the policy's name
         states = [a for a in observed.analysis.get(stored_model(p.spec.model_ref), [])
                   if a.spec_hash == p_hash]
-        routing = desired_routing(p, vs, now, [a for a in states if a.aborted])
+        aborted = [a for a in states if a.aborted]
+        routing = effective_routing(p, {sv: v.spec.stage for sv, v in vs.items()}, now,
+                                    abort_reason(aborted) if aborted else None)
         expired_of[p.metadata.name] = routing.expired
         thresholds = _thresholds(models.get(p.spec.model_ref), vs, p, routing.routes)
         pv = _publish(plan, p.metadata.name, p.spec.model_ref,
@@ -387,14 +394,23 @@ def plan_tenant(
             "routing": [{"version": x.version, "weight": x.weight,
                          "stage": vs[x.version].spec.stage if x.version in vs else None}
                         for x in routing.routes],
-            "routingSummary": ",".join(f"{x.version}={x.weight}" for x in routing.routes),
+            "routingSummary": _summary(routing.routes),
             "effectiveThresholds": {k: {"value": f"{v['value']:g}", "source": v["source"]}
                                     for k, v in eff.items()},
         }
-        status_extra[("Model", p.spec.model_ref)] = {"activePolicy": p.metadata.name,
-                                                     "policyVersion": pv}
+        status_extra[("Model", p.spec.model_ref)] = {
+            "activePolicy": p.metadata.name, "policyVersion": pv, "routeSource": routing.source,
+            "routingSummary": _summary(routing.routes)}
         status_extra[("RolloutPolicy", p.metadata.name)].update(
             _governance_status(p, routing, states, observed))
+    for name in sorted(applied_models - {k[1] for k in status_extra if k[0] == "Model"}):
+        # no RolloutPolicy: the workers route 100 % to the STABLE version (source default)
+        routing = effective_routing(None, {sv: v.spec.stage
+                                           for sv, v in versions_of[name].items()}, now)
+        for route in routing.routes:
+            serving[(name, route.version)] = route.weight
+        status_extra[("Model", name)] = {"routeSource": routing.source,
+                                         "routingSummary": _summary(routing.routes)}
     for name, old_p in observed.policies.items():
         if not old_p.deleted and name not in renamed.values() and \
                 not any(p.metadata.name == name for p in policies):
@@ -430,8 +446,12 @@ def plan_tenant(
     return plan
 
 
+def _summary(routes: tuple[RouteRow, ...]) -> str:
+    return ",".join(f"{x.version}={x.weight}" for x in routes)
+
+
 def _publish(plan: Plan, policy_name: str, model: str, current: PolicySnapshot | None,
-             routing: DesiredRouting, thresholds: dict[str, Any], refresh_seconds: int,
+             routing: RoutingTable, thresholds: dict[str, Any], refresh_seconds: int,
              generation: int) -> int:
     """Plan a snapshot with policy_version + 1 (and its audit) when the routing differs
     from the current snapshot; the policyVersion in force once the plan is applied."""
@@ -444,8 +464,8 @@ def _publish(plan: Plan, policy_name: str, model: str, current: PolicySnapshot |
     plan.snapshots.append(SnapshotPlan(policy_name, model, pv, routing.routes, thresholds,
                                        routing.source, routing.reason, refresh_seconds,
                                        generation))
-    before = ",".join(f"{x.version}={x.weight}" for x in current.routes) if current else "-"
-    after = ",".join(f"{x.version}={x.weight}" for x in routing.routes)
+    before = _summary(current.routes) if current else "-"
+    after = _summary(routing.routes)
     plan.audit.append(AuditEntry("publish", "RolloutPolicy", policy_name, {
         "summary": f"policyVersion {pv}: {before} → {after} ({routing.source})",
         "policyVersion": pv, "source": routing.source}))
@@ -530,7 +550,7 @@ def _status_of(plan: Plan, r: Resource, invalid: list[FieldError], waiting: list
         plan.statuses[key] = (generation, status)
 
 
-def _governance_status(p: RolloutPolicy, routing: DesiredRouting, states: list[AnalysisState],
+def _governance_status(p: RolloutPolicy, routing: RoutingTable, states: list[AnalysisState],
                        observed: ObservedTenant) -> dict[str, Any]:
     """Evaluation, canary analysis and rollback facts for a RolloutPolicy's status."""
     model = p.spec.model_ref

@@ -43,6 +43,7 @@ from controller.records import (
     VersionRow,
     WorkerState,
 )
+from controller.routing import effective_routing, layered_thresholds
 from controller.store import tables as t
 from controller.store.audit import GENESIS, AuditEvent, ChainProblem, chain_hash, verify_chain
 from controller.store.engine import READ_ONLY, make_engine
@@ -380,6 +381,36 @@ class StoreTx:
             if previous is None or snap.created_at > previous.created_at:
                 out[snap.model_name] = snap
         return out
+
+    def serving_snapshot(self, model_name: str) -> PolicySnapshot | None:
+        """What the model's workers route by: the live policy's snapshot, or, with no
+        RolloutPolicy, the default routing (100 % to the STABLE version, source `default`;
+        thresholds: model < version defaults) continuing the model's policyVersion line.
+        None when nothing can serve (no model, or no policy and no STABLE version)."""
+        snap = self.snapshot(model_name, live=True)
+        if snap is not None:
+            return snap
+        mc = t.model_catalog.c
+        model = self._one(select(mc.threshold_defaults).where(
+            mc.tenant_id == self.tenant, mc.name == model_name, mc.deleted.is_(False)))
+        if model is None:
+            return None
+        live = {v.version: v for v in self.versions(model_name) if not v.deleted}
+        routing = effective_routing(None, {sv: v.stage for sv, v in live.items()}, self.now)
+        if not routing.routes:
+            return None
+        thresholds = {r.version: {k: {"value": th.value, "source": th.source}
+                                  for k, th in layered_thresholds(
+                                      dict(model.threshold_defaults),
+                                      (r.version, live[r.version].threshold_defaults),
+                                      {}).items()} for r in routing.routes}
+        last = self.snapshot(model_name)
+        return PolicySnapshot(model_name=model_name, policy_name="",
+                              policy_version=last.policy_version if last else 0,
+                              source=routing.source, reason=routing.reason,
+                              routes=routing.routes, thresholds=thresholds,
+                              refresh_seconds=last.refresh_seconds if last else 5,
+                              created_at=self.now)
 
     def policy_version_of(self, model_name: str) -> int | None:
         pc, mc = t.model_rollout_policy.c, t.model_catalog.c

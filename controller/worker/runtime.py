@@ -129,7 +129,7 @@ class WorkerRuntime:
         now = time.monotonic() if now is None else now
         s = self.settings
         with self.store.read(s.tenant, s.worker_id) as tx:
-            snap = tx.snapshot(s.model, live=True)
+            snap = tx.serving_snapshot(s.model)
             rows = {v.version: v for v in tx.versions(s.model)}
             changes, seen = tx.binding_changes(s.model, self.bindings_seen)
         bindings = {**self.bindings, **{j: v for j, v in changes.items() if v is not None}}
@@ -273,7 +273,7 @@ class WorkerRuntime:
         with self._lock:
             snap, versions, bindings = self.snapshot, self.versions, self.bindings
         if snap is None:
-            raise WorkerError("no rollout policy has been published for this model",
+            raise WorkerError("no rollout policy is published and no version is STABLE",
                               code="no_policy", stage="route", status=503)
         choice = choose_version(job_id, tuple((r.version, r.weight) for r in snap.routes),
                                 snap.source, bindings.get(job_id), frozenset(versions))

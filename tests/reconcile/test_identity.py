@@ -19,6 +19,7 @@ from tests.stores import Backend
 
 PART = "tenants/acme-cad/part-similarity.yaml"
 DEDUP = "tenants/globex-cad/drawing-dedup.yaml"
+FASTENER = "tenants/globex-cad/fastener-lookup.yaml"
 
 
 def _edit(repo: Path, rel: str, *pairs: tuple[str, str]) -> None:
@@ -98,22 +99,27 @@ def test_a_version_deleted_then_created_under_another_name(
 
 def test_model_recreated_under_a_new_name_with_the_same_key(
         backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The model, its version and its policy under new names (modelRef is immutable, so a
+    cluster needs new objects too), the same modelKey and semver: one line of history."""
     assert _reconcile(backend, gitops_repo, capsys) == 0
-    _edit(gitops_repo, PART,
-          ("kind: Model\nmetadata:\n  name: part-similarity\n",
-           "kind: Model\nmetadata:\n  name: part-sim-v2\n"),
-          ("kind: RolloutPolicy\nmetadata:\n  name: part-similarity\n",
-           "kind: RolloutPolicy\nmetadata:\n  name: part-sim-v2\n"),
-          ("modelRef: part-similarity\n", "modelRef: part-sim-v2\n"))
+    body = (gitops_repo / FASTENER).read_text()
+    (gitops_repo / FASTENER).write_text(body.replace("fastener-lookup", "fastener-v2")
+                                        .replace("modelKey: fastener-v2",
+                                                 "modelKey: fastener-lookup"))
     git(gitops_repo, "commit", "-qam", "the model under a new name")
     assert _reconcile(backend, gitops_repo, capsys) == 0
-    with backend.store.transaction("acme-cad", "t") as tx:
-        snap = tx.snapshot("part-sim-v2", live=True)
-        versions = {v.version: v.stage for v in tx.versions("part-sim-v2") if not v.deleted}
-        models = {m: tx.model_id(m) for m in ("part-similarity", "part-sim-v2")}
+    with backend.store.transaction("globex-cad", "t") as tx:
+        snap = tx.snapshot("fastener-v2", live=True)
+        versions = {v.name: v.stage for v in tx.versions("fastener-v2") if not v.deleted}
+        models = {m: tx.model_id(m) for m in ("fastener-lookup", "fastener-v2")}
+        renamed = {(e.object_kind, e.object_name, e.details.get("previousName"))
+                   for e in tx.audit_events() if e.action == "rename"}
     assert snap is not None and snap.policy_version == 1  # the line continues, unchanged
-    assert versions["1.1.0"] == "STABLE" and len(versions) == 4
-    assert models["part-similarity"] is None and models["part-sim-v2"] is not None
+    assert versions == {"fastener-v2-3-4-1": "STABLE"}
+    assert models["fastener-lookup"] is None and models["fastener-v2"] is not None
+    assert renamed == {("Model", "fastener-v2", "fastener-lookup"),
+                       ("ModelVersion", "fastener-v2-3-4-1", "fastener-lookup-3-4-1"),
+                       ("RolloutPolicy", "fastener-v2", "fastener-lookup")}
     assert _reconcile(backend, gitops_repo, capsys) == 0
 
 

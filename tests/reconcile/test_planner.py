@@ -9,8 +9,9 @@ import pytest
 
 from controller.api.v1alpha1 import KINDS, Resource
 from controller.reconcile.conditions import Cond, merge
-from controller.reconcile.planner import desired_routing, plan_tenant
+from controller.reconcile.planner import plan_tenant
 from controller.records import ObservedTenant
+from controller.routing import effective_routing
 from controller.validation import Bundle
 from controller.validation.cross import check_bundle
 from controller.validation.single import check_object
@@ -146,8 +147,8 @@ def test_second_stable_sets_conflict_condition() -> None:
 def test_desired_routing_precedence(extra: dict[str, Any], source: str,
                                     routes: list[tuple[str, int]]) -> None:
     p = policy([("1.0.0", 90), ("1.1.0", 10)], **extra)
-    vs = {v.spec.version: v for v in BASE[1:3]}  # type: ignore[union-attr]
-    got = desired_routing(p, vs, NOW)  # type: ignore[arg-type]
+    stages = {v.spec.version: v.spec.stage for v in BASE[1:3]}  # type: ignore[union-attr]
+    got = effective_routing(p, stages, NOW)  # type: ignore[arg-type]
     assert got.source == source
     assert [(r.version, r.weight) for r in got.routes] == routes
     if source == "override":
