@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -57,7 +58,7 @@ from controller.records import RunRecord
 from controller.store import tables as t
 from controller.store.repository import StoreTx
 from controller.validation.single import check_transition
-from tests.conftest import NOW
+from tests.conftest import NOW, ROOT
 from tests.stores import Backend, open_postgresql, open_sqlite
 
 TENANTS = ("tenant-a", "tenant-b")
@@ -70,6 +71,7 @@ SETTINGS = settings(
     stateful_step_count=int(os.environ.get("CADML_MODEL_STEPS", "20")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=DirectoryBasedExampleDatabase(str(ROOT / ".cache" / "hypothesis")),  # ignored
 )
 
 Key = tuple[str, str]  # (kind, metadata.name)
@@ -259,7 +261,7 @@ class ControlLoop(RuleBasedStateMachine):
         self.serial = 0
         self.clock = NOW
         self.max_pv: dict[tuple[str, str], int] = {}
-        self.history = {tn: (0, 0) for tn in TENANTS}  # (snapshots, audits)
+        self.history = dict.fromkeys(TENANTS, (0, 0))  # (snapshots, audits)
         self.runs = dict.fromkeys(TENANTS, 0)
         self.seen: dict[str, Seen] = {}  # the store as last read; dropped on every write
 
@@ -574,7 +576,7 @@ class ControlLoop(RuleBasedStateMachine):
             target = stable_of(new, model)
             deprecated = sorted(sv for sv, (_, s) in vs.items() if s == "DEPRECATED")
             if reinstate and deprecated:
-                for sv, (vname, s) in vs.items():
+                for vname, s in vs.values():
                     if s == "STABLE":
                         new[("ModelVersion", vname)].spec["stage"] = "DEPRECATED"
                 target = deprecated[-1]
