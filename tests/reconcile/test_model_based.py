@@ -38,7 +38,7 @@ from tempfile import mkdtemp
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, note, settings
+from hypothesis import HealthCheck, Phase, note, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import (
@@ -70,6 +70,7 @@ SETTINGS = settings(
     max_examples=int(os.environ.get("CADML_MODEL_EXAMPLES", "30")),
     stateful_step_count=int(os.environ.get("CADML_MODEL_STEPS", "20")),
     deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no slow `explain`
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=DirectoryBasedExampleDatabase(str(ROOT / ".cache" / "hypothesis")),  # ignored
 )
@@ -297,6 +298,23 @@ class ControlLoop(RuleBasedStateMachine):
         found = names(self.desired[tenant], kind)
         return found[i % len(found)] if found else None
 
+    def _delete(self, tenant: str, kind: str, i: int) -> None:
+        name = self._pick(tenant, kind, i)
+        if name is not None:
+            new = self._copy(tenant)
+            del new[(kind, name)]
+            self._commit(tenant, new, f"delete {kind} {name}")
+
+    def _rename(self, tenant: str, kind: str, i: int, stem: Callable[[str, Obj], str]) -> None:
+        """The same spec and annotations under a new metadata.name, in one commit."""
+        name = self._pick(tenant, kind, i)
+        if name is not None:
+            new = self._copy(tenant)
+            obj = new.pop((kind, name))
+            new[(kind, f"{stem(name, obj)}-r{self._next()}")] = Obj(
+                obj.spec, annotations=obj.annotations)
+            self._commit(tenant, new, f"rename {kind} {name}")
+
     def _reconcile(self, tenant: str, desired: Desired) -> None:
         self.clock += timedelta(seconds=1)
         self.seen.pop(tenant, None)
@@ -336,9 +354,13 @@ class ControlLoop(RuleBasedStateMachine):
 
     # -------------------------------------------------------------- passes
 
-    @rule(tenant=st.sampled_from(TENANTS))
-    def reconcile_pass(self, tenant: str) -> None:
-        self._pass(View(tenant, self.rev[tenant], self._copy(tenant)))
+    @rule(target=views, tenant=st.sampled_from(TENANTS))
+    def reconcile_pass(self, tenant: str) -> View:
+        """A pass of the tenant's current desired state; the view it read may be applied
+        again later (`stale_pass`), as a late duplicate of this pass."""
+        view = View(tenant, self.rev[tenant], self._copy(tenant))
+        self._pass(view)
+        return view
 
     @rule(target=views, tenant=st.sampled_from(TENANTS))
     def capture_view(self, tenant: str) -> View:
@@ -407,12 +429,7 @@ class ControlLoop(RuleBasedStateMachine):
 
     @rule(tenant=st.sampled_from(TENANTS), i=PICK)
     def delete_model(self, tenant: str, i: int) -> None:
-        name = self._pick(tenant, "Model", i)
-        if name is None:
-            return
-        new = self._copy(tenant)
-        del new[("Model", name)]
-        self._commit(tenant, new, "delete_model")
+        self._delete(tenant, "Model", i)
 
     # -------------------------------------------------------------- versions
 
@@ -481,13 +498,7 @@ class ControlLoop(RuleBasedStateMachine):
     @rule(tenant=st.sampled_from(TENANTS), i=PICK)
     def rename_version(self, tenant: str, i: int) -> None:
         """The same spec under a new metadata.name, in one commit."""
-        name = self._pick(tenant, "ModelVersion", i)
-        if name is None:
-            return
-        new = self._copy(tenant)
-        obj = new.pop(("ModelVersion", name))
-        new[("ModelVersion", f"{name.split('-r')[0]}-r{self._next()}")] = Obj(obj.spec)
-        self._commit(tenant, new, "rename_version")
+        self._rename(tenant, "ModelVersion", i, lambda name, _: name.split("-r")[0])
 
     @rule(tenant=st.sampled_from(TENANTS), i=PICK)
     def rename_through_sync(self, tenant: str, i: int) -> None:
@@ -517,12 +528,7 @@ class ControlLoop(RuleBasedStateMachine):
 
     @rule(tenant=st.sampled_from(TENANTS), i=PICK)
     def delete_version(self, tenant: str, i: int) -> None:
-        name = self._pick(tenant, "ModelVersion", i)
-        if name is None:
-            return
-        new = self._copy(tenant)
-        del new[("ModelVersion", name)]
-        self._commit(tenant, new, "delete_version")
+        self._delete(tenant, "ModelVersion", i)
 
     # -------------------------------------------------------------- policies
 
@@ -605,23 +611,11 @@ class ControlLoop(RuleBasedStateMachine):
 
     @rule(tenant=st.sampled_from(TENANTS), i=PICK)
     def rename_policy(self, tenant: str, i: int) -> None:
-        name = self._pick(tenant, "RolloutPolicy", i)
-        if name is None:
-            return
-        new = self._copy(tenant)
-        obj = new.pop(("RolloutPolicy", name))
-        new[("RolloutPolicy", f"{obj.spec['modelRef']}-p{self._next()}")] = Obj(
-            obj.spec, annotations=obj.annotations)
-        self._commit(tenant, new, "rename_policy")
+        self._rename(tenant, "RolloutPolicy", i, lambda _, obj: f"{obj.spec['modelRef']}-p")
 
     @rule(tenant=st.sampled_from(TENANTS), i=PICK)
     def delete_policy(self, tenant: str, i: int) -> None:
-        name = self._pick(tenant, "RolloutPolicy", i)
-        if name is None:
-            return
-        new = self._copy(tenant)
-        del new[("RolloutPolicy", name)]
-        self._commit(tenant, new, "delete_policy")
+        self._delete(tenant, "RolloutPolicy", i)
 
     # -------------------------------------------------------------- release records
 
@@ -638,22 +632,11 @@ class ControlLoop(RuleBasedStateMachine):
     @rule(tenant=st.sampled_from(TENANTS), i=PICK)
     def rename_release(self, tenant: str, i: int) -> None:
         """The same release (same releaseId) under a new metadata.name."""
-        name = self._pick(tenant, "ReleaseRecord", i)
-        if name is None:
-            return
-        new = self._copy(tenant)
-        obj = new.pop(("ReleaseRecord", name))
-        new[("ReleaseRecord", f"rel-{self._next()}")] = Obj(obj.spec)
-        self._commit(tenant, new, "rename_release")
+        self._rename(tenant, "ReleaseRecord", i, lambda _, __: "rel")
 
     @rule(tenant=st.sampled_from(TENANTS), i=PICK)
     def delete_release(self, tenant: str, i: int) -> None:
-        name = self._pick(tenant, "ReleaseRecord", i)
-        if name is None:
-            return
-        new = self._copy(tenant)
-        del new[("ReleaseRecord", name)]
-        self._commit(tenant, new, "delete_release")
+        self._delete(tenant, "ReleaseRecord", i)
 
     # -------------------------------------------------------------- runs
 
@@ -665,9 +648,9 @@ class ControlLoop(RuleBasedStateMachine):
         if not live:
             return
         model = live[i % len(live)]
-        source, rs, pv = routes[model]
+        _, rs, pv = routes[model]
         with self.backend.store.transaction(tenant, "worker") as tx:
-            tx.record_runs([RunRecord(model, rs[0][0], pv, source, {}, 12.0, True, True)])
+            tx.record_runs([RunRecord(model, rs[0][0], pv, "policy", {}, 12.0, True, True)])
         self.seen.pop(tenant, None)
         self.runs[tenant] += 1
 
