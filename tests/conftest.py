@@ -54,7 +54,13 @@ def gitops_repo(tmp_path: Path) -> Path:
 
 
 # Store fixtures (SQLite always, PostgreSQL when CADML_TEST_PG_URL is set) for every package.
-from tests.stores import backend, pg_template, store  # noqa: E402, F401
+from tests.stores import (  # noqa: E402, F401
+    backend,
+    pg_backend,
+    pg_template,
+    sqlite_backend,
+    store,
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

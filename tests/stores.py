@@ -9,6 +9,7 @@ cases skip when no server is configured; in CI (CI=true) a missing server fails.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,35 +77,66 @@ def drop_pg_database(name: str) -> None:
 class Backend:
     """A migrated store plus an admin engine that bypasses the application."""
 
-    def __init__(self, kind: str, app_url: str, admin_url: str) -> None:
+    def __init__(self, kind: str, app_url: str, admin_url: str,
+                 database: str | None = None) -> None:
         self.kind = kind
         self.app_url = app_url
         self.admin_url = admin_url
+        self.database = database  # a PostgreSQL database of its own, dropped on close
         self.store = Store(make_engine(app_url))
         self.admin = make_engine(admin_url)
 
     def close(self) -> None:
         self.store.dispose()
         self.admin.dispose()
+        if self.database is not None:
+            drop_pg_database(self.database)
+
+
+def open_sqlite(path: Path, template: Path | None = None) -> Backend:
+    """A migrated SQLite store in the file `path`: a copy of the migrated file `template`
+    where given (many stores in one test), else migrated here."""
+    if template is not None:
+        shutil.copyfile(template, path)
+    url = f"sqlite:///{path}"
+    b = Backend("sqlite", url, url)
+    if template is None:
+        upgrade(b.store.engine)
+    return b
+
+
+def open_postgresql(template: str) -> Backend:
+    """A new PostgreSQL database copied from the migrated `template`; the store connects as
+    the application role. `close()` drops the database."""
+    db = new_pg_database(template)
+    base = make_url(PG_URL).set(database=db)
+    return Backend("postgresql", base.set(username=APP_ROLE, password=None).render_as_string(False),
+                   base.render_as_string(False), database=db)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-        b = Backend("sqlite", url, url)
-        upgrade(b.store.engine)
-        yield b
-        b.close()
-        return
-    template = request.getfixturevalue("pg_template")
-    db = new_pg_database(template)
-    base = make_url(PG_URL).set(database=db)
-    b = Backend("postgresql", base.set(username=APP_ROLE, password=None).render_as_string(False),
-                base.render_as_string(False))
+    """The same case on both engines."""
+    b = (open_sqlite(tmp_path / "store.db") if request.param == "sqlite"
+         else open_postgresql(request.getfixturevalue("pg_template")))
     yield b
     b.close()
-    drop_pg_database(db)
+
+
+@pytest.fixture
+def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
+    """A case about SQLite alone (polling instead of LISTEN/NOTIFY, file locking)."""
+    b = open_sqlite(tmp_path / "store.db")
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def pg_backend(pg_template: str) -> Iterator[Backend]:
+    """A case about PostgreSQL alone (row-level security, grants, LISTEN/NOTIFY)."""
+    b = open_postgresql(pg_template)
+    yield b
+    b.close()
 
 
 @pytest.fixture

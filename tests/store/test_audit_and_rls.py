@@ -84,10 +84,8 @@ def test_audit_verify_cli(backend: Backend, capsys: pytest.CaptureFixture[str]) 
 # ---------------------------------------------------------------- PostgreSQL only
 
 
-def test_runtime_role_is_neither_owner_nor_superuser(backend: Backend) -> None:
-    if backend.kind != "postgresql":
-        pytest.skip("row-level security is PostgreSQL's")
-    with backend.store.engine.connect() as c:
+def test_runtime_role_is_neither_owner_nor_superuser(pg_backend: Backend) -> None:
+    with pg_backend.store.engine.connect() as c:
         who = c.execute(text("SELECT current_user, rolsuper, rolbypassrls FROM pg_roles "
                              "WHERE rolname = current_user")).one()
         owners = set(c.execute(text("SELECT DISTINCT tableowner FROM pg_tables "
@@ -99,12 +97,10 @@ def test_runtime_role_is_neither_owner_nor_superuser(backend: Backend) -> None:
     assert forced is True
 
 
-def test_tenant_cannot_read_or_write_another_tenant(backend: Backend) -> None:
-    if backend.kind != "postgresql":
-        pytest.skip("row-level security is PostgreSQL's")
-    seed_model(backend.store, tenant="acme")
-    seed_model(backend.store, tenant="globex", model="dedup")
-    with backend.store.transaction("acme", "x") as tx:
+def test_tenant_cannot_read_or_write_another_tenant(pg_backend: Backend) -> None:
+    seed_model(pg_backend.store, tenant="acme")
+    seed_model(pg_backend.store, tenant="globex", model="dedup")
+    with pg_backend.store.transaction("acme", "x") as tx:
         seen = set(tx.conn.execute(text("SELECT DISTINCT tenant_id FROM model_version"))
                    .scalars())
         assert seen == {"acme"}
@@ -113,23 +109,21 @@ def test_tenant_cannot_read_or_write_another_tenant(backend: Backend) -> None:
         assert hit.rowcount == 0
         assert tx.conn.execute(text("SELECT count(*) FROM audit_event WHERE tenant_id = "
                                     "'globex'")).scalar() == 0
-    with pytest.raises(Exception, match="row-level security"), \
-            backend.store.transaction("acme", "x") as tx:
+    with pytest.raises(StoreError, match="row-level security"), \
+            pg_backend.store.transaction("acme", "x") as tx:
         tx.conn.execute(text(
             "INSERT INTO schedule_tick (tenant_id, window_key, result, created_at) "
             "VALUES ('globex', 'w', '{}', now())"))
     # a connection with no tenant set sees nothing at all
-    with backend.store.engine.connect() as c:
+    with pg_backend.store.engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM model_catalog")).scalar() == 0
-    with backend.store.transaction("globex", "y") as tx:
+    with pg_backend.store.transaction("globex", "y") as tx:
         assert tx.model_names() == ["dedup"]
 
 
-def test_tenant_setting_ends_at_commit(backend: Backend) -> None:
-    if backend.kind != "postgresql":
-        pytest.skip("row-level security is PostgreSQL's")
-    seed_model(backend.store)
-    engine = create_engine(backend.app_url, pool_size=1, max_overflow=0)
+def test_tenant_setting_ends_at_commit(pg_backend: Backend) -> None:
+    seed_model(pg_backend.store)
+    engine = create_engine(pg_backend.app_url, pool_size=1, max_overflow=0)
     with engine.begin() as c:
         c.execute(text("SELECT set_config('app.tenant_id', 'acme', true)"))
         assert c.execute(text("SELECT count(*) FROM model_catalog")).scalar() == 1
@@ -138,14 +132,12 @@ def test_tenant_setting_ends_at_commit(backend: Backend) -> None:
     engine.dispose()
 
 
-def test_runtime_role_cannot_rewrite_history(backend: Backend) -> None:
-    if backend.kind != "postgresql":
-        pytest.skip("grants are PostgreSQL's")
-    seed_model(backend.store)
+def test_runtime_role_cannot_rewrite_history(pg_backend: Backend) -> None:
+    seed_model(pg_backend.store)
     with pytest.raises(StoreError, match="permission denied"), \
-            backend.store.transaction("acme", "x") as tx:
+            pg_backend.store.transaction("acme", "x") as tx:
         tx.conn.execute(text("DELETE FROM audit_event"))
-    with backend.store.transaction("acme", "x") as tx:
+    with pg_backend.store.transaction("acme", "x") as tx:
         tx.upsert_model(ModelRow("other", "other", "p", "O", spec_hash="h"))
 
 
@@ -155,15 +147,21 @@ def test_every_role_lists_tenant_names_but_registers_only_its_own(backend: Backe
     seed_model(backend.store, tenant="acme")
     seed_model(backend.store, tenant="globex", model="dedup")
     assert backend.store.tenants() == ["acme", "globex"]  # as the runtime role on PostgreSQL
-    if backend.kind != "postgresql":
-        return
-    with pytest.raises(Exception, match="row-level security"), \
-            backend.store.transaction("acme", "x") as tx:
+
+
+def test_tenant_registry_refuses_other_tenants_names(pg_backend: Backend) -> None:
+    """The registry is readable by every role, but a tenant registers only itself and
+    deletes nobody (row-level security and grants)."""
+    seed_model(pg_backend.store, tenant="acme")
+    seed_model(pg_backend.store, tenant="globex", model="dedup")
+    with pytest.raises(StoreError, match="row-level security"), \
+            pg_backend.store.transaction("acme", "x") as tx:
         tx.conn.execute(text("INSERT INTO tenant (tenant_id, created_at) "
                              "VALUES ('initech', now())"))
     with pytest.raises(StoreError, match="permission denied"), \
-            backend.store.transaction("acme", "x") as tx:
+            pg_backend.store.transaction("acme", "x") as tx:
         tx.conn.execute(text("DELETE FROM tenant WHERE tenant_id = 'globex'"))
+    assert pg_backend.store.tenants() == ["acme", "globex"]
 
 
 def test_schedule_tick_reaches_every_tenant_as_the_runtime_role(

@@ -14,6 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
 
 from controller.store.engine import make_engine
 from controller.store.migrate import current_revision, head_revision, upgrade
@@ -84,7 +85,7 @@ def test_previous_revision_with_data_upgrades_without_loss(empty_engine: Engine)
                                             ("v2", "STABLE", "part-sim-key"),
                                             ("v3", "CANARY", "part-sim-key")]
     # and the rule is now enforced
-    with pytest.raises(Exception, match=r"(?i)unique"), empty_engine.begin() as c:
+    with pytest.raises(IntegrityError, match=r"(?i)unique"), empty_engine.begin() as c:
         c.execute(text("UPDATE model_version SET stage = 'STABLE' WHERE name = 'v3'"))
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import queue
-import time
 
 import pytest
+from sqlalchemy import text
 
 from controller.records import RouteRow
 from controller.store.notify import PolicyListener, channel
@@ -23,12 +23,15 @@ class Inbox:
     def next(self, timeout: float = 5.0) -> str:
         return self.q.get(timeout=timeout)
 
-    def quiet(self, seconds: float = 1.0) -> bool:
-        try:
-            got = self.q.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        raise AssertionError(f"unexpected notification {got!r}")
+    def nothing_before_marker(self, b: Backend, model: str) -> None:
+        """Nothing is queued for `model` ahead of a marker sent now: PostgreSQL delivers a
+        channel's notifications in commit order, so a notification that had been sent
+        would arrive first (a positive signal, not a silence of N seconds)."""
+        with b.admin.connect() as c:
+            c.execute(text("SELECT pg_notify(:c, 'marker')"), {"c": channel("acme", model)})
+            c.commit()
+        got = self.next()
+        assert got == "marker", f"unexpected notification {got!r}"
 
 
 def _listening(b: Backend, model: str, inbox: Inbox) -> PolicyListener:
@@ -45,57 +48,50 @@ def test_channels_are_per_tenant_and_model_and_reveal_no_names() -> None:
         assert name.isidentifier() and len(name) <= 63 and "acme" not in name
 
 
-def test_sqlite_cannot_notify_so_workers_poll(backend: Backend) -> None:
-    if backend.kind != "sqlite":
-        pytest.skip("the SQLite case")
-    assert backend.store.listen("acme", "part-sim", Inbox()) is None
+def test_sqlite_cannot_notify_so_workers_poll(sqlite_backend: Backend) -> None:
+    assert sqlite_backend.store.listen("acme", "part-sim", Inbox()) is None
 
 
-def test_publish_notifies_at_commit_only(backend: Backend) -> None:
-    if backend.kind != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's (SQLite: see the polling case)")
-    seed_model(backend.store)
-    seed_model(backend.store, model="other")
+def test_publish_notifies_at_commit_only(pg_backend: Backend) -> None:
+    seed_model(pg_backend.store)
+    seed_model(pg_backend.store, model="other")
     inbox, others = Inbox(), Inbox()
-    listeners = [_listening(backend, "part-sim", inbox), _listening(backend, "other", others)]
+    listeners = [_listening(pg_backend, "part-sim", inbox),
+                 _listening(pg_backend, "other", others)]
     try:
-        with backend.store.transaction("acme", "alice") as tx:
+        with pg_backend.store.transaction("acme", "alice") as tx:
             pv = tx.publish_snapshot("part-sim", [RouteRow("1.0.0", 100, True)], {}, "policy")
-            time.sleep(0.5)
-            assert inbox.q.empty()  # not before COMMIT
+            inbox.nothing_before_marker(pg_backend, "part-sim")  # not before COMMIT
         assert inbox.next() == str(pv)
 
-        with pytest.raises(RuntimeError), backend.store.transaction("acme", "alice") as tx:
+        with pytest.raises(RuntimeError, match="the step failed"), \
+                pg_backend.store.transaction("acme", "alice") as tx:
             tx.publish_snapshot("part-sim", [RouteRow("1.0.0", 100, True)], {}, "policy")
             raise RuntimeError("the step failed after publishing")
-        assert inbox.quiet()  # a rolled-back publication wakes nobody
+        inbox.nothing_before_marker(pg_backend, "part-sim")  # a rollback wakes nobody
 
-        with backend.store.transaction("acme", "bob") as tx:
+        with pg_backend.store.transaction("acme", "bob") as tx:
             tx.bind_job("job-7", "part-sim-1.1.0", {"policyVersion": pv})
         assert inbox.next() == "binding"
-        assert others.quiet(0.2)  # the other model's workers were never woken
+        others.nothing_before_marker(pg_backend, "other")  # the other model: never woken
     finally:
         for listener in listeners:
             listener.stop()
 
 
-def test_listener_reconnects_after_its_connection_is_killed(backend: Backend) -> None:
-    if backend.kind != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
-    from sqlalchemy import text
-
-    seed_model(backend.store)
+def test_listener_reconnects_after_its_connection_is_killed(pg_backend: Backend) -> None:
+    seed_model(pg_backend.store)
     inbox = Inbox()
-    listener = _listening(backend, "part-sim", inbox)
+    listener = _listening(pg_backend, "part-sim", inbox)
     try:
-        with backend.admin.begin() as c:  # an operator or a failover ends the session
+        with pg_backend.admin.begin() as c:  # an operator or a failover ends the session
             killed = c.execute(text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE query LIKE 'LISTEN cadml_policy_%' AND datname = current_database() "
                 "AND pid <> pg_backend_pid()")).scalar()
         assert killed == 1
         assert inbox.next(timeout=15) == ""  # reconnected: refresh once for what was missed
-        with backend.store.transaction("acme", "alice") as tx:
+        with pg_backend.store.transaction("acme", "alice") as tx:
             pv = tx.publish_snapshot("part-sim", [RouteRow("1.0.0", 100, True)], {}, "policy")
         assert inbox.next() == str(pv)
     finally:
