@@ -52,9 +52,9 @@ from sqlalchemy import func, select
 
 from controller.api.v1alpha1 import KINDS, Resource
 from controller.errors import CadmlError
-from controller.reconcile.planner import ROLLBACK_ANNOTATION
 from controller.reconcile.step import findings_for, reconcile_tenant
 from controller.records import RunRecord
+from controller.routing import ROLLBACK_ANNOTATION
 from controller.store import tables as t
 from controller.store.repository import StoreTx
 from controller.validation.single import check_transition
@@ -218,8 +218,8 @@ class Seen:
 
 
 def read_store(b: Backend, tenant: str) -> Seen:
-    """The rows (plain selects: cheaper than a whole `observe()`), the current snapshots
-    through the store's API, and the history counts."""
+    """The rows (plain selects: cheaper than a whole `observe()`), what each live model's
+    workers serve through the store's API, and the history counts."""
     mc, mv, pc = t.model_catalog.c, t.model_version.c, t.model_rollout_policy.c
     with b.store.transaction(tenant, "model-test") as tx:
         model_names = dict(tx.conn.execute(select(mc.id, mc.name).where(mc.tenant_id == tenant)
@@ -234,7 +234,9 @@ def read_store(b: Backend, tenant: str) -> Seen:
             pc.tenant_id == tenant, pc.deleted.is_(False))).all())
         releases = set(tx.conn.execute(select(t.release_record.c.release_id).where(
             t.release_record.c.tenant_id == tenant)).scalars())
-        snaps = tx.current_snapshots()
+        # what the workers route by: the live policy's snapshot, or the default routing
+        serving = {m: tx.serving_snapshot(m) for m in sorted(live_models)}
+        snaps = {m: s for m, s in serving.items() if s is not None}
         return Seen(
             models=live_models, versions=versions, policies=policies, releases=releases,
             routes={m: (s.source, [(r.version, r.weight) for r in s.routes], s.policy_version)
