@@ -110,6 +110,7 @@ class StaleWrite(StoreError):
 
     reason = "StalePass"
     retryable = True
+    exit_code = 1
 
 
 class StructuredError(CadmlError):

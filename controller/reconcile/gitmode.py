@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from controller.api.v1alpha1 import Resource
-from controller.errors import CadmlError, InvalidInput, PruneRefused
+from controller.errors import CadmlError, InvalidInput, PruneRefused, StaleWrite
 from controller.findings import FieldError, errors_only
 from controller.reconcile.planner import Plan
 from controller.reconcile.prune import refuse_unasked_prune
@@ -106,12 +106,34 @@ def reconcile_repo(store: Store, repo_dir: str, ref: str, paths: Iterable[str],
     for tenant in sorted(tenants):
         resources = by_tenant.get(tenant, [])
         try:
+            _refuse_older_commit(store, tenant, repo_dir, sha)
             result.plans.append(reconcile_tenant(
                 store, tenant, resources, result.findings, now, actor,
                 guard=_refuse_transitions if prune else _refuse_transitions_or_prune))
         except CadmlError as exc:  # contained: this tenant rolled back, the others go on
             result.failures.append(_failed(store, tenant, resources, exc, now, actor))
     return result
+
+
+def _refuse_older_commit(store: Store, tenant: str, repo_dir: str, sha: str) -> None:
+    """The generation guard of Git mode: a tenant is never reconciled from a commit older
+    than (an ancestor of) the newest commit already applied to it; going back is a new
+    commit (`git revert`), which keeps the history honest."""
+    with store.read(tenant) as tx:
+        applied = tx.last_git_commit()
+    if applied is None or sha.startswith(applied):
+        return
+    import git
+
+    repo = git.Repo(repo_dir, search_parent_directories=True)
+    try:
+        newer = repo.commit(applied)
+    except (git.BadName, ValueError):
+        return  # not in this clone (history rewritten, another remote): nothing to compare
+    if repo.is_ancestor(repo.commit(sha), newer):
+        raise StaleWrite(f"commit {sha[:12]} is older than {newer.hexsha[:12]}, which is "
+                         f"already applied to tenant {tenant}; to go back, commit the change "
+                         "(git revert) and reconcile that")
 
 
 def _refuse_transitions(plan: Plan, observed: ObservedTenant) -> None:

@@ -340,6 +340,8 @@ def plan_tenant(
                 name not in version_renamed.values() and \
                 not any(v.metadata.name == name for v in versions):
             gone = VersionRow(**{**_asdict(old), "deleted": True,
+                                 # its model may be renamed in this very pass
+                                 "model_name": model_now.get(old.model_name, old.model_name),
                                  "stage": "DEPRECATED" if old.stage == "STABLE" else old.stage})
             version_changes.append((gone, AuditEntry("delete", "ModelVersion", name, {
                 "summary": f"removed from the desired state (was {old.stage}); history kept"})))
@@ -414,7 +416,9 @@ def plan_tenant(
     for name, old_p in observed.policies.items():
         if not old_p.deleted and name not in renamed.values() and \
                 not any(p.metadata.name == name for p in policies):
-            plan.policies.append(PolicyRow(**{**_asdict(old_p), "deleted": True}))
+            plan.policies.append(PolicyRow(**{**_asdict(old_p), "deleted": True, "model_name":
+                                              model_now.get(old_p.model_name,
+                                                            old_p.model_name)}))
             plan.audit.append(AuditEntry("delete", "RolloutPolicy", name, {
                 "summary": "removed from the desired state; snapshots kept"}))
     for name, old_m in observed.models.items():

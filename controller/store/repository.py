@@ -779,6 +779,15 @@ class StoreTx:
         return AuditEvent(self.tenant, seq, at, actor, action, object_kind, object_name,
                           body, prev, digest)
 
+    def last_git_commit(self) -> str | None:
+        """The commit (its 12-hex prefix) of the newest change Git mode applied to the
+        tenant, from the audit trail's actor `git:<sha12> (<author>)`."""
+        c = t.audit_event.c
+        actor = self.conn.execute(select(c.actor).where(
+            c.tenant_id == self.tenant, c.actor.like("git:%")).order_by(c.seq.desc())
+            .limit(1)).scalar()
+        return None if actor is None else str(actor)[4:16]
+
     def last_audit_actor(self, kind: str, name: str, action: str, uid: str) -> str | None:
         """The actor of the newest `action` event on this incarnation (uid) of an object."""
         c = t.audit_event.c

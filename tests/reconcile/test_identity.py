@@ -191,3 +191,30 @@ def test_a_stale_pass_does_not_undo_a_rollback(backend: Backend) -> None:
     assert snap is not None and snap.policy_version == 2 and snap.source == "rollback"
     assert [(r.version, r.weight) for r in snap.routes] == [("1.1.0", 100)]
     assert generation == 2
+
+
+def test_git_mode_never_applies_an_older_commit_over_a_newer_one(
+        backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The generation guard in Git mode: `--ref` naming an ancestor of the commit already
+    applied (a stale agent, a mistyped ref) would undo a rollback; it is refused and the
+    store keeps the newer state. A new commit that goes back (git revert) applies."""
+    assert _reconcile(backend, gitops_repo, capsys) == 0
+    first = git(gitops_repo, "rev-parse", "HEAD")
+    _edit(gitops_repo, PART, ("    - version: 1.1.0\n      weight: 90\n"
+                              "    - version: 1.2.0\n      weight: 10\n",
+                              "    - version: 1.1.0\n      weight: 100\n"))
+    git(gitops_repo, "commit", "-qam", "roll back")
+    assert _reconcile(backend, gitops_repo, capsys) == 0
+    code = main(["reconcile", "--repo", str(gitops_repo), "--ref", first,
+                 "--store", backend.app_url])
+    captured = capsys.readouterr()
+    assert code == 1 and "older than" in captured.out + captured.err
+    with backend.store.transaction("acme-cad", "t") as tx:
+        snap = tx.snapshot("part-similarity")
+    assert snap is not None and [(r.version, r.weight) for r in snap.routes] == [("1.1.0", 100)]
+    git(gitops_repo, "revert", "--no-edit", "HEAD")
+    assert _reconcile(backend, gitops_repo, capsys) == 0
+    with backend.store.transaction("acme-cad", "t") as tx:
+        snap = tx.snapshot("part-similarity")
+    assert snap is not None and [(r.version, r.weight) for r in snap.routes] == [
+        ("1.1.0", 90), ("1.2.0", 10)]
