@@ -1,0 +1,161 @@
+"""Adversarial review of issue 10's change: each test fails on the reviewed commit and states
+the expected behaviour in its docstring. Public interfaces only (CLI, Store, reconcile_tenant)."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.api.v1alpha1 import KINDS, Resource
+from controller.cli import main
+from controller.errors import StaleWrite
+from controller.reconcile.gitmode import _refuse_transitions
+from controller.reconcile.step import findings_for, reconcile_tenant
+from controller.records import RunRecord
+from tests.conftest import NOW, git
+from tests.reconcile.test_identity import load_tenant
+from tests.stores import Backend
+
+ACME = "acme-cad"
+PART = "tenants/acme-cad/part-similarity.yaml"
+
+
+def docs(tenant: str = ACME) -> list[dict[str, Any]]:
+    return [r.model_dump(mode="json", by_alias=True, exclude_none=True)
+            for r in load_tenant(tenant)]
+
+
+def find(ds: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in ds if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def drop(ds: list[dict[str, Any]], kind: str, name: str) -> list[dict[str, Any]]:
+    return [d for d in copy.deepcopy(ds)
+            if not (d["kind"] == kind and d["metadata"]["name"] == name)]
+
+
+def apply(backend: Backend, ds: list[dict[str, Any]], at: int = 0, guard: Any = None,
+          tenant: str = ACME) -> Any:
+    resources: list[Resource] = [KINDS[d["kind"]].model_validate(d) for d in ds]
+    now = NOW + timedelta(seconds=at)
+    return reconcile_tenant(backend.store, tenant, resources, findings_for(resources, now),
+                            now, "t", guard=guard)
+
+
+def reconcile(backend: Backend, repo: Path, capsys: pytest.CaptureFixture[str],
+              *args: str) -> int:
+    code = main(["reconcile", "--repo", str(repo), "--store", backend.app_url, *args])
+    print(capsys.readouterr())
+    return code
+
+
+def live_versions(backend: Backend, model: str) -> dict[str, tuple[str, str]]:
+    with backend.store.transaction(ACME, "t") as tx:
+        return {v.name: (v.version, v.stage) for v in tx.versions(model) if not v.deleted}
+
+
+def routes(backend: Backend, model: str, tenant: str = ACME) -> list[tuple[str, int]]:
+    with backend.store.transaction(tenant, "t") as tx:
+        snap = tx.serving_snapshot(model)
+    assert snap is not None
+    return [(r.version, r.weight) for r in snap.routes]
+
+
+# ------------------------------------------------- F1: a name held by a tombstone of another identity
+
+def test_rename_version_to_a_name_a_deleted_version_of_another_semver_held(
+        sqlite_backend: Backend) -> None:
+    """Expected: renaming the CANARY 1.2.0 to the name a removed DRAFT (1.3.0-rc.1) once had
+    converges (the 1.2.0 row takes the name; the tombstone keeps its history). Today every
+    pass fails with UNIQUE(model, version): the tenant is wedged, exactly issue 10 item 1."""
+    ds = docs()
+    apply(sqlite_backend, ds)
+    ds = drop(ds, "ModelVersion", "part-similarity-1-3-0-rc-1")
+    apply(sqlite_backend, ds, 1)
+    find(ds, "ModelVersion", "part-similarity-1-2-0")["metadata"]["name"] = \
+        "part-similarity-1-3-0-rc-1"
+    apply(sqlite_backend, ds, 2)  # ConflictError: UNIQUE constraint failed
+    assert live_versions(sqlite_backend, "part-similarity")["part-similarity-1-3-0-rc-1"] == (
+        "1.2.0", "CANARY")
+
+
+def test_rename_policy_to_a_name_a_deleted_policy_of_another_model_held(
+        sqlite_backend: Backend) -> None:
+    """Expected: after assembly-match's RolloutPolicy is removed, part-similarity's policy may
+    be renamed to `assembly-match` (a rename: its policyVersion line continues). Today every
+    pass fails with UNIQUE(tenant, model_id) on model_rollout_policy: the tenant is wedged."""
+    ds = docs()
+    apply(sqlite_backend, ds)
+    ds = drop(ds, "RolloutPolicy", "assembly-match")
+    apply(sqlite_backend, ds, 1)
+    find(ds, "RolloutPolicy", "part-similarity")["metadata"]["name"] = "assembly-match"
+    apply(sqlite_backend, ds, 2)  # ConflictError: UNIQUE constraint failed
+    with sqlite_backend.store.transaction(ACME, "t") as tx:
+        snap = tx.serving_snapshot("part-similarity")
+    assert snap is not None and snap.policy_name == "assembly-match"
+    assert snap.policy_version == 1  # unchanged routing: the line continues, no new snapshot
+
+
+# ------------------------------------------------- F2: a reused name rewrites a tombstone's semver
+
+def test_reusing_a_deleted_versions_name_for_another_semver_keeps_its_history(
+        sqlite_backend: Backend) -> None:
+    """Expected: the runs of a withdrawn canary 1.2.0 stay 1.2.0's runs when a new canary 1.4.0
+    is later published under the same object name (a common `<model>-canary` naming). Today
+    the soft-deleted 1.2.0 row is overwritten in place (version := 1.4.0), so 1.2.0's runs,
+    evaluations and job bindings are reported as 1.4.0's and 1.2.0's history is gone."""
+    ds = docs()
+    apply(sqlite_backend, ds)
+    with sqlite_backend.store.transaction(ACME, "t") as tx:
+        tx.record_runs([RunRecord("part-similarity", "1.2.0", 1, "policy", {}, 10.0, False,
+                                  False, created_at=NOW)])
+    withdrawn = drop(ds, "ModelVersion", "part-similarity-1-2-0")
+    find(withdrawn, "RolloutPolicy", "part-similarity")["spec"]["weights"] = [
+        {"version": "1.1.0", "weight": 100}]
+    apply(sqlite_backend, withdrawn, 1)
+    again = copy.deepcopy(ds)
+    v = find(again, "ModelVersion", "part-similarity-1-2-0")
+    v["spec"]["version"] = "1.4.0"
+    v["spec"]["artifact"].update(uri="s3://acme-models/part-sim/1.4.0/index.faiss",
+                                 sha256="ab" * 32)
+    find(again, "RolloutPolicy", "part-similarity")["spec"]["weights"] = [
+        {"version": "1.1.0", "weight": 90}, {"version": "1.4.0", "weight": 10}]
+    apply(sqlite_backend, again, 2)
+    window = (NOW - timedelta(hours=1), NOW + timedelta(hours=1))
+    with sqlite_backend.store.transaction(ACME, "t") as tx:
+        old = tx.run_facts("part-similarity", *window, version="1.2.0")
+        new = tx.run_facts("part-similarity", *window, version="1.4.0")
+    assert (len(old), len(new)) == (1, 0)  # today (0, 1): 1.4.0 inherits 1.2.0's failed run
+
+
+# ------------------------------------------------- F3: a rename bypasses artifact immutability
+
+def test_a_rename_does_not_change_the_artifact_of_the_served_stable_version(
+        sqlite_backend: Backend) -> None:
+    """Expected: Git mode's transition check (version.artifact-immutable) also applies when the
+    object is renamed, since the store keeps the same row (same runs, routes, STABLE stage):
+    the pass is refused. Today a rename + new artifact replaces the artifact of the STABLE
+    1.1.0 that serves 90 % of traffic, audited only as `rename … runs and routes carry on`."""
+    ds = docs()
+    apply(sqlite_backend, ds)
+    v = find(ds, "ModelVersion", "part-similarity-1-1-0")
+    v["metadata"]["name"] = "part-sim-stable"
+    v["spec"]["artifact"].update(uri="s3://elsewhere/other.faiss", sha256="cd" * 32)
+    for d in ds:
+        if d["kind"] == "ReleaseRecord" and \
+                d["spec"]["artifacts"]["modelRef"] == "part-similarity-1-1-0":
+            d["spec"]["artifacts"]["modelRef"] = "part-sim-stable"
+    try:
+        apply(sqlite_backend, ds, 1, guard=_refuse_transitions)
+    except Exception:  # noqa: BLE001 - refused is the expected outcome
+        pass
+    with sqlite_backend.store.transaction(ACME, "t") as tx:
+        served = [(x.stage, x.artifact_uri) for x in tx.versions("part-similarity")
+                  if x.version == "1.1.0"]
+    assert served == [("STABLE", "s3://acme-models/part-sim/1.1.0/index.faiss")]
