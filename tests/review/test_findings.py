@@ -159,3 +159,68 @@ def test_a_rename_does_not_change_the_artifact_of_the_served_stable_version(
         served = [(x.stage, x.artifact_uri) for x in tx.versions("part-similarity")
                   if x.version == "1.1.0"]
     assert served == [("STABLE", "s3://acme-models/part-sim/1.1.0/index.faiss")]
+
+
+# ------------------------------------------------- F4: the older-commit guard fails open
+
+def test_a_stale_clone_cannot_undo_a_rollback(backend: Backend, gitops_repo: Path,
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Expected: a stale agent (a clone that has not fetched the rollback commit) reconciling
+    its older HEAD is refused, like `--ref OLD` in an up-to-date clone: the guard cannot prove
+    the commit is newer, so it must fail closed (or compare what it can). Today the applied
+    commit is unknown to the stale clone, the guard returns early, and the old 90/10 canary
+    replaces the rollback (exit 0)."""
+    assert reconcile(backend, gitops_repo, capsys) == 0
+    stale = tmp_path / "stale"
+    subprocess.run(["git", "clone", "-q", str(gitops_repo), str(stale)], check=True)
+    body = (gitops_repo / PART).read_text()
+    (gitops_repo / PART).write_text(body.replace(
+        "    - version: 1.1.0\n      weight: 90\n    - version: 1.2.0\n      weight: 10\n",
+        "    - version: 1.1.0\n      weight: 100\n"))
+    git(gitops_repo, "commit", "-qam", "roll back")
+    assert reconcile(backend, gitops_repo, capsys) == 0
+    assert routes(backend, "part-similarity") == [("1.1.0", 100)]
+    code = reconcile(backend, stale, capsys)  # the stale agent's periodic pass
+    assert routes(backend, "part-similarity") == [("1.1.0", 100)]  # today: 90/10 again
+    assert code == 1
+
+
+# ------------------------------------------------- F5: a PREFIX narrower than a tenant prunes it
+
+def test_a_file_prefix_does_not_delete_the_rest_of_its_tenant(
+        backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Expected: `cadml reconcile --repo R tenants/acme-cad/part-similarity.yaml` (a PREFIX
+    naming one file) applies that file and leaves acme-cad's other objects alone, or refuses
+    without --prune. Today the tenant is reconciled from that file alone: assembly-match's
+    Model, its three versions (one STABLE, serving) and its policy are deleted, 5 of 11
+    objects, under the half threshold, exit 0, without --prune; the model stops serving."""
+    assert reconcile(backend, gitops_repo, capsys) == 0
+    code = reconcile(backend, gitops_repo, capsys, PART)
+    with backend.store.transaction(ACME, "t") as tx:
+        deleted = [(e.object_kind, e.object_name) for e in tx.audit_events()
+                   if e.action == "delete"]
+        serving = tx.serving_snapshot("assembly-match")
+    assert deleted == [], (code, deleted)
+    assert serving is not None
+
+
+# ------------------------------------------------- F6: the generation guard ignores incarnations
+
+def test_a_recreated_object_at_generation_1_is_not_a_stale_pass(sqlite_backend: Backend) -> None:
+    """Expected: the generation guard compares generations of one incarnation (DESIGN §9:
+    "key by uid + generation"). A RolloutPolicy re-created in a new cluster pointing at the
+    same store (restore, migration, or operator → Git mode, where manifests carry no
+    generation) is a newer object, not an older view: its rollback applies. Today every pass
+    is StaleWrite, and the operator requeues it every second forever with no status."""
+    ds = docs()
+    pol = find(ds, "RolloutPolicy", "part-similarity")
+    pol["metadata"].update(uid="uid-old-cluster", generation=3)
+    apply(sqlite_backend, ds)
+    pol["metadata"].update(uid="uid-new-cluster", generation=1)
+    pol["spec"]["weights"] = [{"version": "1.1.0", "weight": 100}]
+    try:
+        apply(sqlite_backend, ds, 1)
+    except StaleWrite as exc:
+        pytest.fail(f"a new incarnation was refused as stale: {exc}")
+    assert routes(sqlite_backend, "part-similarity") == [("1.1.0", 100)]
