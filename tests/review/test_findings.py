@@ -224,3 +224,37 @@ def test_a_recreated_object_at_generation_1_is_not_a_stale_pass(sqlite_backend: 
     except StaleWrite as exc:
         pytest.fail(f"a new incarnation was refused as stale: {exc}")
     assert routes(sqlite_backend, "part-similarity") == [("1.1.0", 100)]
+
+
+# ------------------------------------------------- F7: a model rename resumes an aborted canary
+
+def test_renaming_the_model_does_not_resume_an_aborted_canary(sqlite_backend: Backend) -> None:
+    """Expected (README: "keyed by (model, version, the policy's spec hash) so a rename neither
+    resumes nor resets an abort"): after canary 1.2.0 was aborted, renaming the Model (same
+    modelKey; its versions and policy re-created with the new modelRef, as modelRef is
+    immutable) keeps all traffic on STABLE. Today the policy's spec hash includes modelRef,
+    so the abort no longer matches and 1.2.0 gets its 10 % back."""
+    from controller.reconcile.planner import spec_hash
+    from controller.records import AnalysisState
+
+    ds = docs()
+    apply(sqlite_backend, ds)
+    policy = KINDS["RolloutPolicy"].model_validate(find(ds, "RolloutPolicy", "part-similarity"))
+    with sqlite_backend.store.transaction(ACME, "canary-analysis") as tx:
+        tx.save_analysis(AnalysisState("part-similarity", "1.2.0", spec_hash(policy), 2, True,
+                                       ({"overall": "Failed", "summary": "success_rate low",
+                                         "at": NOW.isoformat()},)))
+    apply(sqlite_backend, ds, 1)
+    assert routes(sqlite_backend, "part-similarity") == [("1.1.0", 100)]  # the abort holds
+    renamed = []
+    for d in copy.deepcopy(ds):
+        if d["kind"] == "ReleaseRecord":
+            continue
+        if d["kind"] == "Model" and d["metadata"]["name"] == "part-similarity":
+            d["metadata"]["name"] = "part-sim"
+        elif d["kind"] != "Model" and d["spec"].get("modelRef") == "part-similarity":
+            d["metadata"]["name"] = d["metadata"]["name"].replace("part-similarity", "part-sim")
+            d["spec"]["modelRef"] = "part-sim"
+        renamed.append(d)
+    apply(sqlite_backend, renamed, 2)
+    assert routes(sqlite_backend, "part-sim") == [("1.1.0", 100)]  # today: 90/10 again
