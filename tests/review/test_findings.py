@@ -258,3 +258,28 @@ def test_renaming_the_model_does_not_resume_an_aborted_canary(sqlite_backend: Ba
         renamed.append(d)
     apply(sqlite_backend, renamed, 2)
     assert routes(sqlite_backend, "part-sim") == [("1.1.0", 100)]  # today: 90/10 again
+
+
+# ------------------------------------------------- F8: drift turns a normal promote into a refusal
+
+def test_a_promote_commit_applies_over_a_drifted_row(sqlite_backend: Backend) -> None:
+    """Expected: drift (a row changed behind the controller's back: here the CANARY's
+    artifact_uri, spec hash unchanged) is repaired, and a normal promote commit (CANARY →
+    STABLE, the old STABLE → DEPRECATED, weights 100 % to the new one) applies, as `cadml diff`
+    says it does between the two commits. Today Git mode judges the transition against the
+    drifted columns: version.artifact-immutable refuses the promote on every pass, forever
+    (the drift is only repaired by a pass that does not change that version's spec)."""
+    from dataclasses import replace
+
+    ds = docs()
+    apply(sqlite_backend, ds)
+    with sqlite_backend.store.transaction(ACME, "dba") as tx:
+        row = next(v for v in tx.versions("part-similarity") if v.version == "1.2.0")
+        tx.upsert_version(replace(row, artifact_uri="s3://mirror/part-sim/1.2.0/index.faiss"))
+    find(ds, "ModelVersion", "part-similarity-1-2-0")["spec"]["stage"] = "STABLE"
+    find(ds, "ModelVersion", "part-similarity-1-1-0")["spec"]["stage"] = "DEPRECATED"
+    find(ds, "RolloutPolicy", "part-similarity")["spec"]["weights"] = [
+        {"version": "1.2.0", "weight": 100}]
+    apply(sqlite_backend, ds, 1, guard=_refuse_transitions)  # InvalidInput today
+    assert live_versions(sqlite_backend, "part-similarity")["part-similarity-1-2-0"] == (
+        "1.2.0", "STABLE")
