@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -125,7 +125,7 @@ def _generation(resource: Resource) -> int:
     return resource.metadata.generation or 1
 
 
-def renames(desired: dict[str, Hashable], stored: dict[str, tuple[Hashable, bool]],
+def renames(desired: Mapping[str, Hashable], stored: Mapping[str, tuple[Hashable, bool]],
             keep: set[str]) -> dict[str, str]:
     """new name → old name: each desired object the store does not know by name whose
     identity (`desired`: name → identity) a stored row has under a name no longer wanted
@@ -141,6 +141,38 @@ def renames(desired: dict[str, Hashable], stored: dict[str, tuple[Hashable, bool
         if old is not None:
             out[name] = old
     return out
+
+
+def retire(desired: Mapping[str, Hashable], stored: Mapping[str, Any],
+           identity: Callable[[Any], Hashable]) -> tuple[dict[str, Any], list[Any]]:
+    """Soft-deleted rows that hold a desired name under another identity (a version name
+    used again for another semver, a policy name for another model) keep their history
+    under a tombstone name `name~identity`, and the name goes to the new object: a row's
+    identity never changes, so its runs and evaluations stay its own. Returns the stored
+    rows as they will be named, and the renames that retire them (write these first)."""
+    out = dict(stored)
+    moves = []
+    for name, ident in desired.items():
+        row = stored.get(name)
+        if row is None or not row.deleted or identity(row) == ident:
+            continue
+        tomb = f"{name}~{_tomb_suffix(identity(row))}"
+        moved = replace(row, name=tomb, previous_name=name)
+        del out[name]
+        out[tomb] = replace(row, name=tomb)
+        moves.append(moved)
+    return out, moves
+
+
+def _tomb_suffix(ident: Hashable) -> str:
+    parts = ident if isinstance(ident, tuple) else (ident,)
+    return "~".join(str(x) for x in parts)[:60]
+
+
+def _retire_entry(kind: str, row: Any) -> AuditEntry:
+    return AuditEntry("retire-name", kind, row.name, {
+        "summary": f"the deleted {row.previous_name} keeps its history as {row.name}; its "
+                   "name goes to a new object", "previousName": row.previous_name})
 
 
 def _rename_entry(kind: str, new: str, old: str, spec_hash_: str, what: str) -> AuditEntry:
@@ -304,8 +336,13 @@ def plan_tenant(
 
     # ---- rows: models, then versions leaving STABLE before any version entering it
     desired_models = {n: _model_row(models[n]) for n in sorted(applied_models)}
+    obs_models, retired = retire({n: m.model_key for n, m in desired_models.items()},
+                                 observed.models, lambda m: m.model_key)
+    for row in retired:
+        plan.models.append(row)
+        plan.audit.append(_retire_entry("Model", row))
     model_renamed = renames({n: m.model_key for n, m in desired_models.items()},
-                            {n: (m.model_key, m.deleted) for n, m in observed.models.items()},
+                            {n: (m.model_key, m.deleted) for n, m in obs_models.items()},
                             set(models))
     model_now = {old: new for new, old in model_renamed.items()}  # stored name → desired
 
@@ -318,24 +355,32 @@ def plan_tenant(
             plan.models.append(replace(mrow, previous_name=model_renamed[name]))
             plan.audit.append(_rename_entry("Model", name, model_renamed[name],
                                             mrow.spec_hash, "its versions, policy and runs"))
-        elif entry := _change("Model", name, observed.models.get(name), mrow):
+        elif entry := _change("Model", name, obs_models.get(name), mrow):
             plan.models.append(mrow)
             plan.audit.append(entry)
     desired_versions = {v.metadata.name: _version_row(v) for v in applied_versions}
+
+    def version_id(v: VersionRow) -> tuple[str, str]:
+        return model_now.get(v.model_name, v.model_name), v.version
+
+    obs_versions, retired = retire({n: (v.model_name, v.version)
+                                    for n, v in desired_versions.items()},
+                                   observed.versions, version_id)
+    version_changes: list[tuple[VersionRow, AuditEntry]] = [
+        (replace(row, model_name=version_id(row)[0]), _retire_entry("ModelVersion", row))
+        for row in retired]
     version_renamed = renames(
         {n: (v.model_name, v.version) for n, v in desired_versions.items()},
-        {n: ((model_now.get(v.model_name, v.model_name), v.version), v.deleted)
-         for n, v in observed.versions.items()},
+        {n: (version_id(v), v.deleted) for n, v in obs_versions.items()},
         {v.metadata.name for v in versions})
-    version_changes: list[tuple[VersionRow, AuditEntry]] = []
     for name, vrow in desired_versions.items():
         if name in version_renamed:
             version_changes.append((replace(vrow, previous_name=version_renamed[name]),
                                     _rename_entry("ModelVersion", name, version_renamed[name],
                                                   vrow.spec_hash, "its runs and routes")))
-        elif entry := _change("ModelVersion", name, observed.versions.get(name), vrow):
+        elif entry := _change("ModelVersion", name, obs_versions.get(name), vrow):
             version_changes.append((vrow, entry))
-    for name, old in observed.versions.items():
+    for name, old in obs_versions.items():
         if name not in desired_versions and not old.deleted and \
                 name not in version_renamed.values() and \
                 not any(v.metadata.name == name for v in versions):
@@ -354,10 +399,17 @@ def plan_tenant(
     status_extra: dict[tuple[str, str], dict[str, Any]] = {}
     expired_of: dict[str, str | None] = {}
     serving: dict[tuple[str, str], int] = {}  # (model, semver) → weight
-    renamed = renames({p.metadata.name: p.spec.model_ref for p in policies
-                       if ok(p) and p.spec.model_ref in applied_models},
+    desired_policies = {p.metadata.name: p.spec.model_ref for p in policies
+                        if ok(p) and p.spec.model_ref in applied_models}
+    obs_policies, retired = retire(desired_policies, observed.policies,
+                                   lambda o: model_now.get(o.model_name, o.model_name))
+    for row in retired:
+        plan.policies.append(replace(row, model_name=model_now.get(row.model_name,
+                                                                   row.model_name)))
+        plan.audit.append(_retire_entry("RolloutPolicy", row))
+    renamed = renames(desired_policies,
                       {n: (model_now.get(o.model_name, o.model_name), o.deleted)
-                       for n, o in observed.policies.items()},
+                       for n, o in obs_policies.items()},
                       {p.metadata.name for p in policies})
     for p in policies:
         if not ok(p) or p.spec.model_ref not in applied_models:
@@ -370,7 +422,7 @@ def plan_tenant(
             plan.audit.append(_rename_entry("RolloutPolicy", prow.name, old_name,
                                             prow.spec_hash, "its snapshots and policyVersion"))
         elif entry := _change("RolloutPolicy", p.metadata.name,
-                              observed.policies.get(prow.name), prow):
+                              obs_policies.get(prow.name), prow):
             plan.policies.append(prow)
             plan.audit.append(entry)
         vs = versions_of[p.spec.model_ref]
@@ -413,7 +465,7 @@ def plan_tenant(
             serving[(name, route.version)] = route.weight
         status_extra[("Model", name)] = {"routeSource": routing.source,
                                          "routingSummary": _summary(routing.routes)}
-    for name, old_p in observed.policies.items():
+    for name, old_p in obs_policies.items():
         if not old_p.deleted and name not in renamed.values() and \
                 not any(p.metadata.name == name for p in policies):
             plan.policies.append(PolicyRow(**{**_asdict(old_p), "deleted": True, "model_name":
@@ -421,7 +473,7 @@ def plan_tenant(
                                                             old_p.model_name)}))
             plan.audit.append(AuditEntry("delete", "RolloutPolicy", name, {
                 "summary": "removed from the desired state; snapshots kept"}))
-    for name, old_m in observed.models.items():
+    for name, old_m in obs_models.items():
         if name not in models and not old_m.deleted and name not in model_renamed.values():
             plan.models.append(ModelRow(**{**_asdict(old_m), "deleted": True}))
             plan.audit.append(AuditEntry("delete", "Model", name, {
