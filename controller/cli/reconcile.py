@@ -27,8 +27,14 @@ tenants are not touched. A PREFIX that selects no YAML file is an error (exit 2,
 nothing changed), never "this part of the repository is now empty".
 
 Pruning is explicit: a pass that would delete a whole tenant (gone from Git) or
-more than half of a tenant's live models, versions and policies is refused for
-that tenant unless --prune is given, and prints what it would delete.
+more than half of a tenant's live models, versions and policies, or anything at
+all in a pass scoped by PREFIXes (it did not read the rest of the tenant), is
+refused for that tenant unless --prune is given, and prints what it would delete.
+
+Never backwards: a tenant is not reconciled from a commit older than (an ancestor
+of) the one already applied to it, nor from a clone that does not have that commit
+(a stale clone: fetch first). Going back is a new commit (git revert); after a
+history rewrite, --allow-older accepts the ref once.
 
 Failure is contained: a tenant whose pass fails (a conflict in the store, a
 refused prune) is rolled back alone and its objects become Stalled with the
@@ -58,7 +64,11 @@ def register(sub: Any) -> None:
                    help="seconds between passes with --watch (default: 10)")
     p.add_argument("--prune", action="store_true",
                    help="allow deleting a whole tenant, or more than half of a tenant's "
-                        "objects, in one pass (refused otherwise)")
+                        "objects, in one pass, or any deletion in a PREFIX-scoped pass "
+                        "(refused otherwise)")
+    p.add_argument("--allow-older", action="store_true",
+                   help="reconcile even if the store holds a newer commit than REF, or one "
+                        "this clone does not have (after a history rewrite)")
     p.add_argument("--output", "-o", choices=("text", "json"), default="text")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="N",
                    help="refuse files larger than N bytes")
@@ -115,12 +125,12 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             watch(store, args.repo, args.ref, args.paths, args.max_bytes, args.interval,
-                  report, prune=args.prune)
+                  report, prune=args.prune, allow_older=args.allow_older)
         except KeyboardInterrupt:
             return 0
         return 0
     result = reconcile_repo(store, args.repo, args.ref, args.paths, args.max_bytes,
-                            prune=args.prune)
+                            prune=args.prune, allow_older=args.allow_older)
     _print(result, args.output, url, quiet_if_same=False)
     return result.exit_code
 

@@ -87,7 +87,7 @@ def resolve_commit(repo_dir: str, ref: str) -> tuple[str, str]:
 
 def reconcile_repo(store: Store, repo_dir: str, ref: str, paths: Iterable[str],
                    max_bytes: int, now: datetime | None = None,
-                   prune: bool = False) -> ReconcileResult:
+                   prune: bool = False, allow_older: bool = False) -> ReconcileResult:
     """Reconcile the tree at `ref` (below `paths`, all when empty). Without `paths` every
     tenant the store knows is reconciled too (a tenant gone from Git is deleted, with
     `prune`); with `paths`, only the tenants that have objects under them."""
@@ -106,10 +106,11 @@ def reconcile_repo(store: Store, repo_dir: str, ref: str, paths: Iterable[str],
     for tenant in sorted(tenants):
         resources = by_tenant.get(tenant, [])
         try:
-            _refuse_older_commit(store, tenant, repo_dir, sha)
+            if not allow_older:
+                _refuse_older_commit(store, tenant, repo_dir, sha)
             result.plans.append(reconcile_tenant(
                 store, tenant, resources, result.findings, now, actor,
-                guard=_refuse_transitions if prune else _refuse_transitions_or_prune))
+                guard=_guard(prune, scoped=bool(paths))))
         except CadmlError as exc:  # contained: this tenant rolled back, the others go on
             result.failures.append(_failed(store, tenant, resources, exc, now, actor))
     return result
@@ -128,12 +129,15 @@ def _refuse_older_commit(store: Store, tenant: str, repo_dir: str, sha: str) -> 
     repo = git.Repo(repo_dir, search_parent_directories=True)
     try:
         newer = repo.commit(applied)
-    except (git.BadName, ValueError):
-        return  # not in this clone (history rewritten, another remote): nothing to compare
+    except (git.BadName, ValueError) as exc:
+        raise StaleWrite(f"tenant {tenant} was last reconciled from commit {applied}, which "
+                         f"this clone does not have (a stale clone: fetch first; or history "
+                         f"was rewritten: pass --allow-older once to accept {sha[:12]})"
+                         ) from exc
     if repo.is_ancestor(repo.commit(sha), newer):
         raise StaleWrite(f"commit {sha[:12]} is older than {newer.hexsha[:12]}, which is "
                          f"already applied to tenant {tenant}; to go back, commit the change "
-                         "(git revert) and reconcile that")
+                         "(git revert) and reconcile that, or pass --allow-older")
 
 
 def _refuse_transitions(plan: Plan, observed: ObservedTenant) -> None:
@@ -144,9 +148,15 @@ def _refuse_transitions(plan: Plan, observed: ObservedTenant) -> None:
         raise InvalidInput(plan.transitions)
 
 
-def _refuse_transitions_or_prune(plan: Plan, observed: ObservedTenant) -> None:
-    _refuse_transitions(plan, observed)
-    refuse_unasked_prune(plan, observed)
+def _guard(prune: bool, scoped: bool) -> Callable[[Plan, ObservedTenant], None]:
+    """What refuses a tenant's plan before anything is written: broken transition rules,
+    and unless `prune`, deleting most of the tenant (any deletion in a PREFIX-scoped
+    pass, which did not read the objects outside its prefixes)."""
+    def guard(plan: Plan, observed: ObservedTenant) -> None:
+        _refuse_transitions(plan, observed)
+        if not prune:
+            refuse_unasked_prune(plan, observed, scoped)
+    return guard
 
 
 def _failed(store: Store, tenant: str, resources: list[Resource], exc: CadmlError,
@@ -166,12 +176,13 @@ def _failed(store: Store, tenant: str, resources: list[Resource], exc: CadmlErro
 def watch(store: Store, repo_dir: str, ref: str, paths: list[str], max_bytes: int,
           interval: float, on_result: Callable[[ReconcileResult], None],
           passes: int | None = None, sleep: Callable[[float], None] = time.sleep,
-          prune: bool = False) -> None:
+          prune: bool = False, allow_older: bool = False) -> None:
     """Reconcile every `interval` seconds like a GitOps agent: a new commit is applied once,
     and each pass in between repairs drift (a no-op pass writes nothing)."""
     done = 0
     while passes is None or done < passes:
-        on_result(reconcile_repo(store, repo_dir, ref, paths, max_bytes, prune=prune))
+        on_result(reconcile_repo(store, repo_dir, ref, paths, max_bytes, prune=prune,
+                                 allow_older=allow_older))
         done += 1
         if passes is None or done < passes:
             sleep(interval)

@@ -24,18 +24,24 @@ class PruneCheck:
 
     live: int
     deleting: tuple[tuple[str, str], ...]  # (kind, name), sorted
+    scoped: bool = False  # the pass read only part of the tree (PREFIXes)
 
     @property
     def needs_prune(self) -> bool:
-        """More than half of the tenant's live objects go (the whole tenant included)."""
+        """More than half of the tenant's live objects go (the whole tenant included); in a
+        pass scoped by PREFIXes, any deletion: the objects outside the prefixes were not
+        read, so their absence says nothing."""
+        if self.scoped:
+            return bool(self.deleting)
         return 2 * len(self.deleting) > self.live
 
 
-def prune_check(live: Collection[tuple[str, str]],
-                deleting: Collection[tuple[str, str]]) -> PruneCheck:
-    """`live`: the tenant's live (not deleted) objects; `deleting`: those the pass deletes."""
+def prune_check(live: Collection[tuple[str, str]], deleting: Collection[tuple[str, str]],
+                scoped: bool = False) -> PruneCheck:
+    """`live`: the tenant's live (not deleted) objects; `deleting`: those the pass deletes;
+    `scoped`: the pass read only the tree below some PREFIXes."""
     live_set = set(live)
-    return PruneCheck(len(live_set), tuple(sorted(set(deleting) & live_set)))
+    return PruneCheck(len(live_set), tuple(sorted(set(deleting) & live_set)), scoped)
 
 
 def live_objects(observed: ObservedTenant) -> list[tuple[str, str]]:
@@ -49,10 +55,9 @@ def deletions(plan: Plan) -> list[tuple[str, str]]:
             if a.action == "delete" and a.kind in PRUNED_KINDS]
 
 
-def refuse_unasked_prune(plan: Plan, observed: ObservedTenant) -> None:
+def refuse_unasked_prune(plan: Plan, observed: ObservedTenant, scoped: bool = False) -> None:
     """A guard for `reconcile_tenant`: raise PruneRefused (the transaction rolls back)
     when the plan needs --prune."""
-    check = prune_check(live_objects(observed), deletions(plan))
+    check = prune_check(live_objects(observed), deletions(plan), scoped)
     if check.needs_prune:
         raise PruneRefused(plan.tenant, check.deleting, check.live)
-
