@@ -222,22 +222,43 @@ def on_analysis(**kwargs: Any) -> None:
     on_change(**kwargs)
 
 
+def successor(body: Mapping[str, Any], bodies: Iterable[Mapping[str, Any]]) -> str | None:
+    """The ModelVersion that takes over `body`'s semver once it goes, or None: one of the
+    same model and version under another name, valid and not being deleted itself. That
+    is a rename (`kubectl apply --prune` and Argo CD create the new name before pruning
+    the old one); the store carries the row, its routes and history over to the new name."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    for other in bodies:
+        ometa, ospec = other.get("metadata") or {}, other.get("spec") or {}
+        if other.get("kind") == "ModelVersion" and ometa.get("name") != meta.get("name") \
+                and not ometa.get("deletionTimestamp") \
+                and (ospec.get("modelRef"), ospec.get("version")) == \
+                (spec.get("modelRef"), spec.get("version")) \
+                and parse_body(dict(other)).loaded is not None:
+            return str(ometa.get("name"))
+    return None
+
+
 def on_version_delete(**kwargs: Any) -> None:
-    """Finalizer: a version that still receives traffic cannot go; otherwise the store
-    marks it deleted (history kept) and audits it."""
+    """Finalizer: a version that still receives traffic cannot go, unless another object
+    of the same semver takes it over (a rename); otherwise the store marks it deleted
+    (history kept) and audits it."""
     body: kopf.Body = kwargs["body"]
-    store: Store = kwargs["memo"]["store"]
+    memo: kopf.Memo = kwargs["memo"]
+    store: Store = memo["store"]
     ns, name = str(body.metadata.namespace), str(body.metadata.name)
     model, semver = body.spec.get("modelRef"), body.spec.get("version")
     with store.transaction(ns, "finalizer") as tx:
         snap = tx.snapshot(model, live=True) if model else None
     weight = next((r.weight for r in snap.routes if r.version == semver), 0) if snap else 0
-    if snap is not None and weight > 0:
+    if snap is not None and weight > 0 and successor(
+            body, tenant_bodies(ns, kwargs, gone=finalized_uids(memo))) is None:
         raise kopf.TemporaryError(
             f"ModelVersion {ns}/{name} still receives {weight}% of traffic (policyVersion "
-            f"{snap.policy_version}); route it away first, then the deletion completes",
+            f"{snap.policy_version}); route it away first (or give its semver to a new object, "
+            "a rename), then the deletion completes",
             delay=30)
-    finalized_uids(kwargs["memo"], body)  # from now on no pass may write it back
+    finalized_uids(memo, body)  # from now on no pass may write it back
     tenant_pass(store, body, kwargs, current=False, without=("ModelVersion", name),
                 actor=deleted_by(store, body))
 
