@@ -259,18 +259,31 @@ def on_version_delete(**kwargs: Any) -> None:
             "a rename), then the deletion completes",
             delay=30)
     finalized_uids(memo, body)  # from now on no pass may write it back
-    tenant_pass(store, body, kwargs, current=False, without=("ModelVersion", name),
-                actor=deleted_by(store, body))
+    _retire(store, body, kwargs)
 
 
 def on_delete(**kwargs: Any) -> None:
     """Finalizer for Models and RolloutPolicies: marked deleted in the store, audited."""
     body: kopf.Body = kwargs["body"]
-    store: Store = kwargs["memo"]["store"]
     finalized_uids(kwargs["memo"], body)  # from now on no pass may write it back
-    tenant_pass(store, body, kwargs, current=False,
-                without=(str(body.get("kind")), str(body.metadata.name)),
-                actor=deleted_by(store, body))
+    _retire(kwargs["memo"]["store"], body, kwargs)
+
+
+def _retire(store: Store, body: kopf.Body, kwargs: Mapping[str, Any]) -> None:
+    """The finalizer's pass: the tenant without this object. Several finalizers (a prune
+    deletes many objects at once) race on one tenant; the pass that loses is requeued at
+    once like the other handlers' (kopf's default for an unexpected error is 60 s); a
+    store that is away is retried with on_change's back-off."""
+    try:
+        actor = deleted_by(store, body)
+        tenant_pass(store, body, kwargs, current=False,
+                    without=(str(body.get("kind")), str(body.metadata.name)), actor=actor)
+    except StaleWrite as exc:
+        raise kopf.TemporaryError(str(exc), delay=1) from exc
+    except CadmlError as exc:
+        if exc.retryable:
+            raise kopf.TemporaryError(str(exc), delay=retry_delay(kwargs.get("retry"))) from exc
+        raise
 
 
 def record_delete_request(**kwargs: Any) -> None:
