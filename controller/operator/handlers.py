@@ -42,10 +42,17 @@ FINALIZED = "finalized"  # memo key: uid → when its deletion finalizer complet
 
 
 def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
+    """The object as passes see it. An object being deleted shows the generation its spec
+    was written at: the API server bumps `generation` once when it sets
+    `deletionTimestamp` (the spec is unchanged), and a pass that ran before the finalizer
+    would otherwise write that bump into the store as drift ("repair: generation")."""
     namespace: str = kwargs["namespace"]
     body: kopf.Body = kwargs["body"]
+    metadata = dict(body.metadata)
+    if metadata.get("deletionTimestamp") and int(metadata.get("generation") or 0) > 1:
+        metadata["generation"] = int(metadata["generation"]) - 1
     return {namespace: {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                        "metadata": dict(body.metadata), "spec": dict(body.spec),
+                        "metadata": metadata, "spec": dict(body.spec),
                         "status": dict(body.status)}}
 
 

@@ -197,6 +197,20 @@ def test_a_renamed_version_with_traffic_can_go(cluster: Cluster) -> None:
     assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
 
 
+def test_an_object_being_deleted_is_not_drift(cluster: Cluster) -> None:
+    """The API server bumps `generation` when it marks an object deleting (the spec is
+    unchanged); a pass running before its finalizer writes nothing for it."""
+    for kind, name in list(cluster.bodies):
+        cluster.handle(kind, name)
+    with cluster.memo["store"].transaction("acme-cad", "t") as tx:
+        before = len(list(tx.audit_events()))
+    going = cluster.bodies[("ModelVersion", "part-similarity-1-2-0")]
+    going["metadata"].update(deletionTimestamp="2026-11-30T00:00:00Z", generation=2)
+    cluster.handle("RolloutPolicy", "part-similarity")
+    with cluster.memo["store"].transaction("acme-cad", "t") as tx:
+        assert [(e.action, e.object_name) for e in tx.audit_events()][before:] == []
+
+
 def test_status_changes_removes_stale_fields() -> None:
     assert status_changes({"a": 1, "b": 2}, {"a": 1, "c": 3}) == {"c": 3, "b": None}
 
