@@ -57,7 +57,8 @@ def _ready(obj: dict[str, Any]) -> dict[str, Any] | None:
     """The object's Ready condition when it is current (observedGeneration), else None."""
     status = obj.get("status") or {}
     gen = obj["metadata"].get("generation")
-    cond = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+    cond: dict[str, Any] | None = next(
+        (c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
     if cond is None or cond.get("observedGeneration") != gen:
         return None
     return cond
