@@ -42,10 +42,17 @@ FINALIZED = "finalized"  # memo key: uid → when its deletion finalizer complet
 
 
 def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
+    """The object as passes see it. An object being deleted shows the generation its spec
+    was written at: the API server bumps `generation` once when it sets
+    `deletionTimestamp` (the spec is unchanged), and a pass that ran before the finalizer
+    would otherwise write that bump into the store as drift ("repair: generation")."""
     namespace: str = kwargs["namespace"]
     body: kopf.Body = kwargs["body"]
+    metadata = dict(body.metadata)
+    if metadata.get("deletionTimestamp") and int(metadata.get("generation") or 0) > 1:
+        metadata["generation"] = int(metadata["generation"]) - 1
     return {namespace: {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                        "metadata": dict(body.metadata), "spec": dict(body.spec),
+                        "metadata": metadata, "spec": dict(body.spec),
                         "status": dict(body.status)}}
 
 
@@ -222,34 +229,68 @@ def on_analysis(**kwargs: Any) -> None:
     on_change(**kwargs)
 
 
+def successor(body: Mapping[str, Any], bodies: Iterable[Mapping[str, Any]]) -> str | None:
+    """The ModelVersion that takes over `body`'s semver once it goes, or None: one of the
+    same model and version under another name, valid and not being deleted itself. That
+    is a rename (`kubectl apply --prune` and Argo CD create the new name before pruning
+    the old one); the store carries the row, its routes and history over to the new name."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    for other in bodies:
+        ometa, ospec = other.get("metadata") or {}, other.get("spec") or {}
+        if other.get("kind") == "ModelVersion" and ometa.get("name") != meta.get("name") \
+                and not ometa.get("deletionTimestamp") \
+                and (ospec.get("modelRef"), ospec.get("version")) == \
+                (spec.get("modelRef"), spec.get("version")) \
+                and parse_body(dict(other)).loaded is not None:
+            return str(ometa.get("name"))
+    return None
+
+
 def on_version_delete(**kwargs: Any) -> None:
-    """Finalizer: a version that still receives traffic cannot go; otherwise the store
-    marks it deleted (history kept) and audits it."""
+    """Finalizer: a version that still receives traffic cannot go, unless another object
+    of the same semver takes it over (a rename); otherwise the store marks it deleted
+    (history kept) and audits it."""
     body: kopf.Body = kwargs["body"]
-    store: Store = kwargs["memo"]["store"]
+    memo: kopf.Memo = kwargs["memo"]
+    store: Store = memo["store"]
     ns, name = str(body.metadata.namespace), str(body.metadata.name)
     model, semver = body.spec.get("modelRef"), body.spec.get("version")
     with store.transaction(ns, "finalizer") as tx:
         snap = tx.serving_snapshot(model) if model else None
     weight = next((r.weight for r in snap.routes if r.version == semver), 0) if snap else 0
-    if snap is not None and weight > 0:
+    if snap is not None and weight > 0 and successor(
+            body, tenant_bodies(ns, kwargs, gone=finalized_uids(memo))) is None:
         raise kopf.TemporaryError(
             f"ModelVersion {ns}/{name} still receives {weight}% of traffic (policyVersion "
-            f"{snap.policy_version}); route it away first, then the deletion completes",
+            f"{snap.policy_version}); route it away first (or give its semver to a new object, "
+            "a rename), then the deletion completes",
             delay=30)
-    finalized_uids(kwargs["memo"], body)  # from now on no pass may write it back
-    tenant_pass(store, body, kwargs, current=False, without=("ModelVersion", name),
-                actor=deleted_by(store, body))
+    finalized_uids(memo, body)  # from now on no pass may write it back
+    _retire(store, body, kwargs)
 
 
 def on_delete(**kwargs: Any) -> None:
     """Finalizer for Models and RolloutPolicies: marked deleted in the store, audited."""
     body: kopf.Body = kwargs["body"]
-    store: Store = kwargs["memo"]["store"]
     finalized_uids(kwargs["memo"], body)  # from now on no pass may write it back
-    tenant_pass(store, body, kwargs, current=False,
-                without=(str(body.get("kind")), str(body.metadata.name)),
-                actor=deleted_by(store, body))
+    _retire(kwargs["memo"]["store"], body, kwargs)
+
+
+def _retire(store: Store, body: kopf.Body, kwargs: Mapping[str, Any]) -> None:
+    """The finalizer's pass: the tenant without this object. Several finalizers (a prune
+    deletes many objects at once) race on one tenant; the pass that loses is requeued at
+    once like the other handlers' (kopf's default for an unexpected error is 60 s); a
+    store that is away is retried with on_change's back-off."""
+    try:
+        actor = deleted_by(store, body)
+        tenant_pass(store, body, kwargs, current=False,
+                    without=(str(body.get("kind")), str(body.metadata.name)), actor=actor)
+    except StaleWrite as exc:
+        raise kopf.TemporaryError(str(exc), delay=1) from exc
+    except CadmlError as exc:
+        if exc.retryable:
+            raise kopf.TemporaryError(str(exc), delay=retry_delay(kwargs.get("retry"))) from exc
+        raise
 
 
 def record_delete_request(**kwargs: Any) -> None:

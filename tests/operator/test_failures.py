@@ -10,9 +10,12 @@ from typing import Any
 import kopf
 import pytest
 
-from controller.operator.handlers import on_change, retry_delay
+from controller.errors import StaleWrite
+from controller.operator import handlers
+from controller.operator.handlers import on_change, on_delete, on_version_delete, retry_delay
 from controller.store import Store
 from controller.store.engine import make_engine
+from controller.store.migrate import upgrade
 from tests.operator.test_handlers import Cluster
 from tests.stores import Backend, refuse_version
 
@@ -72,3 +75,36 @@ def test_an_unavailable_store_is_retried_later_and_later(tmp_path: Path) -> None
         delays.append(failed.value.delay)
         assert not dict(failed.value.patch)  # type: ignore[attr-defined]  # no status
     assert delays == [15, 60]
+
+
+def _finalize(cluster: Cluster, kind: str, name: str, **extra: Any) -> None:
+    body = cluster.bodies.pop((kind, name))
+    handler = on_version_delete if kind == "ModelVersion" else on_delete
+    handler(body=kopf.Body(body), memo=cluster.memo, logger=logging.getLogger("test"),
+            **cluster.indexes(), **extra)
+
+
+@pytest.mark.parametrize(("kind", "name"), [
+    ("ModelVersion", "part-similarity-1-3-0-rc-1"), ("RolloutPolicy", "assembly-match")])
+def test_a_finalizer_that_loses_a_race_is_requeued_at_once(
+    kind: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prune deletes many objects at once; their finalizers' passes race on one tenant
+    and the losers meet StaleWrite. Requeued in 1 s, as on_change does, not after kopf's
+    60 s default for an unexpected error."""
+    def stale(*args: Any, **kwargs: Any) -> None:
+        raise StaleWrite("another pass changed the tenant")
+
+    cluster = Cluster(Store(make_engine(f"sqlite:///{tmp_path / 'op.db'}")))
+    upgrade(cluster.memo["store"].engine)
+    monkeypatch.setattr(handlers, "tenant_pass", stale)
+    with pytest.raises(kopf.TemporaryError) as failed:
+        _finalize(cluster, kind, name)
+    assert failed.value.delay == 1
+
+
+def test_a_finalizer_waits_for_a_store_that_is_away(tmp_path: Path) -> None:
+    cluster = Cluster(Store(make_engine(f"sqlite:///{tmp_path / 'no-such-dir' / 's.db'}")))
+    with pytest.raises(kopf.TemporaryError) as failed:
+        _finalize(cluster, "Model", "assembly-match", retry=1)
+    assert failed.value.delay == 30

@@ -169,6 +169,48 @@ def test_version_with_traffic_cannot_be_deleted(cluster: Cluster) -> None:
         assert [e.action for e in tx.audit_events()][-1] == "delete"
 
 
+def test_a_renamed_version_with_traffic_can_go(cluster: Cluster) -> None:
+    """`kubectl apply --prune` of a rename: the new name exists before the old one is
+    pruned. Its semver keeps its traffic, so the finalizer lets the old object go and the
+    store carries the row over to the new name; a successor that is itself being deleted
+    takes nothing over."""
+    cluster.handle("RolloutPolicy", "part-similarity")
+    with cluster.memo["store"].transaction("acme-cad", "t") as tx:
+        routed = tx.snapshot("part-similarity", live=True)
+    old = cluster.bodies[("ModelVersion", "part-similarity-1-2-0")]
+    new = {**old, "metadata": {**old["metadata"], "name": "part-similarity-v1-2-0",
+                               "uid": "uid-renamed", "deletionTimestamp": "2026-11-30T00:00:00Z"},
+           "status": {}}
+    cluster.bodies[("ModelVersion", "part-similarity-v1-2-0")] = new
+    with pytest.raises(kopf.TemporaryError, match="10% of traffic"):
+        on_version_delete(body=kopf.Body(old), memo=cluster.memo, **cluster.indexes())
+    del new["metadata"]["deletionTimestamp"]
+    on_version_delete(body=kopf.Body(old), memo=cluster.memo, **cluster.indexes())
+    del cluster.bodies[("ModelVersion", "part-similarity-1-2-0")]
+    with cluster.memo["store"].transaction("acme-cad", "t") as tx:
+        event = list(tx.audit_events())[-1]
+        assert (event.action, event.object_name) == ("rename", "part-similarity-v1-2-0")
+        assert event.details["previousName"] == "part-similarity-1-2-0"
+        assert tx.snapshot("part-similarity", live=True) == routed  # routing untouched
+    status = cluster.handle("ModelVersion", "part-similarity-v1-2-0")["status"]
+    assert status["servingWeight"] == 10
+    assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
+
+
+def test_an_object_being_deleted_is_not_drift(cluster: Cluster) -> None:
+    """The API server bumps `generation` when it marks an object deleting (the spec is
+    unchanged); a pass running before its finalizer writes nothing for it."""
+    for kind, name in list(cluster.bodies):
+        cluster.handle(kind, name)
+    with cluster.memo["store"].transaction("acme-cad", "t") as tx:
+        before = len(list(tx.audit_events()))
+    going = cluster.bodies[("ModelVersion", "part-similarity-1-2-0")]
+    going["metadata"].update(deletionTimestamp="2026-11-30T00:00:00Z", generation=2)
+    cluster.handle("RolloutPolicy", "part-similarity")
+    with cluster.memo["store"].transaction("acme-cad", "t") as tx:
+        assert [(e.action, e.object_name) for e in tx.audit_events()][before:] == []
+
+
 def test_status_changes_removes_stale_fields() -> None:
     assert status_changes({"a": 1, "b": 2}, {"a": 1, "c": 3}) == {"c": 3, "b": None}
 
