@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 
 from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Model, Resource
-from controller.errors import CadmlError, StaleWrite
+from controller.errors import CadmlError, ConflictError, StaleWrite
 from controller.operator.certs import self_signed
 from controller.operator.settings import OperatorSettings
 from controller.operator.webhook import ServiceWebhookServer, parse_service
@@ -169,6 +169,9 @@ def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
                  message=str(entry.details.get("summary", entry.action)))
 
 
+RACE_RETRIES = 3  # passes from a fresh view before a conflict counts as deterministic
+
+
 def retry_delay(retry: int | None) -> float:
     """Seconds before kopf retries a pass that failed on a transient store error."""
     return float(min(15 * 2 ** min(retry or 0, 10), 600))
@@ -184,11 +187,14 @@ def on_change(**kwargs: Any) -> None:
     memo: kopf.Memo = kwargs["memo"]
     try:
         plan = tenant_pass(memo["store"], body, kwargs)
-    except StaleWrite as exc:  # built from an older view than the store's: requeue soon
-        raise kopf.TemporaryError(str(exc), delay=1) from exc
     except CadmlError as exc:
+        retry = int(kwargs.get("retry") or 0)
+        if isinstance(exc, StaleWrite | ConflictError) and retry < RACE_RETRIES:
+            # built from an older view than the store's, or a unique rule lost to a
+            # concurrent pass of the tenant: a pass from the latest view decides, soon
+            raise kopf.TemporaryError(str(exc), delay=1) from exc
         if exc.retryable:  # the store is away: back off, 15 s doubling up to 10 min
-            raise kopf.TemporaryError(str(exc), delay=retry_delay(kwargs.get("retry"))) from exc
+            raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from exc
         # Deterministic (a unique rule the same pass breaks again): say so on the object and
         # stop retrying this event. The tenant is passed again by the repair timer and by
         # any event of any of its objects, so fixing the cause in Git is enough.
