@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from controller.api.v1alpha1 import Model, ModelVersion, RolloutPolicy
+from controller.api.v1alpha1 import Model, ModelVersion, Resource, RolloutPolicy
 from controller.findings import FieldError, errors_only
 from controller.routing import Threshold, effective_routing, effective_thresholds
 from controller.validation.bundle import Bundle
@@ -150,7 +151,7 @@ def diff_bundles(
         report.models.append(change)
 
     for item in head.items:
-        old = base.get(*item.key)
+        old = base.get(*item.key) or _renamed_from(base, head, item.resource)
         if old is None:
             if item.key[0] == "ReleaseRecord":
                 report.releases_added.append(f"{item.key[1]}/{item.key[2]}")
@@ -169,6 +170,20 @@ def diff_bundles(
             report.blockers.append(f"ReleaseRecord {item.key[1]}/{item.key[2]} was deleted; "
                                    "release history is append-only")
     return report
+
+
+def _renamed_from(base: Bundle, head: Bundle, new: Resource) -> Any:
+    """A version renamed by the change: the base object of its model and semver whose name
+    the head no longer has (the store carries it on under the new name, so the transition
+    rules hold across the rename, as in `cadml reconcile`)."""
+    if not isinstance(new, ModelVersion):
+        return None
+    ns = new.metadata.namespace or ""
+    for v in base.versions_of(ns, new.spec.model_ref):
+        if v.spec.version == new.spec.version and \
+                head.get("ModelVersion", ns, v.metadata.name) is None:
+            return base.get("ModelVersion", ns, v.metadata.name)
+    return None
 
 
 def _serving_changes(before: ModelVersion, after: ModelVersion) -> list[str]:

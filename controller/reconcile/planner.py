@@ -273,21 +273,32 @@ def _stored_resource(kind: str, tenant: str, name: str, spec: dict[str, Any]) ->
         return None
 
 
-def store_transitions(resources: list[Resource], observed: ObservedTenant) -> list[FieldError]:
+def store_transitions(resources: list[Resource], observed: ObservedTenant,
+                      model_now: Mapping[str, str] | None = None) -> list[FieldError]:
     """The CRD's transition rules (stage moves, identity and artifact immutability, a
     policy's model) between what the store applied and the desired objects of the same
     name: what the API server checks with `oldSelf` and `cadml diff` checks between two
-    commits, so Git mode and diff give the same verdict. Only where the spec changed: a row
-    altered behind the controller's back (same spec hash) is drift, repaired, not judged."""
+    commits, so Git mode and diff give the same verdict. A version renamed in this pass
+    is judged against the live row it takes over (its identity, under a new name), so a
+    rename cannot carry a new artifact onto a served version. Only where the spec changed:
+    a row altered behind the controller's back (same spec hash) is drift, repaired."""
+    model_now = model_now or {}
+    names = {(r.kind, r.metadata.name) for r in resources}
     errors: list[FieldError] = []
     for r in resources:
         name, tenant = r.metadata.name, r.metadata.namespace or ""
         old: Resource | None = None
         if isinstance(r, ModelVersion):
             v = observed.versions.get(name)
+            if v is None or v.deleted:  # a rename: the live row of its identity, if any
+                v = next((o for o in observed.versions.values() if not o.deleted
+                          and ("ModelVersion", o.name) not in names
+                          and (model_now.get(o.model_name, o.model_name), o.version)
+                          == (r.spec.model_ref, r.spec.version)), None)
             if v is not None and not v.deleted and v.spec_hash != spec_hash(r):
                 old = _stored_resource("ModelVersion", tenant, name, {
-                    "modelRef": v.model_name, "version": v.version, "stage": v.stage,
+                    "modelRef": model_now.get(v.model_name, v.model_name),
+                    "version": v.version, "stage": v.stage,
                     "artifact": {"uri": v.artifact_uri, "format": v.artifact_format,
                                  **({"sha256": v.artifact_sha256} if v.artifact_sha256 else {})},
                     "featureVersion": v.feature_version})
@@ -308,9 +319,8 @@ def plan_tenant(
     now: datetime,
 ) -> Plan:
     plan = Plan(tenant)
-    plan.transitions = store_transitions(resources, observed)
     by_obj: dict[tuple[str, str], list[FieldError]] = defaultdict(list)
-    for f in [*findings, *plan.transitions]:
+    for f in findings:
         if f.severity == "error" and f.obj.namespace == tenant:
             by_obj[(f.obj.kind, f.obj.name)].append(f)
 
@@ -329,10 +339,6 @@ def plan_tenant(
     policies = [r for r in resources if isinstance(r, RolloutPolicy)]
     releases = [r for r in resources if isinstance(r, ReleaseRecord)]
     applied_models = {n for n, m in models.items() if ok(m)}
-    applied_versions = [v for v in versions if ok(v) and v.spec.model_ref in applied_models]
-    versions_of: dict[str, dict[str, ModelVersion]] = defaultdict(dict)
-    for v in applied_versions:
-        versions_of[v.spec.model_ref][v.spec.version] = v
 
     # ---- rows: models, then versions leaving STABLE before any version entering it
     desired_models = {n: _model_row(models[n]) for n in sorted(applied_models)}
@@ -358,6 +364,15 @@ def plan_tenant(
         elif entry := _change("Model", name, obs_models.get(name), mrow):
             plan.models.append(mrow)
             plan.audit.append(entry)
+    # transition rules against what the store applied (renamed objects against the row
+    # they take over); an object breaking one is not applied
+    plan.transitions = store_transitions(resources, observed, model_now)
+    for f in plan.transitions:
+        by_obj[(f.obj.kind, f.obj.name)].append(f)
+    applied_versions = [v for v in versions if ok(v) and v.spec.model_ref in applied_models]
+    versions_of: dict[str, dict[str, ModelVersion]] = defaultdict(dict)
+    for v in applied_versions:
+        versions_of[v.spec.model_ref][v.spec.version] = v
     desired_versions = {v.metadata.name: _version_row(v) for v in applied_versions}
 
     def version_id(v: VersionRow) -> tuple[str, str]:

@@ -98,3 +98,24 @@ def test_removing_a_policy_keeps_the_model_routed_to_stable(
     line = next(ln for ln in capsys.readouterr().out.splitlines()
                 if " Model " in ln and "fastener-lookup" in ln)
     assert "route=default" in line and "True" in line
+
+
+def test_a_rename_cannot_carry_a_new_artifact_onto_a_served_version(
+        backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The store carries a renamed version on under its new name (same runs, routes), so
+    the rename is judged by the rules of the object it continues: both refuse."""
+    assert _reconcile(backend, gitops_repo, capsys)[0] == 0
+    path = gitops_repo / PART
+    path.write_text(path.read_text().replace("name: part-similarity-1-2-0",
+                                             "name: part-sim-canary")
+                    .replace("uri: s3://acme-models/part-sim/1.2.0/index.faiss",
+                             "uri: s3://acme-models/part-sim/1.2.0/other.faiss"))
+    git(gitops_repo, "commit", "-qam", "rename and swap the artifact")
+    code, report = _diff(gitops_repo, capsys)
+    assert code == 1 and "version.artifact-immutable" in {p["rule"] for p in report["problems"]}
+    code, out = _reconcile(backend, gitops_repo, capsys)
+    assert code == 1 and "version.artifact-immutable" in out
+    with backend.store.transaction("acme-cad", "t") as tx:
+        served = {v.version: (v.name, v.artifact_uri) for v in tx.versions("part-similarity")}
+    assert served["1.2.0"] == ("part-similarity-1-2-0",
+                               "s3://acme-models/part-sim/1.2.0/index.faiss")
