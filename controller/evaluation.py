@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -170,3 +172,17 @@ def measure(measurements: Sequence[Measurement], overall: str, verdicts: Sequenc
              "verdicts": [v.as_dict() for v in verdicts], "consecutiveFailures": failures}
     kept = tuple(dict(m) for m in (*measurements, taken))[-MEASUREMENT_HISTORY:]
     return (kept, *judge(kept, failure_limit))
+
+
+def analysis_key(spec: Mapping[str, Any]) -> str:
+    """What canary analysis state is keyed by, with the model and version: the policy's
+    spec without its `modelRef`, so renaming the policy or its model neither resumes nor
+    resets an abort, while any other change to the spec starts the analysis afresh."""
+    body = {k: v for k, v in spec.items() if k != "modelRef"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def judges(state_key: str, spec: Mapping[str, Any], spec_hash: str) -> bool:
+    """Whether analysis state recorded under `state_key` judged this spec (state recorded
+    before migration 0011 was keyed by the whole spec's hash)."""
+    return state_key in (analysis_key(spec), spec_hash)

@@ -19,7 +19,15 @@ from typing import Any
 
 from controller import metrics
 from controller.api.v1alpha1 import AnalysisSpec
-from controller.evaluation import Metrics, analyse, compute, measure, measurement_due
+from controller.evaluation import (
+    Metrics,
+    analyse,
+    analysis_key,
+    compute,
+    judges,
+    measure,
+    measurement_due,
+)
 from controller.reconcile.step import publish_aborts
 from controller.records import AnalysisState
 from controller.store.repository import Store, StoreTx
@@ -83,8 +91,9 @@ def analyse_policies(tx: StoreTx, now: datetime,
             continue
         spec = AnalysisSpec.model_validate(raw)
         # a new spec generation (another hash) starts afresh; a rename keeps the hash
+        key = analysis_key(row.spec)
         previous = {a.version: a for a in observed.analysis.get(row.model_name, [])
-                    if a.spec_hash == row.spec_hash}
+                    if judges(a.spec_hash, row.spec, row.spec_hash)}
         canaries = [r.version for r in snap.routes if not r.is_stable and r.weight > 0]
         for version in canaries:
             before = previous.get(version)
@@ -97,14 +106,14 @@ def analyse_policies(tx: StoreTx, now: datetime,
                                      version=version))
             overall, verdicts = analyse(spec, m)
             kept, failures, abort = measure(taken, overall, verdicts, now, spec.failure_limit)
-            state = AnalysisState(row.model_name, version, row.spec_hash, failures, abort, kept)
+            state = AnalysisState(row.model_name, version, key, failures, abort, kept)
             tx.save_analysis(state)
             if abort:
                 tx.audit("abort", "RolloutPolicy", row.name, {
                     "summary": f"canary {version} aborted after {failures} failed analyses; "
                                f"the policy routes 100% to {snap.stable_version} from its "
                                "next pass",
-                    "version": version, "specHash": row.spec_hash,
+                    "version": version, "specHash": key,
                     "verdicts": state.latest["verdicts"]})
                 metrics.CANARY_ABORTS.labels(tx.tenant, row.model_name, version).inc()
             out.append(AnalysisOutcome(row.name, version, overall, failures, abort,

@@ -34,6 +34,7 @@ from controller.api.v1alpha1 import (
     Resource,
     RolloutPolicy,
 )
+from controller.evaluation import judges
 from controller.findings import FieldError
 from controller.reconcile.conditions import (
     APPLIED,
@@ -441,10 +442,10 @@ def plan_tenant(
             plan.policies.append(prow)
             plan.audit.append(entry)
         vs = versions_of[p.spec.model_ref]
-        p_hash = spec_hash(p)
-        # analysis state is keyed by model and spec, never by the policy's name
+        # analysis state is keyed by model and spec, never by the policy's or model's name
+        p_spec, p_hash = prow.spec, prow.spec_hash
         states = [a for a in observed.analysis.get(stored_model(p.spec.model_ref), [])
-                  if a.spec_hash == p_hash]
+                  if judges(a.spec_hash, p_spec, p_hash)]
         aborted = [a for a in states if a.aborted]
         routing = effective_routing(p, {sv: v.spec.stage for sv, v in vs.items()}, now,
                                     abort_reason(aborted) if aborted else None)
@@ -553,7 +554,7 @@ def plan_abort(tenant: str, observed: ObservedTenant, now: datetime) -> Plan:
     plan = Plan(tenant)
     for row in observed.policies.values():
         aborted = [a for a in observed.analysis.get(row.model_name, [])
-                   if a.spec_hash == row.spec_hash and a.aborted]
+                   if judges(a.spec_hash, row.spec, row.spec_hash) and a.aborted]
         current = observed.snapshots.get(row.model_name)
         stable = next((v.version for v in observed.versions.values()
                        if v.model_name == row.model_name and v.stage == "STABLE"

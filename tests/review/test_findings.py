@@ -232,14 +232,15 @@ def test_renaming_the_model_does_not_resume_an_aborted_canary(sqlite_backend: Ba
     modelKey; its versions and policy re-created with the new modelRef, as modelRef is
     immutable) keeps all traffic on STABLE. Today the policy's spec hash includes modelRef,
     so the abort no longer matches and 1.2.0 gets its 10 % back."""
-    from controller.reconcile.planner import spec_hash
+    from controller.evaluation import analysis_key
     from controller.records import AnalysisState
 
     ds = docs()
     apply(sqlite_backend, ds)
     policy = KINDS["RolloutPolicy"].model_validate(find(ds, "RolloutPolicy", "part-similarity"))
-    with sqlite_backend.store.transaction(ACME, "canary-analysis") as tx:
-        tx.save_analysis(AnalysisState("part-similarity", "1.2.0", spec_hash(policy), 2, True,
+    key = analysis_key(policy.spec.model_dump(mode="json", by_alias=True, exclude_none=True))
+    with sqlite_backend.store.transaction(ACME, "canary-analysis") as tx:  # as analysis keys it
+        tx.save_analysis(AnalysisState("part-similarity", "1.2.0", key, 2, True,
                                        ({"overall": "Failed", "summary": "success_rate low",
                                          "at": NOW.isoformat()},)))
     apply(sqlite_backend, ds, 1)
