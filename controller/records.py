@@ -27,6 +27,7 @@ class ModelRow:
     review_default_decision: str = "PENDING_REVIEW"
     deleted: bool = False
     previous_name: str | None = None  # a rename: this row carries on that model's line
+    uid: str | None = None  # metadata.uid of the object that wrote it (None in Git mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,8 @@ class VersionRow:
     deleted: bool = False
     ef_search: int | None = None  # spec.search.efSearch: HNSW search depth
     previous_name: str | None = None  # a rename: same model and semver under a new name
+    uid: str | None = None
+    spec: dict[str, Any] | None = None  # the spec applied (None: written before 0012)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class PolicyRow:
     spec_hash: str = ""
     deleted: bool = False
     previous_name: str | None = None  # a rename: this row carries on that policy's line
+    uid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

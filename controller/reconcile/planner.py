@@ -182,9 +182,20 @@ def _rename_entry(kind: str, new: str, old: str, spec_hash_: str, what: str) -> 
         "specHash": spec_hash_})
 
 
+_BOOKKEEPING = ("uid", "spec")  # written with a row, never a difference of their own
+
+
+def _comparable(row: Any) -> Any:
+    return None if row is None else replace(row, **{
+        f: None for f in _BOOKKEEPING if f in row.__dataclass_fields__
+        and not (f == "spec" and isinstance(row, PolicyRow))})
+
+
 def _change(kind: str, name: str, observed: Any, desired: Any) -> AuditEntry | None:
-    """An audit entry for writing `desired` over `observed`, or None when equal."""
-    if observed == desired:
+    """An audit entry for writing `desired` over `observed`, or None when equal (which
+    incarnation wrote a row, and a version's applied spec, are not differences)."""
+    observed, desired_cmp = _comparable(observed), _comparable(desired)
+    if observed == desired_cmp:
         return None
     if observed is None:
         return AuditEntry("create", kind, name, {"specHash": desired.spec_hash})
@@ -193,7 +204,7 @@ def _change(kind: str, name: str, observed: Any, desired: Any) -> AuditEntry | N
                                                             "history kept"})
     if observed.spec_hash == desired.spec_hash and not getattr(observed, "deleted", False):
         fields = [f for f in desired.__dataclass_fields__
-                  if getattr(observed, f) != getattr(desired, f)]
+                  if getattr(observed, f) != getattr(desired_cmp, f)]
         return AuditEntry("repair", kind, name, {"summary": "drift repaired: "
                                                             + ", ".join(fields),
                                                  "fields": fields})
@@ -211,7 +222,7 @@ def _model_row(m: Model) -> ModelRow:
                     threshold_defaults=dict(s.threshold_defaults),
                     worker_replicas=s.workers.replicas, generation=_generation(m),
                     spec_hash=spec_hash(m), review_control_allowed=s.review.control_allowed,
-                    review_default_decision=s.review.default_decision)
+                    review_default_decision=s.review.default_decision, uid=m.metadata.uid)
 
 
 def _version_row(v: ModelVersion) -> VersionRow:
@@ -222,14 +233,15 @@ def _version_row(v: ModelVersion) -> VersionRow:
                       feature_version=s.feature_version,
                       threshold_defaults=dict(s.threshold_defaults),
                       generation=_generation(v), spec_hash=spec_hash(v),
-                      ef_search=s.search.ef_search if s.search else None)
+                      ef_search=s.search.ef_search if s.search else None, uid=v.metadata.uid,
+                      spec=v.spec.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
 def _policy_row(p: RolloutPolicy) -> PolicyRow:
     return PolicyRow(name=p.metadata.name, model_name=p.spec.model_ref,
                      spec=p.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
                      refresh_seconds=p.spec.refresh_seconds, generation=_generation(p),
-                     spec_hash=spec_hash(p))
+                     spec_hash=spec_hash(p), uid=p.metadata.uid)
 
 
 def _release_row(r: ReleaseRecord) -> ReleaseRow:
@@ -281,8 +293,9 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
     name: what the API server checks with `oldSelf` and `cadml diff` checks between two
     commits, so Git mode and diff give the same verdict. A version renamed in this pass
     is judged against the live row it takes over (its identity, under a new name), so a
-    rename cannot carry a new artifact onto a served version. Only where the spec changed:
-    a row altered behind the controller's back (same spec hash) is drift, repaired."""
+    rename cannot carry a new artifact onto a served version. Judged against the spec the
+    store applied, never against columns a drift may have changed; only where the spec
+    changed (a row altered behind the controller's back is drift, repaired)."""
     model_now = model_now or {}
     names = {(r.kind, r.metadata.name) for r in resources}
     errors: list[FieldError] = []
@@ -297,12 +310,14 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
                           and (model_now.get(o.model_name, o.model_name), o.version)
                           == (r.spec.model_ref, r.spec.version)), None)
             if v is not None and not v.deleted and v.spec_hash != spec_hash(r):
-                old = _stored_resource("ModelVersion", tenant, name, {
-                    "modelRef": model_now.get(v.model_name, v.model_name),
+                # the spec last applied; rows written before 0012 have only their columns
+                applied = dict(v.spec) if v.spec else {
                     "version": v.version, "stage": v.stage,
                     "artifact": {"uri": v.artifact_uri, "format": v.artifact_format,
                                  **({"sha256": v.artifact_sha256} if v.artifact_sha256 else {})},
-                    "featureVersion": v.feature_version})
+                    "featureVersion": v.feature_version}
+                applied["modelRef"] = model_now.get(v.model_name, v.model_name)
+                old = _stored_resource("ModelVersion", tenant, name, applied)
         elif isinstance(r, RolloutPolicy):
             p = observed.policies.get(name)
             if p is not None and not p.deleted and p.spec_hash != spec_hash(r):

@@ -69,7 +69,8 @@ def _version_row(r: Any, model_name: str) -> VersionRow:
                       feature_version=r["feature_version"],
                       threshold_defaults=dict(r["threshold_defaults"]),
                       generation=r["generation"], spec_hash=r["spec_hash"],
-                      deleted=bool(r["deleted"]), ef_search=r["ef_search"])
+                      deleted=bool(r["deleted"]), ef_search=r["ef_search"], uid=r["uid"],
+                      spec=dict(r["spec"]) if r["spec"] is not None else None)
 
 
 def _translate(exc: DBAPIError) -> StoreError:
@@ -440,7 +441,8 @@ class StoreTx:
                 threshold_defaults=dict(r["threshold_defaults"]),
                 worker_replicas=r["worker_replicas"], generation=r["generation"],
                 spec_hash=r["spec_hash"], review_control_allowed=bool(r["review_control_allowed"]),
-                review_default_decision=r["review_default_decision"], deleted=bool(r["deleted"]))
+                review_default_decision=r["review_default_decision"], deleted=bool(r["deleted"]),
+                uid=r["uid"])
         versions = {
             r["name"]: _version_row(r, names[r["model_id"]])
             for r in self.conn.execute(select(t.model_version).where(
@@ -449,7 +451,7 @@ class StoreTx:
             r["name"]: PolicyRow(name=r["name"], model_name=names[r["model_id"]],
                                  spec=dict(r["spec"]), refresh_seconds=r["refresh_seconds"],
                                  generation=r["generation"], spec_hash=r["spec_hash"],
-                                 deleted=bool(r["deleted"]))
+                                 deleted=bool(r["deleted"]), uid=r["uid"])
             for r in self.conn.execute(select(t.model_rollout_policy).where(
                 pc.tenant_id == self.tenant)).mappings()}
         snapshots = self.current_snapshots()

@@ -69,6 +69,7 @@ model_catalog = Table(
     Column("generation", Integer, nullable=False, server_default="0"),
     Column("spec_hash", String(64), nullable=False),
     Column("deleted", Boolean, nullable=False, server_default=text("false")),
+    Column("uid", String(64)),  # 0012: the object incarnation that wrote the row
     _ts("created_at"), _ts("updated_at"),
     UniqueConstraint("tenant_id", "id"),
     UniqueConstraint("tenant_id", "name"),
@@ -95,6 +96,8 @@ model_version = Table(
     Column("generation", Integer, nullable=False, server_default="0"),
     Column("spec_hash", String(64), nullable=False),
     Column("deleted", Boolean, nullable=False, server_default=text("false")),
+    Column("uid", String(64)),  # 0012: the object incarnation that wrote the row
+    Column("spec", JSON),  # 0012: the spec last applied (transition rules)
     _ts("created_at"), _ts("updated_at"),
     Column("ef_search", Integer, nullable=True),  # 0007: spec.search.efSearch
     UniqueConstraint("tenant_id", "id"),
@@ -123,6 +126,7 @@ model_rollout_policy = Table(
     Column("generation", Integer, nullable=False, server_default="0"),
     Column("spec_hash", String(64), nullable=False),
     Column("deleted", Boolean, nullable=False, server_default=text("false")),
+    Column("uid", String(64)),  # 0012: the object incarnation that wrote the row
     _ts("created_at"), _ts("updated_at"),
     UniqueConstraint("tenant_id", "id"),
     UniqueConstraint("tenant_id", "name"),
