@@ -61,6 +61,11 @@ WORKER_STATE_TTL = timedelta(minutes=10)
 planner's WORKER_STALE_AFTER (60 s), so `workers_applied` sees every live worker."""
 
 
+IN_CHUNK = 5000
+"""Values per IN list in a batched read: well under SQLite's 32,766 and PostgreSQL's
+65,535 bound parameters, even for (policy, version) pairs."""
+
+
 class NewSnapshot(NamedTuple):
     """A policy snapshot to publish (see `StoreTx.publish_snapshot`)."""
     policy_name: str
@@ -199,14 +204,21 @@ class StoreTx:
         row = self._one(select(c.id).where(c.tenant_id == self.tenant, c.name == name))
         return None if row is None else int(row[0])
 
+    def _rows_in(self, stmt: Any, column: Any, values: Sequence[Any]) -> list[Any]:
+        """The rows of `stmt` whose `column` is one of `values`, read IN_CHUNK values at a
+        time (an IN list is one bound parameter per value, and engines cap those)."""
+        return [row for i in range(0, len(values), IN_CHUNK)
+                for row in self.conn.execute(stmt.where(column.in_(values[i:i + IN_CHUNK])))]
+
     def _notify(self, payloads: Sequence[tuple[int, str]]) -> None:
         """Wake each model's workers (model id, payload) at COMMIT (PostgreSQL; nothing on
         SQLite)."""
         if self.conn.dialect.name != "postgresql" or not payloads:
             return
         mc = t.model_catalog.c
-        names = dict(self.conn.execute(select(mc.id, mc.name).where(
-            mc.tenant_id == self.tenant, mc.id.in_(sorted({mid for mid, _ in payloads})))).all())
+        names = {int(i): str(n) for i, n in self._rows_in(
+            select(mc.id, mc.name).where(mc.tenant_id == self.tenant), mc.id,
+            sorted({mid for mid, _ in payloads}))}
         self.conn.execute(text("SELECT pg_notify(:c, :p)"), [
             {"c": channel(self.tenant, names[mid]), "p": payload} for mid, payload in payloads])
 
@@ -243,10 +255,9 @@ class StoreTx:
         if not run:
             return []
         c = table.c
-        found = {r.name: r for r in self.conn.execute(select(
-            c.id, c.name, c.generation, c.deleted).where(
-            c.tenant_id == self.tenant, c.name.in_([name for name, _, _ in run]))
-            .with_for_update())}
+        found = {r.name: r for r in self._rows_in(select(
+            c.id, c.name, c.generation, c.deleted).where(c.tenant_id == self.tenant)
+            .with_for_update(), c.name, [name for name, _, _ in run])}
         for name, values, renamed in run:
             row = found.get(name)
             if row is not None and not renamed and not row.deleted and \
@@ -265,8 +276,9 @@ class StoreTx:
         ids = {name: int(row.id) for name, row in found.items()}
         if new:  # an executemany cannot return ids on every engine: read them back at once
             self.conn.execute(insert(table), new)
-            ids.update((name, int(i)) for name, i in self.conn.execute(select(c.name, c.id).where(
-                c.tenant_id == self.tenant, c.name.in_([r["name"] for r in new]))))
+            ids.update((name, int(i)) for name, i in self._rows_in(
+                select(c.name, c.id).where(c.tenant_id == self.tenant), c.name,
+                [r["name"] for r in new]))
         return [ids[name] for name, _, _ in run]
 
     def _put(self, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
@@ -283,9 +295,9 @@ class StoreTx:
         if not wanted:
             return {}
         c = t.model_catalog.c
-        found = {name: (int(mid), str(key)) for name, mid, key in self.conn.execute(
-            select(c.name, c.id, c.model_key).where(c.tenant_id == self.tenant,
-                                                    c.name.in_(wanted)))}
+        found = {name: (int(mid), str(key)) for name, mid, key in self._rows_in(
+            select(c.name, c.id, c.model_key).where(c.tenant_id == self.tenant), c.name,
+            wanted)}
         for name in wanted:
             if name not in found:
                 raise ConflictError(f"model {self.tenant}/{name} is not in the store")
@@ -376,9 +388,9 @@ class StoreTx:
         if not snapshots:
             return []
         pc, vc, sc = t.model_rollout_policy.c, t.model_version.c, t.policy_snapshot.c
-        policies = {r.name: r for r in self.conn.execute(select(
+        policies = {r.name: r for r in self._rows_in(select(
             pc.id, pc.name, pc.model_id, pc.policy_version, pc.generation).where(
-            pc.tenant_id == self.tenant, pc.name.in_(names)).with_for_update())}
+            pc.tenant_id == self.tenant).with_for_update(), pc.name, names)}
         for s in snapshots:
             policy = policies.get(s.policy_name)
             if policy is None:
@@ -387,10 +399,9 @@ class StoreTx:
                 raise StaleWrite(f"policy {self.tenant}/{s.policy_name}: a snapshot planned "
                                  f"from generation {s.generation} is older than the stored "
                                  f"generation {policy.generation}; not published")
-        ids = {(int(m), str(v)): int(i) for m, v, i in self.conn.execute(
-            select(vc.model_id, vc.version, vc.id).where(
-                vc.tenant_id == self.tenant,
-                vc.model_id.in_(sorted({p.model_id for p in policies.values()}))))}
+        ids = {(int(m), str(v)): int(i) for m, v, i in self._rows_in(
+            select(vc.model_id, vc.version, vc.id).where(vc.tenant_id == self.tenant),
+            vc.model_id, sorted({p.model_id for p in policies.values()}))}
         for s in snapshots:
             model_id = int(policies[s.policy_name].model_id)
             missing = [r.version for r in s.routes if (model_id, r.version) not in ids]
@@ -404,10 +415,10 @@ class StoreTx:
             policy_version=version, source=s.source, reason=s.reason, thresholds=s.thresholds,
             refresh_seconds=s.refresh_seconds, created_at=self.now)
             for s, (policy, version) in zip(snapshots, published, strict=True)])
-        snap_ids = {(int(p), int(v)): int(i) for p, v, i in self.conn.execute(
-            select(sc.policy_id, sc.policy_version, sc.id).where(
-                sc.tenant_id == self.tenant, tuple_(sc.policy_id, sc.policy_version).in_(
-                    [(policy.id, version) for policy, version in published])))}
+        snap_ids = {(int(p), int(v)): int(i) for p, v, i in self._rows_in(
+            select(sc.policy_id, sc.policy_version, sc.id).where(sc.tenant_id == self.tenant),
+            tuple_(sc.policy_id, sc.policy_version),
+            [(policy.id, version) for policy, version in published])}
         routes = [dict(tenant_id=self.tenant, snapshot_id=snap_ids[int(policy.id), version],
                        model_version_id=ids[int(policy.model_id), r.version], version=r.version,
                        weight=r.weight, is_stable=r.is_stable, forced=r.forced)
