@@ -235,15 +235,17 @@ class StoreTx:
         rows, one executemany UPDATE, one INSERT of the new rows."""
         ids: list[int] = []
         run: list[tuple[str, dict[str, Any], bool]] = []
+        names: set[str] = set()
         for name, values, previous_name in rows:
-            if previous_name is not None or any(name == n for n, _, _ in run):
+            if previous_name is not None or name in names:
                 ids += self._write_named(table, run)
-                run = []
+                run, names = [], set()
             if previous_name is not None:
                 c = table.c
                 self.conn.execute(update(table).where(
                     c.tenant_id == self.tenant, c.name == previous_name).values(name=name))
             run.append((name, values, previous_name is not None))
+            names.add(name)
         return ids + self._write_named(table, run)
 
     def _write_named(self, table: Any,
@@ -274,11 +276,9 @@ class StoreTx:
                     updated_at=self.now, **values)
                for name, values, _ in run if name not in found]
         ids = {name: int(row.id) for name, row in found.items()}
-        if new:  # an executemany cannot return ids on every engine: read them back at once
-            self.conn.execute(insert(table), new)
-            ids.update((name, int(i)) for name, i in self._rows_in(
-                select(c.name, c.id).where(c.tenant_id == self.tenant), c.name,
-                [r["name"] for r in new]))
+        if new:  # rows come back in any order: matched by name
+            ids.update((name, int(i)) for name, i in self.conn.execute(
+                insert(table).returning(c.name, c.id), new))
         return [ids[name] for name, _, _ in run]
 
     def _put(self, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
@@ -410,15 +410,12 @@ class StoreTx:
                                     f"store: {', '.join(missing)}")
         published = [(policies[s.policy_name], int(policies[s.policy_name].policy_version) + 1)
                      for s in snapshots]
-        self.conn.execute(insert(t.policy_snapshot), [dict(
-            tenant_id=self.tenant, policy_id=policy.id, model_id=policy.model_id,
-            policy_version=version, source=s.source, reason=s.reason, thresholds=s.thresholds,
-            refresh_seconds=s.refresh_seconds, created_at=self.now)
-            for s, (policy, version) in zip(snapshots, published, strict=True)])
-        snap_ids = {(int(p), int(v)): int(i) for p, v, i in self._rows_in(
-            select(sc.policy_id, sc.policy_version, sc.id).where(sc.tenant_id == self.tenant),
-            tuple_(sc.policy_id, sc.policy_version),
-            [(policy.id, version) for policy, version in published])}
+        snap_ids = {(int(p), int(v)): int(i) for p, v, i in self.conn.execute(
+            insert(t.policy_snapshot).returning(sc.policy_id, sc.policy_version, sc.id), [dict(
+                tenant_id=self.tenant, policy_id=policy.id, model_id=policy.model_id,
+                policy_version=version, source=s.source, reason=s.reason,
+                thresholds=s.thresholds, refresh_seconds=s.refresh_seconds, created_at=self.now)
+                for s, (policy, version) in zip(snapshots, published, strict=True)])}
         routes = [dict(tenant_id=self.tenant, snapshot_id=snap_ids[int(policy.id), version],
                        model_version_id=ids[int(policy.model_id), r.version], version=r.version,
                        weight=r.weight, is_stable=r.is_stable, forced=r.forced)
