@@ -11,9 +11,19 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 GENESIS = "0" * 64
+
+
+class AuditAppend(NamedTuple):
+    """One event to append: what happened to which object; `actor` None means the
+    transaction's actor."""
+    action: str
+    object_kind: str
+    object_name: str
+    details: dict[str, Any] | None = None
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

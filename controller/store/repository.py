@@ -9,16 +9,17 @@ see ORM rows or SQLAlchemy exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
     Engine,
     Row,
     and_,
+    bindparam,
     func,
     insert,
     select,
@@ -45,13 +46,36 @@ from controller.records import (
 )
 from controller.routing import effective_routing, layered_thresholds
 from controller.store import tables as t
-from controller.store.audit import GENESIS, AuditEvent, ChainProblem, chain_hash, verify_chain
+from controller.store.audit import (
+    GENESIS,
+    AuditAppend,
+    AuditEvent,
+    ChainProblem,
+    chain_hash,
+    verify_chain,
+)
 from controller.store.engine import READ_ONLY, make_engine
 from controller.store.notify import PolicyListener, channel
 
 WORKER_STATE_TTL = timedelta(minutes=10)
 """Worker rows older than this are ignored and deleted: the pod is gone. Longer than the
 planner's WORKER_STALE_AFTER (60 s), so `workers_applied` sees every live worker."""
+
+
+IN_CHUNK = 5000
+"""Values per IN list in a batched read: well under SQLite's 32,766 and PostgreSQL's
+65,535 bound parameters, even for (policy, version) pairs."""
+
+
+class NewSnapshot(NamedTuple):
+    """A policy snapshot to publish (see `StoreTx.publish_snapshot`)."""
+    policy_name: str
+    routes: Sequence[RouteRow]
+    thresholds: dict[str, Any]
+    source: str
+    reason: str = ""
+    refresh_seconds: int = 5
+    generation: int | None = None
 
 
 def utcnow() -> datetime:
@@ -182,42 +206,82 @@ class StoreTx:
         row = self._one(select(c.id).where(c.tenant_id == self.tenant, c.name == name))
         return None if row is None else int(row[0])
 
-    def _notify(self, model_id: int, payload: str) -> None:
-        """Wake the model's workers at COMMIT (PostgreSQL; nothing on SQLite)."""
-        if self.conn.dialect.name != "postgresql":
+    def _rows_in(self, stmt: Any, column: Any, values: Sequence[Any]) -> list[Any]:
+        """The rows of `stmt` whose `column` is one of `values`, read IN_CHUNK values at a
+        time (an IN list is one bound parameter per value, and engines cap those)."""
+        return [row for i in range(0, len(values), IN_CHUNK)
+                for row in self.conn.execute(stmt.where(column.in_(values[i:i + IN_CHUNK])))]
+
+    def _notify(self, payloads: Sequence[tuple[int, str]]) -> None:
+        """Wake each model's workers (model id, payload) at COMMIT (PostgreSQL; nothing on
+        SQLite)."""
+        if self.conn.dialect.name != "postgresql" or not payloads:
             return
         mc = t.model_catalog.c
-        name = self.conn.execute(select(mc.name).where(mc.tenant_id == self.tenant,
-                                                       mc.id == model_id)).scalar_one()
-        self.conn.execute(text("SELECT pg_notify(:c, :p)"),
-                          {"c": channel(self.tenant, name), "p": payload})
+        names = {int(i): str(n) for i, n in self._rows_in(
+            select(mc.id, mc.name).where(mc.tenant_id == self.tenant), mc.id,
+            sorted({mid for mid, _ in payloads}))}
+        self.conn.execute(text("SELECT pg_notify(:c, :p)"), [
+            {"c": channel(self.tenant, names[mid]), "p": payload} for mid, payload in payloads])
 
-    def _upsert_named(self, table: Any, name: str, values: dict[str, Any],
-                      previous_name: str | None = None) -> int:
-        """Insert the tenant's row called `name`, or overwrite it with `values`; its id.
+    def _upsert_named(self, table: Any,
+                      rows: Sequence[tuple[str, dict[str, Any], str | None]]) -> list[int]:
+        """Insert each (name, values, previous_name) as the tenant's row called name, or
+        overwrite that row with values, in this order; their ids.
 
         With `previous_name` (a rename) the row of that name is renamed first, so the
         object keeps its id and history under the new name. The generation guard: a live
         row is never overwritten from an older `generation` (StaleWrite, nothing written);
-        a deleted row takes any generation (a new incarnation), and so does a rename."""
+        a deleted row takes any generation (a new incarnation), and so does a rename.
+        Runs of rows without a rename are written together: one read of the existing
+        rows, one executemany UPDATE, one INSERT of the new rows."""
+        ids: list[int] = []
+        run: list[tuple[str, dict[str, Any], bool]] = []
+        names: set[str] = set()
+        for name, values, previous_name in rows:
+            if previous_name is not None or name in names:
+                ids += self._write_named(table, run)
+                run, names = [], set()
+            if previous_name is not None:
+                c = table.c
+                self.conn.execute(update(table).where(
+                    c.tenant_id == self.tenant, c.name == previous_name).values(name=name))
+            run.append((name, values, previous_name is not None))
+            names.add(name)
+        return ids + self._write_named(table, run)
+
+    def _write_named(self, table: Any,
+                     run: Sequence[tuple[str, dict[str, Any], bool]]) -> list[int]:
+        """`_upsert_named` for rows of distinct names (renamed: True skips the guard).
+        Existing rows are overwritten before new ones are inserted: a row leaving a unique
+        slot (a STABLE stage, a semver, a modelKey) always exists already, so it frees the
+        slot before a new row can take it; rows overwritten keep their order."""
+        if not run:
+            return []
         c = table.c
-        if previous_name is not None:
-            self.conn.execute(update(table).where(
-                c.tenant_id == self.tenant, c.name == previous_name).values(name=name))
-        row = self._one(select(c.id, c.generation, c.deleted).where(
-            c.tenant_id == self.tenant, c.name == name).with_for_update())
-        if row is None:
-            return int(self.conn.execute(insert(table).values(
-                tenant_id=self.tenant, name=name, created_at=self.now, updated_at=self.now,
-                **values).returning(c.id)).scalar_one())
-        if previous_name is None and not row.deleted and \
-                int(values["generation"]) < int(row.generation or 0):
-            raise StaleWrite(f"{table.name} {self.tenant}/{name}: the store holds generation "
-                             f"{row.generation}, this pass was built from generation "
-                             f"{values['generation']}; a newer pass has been applied")
-        self.conn.execute(update(table).where(c.id == row.id).values(updated_at=self.now,
-                                                                    **values))
-        return int(row.id)
+        found = {r.name: r for r in self._rows_in(select(
+            c.id, c.name, c.generation, c.deleted).where(c.tenant_id == self.tenant)
+            .with_for_update(), c.name, [name for name, _, _ in run])}
+        for name, values, renamed in run:
+            row = found.get(name)
+            if row is not None and not renamed and not row.deleted and \
+                    int(values["generation"]) < int(row.generation or 0):
+                raise StaleWrite(f"{table.name} {self.tenant}/{name}: the store holds "
+                                 f"generation {row.generation}, this pass was built from "
+                                 f"generation {values['generation']}; a newer pass has been "
+                                 "applied")
+        old = [dict(b_id=found[name].id, updated_at=self.now, **values)
+               for name, values, _ in run if name in found]
+        if old:
+            self.conn.execute(update(table).where(c.id == bindparam("b_id")), old)
+        new = [dict(tenant_id=self.tenant, name=name, created_at=self.now,
+                    updated_at=self.now, **values)
+               for name, values, _ in run if name not in found]
+        ids = {name: int(row.id) for name, row in found.items()}
+        if new:  # rows come back in any order: matched by name
+            ids.update((name, int(i)) for name, i in self.conn.execute(
+                insert(table).returning(c.name, c.id), new))
+        return [ids[name] for name, _, _ in run]
 
     def _put(self, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
         """Update the tenant's row with this key, or insert it (rows keyed by columns)."""
@@ -226,35 +290,54 @@ class StoreTx:
         if self.conn.execute(update(table).where(where).values(**values)).rowcount == 0:
             self.conn.execute(insert(table).values(tenant_id=self.tenant, **key, **values))
 
+    def _require_models(self, names: Iterable[str]) -> dict[str, tuple[int, str]]:
+        """Model name → (id, modelKey) for these names, in one query; ConflictError names
+        the first that is not in the store."""
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return {}
+        c = t.model_catalog.c
+        found = {name: (int(mid), str(key)) for name, mid, key in self._rows_in(
+            select(c.name, c.id, c.model_key).where(c.tenant_id == self.tenant), c.name,
+            wanted)}
+        for name in wanted:
+            if name not in found:
+                raise ConflictError(f"model {self.tenant}/{name} is not in the store")
+        return found
+
     def _require_model(self, name: str) -> int:
-        mid = self.model_id(name)
-        if mid is None:
-            raise ConflictError(f"model {self.tenant}/{name} is not in the store")
-        return mid
+        return self._require_models([name])[name][0]
 
     # ------------------------------------------------------------------ catalog
 
     def upsert_model(self, m: ModelRow) -> int:
         """Insert or overwrite with exactly these values; returns the row id."""
-        return self._upsert_named(t.model_catalog, m.name, dict(
+        return self.upsert_models([m])[0]
+
+    def upsert_models(self, models: Sequence[ModelRow]) -> list[int]:
+        """`upsert_model` of each, in this order, in a few statements; their ids."""
+        return self._upsert_named(t.model_catalog, [(m.name, dict(
             model_key=m.model_key, provider=m.provider, display_name=m.display_name,
             description=m.description, threshold_defaults=m.threshold_defaults,
             worker_replicas=m.worker_replicas, generation=m.generation, spec_hash=m.spec_hash,
             review_control_allowed=m.review_control_allowed,
             review_default_decision=m.review_default_decision, deleted=m.deleted),
-            previous_name=m.previous_name)
+            m.previous_name) for m in models])
 
     def upsert_version(self, v: VersionRow) -> int:
-        model_id = self._require_model(v.model_name)
-        key = self.conn.execute(select(t.model_catalog.c.model_key).where(
-            t.model_catalog.c.id == model_id)).scalar_one()
-        return self._upsert_named(t.model_version, v.name, dict(
-            model_id=model_id, model_key=key, version=v.version, stage=v.stage,
-            artifact_uri=v.artifact_uri, artifact_sha256=v.artifact_sha256,
-            artifact_format=v.artifact_format, feature_version=v.feature_version,
-            threshold_defaults=v.threshold_defaults, generation=v.generation,
-            spec_hash=v.spec_hash, deleted=v.deleted, ef_search=v.ef_search),
-            previous_name=v.previous_name)
+        return self.upsert_versions([v])[0]
+
+    def upsert_versions(self, versions: Sequence[VersionRow]) -> list[int]:
+        """Insert or overwrite each version, in this order (a version leaving STABLE must
+        come before one entering it); their ids. Their models must be in the store."""
+        models = self._require_models(v.model_name for v in versions)
+        return self._upsert_named(t.model_version, [(v.name, dict(
+            model_id=models[v.model_name][0], model_key=models[v.model_name][1],
+            version=v.version, stage=v.stage, artifact_uri=v.artifact_uri,
+            artifact_sha256=v.artifact_sha256, artifact_format=v.artifact_format,
+            feature_version=v.feature_version, threshold_defaults=v.threshold_defaults,
+            generation=v.generation, spec_hash=v.spec_hash, deleted=v.deleted,
+            ef_search=v.ef_search), v.previous_name) for v in versions])
 
     def set_stage(self, version_name: str, stage: str) -> None:
         c = t.model_version.c
@@ -278,10 +361,15 @@ class StoreTx:
         """Insert or overwrite a policy row (its policy_version is left alone). With
         `previous_name`, the row of that name is renamed first, so the policy keeps its
         id, snapshots and policy_version under the new name."""
-        return self._upsert_named(t.model_rollout_policy, p.name, dict(
-            model_id=self._require_model(p.model_name), spec=p.spec,
-            refresh_seconds=p.refresh_seconds, generation=p.generation, spec_hash=p.spec_hash,
-            deleted=p.deleted), previous_name=p.previous_name)
+        return self.upsert_policies([p])[0]
+
+    def upsert_policies(self, policies: Sequence[PolicyRow]) -> list[int]:
+        """`upsert_policy` of each, in this order; their ids."""
+        models = self._require_models(p.model_name for p in policies)
+        return self._upsert_named(t.model_rollout_policy, [(p.name, dict(
+            model_id=models[p.model_name][0], spec=p.spec, refresh_seconds=p.refresh_seconds,
+            generation=p.generation, spec_hash=p.spec_hash, deleted=p.deleted),
+            p.previous_name) for p in policies])
 
     def publish_snapshot(self, policy_name: str, routes: Sequence[RouteRow],
                          thresholds: dict[str, Any], source: str, reason: str = "",
@@ -289,37 +377,59 @@ class StoreTx:
         """Append a snapshot with policy_version + 1; returns the new policy_version.
         Old snapshots are never changed: history only grows. With `generation` (the policy
         generation the plan was built from), a plan older than the policy row is refused."""
-        pc = t.model_rollout_policy.c
-        policy = self._one(select(pc.id, pc.model_id, pc.policy_version, pc.generation).where(
-            pc.tenant_id == self.tenant, pc.name == policy_name).with_for_update())
-        if policy is None:
-            raise ConflictError(f"policy {self.tenant}/{policy_name} is not in the store")
-        if generation is not None and generation < int(policy.generation or 0):
-            raise StaleWrite(f"policy {self.tenant}/{policy_name}: a snapshot planned from "
-                             f"generation {generation} is older than the stored generation "
-                             f"{policy.generation}; not published")
-        new_version = int(policy.policy_version) + 1
-        vc = t.model_version.c
-        ids = dict(self.conn.execute(select(vc.version, vc.id).where(
-            vc.tenant_id == self.tenant, vc.model_id == policy.model_id)).all())
-        missing = [r.version for r in routes if r.version not in ids]
-        if missing:
-            raise ConflictError(f"policy {policy_name} routes to versions not in the store: "
-                                f"{', '.join(missing)}")
-        sc = t.policy_snapshot.c
-        snap_id = self.conn.execute(insert(t.policy_snapshot).values(
-            tenant_id=self.tenant, policy_id=policy.id, model_id=policy.model_id,
-            policy_version=new_version, source=source, reason=reason, thresholds=thresholds,
-            refresh_seconds=refresh_seconds, created_at=self.now).returning(sc.id)).scalar_one()
+        return self.publish_snapshots([NewSnapshot(policy_name, routes, thresholds, source,
+                                                   reason, refresh_seconds, generation)])[0]
+
+    def publish_snapshots(self, snapshots: Sequence[NewSnapshot]) -> list[int]:
+        """`publish_snapshot` of each, in a few statements whatever their number (the
+        policies locked and the versions read once, one executemany per table); the new
+        policy_versions in this order."""
+        names = [s.policy_name for s in snapshots]
+        if len(set(names)) < len(names):  # one policy twice: each builds on the one before
+            return [v for s in snapshots for v in self.publish_snapshots([s])]
+        if not snapshots:
+            return []
+        pc, vc, sc = t.model_rollout_policy.c, t.model_version.c, t.policy_snapshot.c
+        policies = {r.name: r for r in self._rows_in(select(
+            pc.id, pc.name, pc.model_id, pc.policy_version, pc.generation).where(
+            pc.tenant_id == self.tenant).with_for_update(), pc.name, names)}
+        for s in snapshots:
+            policy = policies.get(s.policy_name)
+            if policy is None:
+                raise ConflictError(f"policy {self.tenant}/{s.policy_name} is not in the store")
+            if s.generation is not None and s.generation < int(policy.generation or 0):
+                raise StaleWrite(f"policy {self.tenant}/{s.policy_name}: a snapshot planned "
+                                 f"from generation {s.generation} is older than the stored "
+                                 f"generation {policy.generation}; not published")
+        ids = {(int(m), str(v)): int(i) for m, v, i in self._rows_in(
+            select(vc.model_id, vc.version, vc.id).where(vc.tenant_id == self.tenant),
+            vc.model_id, sorted({p.model_id for p in policies.values()}))}
+        for s in snapshots:
+            model_id = int(policies[s.policy_name].model_id)
+            missing = [r.version for r in s.routes if (model_id, r.version) not in ids]
+            if missing:
+                raise ConflictError(f"policy {s.policy_name} routes to versions not in the "
+                                    f"store: {', '.join(missing)}")
+        published = [(policies[s.policy_name], int(policies[s.policy_name].policy_version) + 1)
+                     for s in snapshots]
+        snap_ids = {(int(p), int(v)): int(i) for p, v, i in self.conn.execute(
+            insert(t.policy_snapshot).returning(sc.policy_id, sc.policy_version, sc.id), [dict(
+                tenant_id=self.tenant, policy_id=policy.id, model_id=policy.model_id,
+                policy_version=version, source=s.source, reason=s.reason,
+                thresholds=s.thresholds, refresh_seconds=s.refresh_seconds, created_at=self.now)
+                for s, (policy, version) in zip(snapshots, published, strict=True)])}
+        routes = [dict(tenant_id=self.tenant, snapshot_id=snap_ids[int(policy.id), version],
+                       model_version_id=ids[int(policy.model_id), r.version], version=r.version,
+                       weight=r.weight, is_stable=r.is_stable, forced=r.forced)
+                  for s, (policy, version) in zip(snapshots, published, strict=True)
+                  for r in s.routes]
         if routes:
-            self.conn.execute(insert(t.policy_route), [
-                dict(tenant_id=self.tenant, snapshot_id=snap_id, model_version_id=ids[r.version],
-                     version=r.version, weight=r.weight, is_stable=r.is_stable, forced=r.forced)
-                for r in routes])
-        self.conn.execute(update(t.model_rollout_policy).where(pc.id == policy.id).values(
-            policy_version=new_version, updated_at=self.now))
-        self._notify(int(policy.model_id), str(new_version))
-        return new_version
+            self.conn.execute(insert(t.policy_route), routes)
+        self.conn.execute(update(t.model_rollout_policy).where(pc.id == bindparam("b_id")), [
+            dict(b_id=policy.id, policy_version=version, updated_at=self.now)
+            for policy, version in published])
+        self._notify([(int(policy.model_id), str(version)) for policy, version in published])
+        return [version for _, version in published]
 
     def _snapshot_select(self) -> Any:
         sc, mc, pc = t.policy_snapshot.c, t.model_catalog.c, t.model_rollout_policy.c
@@ -469,8 +579,31 @@ class StoreTx:
 
     def write_status(self, kind: str, name: str, generation: int,
                      status: dict[str, Any]) -> None:
-        self._put(t.object_status, {"kind": kind, "name": name},
-                  {"generation": generation, "status": status, "updated_at": self.now})
+        self.write_statuses({(kind, name): (generation, status)})
+
+    def write_statuses(self, statuses: Mapping[tuple[str, str],
+                                               tuple[int, dict[str, Any]]]) -> None:
+        """Insert or overwrite the status of each (kind, name) with (generation, status):
+        the tenant's status keys are read once, then one executemany inserts the new
+        rows and one overwrites the others."""
+        if not statuses:
+            return
+        c = t.object_status.c
+        existing = {(k, n) for k, n in self.conn.execute(
+            select(c.kind, c.name).where(c.tenant_id == self.tenant))}
+        old, new = [], []
+        for (kind, name), (generation, status) in statuses.items():
+            values = dict(generation=generation, status=status, updated_at=self.now)
+            if (kind, name) in existing:
+                old.append(dict(b_kind=kind, b_name=name, **values))
+            else:
+                new.append(dict(tenant_id=self.tenant, kind=kind, name=name, **values))
+        if old:
+            self.conn.execute(update(t.object_status).where(
+                c.tenant_id == self.tenant, c.kind == bindparam("b_kind"),
+                c.name == bindparam("b_name")), old)
+        if new:
+            self.conn.execute(insert(t.object_status), new)
 
     # ------------------------------------------------------------------ releases
 
@@ -557,7 +690,7 @@ class StoreTx:
             self.conn.execute(insert(t.ai_analysis_jobs).values(
                 tenant_id=self.tenant, job_key=job_key, model_version_id=vid,
                 runtime_snapshot=snapshot, created_at=self.now, updated_seq=seq))
-        self._notify(int(found.model_id), "binding")
+        self._notify([(int(found.model_id), "binding")])
 
     def job_bindings(self, model_name: str) -> dict[str, str]:
         """job_key → bound version (semver) for one model."""
@@ -752,9 +885,17 @@ class StoreTx:
 
     def audit(self, action: str, object_kind: str, object_name: str,
               details: dict[str, Any] | None = None, actor: str | None = None) -> AuditEvent:
-        """Append one hash-chained audit event (serialised per tenant by the head row);
-        `actor` overrides the transaction's actor for this event."""
-        actor = actor or self.actor
+        """Append one hash-chained audit event; `actor` overrides the transaction's actor
+        for this event."""
+        return self.audit_many([AuditAppend(action, object_kind, object_name, details,
+                                            actor)])[0]
+
+    def audit_many(self, entries: Sequence[AuditAppend]) -> list[AuditEvent]:
+        """Append hash-chained audit events in this order, in three statements whatever
+        their number: the chain head is locked once (which serialises appends per tenant),
+        the chain is computed here, the rows go in one executemany, the head moves once."""
+        if not entries:
+            return []
         h = t.audit_head.c
         head = self._one(select(h.seq, h.hash).where(h.tenant_id == self.tenant)
                          .with_for_update())
@@ -765,21 +906,26 @@ class StoreTx:
                                                           created_at=self.now))
             self.conn.execute(insert(t.audit_head).values(tenant_id=self.tenant, seq=0,
                                                           hash=GENESIS))
-            seq, prev = 1, GENESIS
+            seq, prev = 0, GENESIS
         else:
-            seq, prev = int(head.seq) + 1, str(head.hash)
+            seq, prev = int(head.seq), str(head.hash)
         at = self.now.astimezone(UTC).isoformat(timespec="microseconds")
-        body = dict(details or {})
-        digest = chain_hash(prev, self.tenant, seq, at, actor, action, object_kind,
-                            object_name, body)
-        self.conn.execute(insert(t.audit_event).values(
-            tenant_id=self.tenant, seq=seq, at=at, actor=actor, action=action,
-            object_kind=object_kind, object_name=object_name, details=body,
-            prev_hash=prev, hash=digest))
+        events = []
+        for e in entries:
+            seq += 1
+            actor, body = e.actor or self.actor, dict(e.details or {})
+            digest = chain_hash(prev, self.tenant, seq, at, actor, e.action, e.object_kind,
+                                e.object_name, body)
+            events.append(AuditEvent(self.tenant, seq, at, actor, e.action, e.object_kind,
+                                     e.object_name, body, prev, digest))
+            prev = digest
+        self.conn.execute(insert(t.audit_event), [dict(
+            tenant_id=self.tenant, seq=e.seq, at=e.at, actor=e.actor, action=e.action,
+            object_kind=e.object_kind, object_name=e.object_name, details=e.details,
+            prev_hash=e.prev_hash, hash=e.hash) for e in events])
         self.conn.execute(update(t.audit_head).where(h.tenant_id == self.tenant)
-                          .values(seq=seq, hash=digest))
-        return AuditEvent(self.tenant, seq, at, actor, action, object_kind, object_name,
-                          body, prev, digest)
+                          .values(seq=seq, hash=prev))
+        return events
 
     def last_git_commit(self) -> str | None:
         """The commit (its 12-hex prefix) of the newest change Git mode applied to the
