@@ -232,9 +232,10 @@ class StoreTx:
         With `previous_name` (a rename) the row of that name is renamed first, so the
         object keeps its id and history under the new name. The generation guard: a live
         row is never overwritten from an older `generation` (StaleWrite, nothing written);
-        a deleted row takes any generation (a new incarnation), and so does a rename.
-        Runs of rows without a rename are written together: one read of the existing
-        rows, one executemany UPDATE, one INSERT of the new rows."""
+        a deleted row takes any generation, and so do a rename and another incarnation
+        (another uid) of the object. Runs of rows without a rename are written together:
+        one read of the existing rows, one executemany UPDATE, one INSERT of the new
+        rows."""
         ids: list[int] = []
         run: list[tuple[str, dict[str, Any], bool]] = []
         names: set[str] = set()
@@ -260,11 +261,15 @@ class StoreTx:
             return []
         c = table.c
         found = {r.name: r for r in self._rows_in(select(
-            c.id, c.name, c.generation, c.deleted).where(c.tenant_id == self.tenant)
+            c.id, c.name, c.generation, c.deleted, c.uid).where(c.tenant_id == self.tenant)
             .with_for_update(), c.name, [name for name, _, _ in run])}
         for name, values, renamed in run:
             row = found.get(name)
+            # generations are compared within one incarnation (uid) of the object: one
+            # created again (a new cluster on this store, Git mode after the operator)
+            # starts at 1 and is newer, not older
             if row is not None and not renamed and not row.deleted and \
+                    row.uid == values.get("uid") and \
                     int(values["generation"]) < int(row.generation or 0):
                 raise StaleWrite(f"{table.name} {self.tenant}/{name}: the store holds "
                                  f"generation {row.generation}, this pass was built from "
@@ -321,7 +326,7 @@ class StoreTx:
             description=m.description, threshold_defaults=m.threshold_defaults,
             worker_replicas=m.worker_replicas, generation=m.generation, spec_hash=m.spec_hash,
             review_control_allowed=m.review_control_allowed,
-            review_default_decision=m.review_default_decision, deleted=m.deleted),
+            review_default_decision=m.review_default_decision, deleted=m.deleted, uid=m.uid),
             m.previous_name) for m in models])
 
     def upsert_version(self, v: VersionRow) -> int:
@@ -337,7 +342,8 @@ class StoreTx:
             artifact_sha256=v.artifact_sha256, artifact_format=v.artifact_format,
             feature_version=v.feature_version, threshold_defaults=v.threshold_defaults,
             generation=v.generation, spec_hash=v.spec_hash, deleted=v.deleted,
-            ef_search=v.ef_search), v.previous_name) for v in versions])
+            ef_search=v.ef_search, uid=v.uid, spec=v.spec), v.previous_name)
+            for v in versions])
 
     def set_stage(self, version_name: str, stage: str) -> None:
         c = t.model_version.c
@@ -368,7 +374,7 @@ class StoreTx:
         models = self._require_models(p.model_name for p in policies)
         return self._upsert_named(t.model_rollout_policy, [(p.name, dict(
             model_id=models[p.model_name][0], spec=p.spec, refresh_seconds=p.refresh_seconds,
-            generation=p.generation, spec_hash=p.spec_hash, deleted=p.deleted),
+            generation=p.generation, spec_hash=p.spec_hash, deleted=p.deleted, uid=p.uid),
             p.previous_name) for p in policies])
 
     def publish_snapshot(self, policy_name: str, routes: Sequence[RouteRow],
