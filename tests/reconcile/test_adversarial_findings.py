@@ -1,5 +1,6 @@
-"""Adversarial review of issue 10's change: each test fails on the reviewed commit and states
-the expected behaviour in its docstring. Public interfaces only (CLI, Store, reconcile_tenant)."""
+"""Findings of the adversarial review of issue 10's change: each test failed on the reviewed
+commit (before its fix) and states the expected behaviour in its docstring. Public
+interfaces only (CLI, Store, reconcile_tenant)."""
 
 from __future__ import annotations
 
