@@ -253,16 +253,17 @@ def successor(body: Mapping[str, Any], bodies: Iterable[Mapping[str, Any]]) -> s
 
 
 def on_version_delete(**kwargs: Any) -> None:
-    """Finalizer: a version that still receives traffic cannot go, unless another object
-    of the same semver takes it over (a rename); otherwise the store marks it deleted
-    (history kept) and audits it."""
+    """Finalizer: a version its RolloutPolicy still routes traffic to cannot go, unless
+    another object of the same semver takes it over (a rename); otherwise the store marks
+    it deleted (history kept) and audits it. With no policy (the default route to STABLE),
+    deleting the STABLE version is how a model is taken out of service: it goes."""
     body: kopf.Body = kwargs["body"]
     memo: kopf.Memo = kwargs["memo"]
     store: Store = memo["store"]
     ns, name = str(body.metadata.namespace), str(body.metadata.name)
     model, semver = body.spec.get("modelRef"), body.spec.get("version")
     with store.transaction(ns, "finalizer") as tx:
-        snap = tx.serving_snapshot(model) if model else None
+        snap = tx.snapshot(model, live=True) if model else None
     weight = next((r.weight for r in snap.routes if r.version == semver), 0) if snap else 0
     if snap is not None and weight > 0 and successor(
             body, tenant_bodies(ns, kwargs, gone=finalized_uids(memo))) is None:

@@ -13,6 +13,7 @@ Deleting a whole tenant, or more than half of its live objects, needs `prune`.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -103,17 +104,30 @@ def reconcile_repo(store: Store, repo_dir: str, ref: str, paths: Iterable[str],
     for item in report.bundle.items:
         by_tenant[item.key[1]].append(item.resource)
     tenants = set(by_tenant) if paths else set(by_tenant) | set(store.tenants())
-    for tenant in sorted(tenants):
+    # the validated tree stays alive for the whole pass: keep the cyclic GC from rescanning
+    # it at every collection (unfrozen after, so --watch collects it between passes)
+    gc.freeze()
+    try:
+        _reconcile_tenants(store, sorted(tenants), by_tenant, result, repo_dir, sha, now,
+                           actor, prune, allow_older, bool(paths))
+    finally:
+        gc.unfreeze()
+    return result
+
+
+def _reconcile_tenants(store: Store, tenants: list[str], by_tenant: dict[str, list[Resource]],
+                       result: ReconcileResult, repo_dir: str, sha: str, now: datetime,
+                       actor: str, prune: bool, allow_older: bool, scoped: bool) -> None:
+    for tenant in tenants:
         resources = by_tenant.get(tenant, [])
         try:
             if not allow_older:
                 _refuse_older_commit(store, tenant, repo_dir, sha)
             result.plans.append(reconcile_tenant(
                 store, tenant, resources, result.findings, now, actor,
-                guard=_guard(prune, scoped=bool(paths))))
+                guard=_guard(prune, scoped)))
         except CadmlError as exc:  # contained: this tenant rolled back, the others go on
             result.failures.append(_failed(store, tenant, resources, exc, now, actor))
-    return result
 
 
 def _refuse_older_commit(store: Store, tenant: str, repo_dir: str, sha: str) -> None:
