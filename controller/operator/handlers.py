@@ -38,6 +38,7 @@ INDEXES = tuple(f"{plural}_by_ns" for plural in PLURALS)
 FINALIZER = "cadml.io/finalizer"
 CHANGED_BY = "cadml.io/changed-by"
 DELETE_REQUESTED = "delete-requested"
+UNPARSEABLE = "Unparseable"  # the reason an object this operator cannot read stalls with
 FINALIZED = "finalized"  # memo key: uid → when its deletion finalizer completed
 
 
@@ -79,12 +80,23 @@ def tenant_bodies(namespace: str, indexes: Mapping[str, Any],
 
 
 def parse_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Resource]:
-    out = []
+    return read_bodies(bodies)[0]
+
+
+def read_bodies(bodies: Iterable[Mapping[str, Any]]
+                ) -> tuple[list[Resource], dict[tuple[str, str], str]]:
+    """The resources, and the objects that could not be read ((kind, name) → why: the
+    fields and rules, e.g. a spec field of a CRD newer than this operator). Those are
+    present, not gone: a pass keeps them as the store has them (fail closed)."""
+    out, unreadable = [], {}
     for body in bodies:
         result = parse_body(dict(body))
         if result.loaded is not None:
             out.append(result.loaded.resource)
-    return out
+        elif not result.foreign:
+            key = (str(body.get("kind")), str((body.get("metadata") or {}).get("name")))
+            unreadable[key] = _refusal(result.errors)
+    return out, unreadable
 
 
 def changed_by(operation: str, new: Mapping[str, Any], old: Mapping[str, Any] | None,
@@ -155,10 +167,22 @@ def tenant_pass(store: Store, body: Mapping[str, Any], indexes: Mapping[str, Any
     now = datetime.now(UTC)
     bodies = tenant_bodies(namespace, indexes, current=body if current else None,
                            without=without, gone=finalized_uids(indexes.get("memo") or {}))
-    resources = parse_bodies(bodies)
+    resources, unreadable = read_bodies(bodies)
     actors = {(str(b.get("kind")), str(b["metadata"]["name"])): actor_of(b) for b in bodies}
     return reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
-                            actor or actor_of(body), mode="operator", actors=actors)
+                            actor or actor_of(body), mode="operator", actors=actors,
+                            unreadable=unreadable)
+
+
+def unparseable_status(body: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
+    """The status of an object this operator cannot read: what it had, Stalled/Unparseable
+    with the fields and rules; None when it can be read."""
+    result = parse_body(dict(body))
+    if result.loaded is not None or result.foreign:
+        return None
+    return with_conditions(dict(body.get("status") or {}),
+                           stalled(UNPARSEABLE, _refusal(result.errors)),
+                           int((body.get("metadata") or {}).get("generation") or 1), now)
 
 
 def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
@@ -203,7 +227,8 @@ def on_change(**kwargs: Any) -> None:
                                          datetime.now(UTC))
         patch.status.update(status_changes(dict(body.status), stalled_status))
         raise kopf.PermanentError(str(exc)) from exc
-    status = plan.computed.get((str(body.get("kind")), str(body.metadata.name)), {})
+    status = plan.computed.get((str(body.get("kind")), str(body.metadata.name))) \
+        or unparseable_status(body, datetime.now(UTC)) or {}
     if body.get("kind") == "Model" and memo.get("apply_workers"):
         status = {**status, **memo["apply_workers"](body, memo["settings"])}
     changes = status_changes(dict(body.status), status)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -333,8 +333,16 @@ def plan_tenant(
     findings: list[FieldError],
     observed: ObservedTenant,
     now: datetime,
+    unreadable: Collection[tuple[str, str]] = (),
 ) -> Plan:
+    """`unreadable` ((kind, name)): objects that exist but could not be read (a spec with
+    fields of a newer CRD). They are present: their rows, routes and snapshots stay as
+    the store holds them, neither deleted nor rewritten, and no rename takes them over."""
     plan = Plan(tenant)
+    present = {(r.kind, r.metadata.name) for r in resources} | set(unreadable)
+
+    def present_names(kind: str) -> set[str]:
+        return {name for k, name in present if k == kind}
     by_obj: dict[tuple[str, str], list[FieldError]] = defaultdict(list)
     for f in findings:
         if f.severity == "error" and f.obj.namespace == tenant:
@@ -365,7 +373,7 @@ def plan_tenant(
         plan.audit.append(_retire_entry("Model", row))
     model_renamed = renames({n: m.model_key for n, m in desired_models.items()},
                             {n: (m.model_key, m.deleted) for n, m in obs_models.items()},
-                            set(models))
+                            present_names("Model"))
     model_now = {old: new for new, old in model_renamed.items()}  # stored name → desired
 
     def stored_model(name: str) -> str:
@@ -403,7 +411,7 @@ def plan_tenant(
     version_renamed = renames(
         {n: (v.model_name, v.version) for n, v in desired_versions.items()},
         {n: (version_id(v), v.deleted) for n, v in obs_versions.items()},
-        {v.metadata.name for v in versions})
+        present_names("ModelVersion"))
     for name, vrow in desired_versions.items():
         if name in version_renamed:
             version_changes.append((replace(vrow, previous_name=version_renamed[name]),
@@ -414,7 +422,7 @@ def plan_tenant(
     for name, old in obs_versions.items():
         if name not in desired_versions and not old.deleted and \
                 name not in version_renamed.values() and \
-                not any(v.metadata.name == name for v in versions):
+                ("ModelVersion", name) not in present:
             gone = VersionRow(**{**_asdict(old), "deleted": True,
                                  # its model may be renamed in this very pass
                                  "model_name": model_now.get(old.model_name, old.model_name),
@@ -441,7 +449,7 @@ def plan_tenant(
     renamed = renames(desired_policies,
                       {n: (model_now.get(o.model_name, o.model_name), o.deleted)
                        for n, o in obs_policies.items()},
-                      {p.metadata.name for p in policies})
+                      present_names("RolloutPolicy"))
     for p in policies:
         if not ok(p) or p.spec.model_ref not in applied_models:
             continue
@@ -488,6 +496,18 @@ def plan_tenant(
             "routingSummary": _summary(routing.routes)}
         status_extra[("RolloutPolicy", p.metadata.name)].update(
             _governance_status(p, routing, states, observed))
+    for name in sorted(n for k, n in unreadable if k == "RolloutPolicy"):
+        # an unreadable policy still routes: its model says what the store serves
+        row = observed.policies.get(name)
+        snap = observed.snapshots.get(row.model_name) if row and not row.deleted else None
+        model = model_now.get(snap.model_name, snap.model_name) if snap else ""
+        if snap is None or snap.policy_name != name or ("Model", model) in status_extra:
+            continue
+        for route in snap.routes:
+            serving[(model, route.version)] = route.weight
+        status_extra[("Model", model)] = {
+            "activePolicy": name, "policyVersion": snap.policy_version,
+            "routeSource": snap.source, "routingSummary": _summary(snap.routes)}
     for name in sorted(applied_models - {k[1] for k in status_extra if k[0] == "Model"}):
         # no RolloutPolicy: the workers route 100 % to the STABLE version (source default)
         routing = effective_routing(None, {sv: v.spec.stage
@@ -498,14 +518,15 @@ def plan_tenant(
                                          "routingSummary": _summary(routing.routes)}
     for name, old_p in obs_policies.items():
         if not old_p.deleted and name not in renamed.values() and \
-                not any(p.metadata.name == name for p in policies):
+                ("RolloutPolicy", name) not in present:
             plan.policies.append(PolicyRow(**{**_asdict(old_p), "deleted": True, "model_name":
                                               model_now.get(old_p.model_name,
                                                             old_p.model_name)}))
             plan.audit.append(AuditEntry("delete", "RolloutPolicy", name, {
                 "summary": "removed from the desired state; snapshots kept"}))
     for name, old_m in obs_models.items():
-        if name not in models and not old_m.deleted and name not in model_renamed.values():
+        if ("Model", name) not in present and not old_m.deleted and \
+                name not in model_renamed.values():
             plan.models.append(ModelRow(**{**_asdict(old_m), "deleted": True}))
             plan.audit.append(AuditEntry("delete", "Model", name, {
                 "summary": "removed from the desired state; history kept"}))

@@ -34,15 +34,17 @@ def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
                      findings: list[FieldError], now: datetime, actor: str,
                      mode: str = "git",
                      actors: Mapping[tuple[str, str], str] | None = None,
-                     guard: Callable[[Plan, ObservedTenant], None] | None = None) -> Plan:
+                     guard: Callable[[Plan, ObservedTenant], None] | None = None,
+                     unreadable: Collection[tuple[str, str]] = ()) -> Plan:
     """Plan and apply one tenant in one transaction. `actor` is who triggered the pass;
     `actors` ((kind, name) → who last changed that object) attribute its audit rows;
-    `guard` may refuse the plan before anything is written (it raises a CadmlError)."""
+    `guard` may refuse the plan before anything is written (it raises a CadmlError);
+    `unreadable` ((kind, name)) exist but could not be parsed: kept as the store has them."""
     with metrics.RECONCILE_SECONDS.labels(mode).time():
         try:
             with store.transaction(tenant, actor, snapshot=True) as tx:
                 observed = tx.observe()
-                plan = plan_tenant(tenant, resources, findings, observed, now)
+                plan = plan_tenant(tenant, resources, findings, observed, now, unreadable)
                 if guard is not None:
                     guard(plan, observed)
                 apply_plan(tx, plan, actors)

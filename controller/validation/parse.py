@@ -7,7 +7,9 @@ field validation), never coerced.
 
 from __future__ import annotations
 
+import copy
 import json
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -102,9 +104,44 @@ def parse_document(doc: RawDocument, *, require_namespace: bool = True) -> Parse
 
 
 def parse_body(body: dict[str, Any]) -> ParseResult:
-    """An object as the API server holds it (no file, no lines)."""
-    return parse_data(body, None, file="<cluster>", document=None, line_of=lambda _: None,
-                      require_namespace=True)
+    """An object as the API server holds it (no file, no lines). The spec is read strictly;
+    the status leniently: a CRD newer than this operator may hold status fields it does
+    not know (Helm never upgrades CRDs), and those are ignored, never a reason to drop the
+    object. A status that still does not fit is left out (nothing plans from it)."""
+    status = body.get("status")
+    result = parse_data({k: v for k, v in body.items() if k != "status"}, None,
+                        file="<cluster>", document=None, line_of=lambda _: None,
+                        require_namespace=True)
+    if result.loaded is None or not isinstance(status, dict) or not status:
+        return result
+    resource = result.loaded.resource
+    read = _lenient(type(resource).model_fields["status"].annotation, status)
+    return ParseResult(Loaded(resource.model_copy(update={"status": read}), None), [])
+
+
+def _lenient(annotation: Any, data: dict[str, Any]) -> Any:
+    """`data` as the status class of `annotation` (`XStatus | None`), its unknown fields
+    dropped; None where it does not fit otherwise."""
+    cls = next(a for a in typing.get_args(annotation) if a is not type(None))
+    for _ in range(2):
+        try:
+            return cls.model_validate_json(json.dumps(data), strict=True)
+        except (ValidationError, TypeError, ValueError, RecursionError) as exc:
+            unknown = [e["loc"] for e in exc.errors(include_url=False)
+                       if e["type"] == "extra_forbidden"] \
+                if isinstance(exc, ValidationError) else []
+            if not unknown:
+                return None
+            data = copy.deepcopy(data)
+            for loc in unknown:
+                _drop(data, loc)
+    return None
+
+
+def _drop(data: Any, loc: tuple[str | int, ...]) -> None:
+    for part in loc[:-1]:
+        data = data[part]
+    del data[loc[-1]]
 
 
 def parse_data(
