@@ -6,6 +6,7 @@ message changes; every condition carries the generation it describes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,19 @@ CONFLICT = "Conflict"  # negative polarity: True is bad
 POLICY_EXPIRED = "PolicyExpired"  # negative polarity
 ROLLOUT_HEALTHY = "RolloutHealthy"  # canary analysis verdict
 ROLLBACK_SLO_BREACHED = "RollbackSLOBreached"  # negative polarity
+DEGRADED = "Degraded"  # negative polarity: a Model its workers serve in a way Git no longer asks
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
+
+# Negative polarity, most severe first: (type, the status that is bad). The first that
+# holds makes Ready False with its reason and message (Flux's summarize step).
+NEGATIVE: tuple[tuple[str, str], ...] = (
+    (CONFLICT, "True"), (DEGRADED, "True"), (ROLLOUT_HEALTHY, "False"),
+    (ROLLBACK_SLO_BREACHED, "True"))
+# Reasons only a change in Git clears (kstatus: Failed), and reasons that may still clear
+# by themselves while the controller works (kstatus: InProgress). A slow rollback is a
+# fact about one that is over: Ready False, neither.
+STALLING = frozenset({"SecondStable", "CanaryAborted", "ServesDeprecated"})
+PROGRESSING = frozenset({"AnalysisFailing"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +41,31 @@ class Cond:
     message: str = ""
 
 
-def summary(*, invalid: str | None, waiting: str | None) -> list[Cond]:
-    """Ready/Reconciling/Stalled from what the domain conditions found."""
+def failing(domain: Iterable[Cond]) -> Cond | None:
+    """The most severe negative-polarity condition in its bad state, or None."""
+    conds = list(domain)
+    return next((c for kind, bad in NEGATIVE for c in conds
+                 if c.type == kind and c.status == bad), None)
+
+
+def summary(*, invalid: str | None, waiting: str | None,
+            domain: Iterable[Cond] = ()) -> list[Cond]:
+    """Ready/Reconciling/Stalled from the findings (`invalid`, `waiting`: their messages)
+    and the domain conditions: a negative one that holds makes Ready False with its
+    reason; an invalid spec stalls whatever else holds (Ready names a conflict first)."""
+    bad = failing(domain)
     if invalid:
-        return [Cond(READY, "False", "InvalidSpec", invalid),
+        why = bad if bad is not None and bad.type == CONFLICT else \
+            Cond(READY, "False", "InvalidSpec", invalid)
+        return [Cond(READY, "False", why.reason, why.message),
                 Cond(STALLED, "True", "InvalidSpec", invalid),
                 Cond(RECONCILING, "False", "InvalidSpec", "")]
+    if bad is not None:
+        stalls, progresses = bad.reason in STALLING, bad.reason in PROGRESSING
+        return [Cond(READY, "False", bad.reason, bad.message),
+                Cond(STALLED, str(stalls), bad.reason, bad.message if stalls else ""),
+                Cond(RECONCILING, str(progresses), bad.reason,
+                     bad.message if progresses else "")]
     if waiting:
         return [Cond(READY, "False", "Waiting", waiting),
                 Cond(STALLED, "False", "Waiting", ""),

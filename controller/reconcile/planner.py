@@ -39,6 +39,7 @@ from controller.findings import FieldError
 from controller.reconcile.conditions import (
     APPLIED,
     CONFLICT,
+    DEGRADED,
     POLICY_EXPIRED,
     ROLLBACK_SLO_BREACHED,
     ROLLOUT_HEALTHY,
@@ -496,26 +497,6 @@ def plan_tenant(
             "routingSummary": _summary(routing.routes)}
         status_extra[("RolloutPolicy", p.metadata.name)].update(
             _governance_status(p, routing, states, observed))
-    for name in sorted(n for k, n in unreadable if k == "RolloutPolicy"):
-        # an unreadable policy still routes: its model says what the store serves
-        row = observed.policies.get(name)
-        snap = observed.snapshots.get(row.model_name) if row and not row.deleted else None
-        model = model_now.get(snap.model_name, snap.model_name) if snap else ""
-        if snap is None or snap.policy_name != name or ("Model", model) in status_extra:
-            continue
-        for route in snap.routes:
-            serving[(model, route.version)] = route.weight
-        status_extra[("Model", model)] = {
-            "activePolicy": name, "policyVersion": snap.policy_version,
-            "routeSource": snap.source, "routingSummary": _summary(snap.routes)}
-    for name in sorted(applied_models - {k[1] for k in status_extra if k[0] == "Model"}):
-        # no RolloutPolicy: the workers route 100 % to the STABLE version (source default)
-        routing = effective_routing(None, {sv: v.spec.stage
-                                           for sv, v in versions_of[name].items()}, now)
-        for route in routing.routes:
-            serving[(name, route.version)] = route.weight
-        status_extra[("Model", name)] = {"routeSource": routing.source,
-                                         "routingSummary": _summary(routing.routes)}
     for name, old_p in obs_policies.items():
         if not old_p.deleted and name not in renamed.values() and \
                 ("RolloutPolicy", name) not in present:
@@ -524,6 +505,30 @@ def plan_tenant(
                                                             old_p.model_name)}))
             plan.audit.append(AuditEntry("delete", "RolloutPolicy", name, {
                 "summary": "removed from the desired state; snapshots kept"}))
+    # a live policy not applied in this pass (invalid, waiting, unreadable) still routes:
+    # its workers serve its last snapshot, and its model's status says so
+    live_policy = {model_now.get(row.model_name, row.model_name): row.name for row in
+                   {**observed.policies, **{x.name: x for x in plan.policies}}.values()
+                   if not row.deleted}
+    for name in sorted(applied_models - {k[1] for k in status_extra if k[0] == "Model"}):
+        snap = observed.snapshots.get(stored_model(name))
+        if name in live_policy and snap is not None:
+            for route in snap.routes:
+                serving[(name, route.version)] = route.weight
+            status_extra[("Model", name)] = {
+                "activePolicy": live_policy[name], "policyVersion": snap.policy_version,
+                "routeSource": snap.source, "routingSummary": _summary(snap.routes)}
+            continue
+        # no RolloutPolicy: the workers route 100 % to the STABLE version (source default)
+        routing = effective_routing(None, {sv: v.spec.stage
+                                           for sv, v in versions_of[name].items()}, now)
+        for route in routing.routes:
+            serving[(name, route.version)] = route.weight
+        status_extra[("Model", name)] = {"routeSource": routing.source,
+                                         "routingSummary": _summary(routing.routes)}
+    for name in sorted(applied_models):
+        _serving_status(name, status_extra, plan, observed.snapshots.get(stored_model(name)),
+                        versions_of[name], name in live_policy)
     for name, old_m in obs_models.items():
         if ("Model", name) not in present and not old_m.deleted and \
                 name not in model_renamed.values():
@@ -642,12 +647,13 @@ def _status_of(plan: Plan, r: Resource, invalid: list[FieldError], waiting: list
         why = expired_of.get(r.metadata.name)
         conds.append(Cond(POLICY_EXPIRED, "True" if why else "False",
                           "OutsideValidity" if why else "InForce", why or ""))
-        conds += extra.pop("_conditions", [])
     if isinstance(r, ReleaseRecord):
         gates = evaluate_gates(r.spec)
         extra["gates"] = [g.model_dump(by_alias=True) for g in gates]
         extra["gateSummary"] = gate_summary(gates)
-    conds += summary(invalid=_message(invalid) or None, waiting=_message(waiting) or None)
+    conds += extra.pop("_conditions", [])
+    conds += summary(invalid=_message(invalid) or None, waiting=_message(waiting) or None,
+                     domain=conds)
     previous = observed.statuses.get(key, {})
     generation = _generation(r)
     status = {k: v for k, v in extra.items() if v is not None}
@@ -656,6 +662,27 @@ def _status_of(plan: Plan, r: Resource, invalid: list[FieldError], waiting: list
     plan.computed[key] = status
     if status != previous:
         plan.statuses[key] = (generation, status)
+
+
+def _serving_status(model: str, status_extra: dict[tuple[str, str], dict[str, Any]],
+                    plan: Plan, stored: PolicySnapshot | None,
+                    versions: Mapping[str, ModelVersion], live_policy: bool) -> None:
+    """The Model's Degraded condition: whether the snapshot its workers serve once the plan
+    is applied (the one planned now, else the stored one) routes traffic to a version
+    that is DEPRECATED (a policy made invalid by a deprecation is not applied, so its last
+    snapshot goes on serving). A model with no live policy serves only its STABLE."""
+    extra = status_extra.setdefault(("Model", model), {})
+    snap: SnapshotPlan | PolicySnapshot | None = next(
+        (s for s in plan.snapshots if s.model_name == model), stored)
+    stale = [] if snap is None or not live_policy else [
+        f"{x.version} ({x.weight} %)" for x in snap.routes
+        if x.weight > 0 and x.version in versions
+        and versions[x.version].spec.stage == "DEPRECATED"]
+    extra["_conditions"] = [*extra.get("_conditions", []), Cond(
+        DEGRADED, "True", "ServesDeprecated",
+        f"its workers route {', '.join(stale)} to DEPRECATED versions (policyVersion "
+        f"{snap.policy_version}); route the traffic away in its RolloutPolicy")
+        if stale and snap is not None else Cond(DEGRADED, "False", "ServesRoutable", "")]
 
 
 def _governance_status(p: RolloutPolicy, routing: RoutingTable, states: list[AnalysisState],
