@@ -11,7 +11,8 @@ field and rule. Objects whose references are not there yet (rules in
 rows that differ from the desired ones are written (a difference the spec did
 not cause is a drift repair), objects gone from the desired state are marked
 deleted, never removed, and a policy whose effective routing changed gets a new
-snapshot with policy_version + 1.
+snapshot with policy_version + 1. The status of each object is assembled from what the
+planner found by `controller.reconcile.status`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from controller.api.v1alpha1 import (
@@ -36,18 +37,7 @@ from controller.api.v1alpha1 import (
 )
 from controller.evaluation import judges
 from controller.findings import FieldError
-from controller.reconcile.conditions import (
-    APPLIED,
-    CONFLICT,
-    DEGRADED,
-    POLICY_EXPIRED,
-    ROLLBACK_SLO_BREACHED,
-    ROLLOUT_HEALTHY,
-    VALIDATED,
-    Cond,
-    merge,
-    summary,
-)
+from controller.reconcile.status import governance_status, object_status, serving_condition
 from controller.records import (
     AnalysisState,
     ModelRow,
@@ -57,7 +47,6 @@ from controller.records import (
     ReleaseRow,
     RouteRow,
     VersionRow,
-    WorkerState,
 )
 from controller.routing import (
     RoutingTable,
@@ -67,7 +56,6 @@ from controller.routing import (
     stable_only,
 )
 from controller.validation.cross import FIXABLE_LATER
-from controller.validation.gates import evaluate_gates, gate_summary
 from controller.validation.single import check_transition
 
 
@@ -270,10 +258,6 @@ def _thresholds(model: Model | None, versions: dict[str, ModelVersion],
         eff = effective_thresholds(model, versions.get(r.version), policy)
         out[r.version] = {k: {"value": t.value, "source": t.source} for k, t in eff.items()}
     return out
-
-
-def _message(errors: list[FieldError]) -> str:
-    return "; ".join(f"{e.path}: {e.message} [{e.rule}]" for e in errors)
 
 
 def _stored_resource(kind: str, tenant: str, name: str, spec: dict[str, Any]) -> Resource | None:
@@ -496,7 +480,7 @@ def plan_tenant(
             "activePolicy": p.metadata.name, "policyVersion": pv, "routeSource": routing.source,
             "routingSummary": _summary(routing.routes)}
         status_extra[("RolloutPolicy", p.metadata.name)].update(
-            _governance_status(p, routing, states, observed))
+            governance_status(p, routing, states, observed))
     for name, old_p in obs_policies.items():
         if not old_p.deleted and name not in renamed.values() and \
                 ("RolloutPolicy", name) not in present:
@@ -527,8 +511,15 @@ def plan_tenant(
         status_extra[("Model", name)] = {"routeSource": routing.source,
                                          "routingSummary": _summary(routing.routes)}
     for name in sorted(applied_models):
-        _serving_status(name, status_extra, plan, observed.snapshots.get(stored_model(name)),
-                        versions_of[name], name in live_policy)
+        # what its workers serve once the plan is applied: the snapshot planned now, else
+        # the stored one; with no live policy, only its STABLE version
+        served: SnapshotPlan | PolicySnapshot | None = next(
+            (x for x in plan.snapshots if x.model_name == name),
+            observed.snapshots.get(stored_model(name)))
+        extra = status_extra.setdefault(("Model", name), {})
+        extra["_conditions"] = [serving_condition(
+            served.routes if served is not None and name in live_policy else (),
+            served.policy_version if served is not None else 0, versions_of[name])]
     for name, old_m in obs_models.items():
         if ("Model", name) not in present and not old_m.deleted and \
                 name not in model_renamed.values():
@@ -554,8 +545,12 @@ def plan_tenant(
 
     # ---- status of every desired object
     for res in resources:
-        _status_of(plan, res, invalid_of(res), waiting_of(res), status_extra, serving,
-                   versions_of, expired_of, observed, now)
+        key = (res.kind, res.metadata.name)
+        status = object_status(res, invalid_of(res), waiting_of(res), status_extra.get(key, {}),
+                               serving, versions_of, expired_of, observed, now)
+        plan.computed[key] = status
+        if status != observed.statuses.get(key, {}):
+            plan.statuses[key] = (_generation(res), status)
     return plan
 
 
@@ -614,133 +609,6 @@ def plan_abort(tenant: str, observed: ObservedTenant, now: datetime) -> Plan:
         _publish(plan, row.name, row.model_name, current, abort_routing(stable, aborted),
                  {stable: current.thresholds[stable]}, row.refresh_seconds, row.generation)
     return plan
-
-
-def _status_of(plan: Plan, r: Resource, invalid: list[FieldError], waiting: list[FieldError],
-               status_extra: dict[tuple[str, str], dict[str, Any]],
-               serving: dict[tuple[str, str], int],
-               versions_of: dict[str, dict[str, ModelVersion]],
-               expired_of: dict[str, str | None], observed: ObservedTenant,
-               now: datetime) -> None:
-    """The full status of one object; recorded in the plan only when it changed."""
-    key = (r.kind, r.metadata.name)
-    conds = [Cond(VALIDATED, "False" if invalid else "True",
-                  "InvalidSpec" if invalid else "Valid", _message(invalid))]
-    conds.append(Cond(APPLIED, "False" if invalid or waiting else "True",
-                      "InvalidSpec" if invalid else "Waiting" if waiting else "Applied",
-                      _message(waiting)))
-    extra: dict[str, Any] = dict(status_extra.get(key, {}))
-    if isinstance(r, ModelVersion):
-        conflict = [e for e in invalid if e.rule == "version.one-stable"]
-        conds.append(Cond(CONFLICT, "True" if conflict else "False",
-                          "SecondStable" if conflict else "NoConflict", _message(conflict)))
-        extra["servingWeight"] = serving.get((r.spec.model_ref, r.spec.version), 0)
-    if isinstance(r, Model):
-        extra["workersApplied"] = workers_applied(observed.workers.get(r.metadata.name, []),
-                                                  extra.get("policyVersion"), now)
-        vs = versions_of.get(r.metadata.name, {})
-        extra["stableVersion"] = next((sv for sv, v in vs.items()
-                                       if v.spec.stage == "STABLE"), None)
-        extra["canaryVersions"] = sorted(sv for sv, v in vs.items()
-                                         if v.spec.stage == "CANARY")
-    if isinstance(r, RolloutPolicy):
-        why = expired_of.get(r.metadata.name)
-        conds.append(Cond(POLICY_EXPIRED, "True" if why else "False",
-                          "OutsideValidity" if why else "InForce", why or ""))
-    if isinstance(r, ReleaseRecord):
-        gates = evaluate_gates(r.spec)
-        extra["gates"] = [g.model_dump(by_alias=True) for g in gates]
-        extra["gateSummary"] = gate_summary(gates)
-    conds += extra.pop("_conditions", [])
-    conds += summary(invalid=_message(invalid) or None, waiting=_message(waiting) or None,
-                     domain=conds)
-    previous = observed.statuses.get(key, {})
-    generation = _generation(r)
-    status = {k: v for k, v in extra.items() if v is not None}
-    status["observedGeneration"] = generation
-    status["conditions"] = merge(previous.get("conditions", []), conds, generation, now)
-    plan.computed[key] = status
-    if status != previous:
-        plan.statuses[key] = (generation, status)
-
-
-def _serving_status(model: str, status_extra: dict[tuple[str, str], dict[str, Any]],
-                    plan: Plan, stored: PolicySnapshot | None,
-                    versions: Mapping[str, ModelVersion], live_policy: bool) -> None:
-    """The Model's Degraded condition: whether the snapshot its workers serve once the plan
-    is applied (the one planned now, else the stored one) routes traffic to a version
-    that is DEPRECATED (a policy made invalid by a deprecation is not applied, so its last
-    snapshot goes on serving). A model with no live policy serves only its STABLE."""
-    extra = status_extra.setdefault(("Model", model), {})
-    snap: SnapshotPlan | PolicySnapshot | None = next(
-        (s for s in plan.snapshots if s.model_name == model), stored)
-    stale = [] if snap is None or not live_policy else [
-        f"{x.version} ({x.weight} %)" for x in snap.routes
-        if x.weight > 0 and x.version in versions
-        and versions[x.version].spec.stage == "DEPRECATED"]
-    extra["_conditions"] = [*extra.get("_conditions", []), Cond(
-        DEGRADED, "True", "ServesDeprecated",
-        f"its workers route {', '.join(stale)} to DEPRECATED versions (policyVersion "
-        f"{snap.policy_version}); route the traffic away in its RolloutPolicy")
-        if stale and snap is not None else Cond(DEGRADED, "False", "ServesRoutable", "")]
-
-
-def _governance_status(p: RolloutPolicy, routing: RoutingTable, states: list[AnalysisState],
-                       observed: ObservedTenant) -> dict[str, Any]:
-    """Evaluation, canary analysis and rollback facts for a RolloutPolicy's status."""
-    model = p.spec.model_ref
-    routed = [w.version for w in p.spec.weights]
-    out: dict[str, Any] = {
-        "evaluation": [observed.evaluations[f"{model}/{v}"] for v in routed
-                       if f"{model}/{v}" in observed.evaluations],
-        "analysis": [{"version": a.version, **v} for a in states
-                     for v in a.latest.get("verdicts", [])],
-        "abortedVersions": sorted(a.version for a in states if a.aborted),
-    }
-    conds: list[Cond] = []
-    if p.spec.analysis is not None:
-        if any(a.aborted for a in states):
-            conds.append(Cond(ROLLOUT_HEALTHY, "False", "CanaryAborted", routing.reason))
-        elif any(a.latest.get("overall") == "Fail" for a in states):
-            conds.append(Cond(ROLLOUT_HEALTHY, "False", "AnalysisFailing", "; ".join(
-                a.latest.get("summary", "") for a in states)))
-        elif not states or any(a.latest.get("overall") == "InsufficientData"
-                               for a in states):
-            conds.append(Cond(ROLLOUT_HEALTHY, "Unknown", "InsufficientData", "; ".join(
-                a.latest.get("summary", "") for a in states) or "no analysis yet"))
-        else:
-            conds.append(Cond(ROLLOUT_HEALTHY, "True", "AnalysisPassing", "; ".join(
-                a.latest.get("summary", "") for a in states)))
-    facts = observed.rollbacks.get(model)
-    if facts is not None:
-        cycles = None
-        if facts.effective_at is not None:
-            cycles = round((facts.effective_at - facts.requested_at).total_seconds()
-                           / facts.refresh_seconds, 3)
-        out["lastRollback"] = {"requestedAt": facts.requested_at.isoformat(),
-                               "effectiveAt": (facts.effective_at.isoformat()
-                                               if facts.effective_at else None),
-                               "cycles": cycles}
-        breached = cycles is not None and cycles > 1.0
-        conds.append(Cond(ROLLBACK_SLO_BREACHED, "True" if breached else "False",
-                          "SlowRollback" if breached else "WithinOneCycle",
-                          f"new runs needed {cycles} refresh cycles to reach the STABLE version"
-                          if breached else ""))
-    out["_conditions"] = conds
-    return out
-
-
-WORKER_STALE_AFTER = timedelta(seconds=60)
-
-
-def workers_applied(workers: list[WorkerState], policy_version: int | None,
-                    now: datetime) -> str | None:
-    """'n/m': live workers (reported within a minute) serving the current policyVersion."""
-    live = [w for w in workers if now - w.updated_at <= WORKER_STALE_AFTER]
-    if not live:
-        return None
-    applied = sum(1 for w in live if w.applied_policy_version == policy_version)
-    return f"{applied}/{len(live)}"
 
 
 def _asdict(row: Any) -> dict[str, Any]:

@@ -59,7 +59,7 @@ from controller.store.notify import PolicyListener, channel
 
 WORKER_STATE_TTL = timedelta(minutes=10)
 """Worker rows older than this are ignored and deleted: the pod is gone. Longer than the
-planner's WORKER_STALE_AFTER (60 s), so `workers_applied` sees every live worker."""
+status module's WORKER_STALE_AFTER (60 s), so `workers_applied` sees every live worker."""
 
 
 IN_CHUNK = 5000
