@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import event
 
 from controller.evaluation import Metrics
-from controller.reconcile.planner import WORKER_STALE_AFTER
+from controller.reconcile.status import WORKER_STALE_AFTER
 from controller.records import ModelRow, RouteRow, RunRecord, VersionRow
 from controller.store import Store, StoreTx
 from controller.store.repository import WORKER_STATE_TTL
