@@ -493,3 +493,30 @@ def test_concurrent_events_of_one_tenant_never_run_two_passes_at_once(
         ready = next(c for c in cluster.bodies[(kind, name)]["status"]["conditions"]
                      if c["type"] == "Ready")
         assert ready["status"] == "True", (kind, name, ready)
+
+
+def test_the_repair_timer_passes_a_tenant_once_per_interval(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every object has its repair timer, but a tenant passed within the interval is not
+    passed again: each timer patches its object from that pass's plan."""
+    from controller.operator import handlers
+
+    real = handlers.reconcile_tenant
+    passes: list[str] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        passes.append(str(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(handlers, "reconcile_tenant", counted)
+    acme = [key for key, b in cluster.bodies.items()
+            if b["metadata"]["namespace"] == "acme-cad"]
+    for kind, name in acme:
+        patch = kopf.Patch()
+        handlers.on_repair(body=kopf.Body(cluster.bodies[(kind, name)]), patch=patch,
+                           memo=cluster.memo, **cluster.indexes())
+        assert dict(patch["status"])["conditions"]  # its status, from the shared plan
+    assert passes == ["acme-cad"]
+    cluster.handle(*acme[0])  # an event is never served from the timer's plan
+    assert passes == ["acme-cad", "acme-cad"]
