@@ -93,8 +93,3 @@ class TenantQueue(Generic[T, R]):
         if entry is None or self._clock() - entry[0] > max_age:
             return None
         return entry[1]
-
-    def forget(self, key: Hashable) -> None:
-        """Drop the remembered result of `key` (a tenant that is gone)."""
-        with self._cond:
-            self._latest.pop(key, None)

@@ -152,4 +152,3 @@ def test_latest_is_the_last_successful_result_while_fresh() -> None:
     assert queue.latest("acme", 60) == "plan-1"  # a failed pass leaves the last good one
     now[0] += 61
     assert queue.latest("acme", 60) is None
-    queue.forget("acme")
