@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Model, Resource
 from controller.errors import CadmlError, ConflictError, StaleWrite
 from controller.operator.certs import self_signed
 from controller.operator.settings import OperatorSettings
+from controller.operator.tenantqueue import TenantQueue
 from controller.operator.webhook import ServiceWebhookServer, parse_service
 from controller.operator.workers import readiness, worker_objects
 from controller.reconcile.conditions import stalled, with_conditions
@@ -40,6 +42,7 @@ CHANGED_BY = "cadml.io/changed-by"
 DELETE_REQUESTED = "delete-requested"
 UNPARSEABLE = "Unparseable"  # the reason an object this operator cannot read stalls with
 FINALIZED = "finalized"  # memo key: uid → when its deletion finalizer completed
+BODY_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 
 
 def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
@@ -158,19 +161,34 @@ def finalized_uids(memo: Mapping[str, Any], body: Mapping[str, Any] | None = Non
     return set(finalized)
 
 
-def tenant_pass(store: Store, body: Mapping[str, Any], indexes: Mapping[str, Any], *,
-                current: bool = True, without: tuple[str, str] | None = None,
-                actor: str | None = None) -> Plan:
-    """One pass over the object's tenant as the indexes see it, with `body` fresher than
-    its indexed copy (`current`) or left out (`without`, for deletions)."""
-    namespace = str(body["metadata"]["namespace"])
+@dataclass(frozen=True)
+class PassRequest:
+    """One event's share of a tenant pass: the object's body, fresher than its indexed
+    copy, or None to leave it out (its finalizer); and who its audit rows name."""
+    kind: str
+    name: str
+    body: Mapping[str, Any] | None
+    actor: str
+
+
+def tenant_pass(store: Store, namespace: str, indexes: Mapping[str, Any],
+                requests: Sequence[PassRequest]) -> Plan:
+    """One pass over the tenant as the indexes see it when it starts, with the bodies of
+    the events it covers (`requests`, coalesced by the tenant queue) in place of their
+    indexed copies, and the objects being finalized left out."""
     now = datetime.now(UTC)
-    bodies = tenant_bodies(namespace, indexes, current=body if current else None,
-                           without=without, gone=finalized_uids(indexes.get("memo") or {}))
-    resources, unreadable = read_bodies(bodies)
-    actors = {(str(b.get("kind")), str(b["metadata"]["name"])): actor_of(b) for b in bodies}
+    bodies = {(str(b["kind"]), str(b["metadata"]["name"])): b for b in tenant_bodies(
+        namespace, indexes, gone=finalized_uids(indexes.get("memo") or {}))}
+    for r in requests:
+        if r.body is None:
+            bodies.pop((r.kind, r.name), None)
+        else:
+            bodies[(r.kind, r.name)] = {k: r.body.get(k) for k in BODY_FIELDS}
+    resources, unreadable = read_bodies(list(bodies.values()))
+    actors = {key: actor_of(b) for key, b in bodies.items()}
+    actors.update({(r.kind, r.name): r.actor for r in requests if r.body is None})
     return reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
-                            actor or actor_of(body), mode="operator", actors=actors,
+                            requests[0].actor, mode="operator", actors=actors,
                             unreadable=unreadable)
 
 
@@ -185,6 +203,29 @@ def unparseable_status(body: Mapping[str, Any], now: datetime) -> dict[str, Any]
                            int((body.get("metadata") or {}).get("generation") or 1), now)
 
 
+def queued_pass(memo: Mapping[str, Any], body: Mapping[str, Any],
+                indexes: Mapping[str, Any], *, leave_out: bool = False,
+                actor: str | None = None, reuse_within: float | None = None) -> Plan:
+    """The plan of a tenant pass that covers this event: one pass per tenant at a time,
+    events that arrive while it runs coalesced into one more (`TenantQueue`). Whichever
+    handler finds the tenant idle runs the pass for all the events waiting on it; each
+    handler then patches its own object from that plan. `reuse_within` (the repair
+    timer): a plan that finished that recently is used as is, so the tenant is passed
+    once per interval, not once per object."""
+    queue: TenantQueue[PassRequest, Plan] = memo["tenants"]
+    meta = body["metadata"]
+    namespace = str(meta["namespace"])
+    if reuse_within is not None:
+        plan = queue.latest(namespace, reuse_within)
+        if plan is not None:
+            return plan
+    request = PassRequest(str(body.get("kind")), str(meta["name"]),
+                          None if leave_out else body, actor or actor_of(body))
+    return queue.submit(namespace, request,
+                        lambda requests: tenant_pass(memo["store"], namespace, indexes,
+                                                     requests))
+
+
 def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
     name = body.metadata.name
     for entry in plan.audit:
@@ -193,6 +234,7 @@ def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
                  message=str(entry.details.get("summary", entry.action)))
 
 
+REUSE_WITHIN = "cadml_reuse_within"  # on_repair → on_change: a recent plan will do
 RACE_RETRIES = 3  # passes from a fresh view before a conflict counts as deterministic
 
 
@@ -210,7 +252,7 @@ def on_change(**kwargs: Any) -> None:
     patch: kopf.Patch = kwargs["patch"]
     memo: kopf.Memo = kwargs["memo"]
     try:
-        plan = tenant_pass(memo["store"], body, kwargs)
+        plan = queued_pass(memo, body, kwargs, reuse_within=kwargs.get(REUSE_WITHIN))
     except CadmlError as exc:
         retry = int(kwargs.get("retry") or 0)
         if isinstance(exc, StaleWrite | ConflictError) and retry < RACE_RETRIES:
@@ -235,6 +277,13 @@ def on_change(**kwargs: Any) -> None:
     if changes:  # written once, and only when something changed
         patch.status.update(changes)
     _post_events(body, plan, memo.get("post_event") or kopf.info)
+
+
+def on_repair(**kwargs: Any) -> None:
+    """The drift-repair timer (one per object): the tenant is passed again only when no
+    pass of it finished within the interval; otherwise the object's status is patched
+    from that pass's plan (no API write when nothing changed)."""
+    on_change(**kwargs, **{REUSE_WITHIN: kwargs["memo"]["settings"].timer_interval})
 
 
 def on_analysis(**kwargs: Any) -> None:
@@ -314,9 +363,8 @@ def _retire(store: Store, body: kopf.Body, kwargs: Mapping[str, Any]) -> None:
     once like the other handlers' (kopf's default for an unexpected error is 60 s); a
     store that is away is retried with on_change's back-off."""
     try:
-        actor = deleted_by(store, body)
-        tenant_pass(store, body, kwargs, current=False,
-                    without=(str(body.get("kind")), str(body.metadata.name)), actor=actor)
+        queued_pass(kwargs["memo"], body, kwargs, leave_out=True,
+                    actor=deleted_by(store, body))
     except StaleWrite as exc:
         raise kopf.TemporaryError(str(exc), delay=1) from exc
     except CadmlError as exc:
@@ -403,7 +451,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             on(GROUP, VERSION, plural, id="reconcile", registry=registry)(on_change)
         kopf.timer(GROUP, VERSION, plural, id="repair", interval=settings.timer_interval,
                    initial_delay=settings.timer_interval, idle=settings.timer_interval,
-                   registry=registry)(on_change)
+                   registry=registry)(on_repair)
         kopf.on.validate(GROUP, VERSION, plural, id=f"validate-{plural}", side_effects=True,
                          ignore_failures=ignore_failures, registry=registry)(validate)
         kopf.on.mutate(GROUP, VERSION, plural, id=f"changed-by-{plural}",

@@ -9,6 +9,7 @@ from prometheus_client import start_http_server
 
 from controller.operator.handlers import build_registry, kubernetes_worker_applier
 from controller.operator.settings import OperatorSettings
+from controller.operator.tenantqueue import TenantQueue
 from controller.store.open import open_store
 
 
@@ -18,7 +19,8 @@ def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> N
     store = open_store(settings.store_url)
     memo = kopf.Memo(store=store, settings=settings, post_event=kopf.info,
                      apply_workers=kubernetes_worker_applier() if apply_workers else None,
-                     finalized={})  # shared by every handler (kopf copies memos shallowly)
+                     finalized={},  # shared by every handler (kopf copies memos shallowly)
+                     tenants=TenantQueue())  # one pass per tenant at a time, coalesced
     registry = build_registry(settings)
     asyncio.run(kopf.operator(
         registry=registry,

@@ -21,6 +21,7 @@ from controller.api.v1alpha1 import KINDS, Resource
 from controller.governance import AnalysisOutcome, analyse_policies
 from controller.operator.handlers import index_by_namespace, on_analysis
 from controller.operator.settings import OperatorSettings
+from controller.operator.tenantqueue import TenantQueue
 from controller.reconcile.planner import Plan
 from controller.reconcile.step import findings_for, reconcile_tenant
 from controller.records import AnalysisState, PolicySnapshot, RunRecord
@@ -220,7 +221,8 @@ class Cluster:
         self.memo = kopf.Memo(store=store, settings=OperatorSettings(store_url="sqlite://"),
                               post_event=lambda body, reason, message: self.events.append(
                                   (body["metadata"]["name"], reason, message)),
-                              finalized={}, clock=lambda: self.now)
+                              finalized={}, clock=lambda: self.now,
+                              tenants=TenantQueue())
 
     def indexes(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         plural = {"Model": "models", "ModelVersion": "modelversions",

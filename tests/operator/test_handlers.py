@@ -30,6 +30,7 @@ from controller.operator.handlers import (
     validate,
 )
 from controller.operator.settings import OperatorSettings
+from controller.operator.tenantqueue import TenantQueue
 from controller.operator.workers import worker_objects
 from controller.store import Store
 from controller.store.engine import make_engine
@@ -57,7 +58,7 @@ class Cluster:
         self.memo = kopf.Memo(store=store, settings=OperatorSettings(store_url="sqlite://"),
                               post_event=lambda body, reason, message: self.events.append(
                                   (body["metadata"]["name"], reason, message)),
-                              finalized={})
+                              finalized={}, tenants=TenantQueue())
 
     def indexes(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         plural = {"Model": "models", "ModelVersion": "modelversions",
@@ -423,3 +424,99 @@ async def test_the_webhook_server_hands_the_api_server_a_service(tmp_path: Path)
     assert config["service"] == {"namespace": "cadml-system", "name": "cadml-operator",
                                  "port": 443, "path": ""}
     assert config["caBundle"] and "url" not in config
+
+
+def test_concurrent_events_of_one_tenant_never_run_two_passes_at_once(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kopf runs handlers of different objects concurrently. Two events of one tenant:
+    the second waits for (and is coalesced after) the first pass; no audit row twice."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from controller.operator import handlers
+
+    real = handlers.reconcile_tenant
+    lock = threading.Lock()
+    inside: list[str] = []
+    overlaps: list[int] = []
+    first_in = threading.Event()
+    queue: TenantQueue[Any, Any] = cluster.memo["tenants"]
+
+    def second_arrived() -> bool:
+        with lock:
+            if len(inside) > 1:
+                return True
+        with queue._cond:
+            pending = queue._pending.get("acme-cad")
+            return pending is not None and len(pending.items) > 0
+
+    def instrumented(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            inside.append("pass")
+            if len(inside) > 1:
+                overlaps.append(len(inside))
+        try:
+            if not first_in.is_set():  # hold the first pass until the second event is in
+                first_in.set()
+                for _ in range(1000):
+                    if second_arrived():
+                        break
+                    threading.Event().wait(0.01)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                inside.remove("pass")
+
+    monkeypatch.setattr(handlers, "reconcile_tenant", instrumented)
+
+    def handle(kind: str, name: str) -> None:
+        for _ in range(5):  # kopf retries a TemporaryError
+            try:
+                cluster.handle(kind, name)
+                return
+            except kopf.TemporaryError:
+                continue
+        raise AssertionError(f"{kind}/{name} never reconciled")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a = pool.submit(handle, "RolloutPolicy", "part-similarity")
+        assert first_in.wait(10)
+        b = pool.submit(handle, "Model", "assembly-match")
+        a.result(30)
+        b.result(30)
+    assert not overlaps
+    with cluster.memo["store"].transaction("acme-cad", "t") as tx:
+        rows = [(e.action, e.object_kind, e.object_name) for e in tx.audit_events()]
+    assert len(rows) == len(set(rows)), rows  # no audit row written twice
+    for kind, name in [("RolloutPolicy", "part-similarity"), ("Model", "assembly-match")]:
+        ready = next(c for c in cluster.bodies[(kind, name)]["status"]["conditions"]
+                     if c["type"] == "Ready")
+        assert ready["status"] == "True", (kind, name, ready)
+
+
+def test_the_repair_timer_passes_a_tenant_once_per_interval(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every object has its repair timer, but a tenant passed within the interval is not
+    passed again: each timer patches its object from that pass's plan."""
+    from controller.operator import handlers
+
+    real = handlers.reconcile_tenant
+    passes: list[str] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        passes.append(str(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(handlers, "reconcile_tenant", counted)
+    acme = [key for key, b in cluster.bodies.items()
+            if b["metadata"]["namespace"] == "acme-cad"]
+    for kind, name in acme:
+        patch = kopf.Patch()
+        handlers.on_repair(body=kopf.Body(cluster.bodies[(kind, name)]), patch=patch,
+                           memo=cluster.memo, **cluster.indexes())
+        assert dict(patch["status"])["conditions"]  # its status, from the shared plan
+    assert passes == ["acme-cad"]
+    cluster.handle(*acme[0])  # an event is never served from the timer's plan
+    assert passes == ["acme-cad", "acme-cad"]
