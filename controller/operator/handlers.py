@@ -21,13 +21,13 @@ from typing import Any
 
 import kopf
 
-from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Model, Resource
+from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Resource
 from controller.errors import CadmlError, ConflictError, StaleWrite
+from controller.operator import kube
 from controller.operator.certs import self_signed
 from controller.operator.settings import OperatorSettings
 from controller.operator.tenantqueue import TenantQueue
 from controller.operator.webhook import ServiceWebhookServer, parse_service
-from controller.operator.workers import readiness, worker_objects
 from controller.reconcile.conditions import stalled, with_conditions
 from controller.reconcile.planner import Plan
 from controller.reconcile.step import findings_for, reconcile_tenant
@@ -43,6 +43,7 @@ DELETE_REQUESTED = "delete-requested"
 UNPARSEABLE = "Unparseable"  # the reason an object this operator cannot read stalls with
 FINALIZED = "finalized"  # memo key: uid → when its deletion finalizer completed
 BODY_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+kubernetes_worker_applier = kube.kubernetes_worker_applier  # start-up's memo.apply_workers
 
 
 def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
@@ -221,9 +222,52 @@ def queued_pass(memo: Mapping[str, Any], body: Mapping[str, Any],
             return plan
     request = PassRequest(str(body.get("kind")), str(meta["name"]),
                           None if leave_out else body, actor or actor_of(body))
-    return queue.submit(namespace, request,
-                        lambda requests: tenant_pass(memo["store"], namespace, indexes,
-                                                     requests))
+
+    def run(requests: list[PassRequest]) -> Plan:
+        plan = tenant_pass(memo["store"], namespace, indexes, requests)
+        if memo.get("patch_status"):
+            patch_siblings(memo["patch_status"], namespace, indexes, plan,
+                           {(r.kind, r.name) for r in requests})
+        return plan
+
+    return queue.submit(namespace, request, run)
+
+
+WORKER_FIELDS = ("workersReady",)  # Model status fields the worker applier owns
+
+
+def sibling_patches(bodies: Iterable[Mapping[str, Any]], plan: Plan,
+                    patched: Collection[tuple[str, str]]
+                    ) -> list[tuple[str, str, dict[str, Any]]]:
+    """(kind, name, status changes) of every object of the tenant whose status this plan
+    changes, except those whose own handler patches them (`patched`). Fields the
+    worker applier adds to a Model are kept as they are."""
+    out = []
+    for b in bodies:
+        key = (str(b.get("kind")), str(b["metadata"]["name"]))
+        if key in patched or key not in plan.computed or b["metadata"].get("deletionTimestamp"):
+            continue
+        changes = {k: v for k, v in status_changes(dict(b.get("status") or {}),
+                                                   plan.computed[key]).items()
+                   if not (key[0] == "Model" and k in WORKER_FIELDS)}
+        if changes:
+            out.append((*key, changes))
+    return out
+
+
+def patch_siblings(patch_status: Any, namespace: str, indexes: Mapping[str, Any], plan: Plan,
+                   patched: Collection[tuple[str, str]]) -> None:
+    """Write the status a pass computed for the tenant's other objects (an object that
+    arrived before its reference is Ready as soon as the reference arrives, not at its
+    own timer). The plan is committed already: a failed write is logged, and that
+    object's own timer writes it later."""
+    for kind, name, changes in sibling_patches(
+            tenant_bodies(namespace, indexes), plan, patched):
+        try:
+            patch_status(namespace, kind, name, changes)
+        except Exception:  # any client error: the object's own timer repairs it
+            logging.getLogger(__name__).warning(
+                "status of %s %s/%s not written", kind, namespace, name, exc_info=True)
 
 
 def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
@@ -490,6 +534,14 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             # one name for both configurations kopf manages (validating and mutating)
             kopf_settings.admission.managed = f"admission.{GROUP}"
 
+    @kopf.on.startup(registry=registry)
+    def status_writer(**kwargs: Any) -> None:
+        """Siblings' status goes through the kubernetes client (kopf patches only the
+        object whose handler runs); a memo that brings its own (tests) keeps it."""
+        memo: kopf.Memo = kwargs["memo"]
+        if "patch_status" not in memo:
+            memo["patch_status"] = kube.kubernetes_status_patcher()
+
     @kopf.on.probe(id="store", registry=registry)
     def store_probe(**kwargs: Any) -> str:
         store: Store = kwargs["memo"]["store"]
@@ -497,44 +549,3 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         return "ok"
 
     return registry
-
-
-def kubernetes_worker_applier() -> Any:
-    """Applies a Model's worker Deployment and Service with the kubernetes client and
-    returns the Model status fields about them. Needs a cluster (the end-to-end tests)."""
-    from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    apps, core = client.AppsV1Api(), client.CoreV1Api()
-
-    def apply(body: kopf.Body, settings: OperatorSettings) -> dict[str, Any]:
-        result = parse_body(dict(body))
-        if result.loaded is None or not isinstance(result.loaded.resource, Model):
-            return {}
-        model = result.loaded.resource
-        deployment, service = worker_objects(
-            model, body.metadata.uid, settings.worker_image, settings.worker_port,
-            (settings.worker_store_secret, settings.worker_store_key))
-        ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
-        steps: tuple[tuple[dict[str, Any], Any, Any, Any], ...] = (
-            (deployment, apps.read_namespaced_deployment, apps.create_namespaced_deployment,
-             apps.patch_namespaced_deployment),
-            (service, core.read_namespaced_service, core.create_namespaced_service,
-             core.patch_namespaced_service),
-        )
-        for obj, read, create, patch in steps:
-            try:
-                read(name, ns)
-                patch(name, ns, obj)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                create(ns, obj)
-        live = apps.read_namespaced_deployment_status(name, ns).to_dict().get("status")
-        return {"workersReady": readiness(live, model.spec.workers.replicas)}
-
-    return apply

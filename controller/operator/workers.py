@@ -1,4 +1,5 @@
-"""The similarity workers of a Model, as desired Kubernetes objects (pure builders).
+"""The similarity workers of a Model, as desired Kubernetes objects, and whether a live
+one differs from them (pure functions).
 
 One Deployment and one Service per Model, owned by it (ownerReferences), so
 deleting the Model garbage-collects them and scaling is a Git change to
@@ -82,3 +83,19 @@ def worker_objects(model: Model, uid: str, image: str, port: int,
 def readiness(deployment_status: dict[str, Any] | None, replicas: int) -> str:
     ready = int((deployment_status or {}).get("readyReplicas") or 0)
     return f"{ready}/{replicas}"
+
+
+def differs(desired: Any, live: Any) -> bool:
+    """Whether the live object (as the API server serves it, camelCase) lacks something of
+    its desired form. Fields the API server adds (defaults, status, managedFields) are not
+    a difference; a list must match element by element. A worker that finds nothing to
+    change this way makes no API write."""
+    if isinstance(desired, dict | list) and live is None:
+        live = type(desired)()  # an empty field the API server leaves out
+    if isinstance(desired, dict):
+        return not isinstance(live, dict) or any(
+            differs(v, live.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        return not isinstance(live, list) or len(desired) != len(live) or any(
+            differs(d, v) for d, v in zip(desired, live, strict=True))
+    return bool(desired != live)

@@ -1,0 +1,99 @@
+"""The operator's effects through the kubernetes client, outside kopf's own patch: a
+Model's worker Deployment and Service, and the status of a tenant's other objects.
+
+Both take the client's API objects, so tests hand them a counting fake; the
+`kubernetes_*` constructors build them from the in-cluster config or $KUBECONFIG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Model
+from controller.operator.settings import OperatorSettings
+from controller.operator.workers import differs, readiness, worker_objects
+from controller.validation.parse import parse_body
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def _client() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client
+
+
+class WorkerApplier:
+    """Applies a Model's worker Deployment and Service and returns the Model status fields
+    about them. Each object is read, and written only when its desired form is not what
+    the API server holds (created when missing, patched when it differs): a Model whose
+    workers are as desired costs two reads and no write."""
+
+    def __init__(self, apps: Any, core: Any, serialize: Any) -> None:
+        self.apps, self.core, self.serialize = apps, core, serialize
+
+    def __call__(self, body: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        result = parse_body(dict(body))
+        if result.loaded is None or not isinstance(result.loaded.resource, Model):
+            return {}
+        model = result.loaded.resource
+        deployment, service = worker_objects(
+            model, str(body["metadata"]["uid"]), settings.worker_image, settings.worker_port,
+            (settings.worker_store_secret, settings.worker_store_key))
+        ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+        live: dict[str, Any] = {}
+        for obj, read, create, patch in (
+            (deployment, self.apps.read_namespaced_deployment,
+             self.apps.create_namespaced_deployment, self.apps.patch_namespaced_deployment),
+            (service, self.core.read_namespaced_service, self.core.create_namespaced_service,
+             self.core.patch_namespaced_service),
+        ):
+            try:
+                current = self.serialize(read(name, ns))
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                current = self.serialize(create(ns, obj))
+            else:
+                if differs(obj, current):
+                    current = self.serialize(patch(name, ns, obj))
+            live[obj["kind"]] = current
+        status = (live["Deployment"] or {}).get("status")
+        return {"workersReady": readiness(status, model.spec.workers.replicas)}
+
+
+def kubernetes_worker_applier() -> WorkerApplier:
+    client = _client()
+    return WorkerApplier(client.AppsV1Api(), client.CoreV1Api(),
+                         client.ApiClient().sanitize_for_serialization)
+
+
+class StatusPatcher:
+    """Patches the status subresource of one object (a JSON merge patch: None removes a
+    field), for the objects a tenant pass changed besides the one kopf patches itself."""
+
+    def __init__(self, custom: Any) -> None:
+        self.custom = custom
+
+    def __call__(self, namespace: str, kind: str, name: str, changes: Mapping[str, Any]
+                 ) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, KINDS[kind].plural, name, {"status": dict(changes)},
+                _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status != 404:  # gone meanwhile: nothing left to tell
+                raise
+
+
+def kubernetes_status_patcher() -> StatusPatcher:
+    return StatusPatcher(_client().CustomObjectsApi())
