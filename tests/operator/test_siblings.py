@@ -1,0 +1,50 @@
+"""A pass writes the status of every object of the tenant it changed, not only the
+triggering one's (kopf patches that one; the others go through `memo.patch_status`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.operator.test_handlers import Cluster, cluster  # noqa: F401 - the fixture
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+def test_an_object_that_arrived_before_its_model_is_ready_when_the_model_arrives(
+        cluster: Cluster) -> None:  # noqa: F811
+    writes: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    def patch_status(ns: str, kind: str, name: str, changes: dict[str, Any]) -> None:
+        writes.append((ns, kind, name, changes))
+        status = cluster.bodies[(kind, name)]["status"]
+        status.update({k: v for k, v in changes.items() if v is not None})
+
+    cluster.memo["patch_status"] = patch_status
+    model = cluster.bodies.pop(("Model", "part-similarity"))
+    others = [k for k in cluster.bodies if k[0] != "Model"
+              and cluster.bodies[k]["metadata"]["namespace"] == "acme-cad"]
+    stable = ("ModelVersion", "part-similarity-1-1-0")
+    status = cluster.handle(*stable)["status"]
+    assert _ready(status)["status"] == "False" and "does not exist" in _ready(status)["message"]
+    cluster.bodies[("Model", "part-similarity")] = model
+    cluster.handle("Model", "part-similarity")  # only the Model's event
+    assert _ready(cluster.bodies[stable]["status"])["status"] == "True"
+    written = {(kind, name) for _, kind, name, _ in writes}
+    assert stable in written and ("Model", "part-similarity") not in written  # kopf's own
+    assert all(_ready(cluster.bodies[k]["status"])["status"] == "True" for k in others
+               if k[0] == "ModelVersion" and "rc" not in k[1]), writes
+    writes.clear()
+    cluster.handle("Model", "part-similarity")
+    assert writes == []  # nothing changed: no write
+
+
+def test_a_models_worker_fields_are_kept(cluster: Cluster) -> None:  # noqa: F811
+    writes: list[dict[str, Any]] = []
+    cluster.memo["patch_status"] = lambda ns, kind, name, changes: writes.append(
+        {"kind": kind, **changes})
+    cluster.bodies[("Model", "part-similarity")]["status"]["workersReady"] = "2/2"
+    cluster.handle("RolloutPolicy", "part-similarity")
+    model = [w for w in writes if w["kind"] == "Model"]
+    assert model and all("workersReady" not in w for w in model)
