@@ -370,11 +370,28 @@ def successor(body: Mapping[str, Any], bodies: Iterable[Mapping[str, Any]]) -> s
     return None
 
 
+def serves_workers(body: Mapping[str, Any], bodies: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether `body` is the only STABLE version of a Model that exists and is not being
+    deleted (the Model's workers serve it, by policy or by the default route)."""
+    spec = body.get("spec") or {}
+    if spec.get("stage") != "STABLE":
+        return False
+    model, others = spec.get("modelRef"), list(bodies)
+    if any(o.get("kind") == "ModelVersion" and (o.get("spec") or {}).get("modelRef") == model
+           and (o.get("spec") or {}).get("stage") == "STABLE"
+           and (o.get("metadata") or {}).get("name") != (body.get("metadata") or {}).get("name")
+           and not (o.get("metadata") or {}).get("deletionTimestamp") for o in others):
+        return False
+    return any(o.get("kind") == "Model" and (o.get("metadata") or {}).get("name") == model
+               and not (o.get("metadata") or {}).get("deletionTimestamp") for o in others)
+
+
 def on_version_delete(**kwargs: Any) -> None:
-    """Finalizer: a version its RolloutPolicy still routes traffic to cannot go, unless
-    another object of the same semver takes it over (a rename); otherwise the store marks
-    it deleted (history kept) and audits it. With no policy (the default route to STABLE),
-    deleting the STABLE version is how a model is taken out of service: it goes."""
+    """Finalizer: a version its RolloutPolicy still routes traffic to cannot go, nor the
+    only STABLE version of a Model that exists (its workers serve it, policy or not),
+    unless another object of the same semver takes it over (a rename); otherwise the store
+    marks it deleted (history kept) and audits it. A model is taken out of service by
+    deleting the Model (its workers are garbage-collected), then its versions."""
     body: kopf.Body = kwargs["body"]
     memo: kopf.Memo = kwargs["memo"]
     store: Store = memo["store"]
@@ -383,13 +400,18 @@ def on_version_delete(**kwargs: Any) -> None:
     with store.transaction(ns, "finalizer") as tx:
         snap = tx.snapshot(model, live=True) if model else None
     weight = next((r.weight for r in snap.routes if r.version == semver), 0) if snap else 0
-    if snap is not None and weight > 0 and successor(
-            body, tenant_bodies(ns, kwargs, gone=finalized_uids(memo))) is None:
+    bodies = tenant_bodies(ns, kwargs, gone=finalized_uids(memo))
+    if snap is not None and weight > 0 and successor(body, bodies) is None:
         raise kopf.TemporaryError(
             f"ModelVersion {ns}/{name} still receives {weight}% of traffic (policyVersion "
             f"{snap.policy_version}); route it away first (or give its semver to a new object, "
             "a rename), then the deletion completes",
             delay=30)
+    if serves_workers(body, bodies) and successor(body, bodies) is None:
+        raise kopf.TemporaryError(
+            f"ModelVersion {ns}/{name} is the only STABLE version of Model {model}, whose "
+            "workers serve it; delete the Model first (its workers go with it), then the "
+            "deletion completes", delay=10)
     finalized_uids(memo, body)  # from now on no pass may write it back
     _retire(store, body, kwargs)
 

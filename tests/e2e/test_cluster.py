@@ -259,10 +259,17 @@ def test_deleting_a_model_garbage_collects_its_workers(applied: ControlPlane,
                     *as_carol)  # a dry run deletes and audits nothing
     applied.kubectl("delete", "rp", "-n", "globex-cad", "fastener-lookup", "--wait=true",
                     *as_carol)
-    applied.kubectl("delete", "mv", "-n", "globex-cad", "fastener-lookup-3-4-1", "--wait=true",
+    # the only STABLE version of a Model that exists cannot go (its workers serve it)
+    applied.kubectl("delete", "mv", "-n", "globex-cad", "fastener-lookup-3-4-1", "--wait=false",
                     *as_carol)
+    wait_for(lambda: "fastener-lookup-3-4-1 is the only STABLE version" in operator.tail(400),
+             timeout=30, what="the finalizer refusing the version's deletion")
+    assert get(applied, "mv", "globex-cad", "fastener-lookup-3-4-1")["metadata"][
+        "deletionTimestamp"]
     applied.kubectl("delete", "model", "-n", "globex-cad", "fastener-lookup", "--wait=true",
                     *as_carol)
+    applied.kubectl("wait", "--for=delete", "mv/fastener-lookup-3-4-1", "-n", "globex-cad",
+                    "--timeout=60s")
     wait_for(lambda: applied.kubectl("get", "deployment", "-n", "globex-cad",
                                      "cadml-worker-fastener-lookup", check=False).returncode != 0,
              timeout=60, what="worker Deployment garbage-collected")
@@ -273,9 +280,9 @@ def test_deleting_a_model_garbage_collects_its_workers(applied: ControlPlane,
     assert rows == [("RolloutPolicy", "delete-requested", carol),
                     ("RolloutPolicy", "delete", carol),
                     ("ModelVersion", "delete-requested", carol),
-                    ("ModelVersion", "delete", carol),
                     ("Model", "delete-requested", carol),
-                    ("Model", "delete", carol)]
+                    ("Model", "delete", carol),
+                    ("ModelVersion", "delete", carol)]
 
 
 def test_a_worker_process_follows_a_rollback_within_one_refresh(
