@@ -80,8 +80,10 @@ class Operator:
 
     def __init__(self, cp: ControlPlane, workdir: Path, priority: int | None = None,
                  store_url: str | None = None, admin_url: str | None = None,
-                 kubeconfig: Path | None = None, service: str | None = None) -> None:
+                 kubeconfig: Path | None = None, service: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.cp = cp
+        self.env = dict(env or {})  # more settings (e.g. a shared serving certificate)
         self.kubeconfig = kubeconfig
         self.service = service  # NAMESPACE/NAME: the API server calls the webhooks there
         self.priority = priority
@@ -99,7 +101,7 @@ class Operator:
                **({"CADML_WEBHOOK_SERVICE": f"{self.service}:443",
                    "CADML_WEBHOOK_HOST": "{1}.{0}.svc".format(*self.service.split("/"))}
                   if self.service else {}),
-               "CADML_TIMER_INTERVAL": "5", "PYTHONUNBUFFERED": "1"}
+               "CADML_TIMER_INTERVAL": "5", "PYTHONUNBUFFERED": "1", **self.env}
         if self.priority is not None:
             env["CADML_PRIORITY"] = str(self.priority)
         with self.log.open("ab") as log:

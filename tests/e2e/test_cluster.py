@@ -342,3 +342,96 @@ def test_a_worker_process_follows_a_rollback_within_one_refresh(
         worker.terminate()
         worker.wait(timeout=20)
         log.close()
+
+
+def _webhook_counts(cp: ControlPlane) -> tuple[int, int]:
+    """(validating, mutating) webhooks in the `admission.cadml.io` configurations."""
+    out = cp.kubectl("get", "validatingwebhookconfiguration/admission.cadml.io",
+                     "mutatingwebhookconfiguration/admission.cadml.io", "-o", "json",
+                     check=False).stdout
+    items = json.loads(out or '{"items": []}')["items"]
+    by_kind = {i["kind"]: len(i.get("webhooks") or []) for i in items}
+    return (by_kind.get("ValidatingWebhookConfiguration", 0),
+            by_kind.get("MutatingWebhookConfiguration", 0))
+
+
+def _second_stable(cp: ControlPlane) -> Any:
+    return cp.kubectl("patch", "mv", "-n", "acme-cad", "assembly-match-2-1-0", "--type=merge",
+                      "-p", '{"spec":{"stage":"STABLE"}}', check=False)
+
+
+def test_admission_holds_through_a_rolling_handover(applied: ControlPlane, operator: Operator,
+                                                    tmp_path_factory: Any) -> None:
+    """The chart's two replicas, both endpoints of the webhook Service and sharing one
+    serving certificate (cert-manager's Secret): the standby answers admission like the
+    active one, and SIGTERM of the active one (a rolling update) leaves both webhook
+    configurations populated throughout the handover; a second STABLE is never admitted."""
+    import threading
+
+    from controller.operator.certs import self_signed
+
+    svc = "cadml-system/cadml-operator"
+    cert, key = self_signed(["cadml-operator.cadml-system.svc"],
+                            tmp_path_factory.mktemp("shared-tls"))
+    tls = {"CADML_WEBHOOK_CERT": str(cert), "CADML_WEBHOOK_KEY": str(key)}
+    operator.stop()  # the module's operator is replaced by the two replicas below
+    active, standby = (Operator(applied, tmp_path_factory.mktemp(f"replica-{p}"), priority=p,
+                                kubeconfig=operator.kubeconfig, service=svc, env=tls)
+                       for p in (2**31, 1))
+    counts: list[tuple[int, int]] = []
+    watching = threading.Event()
+
+    def watch() -> None:
+        while watching.is_set():
+            counts.append(_webhook_counts(applied))
+
+    poller = threading.Thread(target=watch, daemon=True)
+    try:
+        for op in (active, standby):
+            op.store_url, op.admin_url = operator.store_url, operator.admin_url
+            op.start()
+        applied.route_service("cadml-system", "cadml-operator", 443, active.webhook_port)
+        wait_for(lambda: _webhook_counts(applied) == (4, 4), what="both configurations")
+        def peers() -> set[int]:
+            peering = json.loads(applied.kubectl("get", "clusterkopfpeering", "cadml", "-o",
+                                                 "json").stdout)
+            return {int(p["priority"]) for p in (peering.get("status") or {}).values()}
+
+        wait_for(lambda: peers() == {2**31, 1}, timeout=60, what="both replicas peer")
+        # the standby is an endpoint of the Service too: it refuses like the active one
+        applied.route_service("cadml-system", "cadml-operator", 443, standby.webhook_port)
+        proc = wait_for(lambda: (p := _second_stable(applied)) and "failed calling webhook"
+                        not in p.stderr and p, timeout=30, what="the standby's webhook answers")
+        assert proc.returncode != 0 and "version.one-stable" in proc.stderr, proc.stderr
+
+        applied.route_service("cadml-system", "cadml-operator", 443, active.webhook_port)
+        watching.set()
+        poller.start()
+        assert active.proc is not None
+        active.proc.terminate()  # SIGTERM, as a rolling update does; the endpoints
+        applied.route_service("cadml-system", "cadml-operator", 443, standby.webhook_port)
+        deadline = time.monotonic() + 60
+        while "resuming operations" not in standby.tail(2000).lower():
+            assert time.monotonic() < deadline, "the standby did not take over:\n" + \
+                standby.tail()
+            assert _second_stable(applied).returncode != 0  # refused throughout
+        active.proc.wait(timeout=30)
+        proc = _second_stable(applied)  # after the handover: refused by the webhook
+        assert proc.returncode != 0 and "version.one-stable" in proc.stderr, proc.stderr
+        applied.kubectl("patch", "model", "-n", "acme-cad", "assembly-match", "--type=merge",
+                        "-p", '{"spec":{"description":"after the handover"}}',
+                        "--as=alice@example.com", "--as-group=system:masters")
+        annotations = get(applied, "model", "acme-cad", "assembly-match")["metadata"][
+            "annotations"]
+        assert annotations["cadml.io/changed-by"] == "alice@example.com"
+        watching.clear()
+        poller.join(timeout=30)
+        assert counts and set(counts) == {(4, 4)}, sorted(set(counts))
+        assert get(applied, "mv", "acme-cad", "assembly-match-2-1-0")["spec"]["stage"] \
+            == "CANARY"
+    finally:
+        watching.clear()
+        for op in (active, standby):
+            op.stop()
+        applied.route_service("cadml-system", "cadml-operator", 443, operator.webhook_port)
+        operator.start()  # leave the module's operator running for later tests
