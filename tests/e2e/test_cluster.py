@@ -405,13 +405,17 @@ def test_admission_holds_through_a_rolling_handover(applied: ControlPlane, opera
         assert proc.returncode != 0 and "version.one-stable" in proc.stderr, proc.stderr
 
         applied.route_service("cadml-system", "cadml-operator", 443, active.webhook_port)
+        def resumed() -> int:
+            return standby.tail(100_000).lower().count("resuming operations")
+
+        paused_at = resumed()  # it resumed once before the active replica peered
         watching.set()
         poller.start()
         assert active.proc is not None
         active.proc.terminate()  # SIGTERM, as a rolling update does; the endpoints
         applied.route_service("cadml-system", "cadml-operator", 443, standby.webhook_port)
         deadline = time.monotonic() + 60
-        while "resuming operations" not in standby.tail(2000).lower():
+        while resumed() == paused_at:
             assert time.monotonic() < deadline, "the standby did not take over:\n" + \
                 standby.tail()
             assert _second_stable(applied).returncode != 0  # refused throughout
@@ -424,6 +428,15 @@ def test_admission_holds_through_a_rolling_handover(applied: ControlPlane, opera
         annotations = get(applied, "model", "acme-cad", "assembly-match")["metadata"][
             "annotations"]
         assert annotations["cadml.io/changed-by"] == "alice@example.com"
+        probe = get(applied, "mv", "acme-cad", "assembly-match-2-2-0-beta")
+        probe = {"apiVersion": probe["apiVersion"], "kind": "ModelVersion",
+                 "metadata": {"name": "handover-probe", "namespace": "acme-cad"},
+                 "spec": {**probe["spec"], "version": "0.0.1-probe", "stage": "DEPRECATED"}}
+        applied.kubectl("apply", "-f", "-", stdin=json.dumps(probe))
+        applied.kubectl("delete", "mv", "-n", "acme-cad", "handover-probe", "--wait=false",
+                        "--as=alice@example.com", "--as-group=system:masters")
+        assert standby.rows("SELECT actor FROM audit_event WHERE action = 'delete-requested' "
+                            "AND object_name = 'handover-probe'") == [("k8s:alice@example.com",)]
         watching.clear()
         poller.join(timeout=30)
         assert counts and set(counts) == {(4, 4)}, sorted(set(counts))
