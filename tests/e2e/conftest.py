@@ -167,9 +167,15 @@ def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
         base = make_url(PG_URL).set(database=database)
         urls = {"store_url": base.set(username=APP_ROLE, password=None)
                 .render_as_string(False), "admin_url": base.render_as_string(False)}
-    # in-cluster wiring: the API server calls the webhooks through the operator's Service
+    from controller.operator.certs import self_signed
+
+    # in-cluster wiring: the API server calls the webhooks through the operator's Service,
+    # with a mounted serving certificate (cert-manager's) that more replicas can share
+    cert, key = self_signed(["cadml-operator.cadml-system.svc"],
+                            tmp_path_factory.mktemp("webhook-tls"))
     op = Operator(control_plane, tmp_path_factory.mktemp("operator"), **urls,
-                  kubeconfig=operator_kubeconfig, service="cadml-system/cadml-operator")
+                  kubeconfig=operator_kubeconfig, service="cadml-system/cadml-operator",
+                  env={"CADML_WEBHOOK_CERT": str(cert), "CADML_WEBHOOK_KEY": str(key)})
     control_plane.route_service("cadml-system", "cadml-operator", 443, op.webhook_port)
     op.start()
     yield op

@@ -189,7 +189,8 @@ def test_two_replicas_elect_one_active_and_fail_over(applied: ControlPlane, oper
     """kopf peering: a lower-priority replica stands by (kopf starts paused and stays so
     while a higher peer lives); when the active one leaves, it resumes and handles changes."""
     second = Operator(applied, tmp_path_factory.mktemp("operator-2"), priority=1,
-                      kubeconfig=operator.kubeconfig)
+                      kubeconfig=operator.kubeconfig, service=operator.service,
+                      env=operator.env)  # a replica of the Deployment: same certificate
     second.store_url = operator.store_url  # replicas share the store, as in a Deployment
 
     def handled(op: Operator) -> int:
@@ -209,7 +210,8 @@ def test_two_replicas_elect_one_active_and_fail_over(applied: ControlPlane, oper
                  ["status"]["observedGeneration"] == gen + 1 and m, what="handled")
         time.sleep(2)
         assert handled(operator) > before and handled(second) == 0  # only the active one
-        operator.stop()  # a graceful exit removes its peering record
+        operator.stop()  # a graceful exit removes its peering record; its webhooks stay
+        applied.route_service("cadml-system", "cadml-operator", 443, second.webhook_port)
         wait_for(lambda: "resuming operations" in second.tail(2000).lower(), timeout=90,
                  what="the standby takes over")
         touch("after fail-over")
@@ -218,6 +220,7 @@ def test_two_replicas_elect_one_active_and_fail_over(applied: ControlPlane, oper
         assert handled(second) > 0
     finally:
         second.stop()
+        applied.route_service("cadml-system", "cadml-operator", 443, operator.webhook_port)
         if operator.proc is None:
             operator.start()  # leave the module's operator running for later tests
 
@@ -368,15 +371,10 @@ def test_admission_holds_through_a_rolling_handover(applied: ControlPlane, opera
     configurations populated throughout the handover; a second STABLE is never admitted."""
     import threading
 
-    from controller.operator.certs import self_signed
-
-    svc = "cadml-system/cadml-operator"
-    cert, key = self_signed(["cadml-operator.cadml-system.svc"],
-                            tmp_path_factory.mktemp("shared-tls"))
-    tls = {"CADML_WEBHOOK_CERT": str(cert), "CADML_WEBHOOK_KEY": str(key)}
     operator.stop()  # the module's operator is replaced by the two replicas below
     active, standby = (Operator(applied, tmp_path_factory.mktemp(f"replica-{p}"), priority=p,
-                                kubeconfig=operator.kubeconfig, service=svc, env=tls)
+                                kubeconfig=operator.kubeconfig, service=operator.service,
+                                env=operator.env)  # one certificate, as from cert-manager
                        for p in (2**31, 1))
     counts: list[tuple[int, int]] = []
     watching = threading.Event()
