@@ -482,11 +482,25 @@ def validate(**kwargs: Any) -> None:
     if new.loaded is None:
         raise kopf.AdmissionError(_refusal(new.errors), code=422)
     before = parse_body(dict(old)).loaded if old else None
-    existing = parse_bodies(tenant_bodies(str(body.metadata.namespace), kwargs))
+    existing = parse_bodies(admission_tenant(str(body.metadata.namespace), kwargs))
     errors = admission_errors(new.loaded.resource, before.resource if before else None,
                               existing, datetime.now(UTC))
     if errors:
         raise kopf.AdmissionError(_refusal(errors), code=422)
+
+
+def admission_tenant(namespace: str, kwargs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The tenant a change is judged against: read live where the operator runs (every
+    replica answers admission, a standby's indexes are empty), else the indexes. A tenant
+    that cannot be read refuses the change (retry later) rather than admit it unchecked."""
+    reader = kwargs["memo"].get("admission_tenant")
+    if reader is None:
+        return tenant_bodies(namespace, kwargs)
+    try:
+        return reader(namespace)  # type: ignore[no-any-return]
+    except Exception as exc:  # the API server's error, whatever its client raised
+        raise kopf.AdmissionError(f"the tenant {namespace} cannot be read now ({exc}); "
+                                  f"retry", code=503) from exc
 
 
 def stamp_changed_by(**kwargs: Any) -> None:
@@ -518,11 +532,14 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         kopf.timer(GROUP, VERSION, plural, id="repair", interval=settings.timer_interval,
                    initial_delay=settings.timer_interval, idle=settings.timer_interval,
                    registry=registry)(on_repair)
+        # persistent: a stopping replica leaves its webhooks in place (kopf removes the
+        # others on exit, and a standby would not put them back); admission never lapses
         kopf.on.validate(GROUP, VERSION, plural, id=f"validate-{plural}", side_effects=True,
-                         ignore_failures=ignore_failures, registry=registry)(validate)
+                         ignore_failures=ignore_failures, persistent=True,
+                         registry=registry)(validate)
         kopf.on.mutate(GROUP, VERSION, plural, id=f"changed-by-{plural}",
                        operations=["CREATE", "UPDATE"], ignore_failures=ignore_failures,
-                       registry=registry)(stamp_changed_by)
+                       persistent=True, registry=registry)(stamp_changed_by)
     kopf.timer(GROUP, VERSION, "rolloutpolicies", id="analysis",
                interval=settings.analysis_interval, initial_delay=settings.analysis_interval,
                registry=registry)(on_analysis)

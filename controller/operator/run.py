@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 from controller.operator.handlers import build_registry, kubernetes_worker_applier
 from controller.operator.settings import OperatorSettings
 from controller.operator.tenantqueue import TenantQueue
+from controller.operator.webhook import kubernetes_tenant_reader
 from controller.store.open import open_store
 
 
@@ -20,7 +21,10 @@ def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> N
     memo = kopf.Memo(store=store, settings=settings, post_event=kopf.info,
                      apply_workers=kubernetes_worker_applier() if apply_workers else None,
                      finalized={},  # shared by every handler (kopf copies memos shallowly)
-                     tenants=TenantQueue())  # one pass per tenant at a time, coalesced
+                     tenants=TenantQueue(),  # one pass per tenant at a time, coalesced
+                     # the webhook reads the tenant live: a standby's indexes are empty
+                     admission_tenant=kubernetes_tenant_reader() if settings.webhook_host
+                     else None)
     registry = build_registry(settings)
     asyncio.run(kopf.operator(
         registry=registry,

@@ -10,10 +10,14 @@ verified against `<name>.<namespace>.svc`, which the serving certificate names.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kopf
+
+from controller.api.v1alpha1 import GROUP, KINDS, VERSION
+
+TenantReader = Callable[[str], list[dict[str, Any]]]
 
 
 def parse_service(ref: str) -> tuple[str, str, int]:
@@ -38,3 +42,33 @@ class ServiceWebhookServer(kopf.WebhookServer):
             if config.get("caBundle"):
                 out["caBundle"] = config["caBundle"]
             yield out
+
+
+def kubernetes_tenant_reader() -> TenantReader:
+    """The tenant as the API server has it now: one LIST per kind in its namespace.
+
+    The validating webhook judges a change against the tenant's other objects. kopf's
+    indexes are not that view on every replica: a standby (paused by peering) never
+    watches, so its indexes are empty, and a replica paused later keeps a frozen copy;
+    yet every replica is an endpoint of the webhook Service and answers admission. Read
+    live, any replica refuses what the active one would (4 small LISTs per request)."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    api = client.CustomObjectsApi()
+    plurals = [cls.plural for cls in KINDS.values()]
+
+    def read(namespace: str) -> list[dict[str, Any]]:
+        bodies: list[dict[str, Any]] = []
+        for plural in plurals:
+            listed: dict[str, Any] = api.list_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, namespace, plural)
+            bodies.extend({k: item.get(k) for k in ("apiVersion", "kind", "metadata", "spec",
+                                                     "status")}
+                          for item in listed.get("items") or [])
+        return bodies
+
+    return read

@@ -81,9 +81,10 @@ class Operator:
     def __init__(self, cp: ControlPlane, workdir: Path, priority: int | None = None,
                  store_url: str | None = None, admin_url: str | None = None,
                  kubeconfig: Path | None = None, service: str | None = None,
-                 timer_interval: float = 5) -> None:
+                 timer_interval: float = 5, env: dict[str, str] | None = None) -> None:
         self.cp = cp
         self.timer_interval = timer_interval
+        self.env = dict(env or {})  # more settings (e.g. a shared serving certificate)
         self.kubeconfig = kubeconfig
         self.service = service  # NAMESPACE/NAME: the API server calls the webhooks there
         self.priority = priority
@@ -101,7 +102,8 @@ class Operator:
                **({"CADML_WEBHOOK_SERVICE": f"{self.service}:443",
                    "CADML_WEBHOOK_HOST": "{1}.{0}.svc".format(*self.service.split("/"))}
                   if self.service else {}),
-               "CADML_TIMER_INTERVAL": str(self.timer_interval), "PYTHONUNBUFFERED": "1"}
+               "CADML_TIMER_INTERVAL": str(self.timer_interval), "PYTHONUNBUFFERED": "1",
+               **self.env}
         if self.priority is not None:
             env["CADML_PRIORITY"] = str(self.priority)
         with self.log.open("ab") as log:
@@ -167,11 +169,17 @@ def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
         base = make_url(PG_URL).set(database=database)
         urls = {"store_url": base.set(username=APP_ROLE, password=None)
                 .render_as_string(False), "admin_url": base.render_as_string(False)}
-    # in-cluster wiring: the API server calls the webhooks through the operator's Service
+    from controller.operator.certs import self_signed
+
+    # in-cluster wiring: the API server calls the webhooks through the operator's Service,
+    # with a mounted serving certificate (cert-manager's) that more replicas can share;
     # a module sets TIMER_INTERVAL to show what happens without the repair timer
+    cert, key = self_signed(["cadml-operator.cadml-system.svc"],
+                            tmp_path_factory.mktemp("webhook-tls"))
     op = Operator(control_plane, tmp_path_factory.mktemp("operator"), **urls,
                   kubeconfig=operator_kubeconfig, service="cadml-system/cadml-operator",
-                  timer_interval=getattr(request.module, "TIMER_INTERVAL", 5))
+                  timer_interval=getattr(request.module, "TIMER_INTERVAL", 5),
+                  env={"CADML_WEBHOOK_CERT": str(cert), "CADML_WEBHOOK_KEY": str(key)})
     control_plane.route_service("cadml-system", "cadml-operator", 443, op.webhook_port)
     op.start()
     yield op

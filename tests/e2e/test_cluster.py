@@ -189,7 +189,8 @@ def test_two_replicas_elect_one_active_and_fail_over(applied: ControlPlane, oper
     """kopf peering: a lower-priority replica stands by (kopf starts paused and stays so
     while a higher peer lives); when the active one leaves, it resumes and handles changes."""
     second = Operator(applied, tmp_path_factory.mktemp("operator-2"), priority=1,
-                      kubeconfig=operator.kubeconfig)
+                      kubeconfig=operator.kubeconfig, service=operator.service,
+                      env=operator.env)  # a replica of the Deployment: same certificate
     second.store_url = operator.store_url  # replicas share the store, as in a Deployment
 
     def handled(op: Operator) -> int:
@@ -209,7 +210,8 @@ def test_two_replicas_elect_one_active_and_fail_over(applied: ControlPlane, oper
                  ["status"]["observedGeneration"] == gen + 1 and m, what="handled")
         time.sleep(2)
         assert handled(operator) > before and handled(second) == 0  # only the active one
-        operator.stop()  # a graceful exit removes its peering record
+        operator.stop()  # a graceful exit removes its peering record; its webhooks stay
+        applied.route_service("cadml-system", "cadml-operator", 443, second.webhook_port)
         wait_for(lambda: "resuming operations" in second.tail(2000).lower(), timeout=90,
                  what="the standby takes over")
         touch("after fail-over")
@@ -218,6 +220,7 @@ def test_two_replicas_elect_one_active_and_fail_over(applied: ControlPlane, oper
         assert handled(second) > 0
     finally:
         second.stop()
+        applied.route_service("cadml-system", "cadml-operator", 443, operator.webhook_port)
         if operator.proc is None:
             operator.start()  # leave the module's operator running for later tests
 
@@ -349,3 +352,104 @@ def test_a_worker_process_follows_a_rollback_within_one_refresh(
         worker.terminate()
         worker.wait(timeout=20)
         log.close()
+
+
+def _webhook_counts(cp: ControlPlane) -> tuple[int, int]:
+    """(validating, mutating) webhooks in the `admission.cadml.io` configurations."""
+    out = cp.kubectl("get", "validatingwebhookconfiguration/admission.cadml.io",
+                     "mutatingwebhookconfiguration/admission.cadml.io", "-o", "json",
+                     check=False).stdout
+    items = json.loads(out or '{"items": []}')["items"]
+    by_kind = {i["kind"]: len(i.get("webhooks") or []) for i in items}
+    return (by_kind.get("ValidatingWebhookConfiguration", 0),
+            by_kind.get("MutatingWebhookConfiguration", 0))
+
+
+def _second_stable(cp: ControlPlane) -> Any:
+    return cp.kubectl("patch", "mv", "-n", "acme-cad", "assembly-match-2-1-0", "--type=merge",
+                      "-p", '{"spec":{"stage":"STABLE"}}', check=False)
+
+
+def test_admission_holds_through_a_rolling_handover(applied: ControlPlane, operator: Operator,
+                                                    tmp_path_factory: Any) -> None:
+    """The chart's two replicas, both endpoints of the webhook Service and sharing one
+    serving certificate (cert-manager's Secret): the standby answers admission like the
+    active one, and SIGTERM of the active one (a rolling update) leaves both webhook
+    configurations populated throughout the handover; a second STABLE is never admitted."""
+    import threading
+
+    operator.stop()  # the module's operator is replaced by the two replicas below
+    active, standby = (Operator(applied, tmp_path_factory.mktemp(f"replica-{p}"), priority=p,
+                                kubeconfig=operator.kubeconfig, service=operator.service,
+                                env=operator.env)  # one certificate, as from cert-manager
+                       for p in (2**31, 1))
+    counts: list[tuple[int, int]] = []
+    watching = threading.Event()
+
+    def watch() -> None:
+        while watching.is_set():
+            counts.append(_webhook_counts(applied))
+
+    poller = threading.Thread(target=watch, daemon=True)
+    try:
+        for op in (active, standby):
+            op.store_url, op.admin_url = operator.store_url, operator.admin_url
+            op.start()
+        applied.route_service("cadml-system", "cadml-operator", 443, active.webhook_port)
+        wait_for(lambda: _webhook_counts(applied) == (4, 4), what="both configurations")
+        def peers() -> set[int]:
+            peering = json.loads(applied.kubectl("get", "clusterkopfpeering", "cadml", "-o",
+                                                 "json").stdout)
+            return {int(p["priority"]) for p in (peering.get("status") or {}).values()}
+
+        wait_for(lambda: peers() == {2**31, 1}, timeout=60, what="both replicas peer")
+        # the standby is an endpoint of the Service too: it refuses like the active one
+        applied.route_service("cadml-system", "cadml-operator", 443, standby.webhook_port)
+        proc = wait_for(lambda: (p := _second_stable(applied)) and "failed calling webhook"
+                        not in p.stderr and p, timeout=30, what="the standby's webhook answers")
+        assert proc.returncode != 0 and "version.one-stable" in proc.stderr, proc.stderr
+
+        applied.route_service("cadml-system", "cadml-operator", 443, active.webhook_port)
+        def resumed() -> int:
+            return standby.tail(100_000).lower().count("resuming operations")
+
+        paused_at = resumed()  # it resumed once before the active replica peered
+        watching.set()
+        poller.start()
+        assert active.proc is not None
+        active.proc.terminate()  # SIGTERM, as a rolling update does; the endpoints
+        applied.route_service("cadml-system", "cadml-operator", 443, standby.webhook_port)
+        deadline = time.monotonic() + 60
+        while resumed() == paused_at:
+            assert time.monotonic() < deadline, "the standby did not take over:\n" + \
+                standby.tail()
+            assert _second_stable(applied).returncode != 0  # refused throughout
+        active.proc.wait(timeout=30)
+        proc = _second_stable(applied)  # after the handover: refused by the webhook
+        assert proc.returncode != 0 and "version.one-stable" in proc.stderr, proc.stderr
+        applied.kubectl("patch", "model", "-n", "acme-cad", "assembly-match", "--type=merge",
+                        "-p", '{"spec":{"description":"after the handover"}}',
+                        "--as=alice@example.com", "--as-group=system:masters")
+        annotations = get(applied, "model", "acme-cad", "assembly-match")["metadata"][
+            "annotations"]
+        assert annotations["cadml.io/changed-by"] == "alice@example.com"
+        probe = get(applied, "mv", "acme-cad", "assembly-match-2-2-0-beta")
+        probe = {"apiVersion": probe["apiVersion"], "kind": "ModelVersion",
+                 "metadata": {"name": "handover-probe", "namespace": "acme-cad"},
+                 "spec": {**probe["spec"], "version": "0.0.1-probe", "stage": "DEPRECATED"}}
+        applied.kubectl("apply", "-f", "-", stdin=json.dumps(probe))
+        applied.kubectl("delete", "mv", "-n", "acme-cad", "handover-probe", "--wait=false",
+                        "--as=alice@example.com", "--as-group=system:masters")
+        assert standby.rows("SELECT actor FROM audit_event WHERE action = 'delete-requested' "
+                            "AND object_name = 'handover-probe'") == [("k8s:alice@example.com",)]
+        watching.clear()
+        poller.join(timeout=30)
+        assert counts and set(counts) == {(4, 4)}, sorted(set(counts))
+        assert get(applied, "mv", "acme-cad", "assembly-match-2-1-0")["spec"]["stage"] \
+            == "CANARY"
+    finally:
+        watching.clear()
+        for op in (active, standby):
+            op.stop()
+        applied.route_service("cadml-system", "cadml-operator", 443, operator.webhook_port)
+        operator.start()  # leave the module's operator running for later tests
