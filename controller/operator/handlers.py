@@ -482,7 +482,10 @@ def validate(**kwargs: Any) -> None:
     if new.loaded is None:
         raise kopf.AdmissionError(_refusal(new.errors), code=422)
     before = parse_body(dict(old)).loaded if old else None
-    existing = parse_bodies(admission_tenant(str(body.metadata.namespace), kwargs))
+    # an object being deleted is going: it does not hold a rule against its replacement
+    # (a STABLE version replaced in one sync; the old one's finalizer then lets it go)
+    existing = parse_bodies(b for b in admission_tenant(str(body.metadata.namespace), kwargs)
+                            if not (b.get("metadata") or {}).get("deletionTimestamp"))
     errors = admission_errors(new.loaded.resource, before.resource if before else None,
                               existing, datetime.now(UTC))
     if errors:

@@ -56,6 +56,7 @@ from controller.routing import (
     stable_only,
 )
 from controller.validation.cross import FIXABLE_LATER
+from controller.validation.parse import ref_of
 from controller.validation.single import check_transition
 
 
@@ -312,6 +313,31 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
     return errors
 
 
+def _unreadable_stables(versions: list[ModelVersion], observed: ObservedTenant,
+                        unreadable: set[tuple[str, str]],
+                        model_now: Mapping[str, str]) -> list[FieldError]:
+    """One STABLE per model counts the versions this operator cannot read: their rows stay
+    as stored, so a STABLE row of one makes a desired STABLE of another semver a second
+    STABLE — refused on that object (Conflict), never left to the store's unique index
+    (which would fail the whole tenant's pass)."""
+    held = {(model_now.get(v.model_name, v.model_name), v.version): n
+            for n, v in observed.versions.items()
+            if ("ModelVersion", n) in unreadable and not v.deleted and v.stage == "STABLE"}
+    errors = []
+    for v in versions:
+        if v.spec.stage != "STABLE":
+            continue
+        for (model, semver), name in held.items():
+            if model == v.spec.model_ref and semver != v.spec.version:
+                errors.append(FieldError(
+                    "version.one-stable", "spec.stage",
+                    f"ModelVersion {v.metadata.namespace}/{name} ({semver}) is STABLE in the "
+                    "store and this operator cannot read its spec (a newer CRD?): only one "
+                    "STABLE per model; upgrade the operator or fix that object first",
+                    obj=ref_of(v)))
+    return errors
+
+
 def plan_tenant(
     tenant: str,
     resources: list[Resource],
@@ -378,10 +404,23 @@ def plan_tenant(
     plan.transitions = store_transitions(resources, observed, model_now)
     for f in plan.transitions:
         by_obj[(f.obj.kind, f.obj.name)].append(f)
+    for f in _unreadable_stables(versions, observed, set(unreadable), model_now):
+        by_obj[(f.obj.kind, f.obj.name)].append(f)
     applied_versions = [v for v in versions if ok(v) and v.spec.model_ref in applied_models]
     versions_of: dict[str, dict[str, ModelVersion]] = defaultdict(dict)
     for v in applied_versions:
         versions_of[v.spec.model_ref][v.spec.version] = v
+    for p in policies:  # a policy routes only to versions this pass applies
+        routed = [(f"spec.weights[{i}].version", w.version) for i, w in enumerate(p.spec.weights)]
+        if p.spec.override is not None:
+            routed.append(("spec.override.version", p.spec.override.version))
+        for path, semver in routed:
+            if ok(p) and semver not in versions_of.get(p.spec.model_ref, {}) and any(
+                    v.spec.model_ref == p.spec.model_ref and v.spec.version == semver
+                    for v in versions):
+                by_obj[(p.kind, p.metadata.name)].append(FieldError(
+                    "policy.version-ref", path, f"version {semver} is not applied (see its "
+                    "own status); the policy waits for it", obj=ref_of(p)))
     desired_versions = {v.metadata.name: _version_row(v) for v in applied_versions}
 
     def version_id(v: VersionRow) -> tuple[str, str]:

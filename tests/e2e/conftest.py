@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -118,12 +119,21 @@ class Operator:
             out = self.cp.kubectl("get", "validatingwebhookconfigurations,"
                                   "mutatingwebhookconfigurations", "-o", "name",
                                   check=False).stdout
-            if out.count("/admission.cadml.io") == 2:
+            # persistent webhooks outlive an earlier operator: also wait for this one to serve
+            if out.count("/admission.cadml.io") == 2 and self.serving():
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError("operator exited:\n" + self.tail())
             time.sleep(0.5)
         raise RuntimeError("operator did not register its webhook:\n" + self.tail())
+
+    def serving(self) -> bool:
+        """Whether this operator's webhook server accepts connections."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.webhook_port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def stop(self, kill: bool = False) -> None:
         if self.proc and self.proc.poll() is None:
