@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 import pytest
@@ -67,6 +67,9 @@ class FakeServer:
         return Api()
 
 
+T = TypeVar("T")
+
+
 class _Obj(dict[str, Any]):
     """A served object: a dict (what `sanitize_for_serialization` passes through) that
     also answers `to_dict()` like the client's models."""
@@ -77,8 +80,12 @@ class _Obj(dict[str, Any]):
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> FakeServer:
-    fake = FakeServer()
-    dep, svc = fake.api("Deployment"), fake.api("Service")
+    return install(monkeypatch, FakeServer())
+
+
+def install(monkeypatch: pytest.MonkeyPatch, fake: T) -> T:
+    """Serve the kubernetes client's Deployment and Service calls from `fake`."""
+    dep, svc = fake.api("Deployment"), fake.api("Service")  # type: ignore[attr-defined]
 
     class Apps:
         read_namespaced_deployment = staticmethod(dep.read)

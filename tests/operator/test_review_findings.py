@@ -65,10 +65,8 @@ def test_an_unreadable_stable_version_does_not_wedge_its_tenant(cluster: Cluster
 import copy  # noqa: E402
 from typing import Any  # noqa: E402
 
-from kubernetes import client, config  # noqa: E402
-
 from controller.operator.handlers import kubernetes_worker_applier, on_repair  # noqa: E402
-from tests.operator.test_cost import FakeServer, _Obj  # noqa: E402
+from tests.operator.test_cost import FakeServer, _Obj, install  # noqa: E402
 
 CANONICAL = {"1000m": "1", "1024Mi": "1Gi", "0.5": "500m"}  # resource.Quantity's form
 
@@ -133,24 +131,7 @@ class RealisticServer(FakeServer):
 
 @pytest.fixture
 def real_server(monkeypatch: pytest.MonkeyPatch) -> RealisticServer:
-    fake = RealisticServer()
-    dep, svc = fake.api("Deployment"), fake.api("Service")
-
-    class Apps:
-        read_namespaced_deployment = staticmethod(dep.read)
-        read_namespaced_deployment_status = staticmethod(dep.read)
-        create_namespaced_deployment = staticmethod(dep.create)
-        patch_namespaced_deployment = staticmethod(dep.patch)
-
-    class Core:
-        read_namespaced_service = staticmethod(svc.read)
-        create_namespaced_service = staticmethod(svc.create)
-        patch_namespaced_service = staticmethod(svc.patch)
-
-    monkeypatch.setattr(config, "load_incluster_config", lambda: None)
-    monkeypatch.setattr(client, "AppsV1Api", Apps)
-    monkeypatch.setattr(client, "CoreV1Api", Core)
-    return fake
+    return install(monkeypatch, RealisticServer())
 
 
 def _model_timer(cluster: Cluster) -> None:  # noqa: F811
