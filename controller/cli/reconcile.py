@@ -144,8 +144,10 @@ def status(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for tenant in args.tenant or store.tenants():
         with store.read(tenant, "status") as tx:
+            deleted = tx.deleted_objects()
             for (kind, name), found in sorted(tx.statuses().items()):
-                rows.append({"tenant": tenant, "kind": kind, "name": name, "status": found})
+                rows.append({"tenant": tenant, "kind": kind, "name": name, "status": found,
+                             "deleted": (kind, name) in deleted})
     if args.output == "json":
         write_json(rows)
         return 0
@@ -162,6 +164,10 @@ def status(args: argparse.Namespace) -> int:
             "RolloutPolicy": f"v{st.get('policyVersion', '-')} {st.get('routingSummary', '')}",
             "ReleaseRecord": st.get("gateSummary", ""),
         }.get(r["kind"], "")
+        if r["deleted"]:  # its last status is history: the object is gone
+            print(f"{r['tenant']:<14} {r['kind']:<14} {r['name']:<34} {'-':<6} "
+                  "deleted (history kept)")
+            continue
         if ready.get("status") != "True" and ready.get("message"):
             detail += f"  ({ready.get('reason')}: {ready['message']})"
         print(f"{r['tenant']:<14} {r['kind']:<14} {r['name']:<34} "

@@ -101,15 +101,27 @@ def _history(args: argparse.Namespace) -> int:
                 snap = tx.snapshot(model, at=at)
                 if snap is None:
                     continue
-                out.append({"tenant": tenant, "model": model, "stable": snap.stable_version,
-                            "routing": {r.version: r.weight for r in snap.routes},
-                            "policyVersion": snap.policy_version, "source": snap.source,
-                            "since": snap.created_at.isoformat()})
+                row = {"tenant": tenant, "model": model, "stable": snap.stable_version,
+                       "routing": {r.version: r.weight for r in snap.routes},
+                       "policyVersion": snap.policy_version, "source": snap.source,
+                       "since": snap.created_at.isoformat()}
+                gone = tx.deleted_at("Model", model, at)
+                if gone is not None:  # the model was out of service at that moment
+                    row.update(stable=None, routing={}, source="deleted", since=gone)
+                elif (gone := tx.deleted_at("RolloutPolicy", snap.policy_name, at)):
+                    # no policy: the default route, all traffic on the STABLE version
+                    row.update(routing={snap.stable_version: 100} if snap.stable_version
+                               else {}, source="default", since=gone)
+                out.append(row)
     if args.output == "json":
         write_json(out)
     else:
         print(f"as of {at.isoformat()}:")
         for row in out:
+            if row["source"] == "deleted":
+                print(f"  {row['tenant']}/{row['model']}: deleted at {row['since']} "
+                      "(history kept)")
+                continue
             routing = ", ".join(f"{v} {w}%" for v, w in row["routing"].items())
             print(f"  {row['tenant']}/{row['model']}: STABLE {row['stable'] or '-'}; {routing} "
                   f"(policy v{row['policyVersion']}, {row['source']}, since {row['since']})")

@@ -953,6 +953,27 @@ class StoreTx:
                 return str(actor)
         return None
 
+    def deleted_objects(self) -> set[tuple[str, str]]:
+        """(kind, name) of the tenant's models, versions and policies marked deleted."""
+        out: set[tuple[str, str]] = set()
+        for kind, table in (("Model", t.model_catalog), ("ModelVersion", t.model_version),
+                            ("RolloutPolicy", t.model_rollout_policy)):
+            c = table.c
+            out |= {(kind, str(n)) for n in self.conn.execute(select(c.name).where(
+                c.tenant_id == self.tenant, c.deleted.is_(True))).scalars()}
+        return out
+
+    def deleted_at(self, kind: str, name: str, at: datetime) -> str | None:
+        """When the object was deleted, if the newest audit event about it at or before
+        `at` is its deletion (the audit trail is the store's history of existence)."""
+        c = t.audit_event.c
+        stamp = at.astimezone(UTC).isoformat(timespec="microseconds")
+        row = self._one(select(c.action, c.at).where(
+            c.tenant_id == self.tenant, c.object_kind == kind, c.object_name == name,
+            c.action.in_(("create", "update", "rename", "repair", "delete")),
+            c.at <= stamp).order_by(c.seq.desc()).limit(1))
+        return str(row.at) if row is not None and row.action == "delete" else None
+
     def audit_events(self) -> Iterator[AuditEvent]:
         c = t.audit_event.c
         for r in self.conn.execute(select(t.audit_event).where(c.tenant_id == self.tenant)
