@@ -8,6 +8,8 @@ deleting the Model garbage-collects them and scaling is a Git change to
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from controller.api.v1alpha1 import API_VERSION, Model
@@ -98,4 +100,27 @@ def differs(desired: Any, live: Any) -> bool:
     if isinstance(desired, list):
         return not isinstance(live, list) or len(desired) != len(live) or any(
             differs(d, v) for d, v in zip(desired, live, strict=True))
+    if isinstance(desired, str) and isinstance(live, str) and desired != live:
+        a, b = quantity(desired), quantity(live)
+        return a is None or a != b  # "1000m" and "1", "1024Mi" and "1Gi" are one quantity
     return bool(desired != live)
+
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIX = {"m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6,
+           "G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15,
+           "E": Decimal(10) ** 18, "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20,
+           "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50,
+           "Ei": Decimal(2) ** 60}
+
+
+def quantity(text: str) -> Decimal | None:
+    """A Kubernetes resource quantity's value (the API server serves them canonical:
+    `1000m` comes back as `1`); None for a string that is not one."""
+    found = _QUANTITY.match(text)
+    if found is None:
+        return None
+    try:
+        return Decimal(found.group(1)) * _SUFFIX.get(found.group(2) or "", Decimal(1))
+    except InvalidOperation:
+        return None

@@ -143,3 +143,14 @@ def test_a_changed_worker_spec_is_patched(cluster: Cluster,  # noqa: F811
     server.requests.clear()
     _model_event(cluster)  # drift made by hand is repaired
     assert server.requests["PATCH"] == 1
+
+
+@pytest.mark.parametrize(("desired", "live", "differ"), [
+    ("1000m", "1", False), ("1024Mi", "1Gi", False), ("500m", "0.5", False),
+    ("250m", "0.5", True), ("1Gi", "1G", True), ("nginx:1", "nginx:2", True),
+    ("1", "1", False), ("a", "1", True),
+])
+def test_quantities_compare_by_value(desired: str, live: str, differ: bool) -> None:
+    from controller.operator.workers import differs
+
+    assert differs({"limits": {"cpu": desired}}, {"limits": {"cpu": live}}) is differ

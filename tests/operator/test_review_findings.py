@@ -142,9 +142,6 @@ def _model_timer(cluster: Cluster) -> None:  # noqa: F811
                            if v is not None})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (issue 11 review): quantities compared as strings; use "
-    "server-side apply or parse quantities"))
 def test_a_non_canonical_quantity_costs_no_patch_when_idle(
         cluster: Cluster, real_server: RealisticServer) -> None:  # noqa: F811
     """Cost follows work: `spec.workers.resources` is free text (`cpu: 1000m`, `memory:
