@@ -410,14 +410,14 @@ def plan_tenant(
     versions_of: dict[str, dict[str, ModelVersion]] = defaultdict(dict)
     for v in applied_versions:
         versions_of[v.spec.model_ref][v.spec.version] = v
+    declared = {(v.spec.model_ref, v.spec.version) for v in versions}
     for p in policies:  # a policy routes only to versions this pass applies
         routed = [(f"spec.weights[{i}].version", w.version) for i, w in enumerate(p.spec.weights)]
         if p.spec.override is not None:
             routed.append(("spec.override.version", p.spec.override.version))
         for path, semver in routed:
-            if ok(p) and semver not in versions_of.get(p.spec.model_ref, {}) and any(
-                    v.spec.model_ref == p.spec.model_ref and v.spec.version == semver
-                    for v in versions):
+            if ok(p) and (p.spec.model_ref, semver) in declared and \
+                    semver not in versions_of.get(p.spec.model_ref, {}):
                 by_obj[(p.kind, p.metadata.name)].append(FieldError(
                     "policy.version-ref", path, f"version {semver} is not applied (see its "
                     "own status); the policy waits for it", obj=ref_of(p)))
