@@ -131,9 +131,10 @@ def _reconcile_tenants(store: Store, tenants: list[str], by_tenant: dict[str, li
 
 
 def _refuse_older_commit(store: Store, tenant: str, repo_dir: str, sha: str) -> None:
-    """The generation guard of Git mode: a tenant is never reconciled from a commit older
-    than (an ancestor of) the newest commit already applied to it; going back is a new
-    commit (`git revert`), which keeps the history honest."""
+    """The generation guard of Git mode: a tenant is reconciled only from the commit already
+    applied to it or one that descends from it: never an older one (an ancestor), nor one
+    of a branch that diverged (it would silently undo what the applied one changed, and the
+    next pass of main would flip it back); going back is a new commit (`git revert`)."""
     with store.read(tenant) as tx:
         applied = tx.last_git_commit()
     if applied is None or sha.startswith(applied):
@@ -148,10 +149,12 @@ def _refuse_older_commit(store: Store, tenant: str, repo_dir: str, sha: str) -> 
                          f"this clone does not have (a stale clone: fetch first; or history "
                          f"was rewritten: pass --allow-older once to accept {sha[:12]})"
                          ) from exc
-    if repo.is_ancestor(repo.commit(sha), newer):
-        raise StaleWrite(f"commit {sha[:12]} is older than {newer.hexsha[:12]}, which is "
-                         f"already applied to tenant {tenant}; to go back, commit the change "
-                         "(git revert) and reconcile that, or pass --allow-older")
+    if not repo.is_ancestor(newer, repo.commit(sha)):  # older, or on a diverged branch
+        how = "older than" if repo.is_ancestor(repo.commit(sha), newer) else "not a descendant of"
+        raise StaleWrite(f"commit {sha[:12]} is {how} {newer.hexsha[:12]}, which is already "
+                         f"applied to tenant {tenant} (it would undo what that applied); to "
+                         "go back, commit the change (git revert) and reconcile that, or pass "
+                         "--allow-older")
 
 
 def _refuse_transitions(plan: Plan, observed: ObservedTenant) -> None:

@@ -218,3 +218,30 @@ def test_git_mode_never_applies_an_older_commit_over_a_newer_one(
         snap = tx.snapshot("part-similarity")
     assert snap is not None and [(r.version, r.weight) for r in snap.routes] == [
         ("1.1.0", 90), ("1.2.0", 10)]
+
+
+def test_git_mode_refuses_a_branch_that_diverged_from_the_applied_commit(
+        backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--ref side` where side was cut before the applied commit: applying it would undo
+    main's change (and the next pass of main would flip it back). Refused, nothing
+    changed; a commit that descends from the applied one (the merge) applies."""
+    assert _reconcile(backend, gitops_repo, capsys) == 0
+    git(gitops_repo, "branch", "side")
+    _edit(gitops_repo, PART, ("    - version: 1.1.0\n      weight: 90\n"
+                              "    - version: 1.2.0\n      weight: 10\n",
+                              "    - version: 1.1.0\n      weight: 100\n"))
+    git(gitops_repo, "commit", "-qam", "roll back on main")
+    assert _reconcile(backend, gitops_repo, capsys) == 0
+    git(gitops_repo, "checkout", "-q", "side")
+    _edit(gitops_repo, DEDUP, ("similarity: 0.93", "similarity: 0.94"))
+    git(gitops_repo, "commit", "-qam", "a change on a side branch")
+    git(gitops_repo, "checkout", "-q", "main")
+    code = main(["reconcile", "--repo", str(gitops_repo), "--ref", "side",
+                 "--store", backend.app_url])
+    captured = capsys.readouterr()
+    assert code == 1 and "not a descendant of" in captured.out + captured.err
+    with backend.store.transaction("acme-cad", "t") as tx:
+        snap = tx.snapshot("part-similarity")
+    assert snap is not None and [(r.version, r.weight) for r in snap.routes] == [("1.1.0", 100)]
+    git(gitops_repo, "merge", "-q", "--no-edit", "side")
+    assert _reconcile(backend, gitops_repo, capsys) == 0
