@@ -31,9 +31,9 @@ more than half of a tenant's live models, versions and policies, or anything at
 all in a pass scoped by PREFIXes (it did not read the rest of the tenant), is
 refused for that tenant unless --prune is given, and prints what it would delete.
 
-Never backwards: a tenant is not reconciled from a commit older than (an ancestor
-of) the one already applied to it, nor from a clone that does not have that commit
-(a stale clone: fetch first). Going back is a new commit (git revert); after a
+Never backwards: a tenant is reconciled only from the commit already applied to it or
+one that descends from it: not an older one, not a diverged branch, not a clone that
+lacks the applied commit (a stale clone: fetch first). Going back is a new commit (git revert); after a
 history rewrite, --allow-older accepts the ref once.
 
 Failure is contained: a tenant whose pass fails (a conflict in the store, a
