@@ -33,8 +33,8 @@ refused for that tenant unless --prune is given, and prints what it would delete
 
 Never backwards: a tenant is reconciled only from the commit already applied to it or
 one that descends from it: not an older one, not a diverged branch, not a clone that
-lacks the applied commit (a stale clone: fetch first). Going back is a new commit (git revert); after a
-history rewrite, --allow-older accepts the ref once.
+lacks the applied commit (a stale clone: fetch first). Going back is a new commit
+(git revert); after a history rewrite, --allow-older accepts the ref once.
 
 Failure is contained: a tenant whose pass fails (a conflict in the store, a
 refused prune) is rolled back alone and its objects become Stalled with the
