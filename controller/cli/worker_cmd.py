@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from controller.cli.store_cmds import STORE_HELP
@@ -20,6 +21,14 @@ Endpoints: POST /v1/search (application/json {vector, jobId, topK} | multipart
 'drawing' | application/dxf), POST /v1/search/batch, POST /v1/jobs/JOB/binding,
 POST /v1/runs/RUN/review, POST /admin/recover (Bearer CADML_ADMIN_TOKEN),
 GET /healthz, /readyz, /metrics.
+
+Reviews and bindings need 'Authorization: Bearer TOKEN'. In a cluster (--kube-auth)
+the API server checks the token (TokenReview) and whether its user may create
+models/reviews or models/bindings on the Model (SubjectAccessReview; the chart's
+cadml-edit role grants both). Outside one, --auth-token-file FILE holds lines
+'TOKEN USER [edit|view]'. The reviewer recorded is that user, never a header.
+Without either, writes are refused (401) unless --insecure-local is given on a
+loopback --host (they are then recorded as user 'insecure-local').
 """
 
 
@@ -29,7 +38,17 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, metavar="TENANT/MODEL")
     p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="0.0.0.0")  # in-pod server
+    p.add_argument("--host", default="127.0.0.1",
+                   help="listen address (default 127.0.0.1; in a pod, 0.0.0.0)")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--auth-token-file", metavar="FILE",
+                      help="tokens allowed to write: lines 'TOKEN USER [edit|view]'")
+    auth.add_argument("--kube-auth", action="store_true",
+                      help="check write tokens with the Kubernetes API server (TokenReview "
+                           "+ SubjectAccessReview); in-cluster config, else $KUBECONFIG")
+    auth.add_argument("--insecure-local", action="store_true",
+                      help="accept writes without a token; only on a loopback --host")
+    p.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig for --kube-auth")
     p.add_argument("--pickle-mode", choices=("whitelist", "blacklist", "audit"),
                    default=os.environ.get("CADML_PICKLE_MODE", "whitelist"))
     p.add_argument("--backoff", type=float, default=300.0, metavar="S",
@@ -53,11 +72,26 @@ def run(args: argparse.Namespace) -> int:
     from controller.errors import UsageError
     from controller.store.open import open_store
     from controller.worker.app import make_app
+    from controller.worker.auth import (
+        Checker,
+        KubernetesReviews,
+        TokenFile,
+        WriteGuard,
+        listen_problem,
+    )
     from controller.worker.runtime import WorkerRuntime, WorkerSettings
 
     tenant, _, model = args.model.partition("/")
     if not tenant or not model:
         raise UsageError("--model takes TENANT/MODEL")
+    checker: Checker | None = None
+    if args.auth_token_file:
+        checker = TokenFile.read(Path(args.auth_token_file))
+    elif args.kube_auth:
+        checker = KubernetesReviews.connect(args.kubeconfig)
+    problem = listen_problem(args.host, args.insecure_local)
+    if problem:
+        raise UsageError(problem)
     store = open_store(args.store)
     settings = WorkerSettings(
         tenant=tenant, model=model, store_url=str(store.engine.url),
@@ -65,5 +99,7 @@ def run(args: argparse.Namespace) -> int:
         backoff_max=args.backoff_max, admin_token=os.environ.get("CADML_ADMIN_TOKEN") or None,
         max_upload_bytes=args.max_upload_bytes, artifact_cache=args.artifact_cache,
         artifact_max_bytes=args.artifact_max_bytes, hnsw_ef_search=args.hnsw_ef_search)
-    web.run_app(make_app(WorkerRuntime(store, settings)), host=args.host, port=args.port)
+    guard = WriteGuard(checker, insecure_local=args.insecure_local)
+    web.run_app(make_app(WorkerRuntime(store, settings), guard=guard), host=args.host,
+                port=args.port)
     return 0

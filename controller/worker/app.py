@@ -2,6 +2,7 @@
 
 Errors are JSON `{code, stage, message, context, timestamp}`:
     400 bad_request / bad_top_k / bad_vector   404 not_found (run, version, route)
+    401 unauthenticated / writes_disabled   403 forbidden (writes: controller.worker.auth)
     409 not_routable (binding to a version that is not CANARY/STABLE)
     413 too_large   415 unsupported_media_type   422 invalid_drawing & friends,
     dimension_mismatch   503 no_policy / version_unavailable / not_ready
@@ -31,6 +32,7 @@ from controller.errors import CadmlError, NotFound
 from controller.features import InvalidDrawing
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.search.artifacts import ArtifactError
+from controller.worker.auth import BINDINGS, GUARD, REVIEWS, WriteGuard, identity, requires
 from controller.worker.runtime import WorkerError, WorkerRuntime
 from controller.worker.runwriter import RunWriter
 
@@ -190,15 +192,23 @@ async def search_batch(request: web.Request) -> web.Response:
     return web.json_response({"results": [o.as_json() for o in outcomes]})
 
 
-async def bind_job(request: web.Request) -> web.Response:
+def _served(request: web.Request) -> tuple[str, str]:
+    """The (tenant, model) this worker serves: what a write through it acts on."""
+    s = request.app[RUNTIME].settings
+    return s.tenant, s.model
+
+
+@requires(BINDINGS, _served)
+async def bind_job(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     job = request.match_info["job"]
     body = await _json(request)
     version = str(body.get("version") or "")
     s = runtime.settings
+    user = identity(request).user
 
     def bind() -> dict[str, Any]:
-        with runtime.store.transaction(s.tenant, f"binding:{job}") as tx:
+        with runtime.store.transaction(s.tenant, user) as tx:
             rows = {v.version: v for v in tx.versions(s.model)}
             row = rows.get(version)
             if row is None:
@@ -218,17 +228,17 @@ async def bind_job(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.get_running_loop().run_in_executor(None, bind))
 
 
-async def review_run(request: web.Request) -> web.Response:
+@requires(REVIEWS, _served)
+async def review_run(request: web.Request) -> web.StreamResponse:
+    """The reviewer is the authenticated caller; a `reviewer` field or an X-Reviewer
+    header is not an identity and is ignored."""
     runtime = request.app[RUNTIME]
     run_key = request.match_info["run"]
     body = await _json(request)
     status = str(body.get("status") or "")
-    reviewer = str(body.get("reviewer") or request.headers.get("X-Reviewer") or "").strip()
+    reviewer = identity(request).user
     if status not in REVIEW_STATUSES:
         raise WorkerError(f"status must be one of {', '.join(REVIEW_STATUSES)}",
-                          code="bad_request", stage="review", status=400)
-    if not reviewer:
-        raise WorkerError("a review needs the reviewer's identity (reviewer or X-Reviewer)",
                           code="bad_request", stage="review", status=400)
     if "controlAllowed" in body or "decision" in body:
         raise WorkerError("the AI decision stays PENDING_REVIEW; only status, reviewer and "
@@ -362,10 +372,12 @@ async def _run_writer(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
-             refresh: bool = True) -> web.Application:
+             refresh: bool = True, guard: WriteGuard | None = None) -> web.Application:
+    """`guard` checks reviews and bindings; without one every write is refused."""
     s = runtime.settings
     app = web.Application(middlewares=[errors], client_max_size=s.max_upload_bytes)
     app[RUNTIME] = runtime
+    app[GUARD] = guard or WriteGuard()
     app[WRITER] = RunWriter(runtime.record)
     app[SANDBOX] = sandbox or FeatureSandbox(
         s.sandbox_workers, SandboxLimits(cpu_seconds=s.cpu_seconds,

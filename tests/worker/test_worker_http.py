@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from controller.features.sandbox import FeatureSandbox
 from controller.records import RouteRow
 from controller.worker.app import make_app
+from controller.worker.auth import TokenFile, WriteGuard
 from tests.conftest import DXF_CORPUS
 from tests.worker.conftest import MODEL, TENANT, World
 
@@ -29,9 +30,10 @@ def sandbox() -> Any:
 
 @pytest.fixture
 async def client(world: World, sandbox: FeatureSandbox, aiohttp_client: Any) -> Client:
-    app = make_app(world.runtime, sandbox=sandbox, refresh=False)
+    app = make_app(world.runtime, sandbox=sandbox, refresh=False,
+                   guard=WriteGuard(TokenFile.parse("t-ann ann@acme edit")))
     app.on_cleanup.clear()
-    return await aiohttp_client(app)
+    return await aiohttp_client(app, headers={"Authorization": "Bearer t-ann"})
 
 
 def _vector(world: World, i: int = 0) -> list[float]:
@@ -162,16 +164,14 @@ async def test_rollback_reaches_new_runs_within_one_refresh(world: World,
 async def test_human_review_is_recorded_and_audited(world: World, client: Client) -> None:
     run = await (await client.post("/v1/search", json={"vector": _vector(world),
                                                        "jobId": "r-1"})).json()
-    no_reviewer = await client.post(f"/v1/runs/{run['runKey']}/review",
-                                    json={"status": "APPROVED"})
-    assert no_reviewer.status == 400
+    no_status = await client.post(f"/v1/runs/{run['runKey']}/review", json={})
+    assert no_status.status == 400
     weaken = await client.post(f"/v1/runs/{run['runKey']}/review",
                                json={"status": "APPROVED", "reviewer": "ann",
                                      "controlAllowed": True})
     assert weaken.status == 400
     ok = await client.post(f"/v1/runs/{run['runKey']}/review",
-                           json={"status": "REJECTED", "humanDecision": "no-match"},
-                           headers={"X-Reviewer": "ann@acme"})
+                           json={"status": "REJECTED", "humanDecision": "no-match"})
     assert ok.status == 200 and (await ok.json())["decision"] == "PENDING_REVIEW"
     with world.store.transaction(TENANT, "t") as tx:
         stored = tx.run(run["runKey"])
