@@ -6,10 +6,12 @@ import argparse
 from typing import Any
 
 from controller.cli._common import parse_time, write_json
+from controller.errors import UsageError
 from controller.store.engine import make_engine, resolve_url
 from controller.store.migrate import (
     current_revision,
     grant_runtime_role,
+    grant_tenant_role,
     head_revision,
     upgrade,
 )
@@ -30,6 +32,23 @@ def register(sub: Any) -> None:
                     help="PostgreSQL role the runtime connects as; granted access, subject "
                          "to row-level security (default: cadml_app)")
     up.set_defaults(handler=_upgrade)
+    gt = dbsub.add_parser(
+        "grant-tenant", help="bind a PostgreSQL role to one tenant (a worker's credential)",
+        description="Grant ROLE what a worker needs and bind it to TENANT: row-level "
+                    "security then keeps it to that tenant's rows whatever app.tenant_id it "
+                    "sets (a RESTRICTIVE policy keyed on current_user). Run as the owner, "
+                    "after `cadml db upgrade`. The role must exist (CREATE ROLE ROLE LOGIN "
+                    "PASSWORD '…' NOSUPERUSER NOBYPASSRLS), own nothing and belong to no "
+                    "other role. Give the tenant's workers a store URL with this role "
+                    "(the operator's CADML_WORKER_STORE_SECRET); the shared runtime role "
+                    "keeps serving the operator.")
+    gt.add_argument("tenant", metavar="TENANT", help="the tenant (its namespace)")
+    gt.add_argument("--role", required=True, help="the tenant's own PostgreSQL role")
+    gt.add_argument("--store", help=STORE_HELP)
+    gt.add_argument("--shared-role", default="cadml_app",
+                    help="the operator's shared runtime role, which is never bound "
+                         "(default: cadml_app)")
+    gt.set_defaults(handler=_grant_tenant)
     cur = dbsub.add_parser("current", help="print the store's schema revision")
     cur.add_argument("--store", help=STORE_HELP)
     cur.set_defaults(handler=_current)
@@ -62,6 +81,16 @@ def _upgrade(args: argparse.Namespace) -> int:
     if engine.dialect.name == "postgresql" and after == head_revision():
         grant_runtime_role(engine, args.app_role)
         print(f"runtime role {args.app_role}: granted (row-level security applies to it)")
+    return 0
+
+
+def _grant_tenant(args: argparse.Namespace) -> int:
+    engine = make_engine(resolve_url(args.store))
+    if current_revision(engine) != head_revision():
+        raise UsageError("the store is not at the newest schema: run `cadml db upgrade` first")
+    new = grant_tenant_role(engine, args.tenant, args.role, args.shared_role)
+    print(f"role {args.role}: {'bound to' if new else 'already bound to'} tenant "
+          f"{args.tenant}; it reads and writes no other tenant")
     return 0
 
 

@@ -307,6 +307,13 @@ tenant = Table(  # 0008: names every role may list; rows stay behind row-level s
     _ts("created_at"),
 )
 
+tenant_role = Table(  # 0013: a login role bound to one tenant (`cadml db grant-tenant`)
+    "tenant_role", metadata,
+    Column("role_name", String(63), primary_key=True),
+    Column("tenant_id", String(63), nullable=False),
+    _ts("created_at"),
+)
+
 audit_head = Table(
     "audit_head", metadata,
     Column("tenant_id", String(63), primary_key=True),
