@@ -46,7 +46,9 @@ class WorkerApplier:
         model = result.loaded.resource
         deployment, service = worker_objects(
             model, str(body["metadata"]["uid"]), settings.worker_image, settings.worker_port,
-            (settings.worker_store_secret, settings.worker_store_key))
+            (settings.worker_store_secret, settings.worker_store_key),
+            settings.worker_service_account
+            if model.metadata.namespace in settings.worker_auth_namespaces else None)
         ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
         live: dict[str, Any] = {}
         for obj, read, create, patch in (

@@ -16,6 +16,10 @@ class OperatorSettings:
     worker_port: int = 8080
     worker_store_secret: str = "cadml-store"  # in each tenant namespace: name and key of
     worker_store_key: str = "url"  # the Secret holding the workers' store URL
+    # namespaces whose workers check write tokens with the API server, as this account
+    # (the chart creates it there and lets it create TokenReviews/SubjectAccessReviews)
+    worker_auth_namespaces: tuple[str, ...] = ()
+    worker_service_account: str = "cadml-worker"
     timer_interval: float = 60.0
     analysis_interval: float = 60.0
     namespaces: tuple[str, ...] = ()  # empty: every namespace
@@ -44,6 +48,9 @@ class OperatorSettings:
             "worker_image": env.get("CADML_WORKER_IMAGE", cls.worker_image),
             "worker_store_secret": env.get("CADML_WORKER_STORE_SECRET") or None,
             "worker_store_key": env.get("CADML_WORKER_STORE_KEY") or None,
+            "worker_auth_namespaces": tuple(
+                n for n in env.get("CADML_WORKER_AUTH_NAMESPACES", "").split(",") if n),
+            "worker_service_account": env.get("CADML_WORKER_SERVICE_ACCOUNT") or None,
             "timer_interval": float(env.get("CADML_TIMER_INTERVAL", cls.timer_interval)),
             "namespaces": tuple(n for n in env.get("CADML_NAMESPACES", "").split(",") if n),
             "peering": env.get("CADML_PEERING") or None,

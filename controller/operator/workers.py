@@ -25,16 +25,21 @@ def owner_reference(model: Model, uid: str) -> dict[str, Any]:
 
 
 def worker_objects(model: Model, uid: str, image: str, port: int,
-                   store_secret: tuple[str, str] = ("cadml-store", "url")
-                   ) -> list[dict[str, Any]]:
+                   store_secret: tuple[str, str] = ("cadml-store", "url"),
+                   service_account: str | None = None) -> list[dict[str, Any]]:
     """The Deployment and Service the Model's workers run as. `store_secret` (name, key)
     holds the store URL; it must exist in the Model's namespace (a pod reads only the
-    Secrets of its own namespace)."""
+    Secrets of its own namespace), so a namespace's own Secret can carry a role bound to
+    that tenant (`cadml db grant-tenant`). With `service_account` (an account allowed to
+    create TokenReviews and SubjectAccessReviews: the chart's cadml-worker-auth) the
+    workers check write tokens with the API server (--kube-auth); without one they mount
+    no token and refuse every review and binding."""
     name = worker_name(model)
     ns = model.metadata.namespace
     labels = {"app.kubernetes.io/name": "cadml-worker",
               "app.kubernetes.io/instance": name,
               "app.kubernetes.io/part-of": "cadml",
+              "app.kubernetes.io/component": "worker",  # the chart's worker NetworkPolicy
               "cadml.io/model": model.metadata.name}
     meta = {"name": name, "namespace": ns, "labels": labels,
             "ownerReferences": [owner_reference(model, uid)]}
@@ -44,7 +49,8 @@ def worker_objects(model: Model, uid: str, image: str, port: int,
     container = {
         "name": "worker",
         "image": workers.image or image,
-        "args": ["worker", "--model", f"{ns}/{model.metadata.name}", "--port", str(port)],
+        "args": ["worker", "--model", f"{ns}/{model.metadata.name}", "--port", str(port),
+                 "--host", "0.0.0.0", *(["--kube-auth"] if service_account else [])],
         "ports": [{"name": "http", "containerPort": port}],
         "env": [{"name": "CADML_STORE_URL",
                  "valueFrom": {"secretKeyRef": {"name": store_secret[0],
@@ -72,7 +78,9 @@ def worker_objects(model: Model, uid: str, image: str, port: int,
                               "spec": {"containers": [container],
                                        "volumes": [{"name": "tmp", "emptyDir": {}},
                                                    {"name": "artifacts", "emptyDir": {}}],
-                                       "automountServiceAccountToken": False}}},
+                                       **({"serviceAccountName": service_account}
+                                          if service_account else {}),
+                                       "automountServiceAccountToken": bool(service_account)}}},
     }
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": meta,

@@ -121,3 +121,46 @@ def test_cert_manager_issues_and_mounts_the_webhook_certificate(helm: str) -> No
     assert cert["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
     default = [d for d in yaml.safe_load_all(_template(helm)) if d]
     assert not [d for d in default if d["kind"] in ("Certificate", "Issuer")]
+
+
+def test_workers_of_listed_namespaces_check_tokens_behind_a_network_policy(
+        helm: str, control_plane: ControlPlane) -> None:
+    """workers.namespaces: the workers' account there may ask the API server about tokens,
+    the operator runs them with --kube-auth, and a NetworkPolicy admits only their own
+    namespace, the release namespace and the listed peers."""
+    rendered = _template(helm, "workers.namespaces={acme-cad}",
+                         "workers.static[0].model=acme-cad/part-similarity",
+                         "workers.static[1].model=globex/dedup")
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    by = {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")): d for d in docs}
+    binding = by[("ClusterRoleBinding", "cadml-worker-auth", None)]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cadml-worker",
+                                    "namespace": "acme-cad"}]
+    assert ("ServiceAccount", "cadml-worker", "acme-cad") in by
+    policy = by[("NetworkPolicy", "cadml-workers", "acme-cad")]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/part-of": "cadml",
+                                                    "app.kubernetes.io/component": "worker"}
+    assert policy["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    edit = by[("ClusterRole", "cadml-edit", None)]["rules"]
+    assert {"resources": ["models/reviews", "models/bindings"], "verbs": ["create"],
+            "apiGroups": ["cadml.io"]} in edit
+    view = by[("ClusterRole", "cadml-view", None)]["rules"]
+    assert not [r for r in view if any("/" in res for res in r["resources"])]
+    (operator,) = [d for d in docs if d["kind"] == "Deployment"
+                   and d["metadata"]["name"] == "cadml-operator"]
+    env = {e["name"]: e.get("value") for e in
+           operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CADML_WORKER_AUTH_NAMESPACES"] == "acme-cad"
+    pods = {d["metadata"]["namespace"]: d["spec"]["template"]["spec"] for d in docs
+            if d["kind"] == "Deployment" and "static" in d["metadata"]["name"]}
+    assert "--kube-auth" in pods["acme-cad"]["containers"][0]["args"]
+    assert pods["acme-cad"]["serviceAccountName"] == "cadml-worker"
+    assert "--kube-auth" not in pods["globex"]["containers"][0]["args"]
+    assert pods["globex"]["automountServiceAccountToken"] is False
+    for pod in pods.values():
+        assert pod["containers"][0]["args"][5:7] == ["--host", "0.0.0.0"]
+    for ns in ("cadml-system", "acme-cad", "globex"):
+        control_plane.kubectl("create", "namespace", ns, check=False)
+    proc = control_plane.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                                 stdin=rendered, check=False)
+    assert proc.returncode == 0, proc.stderr

@@ -240,7 +240,9 @@ def test_worker_objects_are_owned_by_the_model() -> None:
                      "blockOwnerDeletion": True}
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["worker", "--model", "acme-cad/part-similarity", "--port",
-                                 "8080"]
+                                 "8080", "--host", "0.0.0.0"]
+    # no account to ask the API server with: no token mounted, every write refused
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     assert container["securityContext"]["runAsNonRoot"] is True
     assert container["resources"]["limits"] == {"memory": "1Gi"}
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -255,6 +257,36 @@ def test_worker_objects_are_owned_by_the_model() -> None:
     settings = OperatorSettings.from_env({"CADML_WORKER_STORE_SECRET": "acme-store",
                                           "CADML_WORKER_STORE_KEY": "dsn"})
     assert (settings.worker_store_secret, settings.worker_store_key) == ("acme-store", "dsn")
+
+
+def test_workers_check_write_tokens_in_the_namespaces_the_chart_prepared() -> None:
+    from controller.operator.kube import WorkerApplier
+
+    body = next(b for b in _bodies() if b["kind"] == "Model" and
+                b["metadata"]["name"] == "part-similarity")
+    body = {**body, "metadata": {**body["metadata"], "uid": "uid-1"}}
+    created: list[dict[str, Any]] = []
+
+    class Api:  # records what would be created; nothing exists yet
+        def __getattr__(self, name: str) -> Any:
+            from kubernetes.client.exceptions import ApiException
+
+            def call(*args: Any) -> Any:
+                if name.startswith("read_"):
+                    raise ApiException(status=404)
+                created.append(args[-1])
+                return args[-1]
+            return call
+
+    for namespaces, account in ((("acme-cad",), "cadml-worker"), (("other",), None)):
+        created.clear()
+        settings = OperatorSettings.from_env({"CADML_WORKER_AUTH_NAMESPACES":
+                                              ",".join(namespaces)})
+        WorkerApplier(Api(), Api(), lambda o: o)(body, settings)
+        pod = created[0]["spec"]["template"]["spec"]
+        assert pod.get("serviceAccountName") == account
+        assert pod["automountServiceAccountToken"] is bool(account)
+        assert ("--kube-auth" in pod["containers"][0]["args"]) is bool(account)
 
 
 def assert_writable_paths_are_volumes(pod: dict[str, Any]) -> None:

@@ -4,14 +4,6 @@ body field (the Kubernetes TokenReview path is in tests/e2e/test_write_auth.py).
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,70 +15,19 @@ from controller.cli import main
 from controller.features.sandbox import FeatureSandbox
 from controller.worker.app import make_app
 from controller.worker.auth import TokenFile, WriteGuard, bearer, listen_problem
-from tests.conftest import ROOT
 from tests.worker.conftest import MODEL, TENANT, World
+from tests.worker.process import WorkerProcess, assert_writes_are_authenticated
 
 EDIT, VIEW = "t0k-edit-ann", "t0k-view-vic"
 TOKENS = f"# token user access\n{EDIT} ann@acme edit\n{VIEW} vic@acme view\n"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Worker:
-    """`python -m controller worker` as a subprocess on loopback."""
-
-    def __init__(self, url: str, store: str, args: list[str], log: Path) -> None:
-        self.url, self.log = url, log
-        port = int(url.rsplit(":", 1)[1])
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller", "worker", "--model", f"{TENANT}/{MODEL}",
-                 "--store", store, "--port", str(port), *args],
-                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("worker exited:\n" + log.read_text())
-            try:
-                if self.call("GET", "/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("worker never became ready:\n" + log.read_text())
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json",
-                                              **(headers or {})})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
-def token_worker(world: World, tmp_path: Path) -> Iterator[Worker]:
+def token_worker(world: World, tmp_path: Path) -> Iterator[WorkerProcess]:
     tokens = tmp_path / "tokens"
     tokens.write_text(TOKENS)
-    w = Worker(f"http://127.0.0.1:{_port()}", str(world.store.engine.url),
-               ["--auth-token-file", str(tokens)], tmp_path / "worker.log")
+    w = WorkerProcess(f"{TENANT}/{MODEL}", str(world.store.engine.url),
+                      ["--auth-token-file", str(tokens)], tmp_path / "worker.log")
     yield w
     w.stop()
 
@@ -95,51 +36,10 @@ def _vector(world: World) -> list[float]:
     return [float(x) for x in np.load(world.stable.manifest_path.parent / "vectors.npy")[0]]
 
 
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 def test_reviews_and_bindings_are_checked_and_recorded_as_the_token_user(
-        world: World, token_worker: Worker) -> None:
-    status, run = token_worker.call("POST", "/v1/search", {"vector": _vector(world),
-                                                           "jobId": "auth-1"})
-    assert status == 200, run  # reads need no token
-    review = f"/v1/runs/{run['runKey']}/review"
-    forged = {"X-Reviewer": "mallory"}
-    body = {"status": "REJECTED", "humanDecision": "no-match", "reviewer": "mallory"}
-    with world.store.transaction(TENANT, "t") as tx:
-        events = len(list(tx.audit_events()))
-
-    for headers, code, error in (
-        (forged, 401, "unauthenticated"),
-        ({**forged, "Authorization": "Bearer not-a-token"}, 401, "unauthenticated"),
-        ({**forged, "Authorization": EDIT}, 401, "unauthenticated"),  # no Bearer scheme
-        ({**forged, **_auth(VIEW)}, 403, "forbidden"),
-    ):
-        status, answer = token_worker.call("POST", review, body, headers)
-        assert (status, answer["code"], answer["stage"]) == (code, error, "auth"), answer
-        status, answer = token_worker.call("POST", "/v1/jobs/auth-1/binding",
-                                           {"version": "1.1.0"}, headers)
-        assert (status, answer["code"]) == (code, error), answer
-    with world.store.transaction(TENANT, "t") as tx:
-        stored = tx.run(run["runKey"])
-        assert stored is not None and stored["review_status"] == "PENDING_REVIEW"
-        assert stored["reviewer"] is None
-        assert len(list(tx.audit_events())) == events  # refused writes leave no trace
-
-    status, answer = token_worker.call("POST", review, body, {**forged, **_auth(EDIT)})
-    assert status == 200 and answer["reviewer"] == "ann@acme", answer
-    status, bound = token_worker.call("POST", "/v1/jobs/auth-1/binding", {"version": "1.1.0"},
-                                      {**forged, **_auth(EDIT)})
-    assert status == 200, bound
-    with world.store.transaction(TENANT, "t") as tx:
-        stored = tx.run(run["runKey"])
-        review_event, bind_event = list(tx.audit_events())[-2:]
-    assert stored is not None and stored["review_status"] == "REJECTED"
-    assert stored["reviewer"] == "ann@acme" and stored["decision"] == "PENDING_REVIEW"
-    assert review_event.action == "review" and review_event.actor == "reviewer:ann@acme"
-    assert review_event.details["reviewer"] == "ann@acme"
-    assert bind_event.action == "bind" and bind_event.actor == "ann@acme"
+        world: World, token_worker: WorkerProcess) -> None:
+    assert_writes_are_authenticated(world, token_worker, edit=EDIT, view=VIEW,
+                                    user="ann@acme")
 
 
 @pytest.fixture
@@ -164,7 +64,8 @@ async def test_writes_without_a_checker_are_refused_unless_insecure_local(
                                                        "jobId": "g-1"})).json()
     resp = await client.post(f"/v1/runs/{run['runKey']}/review",
                              json={"status": "APPROVED", "reviewer": "mallory"},
-                             headers={"X-Reviewer": "mallory", **_auth(EDIT)})
+                             headers={"X-Reviewer": "mallory",
+                                      "Authorization": f"Bearer {EDIT}"})
     body = await resp.json()
     assert resp.status == status and body.get("code") == code, body
     with world.store.transaction(TENANT, "t") as tx:
