@@ -95,10 +95,10 @@ def assert_writes_are_authenticated(world: World, worker: WorkerProcess, *, edit
         ({**forged, "Authorization": f"Bearer {view}"}, 403, "forbidden"),
     ):
         status, answer = worker.call("POST", review, body, headers)
-        assert (status, answer["code"], answer["stage"]) == (code, error, "auth"), answer
+        assert (status, answer.get("code"), answer.get("stage")) == (code, error, "auth"), answer
         status, answer = worker.call("POST", "/v1/jobs/auth-1/binding", {"version": "1.1.0"},
                                      headers)
-        assert (status, answer["code"]) == (code, error), answer
+        assert (status, answer.get("code")) == (code, error), answer
     with world.store.transaction(TENANT, "t") as tx:
         stored = tx.run(run["runKey"])
         assert stored is not None and stored["review_status"] == "PENDING_REVIEW"

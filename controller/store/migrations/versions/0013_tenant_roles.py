@@ -32,9 +32,10 @@ RLS_TABLES = (
     "policy_route", "policy_snapshot", "release_record", "schedule_tick", "tenant",
     "worker_state",
 )
-# the bound role's tenant, or the row's own tenant when the role is bound to none
-BOUND = ("tenant_id = COALESCE((SELECT r.tenant_id FROM tenant_role r "
-         "WHERE r.role_name = current_user), tenant_id)")
+# unbound roles pass; a bound role's rows are its tenant's. The subquery is uncorrelated:
+# one InitPlan per statement, so an unbound role pays a parameter test per row, no join
+_ROLE_TENANT = "(SELECT r.tenant_id FROM tenant_role r WHERE r.role_name = current_user)"
+BOUND = f"{_ROLE_TENANT} IS NULL OR tenant_id = {_ROLE_TENANT}"
 
 
 def upgrade() -> None:
