@@ -144,17 +144,25 @@ class KubernetesReviews:
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None) -> KubernetesReviews:
+        """The API client from `kubeconfig`, else the pod's service account, else
+        $KUBECONFIG; a UsageError when none is there (the worker must not start unable to
+        check anybody)."""
         from kubernetes import client, config
 
-        if kubeconfig:
-            api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        else:
-            try:
-                cfg = client.Configuration()
-                config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-                api = client.ApiClient(cfg)
-            except config.ConfigException:
-                api = config.new_client_from_config()  # type: ignore[no-untyped-call]
+        try:
+            if kubeconfig:
+                api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            else:
+                try:
+                    cfg = client.Configuration()
+                    config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+                    api = client.ApiClient(cfg)
+                except config.ConfigException:
+                    api = config.new_client_from_config()  # type: ignore[no-untyped-call]
+        except (config.ConfigException, OSError) as exc:
+            raise UsageError(f"--kube-auth: no credentials to reach the API server ({exc}); "
+                             "in a pod mount a service account token (the chart's "
+                             "workers.namespaces), elsewhere give --kubeconfig") from None
         return cls(client.AuthenticationV1Api(api), client.AuthorizationV1Api(api))
 
     def authenticate(self, token: str) -> Identity | None:

@@ -88,6 +88,15 @@ def test_a_malformed_token_file_is_refused_at_start(
     assert "line 1" in capsys.readouterr().err
 
 
+def test_kube_auth_without_credentials_is_refused_at_start(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert main(["worker", "--model", f"{TENANT}/{MODEL}", "--kube-auth"]) == 2
+    assert "--kube-auth: no credentials" in capsys.readouterr().err
+
+
 def test_the_default_listen_address_is_loopback() -> None:
     from controller.cli import build_parser
 
