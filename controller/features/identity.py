@@ -44,3 +44,10 @@ def describe() -> dict[str, object]:
     """What `extractorVersion` is made of, for manifests and health output."""
     return {"extractorVersion": extractor_version(), "featureCodeVersion": FEATURE_CODE_VERSION,
             "ezdxf": metadata.version("ezdxf")}
+
+
+def mismatched(ours: str, artifacts: dict[str, str | None]) -> list[str]:
+    """Purely computational: the versions whose artifact another extractor built. Their
+    stored vectors and the vectors this worker computes from uploads are not comparable
+    (an artifact without an extractorVersion predates it and cannot be judged)."""
+    return sorted(v for v, theirs in artifacts.items() if theirs is not None and theirs != ours)
