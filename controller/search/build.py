@@ -51,12 +51,14 @@ def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: s
     """Index every drawing below `source` into `out`; `cache` is the feature-cache root."""
     if feature_version not in FEATURE_DIMS:
         raise ValueError(f"unknown feature version {feature_version!r}")
+    store = None if cache is None else FeatureCache(cache, feature_version,
+                                                     identity.extractor_version())
+    if store is not None:
+        store.check_writable()
     paths = find_drawings(source)
     items = [(str(p.relative_to(source)), p.read_bytes()) for p in paths]
     results: dict[str, Features | InvalidDrawing] = {}
     sandbox = FeatureSandbox(workers, limits)
-    store = None if cache is None else FeatureCache(cache, feature_version,
-                                                     identity.extractor_version())
     parsed = 0
     try:
         stream = extract_cached(items, lambda todo: sandbox.map(todo, feature_version), store)

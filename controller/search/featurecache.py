@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from controller.errors import SourceError
 from controller.features import Features, InvalidDrawing
 
 DEFAULT_CACHE = Path("~/.cache/cadml/features")
@@ -80,6 +81,16 @@ class FeatureCache:
     def path(self, sha: str) -> Path:
         return (self.root / self.extractor_version / self.feature_version / sha[:2]
                 / f"{sha}.json")
+
+    def check_writable(self) -> None:
+        """Refuse a cache folder that cannot take entries before a build spends any work."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as exc:
+            raise SourceError(f"--cache {self.root}: cannot write there ({exc.strerror}); "
+                              "give a writable folder, or --no-cache") from None
 
     def get(self, sha: str) -> Result | None:
         try:

@@ -69,10 +69,14 @@ def test_the_manifest_records_the_extractor_identity(tmp_path: Path, src: Path) 
 def test_a_cached_rebuild_parses_only_changed_drawings_and_equals_a_clean_build(
         tmp_path: Path, src: Path) -> None:
     cache = tmp_path / "cache"
+    (src / "not-a-drawing.dxf").write_bytes(b"0\nSECTION\n2\nENTITIES\n0\nENDSEC\n")
+    (src / "half.dxf").write_bytes((src / "hatches_2.dxf").read_bytes()[:20000])
     first = build_json(tmp_path, str(src), "--out", str(tmp_path / "first"), "--cache",
                        str(cache), "--quiet")
     total = first["indexed"] + len(first["skipped"])
     assert first["parsed"] == total and first["reused"] == 0
+    assert [(s["file"], s["code"]) for s in first["skipped"]] == [  # refusals are cached
+        ("half.dxf", "no_entities"), ("not-a-drawing.dxf", "no_entities")]
 
     os.utime(src / "text.dxf", (1, 1))                            # touched: same bytes
     comment(src / "hatches_2.dxf", "changed")                     # changed
@@ -157,4 +161,14 @@ def test_resume_without_the_cache_is_a_usage_error(tmp_path: Path, src: Path) ->
     proc = cadml(tmp_path, str(src), "--out", str(tmp_path / "out"), "--no-cache", "--resume")
     assert proc.returncode == 2
     assert "--resume needs the feature cache" in proc.stderr and "--no-cache" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_cache_is_refused_before_any_work(tmp_path: Path, src: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = cadml(tmp_path, str(src), "--out", str(tmp_path / "out"), "--cache", str(blocker))
+    assert proc.returncode == 2, proc.stderr
+    assert f"--cache {blocker}" in proc.stderr and "--no-cache" in proc.stderr
+    assert "Traceback" not in proc.stderr and "drawings/s" not in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.cli import build_parser
+from controller.cli.index_cmd import cache_root
+from controller.errors import UsageError
 from controller.features import InvalidDrawing, features_from_bytes
 from controller.features.identity import (
     EXTRACT_SOURCE,
@@ -121,3 +124,22 @@ def test_the_meter_counts_only_parsed_drawings_from_the_last_cache_hit() -> None
     assert "1.0 drawings/s ETA 0:00:01 c.dxf: 9 entities" in first[1]
     now[0] = 132.0
     assert "1.0 drawings/s ETA 0:00:00" in meter.lines(BuildTick(4, 4, "d", "x", True))[0]
+
+
+@pytest.mark.parametrize(("argv", "environ", "expected"), [
+    ([], {"XDG_CACHE_HOME": "/xdg"}, Path("/xdg/cadml/features")),
+    ([], {}, Path("~/.cache/cadml/features").expanduser()),
+    (["--cache", "/c"], {"XDG_CACHE_HOME": "/xdg"}, Path("/c")),
+    (["--no-cache"], {"XDG_CACHE_HOME": "/xdg"}, None),
+])
+def test_where_the_cache_is(argv: list[str], environ: dict[str, str],
+                            expected: Path | None) -> None:
+    args = build_parser().parse_args(["index", "build", "d", "--out", "o", *argv])
+    assert cache_root(args, environ) == expected
+
+
+@pytest.mark.parametrize("argv", [["--no-cache", "--resume"], ["--no-cache", "--cache", "/c"]])
+def test_contradicting_cache_options_are_a_usage_error(argv: list[str]) -> None:
+    args = build_parser().parse_args(["index", "build", "d", "--out", "o", *argv])
+    with pytest.raises(UsageError, match="--no-cache"):
+        cache_root(args, {})
