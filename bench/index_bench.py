@@ -8,12 +8,14 @@ every file differs (no cache hit between copies). For each worker count, in one 
   unchanged  a rebuild with the cache, nothing changed
   changed    a rebuild after --changed of the drawings got new bytes (target <= 0.05 x full)
 and the parallel efficiency of `full` against one worker. The `changed` rebuild is
-checked byte for byte against a clean build of the same inputs.
+checked byte for byte against a clean build of the same inputs. The load average
+is printed before and after: on a shared machine, trust the ratios, not the seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -88,7 +90,7 @@ def main() -> None:
         root = Path(tmp)
         paths = replicate(root / "src", args.copies)
         print(f"{len(paths)} drawings ({args.copies} copies of {DXF_CORPUS}), "
-              f"workers {counts}")
+              f"workers {counts}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         print(f"{'workers':>7} {'full s':>8} {'dwg/s':>7} {'eff':>5} {'fill s':>8} "
               f"{'x full':>6} {'unch. s':>8} {'x full':>6} {'chg. s':>8} {'x full':>6} "
               f"{'parsed':>6} {'same':>5}")
@@ -102,7 +104,8 @@ def main() -> None:
                   f"{row['unchanged']:>8.2f} {row['unchanged'] / row['full']:>6.3f} "
                   f"{row['changed']:>8.2f} {row['changed'] / row['full']:>6.3f} "
                   f"{row['parsed']:>6} {row['same']!s:>5}")
-        print(f"target: changed rebuild <= 0.05 x full; eff = (1-worker full) / (full x workers)"
+        print(f"load average now {os.getloadavg()[0]:.1f}; target: changed rebuild <= 0.05 x "
+              f"full; eff = (1-worker full) / (full x workers)"
               f"{'' if counts[0] == 1 else ' (first count taken as linear)'}")
 
 
