@@ -79,13 +79,29 @@ def cache_root(args: argparse.Namespace, environ: Mapping[str, str]) -> Path | N
     return DEFAULT_CACHE.expanduser()
 
 
+def usable_default(cache: Path | None, args: argparse.Namespace) -> Path | None:
+    """The default cache folder when it can be written; else a warning and no cache (a
+    read-only home in a container must not stop a build nobody asked to cache)."""
+    from controller.errors import SourceError
+    from controller.search.featurecache import check_writable
+
+    if cache is None or args.cache or args.resume:
+        return cache  # named or needed: build_index refuses it if it is not writable
+    try:
+        check_writable(cache)
+    except SourceError as exc:
+        sys.stderr.write(f"warning: {exc}; building without the cache\n")
+        return None
+    return cache
+
+
 def run(args: argparse.Namespace) -> int:
     from controller.errors import SourceError
     from controller.features.sandbox import SandboxLimits
     from controller.search.build import build_index
     from controller.search.progress import BuildTick, ProgressMeter
 
-    cache = cache_root(args, os.environ)
+    cache = usable_default(cache_root(args, os.environ), args)
     source = Path(args.source)
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder")

@@ -22,7 +22,7 @@ import numpy as np
 from controller.features import FEATURE_DIMS, Features, InvalidDrawing, identity
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.search.artifacts import MANIFEST_FORMAT
-from controller.search.featurecache import FeatureCache, extract_cached
+from controller.search.featurecache import FeatureCache, check_writable, extract_cached
 from controller.search.fetch import sha256_file
 from controller.search.index import build_faiss, write_faiss
 from controller.search.progress import BuildTick
@@ -53,8 +53,8 @@ def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: s
         raise ValueError(f"unknown feature version {feature_version!r}")
     store = None if cache is None else FeatureCache(cache, feature_version,
                                                      identity.extractor_version())
-    if store is not None:
-        store.check_writable()
+    if cache is not None:
+        check_writable(cache)
     paths = find_drawings(source)
     items = [(str(p.relative_to(source)), p.read_bytes()) for p in paths]
     results: dict[str, Features | InvalidDrawing] = {}

@@ -72,6 +72,17 @@ def decode(sha: str, record: Any, feature_version: str) -> Result | None:
         return None
 
 
+def check_writable(root: Path) -> None:
+    """Refuse a cache folder that cannot take entries before a build spends any work."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        raise SourceError(f"feature cache {root}: cannot write there ({exc.strerror}); "
+                          "give a writable --cache folder, or --no-cache") from None
+
+
 @dataclass(frozen=True)
 class FeatureCache:
     root: Path
@@ -81,16 +92,6 @@ class FeatureCache:
     def path(self, sha: str) -> Path:
         return (self.root / self.extractor_version / self.feature_version / sha[:2]
                 / f"{sha}.json")
-
-    def check_writable(self) -> None:
-        """Refuse a cache folder that cannot take entries before a build spends any work."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.root):
-                pass
-        except OSError as exc:
-            raise SourceError(f"--cache {self.root}: cannot write there ({exc.strerror}); "
-                              "give a writable folder, or --no-cache") from None
 
     def get(self, sha: str) -> Result | None:
         try:

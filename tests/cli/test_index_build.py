@@ -169,6 +169,20 @@ def test_an_unwritable_cache_is_refused_before_any_work(tmp_path: Path, src: Pat
     blocker.write_text("not a folder")
     proc = cadml(tmp_path, str(src), "--out", str(tmp_path / "out"), "--cache", str(blocker))
     assert proc.returncode == 2, proc.stderr
-    assert f"--cache {blocker}" in proc.stderr and "--no-cache" in proc.stderr
+    assert f"feature cache {blocker}: cannot write" in proc.stderr
+    assert "--no-cache" in proc.stderr
     assert "Traceback" not in proc.stderr and "drawings/s" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_default_cache_builds_without_it_and_says_so(tmp_path: Path,
+                                                                   src: Path) -> None:
+    home = tmp_path / "home-is-a-file"
+    home.write_text("a read-only home, as in a container")
+    proc = cadml(home, str(src), "--out", str(tmp_path / "out"), "--quiet", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: feature cache" in proc.stderr and "building without the cache" in proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["cache"] is None and result["parsed"] == result["indexed"] > 40
+    resume = cadml(home, str(src), "--out", str(tmp_path / "out2"), "--quiet", "--resume")
+    assert resume.returncode == 2 and "cannot write there" in resume.stderr
