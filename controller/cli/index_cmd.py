@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from controller.cli._common import write_json
+from controller.features.identity import extractor_version
 
 HELP = """\
 Extract features from every .dxf below DIR (in sandboxed processes with CPU and
@@ -17,7 +20,19 @@ ModelVersion at the manifest:
 
   artifact: {uri: file:///…/OUT/manifest.json, sha256: <printed below>, format: faiss-index}
 
-Unreadable drawings are skipped and listed in the manifest with their reason.
+Unreadable drawings are skipped and listed in the manifest with their reason. The
+manifest records `extractorVersion`: the feature code's version, a hash of
+controller/features/extract.py and the ezdxf version.
+
+Incremental builds: feature vectors are cached by (sha256 of the drawing,
+feature version, extractorVersion) under --cache (default
+$XDG_CACHE_HOME/cadml/features, else ~/.cache/cadml/features), so a rebuild
+parses only new or changed drawings; removed ones drop out. The artifact is byte
+for byte the one a build without the cache writes. Each vector is cached as soon
+as it is computed, so running the same command again after an interruption
+(--resume says so explicitly) continues where the build stopped.
+
+Progress (drawings/s and ETA) goes to stderr; stdout carries only the result.
 exit codes: 0 built · 1 nothing could be indexed · 2 usage or I/O error
 """
 
@@ -34,35 +49,82 @@ def register(sub: Any) -> None:
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--cpu-seconds", type=float, default=10.0,
                    help="CPU time allowed per drawing (default 10)")
+    b.add_argument("--cache", metavar="DIR",
+                   help="feature cache folder (default $XDG_CACHE_HOME/cadml/features or "
+                        "~/.cache/cadml/features)")
+    b.add_argument("--no-cache", action="store_true",
+                   help="parse every drawing; read and write no cache")
+    b.add_argument("--resume", action="store_true",
+                   help="continue an interrupted build from the cache (any cached build "
+                        "does; this refuses to run without the cache)")
     b.add_argument("--quiet", action="store_true", help="no per-file progress")
     b.add_argument("--output", "-o", choices=("text", "json"), default="text")
     b.set_defaults(handler=run)
+
+
+def cache_root(args: argparse.Namespace, environ: Mapping[str, str]) -> Path | None:
+    """The feature-cache folder these options and this environment name (None: no cache)."""
+    from controller.errors import UsageError
+    from controller.search.featurecache import DEFAULT_CACHE
+
+    if args.no_cache and (args.resume or args.cache):
+        flag = "--resume needs the feature cache" if args.resume else "--cache"
+        raise UsageError(f"{flag}: cannot be combined with --no-cache")
+    if args.no_cache:
+        return None
+    if args.cache:
+        return Path(args.cache)
+    if environ.get("XDG_CACHE_HOME"):
+        return Path(environ["XDG_CACHE_HOME"]) / "cadml" / "features"
+    return DEFAULT_CACHE.expanduser()
+
+
+def usable_default(cache: Path | None, args: argparse.Namespace) -> Path | None:
+    """The default cache folder when it can be written; else a warning and no cache (a
+    read-only home in a container must not stop a build nobody asked to cache)."""
+    from controller.errors import SourceError
+    from controller.search.featurecache import check_writable
+
+    if cache is None or args.cache or args.resume:
+        return cache  # named or needed: build_index refuses it if it is not writable
+    try:
+        check_writable(cache)
+    except SourceError as exc:
+        sys.stderr.write(f"warning: {exc}; building without the cache\n")
+        return None
+    return cache
 
 
 def run(args: argparse.Namespace) -> int:
     from controller.errors import SourceError
     from controller.features.sandbox import SandboxLimits
     from controller.search.build import build_index
+    from controller.search.progress import BuildTick, ProgressMeter
 
+    cache = usable_default(cache_root(args, os.environ), args)
     source = Path(args.source)
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder")
+    meter = ProgressMeter()
 
-    def progress(done: int, total: int, name: str, what: str) -> None:
+    def progress(tick: BuildTick) -> None:
         if not args.quiet:
-            width = 30
-            bar = "#" * (done * width // total) + "-" * (width - done * width // total)
-            sys.stderr.write(f"[{bar}] {done}/{total} {name}: {what}\n")
+            for line in meter.lines(tick):
+                sys.stderr.write(line + "\n")
 
     result = build_index(source, Path(args.out), feature_version=args.feature_version,
                          kind=args.kind, workers=args.workers,
-                         limits=SandboxLimits(cpu_seconds=args.cpu_seconds), progress=progress)
+                         limits=SandboxLimits(cpu_seconds=args.cpu_seconds), progress=progress,
+                         cache=cache)
     uri = result.manifest_path.resolve().as_uri()
     if args.output == "json":
         write_json({"uri": uri, "sha256": result.manifest_sha256, "indexed": result.indexed,
-                    "skipped": result.skipped})
+                    "skipped": result.skipped, "parsed": result.parsed,
+                    "reused": result.reused, "extractorVersion": extractor_version(),
+                    "cache": str(cache) if cache else None})
     else:
-        print(f"indexed {result.indexed} drawings, skipped {len(result.skipped)}")
+        print(f"indexed {result.indexed} drawings, skipped {len(result.skipped)} "
+              f"(parsed {result.parsed}, {result.reused} from the cache)")
         for s in result.skipped:
             print(f"  skipped {s['file']}: {s['reason']}")
         print(f"artifact: {{uri: {uri}, sha256: {result.manifest_sha256}, format: faiss-index}}")

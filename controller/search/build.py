@@ -2,7 +2,10 @@
 
 The manifest (`manifest.json`) is the artifact a ModelVersion points at (URI +
 sha256); it records the feature version, dimension, the sha256 of the index and
-of the raw vectors, every indexed file and every skipped file with its reason.
+of the raw vectors, the extractor identity (controller.features.identity), every
+indexed file and every skipped file with its reason. With a feature cache
+(controller.search.featurecache) only drawings not seen before are parsed; the
+artifact is the same, byte for byte, as a build without it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from controller.features import FEATURE_DIMS, Features, InvalidDrawing
+from controller.features import FEATURE_DIMS, Features, InvalidDrawing, identity
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.search.artifacts import MANIFEST_FORMAT
+from controller.search.featurecache import FeatureCache, check_writable, extract_cached
 from controller.search.fetch import sha256_file
 from controller.search.index import build_faiss, write_faiss
+from controller.search.progress import BuildTick
 
 DXF_SUFFIXES = (".dxf",)
 
@@ -31,6 +36,8 @@ class BuildResult:
     manifest_sha256: str
     indexed: int
     skipped: list[dict[str, str]]
+    parsed: int = 0  # drawings parsed by this build
+    reused: int = 0  # drawings whose features came from the cache
 
 
 def find_drawings(root: Path) -> list[Path]:
@@ -39,20 +46,29 @@ def find_drawings(root: Path) -> list[Path]:
 
 def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: str = "flat",
                 workers: int = 2, limits: SandboxLimits | None = None,
-                progress: Callable[[int, int, str, str], None] | None = None) -> BuildResult:
+                progress: Callable[[BuildTick], None] | None = None,
+                cache: Path | None = None) -> BuildResult:
+    """Index every drawing below `source` into `out`; `cache` is the feature-cache root."""
     if feature_version not in FEATURE_DIMS:
         raise ValueError(f"unknown feature version {feature_version!r}")
+    store = None if cache is None else FeatureCache(cache, feature_version,
+                                                     identity.extractor_version())
+    if cache is not None:
+        check_writable(cache)
     paths = find_drawings(source)
     items = [(str(p.relative_to(source)), p.read_bytes()) for p in paths]
     results: dict[str, Features | InvalidDrawing] = {}
     sandbox = FeatureSandbox(workers, limits)
+    parsed = 0
     try:
-        for done, (name, result) in enumerate(sandbox.map(items, feature_version), start=1):
+        stream = extract_cached(items, lambda todo: sandbox.map(todo, feature_version), store)
+        for done, (name, result, fresh) in enumerate(stream, start=1):
             results[name] = result
+            parsed += fresh
             if progress:
                 what = (f"skipped: {result}" if isinstance(result, InvalidDrawing)
                         else f"{result.entities} entities")
-                progress(done, len(items), name, what)
+                progress(BuildTick(done, len(items), name, what, fresh))
     finally:
         sandbox.close()
     files, vectors, skipped = [], [], []
@@ -67,14 +83,17 @@ def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: s
     if not vectors:
         raise InvalidDrawing(f"no drawing in {source} could be indexed", code="nothing_indexed",
                              stage="index")
-    return write_artifact(out, np.vstack(vectors).astype(np.float32), files, skipped,
-                          feature_version, kind)
+    built = write_artifact(out, np.vstack(vectors).astype(np.float32), files, skipped,
+                           feature_version, kind, extractor=identity.describe())
+    built.parsed, built.reused = parsed, len(items) - parsed
+    return built
 
 
 def write_artifact(out: Path, matrix: np.ndarray, files: list[dict[str, Any]],
                    skipped: list[dict[str, Any]], feature_version: str = "v4",
-                   kind: str = "flat") -> BuildResult:
-    """Write vectors, the faiss index and the manifest (last, atomically) into `out`."""
+                   kind: str = "flat", extractor: dict[str, Any] | None = None) -> BuildResult:
+    """Write vectors, the faiss index and the manifest (last, atomically) into `out`.
+    `extractor` (identity.describe()) says which extractor computed the vectors."""
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "vectors.npy", matrix, allow_pickle=False)
     write_faiss(build_faiss(matrix, kind), str(out / "index.faiss"))
@@ -82,6 +101,9 @@ def write_artifact(out: Path, matrix: np.ndarray, files: list[dict[str, Any]],
         "format": MANIFEST_FORMAT,
         "featureVersion": feature_version,
         "dim": int(matrix.shape[1]),
+        **({"extractorVersion": extractor["extractorVersion"],
+            "extractor": {k: v for k, v in extractor.items() if k != "extractorVersion"}}
+           if extractor else {}),
         "count": len(files),
         "index": {"file": "index.faiss", "kind": kind,
                   "sha256": sha256_file(out / "index.faiss")},

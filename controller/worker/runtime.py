@@ -24,6 +24,7 @@ import numpy as np
 
 from controller import metrics
 from controller.errors import StructuredError
+from controller.features.identity import extractor_version, mismatched
 from controller.records import PolicySnapshot, RunRecord, VersionRow
 from controller.routing import Choice, choose_version
 from controller.search.artifacts import Artifact, ArtifactError, load_artifact
@@ -211,6 +212,12 @@ class WorkerRuntime:
             with self.store.transaction(s.tenant, s.worker_id) as tx:
                 tx.audit("artifact-scan", "ModelVersion", row.name, artifact.scan.as_dict())
         lv = LoadedVersion(row, artifact, artifact.degraded)
+        if mismatched(extractor_version(), {row.version: artifact.manifest.get(
+                "extractorVersion")}):
+            log.warning("version %s: index built by extractor %s, this worker extracts with "
+                        "%s: similarity of uploaded drawings is unreliable until the index "
+                        "is rebuilt", row.version, artifact.manifest["extractorVersion"],
+                        extractor_version())
         if lv.degraded:
             lv.backoff = s.backoff_initial
             lv.next_retry = now + lv.backoff
@@ -257,10 +264,19 @@ class WorkerRuntime:
 
     # ---------------------------------------------------------------- requests
 
+    def extractors(self) -> dict[str, Any]:
+        """This worker's extractorVersion, each loaded artifact's, and the mismatches."""
+        theirs = {v: lv.artifact.manifest.get("extractorVersion")
+                  for v, lv in self.versions.items()}
+        ours = extractor_version()
+        return {"extractorVersion": ours, "artifactExtractors": theirs,
+                "extractorMismatch": mismatched(ours, theirs)}
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
         snap = self.snapshot
         ok = snap is not None and bool(self.versions)
         return ok, {
+            **self.extractors(),
             "policyVersion": snap.policy_version if snap else None,
             "versions": {v: ("Degraded: " + lv.degraded) if lv.degraded else "Ready"
                          for v, lv in self.versions.items()},

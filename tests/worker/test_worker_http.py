@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
+from controller.features.identity import extractor_version
 from controller.features.sandbox import FeatureSandbox
-from controller.records import RouteRow
+from controller.records import RouteRow, VersionRow
+from controller.search.fetch import sha256_file
 from controller.worker.app import make_app
 from controller.worker.auth import TokenFile, WriteGuard
 from tests.conftest import DXF_CORPUS
@@ -304,3 +307,23 @@ async def test_ef_search_is_chosen_per_model_version(world: World, client: Clien
     with world.store.transaction(TENANT, "t") as tx:
         (state,) = tx.worker_states()[MODEL]
     assert state.detail["search"]["1.1.0"]["efSearch"] == stored_default
+
+
+async def test_readyz_names_the_extractors_and_flags_an_index_built_by_another(
+        world: World, client: Client) -> None:
+    ready = await (await client.get("/readyz")).json()
+    ours = extractor_version()
+    assert ready["extractorVersion"] == ours
+    assert ready["artifactExtractors"] == {"1.0.0": ours, "1.1.0": ours}
+    assert ready["extractorMismatch"] == []
+
+    manifest = world.canary.manifest_path  # an index built by an older extractor
+    doc = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**doc, "extractorVersion": "x0-0123456789abcdef"}))
+    with world.store.transaction(TENANT, "seed") as tx:
+        tx.upsert_version(VersionRow("ps-1-1-0", MODEL, "1.1.0", "CANARY", manifest.as_uri(),
+                                     "faiss-index", sha256_file(manifest), spec_hash="1.1.0b"))
+    world.runtime.refresh()
+    ready = await (await client.get("/readyz")).json()
+    assert ready["artifactExtractors"]["1.1.0"] == "x0-0123456789abcdef"
+    assert ready["extractorMismatch"] == ["1.1.0"]
