@@ -30,8 +30,11 @@ def register(sub: Any) -> None:
     p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="0.0.0.0")  # in-pod server
-    p.add_argument("--pickle-mode", choices=("whitelist", "blacklist", "audit"),
-                   default=os.environ.get("CADML_PICKLE_MODE", "whitelist"))
+    p.add_argument("--pickle-mode", type=_pickle_mode,
+                   default=os.environ.get("CADML_PICKLE_MODE", "whitelist"),
+                   help="whitelist (default; exact module.name pairs only) or audit "
+                        "(the same allowlist, plus an audit event with the opcode census of "
+                        "every scanned pickle, refused ones included)")
     p.add_argument("--backoff", type=float, default=300.0, metavar="S",
                    help="first recovery retry of a degraded index (default 300 s, x2, <= 3600)")
     p.add_argument("--backoff-max", type=float, default=3600.0, metavar="S")
@@ -45,6 +48,15 @@ def register(sub: Any) -> None:
     p.add_argument("--hnsw-ef-search", type=int, metavar="N",
                    help="HNSW search depth for versions whose spec.search sets none")
     p.set_defaults(handler=run)
+
+
+def _pickle_mode(value: str) -> str:
+    from controller.search.pickle_scan import UnsafeArtifact, check_mode
+
+    try:
+        return check_mode(value)
+    except UnsafeArtifact as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
