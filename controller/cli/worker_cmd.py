@@ -39,6 +39,12 @@ def register(sub: Any) -> None:
                    help="first recovery retry of a degraded index (default 300 s, x2, <= 3600)")
     p.add_argument("--backoff-max", type=float, default=3600.0, metavar="S")
     p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
+    p.add_argument("--cpu-seconds", type=float, default=10.0, metavar="S",
+                   help="CPU time one drawing may take to parse (default 10 s); beyond it "
+                        "the upload is answered 422 time_limit and its parser is replaced")
+    p.add_argument("--max-concurrent-uploads", type=int, default=8, metavar="N",
+                   help="drawing uploads read or parsed at once (default 8); beyond it "
+                        "429 busy with Retry-After")
     p.add_argument("--artifact-cache", metavar="DIR",
                    help="where http(s) artifacts are downloaded to, by sha256 "
                         "(default $CADML_ARTIFACT_CACHE, else $CADML_HOME/artifacts, else "
@@ -75,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         tenant=tenant, model=model, store_url=str(store.engine.url),
         pickle_mode=args.pickle_mode, backoff_initial=args.backoff,
         backoff_max=args.backoff_max, admin_token=os.environ.get("CADML_ADMIN_TOKEN") or None,
-        max_upload_bytes=args.max_upload_bytes, artifact_cache=args.artifact_cache,
+        max_upload_bytes=args.max_upload_bytes, cpu_seconds=args.cpu_seconds,
+        max_concurrent_uploads=args.max_concurrent_uploads, artifact_cache=args.artifact_cache,
         artifact_max_bytes=args.artifact_max_bytes, hnsw_ef_search=args.hnsw_ef_search)
     web.run_app(make_app(WorkerRuntime(store, settings)), host=args.host, port=args.port)
     return 0

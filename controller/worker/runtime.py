@@ -60,6 +60,7 @@ class WorkerSettings:
     parallel_batch_threshold: int = 64
     sandbox_workers: int = 2
     cpu_seconds: float = 10.0
+    max_concurrent_uploads: int = 8  # drawings read or parsed at once; beyond: 429
     hnsw_ef_search: int | None = None
     probe_seconds: float | None = None  # None: min(1 s, refreshSeconds / 4)
     artifact_cache: str | None = None  # None: fetch.default_cache()
