@@ -46,7 +46,11 @@ class SandboxLimits:
     cpu_seconds: float = 10.0
     memory_bytes: int = 2 * 1024 * 1024 * 1024
     max_bytes: int = 50 * 1024 * 1024
-    wall_grace_seconds: float = 10.0  # the wall-clock deadline is cpu_seconds + this
+    # The wall-clock deadline on each drawing is cpu_seconds + this: a child that has not
+    # answered by then (stuck where no signal gets through, or starved of CPU) is killed.
+    wall_grace_seconds: float = 1.0
+    # ... plus this while a pool has not answered yet: its children still start and import
+    startup_seconds: float = 60.0
 
     @property
     def wall_seconds(self) -> float:
@@ -135,12 +139,13 @@ class _Slot:
         self._make = make
         self._lock = threading.Lock()
         self.pool = make()
+        self.warm = False  # whether self.pool has answered once (its children are up)
 
     def replace(self, old: concurrent.futures.ProcessPoolExecutor, *, kill: bool = False
                 ) -> None:
         with self._lock:
             if self.pool is old:
-                self.pool = self._make()
+                self.pool, self.warm = self._make(), False
         if kill:  # a child past its wall deadline does not answer signals: end it
             for process in list(getattr(old, "_processes", {}).values()):
                 process.kill()
@@ -187,8 +192,10 @@ class FeatureSandbox:
             except RuntimeError:  # retired by another thread a moment ago: use the new one
                 if slot.pool is pool:
                     raise
+        deadline = self.limits.wall_seconds + (0 if slot.warm else self.limits.startup_seconds)
         try:
-            raw = future.result(timeout=self.limits.wall_seconds)
+            raw = future.result(timeout=deadline)
+            slot.warm = slot.warm or slot.pool is pool
         except BrokenProcessPool:
             slot.replace(pool)
             raise
