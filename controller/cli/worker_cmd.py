@@ -19,7 +19,8 @@ run with its version, policyVersion and thresholds, as PENDING_REVIEW.
 Endpoints: POST /v1/search (application/json {vector, jobId, topK} | multipart
 'drawing' | application/dxf), POST /v1/search/batch, POST /v1/jobs/JOB/binding,
 POST /v1/runs/RUN/review, POST /admin/recover (Bearer CADML_ADMIN_TOKEN),
-GET /healthz, /readyz, /metrics.
+GET /healthz, /readyz, /metrics. Drawings are parsed in sandboxed processes
+(--cpu-seconds each); beyond --max-concurrent-uploads uploads answer 429 busy.
 """
 
 
