@@ -52,6 +52,11 @@ def register(sub: Any) -> None:
                         "~/.cache/cadml/artifacts)")
     p.add_argument("--artifact-max-bytes", type=int, default=4 * 1024**3,
                    help="refuse a downloaded artifact file larger than this (default 4 GiB)")
+    p.add_argument("--loader-memory-bytes", type=int, default=2 * 1024**3, metavar="N",
+                   help="address space of the child process that deserialises pickle and "
+                        "npz artifacts (default 2 GiB)")
+    p.add_argument("--loader-cpu-seconds", type=float, default=60.0, metavar="S",
+                   help="CPU time that child may take (default 60 s)")
     p.add_argument("--hnsw-ef-search", type=int, metavar="N",
                    help="HNSW search depth for versions whose spec.search sets none")
     p.set_defaults(handler=run)
@@ -84,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         backoff_max=args.backoff_max, admin_token=os.environ.get("CADML_ADMIN_TOKEN") or None,
         max_upload_bytes=args.max_upload_bytes, cpu_seconds=args.cpu_seconds,
         max_concurrent_uploads=args.max_concurrent_uploads, artifact_cache=args.artifact_cache,
-        artifact_max_bytes=args.artifact_max_bytes, hnsw_ef_search=args.hnsw_ef_search)
+        artifact_max_bytes=args.artifact_max_bytes,
+        loader_memory_bytes=args.loader_memory_bytes,
+        loader_cpu_seconds=args.loader_cpu_seconds, hnsw_ef_search=args.hnsw_ef_search)
     web.run_app(make_app(WorkerRuntime(store, settings)), host=args.host, port=args.port)
     return 0

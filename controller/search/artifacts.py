@@ -3,7 +3,8 @@
 Formats: `faiss-index` (a manifest written by `cadml index build`: it names the
 faiss index file and the raw vectors, each with its sha256), `npz` (arrays
 `vectors` and `ids`, no pickles allowed), `pickle` (scanned opcode by opcode,
-then loaded restricted; a dict with `vectors` and `ids`). A faiss index that is
+then loaded restricted; a dict with `vectors` and `ids`). npz and pickle are
+deserialised in a child process under memory and CPU limits (`loader.py`). A faiss index that is
 missing, corrupt or fails its checksum does not stop the version: it is served
 Degraded from the exact numpy index over the verified vectors.
 """
@@ -22,7 +23,8 @@ import numpy as np
 from controller.errors import StructuredError
 from controller.search.fetch import Fetcher, FetchError, is_remote, plain_name, sha256_file
 from controller.search.index import ExactIndex, VectorIndex, read_faiss
-from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport, safe_load
+from controller.search.loader import LoaderLimits, LoadFailed, load_arrays
+from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport
 
 MANIFEST_FORMAT = "cadml-index/v1"
 
@@ -88,25 +90,19 @@ class Artifact:
 
 def load_artifact(uri: str, sha256: str | None, fmt: str, *, pickle_mode: str = "whitelist",
                   pickle_max_bytes: int = DEFAULT_MAX_BYTES, ef_search: int | None = None,
-                  fetcher: Fetcher | None = None) -> Artifact:
+                  fetcher: Fetcher | None = None, limits: LoaderLimits | None = None
+                  ) -> Artifact:
     path = _fetched(uri, sha256, fmt, fetcher or Fetcher()) if is_remote(uri) else resolve(uri)
     _verified(path, sha256, "artifact")
     if fmt == "faiss-index":
         return _load_manifest(path, ef_search)
-    if fmt == "npz":
+    if fmt in ("npz", "pickle"):  # deserialised in a limited child, handed over as arrays
         try:
-            with np.load(path, allow_pickle=False) as data:
-                vectors, ids = data["vectors"], [str(i) for i in data["ids"]]
-        except (ValueError, KeyError, OSError) as exc:
-            raise ArtifactError(f"npz artifact {path}: {exc}", code="artifact_corrupt") from None
-        return Artifact(ids, _matrix(vectors, len(ids)), ExactIndex(vectors), None)
-    if fmt == "pickle":
-        obj, report = safe_load(path.read_bytes(), pickle_mode, pickle_max_bytes)
-        if not isinstance(obj, dict) or "vectors" not in obj or "ids" not in obj:
-            raise ArtifactError("pickle artifact must hold a dict with 'vectors' and 'ids'",
-                                code="artifact_corrupt")
-        ids = [str(i) for i in obj["ids"]]
-        vectors = _matrix(obj["vectors"], len(ids))
+            ids, raw, report = load_arrays(path, fmt, pickle_mode=pickle_mode,
+                                           pickle_max_bytes=pickle_max_bytes, limits=limits)
+        except LoadFailed as exc:
+            raise ArtifactError(str(exc), code=exc.code, context=exc.context) from None
+        vectors = _matrix(raw, len(ids))
         return Artifact(ids, vectors, ExactIndex(vectors), None, scan=report)
     raise ArtifactError(f"unknown artifact format {fmt!r}", code="artifact_format")
 

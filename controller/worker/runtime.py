@@ -28,6 +28,7 @@ from controller.records import PolicySnapshot, RunRecord, VersionRow
 from controller.routing import Choice, choose_version
 from controller.search.artifacts import Artifact, ArtifactError, load_artifact
 from controller.search.fetch import Fetcher
+from controller.search.loader import LoaderLimits
 from controller.search.pickle_scan import ScanReport, UnsafeArtifact, check_mode
 from controller.store.repository import Store
 
@@ -65,6 +66,8 @@ class WorkerSettings:
     probe_seconds: float | None = None  # None: min(1 s, refreshSeconds / 4)
     artifact_cache: str | None = None  # None: fetch.default_cache()
     artifact_max_bytes: int = 4 * 1024**3
+    loader_memory_bytes: int = 2 * 1024**3  # the child that deserialises pickle/npz
+    loader_cpu_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         check_mode(self.pickle_mode)  # a removed mode fails at start, naming its replacement
@@ -203,7 +206,8 @@ class WorkerRuntime:
             artifact = load_artifact(row.artifact_uri, row.artifact_sha256, row.artifact_format,
                                      pickle_mode=s.pickle_mode,
                                      ef_search=row.ef_search or s.hnsw_ef_search,
-                                     fetcher=self.fetcher)
+                                     fetcher=self.fetcher, limits=LoaderLimits(
+                                         s.loader_memory_bytes, s.loader_cpu_seconds))
         except (ArtifactError, UnsafeArtifact) as exc:
             self.load_errors[row.version] = f"{exc.code}: {exc}"
             if isinstance(exc, UnsafeArtifact):

@@ -7,6 +7,7 @@ mode) write the opcode census of the refusal to the audit trail.
 
 from __future__ import annotations
 
+import io
 import pickle
 import struct
 import subprocess
@@ -158,3 +159,82 @@ def test_blacklist_mode_is_gone_with_a_clear_error() -> None:
                          check=False, timeout=60)
     assert cli.returncode == 2
     assert "removed" in cli.stderr and "'whitelist'" in cli.stderr
+
+
+def _peak_rss_reset() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
+
+
+def _peak_rss() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def _npz_bomb(path: Path, rows: int = 16_000_000) -> None:
+    """An npz whose vectors inflate to 1.5 GiB of zeros from about 1.5 MB on disk."""
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (rows, 24)})
+    zeros = bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("vectors.npy", "w", force_zip64=True) as f:
+            f.write(header.getvalue())
+            for _ in range(rows * 24 * 4 // len(zeros)):
+                f.write(zeros)
+        buf = io.BytesIO()
+        np.save(buf, np.array(["a", "b"]))
+        z.writestr("ids.npy", buf.getvalue())
+
+
+MiB = 1024 * 1024
+BOMBS = {
+    "memo bomb (LONG_BINPUT 2**28)": ("pickle", "artifact_memory_limit"),
+    "ids: range(10**10)": ("pickle", "artifact_corrupt"),
+    "npz zip bomb (1.5 GiB of zeros)": ("npz", "artifact_too_large"),
+}
+
+
+@pytest.fixture(scope="module")
+def npz_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bomb") / "bomb.npz"
+    _npz_bomb(path)
+    return path
+
+
+@pytest.mark.parametrize("name", list(BOMBS))
+def test_a_resource_bomb_artifact_is_refused_without_the_worker_growing(
+        name: str, tmp_path: Path, npz_bomb: Path, corpus_index: BuildResult,
+        corpus_hnsw: BuildResult) -> None:
+    """Deserialised in a child under RLIMIT_AS/RLIMIT_CPU: the worker's own peak RSS
+    stays put, the refusal has a code, STABLE keeps serving."""
+    fmt, code = BOMBS[name]
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'w.db'}"))
+    upgrade(store.engine)
+    world = build_world(store, tmp_path, corpus_index, corpus_hnsw,
+                        loader_memory_bytes=512 * MiB, loader_cpu_seconds=20.0)
+    try:
+        path = tmp_path / f"bomb.{fmt}"
+        if name.startswith("memo"):
+            path.write_bytes(b"\x80\x04N" + b"r" + struct.pack("<I", 2**28) + b".")
+        elif name.startswith("ids"):
+            path.write_bytes(pickle.dumps({"vectors": np.zeros((2, 24), np.float32),
+                                           "ids": range(10**10)}, protocol=4))
+        else:
+            path.write_bytes(npz_bomb.read_bytes())
+        with world.store.transaction(TENANT, "seed") as tx:
+            tx.upsert_version(VersionRow("ps-1-1-0", MODEL, "1.1.0", "CANARY", path.as_uri(),
+                                         fmt, sha256_file(path), spec_hash="bomb"))
+        _peak_rss_reset()
+        before = _peak_rss()
+        world.runtime.refresh()
+        grown = _peak_rss() - before
+        assert world.runtime.load_errors["1.1.0"].startswith(f"{code}: ")
+        assert grown < 64 * MiB, f"the worker grew by {grown // MiB} MiB"
+        assert "1.0.0" in world.runtime.versions
+        vectors = np.load(world.stable.manifest_path.parent / "vectors.npy")
+        (outcome,) = world.runtime.search(vectors[:1], ["job-0"], k=3)
+        assert outcome.hits
+    finally:
+        store.dispose()

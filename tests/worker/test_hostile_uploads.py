@@ -66,6 +66,7 @@ async def test_a_drawing_slow_to_parse_is_answered_time_limit_within_the_limit(
         world: World, slow: bytes, aiohttp_client: Any) -> None:
     with _sandbox(cpu=1.0) as box:
         client = await _client(world, box, aiohttp_client)
+        before = set(box.pids())
         start = time.monotonic()
         resp = await client.post("/v1/search", data=slow, headers=DXF)
         elapsed = time.monotonic() - start
@@ -75,7 +76,8 @@ async def test_a_drawing_slow_to_parse_is_answered_time_limit_within_the_limit(
         assert elapsed < 1.0 + 2.0, f"answered after {elapsed:.1f} s"
         ok = await client.post("/v1/search", data=(DXF_CORPUS / "xclip.dxf").read_bytes(),
                                headers=DXF)
-        assert ok.status == 200  # a fresh parser took over
+        assert ok.status == 200
+        assert before and before.isdisjoint(box.pids())  # a fresh parser took over
 
 
 async def test_a_killed_parser_fails_only_its_own_upload(
