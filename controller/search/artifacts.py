@@ -20,22 +20,14 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from controller.errors import StructuredError
 from controller.search.fetch import Fetcher, FetchError, is_remote, plain_name, sha256_file
 from controller.search.index import ExactIndex, VectorIndex, read_faiss
-from controller.search.loader import LoaderLimits, LoadFailed, load_arrays
+from controller.search.loader import ArtifactError, LoaderLimits, load_arrays
 from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport
 
+__all__ = ["Artifact", "ArtifactError", "load_artifact", "resolve"]
+
 MANIFEST_FORMAT = "cadml-index/v1"
-
-
-class ArtifactError(StructuredError):
-    reason = "ArtifactError"
-    exit_code = 1
-
-    def __init__(self, message: str, *, code: str, context: dict[str, Any] | None = None
-                 ) -> None:
-        super().__init__(message, code=code, stage="artifact", context=context)
 
 
 def resolve(uri: str) -> Path:
@@ -97,11 +89,8 @@ def load_artifact(uri: str, sha256: str | None, fmt: str, *, pickle_mode: str = 
     if fmt == "faiss-index":
         return _load_manifest(path, ef_search)
     if fmt in ("npz", "pickle"):  # deserialised in a limited child, handed over as arrays
-        try:
-            ids, raw, report = load_arrays(path, fmt, pickle_mode=pickle_mode,
-                                           pickle_max_bytes=pickle_max_bytes, limits=limits)
-        except LoadFailed as exc:
-            raise ArtifactError(str(exc), code=exc.code, context=exc.context) from None
+        ids, raw, report = load_arrays(path, fmt, pickle_mode=pickle_mode,
+                                       pickle_max_bytes=pickle_max_bytes, limits=limits)
         vectors = _matrix(raw, len(ids))
         return Artifact(ids, vectors, ExactIndex(vectors), None, scan=report)
     raise ArtifactError(f"unknown artifact format {fmt!r}", code="artifact_format")

@@ -37,8 +37,8 @@ class LoaderLimits:
     max_inflated_bytes: int = 1024**3  # an npz's arrays, uncompressed, at most
 
 
-class LoadFailed(StructuredError):
-    """The child could not turn the artifact into arrays."""
+class ArtifactError(StructuredError):
+    """An artifact that cannot be served (re-exported by `artifacts`, its home for callers)."""
 
     reason = "ArtifactError"
     exit_code = 1
@@ -63,7 +63,7 @@ def load_arrays(path: Path, fmt: str, *, pickle_mode: str, pickle_max_bytes: int
                                   preexec_fn=lambda: _limit(limits),
                                   timeout=limits.cpu_seconds * 2 + 30)
         except subprocess.TimeoutExpired:
-            raise LoadFailed(f"loading {path.name} took longer than allowed",
+            raise ArtifactError(f"loading {path.name} took longer than allowed",
                              code="artifact_time_limit",
                              context={"cpuSeconds": limits.cpu_seconds}) from None
         result = _result(out, proc, limits)
@@ -85,11 +85,11 @@ def _result(out: Path, proc: subprocess.CompletedProcess[bytes], limits: LoaderL
         result: dict[str, Any] = json.loads((out / "result.json").read_text("utf-8"))
     except (OSError, ValueError):
         if proc.returncode < 0:  # killed: SIGXCPU/SIGKILL from RLIMIT_CPU, or the OOM killer
-            raise LoadFailed(f"the artifact loader was stopped by signal {-proc.returncode} "
+            raise ArtifactError(f"the artifact loader was stopped by signal {-proc.returncode} "
                              f"(CPU limit {limits.cpu_seconds} s, memory limit "
                              f"{limits.memory_bytes} bytes)", code="artifact_time_limit",
                              context={"signal": -proc.returncode}) from None
-        raise LoadFailed(f"the artifact loader failed (exit {proc.returncode})",
+        raise ArtifactError(f"the artifact loader failed (exit {proc.returncode})",
                          code="artifact_load_failed",
                          context={"exit": proc.returncode}) from None
     error = result.get("error")
@@ -99,7 +99,7 @@ def _result(out: Path, proc: subprocess.CompletedProcess[bytes], limits: LoaderL
         exc = UnsafeArtifact(error["message"], code=error["code"], context=error["context"])
         exc.report = _report(result.get("report"))
         raise exc
-    raise LoadFailed(error["message"], code=error["code"], context=error["context"])
+    raise ArtifactError(error["message"], code=error["code"], context=error["context"])
 
 
 def _report(data: dict[str, Any] | None) -> ScanReport | None:
@@ -126,7 +126,7 @@ def child_main(argv: list[str]) -> None:
     except UnsafeArtifact as exc:
         result = {"error": {**exc.as_json(), "message": str(exc), "unsafe": True},
                   "report": exc.report.as_dict() if exc.report else None}
-    except LoadFailed as exc:
+    except ArtifactError as exc:
         result = {"error": {**exc.as_json(), "message": str(exc)}}
     except MemoryError:
         result = {"error": {"code": "artifact_memory_limit", "context": {},
@@ -144,21 +144,21 @@ def _load(path: Path, fmt: str, mode: str, max_bytes: int, max_inflated: int
                                  code="pickle_too_large", context={"bytes": size})
         obj, report = safe_load(path.read_bytes(), mode, max_bytes)
         if not isinstance(obj, dict) or "vectors" not in obj or "ids" not in obj:
-            raise LoadFailed("pickle artifact must hold a dict with 'vectors' and 'ids'",
+            raise ArtifactError("pickle artifact must hold a dict with 'vectors' and 'ids'",
                              code="artifact_corrupt")
         if not isinstance(obj["ids"], list | tuple):  # not a range(10**10) to iterate
-            raise LoadFailed("pickle artifact 'ids' must be a list", code="artifact_corrupt")
+            raise ArtifactError("pickle artifact 'ids' must be a list", code="artifact_corrupt")
         return [str(i) for i in obj["ids"]], np.asarray(obj["vectors"], np.float32), report
     inflated = _npz_size(path)
     if inflated > max_inflated:
-        raise LoadFailed(f"npz arrays inflate to {inflated} bytes, over the limit of "
+        raise ArtifactError(f"npz arrays inflate to {inflated} bytes, over the limit of "
                          f"{max_inflated}", code="artifact_too_large",
                          context={"bytes": inflated, "limit": max_inflated})
     try:
         with np.load(path, allow_pickle=False) as data:
             return [str(i) for i in data["ids"]], np.asarray(data["vectors"], np.float32), None
     except (ValueError, KeyError, OSError) as exc:
-        raise LoadFailed(f"npz artifact {path.name}: {exc}", code="artifact_corrupt") from None
+        raise ArtifactError(f"npz artifact {path.name}: {exc}", code="artifact_corrupt") from None
 
 
 def _npz_size(path: Path) -> int:
@@ -167,4 +167,4 @@ def _npz_size(path: Path) -> int:
         with zipfile.ZipFile(path) as z:
             return sum(i.file_size for i in z.infolist())
     except (zipfile.BadZipFile, OSError) as exc:
-        raise LoadFailed(f"npz artifact {path.name}: {exc}", code="artifact_corrupt") from None
+        raise ArtifactError(f"npz artifact {path.name}: {exc}", code="artifact_corrupt") from None
