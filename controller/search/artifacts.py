@@ -22,7 +22,7 @@ import numpy as np
 
 from controller.search.fetch import Fetcher, FetchError, is_remote, plain_name, sha256_file
 from controller.search.index import ExactIndex, VectorIndex, read_faiss
-from controller.search.loader import ArtifactError, LoaderLimits, load_arrays
+from controller.search.loader import ArtifactError, LoaderLimits, check_faiss, load_arrays
 from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport
 
 __all__ = ["Artifact", "ArtifactError", "load_artifact", "resolve"]
@@ -87,7 +87,7 @@ def load_artifact(uri: str, sha256: str | None, fmt: str, *, pickle_mode: str = 
     path = _fetched(uri, sha256, fmt, fetcher or Fetcher()) if is_remote(uri) else resolve(uri)
     _verified(path, sha256, "artifact")
     if fmt == "faiss-index":
-        return _load_manifest(path, ef_search)
+        return _load_manifest(path, ef_search, limits)
     if fmt in ("npz", "pickle"):  # deserialised in a limited child, handed over as arrays
         ids, raw, report = load_arrays(path, fmt, pickle_mode=pickle_mode,
                                        pickle_max_bytes=pickle_max_bytes, limits=limits)
@@ -121,7 +121,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _load_manifest(path: Path, ef_search: int | None) -> Artifact:
+def _load_manifest(path: Path, ef_search: int | None, limits: LoaderLimits | None
+                   ) -> Artifact:
     manifest = _read_manifest(path)
     base = path.parent
     vec = manifest["vectors"]
@@ -132,6 +133,9 @@ def _load_manifest(path: Path, ef_search: int | None) -> Artifact:
     idx = manifest["index"]
     try:
         _verified(base / idx["file"], idx["sha256"], "faiss index")
+        if check_faiss(base / idx["file"], idx.get("kind", "flat"), limits) != len(ids):
+            raise ArtifactError("faiss index size differs from the manifest",
+                                code="artifact_corrupt")
         index: VectorIndex = read_faiss(str(base / idx["file"]), idx.get("kind", "flat"),
                                         ef_search)
         if index.ntotal != len(ids):

@@ -12,6 +12,7 @@ child that runs out of memory or time is a structured error, never a worker cras
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +55,27 @@ def load_arrays(path: Path, fmt: str, *, pickle_mode: str, pickle_max_bytes: int
                 ) -> tuple[list[str], np.ndarray, ScanReport | None]:
     """(ids, vectors, scan report) of a pickle or npz artifact, loaded in a child."""
     limits = limits or LoaderLimits()
+    with _child(fmt, path, limits, pickle_mode, str(pickle_max_bytes)) as (result, out):
+        ids = np.load(out / "ids.npy", allow_pickle=False)
+        vectors = np.load(out / "vectors.npy", allow_pickle=False)
+    return [str(i) for i in ids.tolist()], vectors, _report(result.get("report"))
+
+
+def check_faiss(path: Path, kind: str, limits: LoaderLimits | None = None) -> int:
+    """The size of a faiss index, read first by a child: a crafted index that crashes
+    or exhausts faiss takes down the child, not the worker."""
+    with _child("faiss", path, limits or LoaderLimits(), kind) as (result, _out):
+        return int(result["ntotal"])
+
+
+@contextlib.contextmanager
+def _child(fmt: str, path: Path, limits: LoaderLimits, *extra: str
+           ) -> Iterator[tuple[dict[str, Any], Path]]:
+    """Run the loading child; its result and the folder of the arrays it wrote."""
     with tempfile.TemporaryDirectory(prefix="cadml-load-") as tmp:
         out = Path(tmp)
         args = [sys.executable, "-I", "-c", _BOOT, json.dumps(sys.path), fmt, str(path),
-                str(out), pickle_mode, str(pickle_max_bytes), str(limits.max_inflated_bytes)]
+                str(out), str(limits.max_inflated_bytes), *extra]
         try:
             proc = subprocess.run(args, env={**CHILD_ENV, "OPENBLAS_NUM_THREADS": "1"},
                                   close_fds=True, capture_output=True, check=False,
@@ -64,13 +83,9 @@ def load_arrays(path: Path, fmt: str, *, pickle_mode: str, pickle_max_bytes: int
                                   timeout=limits.cpu_seconds * 2 + 30)
         except subprocess.TimeoutExpired:
             raise ArtifactError(f"loading {path.name} took longer than allowed",
-                             code="artifact_time_limit",
-                             context={"cpuSeconds": limits.cpu_seconds}) from None
-        result = _result(out, proc, limits)
-        ids = np.load(out / "ids.npy", allow_pickle=False)
-        vectors = np.load(out / "vectors.npy", allow_pickle=False)
-    report = _report(result.get("report"))
-    return [str(i) for i in ids.tolist()], vectors, report
+                                code="artifact_time_limit",
+                                context={"cpuSeconds": limits.cpu_seconds}) from None
+        yield _result(out, proc, limits), out
 
 
 def _limit(limits: LoaderLimits) -> None:
@@ -116,9 +131,16 @@ _BOOT = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
 
 
 def child_main(argv: list[str]) -> None:
-    fmt, path, out, mode, max_bytes, max_inflated = argv
+    fmt, path, out, max_inflated, *extra = argv
     result: dict[str, Any] = {}
     try:
+        if fmt == "faiss":
+            from controller.search.index import read_faiss
+
+            result["ntotal"] = read_faiss(path, extra[0]).ntotal
+            (Path(out) / "result.json").write_text(json.dumps(result), "utf-8")
+            return
+        mode, max_bytes = extra
         ids, vectors, report = _load(Path(path), fmt, mode, int(max_bytes), int(max_inflated))
         np.save(Path(out) / "vectors.npy", vectors, allow_pickle=False)
         np.save(Path(out) / "ids.npy", np.array(ids, dtype=str), allow_pickle=False)

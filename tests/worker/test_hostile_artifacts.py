@@ -12,6 +12,7 @@ import pickle
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,34 @@ def test_a_resource_bomb_artifact_is_refused_without_the_worker_growing(
         assert outcome.hits
     finally:
         store.dispose()
+
+
+def test_a_hash_valid_faiss_index_bomb_degrades_the_version_not_the_worker(
+        world: World) -> None:
+    """A crafted index (its vector claims 4 GiB) is read first by the limited child: the
+    version is served Degraded by exact search, the worker's peak RSS stays put."""
+    import json
+
+    art = world.stable.manifest_path.parent
+    index = bytearray((art / "index.faiss").read_bytes())
+    assert index[:4] == b"IxF2"  # flat: fourcc, d, ntotal, 2 dummies, trained, metric, codes
+    index[37:45] = struct.pack("<Q", 2**30)
+    (art / "index.faiss").write_bytes(bytes(index))
+    manifest = json.loads(world.stable.manifest_path.read_text())
+    manifest["index"]["sha256"] = sha256_file(art / "index.faiss")
+    world.stable.manifest_path.write_text(json.dumps(manifest))
+    with world.store.transaction(TENANT, "seed") as tx:
+        row = next(v for v in tx.versions(MODEL) if v.version == "1.0.0")
+        tx.upsert_version(replace(row, artifact_sha256=sha256_file(world.stable.manifest_path)))
+    world.runtime.settings = replace(world.runtime.settings, loader_memory_bytes=1024 * MiB)
+    _peak_rss_reset()
+    before = _peak_rss()
+    world.runtime.refresh()
+    grown = _peak_rss() - before
+    lv = world.runtime.versions["1.0.0"]
+    assert lv.degraded and "artifact_memory_limit" not in world.runtime.load_errors
+    assert "more memory" in lv.degraded and lv.artifact.index.kind == "exact"
+    assert grown < 64 * MiB, f"the worker grew by {grown // MiB} MiB"
+    vectors = np.load(art / "vectors.npy")
+    (outcome,) = world.runtime.search(vectors[:1], ["job-0"], k=3)
+    assert outcome.version == "1.0.0" and outcome.degraded and outcome.hits[0].distance < 1e-3
