@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,7 +73,7 @@ def _start_scrubbed_forkserver() -> None:
     server: Any = multiprocessing.forkserver._forkserver  # private: no public "is running"
     with _ENV_LOCK:
         pid = server._forkserver_pid
-        if pid is not None and os.waitpid(pid, os.WNOHANG)[0] == 0:
+        if pid is not None and _alive(pid):
             return
         saved = dict(os.environ)
         try:  # the launch copies the process environment: swap it for the moment
@@ -82,6 +83,15 @@ def _start_scrubbed_forkserver() -> None:
         finally:
             os.environ.clear()
             os.environ.update(saved)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (not reaped here: ensure_running reaps a dead fork server)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _init(memory_bytes: int) -> None:
