@@ -35,6 +35,8 @@ ARTIFACT_REFUSALS = Counter("cadml_artifact_refusals_total", "Artifacts refused 
                             ["tenant", "model", "code"])
 WORKER_ERRORS = Counter("cadml_worker_errors_total", "Requests refused, by error code",
                         ["tenant", "model", "code"])
+WORKER_UPLOADS = Gauge("cadml_worker_uploads_in_flight", "Drawing uploads being read or "
+                       "parsed now (beyond --max-concurrent-uploads: 429)", ["tenant", "model"])
 CANARY_ABORTS = Counter("cadml_canary_aborts_total", "Canaries aborted by automatic analysis",
                         ["tenant", "model", "version"])
 ROLLBACK_CYCLES = Gauge("cadml_rollback_cycles", "Refresh cycles the last rollback needed to "

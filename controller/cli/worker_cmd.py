@@ -20,7 +20,8 @@ run with its version, policyVersion and thresholds, as PENDING_REVIEW.
 Endpoints: POST /v1/search (application/json {vector, jobId, topK} | multipart
 'drawing' | application/dxf), POST /v1/search/batch, POST /v1/jobs/JOB/binding,
 POST /v1/runs/RUN/review, POST /admin/recover (Bearer CADML_ADMIN_TOKEN),
-GET /healthz, /readyz, /metrics.
+GET /healthz, /readyz, /metrics. Drawings are parsed in sandboxed processes
+(--cpu-seconds each); beyond --max-concurrent-uploads uploads answer 429 busy.
 
 Reviews and bindings need 'Authorization: Bearer TOKEN'. In a cluster (--kube-auth)
 the API server checks the token (TokenReview) and whether its user may create
@@ -49,21 +50,44 @@ def register(sub: Any) -> None:
     auth.add_argument("--insecure-local", action="store_true",
                       help="accept writes without a token; only on a loopback --host")
     p.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig for --kube-auth")
-    p.add_argument("--pickle-mode", choices=("whitelist", "blacklist", "audit"),
-                   default=os.environ.get("CADML_PICKLE_MODE", "whitelist"))
+    p.add_argument("--pickle-mode", type=_pickle_mode,
+                   default=os.environ.get("CADML_PICKLE_MODE", "whitelist"),
+                   help="whitelist (default; exact module.name pairs only) or audit "
+                        "(the same allowlist, plus an audit event with the opcode census of "
+                        "every scanned pickle, refused ones included)")
     p.add_argument("--backoff", type=float, default=300.0, metavar="S",
                    help="first recovery retry of a degraded index (default 300 s, x2, <= 3600)")
     p.add_argument("--backoff-max", type=float, default=3600.0, metavar="S")
     p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
+    p.add_argument("--cpu-seconds", type=float, default=10.0, metavar="S",
+                   help="CPU time one drawing may take to parse (default 10 s); beyond it "
+                        "the upload is answered 422 time_limit and its parser is replaced")
+    p.add_argument("--max-concurrent-uploads", type=int, default=8, metavar="N",
+                   help="drawing uploads read or parsed at once (default 8); beyond it "
+                        "429 busy with Retry-After")
     p.add_argument("--artifact-cache", metavar="DIR",
                    help="where http(s) artifacts are downloaded to, by sha256 "
                         "(default $CADML_ARTIFACT_CACHE, else $CADML_HOME/artifacts, else "
                         "~/.cache/cadml/artifacts)")
     p.add_argument("--artifact-max-bytes", type=int, default=4 * 1024**3,
                    help="refuse a downloaded artifact file larger than this (default 4 GiB)")
+    p.add_argument("--loader-memory-bytes", type=int, default=2 * 1024**3, metavar="N",
+                   help="address space of the child process that deserialises pickle and "
+                        "npz artifacts (default 2 GiB)")
+    p.add_argument("--loader-cpu-seconds", type=float, default=60.0, metavar="S",
+                   help="CPU time that child may take (default 60 s)")
     p.add_argument("--hnsw-ef-search", type=int, metavar="N",
                    help="HNSW search depth for versions whose spec.search sets none")
     p.set_defaults(handler=run)
+
+
+def _pickle_mode(value: str) -> str:
+    from controller.search.pickle_scan import UnsafeArtifact, check_mode
+
+    try:
+        return check_mode(value)
+    except UnsafeArtifact as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,8 +121,11 @@ def run(args: argparse.Namespace) -> int:
         tenant=tenant, model=model, store_url=str(store.engine.url),
         pickle_mode=args.pickle_mode, backoff_initial=args.backoff,
         backoff_max=args.backoff_max, admin_token=os.environ.get("CADML_ADMIN_TOKEN") or None,
-        max_upload_bytes=args.max_upload_bytes, artifact_cache=args.artifact_cache,
-        artifact_max_bytes=args.artifact_max_bytes, hnsw_ef_search=args.hnsw_ef_search)
+        max_upload_bytes=args.max_upload_bytes, cpu_seconds=args.cpu_seconds,
+        max_concurrent_uploads=args.max_concurrent_uploads, artifact_cache=args.artifact_cache,
+        artifact_max_bytes=args.artifact_max_bytes,
+        loader_memory_bytes=args.loader_memory_bytes,
+        loader_cpu_seconds=args.loader_cpu_seconds, hnsw_ef_search=args.hnsw_ef_search)
     guard = WriteGuard(checker, insecure_local=args.insecure_local)
     web.run_app(make_app(WorkerRuntime(store, settings), guard=guard), host=args.host,
                 port=args.port)

@@ -3,7 +3,8 @@
 Formats: `faiss-index` (a manifest written by `cadml index build`: it names the
 faiss index file and the raw vectors, each with its sha256), `npz` (arrays
 `vectors` and `ids`, no pickles allowed), `pickle` (scanned opcode by opcode,
-then loaded restricted; a dict with `vectors` and `ids`). A faiss index that is
+then loaded restricted; a dict with `vectors` and `ids`). npz and pickle are
+deserialised in a child process under memory and CPU limits (`loader.py`). A faiss index that is
 missing, corrupt or fails its checksum does not stop the version: it is served
 Degraded from the exact numpy index over the verified vectors.
 """
@@ -19,21 +20,14 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from controller.errors import StructuredError
 from controller.search.fetch import Fetcher, FetchError, is_remote, plain_name, sha256_file
 from controller.search.index import ExactIndex, VectorIndex, read_faiss
-from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport, safe_load
+from controller.search.loader import ArtifactError, LoaderLimits, check_faiss, load_arrays
+from controller.search.pickle_scan import DEFAULT_MAX_BYTES, ScanReport
+
+__all__ = ["Artifact", "ArtifactError", "load_artifact", "resolve"]
 
 MANIFEST_FORMAT = "cadml-index/v1"
-
-
-class ArtifactError(StructuredError):
-    reason = "ArtifactError"
-    exit_code = 1
-
-    def __init__(self, message: str, *, code: str, context: dict[str, Any] | None = None
-                 ) -> None:
-        super().__init__(message, code=code, stage="artifact", context=context)
 
 
 def resolve(uri: str) -> Path:
@@ -68,13 +62,11 @@ def _verified(path: Path, expected: str | None, what: str) -> None:
     if not path.is_file():
         raise ArtifactError(f"{what} {path} does not exist", code="artifact_missing",
                             context={"path": str(path)})
-    if expected is not None:
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ArtifactError(f"{what} {path}: sha256 {actual} does not match {expected}",
-                                code="checksum_mismatch",
-                                context={"path": str(path), "expected": expected,
-                                         "actual": actual})
+    # the digest that did not match is never echoed: no hash oracle for readable files
+    if expected is not None and sha256_file(path) != expected:
+        raise ArtifactError(f"{what} {path} does not match sha256 {expected}",
+                            code="checksum_mismatch",
+                            context={"path": str(path), "expected": expected})
 
 
 @dataclass
@@ -90,25 +82,16 @@ class Artifact:
 
 def load_artifact(uri: str, sha256: str | None, fmt: str, *, pickle_mode: str = "whitelist",
                   pickle_max_bytes: int = DEFAULT_MAX_BYTES, ef_search: int | None = None,
-                  fetcher: Fetcher | None = None) -> Artifact:
+                  fetcher: Fetcher | None = None, limits: LoaderLimits | None = None
+                  ) -> Artifact:
     path = _fetched(uri, sha256, fmt, fetcher or Fetcher()) if is_remote(uri) else resolve(uri)
     _verified(path, sha256, "artifact")
     if fmt == "faiss-index":
-        return _load_manifest(path, ef_search)
-    if fmt == "npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                vectors, ids = data["vectors"], [str(i) for i in data["ids"]]
-        except (ValueError, KeyError, OSError) as exc:
-            raise ArtifactError(f"npz artifact {path}: {exc}", code="artifact_corrupt") from None
-        return Artifact(ids, _matrix(vectors, len(ids)), ExactIndex(vectors), None)
-    if fmt == "pickle":
-        obj, report = safe_load(path.read_bytes(), pickle_mode, pickle_max_bytes)
-        if not isinstance(obj, dict) or "vectors" not in obj or "ids" not in obj:
-            raise ArtifactError("pickle artifact must hold a dict with 'vectors' and 'ids'",
-                                code="artifact_corrupt")
-        ids = [str(i) for i in obj["ids"]]
-        vectors = _matrix(obj["vectors"], len(ids))
+        return _load_manifest(path, ef_search, limits)
+    if fmt in ("npz", "pickle"):  # deserialised in a limited child, handed over as arrays
+        ids, raw, report = load_arrays(path, fmt, pickle_mode=pickle_mode,
+                                       pickle_max_bytes=pickle_max_bytes, limits=limits)
+        vectors = _matrix(raw, len(ids))
         return Artifact(ids, vectors, ExactIndex(vectors), None, scan=report)
     raise ArtifactError(f"unknown artifact format {fmt!r}", code="artifact_format")
 
@@ -138,7 +121,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _load_manifest(path: Path, ef_search: int | None) -> Artifact:
+def _load_manifest(path: Path, ef_search: int | None, limits: LoaderLimits | None
+                   ) -> Artifact:
     manifest = _read_manifest(path)
     base = path.parent
     vec = manifest["vectors"]
@@ -149,6 +133,9 @@ def _load_manifest(path: Path, ef_search: int | None) -> Artifact:
     idx = manifest["index"]
     try:
         _verified(base / idx["file"], idx["sha256"], "faiss index")
+        if check_faiss(base / idx["file"], idx.get("kind", "flat"), limits) != len(ids):
+            raise ArtifactError("faiss index size differs from the manifest",
+                                code="artifact_corrupt")
         index: VectorIndex = read_faiss(str(base / idx["file"]), idx.get("kind", "flat"),
                                         ef_search)
         if index.ntotal != len(ids):

@@ -40,8 +40,38 @@ class BuildResult:
     reused: int = 0  # drawings whose features came from the cache
 
 
-def find_drawings(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in DXF_SUFFIXES)
+def find_drawings(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """The drawings under `root`, and what was passed over. Symbolic links are followed
+    only when they stay inside `root`; linked folders are never walked into."""
+    top = root.resolve()
+    found, skipped = [], []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in sorted(dirs + files):
+            path = Path(folder) / name
+            if not path.is_symlink():
+                if name in files and path.suffix.lower() in DXF_SUFFIXES:
+                    found.append(path)
+                continue
+            target = path.resolve()
+            rel = str(path.relative_to(root))
+            if not target.is_relative_to(top):
+                skipped.append({"file": rel, "code": "outside_root",
+                                "reason": f"a symbolic link out of {root}; not followed"})
+            elif name in dirs:
+                skipped.append({"file": rel, "code": "linked_folder",
+                                "reason": "a symbolic link to a folder; not walked into"})
+            elif target.is_file() and path.suffix.lower() in DXF_SUFFIXES:
+                found.append(path)
+    return sorted(found), sorted(skipped, key=lambda s: s["file"])
+
+
+def _too_large(path: Path, limit: int) -> InvalidDrawing | None:
+    """Sizes are checked before anything is read (a 1 GiB file is never loaded)."""
+    size = path.stat().st_size
+    if size <= limit:
+        return None
+    return InvalidDrawing(f"{size} bytes, over the limit of {limit}", code="too_large",
+                          stage="read", context={"bytes": size, "limit": limit})
 
 
 def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: str = "flat",
@@ -51,13 +81,17 @@ def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: s
     """Index every drawing below `source` into `out`; `cache` is the feature-cache root."""
     if feature_version not in FEATURE_DIMS:
         raise ValueError(f"unknown feature version {feature_version!r}")
+    limits = limits or SandboxLimits()
     store = None if cache is None else FeatureCache(cache, feature_version,
                                                      identity.extractor_version())
     if cache is not None:
         check_writable(cache)
-    paths = find_drawings(source)
-    items = [(str(p.relative_to(source)), p.read_bytes()) for p in paths]
-    results: dict[str, Features | InvalidDrawing] = {}
+    paths, passed_over = find_drawings(source)
+    names = {str(p.relative_to(source)): p for p in paths}
+    results: dict[str, Features | InvalidDrawing] = {
+        name: why for name, p in names.items()
+        if (why := _too_large(p, limits.max_bytes)) is not None}
+    items = [(name, p.read_bytes) for name, p in names.items() if name not in results]
     sandbox = FeatureSandbox(workers, limits)
     parsed = 0
     try:
@@ -71,8 +105,8 @@ def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: s
                 progress(BuildTick(done, len(items), name, what, fresh))
     finally:
         sandbox.close()
-    files, vectors, skipped = [], [], []
-    for name, _ in items:  # manifest order = sorted file order, whatever finished first
+    files, vectors, skipped = [], [], list(passed_over)
+    for name in names:  # manifest order = sorted file order, whatever finished first
         result = results[name]
         if isinstance(result, InvalidDrawing):
             skipped.append({"file": name, "code": result.code, "reason": str(result)})

@@ -34,7 +34,8 @@ DEFAULT_CACHE = Path("~/.cache/cadml/features")
 UNCACHED_CODES = frozenset({"time_limit", "memory_limit", "parser_crash", "too_large"})
 
 Result = Features | InvalidDrawing
-Parse = Callable[[list[tuple[str, bytes]]], Iterable[tuple[str, Result]]]
+Load = Callable[[], bytes]
+Parse = Callable[[list[tuple[str, Load]]], Iterable[tuple[str, Result]]]
 
 
 def content_key(data: bytes) -> str:
@@ -116,17 +117,29 @@ class FeatureCache:
             raise
 
 
-def extract_cached(items: list[tuple[str, bytes]], parse: Parse, cache: FeatureCache | None
+def _constant(data: bytes) -> Load:
+    """The bytes already read (and hashed): the parse sees exactly what the key names."""
+    return lambda: data
+
+
+def extract_cached(items: list[tuple[str, Load]], parse: Parse, cache: FeatureCache | None
                    ) -> Iterator[tuple[str, Result, bool]]:
     """(name, result, parsed) for every item: cache hits first, then the rest as `parse`
-    finishes them, each stored in the cache as it arrives. Identical contents parse once."""
+    finishes them, each stored in the cache as it arrives. Identical contents parse once.
+    Without a cache the loaders go to `parse` untouched (each file read when parsed)."""
     if cache is None:
         for name, result in parse(items):
             yield name, result, True
         return
     names_by_key: dict[str, list[str]] = {}
-    todo: list[tuple[str, bytes]] = []
-    for name, data in items:
+    todo: list[tuple[str, Load]] = []
+    for name, load in items:
+        try:
+            data = load()
+        except OSError as exc:
+            yield name, InvalidDrawing(f"cannot read: {exc.strerror}", code="unreadable",
+                                       stage="read"), False
+            continue
         key = content_key(data)
         hit = cache.get(key)
         if hit is not None:
@@ -135,7 +148,7 @@ def extract_cached(items: list[tuple[str, bytes]], parse: Parse, cache: FeatureC
             names_by_key[key].append(name)
         else:
             names_by_key[key] = [name]
-            todo.append((key, data))
+            todo.append((key, _constant(data)))
     for key, result in parse(todo):
         cache.put(key, result)
         for i, name in enumerate(names_by_key[key]):

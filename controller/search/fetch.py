@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -52,9 +53,13 @@ def is_remote(uri: str) -> bool:
     return urlparse(uri).scheme in ("http", "https")
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}")
+
+
 def plain_name(name: str) -> str:
-    """A file name from a URL path or a manifest: no directories, nothing hidden."""
-    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+    """A file name from a URL path or a manifest: letters, digits and `._+-` only, so no
+    directories, nothing hidden, no scheme (`file:`), no encoded separator (`%2F`)."""
+    if not _PLAIN_NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a plain file name")
     return name
 
@@ -99,8 +104,8 @@ class Fetcher:
                                          code="artifact_too_large", uri=uri)
                     h.update(chunk)
                     out.write(chunk)
-            if h.hexdigest() != sha256:
-                raise FetchError(f"{uri}: sha256 {h.hexdigest()} does not match {sha256}",
+            if h.hexdigest() != sha256:  # the digest that did not match is never echoed
+                raise FetchError(f"{uri}: the download does not match sha256 {sha256}",
                                  code="checksum_mismatch", uri=uri)
             os.replace(tmp, target)
             return target
@@ -114,7 +119,11 @@ class Fetcher:
         except ValueError:
             raise FetchError(f"manifest {manifest_uri} names {name!r}, not a plain file name",
                              code="artifact_corrupt", uri=manifest_uri) from None
-        return self.fetch(urljoin(manifest_uri, name), sha256, into=folder, name=name)
+        uri = urljoin(manifest_uri, name)
+        if urlparse(uri)[:2] != urlparse(manifest_uri)[:2]:  # same scheme and host, always
+            raise FetchError(f"manifest {manifest_uri} names {name!r}, which leaves its server",
+                             code="artifact_corrupt", uri=manifest_uri)
+        return self.fetch(uri, sha256, into=folder, name=name)
 
     def _open(self, uri: str) -> Any:
         try:

@@ -2,13 +2,18 @@
 
 Fail closed (DESIGN §9): a stream that does not parse, has bytes after STOP, is
 over the size cap, uses persistent ids or the extension registry, or loads a
-global the mode forbids is refused with a structured error. Global names given
-by STACK_GLOBAL must come straight from string constants or memo entries;
+global outside the allowlist is refused with a structured error. Global names
+given by STACK_GLOBAL must come straight from string constants or memo entries;
 anything cleverer is refused as obfuscated. Loading then uses an Unpickler whose
-find_class enforces the same rules, so a scanner gap is not a loader gap.
+find_class enforces the very same allowlist, so a scanner gap is not a loader gap.
 
-Modes: `whitelist` (only ALLOWED globals), `blacklist` (refuse DENIED globals),
-`audit` (as blacklist, and the opcode census is returned for the audit trail).
+One policy, which cannot run code: the allowlist holds exact (module, name)
+pairs; a dotted attribute path (`pdb` + `os.system`) is not one of them, and
+Python 2 names are not mapped (`fix_imports=False`: `cPickle.loads` stays
+`cPickle.loads`, refused). Modes: `whitelist`, and `audit` = the same allowlist
+plus the opcode census, taken from the walk before anything is loaded and kept
+for refusals too (`UnsafeArtifact.report`). `blacklist` is gone: a deny-list of
+an open set of callables always missed one.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from typing import Any
 
 from controller.errors import StructuredError
 
-MODES = ("whitelist", "blacklist", "audit")
+MODES = ("whitelist", "audit")
+REMOVED_MODES = {"blacklist": "use 'whitelist' (or 'audit' = whitelist + opcode census); the "
+                              "blacklist mode ran attacker code and was removed"}
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 ALLOWED: frozenset[tuple[str, str]] = frozenset({
@@ -34,17 +41,6 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("builtins", "bytearray"), ("builtins", "complex"), ("builtins", "slice"),
     ("builtins", "range"),
     ("_codecs", "encode"),  # protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1')
-})
-DENIED_MODULES: frozenset[str] = frozenset({
-    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty",
-    "ctypes", "multiprocessing", "code", "codeop", "pickle", "_pickle", "marshal", "types",
-    "webbrowser", "asyncio", "threading", "signal", "tempfile", "pathlib", "io", "_io",
-    "commands", "popen2", "platform", "urllib", "http", "ftplib", "smtplib", "requests",
-})
-DENIED_BUILTINS: frozenset[str] = frozenset({
-    "eval", "exec", "compile", "__import__", "open", "getattr", "setattr", "delattr",
-    "globals", "locals", "vars", "input", "breakpoint", "help", "exit", "quit", "memoryview",
-    "__builtins__", "super", "type", "object", "classmethod", "staticmethod", "property",
 })
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING",
                "BINSTRING", "SHORT_BINSTRING"}
@@ -61,6 +57,7 @@ class UnsafeArtifact(StructuredError):
     def __init__(self, message: str, *, code: str = "unsafe_pickle",
                  context: dict[str, Any] | None = None) -> None:
         super().__init__(message, code=code, stage="artifact", context=context)
+        self.report: ScanReport | None = None  # the opcode census up to the refusal
 
 
 @dataclass
@@ -69,34 +66,44 @@ class ScanReport:
     size: int
     opcodes: Counter[str] = field(default_factory=Counter)
     globals: list[str] = field(default_factory=list)
+    refused: str | None = None  # the refusal's code, when the artifact was refused
 
     def as_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "bytes": self.size, "opcodes": dict(self.opcodes),
-                "globals": self.globals}
+                "globals": self.globals, "refused": self.refused}
 
 
-def _forbidden(module: str, name: str, mode: str) -> str | None:
-    if mode == "whitelist":
-        return None if (module, name) in ALLOWED else "not in the allowlist"
-    root = module.split(".", 1)[0]
-    if root in DENIED_MODULES:
-        return f"module {root!r} is denied"
-    if root in ("builtins", "__builtin__") and name in DENIED_BUILTINS:
-        return f"builtin {name!r} is denied"
-    if "__" in name and (module, name) not in ALLOWED:
-        return "dunder names are denied"
-    return None
+def check_mode(mode: str) -> str:
+    """The mode itself, or a structured error naming what to use instead."""
+    if mode in MODES:
+        return mode
+    hint = REMOVED_MODES.get(mode, f"use one of {', '.join(MODES)}")
+    raise UnsafeArtifact(f"pickle mode {mode!r} is not supported: {hint}", code="scan_mode",
+                         context={"mode": mode, "modes": list(MODES)})
+
+
+def _forbidden(module: str, name: str) -> str | None:
+    """Pure: why (module, name) may not be loaded, or None. Exact pairs only."""
+    return None if (module, name) in ALLOWED else "not in the allowlist"
 
 
 def scan(data: bytes, mode: str = "whitelist",
          max_bytes: int = DEFAULT_MAX_BYTES) -> ScanReport:
-    """Walk every opcode; raise UnsafeArtifact on anything not allowed."""
-    if mode not in MODES:
-        raise UnsafeArtifact(f"unknown pickle scan mode {mode!r}", code="scan_mode")
+    """Walk every opcode; raise UnsafeArtifact (carrying the census so far) on anything
+    not allowed."""
+    report = ScanReport(check_mode(mode), len(data))
+    try:
+        return _walk(data, report, max_bytes)
+    except UnsafeArtifact as exc:
+        exc.report = report
+        report.refused = exc.code
+        raise
+
+
+def _walk(data: bytes, report: ScanReport, max_bytes: int) -> ScanReport:
     if len(data) > max_bytes:
         raise UnsafeArtifact(f"pickle is {len(data)} bytes, over the scan limit {max_bytes}",
                              code="pickle_too_large", context={"bytes": len(data)})
-    report = ScanReport(mode, len(data))
     recent: list[Any] = []  # values pushed by string/memo ops, None for anything else
     memo: dict[int, Any] = {}
     last_pos, end = -1, 0
@@ -115,13 +122,13 @@ def scan(data: bytes, mode: str = "whitelist",
                 recent.append(memo.get(int(arg or 0)))
             elif name in ("GLOBAL", "INST"):
                 module, _, attr = str(arg).partition(" ")
-                _check(report, module, attr, mode)
+                _check(report, module, attr)
                 recent.append(None)
             elif name == "STACK_GLOBAL":
                 if len(recent) < 2 or not all(isinstance(v, str) for v in recent[-2:]):
                     raise UnsafeArtifact("STACK_GLOBAL with names that are not plain string "
                                          "constants (obfuscated import)", code="obfuscated_global")
-                _check(report, recent[-2], recent[-1], mode)
+                _check(report, recent[-2], recent[-1])
                 recent.append(None)
             elif name == "STOP":
                 end = pos + 1
@@ -142,21 +149,22 @@ def scan(data: bytes, mode: str = "whitelist",
     return report
 
 
-def _check(report: ScanReport, module: str, name: str, mode: str) -> None:
+def _check(report: ScanReport, module: str, name: str) -> None:
     report.globals.append(f"{module}.{name}")
-    why = _forbidden(module, name, mode)
+    why = _forbidden(module, name)
     if why:
         raise UnsafeArtifact(f"pickle imports {module}.{name}: {why}", code="denied_global",
-                             context={"global": f"{module}.{name}", "mode": mode})
+                             context={"global": f"{module}.{name}", "mode": report.mode})
 
 
 class _Restricted(pickle.Unpickler):
-    def __init__(self, data: bytes, mode: str) -> None:
-        super().__init__(io.BytesIO(data))
-        self.mode = mode
+    def __init__(self, data: bytes) -> None:
+        # fix_imports=False: no Python 2 name is mapped to a Python 3 callable behind
+        # find_class's back (cPickle.loads -> pickle.loads, StringIO.open -> io.open)
+        super().__init__(io.BytesIO(data), fix_imports=False)
 
     def find_class(self, module: str, name: str) -> Any:
-        why = _forbidden(module, name, self.mode)
+        why = _forbidden(module, name)
         if why:
             raise UnsafeArtifact(f"refused to load {module}.{name}: {why}", code="denied_global")
         return super().find_class(module, name)
@@ -169,4 +177,4 @@ def safe_load(data: bytes, mode: str = "whitelist",
               max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Any, ScanReport]:
     """Scan, then unpickle with the same restrictions enforced by the loader."""
     report = scan(data, mode, max_bytes)
-    return _Restricted(data, mode).load(), report
+    return _Restricted(data).load(), report

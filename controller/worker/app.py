@@ -4,8 +4,10 @@ Errors are JSON `{code, stage, message, context, timestamp}`:
     400 bad_request / bad_top_k / bad_vector   404 not_found (run, version, route)
     401 unauthenticated / writes_disabled   403 forbidden (writes: controller.worker.auth)
     409 not_routable (binding to a version that is not CANARY/STABLE)
-    413 too_large   415 unsupported_media_type   422 invalid_drawing & friends,
-    dimension_mismatch   503 no_policy / version_unavailable / not_ready
+    413 too_large   415 unsupported_media_type / unsupported_content_encoding
+    422 invalid_drawing & friends (time_limit, parser_crash), dimension_mismatch
+    429 busy (more drawing uploads in flight than allowed; Retry-After)
+    503 no_policy / version_unavailable / not_ready
 A malformed request never crashes the worker or leaves a half-written run:
 runs are written in one transaction after the search succeeded.
 """
@@ -40,6 +42,9 @@ log = logging.getLogger("cadml.worker")
 RUNTIME = web.AppKey("runtime", WorkerRuntime)
 SANDBOX = web.AppKey("sandbox", FeatureSandbox)
 WRITER = web.AppKey("writer", RunWriter)
+UPLOADS = web.AppKey("uploads", list)  # one entry per drawing upload in flight
+JSON_ON_LOOP_BYTES = 64 * 1024  # larger JSON bodies are decoded in a thread
+RETRY_AFTER_SECONDS = 1
 REVIEW_STATUSES = ("APPROVED", "REJECTED")
 
 
@@ -60,11 +65,16 @@ async def errors(request: web.Request,
                  ) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     s = runtime.settings
+    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return await _refuse_compressed(request)
     try:
         return await handler(request)
     except (WorkerError, InvalidDrawing) as exc:
         metrics.WORKER_ERRORS.labels(s.tenant, s.model, exc.code).inc()
-        return _fail(exc.status, **exc.as_json())
+        resp = _fail(exc.status, **exc.as_json())
+        if exc.status == 429:
+            resp.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return resp
     except ArtifactError as exc:
         metrics.WORKER_ERRORS.labels(s.tenant, s.model, exc.code).inc()
         return _fail(503, **exc.as_json())
@@ -82,9 +92,26 @@ async def errors(request: web.Request,
         return _fail(500, "internal", "worker", "unexpected error; see the worker log")
 
 
+async def _refuse_compressed(request: web.Request) -> web.StreamResponse:
+    """Compressed bodies are refused before the handler reads a byte, and the connection is
+    closed once the answer is out: aiohttp would otherwise go on reading (and inflating)
+    the rest of the body for its 10 s lingering time."""
+    resp = _fail(415, "unsupported_content_encoding", "request",
+                 "compressed request bodies are not accepted; send the body as is")
+    resp.force_close()
+    await resp.prepare(request)
+    await resp.write_eof()
+    request.protocol.force_close()
+    return resp
+
+
 async def _json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
     try:
-        body = await request.json()
+        if len(raw) > JSON_ON_LOOP_BYTES:
+            body = await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
+        else:
+            body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise WorkerError(f"request body is not JSON: {exc}", code="bad_request",
                           stage="request", status=400) from None
@@ -115,6 +142,27 @@ def _int(value: Any, default: int, name: str) -> int:
                           status=400) from None
 
 
+@contextlib.contextmanager
+def _upload_slot(request: web.Request) -> Any:
+    """A per-worker limit on drawing uploads in flight, decided before the body is read."""
+    app, s = request.app, request.app[RUNTIME].settings
+    in_flight = app[UPLOADS]
+    if len(in_flight) >= s.max_concurrent_uploads:
+        raise WorkerError(f"{len(in_flight)} drawing uploads are in flight, the most this "
+                          "worker takes at once; retry after a moment", code="busy",
+                          stage="upload", status=429,
+                          context={"limit": s.max_concurrent_uploads})
+    token = object()
+    in_flight.append(token)
+    gauge = metrics.WORKER_UPLOADS.labels(s.tenant, s.model)
+    gauge.set(len(in_flight))
+    try:
+        yield
+    finally:
+        in_flight.remove(token)
+        gauge.set(len(in_flight))
+
+
 async def _drawing_vector(request: web.Request, data: bytes, job_id: str) -> np.ndarray:
     runtime = request.app[RUNTIME]
     _choice, lv, _snap = runtime.choose(job_id)
@@ -127,30 +175,14 @@ async def search(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     ctype = request.content_type
     params: dict[str, Any] = dict(request.query)
-    if ctype == "application/json":
+    if ctype in ("multipart/form-data", *DRAWING_TYPES):
+        with _upload_slot(request):
+            job_id, vector = await _uploaded_vector(request, params)
+    elif ctype == "application/json":
         body = await _json(request)
         params.update(body)
         job_id = str(params.get("jobId") or uuid.uuid4().hex)
         vector = _vector(body.get("vector"))
-    elif ctype == "multipart/form-data":
-        reader = await request.multipart()
-        data = b""
-        async for part in reader:
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "drawing":
-                data = await part.read(decode=False)
-            elif part.name in ("jobId", "topK"):
-                params[part.name] = (await part.text()).strip()
-        if not data:
-            raise WorkerError("multipart upload needs a 'drawing' file part",
-                              code="bad_request", stage="request", status=400)
-        job_id = str(params.get("jobId") or uuid.uuid4().hex)
-        vector = await _drawing_vector(request, data, job_id)
-    elif ctype in ("application/dxf", "image/vnd.dxf", "application/octet-stream"):
-        data = await request.read()
-        job_id = str(params.get("jobId") or uuid.uuid4().hex)
-        vector = await _drawing_vector(request, data, job_id)
     else:
         raise WorkerError(f"unsupported content type {ctype!r}; send application/json "
                           "(vector), multipart/form-data (drawing) or application/dxf",
@@ -163,6 +195,39 @@ async def search(request: web.Request) -> web.Response:
     return web.json_response(outcomes[0].as_json())
 
 
+DRAWING_TYPES = ("application/dxf", "image/vnd.dxf", "application/octet-stream")
+
+
+async def _uploaded_vector(request: web.Request, params: dict[str, Any]
+                           ) -> tuple[str, np.ndarray]:
+    """The job id and feature vector of a drawing upload (multipart or a raw body)."""
+    if request.content_type == "multipart/form-data":
+        reader = await request.multipart()
+        data = b""
+        async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "drawing":
+                data = await part.read(decode=False)
+            elif part.name in ("jobId", "topK"):
+                params[part.name] = (await part.text()).strip()
+        if not data:
+            raise WorkerError("multipart upload needs a 'drawing' file part",
+                              code="bad_request", stage="request", status=400)
+    else:
+        data = await request.read()
+    job_id = str(params.get("jobId") or uuid.uuid4().hex)
+    return job_id, await _drawing_vector(request, data, job_id)
+
+
+def _matrix(queries: list[Any]) -> np.ndarray:
+    vectors = [_vector(q.get("vector") if isinstance(q, dict) else None) for q in queries]
+    if len({v.size for v in vectors}) != 1:
+        raise WorkerError("all vectors of a batch must have the same length",
+                          code="bad_vector", stage="request", status=400)
+    return np.vstack(vectors)
+
+
 async def search_batch(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     if request.content_type != "application/json":
@@ -173,14 +238,10 @@ async def search_batch(request: web.Request) -> web.Response:
     if not isinstance(queries, list) or not queries or len(queries) > 10_000:
         raise WorkerError("queries must be a list of 1..10000 {vector, jobId}",
                           code="bad_request", stage="request", status=400)
-    vectors = [_vector(q.get("vector") if isinstance(q, dict) else None) for q in queries]
-    if len({v.size for v in vectors}) != 1:
-        raise WorkerError("all vectors of a batch must have the same length",
-                          code="bad_vector", stage="request", status=400)
-    matrix = np.vstack(vectors)
+    loop = asyncio.get_running_loop()
+    matrix = await loop.run_in_executor(None, _matrix, queries)  # 10,000 vectors: off the loop
     jobs = [str(q.get("jobId") or uuid.uuid4().hex) for q in queries]
     k = _int(body.get("topK"), runtime.settings.default_top_k, "topK")
-    loop = asyncio.get_running_loop()
     threshold = runtime.settings.parallel_batch_threshold
     # faiss releases the GIL: above the threshold, chunks search in parallel threads
     chunks = [(matrix[i:i + threshold], jobs[i:i + threshold])
@@ -378,10 +439,12 @@ def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
     app = web.Application(middlewares=[errors], client_max_size=s.max_upload_bytes)
     app[RUNTIME] = runtime
     app[GUARD] = guard or WriteGuard()
+    app[UPLOADS] = []
     app[WRITER] = RunWriter(runtime.record)
     app[SANDBOX] = sandbox or FeatureSandbox(
         s.sandbox_workers, SandboxLimits(cpu_seconds=s.cpu_seconds,
-                                         max_bytes=s.max_upload_bytes))
+                                         max_bytes=s.max_upload_bytes),
+        max_pending=s.max_concurrent_uploads)
     app.cleanup_ctx.append(_run_writer)
     app.router.add_post("/v1/search", search)
     app.router.add_post("/v1/search/batch", search_batch)

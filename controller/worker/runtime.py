@@ -29,7 +29,8 @@ from controller.records import PolicySnapshot, RunRecord, VersionRow
 from controller.routing import Choice, choose_version
 from controller.search.artifacts import Artifact, ArtifactError, load_artifact
 from controller.search.fetch import Fetcher
-from controller.search.pickle_scan import UnsafeArtifact
+from controller.search.loader import LoaderLimits
+from controller.search.pickle_scan import ScanReport, UnsafeArtifact, check_mode
 from controller.store.repository import Store
 
 log = logging.getLogger("cadml.worker")
@@ -61,10 +62,16 @@ class WorkerSettings:
     parallel_batch_threshold: int = 64
     sandbox_workers: int = 2
     cpu_seconds: float = 10.0
+    max_concurrent_uploads: int = 8  # drawings read or parsed at once; beyond: 429
     hnsw_ef_search: int | None = None
     probe_seconds: float | None = None  # None: min(1 s, refreshSeconds / 4)
     artifact_cache: str | None = None  # None: fetch.default_cache()
     artifact_max_bytes: int = 4 * 1024**3
+    loader_memory_bytes: int = 2 * 1024**3  # the child that deserialises pickle/npz
+    loader_cpu_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        check_mode(self.pickle_mode)  # a removed mode fails at start, naming its replacement
 
 
 @dataclass
@@ -200,17 +207,17 @@ class WorkerRuntime:
             artifact = load_artifact(row.artifact_uri, row.artifact_sha256, row.artifact_format,
                                      pickle_mode=s.pickle_mode,
                                      ef_search=row.ef_search or s.hnsw_ef_search,
-                                     fetcher=self.fetcher)
+                                     fetcher=self.fetcher, limits=LoaderLimits(
+                                         s.loader_memory_bytes, s.loader_cpu_seconds))
         except (ArtifactError, UnsafeArtifact) as exc:
             self.load_errors[row.version] = f"{exc.code}: {exc}"
             if isinstance(exc, UnsafeArtifact):
                 metrics.ARTIFACT_REFUSALS.labels(s.tenant, s.model, exc.code).inc()
+                self._audit_scan(row, exc.report)
             log.error("version %s not loaded: %s", row.version, exc)
             return None
         self.load_errors.pop(row.version, None)
-        if artifact.scan is not None and s.pickle_mode == "audit":
-            with self.store.transaction(s.tenant, s.worker_id) as tx:
-                tx.audit("artifact-scan", "ModelVersion", row.name, artifact.scan.as_dict())
+        self._audit_scan(row, artifact.scan)
         lv = LoadedVersion(row, artifact, artifact.degraded)
         if mismatched(extractor_version(), {row.version: artifact.manifest.get(
                 "extractorVersion")}):
@@ -222,6 +229,13 @@ class WorkerRuntime:
             lv.backoff = s.backoff_initial
             lv.next_retry = now + lv.backoff
         return lv
+
+    def _audit_scan(self, row: VersionRow, report: ScanReport | None) -> None:
+        """In audit mode, the census of every scanned pickle, loaded or refused."""
+        s = self.settings
+        if report is not None and s.pickle_mode == "audit":
+            with self.store.transaction(s.tenant, s.worker_id) as tx:
+                tx.audit("artifact-scan", "ModelVersion", row.name, report.as_dict())
 
     def _maybe_recover(self, lv: LoadedVersion, now: float) -> LoadedVersion:
         if not lv.degraded or lv.next_retry is None or now < lv.next_retry:

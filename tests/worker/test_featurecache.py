@@ -4,6 +4,7 @@ real cache folder (the end-to-end rebuild tests are in tests/cli/test_index_buil
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -86,12 +87,12 @@ def test_identical_contents_are_parsed_once(tmp_path: Path) -> None:
     data = (DXF_CORPUS / "3dface.dxf").read_bytes()
     asked: list[str] = []
 
-    def parse(todo: list[tuple[str, bytes]]) -> list[tuple[str, Result]]:
+    def parse(todo: list[tuple[str, Callable[[], bytes]]]) -> list[tuple[str, Result]]:
         asked.extend(name for name, _ in todo)
-        return [(name, features_from_bytes(d, "v4")) for name, d in todo]
+        return [(name, features_from_bytes(load(), "v4")) for name, load in todo]
 
     cache = FeatureCache(tmp_path, "v4", extractor_version())
-    got = list(extract_cached([("a.dxf", data), ("b.dxf", data)], parse, cache))
+    got = list(extract_cached([("a.dxf", lambda: data), ("b.dxf", lambda: data)], parse, cache))
     assert asked == [content_key(data)]
     assert [(name, fresh) for name, _, fresh in got] == [("a.dxf", True), ("b.dxf", False)]
     assert got[0][1] is got[1][1]

@@ -128,3 +128,39 @@ def test_the_worker_serves_a_version_published_by_url(
     vectors = np.load(art.manifest_path.parent / "vectors.npy")
     (outcome,) = world.runtime.search(vectors[:1], ["job-by-url"], k=3)
     assert outcome.version in ("1.0.0", "1.1.0") and outcome.hits
+
+
+@pytest.mark.parametrize("name", ["file:%2F{path}", "file:{path}", "%2E%2E%2Fsecret.npy",
+                                  "http:%2F%2Fevil.example%2Fv.npy"])
+def test_a_companion_name_with_a_scheme_or_encoded_separators_is_refused(
+        served: tuple[Server, BuildResult], tmp_path: Path, name: str) -> None:
+    """An http manifest must not make the worker read a local file (or another server)."""
+    server, art = served
+    secret = tmp_path / "secret.npy"  # a readable local file that would pass as vectors
+    secret.write_bytes((art.manifest_path.parent / "vectors.npy").read_bytes())
+    manifest = json.loads(art.manifest_path.read_text())
+    manifest["vectors"] = {"file": name.format(path=str(secret).replace("/", "%2F")),
+                           "sha256": sha256_file(secret)}
+    art.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError) as exc:
+        load_artifact(_uri(server), sha256_file(art.manifest_path), "faiss-index",
+                      fetcher=Fetcher(tmp_path / "cache"))
+    assert exc.value.code == "artifact_corrupt" and "plain file" in str(exc.value)
+
+
+def test_a_wrong_sha256_never_shows_the_files_real_digest(world: World, tmp_path: Path
+                                                          ) -> None:
+    """/readyz must not be a hash oracle for files the worker can read."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the worker can read this; a ModelVersion author cannot")
+    real = sha256_file(secret)
+    with world.store.transaction(TENANT, "test") as tx:
+        row = next(v for v in tx.versions(MODEL) if v.version == "1.1.0")
+        tx.upsert_version(replace(row, artifact_uri=secret.as_uri(), artifact_sha256="0" * 64,
+                                  artifact_format="pickle"))
+    world.runtime.refresh()
+    _ok, detail = world.runtime.ready()
+    assert detail["loadErrors"]["1.1.0"].startswith("checksum_mismatch")
+    assert real not in json.dumps(detail)
+    with world.store.read(TENANT, "t") as tx:
+        assert real not in json.dumps([e.details for e in tx.audit_events()])
