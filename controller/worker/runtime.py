@@ -26,12 +26,20 @@ from controller import metrics
 from controller.errors import StructuredError
 from controller.records import PolicySnapshot, RunRecord, VersionRow
 from controller.routing import Choice, choose_version
-from controller.search.artifacts import Artifact, ArtifactError, load_artifact
+from controller.search.artifacts import Artifact, load_artifact
 from controller.search.fetch import Fetcher
 from controller.search.pickle_scan import UnsafeArtifact
 from controller.store.repository import Store
+from controller.worker.events import emit
 
 log = logging.getLogger("cadml.worker")
+
+
+def load_error(exc: BaseException) -> tuple[str, str]:
+    """(kind, message) of a failed load: a structured error's code, else the exception's
+    type; the message bounded (a hostile artifact chooses it)."""
+    kind = exc.code if isinstance(exc, StructuredError) else type(exc).__name__
+    return kind, str(exc)[:500]
 
 
 class WorkerError(StructuredError):
@@ -104,6 +112,22 @@ class SearchOutcome:
                 "degraded": self.degraded, "latencyMs": round(self.latency_ms, 3),
                 "results": [{"id": h.id, "distance": h.distance, "score": h.score}
                             for h in self.hits]}
+
+
+def not_ready_reason(snap: PolicySnapshot | None, loaded: dict[str, Any],
+                     load_errors: dict[str, str]) -> str | None:
+    """Why a worker cannot serve its snapshot (None: it can). The STABLE version must be
+    loaded (without one, a forced override's version); a canary that failed is not
+    reason enough: its jobs fail as runs and analysis judges it."""
+    if snap is None:
+        return "no policy snapshot is published and no version is STABLE"
+    needed = [r.version for r in snap.routes if r.is_stable] or \
+        [r.version for r in snap.routes[:1]]
+    missing = [v for v in needed if v not in loaded]
+    if not missing:
+        return None if loaded else "no version is loaded"
+    return "; ".join(f"version {v} is not loaded: {load_errors.get(v, 'not loaded yet')}"
+                     for v in missing)
 
 
 class WorkerRuntime:
@@ -189,8 +213,10 @@ class WorkerRuntime:
         backoff = min(failed[2] * s.backoff_factor, s.backoff_max) \
             if failed is not None and retrying else s.backoff_initial
         self.failed[row.version] = (key, now + backoff, backoff)
-        log.error("version %s: next load attempt in %.0f s (POST /admin/recover to retry now)",
-                  row.version, backoff)
+        emit("version_load_failed", logging.ERROR, version=row.version,
+             error=self.load_errors.get(row.version, "").partition(":")[0],
+             message=self.load_errors.get(row.version), retryInSeconds=backoff,
+             hint="POST /admin/recover to retry now")
         return None
 
     def _load(self, row: VersionRow, now: float) -> LoadedVersion | None:
@@ -200,13 +226,11 @@ class WorkerRuntime:
                                      pickle_mode=s.pickle_mode,
                                      ef_search=row.ef_search or s.hnsw_ef_search,
                                      fetcher=self.fetcher)
-        except (ArtifactError, UnsafeArtifact) as exc:
-            self.load_errors[row.version] = f"{exc.code}: {exc}"
-            if isinstance(exc, UnsafeArtifact):
-                metrics.ARTIFACT_REFUSALS.labels(s.tenant, s.model, exc.code).inc()
-            log.error("version %s not loaded: %s", row.version, exc)
+        except Exception as exc:  # any failure of one version stays with that version
+            self._load_failed(row.version, exc)
             return None
-        self.load_errors.pop(row.version, None)
+        if self.load_errors.pop(row.version, None) is not None:
+            emit("version_recovered", version=row.version)
         if artifact.scan is not None and s.pickle_mode == "audit":
             with self.store.transaction(s.tenant, s.worker_id) as tx:
                 tx.audit("artifact-scan", "ModelVersion", row.name, artifact.scan.as_dict())
@@ -215,6 +239,16 @@ class WorkerRuntime:
             lv.backoff = s.backoff_initial
             lv.next_retry = now + lv.backoff
         return lv
+
+    def _load_failed(self, version: str, exc: Exception) -> None:
+        """Record why a version did not load: /readyz, worker_state, a metric, the log."""
+        s = self.settings
+        kind, text = load_error(exc)
+        self.load_errors[version] = f"{kind}: {text}"
+        if isinstance(exc, UnsafeArtifact):
+            metrics.ARTIFACT_REFUSALS.labels(s.tenant, s.model, exc.code).inc()
+        metrics.WORKER_LOAD_FAILURES.labels(s.tenant, s.model, version, kind).inc()
+        log.error("version %s not loaded: %s: %s", version, kind, text)
 
     def _maybe_recover(self, lv: LoadedVersion, now: float) -> LoadedVersion:
         if not lv.degraded or lv.next_retry is None or now < lv.next_retry:
@@ -259,8 +293,10 @@ class WorkerRuntime:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         snap = self.snapshot
-        ok = snap is not None and bool(self.versions)
-        return ok, {
+        reason = not_ready_reason(snap, self.versions, self.load_errors)
+        detail = {} if reason is None else {"reason": reason}
+        return reason is None, {
+            **detail,
             "policyVersion": snap.policy_version if snap else None,
             "versions": {v: ("Degraded: " + lv.degraded) if lv.degraded else "Ready"
                          for v, lv in self.versions.items()},
