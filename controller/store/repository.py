@@ -656,17 +656,19 @@ class StoreTx:
                 decision="PENDING_REVIEW", ai_suggestion=r.ai_suggestion,
                 review_status="PENDING_REVIEW", latency_ms=r.latency_ms, success=r.success,
                 met_threshold=r.met_threshold, error_code=r.error_code,
+                parse_ms=r.parse_ms, search_ms=r.search_ms,
                 created_at=r.created_at or self.now))
         self.conn.execute(insert(t.model_run), rows)
 
     def review_run(self, run_key: str, status: str, reviewer: str,
-                   human_decision: str | None) -> None:
-        """A human reviews an AI run; the AI's own decision stays PENDING_REVIEW."""
+                   human_decision: str | None, agree: bool | None = None) -> None:
+        """A human reviews an AI run; the AI's own decision stays PENDING_REVIEW. `agree`:
+        whether the human agreed with the AI's suggestion, as the reviewer said."""
         c = t.model_run.c
         done = self.conn.execute(update(t.model_run).where(
             c.tenant_id == self.tenant, c.run_key == run_key).values(
             review_status=status, reviewer=reviewer, human_decision=human_decision,
-            reviewed_at=self.now))
+            human_agrees=agree, reviewed_at=self.now))
         if done.rowcount != 1:
             raise NotFound(f"run {run_key} does not exist")
 
@@ -770,7 +772,7 @@ class StoreTx:
         rc, vc, mc = t.model_run.c, t.model_version.c, t.model_catalog.c
         stmt = (select(vc.version, rc.success, rc.met_threshold, rc.latency_ms,
                        rc.review_status, rc.ai_suggestion, rc.human_decision, rc.created_at,
-                       rc.job_key)
+                       rc.job_key, rc.human_agrees)
                 .join(t.model_version, and_(vc.tenant_id == rc.tenant_id,
                                             vc.id == rc.model_version_id))
                 .join(t.model_catalog, and_(mc.tenant_id == rc.tenant_id, mc.id == rc.model_id))
@@ -782,7 +784,9 @@ class StoreTx:
             stmt = stmt.where(rc.job_key == job_key)
         return [RunFact(r.version, bool(r.success), bool(r.met_threshold), float(r.latency_ms),
                         r.review_status, r.ai_suggestion, r.human_decision,
-                        _aware(r.created_at), r.job_key) for r in self.conn.execute(stmt)]
+                        _aware(r.created_at), r.job_key,
+                        None if r.human_agrees is None else bool(r.human_agrees))
+                for r in self.conn.execute(stmt)]
 
     def write_evaluation(self, model_name: str, version: str, start: datetime, end: datetime,
                          m: Metrics, job_key: str = "") -> None:

@@ -31,6 +31,7 @@ from controller.search.fetch import Fetcher
 from controller.search.pickle_scan import UnsafeArtifact
 from controller.store.repository import Store
 from controller.worker.events import emit
+from controller.worker.thresholds import judge_thresholds
 
 log = logging.getLogger("cadml.worker")
 
@@ -91,8 +92,21 @@ class Hit:
     score: float
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a job was sent (version and why) under which snapshot; `loaded` is None when
+    that version is not loaded here (the request still becomes a run, a failed one)."""
+
+    job_id: str
+    choice: Choice
+    snap: PolicySnapshot
+    loaded: LoadedVersion | None
+
+
 @dataclass
 class SearchOutcome:
+    """One routed request: found results, or the error it failed with. Either way a run."""
+
     run_key: str
     job_id: str
     version: str
@@ -103,15 +117,33 @@ class SearchOutcome:
     met_threshold: bool
     latency_ms: float
     degraded: bool
+    error: StructuredError | None = None
+    failed_thresholds: tuple[str, ...] = ()
+    unapplied_thresholds: tuple[str, ...] = ()
+    parse_ms: float | None = None
+    search_ms: float | None = None
+    started: float | None = None  # perf_counter at the request's start: latency ends at record
+
+    @property
+    def error_code(self) -> str | None:
+        return None if self.error is None else self.error.code
 
     def as_json(self) -> dict[str, Any]:
-        return {"runKey": self.run_key, "jobId": self.job_id, "version": self.version,
+        body = {"runKey": self.run_key, "jobId": self.job_id, "version": self.version,
                 "policyVersion": self.policy_version, "routeSource": self.route_source,
                 "decision": "PENDING_REVIEW", "reviewStatus": "PENDING_REVIEW",
                 "thresholds": self.thresholds, "metThreshold": self.met_threshold,
+                "failedThresholds": list(self.failed_thresholds),
                 "degraded": self.degraded, "latencyMs": round(self.latency_ms, 3),
+                "parseMs": None if self.parse_ms is None else round(self.parse_ms, 3),
+                "searchMs": None if self.search_ms is None else round(self.search_ms, 3),
                 "results": [{"id": h.id, "distance": h.distance, "score": h.score}
                             for h in self.hits]}
+        if self.unapplied_thresholds:
+            body["unappliedThresholds"] = list(self.unapplied_thresholds)
+        if self.error is not None:
+            body["error"] = self.error.as_json()
+        return body
 
 
 def not_ready_reason(snap: PolicySnapshot | None, loaded: dict[str, Any],
@@ -305,59 +337,103 @@ class WorkerRuntime:
             "degraded": any(lv.degraded for lv in self.versions.values()),
         }
 
-    def choose(self, job_id: str) -> tuple[Choice, LoadedVersion, PolicySnapshot]:
+    def route(self, job_id: str) -> Route:
+        """Where this job goes now. Raises only when nothing is published (no run: nothing
+        was routed); a version that is not loaded comes back with `loaded` None."""
         with self._lock:
             snap, versions, bindings = self.snapshot, self.versions, self.bindings
         if snap is None:
             raise WorkerError("no rollout policy is published and no version is STABLE",
                               code="no_policy", stage="route", status=503)
-        choice = choose_version(job_id, tuple((r.version, r.weight) for r in snap.routes),
-                                snap.source, bindings.get(job_id), frozenset(versions))
-        if choice is None:
-            raise WorkerError("the version this job routes to is not loaded",
-                              code="version_unavailable", stage="route", status=503,
-                              context={"loadErrors": dict(self.load_errors)})
-        return choice, versions[choice.version], snap
+        routes = tuple((r.version, r.weight) for r in snap.routes)
+        choice = choose_version(job_id, routes, snap.source, bindings.get(job_id),
+                                frozenset(versions))
+        if choice is not None:
+            return Route(job_id, choice, snap, versions[choice.version])
+        target = choose_version(job_id, routes, snap.source, None,
+                                frozenset(v for v, _ in routes))
+        if target is None:
+            raise WorkerError("the published routes give this job no version",
+                              code="no_route", stage="route", status=503)
+        return Route(job_id, target, snap, None)
+
+    def choose(self, job_id: str) -> tuple[Choice, LoadedVersion, PolicySnapshot]:
+        r = self.route(job_id)
+        if r.loaded is None:
+            raise self.unavailable(r)
+        return r.choice, r.loaded, r.snap
+
+    def unavailable(self, r: Route) -> WorkerError:
+        version = r.choice.version
+        why = self.load_errors.get(version, "not loaded yet")
+        return WorkerError(f"job {r.job_id} routes to version {version} ({r.choice.source}), "
+                           f"which this worker has not loaded: {why}",
+                           code="version_unavailable", stage="route", status=503,
+                           context={"version": version, "jobId": r.job_id,
+                                    "routeSource": r.choice.source, "loadError": why})
 
     def search(self, vectors: np.ndarray, job_ids: list[str], k: int,
                record: bool = True) -> list[SearchOutcome]:
-        """Route each query, search its version's index, record every run."""
-        start = time.perf_counter()
-        k = self._top_k(k)
-        groups: dict[str, list[int]] = {}
-        chosen: list[tuple[Choice, LoadedVersion, PolicySnapshot]] = []
-        for i, job in enumerate(job_ids):
-            c = self.choose(job)
-            chosen.append(c)
-            groups.setdefault(c[0].version, []).append(i)
-        found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for version, rows in groups.items():
-            lv = chosen[rows[0]][1]
-            q = vectors[rows]
-            if q.shape[1] != lv.artifact.vectors.shape[1]:
-                raise WorkerError(
-                    f"query has {q.shape[1]} dimensions, version {version} expects "
-                    f"{lv.artifact.vectors.shape[1]}", code="dimension_mismatch",
-                    stage="search", status=422)
-            dist, ids = lv.artifact.index.search(q, k)
-            for j, row in enumerate(rows):
-                found[row] = (dist[j], ids[j])
-        elapsed = (time.perf_counter() - start) * 1000.0 / max(len(job_ids), 1)
-        outcomes = []
-        for i, job in enumerate(job_ids):
-            choice, lv, snap = chosen[i]
-            dist, ids = found[i]
-            hits = [Hit(lv.artifact.ids[int(x)], float(d), 1.0 / (1.0 + float(d)))
-                    for d, x in zip(dist, ids, strict=True) if x >= 0]
-            thresholds = dict(snap.thresholds.get(choice.version, {}))
-            limit = thresholds.get("similarity", {}).get("value")
-            met = bool(hits) and (limit is None or hits[0].score >= float(limit))
-            outcomes.append(SearchOutcome(uuid.uuid4().hex, job, choice.version,
-                                          snap.policy_version, choice.source, thresholds,
-                                          hits, met, elapsed, lv.degraded is not None))
+        """Route each query, search its version's index, record every run (failed too)."""
+        started = time.perf_counter()
+        outcomes = self.search_routed([self.route(j) for j in job_ids], list(vectors), k,
+                                      started)
         if record:
             self.record(outcomes)
         return outcomes
+
+    def search_routed(self, routes: list[Route], vectors: list[np.ndarray], k: int,
+                      started: float, parse_ms: float | None = None) -> list[SearchOutcome]:
+        """Search routed queries, grouped by version (one index call per version); a query
+        that cannot be served becomes a failed outcome, never an exception."""
+        k = self._top_k(k)
+        out: list[SearchOutcome | None] = [None] * len(routes)
+        groups: dict[str, tuple[LoadedVersion, list[int]]] = {}
+        for i, r in enumerate(routes):
+            if r.loaded is None:
+                out[i] = self.failure(r, self.unavailable(r), started, parse_ms)
+                continue
+            vec, dims = vectors[i], r.loaded.artifact.vectors.shape[1]
+            if vec.shape[0] != dims:
+                out[i] = self.failure(r, WorkerError(
+                    f"query has {vec.shape[0]} dimensions, version {r.choice.version} expects "
+                    f"{dims}", code="dimension_mismatch", stage="search", status=422,
+                    context={"version": r.choice.version}), started, parse_ms)
+                continue
+            groups.setdefault(r.choice.version, (r.loaded, []))[1].append(i)
+        for lv, rows in groups.values():
+            t0 = time.perf_counter()
+            dist, ids = lv.artifact.index.search(np.vstack([vectors[i] for i in rows]), k)
+            search_ms = (time.perf_counter() - t0) * 1000.0
+            for j, i in enumerate(rows):
+                out[i] = self._found(routes[i], lv, dist[j], ids[j], started, parse_ms,
+                                     search_ms)
+        return [o for o in out if o is not None]
+
+    def _found(self, r: Route, lv: LoadedVersion, dist: np.ndarray, ids: np.ndarray,
+               started: float, parse_ms: float | None, search_ms: float) -> SearchOutcome:
+        names = lv.artifact.ids
+        hits = [Hit(names[int(x)], float(d), 1.0 / (1.0 + float(d)))
+                for d, x in zip(dist, ids, strict=True) if x >= 0]
+        verdict = judge_thresholds(r.snap.thresholds.get(r.choice.version, {}),
+                                   [(h.distance, h.score) for h in hits])
+        return SearchOutcome(uuid.uuid4().hex, r.job_id, r.choice.version,
+                             r.snap.policy_version, r.choice.source, verdict.snapshot, hits,
+                             verdict.met, 0.0, lv.degraded is not None,
+                             failed_thresholds=verdict.failed,
+                             unapplied_thresholds=verdict.unapplied, parse_ms=parse_ms,
+                             search_ms=search_ms, started=started)
+
+    @staticmethod
+    def failure(r: Route, error: StructuredError, started: float,
+                parse_ms: float | None = None) -> SearchOutcome:
+        """A routed request that failed (artifact unavailable, parse error, time limit,
+        dimension mismatch): a run all the same, so analysis can judge its version."""
+        return SearchOutcome(uuid.uuid4().hex, r.job_id, r.choice.version,
+                             r.snap.policy_version, r.choice.source,
+                             dict(r.snap.thresholds.get(r.choice.version, {})), [], False, 0.0,
+                             r.loaded is not None and r.loaded.degraded is not None,
+                             error=error, parse_ms=parse_ms, started=started)
 
     def _top_k(self, k: int) -> int:
         if not 1 <= k <= self.settings.max_top_k:
@@ -365,13 +441,21 @@ class WorkerRuntime:
                               code="bad_top_k", stage="request", status=400)
         return k
 
-    def record(self, outcomes: list[SearchOutcome], error_code: str | None = None) -> None:
+    def record(self, outcomes: list[SearchOutcome]) -> None:
+        """Write the runs in one transaction. A run's latency is its whole request: from
+        its start (upload read) to this record."""
         s = self.settings
-        runs = [RunRecord(s.model, o.version, o.policy_version, o.route_source, o.thresholds,
-                          o.latency_ms, error_code is None, o.met_threshold, job_key=o.job_id,
-                          ai_suggestion=(o.hits[0].id if o.hits else None),
-                          error_code=error_code, run_key=o.run_key,
-                          created_at=datetime.now(UTC)) for o in outcomes]
+        now, stamp = datetime.now(UTC), time.perf_counter()
+        runs = []
+        for o in outcomes:
+            if o.started is not None:
+                o.latency_ms = (stamp - o.started) * 1000.0
+            runs.append(RunRecord(s.model, o.version, o.policy_version, o.route_source,
+                                  o.thresholds, o.latency_ms, o.error is None, o.met_threshold,
+                                  job_key=o.job_id,
+                                  ai_suggestion=(o.hits[0].id if o.hits else None),
+                                  error_code=o.error_code, run_key=o.run_key, created_at=now,
+                                  parse_ms=o.parse_ms, search_ms=o.search_ms))
         with self.store.transaction(s.tenant, s.worker_id) as tx:
             tx.record_runs(runs)
         for o in outcomes:
