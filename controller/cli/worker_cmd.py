@@ -44,6 +44,10 @@ def register(sub: Any) -> None:
                    help="refuse a downloaded artifact file larger than this (default 4 GiB)")
     p.add_argument("--hnsw-ef-search", type=int, metavar="N",
                    help="HNSW search depth for versions whose spec.search sets none")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   default=os.environ.get("CADML_LOG_LEVEL", "info"),
+                   help="JSON-lines log on stderr, one line per event; debug adds one per "
+                        "request (default info)")
     p.set_defaults(handler=run)
 
 
@@ -65,5 +69,20 @@ def run(args: argparse.Namespace) -> int:
         backoff_max=args.backoff_max, admin_token=os.environ.get("CADML_ADMIN_TOKEN") or None,
         max_upload_bytes=args.max_upload_bytes, artifact_cache=args.artifact_cache,
         artifact_max_bytes=args.artifact_max_bytes, hnsw_ef_search=args.hnsw_ef_search)
-    web.run_app(make_app(WorkerRuntime(store, settings)), host=args.host, port=args.port)
+    _json_logs(args.log_level)
+    web.run_app(make_app(WorkerRuntime(store, settings)), host=args.host, port=args.port,
+                print=None)
     return 0
+
+
+def _json_logs(level: str) -> None:
+    """Every log record of the worker as one JSON line on stderr."""
+    import logging
+
+    from controller.worker.events import JsonLines
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -266,6 +266,7 @@ async def bind_job(request: web.Request) -> web.Response:
             tx.bind_job(job, row.name, snapshot)
             tx.audit("bind", "ModelVersion", row.name, {"job": job})
         runtime.bindings[job] = version
+        emit("job_bound", job=job, version=version)
         return {"jobId": job, "version": version, "runtimeSnapshot": snapshot}
 
     return web.json_response(await asyncio.get_running_loop().run_in_executor(None, bind))

@@ -30,7 +30,7 @@ from controller.search.artifacts import Artifact, load_artifact
 from controller.search.fetch import Fetcher
 from controller.search.pickle_scan import UnsafeArtifact
 from controller.store.repository import Store
-from controller.worker.events import emit
+from controller.worker.events import EVENTS, emit
 from controller.worker.thresholds import judge_thresholds
 
 log = logging.getLogger("cadml.worker")
@@ -146,6 +146,25 @@ class SearchOutcome:
         return body
 
 
+def log_changes(before: PolicySnapshot | None, after: PolicySnapshot | None,
+                previous: dict[str, LoadedVersion], loaded: dict[str, LoadedVersion]) -> None:
+    """One event per change a refresh applied: the policy, each version loaded or newly
+    degraded (failures are logged where they happen)."""
+    old_pv = before.policy_version if before else None
+    new_pv = after.policy_version if after else None
+    if old_pv != new_pv:
+        emit("policy_applied", oldPolicyVersion=old_pv, policyVersion=new_pv,
+             source=after.source if after else None,
+             routes={r.version: r.weight for r in after.routes} if after else {})
+    for version, lv in loaded.items():
+        was = previous.get(version)
+        if was is not lv and (was is None or was.artifact is not lv.artifact):
+            emit("version_loaded", version=version, degraded=lv.degraded)
+        if lv.degraded and (was is None or not was.degraded):
+            emit("version_degraded", logging.WARNING, version=version, reason=lv.degraded,
+                 retryInSeconds=lv.backoff)
+
+
 def not_ready_reason(snap: PolicySnapshot | None, loaded: dict[str, Any],
                      load_errors: dict[str, str]) -> str | None:
     """Why a worker cannot serve its snapshot (None: it can). The STABLE version must be
@@ -210,9 +229,11 @@ class WorkerRuntime:
             self.failed.pop(version)
             self.load_errors.pop(version, None)
         with self._lock:
+            before, previous = self.snapshot, self.versions
             self.snapshot, self.versions, self.bindings = snap, loaded, bindings
             self.bindings_seen = seen
             self.last_refresh = now
+        log_changes(before, snap, previous, loaded)
         degraded = any(v.degraded for v in loaded.values())
         for version, lv in loaded.items():
             metrics.WORKER_DEGRADED.labels(s.tenant, s.model, version).set(
@@ -305,6 +326,7 @@ class WorkerRuntime:
         if fresh is not None and not fresh.degraded:
             with self._lock:
                 self.versions[version] = fresh
+            emit("version_recovered", version=version, was=lv.degraded)
             return fresh
         lv.backoff = min(max(lv.backoff, s.backoff_initial) * s.backoff_factor, s.backoff_max) \
             if not manual else max(lv.backoff, s.backoff_initial)
@@ -458,6 +480,12 @@ class WorkerRuntime:
                                   parse_ms=o.parse_ms, search_ms=o.search_ms))
         with self.store.transaction(s.tenant, s.worker_id) as tx:
             tx.record_runs(runs)
+        if EVENTS.isEnabledFor(logging.DEBUG):
+            for o in outcomes:
+                emit("run", logging.DEBUG, run=o.run_key, job=o.job_id, version=o.version,
+                     policyVersion=o.policy_version, routeSource=o.route_source,
+                     error=o.error_code, metThreshold=o.met_threshold,
+                     latencyMs=round(o.latency_ms, 3))
         for o in outcomes:
             metrics.WORKER_REQUESTS.labels(s.tenant, s.model, o.version, o.route_source).inc()
             metrics.RUN_LATENCY.labels(s.tenant, s.model, o.version).observe(
