@@ -114,6 +114,15 @@ def _translate(exc: DBAPIError) -> StoreError:
     return StoreError(f"store error: {text_.splitlines()[0]}")
 
 
+_RUN_IDS = select(t.model_catalog.c.name, t.model_version.c.version, t.model_catalog.c.id,
+                  t.model_version.c.id).join(t.model_version, and_(
+                      t.model_version.c.tenant_id == t.model_catalog.c.tenant_id,
+                      t.model_version.c.model_id == t.model_catalog.c.id)).where(
+    t.model_catalog.c.tenant_id == bindparam("b_tenant"),
+    t.model_catalog.c.name.in_(bindparam("b_models", expanding=True)))
+_RUN_INSERT = insert(t.model_run)
+
+
 class Store:
     """The runtime store behind one engine (SQLite file or PostgreSQL)."""
 
@@ -633,15 +642,12 @@ class StoreTx:
     # ------------------------------------------------------------------ runs
 
     def record_runs(self, runs: Sequence[RunRecord]) -> None:
-        """Bulk-insert run records (one executemany); ids resolved with one query."""
+        """Bulk-insert run records (one executemany); ids resolved with one query. Both
+        statements are built once: this is every search request's write path."""
         if not runs:
             return
-        mv, mc = t.model_version.c, t.model_catalog.c
-        pairs = self.conn.execute(
-            select(mc.name, mv.version, mc.id, mv.id).join(t.model_version, and_(
-                mv.tenant_id == mc.tenant_id, mv.model_id == mc.id)).where(
-                mc.tenant_id == self.tenant,
-                mc.name.in_({r.model_name for r in runs}))).all()
+        pairs = self.conn.execute(_RUN_IDS, {"b_tenant": self.tenant, "b_models": sorted(
+            {r.model_name for r in runs})}).all()
         ids = {(m, v): (mid, vid) for m, v, mid, vid in pairs}
         rows = []
         for r in runs:
@@ -658,7 +664,7 @@ class StoreTx:
                 met_threshold=r.met_threshold, error_code=r.error_code,
                 parse_ms=r.parse_ms, search_ms=r.search_ms,
                 created_at=r.created_at or self.now))
-        self.conn.execute(insert(t.model_run), rows)
+        self.conn.execute(_RUN_INSERT, rows)
 
     def review_run(self, run_key: str, status: str, reviewer: str,
                    human_decision: str | None, agree: bool | None = None) -> None:

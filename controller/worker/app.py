@@ -199,6 +199,9 @@ async def _serve(request: web.Request, route: Route, payload: np.ndarray | bytes
         vector = payload
     if route.loaded is None:  # nothing to search: no need to leave the event loop
         return runtime.failure(route, runtime.unavailable(route), started, parse_ms)
+    if route.loaded.inline:
+        (outcome,) = runtime.search_routed([route], [vector], k, started, parse_ms)
+        return outcome
     (outcome,) = await asyncio.get_running_loop().run_in_executor(
         None, runtime.search_routed, [route], [vector], k, started, parse_ms)
     return outcome

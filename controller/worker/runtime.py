@@ -75,6 +75,12 @@ class WorkerSettings:
     artifact_max_bytes: int = 4 * 1024**3
 
 
+# A single query over at most this many stored floats (~50 µs of flat scan) is searched
+# on the event loop: handing it to an executor thread costs more than the search itself
+# (two GIL hand-offs per request, measured by bench/worker_bench.py's HTTP figure).
+INLINE_SEARCH_FLOATS = 1 << 18
+
+
 @dataclass
 class LoadedVersion:
     row: VersionRow
@@ -83,6 +89,17 @@ class LoadedVersion:
     next_retry: float | None = None  # monotonic time of the next automatic recovery
     backoff: float = 0.0
     manual_until: float | None = None  # a manual attempt pauses the automatic one
+
+    @property
+    def inline(self) -> bool:
+        """Whether one query is cheap enough to search without leaving the event loop."""
+        return search_inline(*self.artifact.vectors.shape)
+
+
+def search_inline(rows: int, dims: int, queries: int = 1) -> bool:
+    """Purely computational: whether a search of `queries` over rows x dims stored floats
+    is cheaper than an executor hop (an upper bound for HNSW, which scans far less)."""
+    return rows * dims * queries <= INLINE_SEARCH_FLOATS
 
 
 @dataclass
