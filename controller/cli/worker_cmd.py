@@ -19,7 +19,9 @@ run with its version, policyVersion and thresholds, as PENDING_REVIEW.
 Endpoints: POST /v1/search (application/json {vector, jobId, topK} | multipart
 'drawing' | application/dxf), POST /v1/search/batch, POST /v1/jobs/JOB/binding,
 POST /v1/runs/RUN/review, POST /admin/recover (Bearer CADML_ADMIN_TOKEN),
-GET /healthz, /readyz, /metrics.
+GET /healthz, /readyz, /metrics. Every routed request is a run, failed ones included.
+Logs are JSON lines on stderr, one per event (policy applied, version loaded / failed
+/ degraded / recovered, review, binding; each request at --log-level debug).
 """
 
 

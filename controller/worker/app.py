@@ -150,7 +150,7 @@ async def _search_request(request: web.Request) -> SearchRequest:
                           "(vector), multipart/form-data (drawing) or application/dxf",
                           code="unsupported_media_type", stage="request", status=415)
     runtime = request.app[RUNTIME]
-    k = runtime._top_k(_int(params.get("topK"), runtime.settings.default_top_k, "topK"))
+    k = runtime.top_k(_int(params.get("topK"), runtime.settings.default_top_k, "topK"))
     return str(params.get("jobId") or uuid.uuid4().hex), k, payload
 
 
@@ -219,7 +219,7 @@ async def search_batch(request: web.Request) -> web.Response:
     if not isinstance(queries, list) or not queries or len(queries) > 10_000:
         raise WorkerError("queries must be a list of 1..10000 {vector, jobId}",
                           code="bad_request", stage="request", status=400)
-    k = runtime._top_k(_int(body.get("topK"), runtime.settings.default_top_k, "topK"))
+    k = runtime.top_k(_int(body.get("topK"), runtime.settings.default_top_k, "topK"))
     answers: list[dict[str, Any] | None] = [None] * len(queries)
     routed: list[tuple[int, Route, np.ndarray]] = []
     for i, q in enumerate(queries):

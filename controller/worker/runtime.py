@@ -425,7 +425,7 @@ class WorkerRuntime:
                       started: float, parse_ms: float | None = None) -> list[SearchOutcome]:
         """Search routed queries, grouped by version (one index call per version); a query
         that cannot be served becomes a failed outcome, never an exception."""
-        k = self._top_k(k)
+        k = self.top_k(k)
         out: list[SearchOutcome | None] = [None] * len(routes)
         groups: dict[str, tuple[LoadedVersion, list[int]]] = {}
         for i, r in enumerate(routes):
@@ -474,7 +474,7 @@ class WorkerRuntime:
                              r.loaded is not None and r.loaded.degraded is not None,
                              error=error, parse_ms=parse_ms, started=started)
 
-    def _top_k(self, k: int) -> int:
+    def top_k(self, k: int) -> int:
         if not 1 <= k <= self.settings.max_top_k:
             raise WorkerError(f"topK must be within 1..{self.settings.max_top_k}",
                               code="bad_top_k", stage="request", status=400)
