@@ -18,7 +18,6 @@ from controller.evaluation import compute
 from controller.features.sandbox import FeatureSandbox
 from controller.records import RouteRow
 from controller.worker.app import make_app
-from controller.worker.thresholds import judge_thresholds
 from tests.conftest import DXF_CORPUS
 from tests.worker.conftest import MODEL, TENANT, World
 
@@ -81,27 +80,6 @@ async def test_min_matches_is_applied_and_the_run_says_which_failed(
     assert body["thresholds"]["similarity"]["met"] is True
     run = _stored(world, body["runKey"])
     assert run["met_threshold"] is False and run["thresholds"]["minMatches"]["met"] is False
-
-
-@pytest.mark.parametrize(("thresholds", "hits", "met", "failed"), [
-    ({"similarity": 0.5}, [(0.0, 1.0)], True, ()),
-    ({"similarity": 0.5}, [(3.0, 0.25)], False, ("similarity",)),
-    ({"similarity": 0.5, "minMatches": 2}, [(0.0, 1.0), (3.0, 0.25)], False, ("minMatches",)),
-    ({"minMatches": 2}, [(0.0, 1.0), (3.0, 0.25)], True, ()),
-    ({"maxDistance": 1.0}, [(2.0, 1 / 3)], False, ("maxDistance",)),
-    ({}, [], False, ()),
-    ({"similarity": 0.1}, [], False, ("similarity",)),
-])
-def test_judge_thresholds(thresholds: dict[str, float], hits: list[tuple[float, float]],
-                          met: bool, failed: tuple[str, ...]) -> None:
-    verdict = judge_thresholds(thresholds, hits)
-    assert (verdict.met, verdict.failed) == (met, failed)
-
-
-def test_an_unknown_threshold_is_reported_not_applied() -> None:
-    verdict = judge_thresholds({"similarity": {"value": 0.1, "source": "model"},
-                                "maxCost": {"value": 3, "source": "policy"}}, [(0.0, 1.0)])
-    assert verdict.unapplied == ("maxCost",) and verdict.snapshot["maxCost"]["met"] is None
 
 
 async def test_the_readme_review_example_is_an_agreement(world: World, client: Any) -> None:
