@@ -364,7 +364,9 @@ class WorkerRuntime:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         snap = self.snapshot
-        reason = not_ready_reason(snap, self.versions, self.load_errors)
+        reason = "the worker has not read its policy snapshot yet" \
+            if self.last_refresh is None and snap is None \
+            else not_ready_reason(snap, self.versions, self.load_errors)
         detail = {} if reason is None else {"reason": reason}
         return reason is None, {
             **detail,
