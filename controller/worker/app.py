@@ -5,8 +5,12 @@ Errors are JSON `{code, stage, message, context, timestamp}`:
     409 not_routable (binding to a version that is not CANARY/STABLE)
     413 too_large   415 unsupported_media_type   422 invalid_drawing & friends,
     dimension_mismatch   503 no_policy / version_unavailable / not_ready
-A malformed request never crashes the worker or leaves a half-written run:
-runs are written in one transaction after the search succeeded.
+A malformed request never crashes the worker or leaves a half-written run. A request
+refused before routing (4xx on the request itself, no policy) is not a run; every
+routed one is, failed ones included (version not loaded, unparseable drawing, time
+limit, dimension mismatch): its error's context names the runKey and the version the
+job was sent to, so evaluation counts it against that version. A run is committed
+before its answer is sent.
 """
 
 from __future__ import annotations
