@@ -1,10 +1,12 @@
 """Evaluation and canary analysis: pure functions over run facts.
 
 - `compute(runs)`: success_rate = runs that completed without error and met their
-  threshold / all runs; review_override_rate = reviewed runs whose human decision
-  differs from the AI's suggestion (a rejection, or a humanDecision other than the
-  suggestion) / reviewed runs; p95_latency_ms by the nearest-rank method; each with
-  its sample size. A rate over no runs is None, never 0.
+  threshold / all runs (every routed request is a run, failed ones included);
+  review_override_rate = reviewed runs whose reviewer said they did not agree with the
+  AI's suggestion (`agree: false`; before reviewers said so: a rejection, or a
+  humanDecision other than the suggestion) / reviewed runs; p95_latency_ms (over whole
+  request latencies) by the nearest-rank method; each with its sample size. A rate
+  over no runs is None, never 0.
 - `analyse(bounds, metrics)`: one verdict per bound (Pass / Fail / InsufficientData
   when fewer than minSampleSize runs), and the overall verdict.
 - `next_state(failures, overall, limit)`: consecutive failing analyses; abort at the limit.
@@ -39,6 +41,7 @@ class RunFact:
     human_decision: str | None
     created_at: datetime
     job_key: str | None = None
+    agree: bool | None = None  # the reviewer's own word; None on runs reviewed before 0013
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,11 @@ def p95(values: Sequence[float]) -> float | None:
 
 
 def overridden(run: RunFact) -> bool:
+    """The human disagreed with the AI's suggestion, as the reviewer said (`agree`). Runs
+    reviewed before reviewers said so: a rejection, or a decision other than the
+    suggestion."""
+    if run.agree is not None:
+        return not run.agree
     if run.review_status == "REJECTED":
         return True
     return run.human_decision is not None and run.human_decision != run.ai_suggestion

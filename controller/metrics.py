@@ -31,6 +31,9 @@ WORKER_NOTIFICATIONS = Counter("cadml_worker_policy_notifications_total",
                                "Policy-change notifications a worker received from the store "
                                "(PostgreSQL LISTEN/NOTIFY; also one per (re)connect)",
                                ["tenant", "model"])
+WORKER_LOAD_FAILURES = Counter("cadml_worker_version_load_failures",
+                               "Attempts to load a version that failed, by exception type",
+                               ["tenant", "model", "version", "error"])
 ARTIFACT_REFUSALS = Counter("cadml_artifact_refusals_total", "Artifacts refused as unsafe",
                             ["tenant", "model", "code"])
 WORKER_ERRORS = Counter("cadml_worker_errors_total", "Requests refused, by error code",

@@ -158,6 +158,8 @@ class RunRecord:
     error_code: str | None = None
     run_key: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: datetime | None = None
+    parse_ms: float | None = None
+    search_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

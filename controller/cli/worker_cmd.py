@@ -22,6 +22,9 @@ Endpoints: POST /v1/search (application/json {vector, jobId, topK} | multipart
 POST /v1/runs/RUN/review, POST /admin/recover (Bearer CADML_ADMIN_TOKEN),
 GET /healthz, /readyz, /metrics. Drawings are parsed in sandboxed processes
 (--cpu-seconds each); beyond --max-concurrent-uploads uploads answer 429 busy.
+Every routed request is a run, failed ones included. Logs are JSON lines on stderr,
+one per event (policy applied, version loaded / failed / degraded / recovered,
+review, binding; each request at --log-level debug).
 
 Reviews and bindings need 'Authorization: Bearer TOKEN'. In a cluster (--kube-auth)
 the API server checks the token (TokenReview) and whether its user may create
@@ -78,6 +81,10 @@ def register(sub: Any) -> None:
                    help="CPU time that child may take (default 60 s)")
     p.add_argument("--hnsw-ef-search", type=int, metavar="N",
                    help="HNSW search depth for versions whose spec.search sets none")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   default=os.environ.get("CADML_LOG_LEVEL", "info"),
+                   help="JSON-lines log on stderr, one line per event; debug adds one per "
+                        "request (default info)")
     p.set_defaults(handler=run)
 
 
@@ -127,6 +134,20 @@ def run(args: argparse.Namespace) -> int:
         loader_memory_bytes=args.loader_memory_bytes,
         loader_cpu_seconds=args.loader_cpu_seconds, hnsw_ef_search=args.hnsw_ef_search)
     guard = WriteGuard(checker, insecure_local=args.insecure_local)
+    _json_logs(args.log_level)
     web.run_app(make_app(WorkerRuntime(store, settings), guard=guard), host=args.host,
-                port=args.port)
+                port=args.port, print=None)
     return 0
+
+
+def _json_logs(level: str) -> None:
+    """Every log record of the worker as one JSON line on stderr."""
+    import logging
+
+    from controller.worker.events import JsonLines
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -114,6 +114,15 @@ def _translate(exc: DBAPIError) -> StoreError:
     return StoreError(f"store error: {text_.splitlines()[0]}")
 
 
+_RUN_IDS = select(t.model_catalog.c.name, t.model_version.c.version, t.model_catalog.c.id,
+                  t.model_version.c.id).join(t.model_version, and_(
+                      t.model_version.c.tenant_id == t.model_catalog.c.tenant_id,
+                      t.model_version.c.model_id == t.model_catalog.c.id)).where(
+    t.model_catalog.c.tenant_id == bindparam("b_tenant"),
+    t.model_catalog.c.name.in_(bindparam("b_models", expanding=True)))
+_RUN_INSERT = insert(t.model_run)
+
+
 class Store:
     """The runtime store behind one engine (SQLite file or PostgreSQL)."""
 
@@ -633,15 +642,12 @@ class StoreTx:
     # ------------------------------------------------------------------ runs
 
     def record_runs(self, runs: Sequence[RunRecord]) -> None:
-        """Bulk-insert run records (one executemany); ids resolved with one query."""
+        """Bulk-insert run records (one executemany); ids resolved with one query. Both
+        statements are built once: this is every search request's write path."""
         if not runs:
             return
-        mv, mc = t.model_version.c, t.model_catalog.c
-        pairs = self.conn.execute(
-            select(mc.name, mv.version, mc.id, mv.id).join(t.model_version, and_(
-                mv.tenant_id == mc.tenant_id, mv.model_id == mc.id)).where(
-                mc.tenant_id == self.tenant,
-                mc.name.in_({r.model_name for r in runs}))).all()
+        pairs = self.conn.execute(_RUN_IDS, {"b_tenant": self.tenant, "b_models": sorted(
+            {r.model_name for r in runs})}).all()
         ids = {(m, v): (mid, vid) for m, v, mid, vid in pairs}
         rows = []
         for r in runs:
@@ -656,17 +662,19 @@ class StoreTx:
                 decision="PENDING_REVIEW", ai_suggestion=r.ai_suggestion,
                 review_status="PENDING_REVIEW", latency_ms=r.latency_ms, success=r.success,
                 met_threshold=r.met_threshold, error_code=r.error_code,
+                parse_ms=r.parse_ms, search_ms=r.search_ms,
                 created_at=r.created_at or self.now))
-        self.conn.execute(insert(t.model_run), rows)
+        self.conn.execute(_RUN_INSERT, rows)
 
     def review_run(self, run_key: str, status: str, reviewer: str,
-                   human_decision: str | None) -> None:
-        """A human reviews an AI run; the AI's own decision stays PENDING_REVIEW."""
+                   human_decision: str | None, agree: bool | None = None) -> None:
+        """A human reviews an AI run; the AI's own decision stays PENDING_REVIEW. `agree`:
+        whether the human agreed with the AI's suggestion, as the reviewer said."""
         c = t.model_run.c
         done = self.conn.execute(update(t.model_run).where(
             c.tenant_id == self.tenant, c.run_key == run_key).values(
             review_status=status, reviewer=reviewer, human_decision=human_decision,
-            reviewed_at=self.now))
+            human_agrees=agree, reviewed_at=self.now))
         if done.rowcount != 1:
             raise NotFound(f"run {run_key} does not exist")
 
@@ -770,7 +778,7 @@ class StoreTx:
         rc, vc, mc = t.model_run.c, t.model_version.c, t.model_catalog.c
         stmt = (select(vc.version, rc.success, rc.met_threshold, rc.latency_ms,
                        rc.review_status, rc.ai_suggestion, rc.human_decision, rc.created_at,
-                       rc.job_key)
+                       rc.job_key, rc.human_agrees)
                 .join(t.model_version, and_(vc.tenant_id == rc.tenant_id,
                                             vc.id == rc.model_version_id))
                 .join(t.model_catalog, and_(mc.tenant_id == rc.tenant_id, mc.id == rc.model_id))
@@ -782,7 +790,9 @@ class StoreTx:
             stmt = stmt.where(rc.job_key == job_key)
         return [RunFact(r.version, bool(r.success), bool(r.met_threshold), float(r.latency_ms),
                         r.review_status, r.ai_suggestion, r.human_decision,
-                        _aware(r.created_at), r.job_key) for r in self.conn.execute(stmt)]
+                        _aware(r.created_at), r.job_key,
+                        None if r.human_agrees is None else bool(r.human_agrees))
+                for r in self.conn.execute(stmt)]
 
     def write_evaluation(self, model_name: str, version: str, start: datetime, end: datetime,
                          m: Metrics, job_key: str = "") -> None:

@@ -239,6 +239,10 @@ model_run = Table(
     Column("error_code", String(64), nullable=True),
     _ts("created_at"),
     _ts("reviewed_at", nullable=True),
+    # 0013: the reviewer's explicit agreement with the AI's suggestion; latency breakdown
+    Column("human_agrees", Boolean, nullable=True),
+    Column("parse_ms", Float, nullable=True),
+    Column("search_ms", Float, nullable=True),
     UniqueConstraint("tenant_id", "run_key"),
     ForeignKeyConstraint(["tenant_id", "model_id"],
                          ["model_catalog.tenant_id", "model_catalog.id"]),

@@ -8,18 +8,22 @@ Errors are JSON `{code, stage, message, context, timestamp}`:
     422 invalid_drawing & friends (time_limit, parser_crash), dimension_mismatch
     429 busy (more drawing uploads in flight than allowed; Retry-After)
     503 no_policy / version_unavailable / not_ready
-A malformed request never crashes the worker or leaves a half-written run:
-runs are written in one transaction after the search succeeded.
+A malformed request never crashes the worker or leaves a half-written run. A request
+refused before routing (4xx on the request itself, no policy) is not a run; every
+routed one is, failed ones included (version not loaded, unparseable drawing, time
+limit, dimension mismatch): its error's context names the runKey and the version the
+job was sent to, so evaluation counts it against that version. A run is committed
+before its answer is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -35,7 +39,8 @@ from controller.features import InvalidDrawing
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.search.artifacts import ArtifactError
 from controller.worker.auth import BINDINGS, GUARD, REVIEWS, WriteGuard, identity, requires
-from controller.worker.runtime import WorkerError, WorkerRuntime
+from controller.worker.events import emit
+from controller.worker.runtime import Route, SearchOutcome, WorkerError, WorkerRuntime
 from controller.worker.runwriter import RunWriter
 
 log = logging.getLogger("cadml.worker")
@@ -46,6 +51,10 @@ UPLOADS = web.AppKey("uploads", list)  # one entry per drawing upload in flight
 JSON_ON_LOOP_BYTES = 64 * 1024  # larger JSON bodies are decoded in a thread
 RETRY_AFTER_SECONDS = 1
 REVIEW_STATUSES = ("APPROVED", "REJECTED")
+
+
+def _dumps(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"))
 
 
 def error_body(code: str, stage: str, message: str, context: dict[str, Any] | None = None
@@ -163,72 +172,122 @@ def _upload_slot(request: web.Request) -> Any:
         gauge.set(len(in_flight))
 
 
-async def _drawing_vector(request: web.Request, data: bytes, job_id: str) -> np.ndarray:
-    runtime = request.app[RUNTIME]
-    _choice, lv, _snap = runtime.choose(job_id)
-    version = lv.artifact.feature_version or lv.row.feature_version
-    features = await request.app[SANDBOX].extract_async(data, version)
-    return features.vector
-
-
-async def search(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    ctype = request.content_type
-    params: dict[str, Any] = dict(request.query)
-    if ctype in ("multipart/form-data", *DRAWING_TYPES):
-        with _upload_slot(request):
-            job_id, vector = await _uploaded_vector(request, params)
-    elif ctype == "application/json":
-        body = await _json(request)
-        params.update(body)
-        job_id = str(params.get("jobId") or uuid.uuid4().hex)
-        vector = _vector(body.get("vector"))
-    else:
-        raise WorkerError(f"unsupported content type {ctype!r}; send application/json "
-                          "(vector), multipart/form-data (drawing) or application/dxf",
-                          code="unsupported_media_type", stage="request", status=415)
-    k = _int(params.get("topK"), runtime.settings.default_top_k, "topK")
-    loop = asyncio.get_running_loop()
-    outcomes = await loop.run_in_executor(
-        None, functools.partial(runtime.search, vector[None, :], [job_id], k, record=False))
-    await request.app[WRITER].write(outcomes)
-    return web.json_response(outcomes[0].as_json())
-
-
+SearchRequest = tuple[str, int, "np.ndarray | bytes"]  # job id, topK, vector or drawing
 DRAWING_TYPES = ("application/dxf", "image/vnd.dxf", "application/octet-stream")
 
 
-async def _uploaded_vector(request: web.Request, params: dict[str, Any]
-                           ) -> tuple[str, np.ndarray]:
-    """The job id and feature vector of a drawing upload (multipart or a raw body)."""
-    if request.content_type == "multipart/form-data":
+async def _search_request(request: web.Request) -> SearchRequest:
+    """Read and check a search request (not a run yet: nothing is routed)."""
+    ctype = request.content_type
+    params: dict[str, Any] = dict(request.query)
+    payload: np.ndarray | bytes
+    if ctype == "application/json":
+        body = await _json(request)
+        params.update(body)
+        payload = _vector(body.get("vector"))
+    elif ctype == "multipart/form-data":
         reader = await request.multipart()
-        data = b""
+        payload = b""
         async for part in reader:
             if not isinstance(part, BodyPartReader):
                 continue
             if part.name == "drawing":
-                data = await part.read(decode=False)
+                payload = bytes(await part.read(decode=False))
             elif part.name in ("jobId", "topK"):
                 params[part.name] = (await part.text()).strip()
-        if not data:
+        if not payload:
             raise WorkerError("multipart upload needs a 'drawing' file part",
                               code="bad_request", stage="request", status=400)
+    elif ctype in DRAWING_TYPES:
+        payload = await request.read()
     else:
-        data = await request.read()
-    job_id = str(params.get("jobId") or uuid.uuid4().hex)
-    return job_id, await _drawing_vector(request, data, job_id)
+        raise WorkerError(f"unsupported content type {ctype!r}; send application/json "
+                          "(vector), multipart/form-data (drawing) or application/dxf",
+                          code="unsupported_media_type", stage="request", status=415)
+    runtime = request.app[RUNTIME]
+    k = runtime.top_k(_int(params.get("topK"), runtime.settings.default_top_k, "topK"))
+    return str(params.get("jobId") or uuid.uuid4().hex), k, payload
 
 
-def _matrix(queries: list[Any]) -> np.ndarray:
-    vectors = [_vector(q.get("vector") if isinstance(q, dict) else None) for q in queries]
-    if len({v.size for v in vectors}) != 1:
-        raise WorkerError("all vectors of a batch must have the same length",
-                          code="bad_vector", stage="request", status=400)
-    return np.vstack(vectors)
+def _served_error(outcome: SearchOutcome) -> WorkerError:
+    """The error a failed run answers with: its own, naming the run and the version."""
+    exc = outcome.error
+    status = getattr(exc, "status", 503 if isinstance(exc, ArtifactError) else 500)
+    return WorkerError(str(exc), code=outcome.error_code or "internal",
+                       stage=exc.stage if exc is not None else "search", status=status,
+                       context={**(exc.context if exc is not None else {}),
+                                "runKey": outcome.run_key, "version": outcome.version,
+                                "jobId": outcome.job_id, "routeSource": outcome.route_source,
+                                "policyVersion": outcome.policy_version})
+
+
+async def search(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    if request.content_type in ("multipart/form-data", *DRAWING_TYPES):
+        with _upload_slot(request):
+            return await _search(request, started)
+    return await _search(request, started)
+
+
+async def _search(request: web.Request, started: float) -> web.Response:
+    runtime = request.app[RUNTIME]
+    job_id, k, payload = await _search_request(request)
+    route = runtime.route(job_id)
+    outcome = await _serve(request, route, payload, k, started)
+    await request.app[WRITER].write([outcome])
+    if outcome.error is not None:
+        raise _served_error(outcome)
+    return web.json_response(outcome.as_json(), dumps=_dumps)
+
+
+async def _serve(request: web.Request, route: Route, payload: np.ndarray | bytes, k: int,
+                 started: float) -> SearchOutcome:
+    """Features (for a drawing), then the search: a failure of either is a failed run."""
+    runtime = request.app[RUNTIME]
+    parse_ms = None
+    if isinstance(payload, bytes):
+        if route.loaded is None:
+            return runtime.failure(route, runtime.unavailable(route), started)
+        lv = route.loaded
+        t0 = time.perf_counter()
+        try:
+            features = await request.app[SANDBOX].extract_async(
+                payload, lv.artifact.feature_version or lv.row.feature_version)
+        except InvalidDrawing as exc:
+            return runtime.failure(route, exc, started, (time.perf_counter() - t0) * 1000.0)
+        parse_ms = (time.perf_counter() - t0) * 1000.0
+        vector = features.vector
+    else:
+        vector = payload
+    if route.loaded is None:  # nothing to search: no need to leave the event loop
+        return runtime.failure(route, runtime.unavailable(route), started, parse_ms)
+    if route.loaded.inline:
+        (outcome,) = runtime.search_routed([route], [vector], k, started, parse_ms)
+        return outcome
+    (outcome,) = await asyncio.get_running_loop().run_in_executor(
+        None, runtime.search_routed, [route], [vector], k, started, parse_ms)
+    return outcome
+
+
+def _route_queries(runtime: WorkerRuntime, queries: list[Any]
+                   ) -> tuple[list[dict[str, Any] | None], list[tuple[int, Route, np.ndarray]]]:
+    """Each query checked and routed: (answers so far — the refused ones —, routed ones)."""
+    answers: list[dict[str, Any] | None] = [None] * len(queries)
+    routed: list[tuple[int, Route, np.ndarray]] = []
+    for i, q in enumerate(queries):
+        job = str((q.get("jobId") if isinstance(q, dict) else None) or uuid.uuid4().hex)
+        try:
+            vector = _vector(q.get("vector") if isinstance(q, dict) else None)
+        except WorkerError as exc:  # refused before routing: an error, not a run
+            answers[i] = {"jobId": job, "error": exc.as_json()}
+            continue
+        routed.append((i, runtime.route(job), vector))
+    return answers, routed
 
 
 async def search_batch(request: web.Request) -> web.Response:
+    """One result or one error per query, in order; every routed query is a run."""
+    started = time.perf_counter()
     runtime = request.app[RUNTIME]
     if request.content_type != "application/json":
         raise WorkerError("batch search takes application/json", code="unsupported_media_type",
@@ -238,19 +297,24 @@ async def search_batch(request: web.Request) -> web.Response:
     if not isinstance(queries, list) or not queries or len(queries) > 10_000:
         raise WorkerError("queries must be a list of 1..10000 {vector, jobId}",
                           code="bad_request", stage="request", status=400)
+    k = runtime.top_k(_int(body.get("topK"), runtime.settings.default_top_k, "topK"))
     loop = asyncio.get_running_loop()
-    matrix = await loop.run_in_executor(None, _matrix, queries)  # 10,000 vectors: off the loop
-    jobs = [str(q.get("jobId") or uuid.uuid4().hex) for q in queries]
-    k = _int(body.get("topK"), runtime.settings.default_top_k, "topK")
-    threshold = runtime.settings.parallel_batch_threshold
+    step = runtime.settings.parallel_batch_threshold
+    # a large batch (up to 10,000 vectors) is checked off the event loop
+    answers, routed = _route_queries(runtime, queries) if len(queries) <= step else \
+        await loop.run_in_executor(None, _route_queries, runtime, queries)
     # faiss releases the GIL: above the threshold, chunks search in parallel threads
-    chunks = [(matrix[i:i + threshold], jobs[i:i + threshold])
-              for i in range(0, len(jobs), threshold)]
     found = await asyncio.gather(*(loop.run_in_executor(
-        None, functools.partial(runtime.search, m, j, k, record=False)) for m, j in chunks))
+        None, runtime.search_routed, [r for _, r, _ in routed[i:i + step]],
+        [v for _, _, v in routed[i:i + step]], k, started) for i in range(0, len(routed), step)))
     outcomes = [o for part in found for o in part]
     await request.app[WRITER].write(outcomes)
-    return web.json_response({"results": [o.as_json() for o in outcomes]})
+    s = runtime.settings
+    for (i, _, _), o in zip(routed, outcomes, strict=True):
+        if o.error is not None:
+            metrics.WORKER_ERRORS.labels(s.tenant, s.model, o.error.code).inc()
+        answers[i] = o.as_json()
+    return web.json_response({"results": answers}, dumps=_dumps)
 
 
 def _served(request: web.Request) -> tuple[str, str]:
@@ -284,6 +348,7 @@ async def bind_job(request: web.Request) -> web.StreamResponse:
             tx.bind_job(job, row.name, snapshot)
             tx.audit("bind", "ModelVersion", row.name, {"job": job})
         runtime.bindings[job] = version
+        emit("job_bound", job=job, version=version)
         return {"jobId": job, "version": version, "runtimeSnapshot": snapshot}
 
     return web.json_response(await asyncio.get_running_loop().run_in_executor(None, bind))
@@ -305,16 +370,23 @@ async def review_run(request: web.Request) -> web.StreamResponse:
         raise WorkerError("the AI decision stays PENDING_REVIEW; only status, reviewer and "
                           "humanDecision can be set", code="bad_request", stage="review",
                           status=400)
+    agree = body.get("agree")
+    if not isinstance(agree, bool):
+        raise WorkerError("agree (true or false) is required: did the reviewer agree with the "
+                          "AI's suggestion? It decides review_override_rate",
+                          code="bad_request", stage="review", status=400)
     human = body.get("humanDecision")
     s = runtime.settings
 
     def review() -> dict[str, Any]:
         with runtime.store.transaction(s.tenant, f"reviewer:{reviewer}") as tx:
-            tx.review_run(run_key, status, reviewer, None if human is None else str(human))
+            tx.review_run(run_key, status, reviewer, None if human is None else str(human),
+                          agree)
             tx.audit("review", "ModelRun", run_key, {"status": status, "reviewer": reviewer,
-                                                     "humanDecision": human})
-        return {"runKey": run_key, "reviewStatus": status, "reviewer": reviewer,
-                "decision": "PENDING_REVIEW"}
+                                                     "agree": agree, "humanDecision": human})
+        emit("run_reviewed", run=run_key, status=status, agree=agree, reviewer=reviewer)
+        return {"runKey": run_key, "status": status, "agree": agree, "humanDecision": human,
+                "reviewStatus": status, "reviewer": reviewer, "decision": "PENDING_REVIEW"}
 
     return web.json_response(await asyncio.get_running_loop().run_in_executor(None, review))
 

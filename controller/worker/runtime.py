@@ -27,13 +27,22 @@ from controller.errors import StructuredError
 from controller.features.identity import extractor_version, mismatched
 from controller.records import PolicySnapshot, RunRecord, VersionRow
 from controller.routing import Choice, choose_version
-from controller.search.artifacts import Artifact, ArtifactError, load_artifact
+from controller.search.artifacts import Artifact, load_artifact
 from controller.search.fetch import Fetcher
 from controller.search.loader import LoaderLimits
 from controller.search.pickle_scan import ScanReport, UnsafeArtifact, check_mode
 from controller.store.repository import Store
+from controller.worker.events import EVENTS, emit
+from controller.worker.thresholds import judge_thresholds
 
 log = logging.getLogger("cadml.worker")
+
+
+def load_error(exc: BaseException) -> tuple[str, str]:
+    """(kind, message) of a failed load: a structured error's code, else the exception's
+    type; the message bounded (a hostile artifact chooses it)."""
+    kind = exc.code if isinstance(exc, StructuredError) else type(exc).__name__
+    return kind, str(exc)[:500]
 
 
 class WorkerError(StructuredError):
@@ -74,6 +83,12 @@ class WorkerSettings:
         check_mode(self.pickle_mode)  # a removed mode fails at start, naming its replacement
 
 
+# A single query over at most this many stored floats (~50 µs of flat scan) is searched
+# on the event loop: handing it to an executor thread costs more than the search itself
+# (two GIL hand-offs per request, measured by bench/worker_bench.py's HTTP figure).
+INLINE_SEARCH_FLOATS = 1 << 18
+
+
 @dataclass
 class LoadedVersion:
     row: VersionRow
@@ -83,6 +98,17 @@ class LoadedVersion:
     backoff: float = 0.0
     manual_until: float | None = None  # a manual attempt pauses the automatic one
 
+    @property
+    def inline(self) -> bool:
+        """Whether one query is cheap enough to search without leaving the event loop."""
+        return search_inline(*self.artifact.vectors.shape)
+
+
+def search_inline(rows: int, dims: int, queries: int = 1) -> bool:
+    """Purely computational: whether a search of `queries` over rows x dims stored floats
+    is cheaper than an executor hop (an upper bound for HNSW, which scans far less)."""
+    return rows * dims * queries <= INLINE_SEARCH_FLOATS
+
 
 @dataclass
 class Hit:
@@ -91,8 +117,21 @@ class Hit:
     score: float
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a job was sent (version and why) under which snapshot; `loaded` is None when
+    that version is not loaded here (the request still becomes a run, a failed one)."""
+
+    job_id: str
+    choice: Choice
+    snap: PolicySnapshot
+    loaded: LoadedVersion | None
+
+
 @dataclass
 class SearchOutcome:
+    """One routed request: found results, or the error it failed with. Either way a run."""
+
     run_key: str
     job_id: str
     version: str
@@ -103,15 +142,68 @@ class SearchOutcome:
     met_threshold: bool
     latency_ms: float
     degraded: bool
+    error: StructuredError | None = None
+    failed_thresholds: tuple[str, ...] = ()
+    unapplied_thresholds: tuple[str, ...] = ()
+    parse_ms: float | None = None
+    search_ms: float | None = None
+    started: float | None = None  # perf_counter at the request's start: latency ends at record
+
+    @property
+    def error_code(self) -> str | None:
+        return None if self.error is None else self.error.code
 
     def as_json(self) -> dict[str, Any]:
-        return {"runKey": self.run_key, "jobId": self.job_id, "version": self.version,
+        body = {"runKey": self.run_key, "jobId": self.job_id, "version": self.version,
                 "policyVersion": self.policy_version, "routeSource": self.route_source,
                 "decision": "PENDING_REVIEW", "reviewStatus": "PENDING_REVIEW",
                 "thresholds": self.thresholds, "metThreshold": self.met_threshold,
+                "failedThresholds": list(self.failed_thresholds),
                 "degraded": self.degraded, "latencyMs": round(self.latency_ms, 3),
+                "parseMs": None if self.parse_ms is None else round(self.parse_ms, 3),
+                "searchMs": None if self.search_ms is None else round(self.search_ms, 3),
                 "results": [{"id": h.id, "distance": h.distance, "score": h.score}
                             for h in self.hits]}
+        if self.unapplied_thresholds:
+            body["unappliedThresholds"] = list(self.unapplied_thresholds)
+        if self.error is not None:
+            body["error"] = self.error.as_json()
+        return body
+
+
+def log_changes(before: PolicySnapshot | None, after: PolicySnapshot | None,
+                previous: dict[str, LoadedVersion], loaded: dict[str, LoadedVersion]) -> None:
+    """One event per change a refresh applied: the policy, each version loaded or newly
+    degraded (failures are logged where they happen)."""
+    old_pv = before.policy_version if before else None
+    new_pv = after.policy_version if after else None
+    if old_pv != new_pv:
+        emit("policy_applied", oldPolicyVersion=old_pv, policyVersion=new_pv,
+             source=after.source if after else None,
+             routes={r.version: r.weight for r in after.routes} if after else {})
+    for version, lv in loaded.items():
+        was = previous.get(version)
+        if was is not lv and (was is None or was.artifact is not lv.artifact):
+            emit("version_loaded", version=version, degraded=lv.degraded)
+        if lv.degraded and (was is None or not was.degraded):
+            emit("version_degraded", logging.WARNING, version=version, reason=lv.degraded,
+                 retryInSeconds=lv.backoff)
+
+
+def not_ready_reason(snap: PolicySnapshot | None, loaded: dict[str, Any],
+                     load_errors: dict[str, str]) -> str | None:
+    """Why a worker cannot serve its snapshot (None: it can). The STABLE version must be
+    loaded (without one, a forced override's version); a canary that failed is not
+    reason enough: its jobs fail as runs and analysis judges it."""
+    if snap is None:
+        return "no policy snapshot is published and no version is STABLE"
+    needed = [r.version for r in snap.routes if r.is_stable] or \
+        [r.version for r in snap.routes[:1]]
+    missing = [v for v in needed if v not in loaded]
+    if not missing:
+        return None if loaded else "no version is loaded"
+    return "; ".join(f"version {v} is not loaded: {load_errors.get(v, 'not loaded yet')}"
+                     for v in missing)
 
 
 class WorkerRuntime:
@@ -162,9 +254,11 @@ class WorkerRuntime:
             self.failed.pop(version)
             self.load_errors.pop(version, None)
         with self._lock:
+            before, previous = self.snapshot, self.versions
             self.snapshot, self.versions, self.bindings = snap, loaded, bindings
             self.bindings_seen = seen
             self.last_refresh = now
+        log_changes(before, snap, previous, loaded)
         degraded = any(v.degraded for v in loaded.values())
         for version, lv in loaded.items():
             metrics.WORKER_DEGRADED.labels(s.tenant, s.model, version).set(
@@ -197,8 +291,10 @@ class WorkerRuntime:
         backoff = min(failed[2] * s.backoff_factor, s.backoff_max) \
             if failed is not None and retrying else s.backoff_initial
         self.failed[row.version] = (key, now + backoff, backoff)
-        log.error("version %s: next load attempt in %.0f s (POST /admin/recover to retry now)",
-                  row.version, backoff)
+        emit("version_load_failed", logging.ERROR, version=row.version,
+             error=self.load_errors.get(row.version, "").partition(":")[0],
+             message=self.load_errors.get(row.version), retryInSeconds=backoff,
+             hint="POST /admin/recover to retry now")
         return None
 
     def _load(self, row: VersionRow, now: float) -> LoadedVersion | None:
@@ -209,14 +305,11 @@ class WorkerRuntime:
                                      ef_search=row.ef_search or s.hnsw_ef_search,
                                      fetcher=self.fetcher, limits=LoaderLimits(
                                          s.loader_memory_bytes, s.loader_cpu_seconds))
-        except (ArtifactError, UnsafeArtifact) as exc:
-            self.load_errors[row.version] = f"{exc.code}: {exc}"
-            if isinstance(exc, UnsafeArtifact):
-                metrics.ARTIFACT_REFUSALS.labels(s.tenant, s.model, exc.code).inc()
-                self._audit_scan(row, exc.report)
-            log.error("version %s not loaded: %s", row.version, exc)
+        except Exception as exc:  # any failure of one version stays with that version
+            self._load_failed(row, exc)
             return None
-        self.load_errors.pop(row.version, None)
+        if self.load_errors.pop(row.version, None) is not None:
+            emit("version_recovered", version=row.version)
         self._audit_scan(row, artifact.scan)
         lv = LoadedVersion(row, artifact, artifact.degraded)
         if mismatched(extractor_version(), {row.version: artifact.manifest.get(
@@ -236,6 +329,17 @@ class WorkerRuntime:
         if report is not None and s.pickle_mode == "audit":
             with self.store.transaction(s.tenant, s.worker_id) as tx:
                 tx.audit("artifact-scan", "ModelVersion", row.name, report.as_dict())
+
+    def _load_failed(self, row: VersionRow, exc: Exception) -> None:
+        """Record why a version did not load: /readyz, worker_state, a metric, the log."""
+        s, version = self.settings, row.version
+        kind, text = load_error(exc)
+        self.load_errors[version] = f"{kind}: {text}"
+        if isinstance(exc, UnsafeArtifact):
+            metrics.ARTIFACT_REFUSALS.labels(s.tenant, s.model, exc.code).inc()
+            self._audit_scan(row, exc.report)
+        metrics.WORKER_LOAD_FAILURES.labels(s.tenant, s.model, version, kind).inc()
+        log.error("version %s not loaded: %s: %s", version, kind, text)
 
     def _maybe_recover(self, lv: LoadedVersion, now: float) -> LoadedVersion:
         if not lv.degraded or lv.next_retry is None or now < lv.next_retry:
@@ -260,6 +364,7 @@ class WorkerRuntime:
         if fresh is not None and not fresh.degraded:
             with self._lock:
                 self.versions[version] = fresh
+            emit("version_recovered", version=version, was=lv.degraded)
             return fresh
         lv.backoff = min(max(lv.backoff, s.backoff_initial) * s.backoff_factor, s.backoff_max) \
             if not manual else max(lv.backoff, s.backoff_initial)
@@ -288,8 +393,12 @@ class WorkerRuntime:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         snap = self.snapshot
-        ok = snap is not None and bool(self.versions)
-        return ok, {
+        reason = "the worker has not read its policy snapshot yet" \
+            if self.last_refresh is None and snap is None \
+            else not_ready_reason(snap, self.versions, self.load_errors)
+        detail = {} if reason is None else {"reason": reason}
+        return reason is None, {
+            **detail,
             **self.extractors(),
             "policyVersion": snap.policy_version if snap else None,
             "versions": {v: ("Degraded: " + lv.degraded) if lv.degraded else "Ready"
@@ -299,75 +408,133 @@ class WorkerRuntime:
             "degraded": any(lv.degraded for lv in self.versions.values()),
         }
 
-    def choose(self, job_id: str) -> tuple[Choice, LoadedVersion, PolicySnapshot]:
+    def route(self, job_id: str) -> Route:
+        """Where this job goes now. Raises only when nothing is published (no run: nothing
+        was routed); a version that is not loaded comes back with `loaded` None."""
         with self._lock:
             snap, versions, bindings = self.snapshot, self.versions, self.bindings
         if snap is None:
             raise WorkerError("no rollout policy is published and no version is STABLE",
                               code="no_policy", stage="route", status=503)
-        choice = choose_version(job_id, tuple((r.version, r.weight) for r in snap.routes),
-                                snap.source, bindings.get(job_id), frozenset(versions))
-        if choice is None:
-            raise WorkerError("the version this job routes to is not loaded",
-                              code="version_unavailable", stage="route", status=503,
-                              context={"loadErrors": dict(self.load_errors)})
-        return choice, versions[choice.version], snap
+        routes = tuple((r.version, r.weight) for r in snap.routes)
+        choice = choose_version(job_id, routes, snap.source, bindings.get(job_id),
+                                frozenset(versions))
+        if choice is not None:
+            return Route(job_id, choice, snap, versions[choice.version])
+        target = choose_version(job_id, routes, snap.source, None,
+                                frozenset(v for v, _ in routes))
+        if target is None:
+            raise WorkerError("the published routes give this job no version",
+                              code="no_route", stage="route", status=503)
+        return Route(job_id, target, snap, None)
+
+    def choose(self, job_id: str) -> tuple[Choice, LoadedVersion, PolicySnapshot]:
+        r = self.route(job_id)
+        if r.loaded is None:
+            raise self.unavailable(r)
+        return r.choice, r.loaded, r.snap
+
+    def unavailable(self, r: Route) -> WorkerError:
+        version = r.choice.version
+        why = self.load_errors.get(version, "not loaded yet")
+        return WorkerError(f"job {r.job_id} routes to version {version} ({r.choice.source}), "
+                           f"which this worker has not loaded: {why}",
+                           code="version_unavailable", stage="route", status=503,
+                           context={"version": version, "jobId": r.job_id,
+                                    "routeSource": r.choice.source, "loadError": why})
 
     def search(self, vectors: np.ndarray, job_ids: list[str], k: int,
                record: bool = True) -> list[SearchOutcome]:
-        """Route each query, search its version's index, record every run."""
-        start = time.perf_counter()
-        k = self._top_k(k)
-        groups: dict[str, list[int]] = {}
-        chosen: list[tuple[Choice, LoadedVersion, PolicySnapshot]] = []
-        for i, job in enumerate(job_ids):
-            c = self.choose(job)
-            chosen.append(c)
-            groups.setdefault(c[0].version, []).append(i)
-        found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for version, rows in groups.items():
-            lv = chosen[rows[0]][1]
-            q = vectors[rows]
-            if q.shape[1] != lv.artifact.vectors.shape[1]:
-                raise WorkerError(
-                    f"query has {q.shape[1]} dimensions, version {version} expects "
-                    f"{lv.artifact.vectors.shape[1]}", code="dimension_mismatch",
-                    stage="search", status=422)
-            dist, ids = lv.artifact.index.search(q, k)
-            for j, row in enumerate(rows):
-                found[row] = (dist[j], ids[j])
-        elapsed = (time.perf_counter() - start) * 1000.0 / max(len(job_ids), 1)
-        outcomes = []
-        for i, job in enumerate(job_ids):
-            choice, lv, snap = chosen[i]
-            dist, ids = found[i]
-            hits = [Hit(lv.artifact.ids[int(x)], float(d), 1.0 / (1.0 + float(d)))
-                    for d, x in zip(dist, ids, strict=True) if x >= 0]
-            thresholds = dict(snap.thresholds.get(choice.version, {}))
-            limit = thresholds.get("similarity", {}).get("value")
-            met = bool(hits) and (limit is None or hits[0].score >= float(limit))
-            outcomes.append(SearchOutcome(uuid.uuid4().hex, job, choice.version,
-                                          snap.policy_version, choice.source, thresholds,
-                                          hits, met, elapsed, lv.degraded is not None))
+        """Route each query, search its version's index, record every run (failed too)."""
+        started = time.perf_counter()
+        outcomes = self.search_routed([self.route(j) for j in job_ids], list(vectors), k,
+                                      started)
         if record:
             self.record(outcomes)
         return outcomes
 
-    def _top_k(self, k: int) -> int:
+    def search_routed(self, routes: list[Route], vectors: list[np.ndarray], k: int,
+                      started: float, parse_ms: float | None = None) -> list[SearchOutcome]:
+        """Search routed queries, grouped by version (one index call per version); a query
+        that cannot be served becomes a failed outcome, never an exception."""
+        k = self.top_k(k)
+        out: list[SearchOutcome | None] = [None] * len(routes)
+        groups: dict[str, tuple[LoadedVersion, list[int]]] = {}
+        for i, r in enumerate(routes):
+            if r.loaded is None:
+                out[i] = self.failure(r, self.unavailable(r), started, parse_ms)
+                continue
+            vec, dims = vectors[i], r.loaded.artifact.vectors.shape[1]
+            if vec.shape[0] != dims:
+                out[i] = self.failure(r, WorkerError(
+                    f"query has {vec.shape[0]} dimensions, version {r.choice.version} expects "
+                    f"{dims}", code="dimension_mismatch", stage="search", status=422,
+                    context={"version": r.choice.version}), started, parse_ms)
+                continue
+            groups.setdefault(r.choice.version, (r.loaded, []))[1].append(i)
+        for lv, rows in groups.values():
+            t0 = time.perf_counter()
+            dist, ids = lv.artifact.index.search(np.vstack([vectors[i] for i in rows]), k)
+            search_ms = (time.perf_counter() - t0) * 1000.0
+            for j, i in enumerate(rows):
+                out[i] = self._found(routes[i], lv, dist[j], ids[j], started, parse_ms,
+                                     search_ms)
+        return [o for o in out if o is not None]
+
+    def _found(self, r: Route, lv: LoadedVersion, dist: np.ndarray, ids: np.ndarray,
+               started: float, parse_ms: float | None, search_ms: float) -> SearchOutcome:
+        names = lv.artifact.ids
+        hits = [Hit(names[int(x)], float(d), 1.0 / (1.0 + float(d)))
+                for d, x in zip(dist, ids, strict=True) if x >= 0]
+        verdict = judge_thresholds(r.snap.thresholds.get(r.choice.version, {}),
+                                   [(h.distance, h.score) for h in hits])
+        return SearchOutcome(uuid.uuid4().hex, r.job_id, r.choice.version,
+                             r.snap.policy_version, r.choice.source, verdict.snapshot, hits,
+                             verdict.met, 0.0, lv.degraded is not None,
+                             failed_thresholds=verdict.failed,
+                             unapplied_thresholds=verdict.unapplied, parse_ms=parse_ms,
+                             search_ms=search_ms, started=started)
+
+    @staticmethod
+    def failure(r: Route, error: StructuredError, started: float,
+                parse_ms: float | None = None) -> SearchOutcome:
+        """A routed request that failed (artifact unavailable, parse error, time limit,
+        dimension mismatch): a run all the same, so analysis can judge its version."""
+        return SearchOutcome(uuid.uuid4().hex, r.job_id, r.choice.version,
+                             r.snap.policy_version, r.choice.source,
+                             dict(r.snap.thresholds.get(r.choice.version, {})), [], False, 0.0,
+                             r.loaded is not None and r.loaded.degraded is not None,
+                             error=error, parse_ms=parse_ms, started=started)
+
+    def top_k(self, k: int) -> int:
         if not 1 <= k <= self.settings.max_top_k:
             raise WorkerError(f"topK must be within 1..{self.settings.max_top_k}",
                               code="bad_top_k", stage="request", status=400)
         return k
 
-    def record(self, outcomes: list[SearchOutcome], error_code: str | None = None) -> None:
+    def record(self, outcomes: list[SearchOutcome]) -> None:
+        """Write the runs in one transaction. A run's latency is its whole request: from
+        its start (upload read) to this record."""
         s = self.settings
-        runs = [RunRecord(s.model, o.version, o.policy_version, o.route_source, o.thresholds,
-                          o.latency_ms, error_code is None, o.met_threshold, job_key=o.job_id,
-                          ai_suggestion=(o.hits[0].id if o.hits else None),
-                          error_code=error_code, run_key=o.run_key,
-                          created_at=datetime.now(UTC)) for o in outcomes]
+        now, stamp = datetime.now(UTC), time.perf_counter()
+        runs = []
+        for o in outcomes:
+            if o.started is not None:
+                o.latency_ms = (stamp - o.started) * 1000.0
+            runs.append(RunRecord(s.model, o.version, o.policy_version, o.route_source,
+                                  o.thresholds, o.latency_ms, o.error is None, o.met_threshold,
+                                  job_key=o.job_id,
+                                  ai_suggestion=(o.hits[0].id if o.hits else None),
+                                  error_code=o.error_code, run_key=o.run_key, created_at=now,
+                                  parse_ms=o.parse_ms, search_ms=o.search_ms))
         with self.store.transaction(s.tenant, s.worker_id) as tx:
             tx.record_runs(runs)
+        if EVENTS.isEnabledFor(logging.DEBUG):
+            for o in outcomes:
+                emit("run", logging.DEBUG, run=o.run_key, job=o.job_id, version=o.version,
+                     policyVersion=o.policy_version, routeSource=o.route_source,
+                     error=o.error_code, metThreshold=o.met_threshold,
+                     latencyMs=round(o.latency_ms, 3))
         for o in outcomes:
             metrics.WORKER_REQUESTS.labels(s.tenant, s.model, o.version, o.route_source).inc()
             metrics.RUN_LATENCY.labels(s.tenant, s.model, o.version).observe(

@@ -82,10 +82,7 @@ async def test_search_by_dxf_upload(world: World, client: Client) -> None:
      "bad_request"),
     ({"json": {"vector": "abc"}}, 400, "bad_vector"),
     ({"json": {"vector": [1.0, float("nan")]}}, 400, "bad_vector"),
-    ({"json": {"vector": [1.0, 2.0]}}, 422, "dimension_mismatch"),
     ({"json": {"vector": [0.0] * 24, "topK": 0}}, 400, "bad_top_k"),
-    ({"data": b"garbage garbage", "headers": {"Content-Type": "application/dxf"}}, 422,
-     "invalid_drawing"),
     ({"data": b"0\n" * (11 * 1024 * 1024), "headers": {"Content-Type": "application/dxf"}},
      413, "too_large"),
 ])
@@ -101,6 +98,28 @@ async def test_bad_requests_get_json_errors_and_write_nothing(
     with world.store.transaction(TENANT, "t") as tx:
         assert tx.count_runs() == before
     assert (await client.get("/healthz")).status == 200  # the worker is still fine
+
+
+@pytest.mark.parametrize(("kwargs", "code"), [
+    ({"json": {"vector": [1.0, 2.0], "jobId": "dim-1"}}, "dimension_mismatch"),
+    ({"data": b"garbage garbage", "params": {"jobId": "dim-1"},
+      "headers": {"Content-Type": "application/dxf"}}, "invalid_drawing"),
+])
+async def test_a_routed_request_that_fails_is_a_failed_run(
+    world: World, client: Client, kwargs: dict[str, Any], code: str
+) -> None:
+    """Issue 12: parse errors and dimension mismatches were answered and forgotten, so
+    the version's success_rate never saw them."""
+    resp = await client.post("/v1/search", **kwargs)
+    assert resp.status == 422
+    body = await resp.json()
+    version = world.runtime.choose("dim-1")[0].version
+    assert body["code"] == code and body["context"]["version"] == version
+    with world.store.transaction(TENANT, "t") as tx:
+        run = tx.run(body["context"]["runKey"])
+    assert run is not None and run["success"] is False and run["error_code"] == code
+    assert run["job_key"] == "dim-1" and run["policy_version"] == 1
+    assert run["thresholds"]["similarity"]["value"] == 0.5
 
 
 def test_routing_shares_and_stickiness(world: World) -> None:
@@ -174,7 +193,8 @@ async def test_human_review_is_recorded_and_audited(world: World, client: Client
                                      "controlAllowed": True})
     assert weaken.status == 400
     ok = await client.post(f"/v1/runs/{run['runKey']}/review",
-                           json={"status": "REJECTED", "humanDecision": "no-match"})
+                           json={"status": "REJECTED", "agree": False,
+                                 "humanDecision": "no-match"})
     assert ok.status == 200 and (await ok.json())["decision"] == "PENDING_REVIEW"
     with world.store.transaction(TENANT, "t") as tx:
         stored = tx.run(run["runKey"])
@@ -183,6 +203,7 @@ async def test_human_review_is_recorded_and_audited(world: World, client: Client
     assert stored["reviewer"] == "ann@acme" and stored["decision"] == "PENDING_REVIEW"
     assert last.action == "review" and last.actor == "reviewer:ann@acme"
     unknown = await client.post("/v1/runs/nope/review", json={"status": "APPROVED",
+                                                             "agree": True,
                                                              "reviewer": "ann"})
     assert unknown.status == 404
 
