@@ -326,6 +326,7 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
 
     async def loop() -> None:
         last_full = -1e9
+        last_error = ""  # a known failure is logged once, as one line, until it changes
         while True:
             snap = runtime.snapshot
             period = float(snap.refresh_seconds) if snap else 1.0
@@ -339,8 +340,14 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
                 if due:
                     await ev.run_in_executor(None, runtime.refresh)
                     last_full = now
+            except CadmlError as exc:
+                if str(exc) != last_error:
+                    log.warning("policy refresh failed (%s); serving the last snapshot", exc)
+                last_error = str(exc)
             except Exception:
                 log.exception("policy refresh failed; serving the last snapshot")
+            else:
+                last_error = ""
             probe = s.probe_seconds if s.probe_seconds is not None else min(1.0, period / 4)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=probe)

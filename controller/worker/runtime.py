@@ -260,7 +260,13 @@ class WorkerRuntime:
     def ready(self) -> tuple[bool, dict[str, Any]]:
         snap = self.snapshot
         ok = snap is not None and bool(self.versions)
+        s = self.settings
+        reason = ("" if ok else
+                  f"no routing for {s.tenant}/{s.model} yet: the model needs a STABLE version "
+                  "or a RolloutPolicy in the store (`cadml status`)" if snap is None else
+                  "no version could be loaded: see loadErrors")
         return ok, {
+            **({"reason": reason} if reason else {}),
             "policyVersion": snap.policy_version if snap else None,
             "versions": {v: ("Degraded: " + lv.degraded) if lv.degraded else "Ready"
                          for v, lv in self.versions.items()},
