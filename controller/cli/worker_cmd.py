@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import socket
 from typing import Any
 
 from controller.cli._common import add_parser, positive_int
@@ -78,6 +79,19 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    from controller.errors import UsageError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise UsageError(f"cannot listen on {host}:{port}: the port is in use; stop what "
+                         "holds it or pick another --port") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -104,11 +118,6 @@ def run(args: argparse.Namespace) -> int:
         backoff_max=args.backoff_max, admin_token=os.environ.get("CADML_ADMIN_TOKEN") or None,
         max_upload_bytes=args.max_upload_bytes, artifact_cache=args.artifact_cache,
         artifact_max_bytes=args.artifact_max_bytes, hnsw_ef_search=args.hnsw_ef_search)
-    try:
-        web.run_app(make_app(WorkerRuntime(store, settings)), host=args.host, port=args.port)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: the port is in use; "
-                         "stop what holds it or pick another --port") from exc
+    listener = _listen(args.host, args.port)  # before any work: a busy port fails first
+    web.run_app(make_app(WorkerRuntime(store, settings)), sock=listener)
     return 0

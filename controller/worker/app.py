@@ -1,7 +1,8 @@
 """The worker's HTTP API (aiohttp). Handlers parse and answer; `WorkerRuntime` does the work.
 
 Errors are JSON `{code, stage, message, context, timestamp}`:
-    400 bad_request / bad_top_k / bad_vector   404 not_found (run, version, route)
+    400 bad_request / bad_top_k / bad_vector / empty_upload
+    404 not_found (run, version, route, unknown endpoint)   405 method_not_allowed
     409 not_routable (binding to a version that is not CANARY/STABLE)
     413 too_large   415 unsupported_media_type   422 invalid_drawing & friends,
     dimension_mismatch   503 no_policy / version_unavailable / not_ready
@@ -70,6 +71,14 @@ async def errors(request: web.Request,
         return _fail(404, "not_found", "request", str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         return _fail(413, "too_large", "upload", str(exc))
+    except web.HTTPMethodNotAllowed as exc:  # the README promises JSON errors everywhere
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return _fail(405, "method_not_allowed", "request",
+                     f"{request.method} {request.path}: use {allowed}",
+                     {"allowed": sorted(exc.allowed_methods)})
+    except web.HTTPNotFound:
+        return _fail(404, "not_found", "request", f"no endpoint {request.path}; see "
+                     "`cadml worker --help` for the endpoints")
     except web.HTTPException:
         raise
     except CadmlError as exc:
@@ -113,6 +122,12 @@ def _int(value: Any, default: int, name: str) -> int:
                           status=400) from None
 
 
+def _not_empty(data: bytes, what: str) -> None:
+    if not data:
+        raise WorkerError(f"empty upload: {what} has 0 bytes; send the DXF file's content",
+                          code="empty_upload", stage="upload", status=400)
+
+
 async def _drawing_vector(request: web.Request, data: bytes, job_id: str) -> np.ndarray:
     runtime = request.app[RUNTIME]
     _choice, lv, _snap = runtime.choose(job_id)
@@ -132,7 +147,7 @@ async def search(request: web.Request) -> web.Response:
         vector = _vector(body.get("vector"))
     elif ctype == "multipart/form-data":
         reader = await request.multipart()
-        data = b""
+        data: bytes | None = None
         async for part in reader:
             if not isinstance(part, BodyPartReader):
                 continue
@@ -140,13 +155,15 @@ async def search(request: web.Request) -> web.Response:
                 data = await part.read(decode=False)
             elif part.name in ("jobId", "topK"):
                 params[part.name] = (await part.text()).strip()
-        if not data:
+        if data is None:
             raise WorkerError("multipart upload needs a 'drawing' file part",
                               code="bad_request", stage="request", status=400)
+        _not_empty(data, "the 'drawing' part")
         job_id = str(params.get("jobId") or uuid.uuid4().hex)
         vector = await _drawing_vector(request, data, job_id)
     elif ctype in ("application/dxf", "image/vnd.dxf", "application/octet-stream"):
         data = await request.read()
+        _not_empty(data, "the request body")
         job_id = str(params.get("jobId") or uuid.uuid4().hex)
         vector = await _drawing_vector(request, data, job_id)
     else:
@@ -195,6 +212,10 @@ async def bind_job(request: web.Request) -> web.Response:
     job = request.match_info["job"]
     body = await _json(request)
     version = str(body.get("version") or "")
+    if not version:
+        raise WorkerError('a binding needs a "version" field: {"version": "1.2.0"}',
+                          code="bad_request", stage="request", status=400,
+                          context={"field": "version"})
     s = runtime.settings
 
     def bind() -> dict[str, Any]:
