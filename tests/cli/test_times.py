@@ -51,3 +51,4 @@ def test_history_takes_now_and_relative_times(tmp_path: Path,
     for at in ("now", "-2h", "2026-11-22T12:00Z"):
         assert main(["history", "--at", at, "--store", store]) == 0, at
         assert capsys.readouterr().out.startswith("as of ")
+
