@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
                    description="Driven by an external cron (the chart's CronJob): the "
                                "first trigger for a window key evaluates and analyses; "
                                "repeats in the same window do nothing and say so.",
-                   examples="cadml schedule-tick --window-key $(date -u +%%Y-%%m-%%dT%%H)")
+                   examples="cadml schedule-tick --window-key $(date -u +%Y-%m-%dT%H)")
     t.add_argument("--window-key", required=True, metavar="KEY",
                    help="names the window, so a repeat does nothing: e.g. 2026-11-22T12 for "
                         "an hourly schedule")

@@ -66,7 +66,8 @@ def register(sub: Any) -> None:
     p.add_argument("--backoff-max", type=float, default=3600.0, metavar="S",
                    help="longest wait between recovery retries, seconds")
     p.add_argument("--max-upload-bytes", type=positive_int, default=20 * 1024 * 1024,
-                   metavar="N", help="refuse request bodies larger than N bytes (HTTP 413)")
+                   metavar="N",
+                   help="refuse request bodies larger than N bytes, HTTP 413 (default: 20 MiB)")
     p.add_argument("--artifact-cache", metavar="DIR",
                    help="where http(s) artifacts are downloaded to, by sha256 "
                         "(default $CADML_ARTIFACT_CACHE, else $CADML_HOME/artifacts, else "
