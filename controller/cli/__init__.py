@@ -76,6 +76,16 @@ def _quiet_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+def _flushed(code: int) -> int:
+    """`code`, once stdout is written out; 141 (quietly) if its reader has gone."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
+    return code
+
+
 def _command_name(args: argparse.Namespace) -> str:
     action = next((getattr(args, a) for a in ("index_command", "db_command", "audit_command")
                    if getattr(args, a, None)), None)
@@ -91,7 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     debug = "--debug" in args_in or os.environ.get("CADML_DEBUG", "") not in ("", "0")
     args_in = [a for a in args_in if a != "--debug"]
-    args = build_parser().parse_args(join_time_values(args_in))
+    try:
+        args = build_parser().parse_args(join_time_values(args_in))
+    except SystemExit as done:  # --help, or a usage error argparse reported
+        raise SystemExit(_flushed(done.code if isinstance(done.code, int) else EXIT_USAGE)
+                         ) from None
     try:
         code: int = args.handler(args)
         sys.stdout.flush()
