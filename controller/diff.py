@@ -8,6 +8,7 @@ immutable release records) is broken, or human review is weakened.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -156,20 +157,50 @@ def diff_bundles(
             if item.key[0] == "ReleaseRecord":
                 report.releases_added.append(f"{item.key[1]}/{item.key[2]}")
             continue
-        for err in check_transition(old.resource, item.resource):
+        errors = check_transition(old.resource, item.resource)
+        for err in errors:
             doc = item.doc
             report.problems.append(
                 err.at(file=doc.file, line=doc.line_of(["spec"]), document=doc.index)
                 if doc else err)
-            if err.rule == "release.immutable":
-                report.blockers.append(f"immutable ReleaseRecord {item.key[1]}/{item.key[2]} "
-                                       "was edited")
+        if any(err.rule == "release.immutable" for err in errors):
+            edits = field_changes(_spec(old.resource), _spec(item.resource), "spec")
+            report.blockers.append(f"immutable ReleaseRecord {item.key[1]}/{item.key[2]} "
+                                   "was edited" + (": " + "; ".join(edits) if edits else ""))
     for item in base.items:
         if item.key[0] == "ReleaseRecord" and head.get(*item.key) is None:
             report.releases_removed.append(f"{item.key[1]}/{item.key[2]}")
             report.blockers.append(f"ReleaseRecord {item.key[1]}/{item.key[2]} was deleted; "
                                    "release history is append-only")
     return report
+
+
+def _spec(resource: Resource) -> Any:
+    return resource.model_dump(mode="json", by_alias=True, exclude_none=True).get("spec")
+
+
+def field_changes(before: Any, after: Any, path: str) -> list[str]:
+    """Every leaf that differs between two JSON-like values, as `path: before → after`
+    (pure; lists compared index by index, a missing side shown as `(absent)`)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [line for key in sorted(set(before) | set(after), key=str)
+                for line in field_changes(before.get(key, _ABSENT), after.get(key, _ABSENT),
+                                          f"{path}.{key}")]
+    if isinstance(before, list) and isinstance(after, list):
+        return [line for i in range(max(len(before), len(after)))
+                for line in field_changes(before[i] if i < len(before) else _ABSENT,
+                                          after[i] if i < len(after) else _ABSENT,
+                                          f"{path}[{i}]")]
+    if before == after:
+        return []
+    return [f"{path}: {_show(before)} → {_show(after)}"]
+
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value, ensure_ascii=False)
 
 
 def _renamed_from(base: Bundle, head: Bundle, new: Resource) -> Any:

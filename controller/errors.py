@@ -9,7 +9,8 @@
     │   ├── ConflictError           a unique rule lost a race (second STABLE, repeated tick)
     │   ├── NotFound                the row asked for does not exist
     │   ├── StaleWrite              a pass built from an older view than the store's; requeue
-    │   └── StoreUnavailable        connection or server failure; a retry can help
+    │   ├── StoreUnavailable        connection or server failure; a retry can help
+    │   └── StoreMissing            no store, or not at this cadml's schema revision; exit 2
     └── StructuredError             carries code/stage/context: the JSON error envelope
         │   (below: defined beside the code that raises them)
         ├── InvalidDrawing          controller.features: a DXF upload we cannot read (4xx)
@@ -101,6 +102,12 @@ class StoreUnavailable(StoreError):
     reason = "StoreUnavailable"
     retryable = True
 
+
+class StoreMissing(StoreError):
+    """The store does not exist, or is not at the schema revision this cadml needs; the
+    message says which command creates or upgrades it. Retrying does not help."""
+
+    reason = "StoreMissing"
 
 
 class StaleWrite(StoreError):

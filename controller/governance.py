@@ -64,8 +64,10 @@ class TickResult:
 
 
 def evaluate(tx: StoreTx, now: datetime, window: timedelta = DEFAULT_WINDOW,
-             models: list[str] | None = None, job_key: str | None = None) -> list[Evaluated]:
-    """Metrics per model and CANARY/STABLE version over [now - window, now)."""
+             models: list[str] | None = None, job_key: str | None = None,
+             write: bool = True) -> list[Evaluated]:
+    """Metrics per model and CANARY/STABLE version over [now - window, now); written to
+    the store unless `write` is false (a dry run, in a read-only transaction)."""
     out = []
     start = now - window
     for model in models or tx.model_names():
@@ -73,7 +75,8 @@ def evaluate(tx: StoreTx, now: datetime, window: timedelta = DEFAULT_WINDOW,
             if v.deleted or v.stage not in ("CANARY", "STABLE"):
                 continue
             m = compute(tx.run_facts(model, start, now, version=v.version, job_key=job_key))
-            tx.write_evaluation(model, v.version, start, now, m, job_key or "")
+            if write:
+                tx.write_evaluation(model, v.version, start, now, m, job_key or "")
             out.append(Evaluated(model, v.version, m, start, now))
     return out
 

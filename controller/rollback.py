@@ -14,6 +14,8 @@ annotation `cadml.io/git-must-follow` records that Git must catch up.
 from __future__ import annotations
 
 import io
+import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,12 +124,37 @@ def _set_stage(doc: _Doc, stage: str, touched: set[Path], changes: list[str]) ->
     touched.add(doc.path)
 
 
+_AUTHOR = re.compile(r"^\s*([^<>]+?)\s*<([^<>\s]+@[^<>\s]+)>\s*$")
+
+
+def commit_identity(repo: Any, author: str | None) -> Any:
+    """Who the commit is by: `author` ('Name <email>'), else Git's own identity
+    (GIT_AUTHOR_NAME/EMAIL, user.name/user.email). Never a guessed `user@host`: a commit
+    that moves production traffic must name a person."""
+    from git import Actor
+
+    if author:
+        match = _AUTHOR.match(author)
+        if not match:
+            raise UsageError(f"--author {author!r}: use 'Name <email>'")
+        return Actor(match.group(1), match.group(2))
+    reader = repo.config_reader()
+    name = os.environ.get("GIT_AUTHOR_NAME") or reader.get_value("user", "name", "")
+    email = os.environ.get("GIT_AUTHOR_EMAIL") or reader.get_value("user", "email", "")
+    if not name or not email:
+        raise UsageError("Git has no identity to commit as: set `git config user.name` and "
+                         "`git config user.email`, or pass --author 'Name <email>'")
+    return Actor(str(name), str(email))
+
+
 def _commit(tree: _ModelTree, touched: set[Path], target: str, title: str, reason: str,
             actor: str,
-            changes: list[str], now: datetime | None) -> RollbackResult:
+            changes: list[str], now: datetime | None,
+            author: str | None = None) -> RollbackResult:
     """Write the edited files, validate the whole tree with `cadml validate`'s rules, and
     commit; on any refusal the files are restored and nothing is committed."""
     root = tree.root
+    identity = commit_identity(tree.repo, author)
     dirty = {root / str(d.a_path) for d in tree.repo.index.diff(None)} | {
         Path(root / p) for p in tree.repo.untracked_files}
     if touched & dirty:
@@ -149,7 +176,7 @@ def _commit(tree: _ModelTree, touched: set[Path], target: str, title: str, reaso
     when = (now or datetime.now(UTC)).isoformat()
     message = (f"{title}\n\nReason: {reason}\nActor: {actor}\nRequested-At: {when}\n\n"
                + "\n".join(f"- {c}" for c in changes))
-    commit = tree.repo.index.commit(message)
+    commit = tree.repo.index.commit(message, author=identity, committer=identity)
     return RollbackResult(commit.hexsha, target, rel, changes)
 
 
@@ -165,7 +192,8 @@ def _weights(spec: Any) -> str:
 
 
 def rollback_in_repo(repo_dir: str, tenant: str, model: str, to: str | None, reason: str,
-                     actor: str, now: datetime | None = None) -> RollbackResult:
+                     actor: str, now: datetime | None = None,
+                     author: str | None = None) -> RollbackResult:
     if not reason.strip():
         raise UsageError("--reason is required: say why you roll back")
     tree = _load_model(repo_dir, tenant, model)
@@ -194,11 +222,13 @@ def rollback_in_repo(repo_dir: str, tenant: str, model: str, to: str | None, rea
     meta.setdefault("annotations", {})[ROLLBACK_ANNOTATION] = reason
     changes.insert(0, f"{meta['name']}: weights {before} → {target_version}=100")
     return _commit(tree, touched, target_version,
-                   f"rollback {tenant}/{model} to {target_version}", reason, actor, changes, now)
+                   f"rollback {tenant}/{model} to {target_version}", reason, actor, changes, now,
+                   author)
 
 
 def promote_in_repo(repo_dir: str, tenant: str, model: str, version: str, reason: str,
-                    actor: str, now: datetime | None = None) -> RollbackResult:
+                    actor: str, now: datetime | None = None,
+                    author: str | None = None) -> RollbackResult:
     """Make a CANARY version the STABLE one in one commit: it becomes STABLE, the current
     STABLE becomes DEPRECATED (one STABLE per model key at every commit), and the policy
     gives the new stable what the old one and this canary had; other canaries keep their
@@ -229,7 +259,7 @@ def promote_in_repo(repo_dir: str, tenant: str, model: str, version: str, reason
     changes.insert(0, f"{tree.policy.body['metadata']['name']}: weights {before} → "
                       f"{_weights(spec)}")
     return _commit(tree, touched, version, f"promote {tenant}/{model} {version} to STABLE",
-                   reason, actor, changes, now)
+                   reason, actor, changes, now, author)
 
 
 def cluster_patch(target_version: str, reason: str, actor: str, now: datetime) -> dict[str, Any]:

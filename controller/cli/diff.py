@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from controller.cli._common import add_input_options, parse_time, write_json
-from controller.diff import ChangeReport, diff_bundles, render_markdown
+from controller.cli._common import add_input_options, add_parser, parse_time, write_json
 from controller.errors import SourceError
-from controller.sources import SourceFile, collect_git, collect_paths
-from controller.validation import ValidationReport, validate_files
+
+if TYPE_CHECKING:
+    from controller.diff import ChangeReport
+    from controller.sources import SourceFile
+    from controller.validation import ValidationReport
 
 HELP = """\
 Compare the resources at --base (a Git ref) with --head (a Git ref; default: the
@@ -24,19 +26,24 @@ exit codes: 0 safe to merge · 1 must not merge · 2 usage or I/O error
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("diff", help="explain a change to routing and review safety",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(sub, "diff", help="explain a change to routing and review safety",
+                   description=HELP,
+                   examples="cadml diff --base origin/main\n"
+                            "cadml diff --base origin/main --head HEAD tenants/acme-cad -o json")
     p.add_argument("--base", required=True, metavar="REF", help="Git ref before the change")
     p.add_argument("--head", metavar="REF", help="Git ref after the change (default: work tree)")
-    p.add_argument("--repo", default=".", metavar="DIR", help="Git repository (default: .)")
+    p.add_argument("--repo", default=".", metavar="DIR", help="Git repository")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="limit to these folders inside the repository (default: all)")
-    p.add_argument("--output", "-o", choices=("markdown", "json"), default="markdown")
+    p.add_argument("--output", "-o", choices=("markdown", "json"), default="markdown",
+                   help="output format (markdown: ready for a pull-request comment)")
     add_input_options(p)
     p.set_defaults(handler=run)
 
 
 def _read(args: argparse.Namespace, ref: str | None) -> list[SourceFile]:
+    from controller.sources import collect_git, collect_paths
+
     if ref is None:
         from pathlib import Path
         root = Path(args.repo)
@@ -52,6 +59,9 @@ def _read(args: argparse.Namespace, ref: str | None) -> list[SourceFile]:
 
 
 def compute(args: argparse.Namespace) -> tuple[ChangeReport, ValidationReport]:
+    from controller.diff import diff_bundles
+    from controller.validation import validate_files
+
     now = parse_time(args.now)
     base = validate_files(_read(args, args.base), now)
     head = validate_files(_read(args, args.head), now)
@@ -87,5 +97,7 @@ def run(args: argparse.Namespace) -> int:
             "problems": [f.as_dict() for f in report.problems],
         })
     else:
+        from controller.diff import render_markdown
+
         print(render_markdown(report, args.base, args.head or "working tree"))
     return 1 if report.must_not_merge else 0

@@ -5,123 +5,167 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import re
-from datetime import timedelta
 from typing import Any
 
-from controller.cli._common import parse_time, write_json
-from controller.cli.store_cmds import STORE_HELP
+from controller.cli._common import TIME_HELP, add_parser, parse_span, parse_time, write_json
+from controller.cli.store_cmds import OUTPUT_HELP, STORE_HELP
 from controller.errors import UsageError
 
-_SPAN = re.compile(r"^(\d+)([smhd])$")
-
-
-def parse_window(text: str) -> timedelta:
-    match = _SPAN.match(text.strip())
-    if not match:
-        raise UsageError(f"window {text!r}: use a number and s, m, h or d (e.g. 15m, 1h)")
-    n, unit = int(match.group(1)), match.group(2)
-    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
+WINDOW_HELP = "length of the window ending at --now: a number and s, m, h, d or w"
+NOW_HELP = f"end of the window: {TIME_HELP} (default: now)"
+REASON_HELP = "why: written into the commit message and the audit trail (required)"
+ACTOR_HELP = "who asks, for the commit message and audit (default: the local user)"
 
 
 def _model_arg(text: str) -> tuple[str, str]:
     tenant, _, model = text.partition("/")
     if not tenant or not model:
-        raise UsageError(f"{text!r}: use TENANT/MODEL")
+        raise UsageError(f"{text!r}: use TENANT/MODEL, e.g. acme-cad/part-match")
     return tenant, model
 
 
 def register(sub: Any) -> None:
-    e = sub.add_parser("evaluate", help="recompute evaluation metrics per version and window",
-                       description="success_rate, review_override_rate and p95_latency_ms per "
-                                   "CANARY/STABLE version over a window, written to the "
-                                   "store (and so into RolloutPolicy status).")
+    e = add_parser(sub, "evaluate", help="recompute evaluation metrics per version and window",
+                   description="success_rate, review_override_rate and p95_latency_ms per "
+                               "CANARY/STABLE version over a window, written to the store "
+                               "(and so into RolloutPolicy status). With --dry-run, print "
+                               "them and write nothing (the store must exist). A --model or "
+                               "--tenant that is not in the store is an error (exit 2).",
+                   examples="cadml evaluate --window 1h\n"
+                            "cadml evaluate --tenant acme-cad --model assembly-match "
+                            "--window 7d --now -1d --dry-run")
     e.add_argument("--store", help=STORE_HELP)
     e.add_argument("--tenant", action="append", help="tenant (repeatable; default: all)")
     e.add_argument("--model", action="append", help="model (repeatable; default: all)")
-    e.add_argument("--job", help="only runs of this job")
-    e.add_argument("--window", default="1h", help="window ending now (default 1h)")
-    e.add_argument("--now", help="end of the window (ISO 8601; default now)")
-    e.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    e.add_argument("--job", help="only runs of this job (default: all jobs)")
+    e.add_argument("--window", default="1h", help=WINDOW_HELP)
+    e.add_argument("--now", metavar="TIME", help=NOW_HELP)
+    e.add_argument("--dry-run", action="store_true",
+                   help="compute and print; write nothing, create no store")
+    e.add_argument("--output", "-o", choices=("text", "json"), default="text", help=OUTPUT_HELP)
     e.set_defaults(handler=_evaluate)
 
-    c = sub.add_parser("compare", help="two or more versions side by side",
-                       description="Compare versions of one model on the minimum metric set.")
-    c.add_argument("model", metavar="TENANT/MODEL")
-    c.add_argument("--versions", required=True, help="comma-separated, e.g. 1.1.0,1.2.0")
-    c.add_argument("--window", default="1h")
-    c.add_argument("--now")
+    c = add_parser(sub, "compare", help="two or more versions side by side",
+                   description="Compare versions of one model on the minimum metric set "
+                               "(success rate, review override rate, p95 latency, runs, "
+                               "reviewed runs) over one window. Reads only.",
+                   examples="cadml compare acme-cad/assembly-match --versions 1.1.0,1.2.0\n"
+                            "cadml compare acme-cad/assembly-match --versions 1.1.0,1.2.0 "
+                            "--window 7d -o markdown")
+    c.add_argument("model", metavar="TENANT/MODEL", help="the model's namespace and name")
+    c.add_argument("--versions", required=True,
+                   help="comma-separated spec.versions, at least two, e.g. 1.1.0,1.2.0")
+    c.add_argument("--window", default="1h", help=WINDOW_HELP)
+    c.add_argument("--now", metavar="TIME", help=NOW_HELP)
     c.add_argument("--store", help=STORE_HELP)
-    c.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text")
+    c.add_argument("--output", "-o", choices=("text", "json", "markdown"), default="text",
+                   help=OUTPUT_HELP)
     c.set_defaults(handler=_compare)
 
-    t = sub.add_parser("schedule-tick", help="run the due evaluation and analysis once per window",
-                       description="Driven by an external cron (the chart's CronJob): the "
-                                   "first trigger for a window key evaluates and analyses; "
-                                   "repeats in the same window do nothing and say so.")
+    t = add_parser(sub, "schedule-tick", help="run the due evaluation and analysis once per window",
+                   description="Driven by an external cron (the chart's CronJob): the "
+                               "first trigger for a window key evaluates and analyses; "
+                               "repeats in the same window do nothing and say so.",
+                   examples="cadml schedule-tick --window-key $(date -u +%Y-%m-%dT%H)")
     t.add_argument("--window-key", required=True, metavar="KEY",
-                   help="e.g. 2026-11-22T12 for an hourly schedule")
+                   help="names the window, so a repeat does nothing: e.g. 2026-11-22T12 for "
+                        "an hourly schedule")
     t.add_argument("--tenant", action="append", help="tenant (repeatable; default: all)")
-    t.add_argument("--window", default="1h")
-    t.add_argument("--now")
+    t.add_argument("--window", default="1h", help=WINDOW_HELP)
+    t.add_argument("--now", metavar="TIME", help=NOW_HELP)
     t.add_argument("--store", help=STORE_HELP)
-    t.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    t.add_argument("--output", "-o", choices=("text", "json"), default="text", help=OUTPUT_HELP)
     t.set_defaults(handler=_tick)
 
-    r = sub.add_parser("rollback", help="point a model's policy back at a STABLE version",
-                       description="With --repo: edit the policy in the Git working tree and "
-                                   "commit (reason and actor in the message). With --cluster: "
-                                   "patch the live policy with an override (emergency) and "
-                                   "mark that Git must follow. History is never rewritten.")
-    r.add_argument("model", metavar="TENANT/MODEL")
+    r = add_parser(sub, "rollback", help="point a model's policy back at a STABLE version",
+                   description="With --repo: edit the policy in the Git working tree and "
+                               "commit (reason and actor in the message; the commit needs a "
+                               "Git identity: user.name/user.email, or --author). With "
+                               "--cluster: patch the live policy with an override "
+                               "(emergency; needs --to and a kubeconfig) and mark that Git "
+                               "must follow. History is never rewritten.",
+                   examples="cadml rollback acme-cad/assembly-match --reason 'p95 doubled' "
+                            "--repo .\n"
+                            "cadml rollback acme-cad/assembly-match --to 1.1.0 --reason "
+                            "'outage' --cluster")
+    r.add_argument("model", metavar="TENANT/MODEL", help="the model's namespace and name")
     r.add_argument("--to", metavar="VERSION",
-                   help="version to route to (default: the current STABLE)")
-    r.add_argument("--reason", required=True)
-    r.add_argument("--actor", default=None, help="who (default: the local user)")
+                   help="version to route to (default with --repo: the current STABLE; "
+                        "required with --cluster)")
+    r.add_argument("--reason", required=True, help=REASON_HELP)
+    r.add_argument("--actor", default=None, help=ACTOR_HELP)
+    r.add_argument("--author", metavar="'NAME <EMAIL>'",
+                   help="Git author and committer of the commit (default: Git's user.name "
+                        "and user.email; refused if neither is set)")
     where = r.add_mutually_exclusive_group(required=True)
     where.add_argument("--repo", metavar="PATH", help="Git working tree to commit to")
-    where.add_argument("--cluster", action="store_true", help="patch the live RolloutPolicy")
-    r.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    where.add_argument("--cluster", action="store_true",
+                       help="patch the live RolloutPolicy (needs --to and a kubeconfig)")
+    r.add_argument("--output", "-o", choices=("text", "json"), default="text", help=OUTPUT_HELP)
     r.set_defaults(handler=_rollback)
 
-    p = sub.add_parser("promote", help="make a CANARY version the STABLE one, in Git",
-                       description="Edit the Git working tree and commit, in one commit: the "
-                                   "version becomes STABLE, the current STABLE becomes "
-                                   "DEPRECATED, and the policy gives the new stable the old "
-                                   "one's and this canary's traffic (other canaries keep "
-                                   "theirs). The result is validated first (one STABLE per "
-                                   "model key, release gates, …); nothing is committed if it "
-                                   "breaks a rule.")
-    p.add_argument("model", metavar="TENANT/MODEL")
+    p = add_parser(sub, "promote", help="make a CANARY version the STABLE one, in Git",
+                   description="Edit the Git working tree and commit, in one commit: the "
+                               "version becomes STABLE, the current STABLE becomes "
+                               "DEPRECATED, and the policy gives the new stable the old "
+                               "one's and this canary's traffic (other canaries keep "
+                               "theirs). The result is validated first (one STABLE per "
+                               "model key, release gates, …); nothing is committed if it "
+                               "breaks a rule, or if Git has no identity and --author is "
+                               "not given.",
+                   examples="cadml promote acme-cad/assembly-match --version 1.2.0 "
+                            "--reason 'canary passed 7d'")
+    p.add_argument("model", metavar="TENANT/MODEL", help="the model's namespace and name")
     p.add_argument("--version", required=True, metavar="VERSION",
                    help="the CANARY's spec.version")
-    p.add_argument("--reason", required=True)
-    p.add_argument("--actor", default=None, help="who (default: the local user)")
-    p.add_argument("--repo", metavar="PATH", default=".", help="Git working tree (default .)")
-    p.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    p.add_argument("--reason", required=True, help=REASON_HELP)
+    p.add_argument("--actor", default=None, help=ACTOR_HELP)
+    p.add_argument("--author", metavar="'NAME <EMAIL>'",
+                   help="Git author and committer of the commit (default: Git's user.name "
+                        "and user.email; refused if neither is set)")
+    p.add_argument("--repo", metavar="PATH", default=".", help="Git working tree")
+    p.add_argument("--output", "-o", choices=("text", "json"), default="text", help=OUTPUT_HELP)
     p.set_defaults(handler=_promote)
+
+
+def _known(what: str, asked: list[str] | None, known: list[str], where: str) -> None:
+    """A name the user typed that is not in the store is an error, never 'nothing found'."""
+    missing = [a for a in asked or [] if a not in known]
+    if missing:
+        raise UsageError(f"{what} {', '.join(missing)}: not in {where} (known: "
+                         f"{', '.join(known) or 'none'})")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from controller.governance import evaluate
     from controller.store.open import open_store
 
-    store = open_store(args.store)
-    now, window = parse_time(args.now), parse_window(args.window)
+    now, window = parse_time(args.now), parse_span(args.window, "--window")
+    store = open_store(args.store, create=not args.dry_run)
+    tenants = store.tenants()
+    _known("--tenant", args.tenant, tenants, "the store")
     rows = []
-    for tenant in args.tenant or store.tenants():
-        with store.transaction(tenant, "cadml-evaluate") as tx:
-            for ev in evaluate(tx, now, window, args.model, args.job):
+    seen: set[str] = set()
+    for tenant in args.tenant or tenants:
+        with (store.read(tenant, "cadml-evaluate") if args.dry_run
+              else store.transaction(tenant, "cadml-evaluate")) as tx:
+            names = tx.model_names()
+            seen.update(names)
+            models = [m for m in args.model if m in names] if args.model else None
+            if models == []:
+                continue
+            for ev in evaluate(tx, now, window, models, args.job, write=not args.dry_run):
                 rows.append({"tenant": tenant, "model": ev.model, "version": ev.version,
                              "windowStart": ev.start.isoformat(),
                              "windowEnd": ev.end.isoformat(), **ev.metrics.as_dict()})
+    _known("--model", args.model, sorted(seen), "any tenant evaluated")
     if args.output == "json":
         write_json(rows)
     else:
         for row in rows:
             print(_line(row))
         if not rows:
-            print("nothing to evaluate")
+            print("nothing to evaluate: no CANARY or STABLE version")
     return 0
 
 
@@ -147,10 +191,12 @@ def _compare(args: argparse.Namespace) -> int:
     versions = [v.strip() for v in args.versions.split(",") if v.strip()]
     if len(versions) < 2:
         raise UsageError("--versions needs at least two versions")
-    store = open_store(args.store)
-    now, window = parse_time(args.now), parse_window(args.window)
+    store = open_store(args.store, create=False)
+    now, window = parse_time(args.now), parse_span(args.window, "--window")
     rows = []
     with store.read(tenant, "cadml-compare") as tx:
+        _known("model", [f"{tenant}/{model}"], [f"{tenant}/{m}" for m in tx.model_names()],
+               f"the store's tenant {tenant}")
         known = {v.version for v in tx.versions(model)}
         for v in versions:
             if v not in known:
@@ -184,7 +230,7 @@ def _tick(args: argparse.Namespace) -> int:
     from controller.store.open import open_store
 
     store = open_store(args.store)
-    now, window = parse_time(args.now), parse_window(args.window)
+    now, window = parse_time(args.now), parse_span(args.window, "--window")
     results = [schedule_tick(store, tenant, args.window_key, now, window)
                for tenant in args.tenant or store.tenants()]
     if args.output == "json":
@@ -223,7 +269,7 @@ def _promote(args: argparse.Namespace) -> int:
 
     tenant, model = _model_arg(args.model)
     result = promote_in_repo(args.repo, tenant, model, args.version, args.reason,
-                             args.actor or getpass.getuser())
+                             args.actor or getpass.getuser(), author=args.author)
     _print_commit(args, result, f"promote {tenant}/{model} {result.target} to STABLE")
     return 0
 
@@ -236,7 +282,8 @@ def _rollback(args: argparse.Namespace) -> int:
     if args.repo:
         from controller.rollback import rollback_in_repo
 
-        result = rollback_in_repo(args.repo, tenant, model, args.to, args.reason, actor)
+        result = rollback_in_repo(args.repo, tenant, model, args.to, args.reason, actor,
+                                  author=args.author)
         _print_commit(args, result, f"rollback {tenant}/{model} to {result.target}")
         return 0
     from controller.rollback import cluster_patch

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from controller.cli._common import write_json
-from controller.features.identity import extractor_version
+from controller.cli._common import add_parser, positive_int, write_json
 
 HELP = """\
 Extract features from every .dxf below DIR (in sandboxed processes with CPU and
@@ -33,22 +33,34 @@ as it is computed, so running the same command again after an interruption
 (--resume says so explicitly) continues where the build stopped.
 
 Progress (drawings/s and ETA) goes to stderr; stdout carries only the result.
-exit codes: 0 built · 1 nothing could be indexed · 2 usage or I/O error
+Needs the 'worker' extra: pip install 'cadml[worker]'.
+exit codes: 0 built · 1 nothing could be indexed · 2 usage or I/O error (OUT is a
+file or cannot be created: checked before any drawing is read)
+"""
+
+EXAMPLES = """\
+cadml index build drawings/ --out artifacts/parts-v4
+cadml index build drawings/ --out artifacts/parts-hnsw --kind hnsw --workers 8 -o json
 """
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("index", help="build similarity-index artifacts")
+    p = sub.add_parser("index", help="build similarity-index artifacts",
+                       description="Similarity-index artifacts for ModelVersions.")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
-    b = isub.add_parser("build", help="index a folder of DXF drawings", description=HELP,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("source", metavar="DIR")
-    b.add_argument("--out", required=True, metavar="OUT")
-    b.add_argument("--feature-version", default="v4", choices=("v1", "v2", "v3", "v4"))
-    b.add_argument("--kind", default="flat", choices=("flat", "hnsw"))
-    b.add_argument("--workers", type=int, default=2)
-    b.add_argument("--cpu-seconds", type=float, default=10.0,
-                   help="CPU time allowed per drawing (default 10)")
+    b = add_parser(isub, "build", help="index a folder of DXF drawings", description=HELP,
+                   examples=EXAMPLES)
+    b.add_argument("source", metavar="DIR", help="folder searched for *.dxf drawings")
+    b.add_argument("--out", required=True, metavar="OUT",
+                   help="folder to write the artifact into (created; files in it replaced)")
+    b.add_argument("--feature-version", default="v4", choices=("v1", "v2", "v3", "v4"),
+                   help="feature extractor version; the ModelVersion's featureVersion")
+    b.add_argument("--kind", default="flat", choices=("flat", "hnsw"),
+                   help="faiss index: flat (exact) or hnsw (approximate, large corpora)")
+    b.add_argument("--workers", type=positive_int, default=2, metavar="N",
+                   help="sandboxed extraction processes in parallel")
+    b.add_argument("--cpu-seconds", type=float, default=10.0, metavar="S",
+                   help="CPU time allowed per drawing")
     b.add_argument("--cache", metavar="DIR",
                    help="feature cache folder (default $XDG_CACHE_HOME/cadml/features or "
                         "~/.cache/cadml/features)")
@@ -57,8 +69,9 @@ def register(sub: Any) -> None:
     b.add_argument("--resume", action="store_true",
                    help="continue an interrupted build from the cache (any cached build "
                         "does; this refuses to run without the cache)")
-    b.add_argument("--quiet", action="store_true", help="no per-file progress")
-    b.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    b.add_argument("--quiet", action="store_true", help="no per-file progress on stderr")
+    b.add_argument("--output", "-o", choices=("text", "json"), default="text",
+                   help="output format")
     b.set_defaults(handler=run)
 
 
@@ -95,8 +108,24 @@ def usable_default(cache: Path | None, args: argparse.Namespace) -> Path | None:
     return cache
 
 
+def prepare_out(out: Path) -> None:
+    """Create `out` and prove it writable before any drawing is read; a usage error if not."""
+    from controller.errors import UsageError
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a folder; name a new or existing folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write there ({(exc.strerror or str(exc)).lower()}"
+                         "); pick a writable folder") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    from controller.errors import SourceError
+    from controller.errors import SourceError, UsageError
+    from controller.features.identity import extractor_version
     from controller.features.sandbox import SandboxLimits
     from controller.search.build import build_index
     from controller.search.progress import BuildTick, ProgressMeter
@@ -105,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.source)
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder")
+    prepare_out(Path(args.out))
+    if args.cpu_seconds <= 0:
+        raise UsageError(f"--cpu-seconds {args.cpu_seconds}: must be above 0")
     meter = ProgressMeter()
 
     def progress(tick: BuildTick) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from controller.cli._common import add_parser
 from controller.cli.store_cmds import STORE_HELP
 
 HELP = """\
@@ -21,13 +22,15 @@ CADML_WORKER_IMAGE, CADML_NAMESPACES, CADML_TIMER_INTERVAL, CADML_PEERING,
 CADML_WEBHOOK_HOST, CADML_WEBHOOK_PORT; CADML_WEBHOOK_CERT, CADML_WEBHOOK_KEY and
 CADML_WEBHOOK_CA for a mounted certificate such as cert-manager's, else a
 self-signed one is made at start; CADML_WEBHOOK_FAILURE_POLICY Fail (default) or
-Ignore).
+Ignore). Needs the 'operator' extra: pip install 'cadml[operator]', and a cluster
+(in-cluster service account, or KUBECONFIG / ~/.kube/config).
 """
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="run the kopf operator (in a cluster)", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(sub, "run", help="run the kopf operator (in a cluster)", description=HELP,
+                   examples="cadml run --namespace acme-cad\n"
+                            "cadml run --peering cadml --webhook-host cadml.cadml-system.svc")
     p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--namespace", action="append", dest="namespaces",
                    help="watch only this namespace (repeatable; default: all)")
@@ -35,9 +38,12 @@ def register(sub: Any) -> None:
                                      "(needs kopf's peering CRDs and the named object, as the "
                                      "chart installs; default: standalone)")
     p.add_argument("--webhook-host", help="serve the admission webhook; the API server calls "
-                                          "https://HOST:PORT")
-    p.add_argument("--webhook-port", type=int)
-    p.add_argument("--timer-interval", type=float, help="drift-repair interval, seconds")
+                                          "https://HOST:PORT (default: no webhook)")
+    p.add_argument("--webhook-port", type=int,
+                   help="port of the admission webhook (default $CADML_WEBHOOK_PORT, else 9443)")
+    p.add_argument("--timer-interval", type=float,
+                   help="drift-repair interval, seconds (default $CADML_TIMER_INTERVAL, "
+                        "else 60)")
     p.add_argument("--liveness", help="liveness endpoint (default http://0.0.0.0:8081/healthz)")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 9090)")
     p.add_argument("--no-workers", action="store_true",

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from controller.cli._common import write_json
-from controller.cli.store_cmds import STORE_HELP
-from controller.reconcile.gitmode import ReconcileResult, reconcile_repo, watch
-from controller.store.engine import resolve_url
-from controller.store.open import open_store
+from controller.cli._common import add_parser, write_json
+from controller.cli.store_cmds import OUTPUT_HELP, STORE_HELP
 from controller.yamlio import DEFAULT_MAX_BYTES
+
+if TYPE_CHECKING:
+    from controller.reconcile.gitmode import ReconcileResult
 
 HELP = """\
 Reconcile the cadml resources of a Git repository into the runtime store, with no
@@ -51,17 +51,21 @@ selects nothing included)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("reconcile", help="reconcile a Git repository into the store (no cluster)",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(sub, "reconcile",
+                   help="reconcile a Git repository into the store (no cluster)",
+                   description=HELP,
+                   examples="cadml reconcile --repo .\n"
+                            "cadml reconcile --repo . tenants/acme-cad --ref origin/main\n"
+                            "cadml reconcile --repo . --watch --interval 30")
     p.add_argument("--repo", required=True, metavar="PATH", help="Git repository")
     p.add_argument("paths", nargs="*", metavar="PREFIX",
                    help="only these folders inside the repository (default: all)")
-    p.add_argument("--ref", default="HEAD", help="Git ref to reconcile (default: HEAD)")
+    p.add_argument("--ref", default="HEAD", help="Git ref to reconcile")
     p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--watch", action="store_true",
                    help="keep polling the ref like a GitOps agent (Ctrl-C stops)")
     p.add_argument("--interval", type=float, default=10.0, metavar="S",
-                   help="seconds between passes with --watch (default: 10)")
+                   help="seconds between passes with --watch")
     p.add_argument("--prune", action="store_true",
                    help="allow deleting a whole tenant, or more than half of a tenant's "
                         "objects, in one pass, or any deletion in a PREFIX-scoped pass "
@@ -69,16 +73,19 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-older", action="store_true",
                    help="reconcile even if the store holds a newer commit than REF, or one "
                         "this clone does not have (after a history rewrite)")
-    p.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    p.add_argument("--output", "-o", choices=("text", "json"), default="text", help=OUTPUT_HELP)
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="N",
                    help="refuse files larger than N bytes")
     p.set_defaults(handler=run)
 
-    s = sub.add_parser("status", help="print reconciled objects and their conditions",
-                       description="Status of every reconciled object, like `kubectl get`.")
+    s = add_parser(sub, "status", help="print reconciled objects and their conditions",
+                   description="Status of every reconciled object, like `kubectl get`: "
+                               "Ready, and why not. Reads only: a missing store is an error "
+                               "that says how to create one.",
+                   examples="cadml status\ncadml status --tenant acme-cad -o json")
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--tenant", action="append", help="tenant (repeatable; default: all)")
-    s.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    s.add_argument("--output", "-o", choices=("text", "json"), default="text", help=OUTPUT_HELP)
     s.set_defaults(handler=status)
 
 
@@ -116,6 +123,9 @@ def _print(result: ReconcileResult, output: str, store_url: str, quiet_if_same: 
 
 
 def run(args: argparse.Namespace) -> int:
+    from controller.reconcile.gitmode import reconcile_repo, watch
+    from controller.store.open import open_store
+
     store = open_store(args.store)
     url = store.engine.url.render_as_string(hide_password=True)
     if args.watch:
@@ -140,7 +150,9 @@ def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def status(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
+    from controller.store.open import open_store
+
+    store = open_store(args.store, create=False)
     rows: list[dict[str, Any]] = []
     for tenant in args.tenant or store.tenants():
         with store.read(tenant, "status") as tx:
@@ -173,5 +185,6 @@ def status(args: argparse.Namespace) -> int:
         print(f"{r['tenant']:<14} {r['kind']:<14} {r['name']:<34} "
               f"{ready.get('status', '?'):<6} {detail}")
     if not rows:
-        print(f"nothing reconciled yet in {resolve_url(args.store)}")
+        print("nothing reconciled yet in "
+              + store.engine.url.render_as_string(hide_password=True))
     return 0

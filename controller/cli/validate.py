@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from controller.cli._common import add_input_options, github_line, parse_time, write_json
-from controller.sources import collect_git, collect_paths
-from controller.validation import ValidationReport, validate_files
+from controller.cli._common import (
+    add_input_options,
+    add_parser,
+    github_line,
+    parse_time,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from controller.validation import ValidationReport
 
 HELP = """\
 Validate cadml resources the way the API server and the operator will: schema,
@@ -24,14 +31,17 @@ exit codes: 0 valid · 1 invalid · 2 usage or I/O error
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("validate", help="validate resource YAML offline",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(sub, "validate", help="validate resource YAML offline", description=HELP,
+                   examples="cadml validate examples/\n"
+                            "cadml validate --git-ref origin/main -o github\n"
+                            "kubectl get rolloutpolicies -A -o yaml | cadml validate -")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="files or folders ('-' reads stdin); with --git-ref, path prefixes "
                         "inside the tree (default: everything)")
     p.add_argument("--git-ref", metavar="REF", help="validate the tree at this Git ref")
-    p.add_argument("--repo", default=".", metavar="DIR", help="Git repository (default: .)")
-    p.add_argument("--output", "-o", choices=("text", "json", "github"), default="text")
+    p.add_argument("--repo", default=".", metavar="DIR", help="Git repository")
+    p.add_argument("--output", "-o", choices=("text", "json", "github"), default="text",
+                   help="output format (github: annotations on the pull request's files)")
     p.add_argument("--warnings-as-errors", action="store_true",
                    help="exit 1 on warnings too (expired policies, ended overrides)")
     add_input_options(p)
@@ -39,6 +49,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from controller.sources import collect_git, collect_paths
+    from controller.validation import validate_files
+
     now = parse_time(args.now)
     if args.git_ref:
         files, read_errors = collect_git(args.repo, args.git_ref, args.paths, args.max_bytes)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
+from controller.cli._common import add_parser, positive_int
 from controller.cli.store_cmds import STORE_HELP
 
 HELP = """\
@@ -17,14 +20,31 @@ scanned first), routes each job by a hash of its id into
 the weight buckets (manual override > job binding > policy), and records every
 run with its version, policyVersion and thresholds, as PENDING_REVIEW.
 
-Endpoints: POST /v1/search (application/json {vector, jobId, topK} | multipart
-'drawing' | application/dxf), POST /v1/search/batch, POST /v1/jobs/JOB/binding,
-POST /v1/runs/RUN/review, POST /admin/recover (Bearer CADML_ADMIN_TOKEN),
-GET /healthz, /readyz, /metrics. Drawings are parsed in sandboxed processes
-(--cpu-seconds each); beyond --max-concurrent-uploads uploads answer 429 busy.
-Every routed request is a run, failed ones included. Logs are JSON lines on stderr,
-one per event (policy applied, version loaded / failed / degraded / recovered,
-review, binding; each request at --log-level debug).
+The model must already be in the store (`cadml reconcile`, or the operator): the
+worker does not create or migrate a store, and exits (code 2) if the model is unknown.
+Needs the 'worker' extra: pip install 'cadml[worker]'.
+
+Endpoints (errors are JSON {code, stage, message, context, timestamp}, unknown
+routes 404 and wrong methods 405 included):
+  POST /v1/search             application/json {"vector": [...], "jobId": "J", "topK": 10}
+                              | multipart/form-data parts 'drawing' (the DXF file),
+                                'jobId', 'topK'
+                              | application/dxf raw body; jobId and topK as query
+                                parameters: /v1/search?jobId=J&topK=5
+                              topK: 1..100 (default 10); no jobId: a random one
+  POST /v1/search/batch       {"queries": [{"vector": [...], "jobId": "J"}, ...],
+                              "topK": 10}: 1..10000 queries; one result or error each
+  POST /v1/jobs/JOB/binding   {"version": "1.2.0"}: pin a job to a CANARY/STABLE version
+  POST /v1/runs/RUN/review    {"status": "APPROVED" | "REJECTED", "agree": true | false,
+                              "humanDecision": ...}
+  POST /admin/recover         reload degraded versions now (Bearer $CADML_ADMIN_TOKEN)
+  GET  /healthz, /readyz (why not ready, per version), /metrics (Prometheus)
+
+Drawings are parsed in sandboxed processes (--cpu-seconds each); beyond
+--max-concurrent-uploads uploads answer 429 busy. Every routed request is a run,
+failed ones included. Logs are JSON lines on stderr, one per event (policy applied,
+version loaded / failed / degraded / recovered, review, binding; each request at
+--log-level debug).
 
 Reviews and bindings need 'Authorization: Bearer TOKEN'. In a cluster (--kube-auth)
 the API server checks the token (TokenReview) and whether its user may create
@@ -35,15 +55,24 @@ Without either, writes are refused (401) unless --insecure-local is given on a
 loopback --host (they are then recorded as user 'insecure-local').
 """
 
+EXAMPLES = """\
+cadml worker --model acme-cad/assembly-match --insecure-local
+cadml worker --model acme-cad/assembly-match --port 9000 --auth-token-file tokens.txt
+curl -s -H 'Content-Type: application/dxf' --data-binary @part.dxf \\
+  'http://127.0.0.1:9000/v1/search?jobId=job-42&topK=5'
+"""
+
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("worker", help="serve similarity search for one model",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="TENANT/MODEL")
+    p = add_parser(sub, "worker", help="serve similarity search for one model",
+                   description=HELP, examples=EXAMPLES)
+    p.add_argument("--model", required=True, metavar="TENANT/MODEL",
+                   help="the model to serve: its namespace (tenant) and name")
     p.add_argument("--store", help=STORE_HELP)
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
     p.add_argument("--host", default="127.0.0.1",
-                   help="listen address (default 127.0.0.1; in a pod, 0.0.0.0)")
+                   help="listen address (default 127.0.0.1: this machine only; in a pod, "
+                        "0.0.0.0)")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--auth-token-file", metavar="FILE",
                       help="tokens allowed to write: lines 'TOKEN USER [edit|view]'")
@@ -59,28 +88,34 @@ def register(sub: Any) -> None:
                         "(the same allowlist, plus an audit event with the opcode census of "
                         "every scanned pickle, refused ones included)")
     p.add_argument("--backoff", type=float, default=300.0, metavar="S",
-                   help="first recovery retry of a degraded index (default 300 s, x2, <= 3600)")
-    p.add_argument("--backoff-max", type=float, default=3600.0, metavar="S")
-    p.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024)
+                   help="first recovery retry of a degraded index, seconds (default 300, "
+                        "doubling up to --backoff-max)")
+    p.add_argument("--backoff-max", type=float, default=3600.0, metavar="S",
+                   help="longest wait between recovery retries, seconds")
+    p.add_argument("--max-upload-bytes", type=positive_int, default=20 * 1024 * 1024,
+                   metavar="N",
+                   help="refuse request bodies larger than N bytes, HTTP 413 (default: 20 MiB)")
     p.add_argument("--cpu-seconds", type=float, default=10.0, metavar="S",
                    help="CPU time one drawing may take to parse (default 10 s); beyond it "
                         "the upload is answered 422 time_limit and its parser is replaced")
-    p.add_argument("--max-concurrent-uploads", type=int, default=8, metavar="N",
+    p.add_argument("--max-concurrent-uploads", type=positive_int, default=8, metavar="N",
                    help="drawing uploads read or parsed at once (default 8); beyond it "
                         "429 busy with Retry-After")
     p.add_argument("--artifact-cache", metavar="DIR",
                    help="where http(s) artifacts are downloaded to, by sha256 "
                         "(default $CADML_ARTIFACT_CACHE, else $CADML_HOME/artifacts, else "
                         "~/.cache/cadml/artifacts)")
-    p.add_argument("--artifact-max-bytes", type=int, default=4 * 1024**3,
+    p.add_argument("--artifact-max-bytes", type=positive_int, default=4 * 1024**3, metavar="N",
                    help="refuse a downloaded artifact file larger than this (default 4 GiB)")
-    p.add_argument("--loader-memory-bytes", type=int, default=2 * 1024**3, metavar="N",
+    p.add_argument("--loader-memory-bytes", type=positive_int, default=2 * 1024**3,
+                   metavar="N",
                    help="address space of the child process that deserialises pickle and "
                         "npz artifacts (default 2 GiB)")
     p.add_argument("--loader-cpu-seconds", type=float, default=60.0, metavar="S",
                    help="CPU time that child may take (default 60 s)")
-    p.add_argument("--hnsw-ef-search", type=int, metavar="N",
-                   help="HNSW search depth for versions whose spec.search sets none")
+    p.add_argument("--hnsw-ef-search", type=positive_int, metavar="N",
+                   help="HNSW search depth for versions whose spec.search sets none "
+                        "(default: the index's own)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default=os.environ.get("CADML_LOG_LEVEL", "info"),
                    help="JSON-lines log on stderr, one line per event; debug adds one per "
@@ -95,6 +130,19 @@ def _pickle_mode(value: str) -> str:
         return check_mode(value)
     except UnsafeArtifact as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    from controller.errors import UsageError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise UsageError(f"cannot listen on {host}:{port}: the port is in use; stop what "
+                         "holds it or pick another --port") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
     tenant, _, model = args.model.partition("/")
     if not tenant or not model:
-        raise UsageError("--model takes TENANT/MODEL")
+        raise UsageError(f"--model {args.model!r}: use TENANT/MODEL, e.g. acme-cad/part-match")
     checker: Checker | None = None
     if args.auth_token_file:
         checker = TokenFile.read(Path(args.auth_token_file))
@@ -123,9 +171,17 @@ def run(args: argparse.Namespace) -> int:
     problem = listen_problem(args.host, args.insecure_local)
     if problem:
         raise UsageError(problem)
-    store = open_store(args.store)
+    store = open_store(args.store, create=False)
+    shown = store.engine.url.render_as_string(hide_password=True)
+    with store.read(tenant, "cadml-worker") as tx:
+        known = tx.model_names()
+    if model not in known:
+        has = f"it has {', '.join(known)}" if known else "it has no model in that tenant"
+        raise UsageError(f"--model {args.model}: no such model in store {shown} ({has}); "
+                         "reconcile it first (`cadml reconcile --repo PATH`) or fix --model")
     settings = WorkerSettings(
-        tenant=tenant, model=model, store_url=str(store.engine.url),
+        tenant=tenant, model=model,
+        store_url=store.engine.url.render_as_string(hide_password=False),
         pickle_mode=args.pickle_mode, backoff_initial=args.backoff,
         backoff_max=args.backoff_max, admin_token=os.environ.get("CADML_ADMIN_TOKEN") or None,
         max_upload_bytes=args.max_upload_bytes, cpu_seconds=args.cpu_seconds,
@@ -134,9 +190,10 @@ def run(args: argparse.Namespace) -> int:
         loader_memory_bytes=args.loader_memory_bytes,
         loader_cpu_seconds=args.loader_cpu_seconds, hnsw_ef_search=args.hnsw_ef_search)
     guard = WriteGuard(checker, insecure_local=args.insecure_local)
+    listener = _listen(args.host, args.port)  # before any work: a busy port fails first
     _json_logs(args.log_level)
-    web.run_app(make_app(WorkerRuntime(store, settings), guard=guard), host=args.host,
-                port=args.port, print=None)
+    web.run_app(make_app(WorkerRuntime(store, settings), guard=guard), sock=listener,
+                print=None)
     return 0
 
 

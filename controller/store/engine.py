@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from controller.errors import UsageError
 
 ENV_URL = "CADML_STORE_URL"
 READ_ONLY = "cadml_read_only"  # connection execution option: this transaction only reads
@@ -42,10 +45,39 @@ def resolve_url(cli_value: str | None, env: dict[str, str] | None = None) -> str
     return f"sqlite:///{default_sqlite_path(env)}"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    parsed = make_url(url)
+URL_FORMS = "sqlite:///PATH or postgresql://USER@HOST/DB"
+
+
+def parse_store_url(url: str) -> URL:
+    """A store URL cadml can open (`postgres://` is read as `postgresql://`), or a usage
+    error naming it (password hidden) and the forms that work."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UsageError(f"store URL {url!r} is not a URL: use {URL_FORMS}") from None
+    if parsed.drivername == "postgres":
+        parsed = parsed.set(drivername="postgresql")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise UsageError(f"store URL {parsed.render_as_string(hide_password=True)}: "
+                         f"{parsed.get_backend_name()!r} is not supported; cadml keeps its "
+                         f"store in SQLite or PostgreSQL: use {URL_FORMS}")
+    return parsed
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store URL (None: not SQLite, or in memory)."""
+    parsed = parse_store_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def make_engine(url: str, *, create_dirs: bool = True, **kwargs: Any) -> Engine:
+    """An engine for `url`; a SQLite file's folder is made unless `create_dirs` is false."""
+    parsed = parse_store_url(url)
+    url = parsed.render_as_string(hide_password=False)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if parsed.database and parsed.database != ":memory:" and create_dirs:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         timeout = float(parsed.query.get("timeout", 30))  # type: ignore[arg-type]
         engine = create_engine(url, connect_args={"timeout": timeout}, **kwargs)

@@ -1,8 +1,9 @@
 """The worker's HTTP API (aiohttp). Handlers parse and answer; `WorkerRuntime` does the work.
 
 Errors are JSON `{code, stage, message, context, timestamp}`:
-    400 bad_request / bad_top_k / bad_vector   404 not_found (run, version, route)
+    400 bad_request / bad_top_k / bad_vector / empty_upload
     401 unauthenticated / writes_disabled   403 forbidden (writes: controller.worker.auth)
+    404 not_found (run, version, route, unknown endpoint)   405 method_not_allowed
     409 not_routable (binding to a version that is not CANARY/STABLE)
     413 too_large   415 unsupported_media_type / unsupported_content_encoding
     422 invalid_drawing & friends (time_limit, parser_crash), dimension_mismatch
@@ -91,6 +92,14 @@ async def errors(request: web.Request,
         return _fail(404, "not_found", "request", str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         return _fail(413, "too_large", "upload", str(exc))
+    except web.HTTPMethodNotAllowed as exc:  # the README promises JSON errors everywhere
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return _fail(405, "method_not_allowed", "request",
+                     f"{request.method} {request.path}: use {allowed}",
+                     {"allowed": sorted(exc.allowed_methods)})
+    except web.HTTPNotFound:
+        return _fail(404, "not_found", "request", f"no endpoint {request.path}; see "
+                     "`cadml worker --help` for the endpoints")
     except web.HTTPException:
         raise
     except CadmlError as exc:
@@ -172,6 +181,13 @@ def _upload_slot(request: web.Request) -> Any:
         gauge.set(len(in_flight))
 
 
+def _not_empty(data: bytes, what: str) -> bytes:
+    if not data:
+        raise WorkerError(f"empty upload: {what} has 0 bytes; send the DXF file's content",
+                          code="empty_upload", stage="upload", status=400)
+    return data
+
+
 SearchRequest = tuple[str, int, "np.ndarray | bytes"]  # job id, topK, vector or drawing
 DRAWING_TYPES = ("application/dxf", "image/vnd.dxf", "application/octet-stream")
 
@@ -187,19 +203,20 @@ async def _search_request(request: web.Request) -> SearchRequest:
         payload = _vector(body.get("vector"))
     elif ctype == "multipart/form-data":
         reader = await request.multipart()
-        payload = b""
+        data: bytes | None = None
         async for part in reader:
             if not isinstance(part, BodyPartReader):
                 continue
             if part.name == "drawing":
-                payload = bytes(await part.read(decode=False))
+                data = bytes(await part.read(decode=False))
             elif part.name in ("jobId", "topK"):
                 params[part.name] = (await part.text()).strip()
-        if not payload:
+        if data is None:
             raise WorkerError("multipart upload needs a 'drawing' file part",
                               code="bad_request", stage="request", status=400)
+        payload = _not_empty(data, "the 'drawing' part")
     elif ctype in DRAWING_TYPES:
-        payload = await request.read()
+        payload = _not_empty(await request.read(), "the request body")
     else:
         raise WorkerError(f"unsupported content type {ctype!r}; send application/json "
                           "(vector), multipart/form-data (drawing) or application/dxf",
@@ -329,6 +346,10 @@ async def bind_job(request: web.Request) -> web.StreamResponse:
     job = request.match_info["job"]
     body = await _json(request)
     version = str(body.get("version") or "")
+    if not version:
+        raise WorkerError('a binding needs a "version" field: {"version": "1.2.0"}',
+                          code="bad_request", stage="request", status=400,
+                          context={"field": "version"})
     s = runtime.settings
     user = identity(request).user
 
@@ -469,6 +490,7 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
 
     async def loop() -> None:
         last_full = -1e9
+        last_error = ""  # a known failure is logged once, as one line, until it changes
         while True:
             snap = runtime.snapshot
             period = float(snap.refresh_seconds) if snap else 1.0
@@ -482,8 +504,14 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
                 if due:
                     await ev.run_in_executor(None, runtime.refresh)
                     last_full = now
+            except CadmlError as exc:
+                if str(exc) != last_error:
+                    log.warning("policy refresh failed (%s); serving the last snapshot", exc)
+                last_error = str(exc)
             except Exception:
                 log.exception("policy refresh failed; serving the last snapshot")
+            else:
+                last_error = ""
             probe = s.probe_seconds if s.probe_seconds is not None else min(1.0, period / 4)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=probe)

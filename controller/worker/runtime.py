@@ -393,12 +393,16 @@ class WorkerRuntime:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         snap = self.snapshot
-        reason = "the worker has not read its policy snapshot yet" \
-            if self.last_refresh is None and snap is None \
-            else not_ready_reason(snap, self.versions, self.load_errors)
-        detail = {} if reason is None else {"reason": reason}
+        s = self.settings
+        if snap is None:
+            reason: str | None = f"no routing for {s.tenant}/{s.model} yet: " + (
+                "the worker has not read its policy snapshot yet" if self.last_refresh is None
+                else "the model needs a STABLE version or a RolloutPolicy in the store "
+                     "(`cadml status`)")
+        else:
+            reason = not_ready_reason(snap, self.versions, self.load_errors)
         return reason is None, {
-            **detail,
+            **({} if reason is None else {"reason": reason}),
             **self.extractors(),
             "policyVersion": snap.policy_version if snap else None,
             "versions": {v: ("Degraded: " + lv.degraded) if lv.degraded else "Ready"

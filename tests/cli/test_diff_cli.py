@@ -139,3 +139,12 @@ def test_search_depth_change_is_shown_as_serving_change(gitops_repo: Path,
     (model,) = [m for m in json.loads(out)["models"] if m["model"] == "assembly-match"]
     assert model["servingChanges"] == [{"version": "2.1.0",
                                         "change": "search.efSearch 128 → 256"}]
+
+
+def test_an_edited_release_record_lists_each_changed_field(
+        gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _edit(gitops_repo, "tenants/acme-cad/part-similarity.yaml", "canaryPercent: 10",
+          "canaryPercent: 50")
+    code, out = _diff(gitops_repo, capsys)
+    (blocker,) = [ln for ln in out.splitlines() if "ReleaseRecord" in ln and "was edited" in ln]
+    assert code == 1 and blocker.endswith("was edited: spec.canaryPercent: 10 → 50"), blocker

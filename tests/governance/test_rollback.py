@@ -135,3 +135,23 @@ def test_promote_past_a_failed_release_gate_commits_nothing(gitops_repo: Path) -
     assert "version.release-gates" in {e.rule for e in exc.value.errors}
     assert git(gitops_repo, "rev-parse", "HEAD") == head  # nothing committed
     assert (gitops_repo / PART).read_text() == before  # nothing left edited
+
+
+def test_without_a_git_identity_only_author_commits(gitops_repo: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """No user.name/email anywhere: the commit is refused (nothing changed), unless
+    --author names who makes it; never `root <root@host>`."""
+    monkeypatch.setenv("HOME", str(gitops_repo.parent))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitops_repo.parent / "no-gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    head = git(gitops_repo, "rev-parse", "HEAD")
+    argv = ["rollback", "acme-cad/part-similarity", "--reason", "p95 doubled", "--repo",
+            str(gitops_repo)]
+    assert main(argv) == 2
+    assert "Git has no identity" in capsys.readouterr().err
+    assert git(gitops_repo, "rev-parse", "HEAD") == head
+    assert git(gitops_repo, "status", "--porcelain") == ""
+    assert main([*argv, "--author", "Ann Ops <ann@example.com>"]) == 0
+    assert git(gitops_repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>") == (
+        "Ann Ops <ann@example.com>|Ann Ops <ann@example.com>")

@@ -151,8 +151,12 @@ def test_embedded_default_creates_and_upgrades_on_first_use(
 
     monkeypatch.setenv("CADML_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("CADML_STORE_URL", raising=False)
-    assert main(["audit", "verify"]) == 0
+    assert main(["audit", "verify"]) == 2  # reads only: a missing store is not created
+    assert not (tmp_path / "home").exists()
+    assert "cadml db upgrade" in capsys.readouterr().err
+    assert main(["schedule-tick", "--window-key", "k"]) == 0  # a writer creates it
     assert (tmp_path / "home" / "cadml.db").exists()
+    assert main(["audit", "verify"]) == 0
     assert main(["db", "current"]) == 0
     assert "0014" in capsys.readouterr().out
 

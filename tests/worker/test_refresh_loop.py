@@ -93,3 +93,25 @@ async def test_postgres_notification_wakes_the_worker_before_any_probe(
     metrics = await (await client.get("/metrics")).text()
     assert 'cadml_worker_policy_notifications_total{model="part-sim",tenant="acme-cad"}' \
         in metrics
+
+
+async def test_a_refresh_that_keeps_failing_logs_one_line_once(
+        world: World, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A model removed from the store under a running worker: the loop keeps serving the
+    last snapshot and says so once, in one line, not a traceback per probe."""
+    from controller.errors import ConflictError
+
+    calls: list[int] = []
+
+    def refresh(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        raise ConflictError(f"model {TENANT}/{MODEL} is not in the store")
+    monkeypatch.setattr(world.runtime, "refresh", refresh)
+    monkeypatch.setattr(world.runtime, "published_version", lambda: -1)  # always due
+    with caplog.at_level("WARNING", logger="cadml.worker"):
+        await _serving(world, aiohttp_client)
+        await _until(lambda: len(calls) >= 3, 10, "three failed refreshes")
+    failed = [r for r in caplog.records if "policy refresh failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is None
+    assert "is not in the store" in failed[0].getMessage()
