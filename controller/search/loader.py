@@ -154,6 +154,10 @@ def child_main(argv: list[str]) -> None:
         result = {"error": {"code": "artifact_memory_limit", "context": {},
                             "message": "loading the artifact needed more memory than "
                                        "the loader's limit"}}
+    except Exception as exc:  # anything else a hostile artifact provokes: its type and text
+        kind = type(exc).__name__
+        result = {"error": {"code": "artifact_load_failed", "context": {"type": kind},
+                            "message": f"{kind}: {exc}"[:500]}}
     (Path(out) / "result.json").write_text(json.dumps(result), "utf-8")
 
 

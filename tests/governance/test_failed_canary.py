@@ -113,7 +113,7 @@ async def test_a_canary_that_cannot_load_fails_its_runs_and_is_aborted(
     # STABLE serves; /readyz names the version that failed and why
     body = await _until(ready, timeout=10.0)
     assert body["versions"] == {"1.0.0": "Ready"}
-    assert body["loadErrors"]["1.1.0"].startswith("UnpicklingError")
+    assert "UnpicklingError" in body["loadErrors"]["1.1.0"]
     vectors = np.load(art / "vectors.npy")
     statuses: Counter[tuple[int, str]] = Counter()
     for i in range(40):

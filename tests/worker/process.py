@@ -84,7 +84,8 @@ def assert_writes_are_authenticated(world: World, worker: WorkerProcess, *, edit
     assert status == 200, run  # reads need no token
     review = f"/v1/runs/{run['runKey']}/review"
     forged = {"X-Reviewer": "mallory"}
-    body = {"status": "REJECTED", "humanDecision": "no-match", "reviewer": "mallory"}
+    body = {"status": "REJECTED", "agree": False, "humanDecision": "no-match",
+            "reviewer": "mallory"}
     with world.store.transaction(TENANT, "t") as tx:
         events = len(list(tx.audit_events()))
 

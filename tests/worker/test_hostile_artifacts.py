@@ -116,7 +116,7 @@ async def test_a_hostile_canary_pickle_runs_nothing_and_stable_keeps_serving(
             served += 1
         else:
             assert (resp.status, body["code"]) == (503, "version_unavailable")
-            assert body["context"]["loadErrors"]["1.1.0"].startswith("denied_global")
+            assert body["context"]["loadError"].startswith("denied_global")
     assert served >= 10
     with pickle_world.store.read(TENANT, "t") as tx:
         scans = [e.details for e in tx.audit_events() if e.action == "artifact-scan"]

@@ -72,7 +72,7 @@ async def test_a_drawing_slow_to_parse_is_answered_time_limit_within_the_limit(
         elapsed = time.monotonic() - start
         body = await resp.json()
         assert (resp.status, body["code"]) == (422, "time_limit"), body
-        assert body["context"] == {"cpuSeconds": 1.0}
+        assert body["context"]["cpuSeconds"] == 1.0 and body["context"]["runKey"]  # a failed run
         assert elapsed < 1.0 + 2.0, f"answered after {elapsed:.1f} s"
         ok = await client.post("/v1/search", data=(DXF_CORPUS / "xclip.dxf").read_bytes(),
                                headers=DXF)

@@ -18,14 +18,16 @@ from controller.evaluation import compute
 from controller.features.sandbox import FeatureSandbox
 from controller.records import RouteRow
 from controller.worker.app import make_app
+from controller.worker.auth import TokenFile, WriteGuard
 from tests.conftest import DXF_CORPUS
 from tests.worker.conftest import MODEL, TENANT, World
 
 
 @pytest.fixture
 async def client(world: World, aiohttp_client: Any) -> Any:
-    return await aiohttp_client(make_app(world.runtime, sandbox=FeatureSandbox(1),
-                                         refresh=False))
+    app = make_app(world.runtime, sandbox=FeatureSandbox(1), refresh=False,
+                   guard=WriteGuard(TokenFile.parse("t-ann ann@acme edit")))
+    return await aiohttp_client(app, headers={"Authorization": "Bearer t-ann"})
 
 
 def _stored(world: World, run_key: str) -> dict[str, Any]:
@@ -86,7 +88,7 @@ async def test_the_readme_review_example_is_an_agreement(world: World, client: A
     run = await (await client.post("/v1/search", json={"vector": [0.0] * 24,
                                                        "jobId": "rv-1"})).json()
     url = f"/v1/runs/{run['runKey']}/review"
-    headers = {"X-Reviewer": "ann@acme"}
+    headers: dict[str, str] = {}  # the reviewer is the token's user (the client sends it)
     vague = await client.post(url, json={"status": "APPROVED", "humanDecision": "match"},
                               headers=headers)
     assert vague.status == 400 and "agree" in (await vague.json())["message"]

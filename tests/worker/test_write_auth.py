@@ -63,7 +63,7 @@ async def test_writes_without_a_checker_are_refused_unless_insecure_local(
     run = await (await client.post("/v1/search", json={"vector": _vector(world),
                                                        "jobId": "g-1"})).json()
     resp = await client.post(f"/v1/runs/{run['runKey']}/review",
-                             json={"status": "APPROVED", "reviewer": "mallory"},
+                             json={"status": "APPROVED", "agree": True, "reviewer": "mallory"},
                              headers={"X-Reviewer": "mallory",
                                       "Authorization": f"Bearer {EDIT}"})
     body = await resp.json()
