@@ -93,6 +93,8 @@ class Plan:
     computed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # every status
     audit: list[AuditEntry] = field(default_factory=list)
     transitions: list[FieldError] = field(default_factory=list)  # broken against the store
+    # (kind, name) whose stored status goes: no object and no row has that name any more
+    statuses_gone: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
@@ -279,7 +281,10 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
     name: what the API server checks with `oldSelf` and `cadml diff` checks between two
     commits, so Git mode and diff give the same verdict. A version renamed in this pass
     is judged against the live row it takes over (its identity, under a new name), so a
-    rename cannot carry a new artifact onto a served version. Judged against the spec the
+    rename cannot carry a new artifact onto a served version. A version re-created after
+    its deletion (same semver, any name) resurrects the soft-deleted row and its history:
+    that is a create (no stage rule), but the artifact it served stays its own
+    (version.artifact-immutable; a new artifact is a new semver). Judged against the spec the
     store applied, never against columns a drift may have changed; only where the spec
     changed (a row altered behind the controller's back is drift, repaired)."""
     model_now = model_now or {}
@@ -289,13 +294,8 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
         name, tenant = r.metadata.name, r.metadata.namespace or ""
         old: Resource | None = None
         if isinstance(r, ModelVersion):
-            v = observed.versions.get(name)
-            if v is None or v.deleted:  # a rename: the live row of its identity, if any
-                v = next((o for o in observed.versions.values() if not o.deleted
-                          and ("ModelVersion", o.name) not in names
-                          and (model_now.get(o.model_name, o.model_name), o.version)
-                          == (r.spec.model_ref, r.spec.version)), None)
-            if v is not None and not v.deleted and v.spec_hash != spec_hash(r):
+            v = _row_taken_over(r, observed, names, model_now)
+            if v is not None and v.spec_hash != spec_hash(r):
                 # the spec last applied; rows written before 0012 have only their columns
                 applied = dict(v.spec) if v.spec else {
                     "version": v.version, "stage": v.stage,
@@ -304,6 +304,12 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
                     "featureVersion": v.feature_version}
                 applied["modelRef"] = model_now.get(v.model_name, v.model_name)
                 old = _stored_resource("ModelVersion", tenant, name, applied)
+                if old is not None and v.deleted:
+                    # a re-creation is a create (no stage rule), but the row it resurrects
+                    # served traffic with its artifact: a semver's artifact never changes
+                    errors += [e for e in check_transition(old, r)
+                               if e.rule == "version.artifact-immutable"]
+                    continue
         elif isinstance(r, RolloutPolicy):
             p = observed.policies.get(name)
             if p is not None and not p.deleted and p.spec_hash != spec_hash(r):
@@ -311,6 +317,26 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
         if old is not None:
             errors += check_transition(old, r)
     return errors
+
+
+def _row_taken_over(r: ModelVersion, observed: ObservedTenant,
+                    names: Collection[tuple[str, str]], model_now: Mapping[str, str]) -> VersionRow | None:
+    """The stored row a desired version is written over: its own name's row of the same
+    identity (model, semver), else (a rename, or a re-creation under another name) the row
+    of its identity no desired object holds, a live one before a soft-deleted one, as
+    `renames` picks it. None for a new identity."""
+    def identity(o: VersionRow) -> tuple[str, str]:
+        return model_now.get(o.model_name, o.model_name), o.version
+
+    wanted = (r.spec.model_ref, r.spec.version)
+    own = observed.versions.get(r.metadata.name)
+    if own is not None and not own.deleted:
+        return own
+    if own is not None and identity(own) == wanted:
+        return own
+    candidates = [o for o in observed.versions.values() if identity(o) == wanted
+                  and ("ModelVersion", o.name) not in names]
+    return min(candidates, key=lambda o: o.deleted, default=None)
 
 
 def _unreadable_stables(versions: list[ModelVersion], observed: ObservedTenant,
@@ -590,7 +616,24 @@ def plan_tenant(
         plan.computed[key] = status
         if status != observed.statuses.get(key, {}):
             plan.statuses[key] = (_generation(res), status)
+    plan.statuses_gone = gone_statuses(present, observed, plan)
     return plan
+
+
+def gone_statuses(present: Collection[tuple[str, str]], observed: ObservedTenant,
+                  plan: Plan) -> list[tuple[str, str]]:
+    """The stored statuses of names that left: neither a present object nor a row of the
+    store once `plan` is applied (the old name of a rename or a retired name, a name only a
+    refused pass had, a release record removed from the desired state). A soft-deleted
+    row keeps its last status: `cadml status` shows it deleted, history kept."""
+    moved = {(kind, row.previous_name) for kind, rows in (
+        ("Model", plan.models), ("ModelVersion", plan.versions),
+        ("RolloutPolicy", plan.policies)) for row in rows if row.previous_name}
+    rows = {(kind, name) for kind, stored in (
+        ("Model", observed.models), ("ModelVersion", observed.versions),
+        ("RolloutPolicy", observed.policies)) for name in stored}
+    keep = set(present) | (rows - moved)
+    return sorted(key for key in observed.statuses if key not in keep)
 
 
 def _summary(routes: tuple[RouteRow, ...]) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Row,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -610,6 +611,15 @@ class StoreTx:
                 c.name == bindparam("b_name")), old)
         if new:
             self.conn.execute(insert(t.object_status), new)
+
+    def delete_statuses(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Remove the status of each (kind, name): an object that left under that name."""
+        if not keys:
+            return
+        c = t.object_status.c
+        self.conn.execute(delete(t.object_status).where(
+            c.tenant_id == self.tenant, c.kind == bindparam("b_kind"),
+            c.name == bindparam("b_name")), [dict(b_kind=k, b_name=n) for k, n in keys])
 
     # ------------------------------------------------------------------ releases
 

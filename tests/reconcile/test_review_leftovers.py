@@ -1,0 +1,131 @@
+"""Defects left over from issue 10's last adversarial review, each reproduced through the
+CLI (`cadml reconcile --repo` / `status` / `history`) on a real Git repository and a real
+store on both engines; each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from controller.cli import main
+from tests.conftest import git
+from tests.stores import Backend
+
+ACME = "acme-cad"
+PART = "tenants/acme-cad/part-similarity.yaml"
+CANARY_DOC = ("---\napiVersion: cadml.io/v1alpha1\nkind: ModelVersion\n"
+              "metadata:\n  name: part-similarity-1-2-0")
+
+
+def cli(backend: Backend, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    capsys.readouterr()  # what earlier calls printed
+    code = main([*args, "--store", backend.app_url])
+    out = capsys.readouterr().out
+    print(out)  # shown when the test fails
+    return code, out
+
+
+def reconcile(backend: Backend, repo: Path, capsys: pytest.CaptureFixture[str],
+              *args: str) -> tuple[int, str]:
+    return cli(backend, capsys, "reconcile", "--repo", str(repo), *args)
+
+
+def status(backend: Backend, capsys: pytest.CaptureFixture[str],
+           tenant: str = ACME) -> dict[tuple[str, str], dict[str, Any]]:
+    code, out = cli(backend, capsys, "status", "--tenant", tenant, "--output", "json")
+    assert code == 0
+    return {(r["kind"], r["name"]): r for r in json.loads(out)}
+
+
+def ready(row: dict[str, Any]) -> str:
+    return next(c["status"] for c in row["status"]["conditions"] if c["type"] == "Ready")
+
+
+def commit(repo: Path, rel: str, body: str, message: str) -> None:
+    (repo / rel).write_text(body)
+    git(repo, "commit", "-qam", message)
+
+
+def canary_doc(body: str) -> str:
+    """The ModelVersion document of the CANARY 1.2.0 in part-similarity.yaml."""
+    doc = body[body.index(CANARY_DOC):]
+    return doc[:doc.index("---", 4)]
+
+
+# ------------------------------------------- 1. status keeps names that left the store
+
+def test_status_drops_the_old_name_of_a_renamed_version(
+        backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Renaming the CANARY 1.2.0 (same semver): `cadml status` went on listing the old name
+    as Ready=True with weight 10 beside the new one: statuses are keyed by (kind, name) and
+    nothing removed the row of a name that left."""
+    assert reconcile(backend, gitops_repo, capsys)[0] == 0
+    body = (gitops_repo / PART).read_text()
+    commit(gitops_repo, PART, body.replace("name: part-similarity-1-2-0", "name: part-sim-canary"),
+           "rename the canary")
+    assert reconcile(backend, gitops_repo, capsys)[0] == 0
+    found = status(backend, capsys)
+    assert ready(found[("ModelVersion", "part-sim-canary")]) == "True"
+    assert found[("ModelVersion", "part-sim-canary")]["status"]["servingWeight"] == 10
+    assert ("ModelVersion", "part-similarity-1-2-0") not in found
+    assert [k for k, r in found.items() if r["deleted"]] == []
+
+
+def test_status_keeps_no_name_that_only_a_refused_commit_had(
+        backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A commit that renames the served canary and changes its artifact is refused
+    (version.artifact-immutable); once it is reverted, the name it introduced must not stay
+    in `cadml status` (it stayed, Stalled, for ever)."""
+    assert reconcile(backend, gitops_repo, capsys)[0] == 0
+    body = (gitops_repo / PART).read_text()
+    commit(gitops_repo, PART, body.replace("name: part-similarity-1-2-0", "name: part-sim-canary")
+           .replace("part-sim/1.2.0/index.faiss", "part-sim/1.2.0/index-rebuilt.faiss"),
+           "rename the canary and swap its artifact")
+    code, out = reconcile(backend, gitops_repo, capsys)
+    assert code == 1 and "version.artifact-immutable" in out
+    assert ("ModelVersion", "part-sim-canary") in status(backend, capsys)  # says why: Stalled
+    git(gitops_repo, "revert", "--no-edit", "HEAD")
+    assert reconcile(backend, gitops_repo, capsys)[0] == 0
+    found = status(backend, capsys)
+    assert ("ModelVersion", "part-sim-canary") not in found
+    assert ready(found[("ModelVersion", "part-similarity-1-2-0")]) == "True"
+
+
+# --------------------------- 2. a deleted served version resurrected with another artifact
+
+def test_a_deleted_served_version_recreated_with_another_artifact_is_refused(
+        backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Delete the served CANARY 1.2.0 in one commit, re-create 1.2.0 under another name with
+    another artifact in the next: the store's identity is (model, semver), so the soft-deleted
+    row (its runs, its evaluations) was resurrected with the new artifact and reconcile said
+    0. A semver that served traffic keeps its artifact: refused with
+    version.artifact-immutable, the row untouched; the same artifact is a plain re-creation."""
+    assert reconcile(backend, gitops_repo, capsys)[0] == 0
+    body = (gitops_repo / PART).read_text()
+    without = body.replace(canary_doc(body), "").replace(
+        "    - version: 1.1.0\n      weight: 90\n    - version: 1.2.0\n      weight: 10\n",
+        "    - version: 1.1.0\n      weight: 100\n")
+    commit(gitops_repo, PART, without, "withdraw the canary 1.2.0")
+    assert reconcile(backend, gitops_repo, capsys)[0] == 0
+    again = canary_doc(body).replace("name: part-similarity-1-2-0", "name: part-sim-canary")
+    commit(gitops_repo, PART, without + again.replace(
+        "part-sim/1.2.0/index.faiss", "part-sim/1.2.0/index-rebuilt.faiss").replace(
+        "181cc84fc9b6c1b374a8aefac6c122eef35f1d0e494649cad5ab350ce9d53865", "ab" * 32),
+        "1.2.0 again, another artifact")
+    code, out = reconcile(backend, gitops_repo, capsys)
+    assert code == 1, out
+    assert "version.artifact-immutable" in out and "acme-cad: FAILED" in out
+    with backend.store.engine.connect() as c:
+        if backend.kind == "postgresql":
+            c.execute(text(f"SELECT set_config('app.tenant_id', '{ACME}', false)"))
+        rows = c.execute(text("SELECT name, artifact_uri, deleted FROM model_version WHERE "
+                              "tenant_id = 'acme-cad' AND version = '1.2.0'")).all()
+    assert [(n, u, bool(d)) for n, u, d in rows] == [
+        ("part-similarity-1-2-0", "s3://acme-models/part-sim/1.2.0/index.faiss", True)]
+    commit(gitops_repo, PART, without + again, "1.2.0 again, its own artifact")
+    assert reconcile(backend, gitops_repo, capsys)[0] == 0
+    assert ready(status(backend, capsys)[("ModelVersion", "part-sim-canary")]) == "True"
