@@ -320,7 +320,8 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
 
 
 def _row_taken_over(r: ModelVersion, observed: ObservedTenant,
-                    names: Collection[tuple[str, str]], model_now: Mapping[str, str]) -> VersionRow | None:
+                    names: Collection[tuple[str, str]],
+                    model_now: Mapping[str, str]) -> VersionRow | None:
     """The stored row a desired version is written over: its own name's row of the same
     identity (model, semver), else (a rename, or a re-creation under another name) the row
     of its identity no desired object holds, a live one before a soft-deleted one, as
