@@ -943,6 +943,13 @@ class StoreTx:
                           .values(seq=seq, hash=prev))
         return events
 
+    def audit_seq(self) -> int:
+        """The sequence number of the tenant's newest audit event (0 before the first): it
+        moves with every pass that changed anything."""
+        h = t.audit_head.c
+        seq = self.conn.execute(select(h.seq).where(h.tenant_id == self.tenant)).scalar()
+        return int(seq or 0)
+
     def last_git_commit(self) -> str | None:
         """The commit (its 12-hex prefix) of the newest change Git mode applied to the
         tenant, from the audit trail's actor `git:<sha12> (<author>)`."""

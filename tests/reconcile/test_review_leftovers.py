@@ -5,6 +5,10 @@ store on both engines; each test failed before its fix."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from controller.cli import main
-from tests.conftest import git
+from tests.conftest import ROOT, git
 from tests.stores import Backend
 
 ACME = "acme-cad"
@@ -129,3 +133,50 @@ def test_a_deleted_served_version_recreated_with_another_artifact_is_refused(
     commit(gitops_repo, PART, without + again, "1.2.0 again, its own artifact")
     assert reconcile(backend, gitops_repo, capsys)[0] == 0
     assert ready(status(backend, capsys)[("ModelVersion", "part-sim-canary")]) == "True"
+
+
+# ----------------------- 3. PostgreSQL: two first reconciles of one repository at once
+
+def _cli_process(backend: Backend, repo: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "controller", "reconcile", "--repo",
+                             str(repo), "--store", backend.app_url], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_two_first_reconciles_at_once_both_converge_and_stall_nothing(
+        pg_backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two `cadml reconcile` processes take their snapshot of an empty tenant before either
+    writes (held at their first model insert by a table lock the test takes, then let go
+    together). The loser's insert met the winner's rows: a unique violation reported as
+    Conflict, and `stall_tenant` wrote Stalled/Conflict over the winner's statuses. A unique
+    violation against rows committed after the pass's snapshot is a lost race (StalePass):
+    retried once from a fresh view, it finds nothing to do; nothing is stalled."""
+    admin = pg_backend.admin.connect()
+    tx = admin.begin()
+    admin.execute(text("LOCK TABLE model_catalog IN SHARE MODE"))  # reads pass, inserts wait
+    procs = [_cli_process(pg_backend, gitops_repo) for _ in range(2)]
+    try:
+        waiting = 0
+        for _ in range(600):  # both blocked at their first write: a positive signal
+            with pg_backend.admin.connect() as probe:
+                waiting = probe.execute(text(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
+                    "relation = 'model_catalog'::regclass")).scalar() or 0
+            if waiting == 2 or any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.1)
+        assert waiting == 2, [p.communicate() for p in procs]
+    finally:
+        tx.rollback()  # let both go at once
+        admin.close()
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    print(*outs, sep="\n")
+    assert [p.returncode for p in procs] == [0, 0], outs
+    found = status(pg_backend, capsys, ACME) | status(pg_backend, capsys, "globex-cad")
+    assert found and {k: ready(r) for k, r in found.items()} == dict.fromkeys(found, "True")
+    with pg_backend.store.read(ACME) as rtx:
+        assert rtx.verify_audit() is None
+        creates = [(e.object_kind, e.object_name) for e in rtx.audit_events()
+                   if e.action == "create"]
+    assert len(creates) == len(set(creates))  # one pass applied the commit, once
