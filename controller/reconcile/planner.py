@@ -194,7 +194,11 @@ def _change(kind: str, name: str, observed: Any, desired: Any) -> AuditEntry | N
     if getattr(desired, "deleted", False):
         return AuditEntry("delete", kind, name, {"summary": "removed from the desired state; "
                                                             "history kept"})
-    if observed.spec_hash == desired.spec_hash and not getattr(observed, "deleted", False):
+    if getattr(observed, "deleted", False):  # back after a deletion (a tenant re-added)
+        return AuditEntry("restore", kind, name, {
+            "specHash": desired.spec_hash,
+            "summary": "back in the desired state; its history carries on"})
+    if observed.spec_hash == desired.spec_hash:
         fields = [f for f in desired.__dataclass_fields__
                   if getattr(observed, f) != getattr(desired_cmp, f)]
         return AuditEntry("repair", kind, name, {"summary": "drift repaired: "

@@ -980,16 +980,18 @@ class StoreTx:
                 c.tenant_id == self.tenant, c.deleted.is_(True))).scalars()}
         return out
 
-    def deleted_at(self, kind: str, name: str, at: datetime) -> str | None:
-        """When the object was deleted, if the newest audit event about it at or before
-        `at` is its deletion (the audit trail is the store's history of existence)."""
+    def existence_at(self, kind: str, name: str, at: datetime) -> tuple[str, str] | None:
+        """(action, time) of the newest audit event about the object's existence at or before
+        `at` (create, update, rename, repair, delete, restore): the audit trail is the
+        store's history of existence. Its deletion says since when it was gone; a restore
+        since when it is back."""
         c = t.audit_event.c
         stamp = at.astimezone(UTC).isoformat(timespec="microseconds")
         row = self._one(select(c.action, c.at).where(
             c.tenant_id == self.tenant, c.object_kind == kind, c.object_name == name,
-            c.action.in_(("create", "update", "rename", "repair", "delete")),
+            c.action.in_(("create", "update", "rename", "repair", "delete", "restore")),
             c.at <= stamp).order_by(c.seq.desc()).limit(1))
-        return str(row.at) if row is not None and row.action == "delete" else None
+        return None if row is None else (str(row.action), str(row.at))
 
     def audit_events(self) -> Iterator[AuditEvent]:
         c = t.audit_event.c

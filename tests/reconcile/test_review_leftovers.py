@@ -180,3 +180,42 @@ def test_two_first_reconciles_at_once_both_converge_and_stall_nothing(
         creates = [(e.object_kind, e.object_name) for e in rtx.audit_events()
                    if e.action == "create"]
     assert len(creates) == len(set(creates))  # one pass applied the commit, once
+
+
+# ------------------------------------------------ 4. a tenant pruned, then re-added
+
+def test_a_pruned_tenant_re_added_is_restored_and_history_says_since_when(
+        backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """globex-cad removed from Git (reconciled with --prune), then re-added (git revert). The
+    re-adding pass audited `update … stage DEPRECATED → STABLE` (the prune had deprecated
+    its STABLE versions), `cadml history` reported its routing as in force since the
+    snapshot published before the deletion, and while it was pruned its release record
+    still showed Ready in `cadml status`. Expected: while pruned, nothing of it is Ready;
+    re-added, every object is audited `restore`, and history says it serves since then."""
+    assert reconcile(backend, gitops_repo, capsys)[0] == 0
+    git(gitops_repo, "rm", "-rq", "tenants/globex-cad")
+    git(gitops_repo, "commit", "-qm", "globex leaves")
+    assert reconcile(backend, gitops_repo, capsys, "--prune")[0] == 0
+    pruned = status(backend, capsys, "globex-cad")
+    assert pruned and not [k for k, r in pruned.items() if not r["deleted"]]
+    git(gitops_repo, "revert", "--no-edit", "HEAD")
+    code, out = reconcile(backend, gitops_repo, capsys)
+    assert code == 0
+    lines = [line.strip() for line in out.splitlines() if "globex-cad/" in line]
+    assert lines and all(line.startswith("restore ") for line in lines), lines
+    assert "DEPRECATED → STABLE" not in out
+    found = status(backend, capsys, "globex-cad")
+    assert {k: (ready(r), r["deleted"]) for k, r in found.items()} == dict.fromkeys(found, ("True", False))
+    with backend.store.read("globex-cad") as tx:
+        assert tx.verify_audit() is None
+        events = [(e.action, e.at) for e in tx.audit_events()
+                  if (e.object_kind, e.object_name) == ("Model", "drawing-dedup")]
+    (_, deleted_at), (_, restored_at) = [e for e in events if e[0] in ("delete", "restore")]
+    code, out = cli(backend, capsys, "history", "--tenant", "globex-cad", "--at", restored_at,
+                    "--output", "json")
+    dedup = next(r for r in json.loads(out) if r["model"] == "drawing-dedup")
+    assert (dedup["source"], dedup["since"]) == ("override", restored_at)
+    code, out = cli(backend, capsys, "history", "--tenant", "globex-cad", "--at", deleted_at,
+                    "--output", "json")
+    dedup = next(r for r in json.loads(out) if r["model"] == "drawing-dedup")
+    assert (dedup["source"], dedup["since"]) == ("deleted", deleted_at)
