@@ -205,7 +205,8 @@ def test_a_pruned_tenant_re_added_is_restored_and_history_says_since_when(
     assert lines and all(line.startswith("restore ") for line in lines), lines
     assert "DEPRECATED → STABLE" not in out
     found = status(backend, capsys, "globex-cad")
-    assert {k: (ready(r), r["deleted"]) for k, r in found.items()} == dict.fromkeys(found, ("True", False))
+    assert {k: (ready(r), r["deleted"]) for k, r in found.items()} == dict.fromkeys(
+        found, ("True", False))
     with backend.store.read("globex-cad") as tx:
         assert tx.verify_audit() is None
         events = [(e.action, e.at) for e in tx.audit_events()
