@@ -659,12 +659,49 @@ def _publish(plan: Plan, policy_name: str, model: str, current: PolicySnapshot |
     plan.snapshots.append(SnapshotPlan(policy_name, model, pv, routing.routes, thresholds,
                                        routing.source, routing.reason, refresh_seconds,
                                        generation))
-    before = _summary(current.routes) if current else "-"
-    after = _summary(routing.routes)
     plan.audit.append(AuditEntry("publish", "RolloutPolicy", policy_name, {
-        "summary": f"policyVersion {pv}: {before} → {after} ({routing.source})",
+        "summary": f"policyVersion {pv}: " + snapshot_change(
+            current, routing.routes, thresholds, refresh_seconds, routing.source,
+            routing.reason),
         "policyVersion": pv, "source": routing.source}))
     return pv
+
+
+def snapshot_change(current: PolicySnapshot | None, routes: tuple[RouteRow, ...],
+                    thresholds: dict[str, Any], refresh_seconds: int, source: str,
+                    reason: str) -> str:
+    """What a new snapshot changes, for its audit summary and the reconcile output: the
+    routes (always shown), then each threshold value, the refresh period and the route
+    source that differ from the current snapshot (and its new reason), so a thresholds-only
+    change says so."""
+    routing = f"{_summary(current.routes) if current else '-'} → {_summary(routes)}"
+    if current is None or current.routes == routes:
+        routing = f"routes {_summary(routes)} (unchanged)" if current else routing
+    changes = [routing]
+    if current is not None:
+        for version in sorted(set(current.thresholds) | set(thresholds)):
+            old, new = current.thresholds.get(version, {}), thresholds.get(version, {})
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    changes.append(f"threshold {key} of {version} "
+                                   + _threshold_change(old.get(key), new.get(key)))
+        if current.refresh_seconds != refresh_seconds:
+            changes.append(f"refreshSeconds {current.refresh_seconds} → {refresh_seconds}")
+        if current.source != source:
+            changes.append(f"source {current.source} → {source}")
+        if current.reason != reason and reason:
+            changes.append(f"because {reason}")
+    return "; ".join(changes) + f" ({source})"
+
+
+def _threshold_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str:
+    """`0.84 → 0.86`; with the source of each value where that changed too."""
+    def value(e: dict[str, Any] | None, with_source: bool) -> str:
+        if e is None:
+            return "-"
+        return f"{e['value']:g}" + (f" ({e['source']})" if with_source else "")
+    sources = (was or {}).get("source") != (now or {}).get("source")
+    return f"{value(was, sources)} → {value(now, sources)}"
 
 
 def plan_abort(tenant: str, observed: ObservedTenant, now: datetime) -> Plan:

@@ -220,3 +220,24 @@ def test_a_pruned_tenant_re_added_is_restored_and_history_says_since_when(
                     "--output", "json")
     dedup = next(r for r in json.loads(out) if r["model"] == "drawing-dedup")
     assert (dedup["source"], dedup["since"]) == ("deleted", deleted_at)
+
+
+# ------------------------------------- 5. a thresholds-only change says what changed
+
+def test_a_thresholds_only_change_says_which_threshold_changed(
+        backend: Backend, gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Raising the policy's similarity threshold publishes policyVersion 2; its summary read
+    `1.1.0=90,1.2.0=10 → 1.1.0=90,1.2.0=10 (policy)`, as if nothing had changed. It names
+    the threshold, of each version, with its value before and after (and its source where
+    that changed: a version's own threshold replaced by the policy's)."""
+    assert reconcile(backend, gitops_repo, capsys)[0] == 0
+    body = (gitops_repo / PART).read_text()
+    commit(gitops_repo, PART, body.replace("  thresholds:\n    similarity: 0.84\n",
+                                           "  thresholds:\n    similarity: 0.86\n"),
+           "stricter similarity")
+    code, out = reconcile(backend, gitops_repo, capsys)
+    assert code == 0
+    (line,) = [x.strip() for x in out.splitlines() if x.strip().startswith("publish ")]
+    assert line == ("publish RolloutPolicy acme-cad/part-similarity: policyVersion 2: routes "
+                    "1.1.0=90,1.2.0=10 (unchanged); threshold similarity of 1.1.0 0.84 → "
+                    "0.86; threshold similarity of 1.2.0 0.84 → 0.86 (policy)")
