@@ -130,6 +130,11 @@ def test_a_deleted_served_version_recreated_with_another_artifact_is_refused(
                               "tenant_id = 'acme-cad' AND version = '1.2.0'")).all()
     assert [(n, u, bool(d)) for n, u, d in rows] == [
         ("part-similarity-1-2-0", "s3://acme-models/part-sim/1.2.0/index.faiss", True)]
+    # `cadml diff` over the whole change (from before the deletion) gives the same verdict;
+    # a diff of the re-creating commit alone cannot see the deleted version: only the
+    # store remembers it
+    code = main(["diff", "--repo", str(gitops_repo), "--base", "HEAD~2", "--head", "HEAD"])
+    assert code == 1 and "version.artifact-immutable" in capsys.readouterr().out
     commit(gitops_repo, PART, without + again, "1.2.0 again, its own artifact")
     assert reconcile(backend, gitops_repo, capsys)[0] == 0
     assert ready(status(backend, capsys)[("ModelVersion", "part-sim-canary")]) == "True"
