@@ -293,12 +293,15 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
     changed (a row altered behind the controller's back is drift, repaired)."""
     model_now = model_now or {}
     names = {(r.kind, r.metadata.name) for r in resources}
+    by_identity: dict[tuple[str, str], list[VersionRow]] = defaultdict(list)
+    for o in observed.versions.values():
+        by_identity[(model_now.get(o.model_name, o.model_name), o.version)].append(o)
     errors: list[FieldError] = []
     for r in resources:
         name, tenant = r.metadata.name, r.metadata.namespace or ""
         old: Resource | None = None
         if isinstance(r, ModelVersion):
-            v = _row_taken_over(r, observed, names, model_now)
+            v = _row_taken_over(r, observed, by_identity, names, model_now)
             if v is not None and v.spec_hash != spec_hash(r):
                 # the spec last applied; rows written before 0012 have only their columns
                 applied = dict(v.spec) if v.spec else {
@@ -324,23 +327,22 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
 
 
 def _row_taken_over(r: ModelVersion, observed: ObservedTenant,
+                    by_identity: Mapping[tuple[str, str], list[VersionRow]],
                     names: Collection[tuple[str, str]],
                     model_now: Mapping[str, str]) -> VersionRow | None:
     """The stored row a desired version is written over: its own name's row of the same
     identity (model, semver), else (a rename, or a re-creation under another name) the row
     of its identity no desired object holds, a live one before a soft-deleted one, as
-    `renames` picks it. None for a new identity."""
-    def identity(o: VersionRow) -> tuple[str, str]:
-        return model_now.get(o.model_name, o.model_name), o.version
-
+    `renames` picks it. None for a new identity. `by_identity`: the stored rows by
+    (model as desired now, semver)."""
     wanted = (r.spec.model_ref, r.spec.version)
     own = observed.versions.get(r.metadata.name)
-    if own is not None and not own.deleted:
+    if own is not None and (not own.deleted or
+                            (model_now.get(own.model_name, own.model_name), own.version)
+                            == wanted):
         return own
-    if own is not None and identity(own) == wanted:
-        return own
-    candidates = [o for o in observed.versions.values() if identity(o) == wanted
-                  and ("ModelVersion", o.name) not in names]
+    candidates = [o for o in by_identity.get(wanted, [])
+                  if ("ModelVersion", o.name) not in names]
     return min(candidates, key=lambda o: o.deleted, default=None)
 
 
