@@ -16,7 +16,9 @@ import pytest
 from sqlalchemy import text
 
 from controller.cli import main
-from tests.conftest import ROOT, git
+from controller.reconcile.planner import snapshot_change
+from controller.records import PolicySnapshot, RouteRow
+from tests.conftest import NOW, ROOT, git
 from tests.stores import Backend
 
 ACME = "acme-cad"
@@ -246,3 +248,29 @@ def test_a_thresholds_only_change_says_which_threshold_changed(
     assert line == ("publish RolloutPolicy acme-cad/part-similarity: policyVersion 2: routes "
                     "1.1.0=90,1.2.0=10 (unchanged); threshold similarity of 1.1.0 0.84 → "
                     "0.86; threshold similarity of 1.2.0 0.84 → 0.86 (policy)")
+
+
+_ROUTES = (RouteRow("1.1.0", 90, True), RouteRow("1.2.0", 10, False))
+_THR = {"1.1.0": {"similarity": {"value": 0.84, "source": "policy"}}}
+
+
+@pytest.mark.parametrize(("routes", "thresholds", "refresh", "source", "reason", "says"), [
+    ((RouteRow("1.1.0", 100, True),), _THR, 5, "policy", "",
+     "1.1.0=90,1.2.0=10 → 1.1.0=100 (policy)"),
+    (_ROUTES, {"1.1.0": {"similarity": {"value": 0.8, "source": "model"}}}, 5, "policy", "",
+     "routes 1.1.0=90,1.2.0=10 (unchanged); threshold similarity of 1.1.0 0.84 (policy) → "
+     "0.8 (model) (policy)"),
+    (_ROUTES, {}, 5, "policy", "", "routes 1.1.0=90,1.2.0=10 (unchanged); threshold "
+     "similarity of 1.1.0 0.84 (policy) → - (policy)"),
+    (_ROUTES, _THR, 10, "policy", "", "routes 1.1.0=90,1.2.0=10 (unchanged); refreshSeconds "
+     "5 → 10 (policy)"),
+    (_ROUTES, _THR, 5, "override", "INC-1", "routes 1.1.0=90,1.2.0=10 (unchanged); source "
+     "policy → override; because INC-1 (override)"),
+])
+def test_a_snapshots_summary_names_each_change(
+        routes: tuple[RouteRow, ...], thresholds: dict[str, Any], refresh: int, source: str,
+        reason: str, says: str) -> None:
+    current = PolicySnapshot("m", "p", 1, "policy", "", _ROUTES, _THR, 5, NOW)
+    assert snapshot_change(current, routes, thresholds, refresh, source, reason) == says
+    assert snapshot_change(None, routes, thresholds, refresh, source, reason).startswith(
+        "- → ")
