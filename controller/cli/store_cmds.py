@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from typing import Any
 
 from controller.cli._common import TIME_HELP, add_parser, parse_time, write_json
@@ -174,13 +175,18 @@ def _history(args: argparse.Namespace) -> int:
                        "routing": {r.version: r.weight for r in snap.routes},
                        "policyVersion": snap.policy_version, "source": snap.source,
                        "since": snap.created_at.isoformat()}
-                gone = tx.deleted_at("Model", model, at)
-                if gone is not None:  # the model was out of service at that moment
-                    row.update(stable=None, routing={}, source="deleted", since=gone)
-                elif (gone := tx.deleted_at("RolloutPolicy", snap.policy_name, at)):
+                model_was = tx.existence_at("Model", model, at)
+                policy_was = tx.existence_at("RolloutPolicy", snap.policy_name, at)
+                if model_was and model_was[0] == "delete":  # out of service at that moment
+                    row.update(stable=None, routing={}, source="deleted", since=model_was[1])
+                elif policy_was and policy_was[0] == "delete":
                     # no policy: the default route, all traffic on the STABLE version
                     row.update(routing={snap.stable_version: 100} if snap.stable_version
-                               else {}, source="default", since=gone)
+                               else {}, source="default", since=policy_was[1])
+                else:  # served since its snapshot, or since it came back after a deletion
+                    row["since"] = max([snap.created_at.isoformat()] + [
+                        was[1] for was in (model_was, policy_was)
+                        if was and was[0] == "restore"], key=datetime.fromisoformat)
                 out.append(row)
     if args.output == "json":
         write_json(out)

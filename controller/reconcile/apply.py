@@ -35,6 +35,7 @@ def apply_plan(tx: StoreTx, plan: Plan,
     for release in plan.releases:
         tx.record_release(release)
     tx.write_statuses(plan.statuses)
+    tx.delete_statuses(plan.statuses_gone)
     tx.audit_many([AuditAppend(entry.action, entry.kind, entry.name, entry.details,
                                (actors or {}).get((entry.kind, entry.name)))
                    for entry in plan.audit])

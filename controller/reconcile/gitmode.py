@@ -6,8 +6,11 @@ in one transaction that reads the observed state and writes the plan.
 
 Failure is contained to its tenant: a tenant whose pass fails (a conflict in the
 store, a refused prune) is rolled back alone, its objects become Stalled with the
-reason, and the other tenants still apply. With PREFIXes, only the tenants that
-have objects under them are reconciled; a PREFIX selecting nothing is an error.
+reason, and the other tenants still apply. A pass that lost a race to another writer
+(StaleWrite: planned from a view another pass changed) is run once more from the
+latest view, and never stalls the tenant: the other pass's statuses stand. With
+PREFIXes, only the tenants that have objects under them are reconciled; a PREFIX
+selecting nothing is an error.
 Deleting a whole tenant, or more than half of its live objects, needs `prune`.
 """
 
@@ -29,6 +32,8 @@ from controller.records import ObservedTenant
 from controller.sources import collect_git
 from controller.store.repository import Store
 from controller.validation import validate_files
+
+RACE_RETRIES = 1  # a pass that lost a race to another (StaleWrite) runs once more
 
 
 @dataclass(frozen=True)
@@ -120,14 +125,19 @@ def _reconcile_tenants(store: Store, tenants: list[str], by_tenant: dict[str, li
                        actor: str, prune: bool, allow_older: bool, scoped: bool) -> None:
     for tenant in tenants:
         resources = by_tenant.get(tenant, [])
-        try:
-            if not allow_older:
-                _refuse_older_commit(store, tenant, repo_dir, sha)
-            result.plans.append(reconcile_tenant(
-                store, tenant, resources, result.findings, now, actor,
-                guard=_guard(prune, scoped)))
-        except CadmlError as exc:  # contained: this tenant rolled back, the others go on
-            result.failures.append(_failed(store, tenant, resources, exc, now, actor))
+        for attempt in range(RACE_RETRIES + 1):
+            try:
+                if not allow_older:
+                    _refuse_older_commit(store, tenant, repo_dir, sha)
+                result.plans.append(reconcile_tenant(
+                    store, tenant, resources, result.findings, now, actor,
+                    guard=_guard(prune, scoped)))
+                break
+            except CadmlError as exc:  # contained: this tenant rolled back, the others go on
+                if isinstance(exc, StaleWrite) and attempt < RACE_RETRIES:
+                    continue  # another pass got there first: again, from its result
+                result.failures.append(_failed(store, tenant, resources, exc, now, actor))
+                break
 
 
 def _refuse_older_commit(store: Store, tenant: str, repo_dir: str, sha: str) -> None:

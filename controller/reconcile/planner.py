@@ -93,6 +93,8 @@ class Plan:
     computed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # every status
     audit: list[AuditEntry] = field(default_factory=list)
     transitions: list[FieldError] = field(default_factory=list)  # broken against the store
+    # (kind, name) whose stored status goes: no object and no row has that name any more
+    statuses_gone: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
@@ -192,7 +194,11 @@ def _change(kind: str, name: str, observed: Any, desired: Any) -> AuditEntry | N
     if getattr(desired, "deleted", False):
         return AuditEntry("delete", kind, name, {"summary": "removed from the desired state; "
                                                             "history kept"})
-    if observed.spec_hash == desired.spec_hash and not getattr(observed, "deleted", False):
+    if getattr(observed, "deleted", False):  # back after a deletion (a tenant re-added)
+        return AuditEntry("restore", kind, name, {
+            "specHash": desired.spec_hash,
+            "summary": "back in the desired state; its history carries on"})
+    if observed.spec_hash == desired.spec_hash:
         fields = [f for f in desired.__dataclass_fields__
                   if getattr(observed, f) != getattr(desired_cmp, f)]
         return AuditEntry("repair", kind, name, {"summary": "drift repaired: "
@@ -279,23 +285,24 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
     name: what the API server checks with `oldSelf` and `cadml diff` checks between two
     commits, so Git mode and diff give the same verdict. A version renamed in this pass
     is judged against the live row it takes over (its identity, under a new name), so a
-    rename cannot carry a new artifact onto a served version. Judged against the spec the
+    rename cannot carry a new artifact onto a served version. A version re-created after
+    its deletion (same semver, any name) resurrects the soft-deleted row and its history:
+    that is a create (no stage rule), but the artifact it served stays its own
+    (version.artifact-immutable; a new artifact is a new semver). Judged against the spec the
     store applied, never against columns a drift may have changed; only where the spec
     changed (a row altered behind the controller's back is drift, repaired)."""
     model_now = model_now or {}
     names = {(r.kind, r.metadata.name) for r in resources}
+    by_identity: dict[tuple[str, str], list[VersionRow]] = defaultdict(list)
+    for o in observed.versions.values():
+        by_identity[(model_now.get(o.model_name, o.model_name), o.version)].append(o)
     errors: list[FieldError] = []
     for r in resources:
         name, tenant = r.metadata.name, r.metadata.namespace or ""
         old: Resource | None = None
         if isinstance(r, ModelVersion):
-            v = observed.versions.get(name)
-            if v is None or v.deleted:  # a rename: the live row of its identity, if any
-                v = next((o for o in observed.versions.values() if not o.deleted
-                          and ("ModelVersion", o.name) not in names
-                          and (model_now.get(o.model_name, o.model_name), o.version)
-                          == (r.spec.model_ref, r.spec.version)), None)
-            if v is not None and not v.deleted and v.spec_hash != spec_hash(r):
+            v = _row_taken_over(r, observed, by_identity, names, model_now)
+            if v is not None and v.spec_hash != spec_hash(r):
                 # the spec last applied; rows written before 0012 have only their columns
                 applied = dict(v.spec) if v.spec else {
                     "version": v.version, "stage": v.stage,
@@ -304,6 +311,12 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
                     "featureVersion": v.feature_version}
                 applied["modelRef"] = model_now.get(v.model_name, v.model_name)
                 old = _stored_resource("ModelVersion", tenant, name, applied)
+                if old is not None and v.deleted:
+                    # a re-creation is a create (no stage rule), but the row it resurrects
+                    # served traffic with its artifact: a semver's artifact never changes
+                    errors += [e for e in check_transition(old, r)
+                               if e.rule == "version.artifact-immutable"]
+                    continue
         elif isinstance(r, RolloutPolicy):
             p = observed.policies.get(name)
             if p is not None and not p.deleted and p.spec_hash != spec_hash(r):
@@ -311,6 +324,26 @@ def store_transitions(resources: list[Resource], observed: ObservedTenant,
         if old is not None:
             errors += check_transition(old, r)
     return errors
+
+
+def _row_taken_over(r: ModelVersion, observed: ObservedTenant,
+                    by_identity: Mapping[tuple[str, str], list[VersionRow]],
+                    names: Collection[tuple[str, str]],
+                    model_now: Mapping[str, str]) -> VersionRow | None:
+    """The stored row a desired version is written over: its own name's row of the same
+    identity (model, semver), else (a rename, or a re-creation under another name) the row
+    of its identity no desired object holds, a live one before a soft-deleted one, as
+    `renames` picks it. None for a new identity. `by_identity`: the stored rows by
+    (model as desired now, semver)."""
+    wanted = (r.spec.model_ref, r.spec.version)
+    own = observed.versions.get(r.metadata.name)
+    if own is not None and (not own.deleted or
+                            (model_now.get(own.model_name, own.model_name), own.version)
+                            == wanted):
+        return own
+    candidates = [o for o in by_identity.get(wanted, [])
+                  if ("ModelVersion", o.name) not in names]
+    return min(candidates, key=lambda o: o.deleted, default=None)
 
 
 def _unreadable_stables(versions: list[ModelVersion], observed: ObservedTenant,
@@ -590,7 +623,24 @@ def plan_tenant(
         plan.computed[key] = status
         if status != observed.statuses.get(key, {}):
             plan.statuses[key] = (_generation(res), status)
+    plan.statuses_gone = gone_statuses(present, observed, plan)
     return plan
+
+
+def gone_statuses(present: Collection[tuple[str, str]], observed: ObservedTenant,
+                  plan: Plan) -> list[tuple[str, str]]:
+    """The stored statuses of names that left: neither a present object nor a row of the
+    store once `plan` is applied (the old name of a rename or a retired name, a name only a
+    refused pass had, a release record removed from the desired state). A soft-deleted
+    row keeps its last status: `cadml status` shows it deleted, history kept."""
+    moved = {(kind, row.previous_name) for kind, rows in (
+        ("Model", plan.models), ("ModelVersion", plan.versions),
+        ("RolloutPolicy", plan.policies)) for row in rows if row.previous_name}
+    rows = {(kind, name) for kind, stored in (
+        ("Model", observed.models), ("ModelVersion", observed.versions),
+        ("RolloutPolicy", observed.policies)) for name in stored}
+    keep = set(present) | (rows - moved)
+    return sorted(key for key in observed.statuses if key not in keep)
 
 
 def _summary(routes: tuple[RouteRow, ...]) -> str:
@@ -611,12 +661,49 @@ def _publish(plan: Plan, policy_name: str, model: str, current: PolicySnapshot |
     plan.snapshots.append(SnapshotPlan(policy_name, model, pv, routing.routes, thresholds,
                                        routing.source, routing.reason, refresh_seconds,
                                        generation))
-    before = _summary(current.routes) if current else "-"
-    after = _summary(routing.routes)
     plan.audit.append(AuditEntry("publish", "RolloutPolicy", policy_name, {
-        "summary": f"policyVersion {pv}: {before} → {after} ({routing.source})",
+        "summary": f"policyVersion {pv}: " + snapshot_change(
+            current, routing.routes, thresholds, refresh_seconds, routing.source,
+            routing.reason),
         "policyVersion": pv, "source": routing.source}))
     return pv
+
+
+def snapshot_change(current: PolicySnapshot | None, routes: tuple[RouteRow, ...],
+                    thresholds: dict[str, Any], refresh_seconds: int, source: str,
+                    reason: str) -> str:
+    """What a new snapshot changes, for its audit summary and the reconcile output: the
+    routes (always shown), then each threshold value, the refresh period and the route
+    source that differ from the current snapshot (and its new reason), so a thresholds-only
+    change says so."""
+    routing = f"{_summary(current.routes) if current else '-'} → {_summary(routes)}"
+    if current is None or current.routes == routes:
+        routing = f"routes {_summary(routes)} (unchanged)" if current else routing
+    changes = [routing]
+    if current is not None:
+        for version in sorted(set(current.thresholds) | set(thresholds)):
+            old, new = current.thresholds.get(version, {}), thresholds.get(version, {})
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    changes.append(f"threshold {key} of {version} "
+                                   + _threshold_change(old.get(key), new.get(key)))
+        if current.refresh_seconds != refresh_seconds:
+            changes.append(f"refreshSeconds {current.refresh_seconds} → {refresh_seconds}")
+        if current.source != source:
+            changes.append(f"source {current.source} → {source}")
+        if current.reason != reason and reason:
+            changes.append(f"because {reason}")
+    return "; ".join(changes) + f" ({source})"
+
+
+def _threshold_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str:
+    """`0.84 → 0.86`; with the source of each value where that changed too."""
+    def value(e: dict[str, Any] | None, with_source: bool) -> str:
+        if e is None:
+            return "-"
+        return f"{e['value']:g}" + (f" ({e['source']})" if with_source else "")
+    sources = (was or {}).get("source") != (now or {}).get("source")
+    return f"{value(was, sources)} → {value(now, sources)}"
 
 
 def plan_abort(tenant: str, observed: ObservedTenant, now: datetime) -> Plan:

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from controller import metrics
 from controller.api.v1alpha1 import Resource, RolloutPolicy
-from controller.errors import CadmlError, ConflictError
+from controller.errors import CadmlError, ConflictError, StaleWrite
 from controller.findings import FieldError
 from controller.reconcile.apply import apply_plan
 from controller.reconcile.conditions import stalled, with_conditions
@@ -40,14 +40,19 @@ def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
     `actors` ((kind, name) → who last changed that object) attribute its audit rows;
     `guard` may refuse the plan before anything is written (it raises a CadmlError);
     `unreadable` ((kind, name)) exist but could not be parsed: kept as the store has them."""
+    seen: list[int] = []  # the audit sequence of the view the pass was planned from
     with metrics.RECONCILE_SECONDS.labels(mode).time():
         try:
-            with store.transaction(tenant, actor, snapshot=True) as tx:
-                observed = tx.observe()
-                plan = plan_tenant(tenant, resources, findings, observed, now, unreadable)
-                if guard is not None:
-                    guard(plan, observed)
-                apply_plan(tx, plan, actors)
+            try:
+                with store.transaction(tenant, actor, snapshot=True) as tx:
+                    observed = tx.observe()
+                    seen.append(tx.audit_seq())
+                    plan = plan_tenant(tenant, resources, findings, observed, now, unreadable)
+                    if guard is not None:
+                        guard(plan, observed)
+                    apply_plan(tx, plan, actors)
+            except ConflictError as exc:
+                raise lost_race(store, tenant, seen, exc) from exc
         except CadmlError as exc:
             metrics.RECONCILE_ERRORS.labels(mode, exc.reason).inc()
             raise
@@ -66,6 +71,23 @@ def reconcile_tenant(store: Store, tenant: str, resources: list[Resource],
         if any(c["type"] == "Stalled" and c["status"] == "True"
                for c in status.get("conditions", []))))
     return plan
+
+
+def lost_race(store: Store, tenant: str, seen: list[int],
+              exc: ConflictError) -> CadmlError:
+    """A unique rule broken by a pass is a lost race when another pass committed changes
+    to the tenant after this pass's snapshot (PostgreSQL: two first reconciles insert the
+    same rows; the loser waits for the winner, then meets its rows): a StaleWrite, which a
+    pass from a fresh view resolves. Otherwise the pass itself breaks it (deterministic)."""
+    if not seen:
+        return exc
+    with store.read(tenant) as tx:
+        now_seq = tx.audit_seq()
+    if now_seq == seen[0]:
+        return exc
+    return StaleWrite(f"another pass changed tenant {tenant} while this one was planned "
+                      f"from an older view (audit {seen[0]} → {now_seq}): {exc}; a pass from "
+                      "the latest view decides")
 
 
 def publish_aborts(store: Store, tenant: str, now: datetime, actor: str) -> Plan:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Row,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -620,6 +621,15 @@ class StoreTx:
         if new:
             self.conn.execute(insert(t.object_status), new)
 
+    def delete_statuses(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Remove the status of each (kind, name): an object that left under that name."""
+        if not keys:
+            return
+        c = t.object_status.c
+        self.conn.execute(delete(t.object_status).where(
+            c.tenant_id == self.tenant, c.kind == bindparam("b_kind"),
+            c.name == bindparam("b_name")), [dict(b_kind=k, b_name=n) for k, n in keys])
+
     # ------------------------------------------------------------------ releases
 
     def record_release(self, r: ReleaseRow) -> bool:
@@ -943,6 +953,13 @@ class StoreTx:
                           .values(seq=seq, hash=prev))
         return events
 
+    def audit_seq(self) -> int:
+        """The sequence number of the tenant's newest audit event (0 before the first): it
+        moves with every pass that changed anything."""
+        h = t.audit_head.c
+        seq = self.conn.execute(select(h.seq).where(h.tenant_id == self.tenant)).scalar()
+        return int(seq or 0)
+
     def last_git_commit(self) -> str | None:
         """The commit (its 12-hex prefix) of the newest change Git mode applied to the
         tenant, from the audit trail's actor `git:<sha12> (<author>)`."""
@@ -973,16 +990,18 @@ class StoreTx:
                 c.tenant_id == self.tenant, c.deleted.is_(True))).scalars()}
         return out
 
-    def deleted_at(self, kind: str, name: str, at: datetime) -> str | None:
-        """When the object was deleted, if the newest audit event about it at or before
-        `at` is its deletion (the audit trail is the store's history of existence)."""
+    def existence_at(self, kind: str, name: str, at: datetime) -> tuple[str, str] | None:
+        """(action, time) of the newest audit event about the object's existence at or before
+        `at` (create, update, rename, repair, delete, restore): the audit trail is the
+        store's history of existence. Its deletion says since when it was gone; a restore
+        since when it is back."""
         c = t.audit_event.c
         stamp = at.astimezone(UTC).isoformat(timespec="microseconds")
         row = self._one(select(c.action, c.at).where(
             c.tenant_id == self.tenant, c.object_kind == kind, c.object_name == name,
-            c.action.in_(("create", "update", "rename", "repair", "delete")),
+            c.action.in_(("create", "update", "rename", "repair", "delete", "restore")),
             c.at <= stamp).order_by(c.seq.desc()).limit(1))
-        return str(row.at) if row is not None and row.action == "delete" else None
+        return None if row is None else (str(row.action), str(row.at))
 
     def audit_events(self) -> Iterator[AuditEvent]:
         c = t.audit_event.c

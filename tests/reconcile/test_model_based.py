@@ -18,7 +18,9 @@ Invariants, checked after every step (each assertion message names its letter):
   (d) no-stale-publish: after a stale pass, rows and routing still are the newest pass's;
   (e) history: snapshot and audit counts never fall, recorded runs stay;
   (f) no-double-audit: a pass of an unchanged desired state writes no audit row;
-  (g) audit chain: `store.verify_audit` finds no problem.
+  (g) audit chain: `store.verify_audit` finds no problem;
+  (h) status: after quiescence, `cadml status` lists no name the tenant no longer has (a
+      desired object, or a soft-deleted row: shown deleted), and every desired object.
 A reconcile that raises on a valid desired state is a violation; on an invalid one (the
 deliberate collision) it is tolerated; a stale pass may be refused with a retryable error.
 
@@ -108,8 +110,10 @@ def _model(key: str) -> dict[str, Any]:
 
 
 def _version(model: str, semver: str, stage: str) -> dict[str, Any]:
+    """The artifact is the semver's (a version re-created after its deletion, under any name
+    or model name, brings back the artifact it served: version.artifact-immutable)."""
     return {"modelRef": model, "version": semver, "stage": stage,
-            "artifact": {"uri": f"s3://b/{model}/{semver}", "sha256": SHA, "format": "npz"}}
+            "artifact": {"uri": f"s3://b/{semver}", "sha256": SHA, "format": "npz"}}
 
 
 def _release(version_name: str, release_id: str) -> dict[str, Any]:
@@ -215,6 +219,8 @@ class Seen:
     snapshots: int
     audits: int
     runs: int
+    statuses: set[Key]  # (kind, name) of every stored status
+    deleted: set[Key]  # soft-deleted models, versions and policies
 
 
 def read_store(b: Backend, tenant: str) -> Seen:
@@ -242,7 +248,7 @@ def read_store(b: Backend, tenant: str) -> Seen:
             routes={m: (s.source, [(r.version, r.weight) for r in s.routes], s.policy_version)
                     for m, s in snaps.items()},
             snapshots=_count(tx, t.policy_snapshot), audits=_count(tx, t.audit_event),
-            runs=tx.count_runs())
+            runs=tx.count_runs(), statuses=set(tx.statuses()), deleted=tx.deleted_objects())
 
 
 # ---------------------------------------------------------------- the state machine
@@ -539,6 +545,23 @@ class ControlLoop(RuleBasedStateMachine):
     def delete_version(self, tenant: str, i: int) -> None:
         self._delete(tenant, "ModelVersion", i)
 
+    @rule(tenant=st.sampled_from(TENANTS), i=PICK)
+    def delete_then_recreate_version(self, tenant: str, i: int) -> None:
+        """A version deleted in one commit (and reconciled), then the same spec under a new
+        name in the next: the store resurrects its row (same model and semver)."""
+        name = self._pick(tenant, "ModelVersion", i)
+        if name is None:
+            return
+        spec = copy.deepcopy(self.desired[tenant][("ModelVersion", name)].spec)
+        new = self._copy(tenant)
+        del new[("ModelVersion", name)]
+        if not self._commit(tenant, new, f"delete {name} (to re-create it)"):
+            return
+        self._pass(View(tenant, self.rev[tenant], self._copy(tenant)))
+        again = self._copy(tenant)
+        again[("ModelVersion", f"{name.split('-r')[0]}-r{self._next()}")] = Obj(spec)
+        self._commit(tenant, again, f"re-create {name} under a new name")
+
     # -------------------------------------------------------------- policies
 
     def _policy_edit(self, tenant: str, i: int, what: str,
@@ -729,6 +752,10 @@ class ControlLoop(RuleBasedStateMachine):
         assert seen.policies == want_policies, (
             f"(a) quiescent: live policies of {tn} (name → generation): store "
             f"{seen.policies}, desired {want_policies}")
+        stray = seen.statuses - set(d) - seen.deleted
+        assert not stray, f"(h) status: {tn} lists names it no longer has: {sorted(stray)}"
+        assert set(d) <= seen.statuses, (
+            f"(h) status: {tn} has no status for {sorted(set(d) - seen.statuses)}")
         want_releases = {o.spec["releaseId"] for (k, _), o in d.items()
                          if k == "ReleaseRecord"}
         assert want_releases <= seen.releases, (
