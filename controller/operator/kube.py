@@ -12,10 +12,11 @@ from typing import Any
 
 from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Model
 from controller.operator.settings import OperatorSettings
-from controller.operator.workers import differs, readiness, worker_objects
+from controller.operator.workers import FIELD_MANAGER, needs_apply, readiness, worker_objects
 from controller.validation.parse import parse_body
 
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (JSON is YAML)
 
 
 def _client() -> Any:
@@ -30,9 +31,11 @@ def _client() -> Any:
 
 class WorkerApplier:
     """Applies a Model's worker Deployment and Service and returns the Model status fields
-    about them. Each object is read, and written only when its desired form is not what
-    the API server holds (created when missing, patched when it differs): a Model whose
-    workers are as desired costs two reads and no write."""
+    about them. Each object is read, and applied (server-side apply as `FIELD_MANAGER`,
+    with force: the operator's fields are its own) only when that would change it
+    (`needs_apply`): a Model whose workers are as desired costs two reads and no write.
+    A missing object is created by the same apply, so the operator owns its fields from
+    the start."""
 
     def __init__(self, apps: Any, core: Any, serialize: Any) -> None:
         self.apps, self.core, self.serialize = apps, core, serialize
@@ -49,21 +52,20 @@ class WorkerApplier:
             (settings.worker_store_secret, settings.worker_store_key))
         ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
         live: dict[str, Any] = {}
-        for obj, read, create, patch in (
+        for obj, read, apply in (
             (deployment, self.apps.read_namespaced_deployment,
-             self.apps.create_namespaced_deployment, self.apps.patch_namespaced_deployment),
-            (service, self.core.read_namespaced_service, self.core.create_namespaced_service,
-             self.core.patch_namespaced_service),
+             self.apps.patch_namespaced_deployment),
+            (service, self.core.read_namespaced_service, self.core.patch_namespaced_service),
         ):
             try:
                 current = self.serialize(read(name, ns))
             except ApiException as exc:
                 if exc.status != 404:
                     raise
-                current = self.serialize(create(ns, obj))
-            else:
-                if differs(obj, current):
-                    current = self.serialize(patch(name, ns, obj))
+                current = None
+            if needs_apply(obj, current):
+                current = self.serialize(apply(name, ns, obj, field_manager=FIELD_MANAGER,
+                                               force=True, _content_type=APPLY_PATCH))
             live[obj["kind"]] = current
         status = (live["Deployment"] or {}).get("status")
         return {"workersReady": readiness(status, model.spec.workers.replicas)}
