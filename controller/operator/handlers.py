@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,7 +204,7 @@ def unparseable_status(body: Mapping[str, Any], now: datetime) -> dict[str, Any]
                            int((body.get("metadata") or {}).get("generation") or 1), now)
 
 
-def queued_pass(memo: Mapping[str, Any], body: Mapping[str, Any],
+def queued_pass(memo: MutableMapping[str, Any], body: Mapping[str, Any],
                 indexes: Mapping[str, Any], *, leave_out: bool = False,
                 actor: str | None = None, reuse_within: float | None = None) -> Plan:
     """The plan of a tenant pass that covers this event: one pass per tenant at a time,
@@ -226,29 +226,46 @@ def queued_pass(memo: Mapping[str, Any], body: Mapping[str, Any],
     def run(requests: list[PassRequest]) -> Plan:
         plan = tenant_pass(memo["store"], namespace, indexes, requests)
         if memo.get("patch_status"):
-            patch_siblings(memo["patch_status"], namespace, indexes, plan,
-                           {(r.kind, r.name) for r in requests})
+            covered = {(r.kind, r.name): dict(r.body.get("status") or {})
+                       for r in requests if r.body is not None}
+            patch_siblings(memo["patch_status"], namespace, indexes, plan, covered,
+                           memo.setdefault(WRITTEN, {}))
         return plan
 
     return queue.submit(namespace, request, run)
 
 
 WORKER_FIELDS = ("workersReady",)  # Model status fields the worker applier owns
+WRITTEN = "status_written"  # memo: (namespace, kind, name) → the status a pass last wrote
 
 
 def sibling_patches(bodies: Iterable[Mapping[str, Any]], plan: Plan,
-                    patched: Collection[tuple[str, str]]
+                    covered: Mapping[tuple[str, str], Mapping[str, Any]],
+                    written: Mapping[tuple[str, str], Mapping[str, Any]] | None = None
                     ) -> list[tuple[str, str, dict[str, Any]]]:
-    """(kind, name, status changes) of every object of the tenant whose status this plan
-    changes, except those whose own handler patches them (`patched`). Fields the
-    worker applier adds to a Model are kept as they are."""
+    """(kind, name, status changes) of every object of the tenant (`bodies`, the indexed
+    view) whose status this plan changes. The changes are taken against every view of
+    the status the operator has: the indexed one and the one a pass last wrote there
+    (`written`; the index learns of that write only when its watch event arrives). An
+    object the pass covers (`covered`: its handler's event body's status) is left to
+    its handler, which patches it from this plan against that body, unless its views
+    disagree: the handler's body predates a write made since, and its diff would miss
+    what that write changed, so the pass writes it too. Fields the worker applier adds to
+    a Model are kept as they are."""
     out = []
     for b in bodies:
         key = (str(b.get("kind")), str(b["metadata"]["name"]))
-        if key in patched or key not in plan.computed or b["metadata"].get("deletionTimestamp"):
+        if key not in plan.computed or b["metadata"].get("deletionTimestamp"):
             continue
-        changes = {k: v for k, v in status_changes(dict(b.get("status") or {}),
-                                                   plan.computed[key]).items()
+        views = [dict(b.get("status") or {})]
+        if written and key in written:
+            views.append(dict(written[key]))
+        if key in covered and all(v == covered[key] for v in views):
+            continue  # its handler's diff sees what is there
+        changes: dict[str, Any] = {}
+        for view in views:
+            changes.update(status_changes(view, plan.computed[key]))
+        changes = {k: v for k, v in changes.items()
                    if not (key[0] == "Model" and k in WORKER_FIELDS)}
         if changes:
             out.append((*key, changes))
@@ -256,18 +273,31 @@ def sibling_patches(bodies: Iterable[Mapping[str, Any]], plan: Plan,
 
 
 def patch_siblings(patch_status: Any, namespace: str, indexes: Mapping[str, Any], plan: Plan,
-                   patched: Collection[tuple[str, str]]) -> None:
-    """Write the status a pass computed for the tenant's other objects (an object that
-    arrived before its reference is Ready as soon as the reference arrives, not at its
-    own timer). The plan is committed already: a failed write is logged, and that
-    object's own timer writes it later."""
-    for kind, name, changes in sibling_patches(
-            tenant_bodies(namespace, indexes), plan, patched):
+                   covered: Mapping[tuple[str, str], Mapping[str, Any]],
+                   written: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+    """Write the status a pass computed for the tenant's objects (`sibling_patches`): an
+    object that arrived before its reference is Ready as soon as the reference arrives,
+    not at its own timer, and no write is lost to a handler that diffs against an older
+    body. `written` remembers each write until the index has caught up with it. The plan
+    is committed already: a failed write is logged, and that object's own timer writes
+    it later."""
+    bodies = tenant_bodies(namespace, indexes)
+    for b in bodies:  # the index has seen the write: it is the view again
+        key = (namespace, str(b.get("kind")), str(b["metadata"]["name"]))
+        if written.get(key) == dict(b.get("status") or {}):
+            written.pop(key, None)
+    mine = {(k, n): v for (ns, k, n), v in list(written.items()) if ns == namespace}
+    indexed = {(str(b.get("kind")), str(b["metadata"]["name"])): dict(b.get("status") or {})
+               for b in bodies}
+    for kind, name, changes in sibling_patches(bodies, plan, covered, mine):
         try:
             patch_status(namespace, kind, name, changes)
         except Exception:  # any client error: the object's own timer repairs it
             logging.getLogger(__name__).warning(
                 "status of %s %s/%s not written", kind, namespace, name, exc_info=True)
+            continue
+        status = {**indexed[(kind, name)], **changes}  # the merge patch, as the server does
+        written[(namespace, kind, name)] = {k: v for k, v in status.items() if v is not None}
 
 
 def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:

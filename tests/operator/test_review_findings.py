@@ -202,9 +202,6 @@ def test_a_hand_added_env_var_is_repaired_or_left_alone_not_patched_forever(
 import threading  # noqa: E402
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (issue 11 review): a handler diffs against its event's "
-    "body, not the sibling write of the pass that covered it"))
 def test_a_sibling_patch_is_not_lost_to_the_waiting_handlers_own_patch(
         cluster: Cluster) -> None:  # noqa: F811
     """A burst: the policy goes 90/10 → 50/50 (pass P); while P runs, the 1.2.0 version
