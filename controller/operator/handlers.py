@@ -46,14 +46,29 @@ BODY_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 kubernetes_worker_applier = kube.kubernetes_worker_applier  # start-up's memo.apply_workers
 
 
+INDEXED_ANNOTATIONS = f"{GROUP}/"  # the annotations a pass reads (changed-by, rollback-reason)
+
+
 def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
-    """The object as passes see it. An object being deleted shows the generation its spec
-    was written at: the API server bumps `generation` once when it sets
-    `deletionTimestamp` (the spec is unchanged), and a pass that ran before the finalizer
-    would otherwise write that bump into the store as drift ("repair: generation")."""
+    """The object as passes see it, trimmed to what they read (the index holds every
+    object of every tenant in memory): metadata without `managedFields`' field sets (only
+    who managed it how, for `actor_of`) and without annotations other than cadml.io's
+    (kubectl's last-applied-configuration is a second copy of the object). An object
+    being deleted shows the generation its spec was written at: the API server bumps
+    `generation` once when it sets `deletionTimestamp` (the spec is unchanged), and a
+    pass that ran before the finalizer would otherwise write that bump into the store as
+    drift ("repair: generation")."""
     namespace: str = kwargs["namespace"]
     body: kopf.Body = kwargs["body"]
-    metadata = dict(body.metadata)
+    metadata = {k: v for k, v in body.metadata.items()
+                if k not in ("managedFields", "annotations")}
+    if body.metadata.get("managedFields"):
+        metadata["managedFields"] = [{"manager": m.get("manager"), "operation":
+                                      m.get("operation")} for m in body.metadata["managedFields"]]
+    annotations = {k: v for k, v in (body.metadata.get("annotations") or {}).items()
+                   if k.startswith(INDEXED_ANNOTATIONS)}
+    if annotations:
+        metadata["annotations"] = annotations
     if metadata.get("deletionTimestamp") and int(metadata.get("generation") or 0) > 1:
         metadata["generation"] = int(metadata["generation"]) - 1
     return {namespace: {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),

@@ -520,3 +520,32 @@ def test_the_repair_timer_passes_a_tenant_once_per_interval(
     assert passes == ["acme-cad"]
     cluster.handle(*acme[0])  # an event is never served from the timer's plan
     assert passes == ["acme-cad", "acme-cad"]
+
+
+def test_the_index_keeps_only_what_a_pass_reads(cluster: Cluster) -> None:
+    """kopf's indexes hold every object of every tenant in memory: the managed field sets
+    and kubectl's last-applied copy are dropped; who changed it (the changed-by stamp, the
+    field managers' names) and the rollback reason stay, and a pass reads the same."""
+    import json
+
+    body = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    body["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": json.dumps(body),
+        "cadml.io/rollback-reason": "latency", CHANGED_BY: "alice"}
+    body["metadata"]["managedFields"] = [
+        {"manager": "kubectl-client-side-apply", "operation": "Update",
+         "fieldsV1": {"f:spec": {"f:weights": {}, "f:modelRef": {}}}},
+        {"manager": "argocd-controller", "operation": "Update",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:cadml.io/rollback-reason": {}}}}}]
+    (indexed,) = index_by_namespace(namespace="acme-cad", body=kopf.Body(body)).values()
+    meta = indexed["metadata"]
+    assert meta["annotations"] == {"cadml.io/rollback-reason": "latency", CHANGED_BY: "alice"}
+    assert meta["managedFields"] == [
+        {"manager": "kubectl-client-side-apply", "operation": "Update"},
+        {"manager": "argocd-controller", "operation": "Update"}]
+    assert actor_of(indexed) == actor_of(body) == "k8s:alice"
+    del body["metadata"]["annotations"][CHANGED_BY]
+    (indexed,) = index_by_namespace(namespace="acme-cad", body=kopf.Body(body)).values()
+    assert actor_of(indexed) == actor_of(body) == "k8s:argocd-controller"
+    assert parse_body(indexed).loaded is not None
+    print(f"\nindexed policy: {len(json.dumps(indexed))} bytes of {len(json.dumps(body))}")
