@@ -549,3 +549,32 @@ def test_the_index_keeps_only_what_a_pass_reads(cluster: Cluster) -> None:
     assert actor_of(indexed) == actor_of(body) == "k8s:argocd-controller"
     assert parse_body(indexed).loaded is not None
     print(f"\nindexed policy: {len(json.dumps(indexed))} bytes of {len(json.dumps(body))}")
+
+
+def test_a_stale_index_view_cannot_undo_a_newer_pass(cluster: Cluster) -> None:
+    """An event whose handler still sees an older view of the tenant (kopf's index before
+    the policy's rollback reached it) must not publish that view over the rollback: its
+    pass is refused by the store's generation guard and requeued (TemporaryError), nothing
+    of it is written, and the retry from the current view changes nothing."""
+    for kind, name in list(cluster.bodies):
+        cluster.handle(kind, name)
+    stale = cluster.indexes()  # the view before the rollback: policy generation 1, 90/10
+    policy = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    policy["spec"]["weights"] = [{"version": "1.1.0", "weight": 100}]
+    policy["metadata"]["generation"] = 2
+    assert cluster.handle("RolloutPolicy", "part-similarity")["status"]["policyVersion"] == 2
+
+    def stored() -> tuple[int, dict[str, int], int]:
+        with cluster.memo["store"].read("acme-cad") as tx:
+            snap = tx.snapshot("part-similarity", live=True)
+            return (snap.policy_version, {r.version: r.weight for r in snap.routes},
+                    len(list(tx.audit_events())))
+
+    before = stored()
+    model = cluster.bodies[("Model", "part-similarity")]
+    model["metadata"].setdefault("labels", {})["team"] = "search"  # an event, same spec
+    with pytest.raises(kopf.TemporaryError):
+        on_change(body=kopf.Body(model), patch=kopf.Patch(), memo=cluster.memo, **stale)
+    assert stored() == before == (2, {"1.1.0": 100}, before[2])
+    cluster.handle("Model", "part-similarity")  # kopf's retry, from the current view
+    assert stored() == before
