@@ -28,6 +28,7 @@ from controller.operator.certs import self_signed
 from controller.operator.settings import OperatorSettings
 from controller.operator.tenantqueue import TenantQueue
 from controller.operator.webhook import ServiceWebhookServer, parse_service
+from controller.operator.workers import WORKER_LABELS, indexed_worker
 from controller.reconcile.conditions import stalled, with_conditions
 from controller.reconcile.planner import Plan
 from controller.reconcile.step import findings_for, reconcile_tenant
@@ -74,6 +75,15 @@ def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
     return {namespace: {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
                         "metadata": metadata, "spec": dict(body.spec),
                         "status": dict(body.status)}}
+
+
+WORKER_INDEXES = {"Deployment": "worker_deployments", "Service": "worker_services"}
+WORKER_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"))
+
+
+def index_worker(**kwargs: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """A worker Deployment or Service by (namespace, name), trimmed (`indexed_worker`)."""
+    return {(str(kwargs["namespace"]), str(kwargs["name"])): indexed_worker(kwargs["body"])}
 
 
 def tenant_bodies(namespace: str, indexes: Mapping[str, Any],
@@ -361,7 +371,8 @@ def on_change(**kwargs: Any) -> None:
     status = plan.computed.get((str(body.get("kind")), str(body.metadata.name))) \
         or unparseable_status(body, datetime.now(UTC)) or {}
     if body.get("kind") == "Model" and memo.get("apply_workers"):
-        status = {**status, **memo["apply_workers"](body, memo["settings"])}
+        indexed = {kind: kwargs.get(index) for kind, index in WORKER_INDEXES.items()}
+        status = {**status, **memo["apply_workers"](body, memo["settings"], indexed)}
     changes = status_changes(dict(body.status), status)
     if changes:  # written once, and only when something changed
         patch.status.update(changes)
@@ -588,6 +599,12 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         kopf.on.mutate(GROUP, VERSION, plural, id=f"changed-by-{plural}",
                        operations=["CREATE", "UPDATE"], ignore_failures=ignore_failures,
                        persistent=True, registry=registry)(stamp_changed_by)
+    # the live worker Deployments and Services, from the watch: an idle Model's timer
+    # judges them without a request (`WorkerApplier` reads what is not indexed yet)
+    for (group, version, plural), index in zip(WORKER_RESOURCES, WORKER_INDEXES.values(),
+                                               strict=True):
+        kopf.index(group, version, plural, id=index, labels=dict(WORKER_LABELS),
+                   registry=registry)(index_worker)
     kopf.timer(GROUP, VERSION, "rolloutpolicies", id="analysis",
                interval=settings.analysis_interval, initial_delay=settings.analysis_interval,
                registry=registry)(on_analysis)

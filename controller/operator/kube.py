@@ -40,7 +40,11 @@ class WorkerApplier:
     def __init__(self, apps: Any, core: Any, serialize: Any) -> None:
         self.apps, self.core, self.serialize = apps, core, serialize
 
-    def __call__(self, body: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    def __call__(self, body: Mapping[str, Any], settings: OperatorSettings,
+                 indexed: Mapping[str, Mapping[Any, Any] | None] | None = None
+                 ) -> dict[str, Any]:
+        """`indexed`: kind → the operator's index of live worker objects ((namespace,
+        name) → them, `indexed_worker`); an object found there is not read again."""
         from kubernetes.client.exceptions import ApiException
 
         result = parse_body(dict(body))
@@ -57,18 +61,25 @@ class WorkerApplier:
              self.apps.patch_namespaced_deployment),
             (service, self.core.read_namespaced_service, self.core.patch_namespaced_service),
         ):
-            try:
-                current = self.serialize(read(name, ns))
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                current = None
+            current = _indexed((indexed or {}).get(obj["kind"]), (ns, name))
+            if current is None:  # not indexed (yet): read it
+                try:
+                    current = self.serialize(read(name, ns))
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
             if needs_apply(obj, current):
                 current = self.serialize(apply(name, ns, obj, field_manager=FIELD_MANAGER,
                                                force=True, _content_type=APPLY_PATCH))
             live[obj["kind"]] = current
         status = (live["Deployment"] or {}).get("status")
         return {"workersReady": readiness(status, model.spec.workers.replicas)}
+
+
+def _indexed(index: Mapping[Any, Any] | None, key: tuple[str, str]) -> dict[str, Any] | None:
+    """The object a kopf index holds under `key` (its values are collections), or None."""
+    found = index.get(key) if index is not None else None
+    return next((dict(v) for v in found), None) if found is not None else None
 
 
 def kubernetes_worker_applier() -> WorkerApplier:

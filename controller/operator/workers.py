@@ -20,6 +20,9 @@ from typing import Any
 
 from controller.api.v1alpha1 import API_VERSION, Model
 
+FIELD_MANAGER = "cadml-operator"  # the server-side apply field manager of the workers
+WORKER_LABELS = {"app.kubernetes.io/name": "cadml-worker", "app.kubernetes.io/part-of": "cadml"}
+
 
 def worker_name(model: Model) -> str:
     return f"cadml-worker-{model.metadata.name}"[:63].rstrip("-")
@@ -38,9 +41,7 @@ def worker_objects(model: Model, uid: str, image: str, port: int,
     Secrets of its own namespace)."""
     name = worker_name(model)
     ns = model.metadata.namespace
-    labels = {"app.kubernetes.io/name": "cadml-worker",
-              "app.kubernetes.io/instance": name,
-              "app.kubernetes.io/part-of": "cadml",
+    labels = {**WORKER_LABELS, "app.kubernetes.io/instance": name,
               "cadml.io/model": model.metadata.name}
     meta = {"name": name, "namespace": ns, "labels": labels,
             "ownerReferences": [owner_reference(model, uid)]}
@@ -88,12 +89,23 @@ def worker_objects(model: Model, uid: str, image: str, port: int,
     return [deployment, service]
 
 
+def indexed_worker(body: Mapping[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
+    """A live worker Deployment or Service as the operator's index keeps it: what
+    `needs_apply` and `readiness` read (spec, status, and of the managed fields only the
+    operator's own), so an idle Model is judged without a request."""
+    meta = body.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "labels", "ownerReferences") if k in meta}
+    kept["managedFields"] = [m for m in meta.get("managedFields") or []
+                             if m.get("manager") == manager]
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept,
+            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+
+
 def readiness(deployment_status: dict[str, Any] | None, replicas: int) -> str:
     ready = int((deployment_status or {}).get("readyReplicas") or 0)
     return f"{ready}/{replicas}"
 
 
-FIELD_MANAGER = "cadml-operator"  # the server-side apply field manager of the workers
 MERGE_KEYS = ("name", "mountPath", "uid")  # what identifies an item of a keyed list
 
 

@@ -213,3 +213,31 @@ def test_items_another_manager_added_to_a_keyed_list_are_no_difference() -> None
     assert not differs(desired, live)
     env[2]["value"] = "/elsewhere"  # HOME, the operator's item, changed by hand
     assert differs(desired, live)
+
+
+def test_an_idle_models_timer_reads_its_workers_from_the_index(
+        cluster: Cluster, server: FakeServer) -> None:  # noqa: F811
+    """With the live Deployment and Service in the operator's index (the watch keeps it),
+    an idle Model timer makes no request at all; what the index lacks is read."""
+    from controller.operator.handlers import index_worker, on_repair
+
+    cluster.memo["apply_workers"] = kubernetes_worker_applier()
+    _model_event(cluster)
+
+    def indexes(kinds: tuple[str, ...]) -> dict[str, Any]:
+        out: dict[str, Any] = {"worker_deployments": {}, "worker_services": {}}
+        for (kind, ns, name), obj in server.objects.items():
+            if kind in kinds:
+                index = "worker_deployments" if kind == "Deployment" else "worker_services"
+                for key, value in index_worker(namespace=ns, name=name, body=obj).items():
+                    out[index][key] = [value]
+        return out
+
+    body = cluster.bodies[("Model", "part-similarity")]
+    for kinds, expected in ((("Deployment", "Service"), {}), (("Deployment",), {"GET": 1})):
+        server.requests.clear()
+        patch = kopf.Patch()
+        on_repair(body=kopf.Body(body), patch=patch, memo=cluster.memo,
+                  **cluster.indexes(), **indexes(kinds))
+        assert dict(server.requests) == expected
+        assert "workersReady" not in dict(patch.get("status", {}))  # still 2/2: no change
