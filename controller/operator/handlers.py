@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from controller.operator.certs import self_signed
 from controller.operator.settings import OperatorSettings
 from controller.operator.tenantqueue import TenantQueue
 from controller.operator.webhook import ServiceWebhookServer, parse_service
+from controller.operator.workers import WORKER_LABELS, indexed_worker
 from controller.reconcile.conditions import stalled, with_conditions
 from controller.reconcile.planner import Plan
 from controller.reconcile.step import findings_for, reconcile_tenant
@@ -46,19 +47,43 @@ BODY_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 kubernetes_worker_applier = kube.kubernetes_worker_applier  # start-up's memo.apply_workers
 
 
+INDEXED_ANNOTATIONS = f"{GROUP}/"  # the annotations a pass reads (changed-by, rollback-reason)
+
+
 def index_by_namespace(**kwargs: Any) -> dict[str, dict[str, Any]]:
-    """The object as passes see it. An object being deleted shows the generation its spec
-    was written at: the API server bumps `generation` once when it sets
-    `deletionTimestamp` (the spec is unchanged), and a pass that ran before the finalizer
-    would otherwise write that bump into the store as drift ("repair: generation")."""
+    """The object as passes see it, trimmed to what they read (the index holds every
+    object of every tenant in memory): metadata without `managedFields`' field sets (only
+    who managed it how, for `actor_of`) and without annotations other than cadml.io's
+    (kubectl's last-applied-configuration is a second copy of the object). An object
+    being deleted shows the generation its spec was written at: the API server bumps
+    `generation` once when it sets `deletionTimestamp` (the spec is unchanged), and a
+    pass that ran before the finalizer would otherwise write that bump into the store as
+    drift ("repair: generation")."""
     namespace: str = kwargs["namespace"]
     body: kopf.Body = kwargs["body"]
-    metadata = dict(body.metadata)
+    metadata = {k: v for k, v in body.metadata.items()
+                if k not in ("managedFields", "annotations")}
+    if body.metadata.get("managedFields"):
+        metadata["managedFields"] = [{"manager": m.get("manager"), "operation":
+                                      m.get("operation")} for m in body.metadata["managedFields"]]
+    annotations = {k: v for k, v in (body.metadata.get("annotations") or {}).items()
+                   if k.startswith(INDEXED_ANNOTATIONS)}
+    if annotations:
+        metadata["annotations"] = annotations
     if metadata.get("deletionTimestamp") and int(metadata.get("generation") or 0) > 1:
         metadata["generation"] = int(metadata["generation"]) - 1
     return {namespace: {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
                         "metadata": metadata, "spec": dict(body.spec),
                         "status": dict(body.status)}}
+
+
+WORKER_INDEXES = {"Deployment": "worker_deployments", "Service": "worker_services"}
+WORKER_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"))
+
+
+def index_worker(**kwargs: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """A worker Deployment or Service by (namespace, name), trimmed (`indexed_worker`)."""
+    return {(str(kwargs["namespace"]), str(kwargs["name"])): indexed_worker(kwargs["body"])}
 
 
 def tenant_bodies(namespace: str, indexes: Mapping[str, Any],
@@ -204,7 +229,7 @@ def unparseable_status(body: Mapping[str, Any], now: datetime) -> dict[str, Any]
                            int((body.get("metadata") or {}).get("generation") or 1), now)
 
 
-def queued_pass(memo: Mapping[str, Any], body: Mapping[str, Any],
+def queued_pass(memo: MutableMapping[str, Any], body: Mapping[str, Any],
                 indexes: Mapping[str, Any], *, leave_out: bool = False,
                 actor: str | None = None, reuse_within: float | None = None) -> Plan:
     """The plan of a tenant pass that covers this event: one pass per tenant at a time,
@@ -226,29 +251,46 @@ def queued_pass(memo: Mapping[str, Any], body: Mapping[str, Any],
     def run(requests: list[PassRequest]) -> Plan:
         plan = tenant_pass(memo["store"], namespace, indexes, requests)
         if memo.get("patch_status"):
-            patch_siblings(memo["patch_status"], namespace, indexes, plan,
-                           {(r.kind, r.name) for r in requests})
+            covered = {(r.kind, r.name): dict(r.body.get("status") or {})
+                       for r in requests if r.body is not None}
+            patch_siblings(memo["patch_status"], namespace, indexes, plan, covered,
+                           memo.setdefault(WRITTEN, {}))
         return plan
 
     return queue.submit(namespace, request, run)
 
 
 WORKER_FIELDS = ("workersReady",)  # Model status fields the worker applier owns
+WRITTEN = "status_written"  # memo: (namespace, kind, name) → the status a pass last wrote
 
 
 def sibling_patches(bodies: Iterable[Mapping[str, Any]], plan: Plan,
-                    patched: Collection[tuple[str, str]]
+                    covered: Mapping[tuple[str, str], Mapping[str, Any]],
+                    written: Mapping[tuple[str, str], Mapping[str, Any]] | None = None
                     ) -> list[tuple[str, str, dict[str, Any]]]:
-    """(kind, name, status changes) of every object of the tenant whose status this plan
-    changes, except those whose own handler patches them (`patched`). Fields the
-    worker applier adds to a Model are kept as they are."""
+    """(kind, name, status changes) of every object of the tenant (`bodies`, the indexed
+    view) whose status this plan changes. The changes are taken against every view of
+    the status the operator has: the indexed one and the one a pass last wrote there
+    (`written`; the index learns of that write only when its watch event arrives). An
+    object the pass covers (`covered`: its handler's event body's status) is left to
+    its handler, which patches it from this plan against that body, unless its views
+    disagree: the handler's body predates a write made since, and its diff would miss
+    what that write changed, so the pass writes it too. Fields the worker applier adds to
+    a Model are kept as they are."""
     out = []
     for b in bodies:
         key = (str(b.get("kind")), str(b["metadata"]["name"]))
-        if key in patched or key not in plan.computed or b["metadata"].get("deletionTimestamp"):
+        if key not in plan.computed or b["metadata"].get("deletionTimestamp"):
             continue
-        changes = {k: v for k, v in status_changes(dict(b.get("status") or {}),
-                                                   plan.computed[key]).items()
+        views = [dict(b.get("status") or {})]
+        if written and key in written:
+            views.append(dict(written[key]))
+        if key in covered and all(v == covered[key] for v in views):
+            continue  # its handler's diff sees what is there
+        changes: dict[str, Any] = {}
+        for view in views:
+            changes.update(status_changes(view, plan.computed[key]))
+        changes = {k: v for k, v in changes.items()
                    if not (key[0] == "Model" and k in WORKER_FIELDS)}
         if changes:
             out.append((*key, changes))
@@ -256,18 +298,31 @@ def sibling_patches(bodies: Iterable[Mapping[str, Any]], plan: Plan,
 
 
 def patch_siblings(patch_status: Any, namespace: str, indexes: Mapping[str, Any], plan: Plan,
-                   patched: Collection[tuple[str, str]]) -> None:
-    """Write the status a pass computed for the tenant's other objects (an object that
-    arrived before its reference is Ready as soon as the reference arrives, not at its
-    own timer). The plan is committed already: a failed write is logged, and that
-    object's own timer writes it later."""
-    for kind, name, changes in sibling_patches(
-            tenant_bodies(namespace, indexes), plan, patched):
+                   covered: Mapping[tuple[str, str], Mapping[str, Any]],
+                   written: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+    """Write the status a pass computed for the tenant's objects (`sibling_patches`): an
+    object that arrived before its reference is Ready as soon as the reference arrives,
+    not at its own timer, and no write is lost to a handler that diffs against an older
+    body. `written` remembers each write until the index has caught up with it. The plan
+    is committed already: a failed write is logged, and that object's own timer writes
+    it later."""
+    bodies = tenant_bodies(namespace, indexes)
+    for b in bodies:  # the index has seen the write: it is the view again
+        key = (namespace, str(b.get("kind")), str(b["metadata"]["name"]))
+        if written.get(key) == dict(b.get("status") or {}):
+            written.pop(key, None)
+    mine = {(k, n): v for (ns, k, n), v in list(written.items()) if ns == namespace}
+    indexed = {(str(b.get("kind")), str(b["metadata"]["name"])): dict(b.get("status") or {})
+               for b in bodies}
+    for kind, name, changes in sibling_patches(bodies, plan, covered, mine):
         try:
             patch_status(namespace, kind, name, changes)
         except Exception:  # any client error: the object's own timer repairs it
             logging.getLogger(__name__).warning(
                 "status of %s %s/%s not written", kind, namespace, name, exc_info=True)
+            continue
+        status = {**indexed[(kind, name)], **changes}  # the merge patch, as the server does
+        written[(namespace, kind, name)] = {k: v for k, v in status.items() if v is not None}
 
 
 def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
@@ -316,7 +371,8 @@ def on_change(**kwargs: Any) -> None:
     status = plan.computed.get((str(body.get("kind")), str(body.metadata.name))) \
         or unparseable_status(body, datetime.now(UTC)) or {}
     if body.get("kind") == "Model" and memo.get("apply_workers"):
-        status = {**status, **memo["apply_workers"](body, memo["settings"])}
+        indexed = {kind: kwargs.get(index) for kind, index in WORKER_INDEXES.items()}
+        status = {**status, **memo["apply_workers"](body, memo["settings"], indexed)}
     changes = status_changes(dict(body.status), status)
     if changes:  # written once, and only when something changed
         patch.status.update(changes)
@@ -543,6 +599,12 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         kopf.on.mutate(GROUP, VERSION, plural, id=f"changed-by-{plural}",
                        operations=["CREATE", "UPDATE"], ignore_failures=ignore_failures,
                        persistent=True, registry=registry)(stamp_changed_by)
+    # the live worker Deployments and Services, from the watch: an idle Model's timer
+    # judges them without a request (`WorkerApplier` reads what is not indexed yet)
+    for (group, version, plural), index in zip(WORKER_RESOURCES, WORKER_INDEXES.values(),
+                                               strict=True):
+        kopf.index(group, version, plural, id=index, labels=dict(WORKER_LABELS),
+                   registry=registry)(index_worker)
     kopf.timer(GROUP, VERSION, "rolloutpolicies", id="analysis",
                interval=settings.analysis_interval, initial_delay=settings.analysis_interval,
                registry=registry)(on_analysis)

@@ -12,10 +12,11 @@ from typing import Any
 
 from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Model
 from controller.operator.settings import OperatorSettings
-from controller.operator.workers import differs, readiness, worker_objects
+from controller.operator.workers import FIELD_MANAGER, needs_apply, readiness, worker_objects
 from controller.validation.parse import parse_body
 
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (JSON is YAML)
 
 
 def _client() -> Any:
@@ -30,14 +31,20 @@ def _client() -> Any:
 
 class WorkerApplier:
     """Applies a Model's worker Deployment and Service and returns the Model status fields
-    about them. Each object is read, and written only when its desired form is not what
-    the API server holds (created when missing, patched when it differs): a Model whose
-    workers are as desired costs two reads and no write."""
+    about them. Each object is read, and applied (server-side apply as `FIELD_MANAGER`,
+    with force: the operator's fields are its own) only when that would change it
+    (`needs_apply`): a Model whose workers are as desired costs two reads and no write.
+    A missing object is created by the same apply, so the operator owns its fields from
+    the start."""
 
     def __init__(self, apps: Any, core: Any, serialize: Any) -> None:
         self.apps, self.core, self.serialize = apps, core, serialize
 
-    def __call__(self, body: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    def __call__(self, body: Mapping[str, Any], settings: OperatorSettings,
+                 indexed: Mapping[str, Mapping[Any, Any] | None] | None = None
+                 ) -> dict[str, Any]:
+        """`indexed`: kind → the operator's index of live worker objects ((namespace,
+        name) → them, `indexed_worker`); an object found there is not read again."""
         from kubernetes.client.exceptions import ApiException
 
         result = parse_body(dict(body))
@@ -51,24 +58,30 @@ class WorkerApplier:
             if model.metadata.namespace in settings.worker_auth_namespaces else None)
         ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
         live: dict[str, Any] = {}
-        for obj, read, create, patch in (
+        for obj, read, apply in (
             (deployment, self.apps.read_namespaced_deployment,
-             self.apps.create_namespaced_deployment, self.apps.patch_namespaced_deployment),
-            (service, self.core.read_namespaced_service, self.core.create_namespaced_service,
-             self.core.patch_namespaced_service),
+             self.apps.patch_namespaced_deployment),
+            (service, self.core.read_namespaced_service, self.core.patch_namespaced_service),
         ):
-            try:
-                current = self.serialize(read(name, ns))
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                current = self.serialize(create(ns, obj))
-            else:
-                if differs(obj, current):
-                    current = self.serialize(patch(name, ns, obj))
+            current = _indexed((indexed or {}).get(obj["kind"]), (ns, name))
+            if current is None:  # not indexed (yet): read it
+                try:
+                    current = self.serialize(read(name, ns))
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+            if needs_apply(obj, current):
+                current = self.serialize(apply(name, ns, obj, field_manager=FIELD_MANAGER,
+                                               force=True, _content_type=APPLY_PATCH))
             live[obj["kind"]] = current
         status = (live["Deployment"] or {}).get("status")
         return {"workersReady": readiness(status, model.spec.workers.replicas)}
+
+
+def _indexed(index: Mapping[Any, Any] | None, key: tuple[str, str]) -> dict[str, Any] | None:
+    """The object a kopf index holds under `key` (its values are collections), or None."""
+    found = index.get(key) if index is not None else None
+    return next((dict(v) for v in found), None) if found is not None else None
 
 
 def kubernetes_worker_applier() -> WorkerApplier:

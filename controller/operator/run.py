@@ -7,7 +7,7 @@ import asyncio
 import kopf
 from prometheus_client import start_http_server
 
-from controller.operator.handlers import build_registry, kubernetes_worker_applier
+from controller.operator.handlers import WRITTEN, build_registry, kubernetes_worker_applier
 from controller.operator.settings import OperatorSettings
 from controller.operator.tenantqueue import TenantQueue
 from controller.operator.webhook import kubernetes_tenant_reader
@@ -22,6 +22,7 @@ def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> N
                      apply_workers=kubernetes_worker_applier() if apply_workers else None,
                      finalized={},  # shared by every handler (kopf copies memos shallowly)
                      tenants=TenantQueue(),  # one pass per tenant at a time, coalesced
+                     **{WRITTEN: {}},  # the status writes of passes, until indexes see them
                      # the webhook reads the tenant live: a standby's indexes are empty
                      admission_tenant=kubernetes_tenant_reader() if settings.webhook_host
                      else None)

@@ -1,18 +1,27 @@
 """The similarity workers of a Model, as desired Kubernetes objects, and whether a live
-one differs from them (pure functions).
+one needs them applied (pure functions).
 
 One Deployment and one Service per Model, owned by it (ownerReferences), so
 deleting the Model garbage-collects them and scaling is a Git change to
-`spec.workers`.
+`spec.workers`. They are written by server-side apply as `FIELD_MANAGER` with force:
+the operator owns the fields it applies, a field it stops applying is removed by the
+API server, and fields another manager added (`kubectl set env`) are theirs and left
+alone. `needs_apply` compares only what the operator owns, so an idle Model costs no
+write.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from controller.api.v1alpha1 import API_VERSION, Model
+
+FIELD_MANAGER = "cadml-operator"  # the server-side apply field manager of the workers
+WORKER_LABELS = {"app.kubernetes.io/name": "cadml-worker", "app.kubernetes.io/part-of": "cadml"}
 
 
 def worker_name(model: Model) -> str:
@@ -36,9 +45,7 @@ def worker_objects(model: Model, uid: str, image: str, port: int,
     no token and refuse every review and binding."""
     name = worker_name(model)
     ns = model.metadata.namespace
-    labels = {"app.kubernetes.io/name": "cadml-worker",
-              "app.kubernetes.io/instance": name,
-              "app.kubernetes.io/part-of": "cadml",
+    labels = {**WORKER_LABELS, "app.kubernetes.io/instance": name,
               "app.kubernetes.io/component": "worker",  # the chart's worker NetworkPolicy
               "cadml.io/model": model.metadata.name}
     meta = {"name": name, "namespace": ns, "labels": labels,
@@ -90,28 +97,101 @@ def worker_objects(model: Model, uid: str, image: str, port: int,
     return [deployment, service]
 
 
+def indexed_worker(body: Mapping[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
+    """A live worker Deployment or Service as the operator's index keeps it: what
+    `needs_apply` and `readiness` read (spec, status, and of the managed fields only the
+    operator's own), so an idle Model is judged without a request."""
+    meta = body.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "labels", "ownerReferences") if k in meta}
+    kept["managedFields"] = [m for m in meta.get("managedFields") or []
+                             if m.get("manager") == manager]
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept,
+            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+
+
 def readiness(deployment_status: dict[str, Any] | None, replicas: int) -> str:
     ready = int((deployment_status or {}).get("readyReplicas") or 0)
     return f"{ready}/{replicas}"
 
 
+MERGE_KEYS = ("name", "mountPath", "uid")  # what identifies an item of a keyed list
+
+
 def differs(desired: Any, live: Any) -> bool:
     """Whether the live object (as the API server serves it, camelCase) lacks something of
     its desired form. Fields the API server adds (defaults, status, managedFields) are not
-    a difference; a list must match element by element. A worker that finds nothing to
-    change this way makes no API write."""
+    a difference, nor items another field manager added to a keyed list (an env var set
+    by hand: server-side apply leaves them to their owner, so they are no reason to
+    write); an atomic list must match element by element."""
     if isinstance(desired, dict | list) and live is None:
         live = type(desired)()  # an empty field the API server leaves out
     if isinstance(desired, dict):
         return not isinstance(live, dict) or any(
             differs(v, live.get(k)) for k, v in desired.items())
     if isinstance(desired, list):
-        return not isinstance(live, list) or len(desired) != len(live) or any(
+        if not isinstance(live, list):
+            return True
+        key = _merge_key(desired)
+        if key is not None:
+            by_key = {i.get(key): i for i in live if isinstance(i, dict)}
+            return any(differs(d, by_key.get(d[key])) for d in desired)
+        return len(desired) != len(live) or any(
             differs(d, v) for d, v in zip(desired, live, strict=True))
     if isinstance(desired, str) and isinstance(live, str) and desired != live:
         a, b = quantity(desired), quantity(live)
         return a is None or a != b  # "1000m" and "1", "1024Mi" and "1Gi" are one quantity
     return bool(desired != live)
+
+
+def _merge_key(items: list[Any]) -> str | None:
+    for key in MERGE_KEYS:
+        if items and all(isinstance(i, dict) and key in i for i in items):
+            return key
+    return None
+
+
+def owned_fields(live: Mapping[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
+    """The fields `manager` owns in the live object by server-side apply (its
+    `managedFields` entry, fieldsV1 form: `f:name`, `k:{json}` for a keyed list's item,
+    `v:json` for a set's value); empty when it owns none."""
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == manager and entry.get("operation") == "Apply" \
+                and not entry.get("subresource"):
+            return dict(entry.get("fieldsV1") or {})
+    return {}
+
+
+def unwanted(fields: Mapping[str, Any], desired: Any, path: str = "") -> list[str]:
+    """Paths of owned fields (`owned_fields`) that the desired form no longer has: the
+    next apply removes them (a resource limit taken out of the Model)."""
+    out = []
+    for key, sub in fields.items():
+        kind, _, ident = key.partition(":")
+        here: Any = None
+        if kind == "f" and isinstance(desired, Mapping):
+            here = desired.get(ident)
+        elif kind == "k" and isinstance(desired, list):
+            wanted = json.loads(ident)  # fields the server defaults (protocol) may be absent
+            here = next((i for i in desired if isinstance(i, Mapping) and all(
+                i.get(k, v) == v for k, v in wanted.items())), None)
+        elif kind == "v" and isinstance(desired, list):
+            here = ident if json.loads(ident) in desired else None
+        elif key == ".":
+            continue
+        if here is None:
+            out.append(f"{path}/{key}")
+        elif isinstance(sub, Mapping) and sub:
+            out.extend(unwanted(sub, here, f"{path}/{key}"))
+    return out
+
+
+def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None,
+                manager: str = FIELD_MANAGER) -> bool:
+    """Whether applying `desired` as `manager` would change the live object: it is missing,
+    lacks or has another value for a desired field, or holds a field the manager owns
+    and no longer wants."""
+    return live is None or differs(desired, live) or bool(
+        unwanted(owned_fields(live, manager), desired))
 
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")

@@ -37,19 +37,24 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     cp = ControlPlane(_require_binaries(), tmp_path_factory.mktemp("controlplane"))
     try:
         cp.start()
-        cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cp.kubectl("apply", "--server-side", "-f",
-                   str(ROOT / "charts" / "cadml" / "crds" / "kopf-peering.yaml"))
-        for crd in ("models", "modelversions", "rolloutpolicies", "releaserecords"):
-            cp.kubectl("wait", "--for=condition=Established", f"crd/{crd}.cadml.io",
-                       "--timeout=60s")
-        cp.kubectl("wait", "--for=condition=Established",
-                   "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
-        cp.kubectl("apply", "-f", "-", stdin="apiVersion: kopf.dev/v1\n"
-                   "kind: ClusterKopfPeering\nmetadata: {name: cadml}\n")
+        install_crds(cp)
         yield cp
     finally:
         cp.stop()
+
+
+def install_crds(cp: ControlPlane) -> None:
+    """cadml's CRDs and kopf's peering CRDs, established, and the `cadml` peering object."""
+    cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    cp.kubectl("apply", "--server-side", "-f",
+               str(ROOT / "charts" / "cadml" / "crds" / "kopf-peering.yaml"))
+    for crd in ("models", "modelversions", "rolloutpolicies", "releaserecords"):
+        cp.kubectl("wait", "--for=condition=Established", f"crd/{crd}.cadml.io",
+                   "--timeout=60s")
+    cp.kubectl("wait", "--for=condition=Established",
+               "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+    cp.kubectl("apply", "-f", "-", stdin="apiVersion: kopf.dev/v1\n"
+               "kind: ClusterKopfPeering\nmetadata: {name: cadml}\n")
 
 
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
@@ -186,7 +191,8 @@ def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
     # a module sets TIMER_INTERVAL to show what happens without the repair timer
     cert, key = self_signed(["cadml-operator.cadml-system.svc"],
                             tmp_path_factory.mktemp("webhook-tls"))
-    op = Operator(control_plane, tmp_path_factory.mktemp("operator"), **urls,
+    op = Operator(control_plane, tmp_path_factory.mktemp("operator"),
+                  store_url=urls.get("store_url"), admin_url=urls.get("admin_url"),
                   kubeconfig=operator_kubeconfig, service="cadml-system/cadml-operator",
                   timer_interval=getattr(request.module, "TIMER_INTERVAL", 5),
                   env={"CADML_WEBHOOK_CERT": str(cert), "CADML_WEBHOOK_KEY": str(key)})

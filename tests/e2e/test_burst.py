@@ -26,7 +26,7 @@ TENANTS = 40
 KINDS = "models,modelversions,rolloutpolicies"
 
 
-def _tenant(ns: str) -> list[dict[str, Any]]:
+def tenant(ns: str) -> list[dict[str, Any]]:
     """Five objects, referrers first: the policy, then its versions, the Model last."""
     meta = {"namespace": ns}
     art = {"uri": "s3://m/x/index.faiss", "format": "faiss-index",
@@ -50,7 +50,7 @@ def _tenant(ns: str) -> list[dict[str, Any]]:
     ]
 
 
-def _ready(obj: dict[str, Any]) -> bool:
+def ready_now(obj: dict[str, Any]) -> bool:
     status = obj.get("status") or {}
     cond = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
     return bool(cond and cond["status"] == "True"
@@ -63,17 +63,17 @@ def test_a_burst_of_tenants_gets_one_create_row_per_object(control_plane: Contro
     control_plane.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(
         [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
          for ns in namespaces]))
-    docs = [d for ns in namespaces for d in _tenant(ns)]
+    docs = [d for ns in namespaces for d in tenant(ns)]
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=8) as pool:  # several clients at once, as Argo CD
         list(pool.map(lambda ns: control_plane.kubectl(
-            "apply", "-f", "-", stdin=yaml.safe_dump_all(_tenant(ns))), namespaces))
+            "apply", "-f", "-", stdin=yaml.safe_dump_all(tenant(ns))), namespaces))
     applied = time.monotonic()
 
     def all_ready() -> bool:
         out = json.loads(control_plane.kubectl("get", KINDS, "-A", "-o", "json").stdout)
         mine = [i for i in out["items"] if i["metadata"]["namespace"] in namespaces]
-        return len(mine) == len(docs) and all(_ready(i) for i in mine)
+        return len(mine) == len(docs) and all(ready_now(i) for i in mine)
 
     try:
         wait_for(all_ready, timeout=180, every=0.5, what="every burst object Ready")

@@ -24,6 +24,7 @@ class FakeServer:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.requests: Counter[str] = Counter()
+        self.applies: Counter[tuple[Any, ...]] = Counter()  # (content type, manager, force)
 
     def _served(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         served = copy.deepcopy(obj)
@@ -58,8 +59,12 @@ class FakeServer:
                 server.objects[(kind, ns, body["metadata"]["name"])] = served
                 return _Obj(copy.deepcopy(served))
 
-            def patch(self, name: str, ns: str, body: dict[str, Any], **_: Any) -> Any:
+            def patch(self, name: str, ns: str, body: dict[str, Any], **kw: Any) -> Any:
+                # the only writer of these objects applies them whole (server-side apply
+                # as their sole field manager): what it applies replaces what was there
                 server.requests["PATCH"] += 1
+                server.applies[kw.get("_content_type"), kw.get("field_manager"),
+                               kw.get("force")] += 1
                 served = server._served(kind, body)
                 server.objects[(kind, ns, name)] = served
                 return _Obj(copy.deepcopy(served))
@@ -118,7 +123,9 @@ def test_an_idle_models_timer_makes_no_api_write(cluster: Cluster,  # noqa: F811
                                                  server: FakeServer) -> None:
     cluster.memo["apply_workers"] = kubernetes_worker_applier()
     _model_event(cluster)
-    assert server.requests["POST"] == 2  # the Deployment and the Service, created once
+    # the Deployment and the Service, created once by server-side apply
+    assert dict(server.requests) == {"GET": 2, "PATCH": 2}
+    assert dict(server.applies) == {("application/apply-patch+yaml", "cadml-operator", True): 2}
     assert cluster.bodies[("Model", "part-similarity")]["status"]["workersReady"] == "2/2"
     server.requests.clear()
     _model_event(cluster)  # the timer again, nothing changed
@@ -154,3 +161,83 @@ def test_quantities_compare_by_value(desired: str, live: str, differ: bool) -> N
     from controller.operator.workers import differs
 
     assert differs({"limits": {"cpu": desired}}, {"limits": {"cpu": live}}) is differ
+
+
+# What `cadml-operator` owned in a worker Deployment after an apply, as the real API server
+# (tests/e2e/test_worker_apply.py) reported it; `model-uid` stands for the Model's uid.
+OWNED = {"f:metadata": {"f:labels": {"f:app.kubernetes.io/instance": {}, "f:app.kubernetes.io/name": {}, "f:app.kubernetes.io/part-of": {}, "f:cadml.io/model": {}}, "f:ownerReferences": {"k:{\"uid\":\"model-uid\"}": {}}}, "f:spec": {"f:replicas": {}, "f:selector": {}, "f:template": {"f:metadata": {"f:labels": {"f:app.kubernetes.io/instance": {}, "f:app.kubernetes.io/name": {}, "f:app.kubernetes.io/part-of": {}, "f:cadml.io/model": {}}}, "f:spec": {"f:automountServiceAccountToken": {}, "f:containers": {"k:{\"name\":\"worker\"}": {".": {}, "f:args": {}, "f:env": {"k:{\"name\":\"CADML_ARTIFACT_CACHE\"}": {".": {}, "f:name": {}, "f:value": {}}, "k:{\"name\":\"CADML_STORE_URL\"}": {".": {}, "f:name": {}, "f:valueFrom": {"f:secretKeyRef": {}}}, "k:{\"name\":\"HOME\"}": {".": {}, "f:name": {}, "f:value": {}}}, "f:image": {}, "f:livenessProbe": {"f:httpGet": {"f:path": {}, "f:port": {}}, "f:periodSeconds": {}}, "f:name": {}, "f:ports": {"k:{\"containerPort\":8080,\"protocol\":\"TCP\"}": {".": {}, "f:containerPort": {}, "f:name": {}}}, "f:readinessProbe": {"f:httpGet": {"f:path": {}, "f:port": {}}, "f:periodSeconds": {}}, "f:resources": {"f:limits": {"f:memory": {}}, "f:requests": {"f:cpu": {}, "f:memory": {}}}, "f:securityContext": {"f:allowPrivilegeEscalation": {}, "f:capabilities": {"f:drop": {}}, "f:readOnlyRootFilesystem": {}, "f:runAsNonRoot": {}}, "f:volumeMounts": {"k:{\"mountPath\":\"/tmp\"}": {".": {}, "f:mountPath": {}, "f:name": {}}, "k:{\"mountPath\":\"/var/cache/cadml\"}": {".": {}, "f:mountPath": {}, "f:name": {}}}}}, "f:volumes": {"k:{\"name\":\"artifacts\"}": {".": {}, "f:emptyDir": {}, "f:name": {}}, "k:{\"name\":\"tmp\"}": {".": {}, "f:emptyDir": {}, "f:name": {}}}}}}}  # noqa: E501
+
+
+def _desired_deployment(resources: dict[str, Any]) -> dict[str, Any]:
+    from controller.api.v1alpha1 import Model
+    from controller.operator.workers import worker_objects
+
+    model = Model.model_validate({
+        "apiVersion": "cadml.io/v1alpha1", "kind": "Model",
+        "metadata": {"namespace": "ns", "name": "sim"},
+        "spec": {"modelKey": "sim", "provider": "cadml", "displayName": "Sim",
+                 "review": {"controlAllowed": False, "defaultDecision": "PENDING_REVIEW"},
+                 "workers": {"replicas": 1, "resources": resources}}})
+    return worker_objects(model, "model-uid", "img", 8080)[0]
+
+
+@pytest.mark.parametrize(("resources", "unwanted"), [
+    ({"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}, []),
+    ({"requests": {"cpu": "250m", "memory": "512Mi"}},
+     ["/f:spec/f:template/f:spec/f:containers/k:{\"name\":\"worker\"}/f:resources/f:limits"
+      "/f:memory"]),
+    ({}, ["/f:spec/f:template/f:spec/f:containers/k:{\"name\":\"worker\"}/f:resources"
+          "/f:limits/f:memory",
+          "/f:spec/f:template/f:spec/f:containers/k:{\"name\":\"worker\"}/f:resources"
+          "/f:requests/f:cpu",
+          "/f:spec/f:template/f:spec/f:containers/k:{\"name\":\"worker\"}/f:resources"
+          "/f:requests/f:memory"]),
+])
+def test_owned_fields_the_desired_form_no_longer_has(resources: dict[str, Any],
+                                                     unwanted: list[str]) -> None:
+    """Server-side apply removes what its manager owned and no longer applies; the
+    applier writes exactly when there is such a field (keyed list items match on their
+    key, with fields the API server defaults, e.g. a port's protocol, left out)."""
+    from controller.operator.workers import unwanted as unwanted_fields
+
+    assert unwanted_fields(OWNED, _desired_deployment(resources)) == unwanted
+
+
+def test_items_another_manager_added_to_a_keyed_list_are_no_difference() -> None:
+    from controller.operator.workers import differs
+
+    desired = _desired_deployment({})
+    live = copy.deepcopy(desired)
+    env = live["spec"]["template"]["spec"]["containers"][0]["env"]
+    env.insert(1, {"name": "DEBUG", "value": "1"})  # kubectl set env: kubectl's item
+    assert not differs(desired, live)
+    env[2]["value"] = "/elsewhere"  # HOME, the operator's item, changed by hand
+    assert differs(desired, live)
+
+
+def test_an_idle_models_timer_reads_its_workers_from_the_index(
+        cluster: Cluster, server: FakeServer) -> None:  # noqa: F811
+    """With the live Deployment and Service in the operator's index (the watch keeps it),
+    an idle Model timer makes no request at all; what the index lacks is read."""
+    from controller.operator.handlers import index_worker, on_repair
+
+    cluster.memo["apply_workers"] = kubernetes_worker_applier()
+    _model_event(cluster)
+
+    def indexes(kinds: tuple[str, ...]) -> dict[str, Any]:
+        out: dict[str, Any] = {"worker_deployments": {}, "worker_services": {}}
+        for (kind, ns, name), obj in server.objects.items():
+            if kind in kinds:
+                index = "worker_deployments" if kind == "Deployment" else "worker_services"
+                for key, value in index_worker(namespace=ns, name=name, body=obj).items():
+                    out[index][key] = [value]
+        return out
+
+    body = cluster.bodies[("Model", "part-similarity")]
+    for kinds, expected in ((("Deployment", "Service"), {}), (("Deployment",), {"GET": 1})):
+        server.requests.clear()
+        patch = kopf.Patch()
+        on_repair(body=kopf.Body(body), patch=patch, memo=cluster.memo,
+                  **cluster.indexes(), **indexes(kinds))
+        assert dict(server.requests) == expected
+        assert "workersReady" not in dict(patch.get("status", {}))  # still 2/2: no change

@@ -552,3 +552,61 @@ def test_the_repair_timer_passes_a_tenant_once_per_interval(
     assert passes == ["acme-cad"]
     cluster.handle(*acme[0])  # an event is never served from the timer's plan
     assert passes == ["acme-cad", "acme-cad"]
+
+
+def test_the_index_keeps_only_what_a_pass_reads(cluster: Cluster) -> None:
+    """kopf's indexes hold every object of every tenant in memory: the managed field sets
+    and kubectl's last-applied copy are dropped; who changed it (the changed-by stamp, the
+    field managers' names) and the rollback reason stay, and a pass reads the same."""
+    import json
+
+    body = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    body["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": json.dumps(body),
+        "cadml.io/rollback-reason": "latency", CHANGED_BY: "alice"}
+    body["metadata"]["managedFields"] = [
+        {"manager": "kubectl-client-side-apply", "operation": "Update",
+         "fieldsV1": {"f:spec": {"f:weights": {}, "f:modelRef": {}}}},
+        {"manager": "argocd-controller", "operation": "Update",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:cadml.io/rollback-reason": {}}}}}]
+    (indexed,) = index_by_namespace(namespace="acme-cad", body=kopf.Body(body)).values()
+    meta = indexed["metadata"]
+    assert meta["annotations"] == {"cadml.io/rollback-reason": "latency", CHANGED_BY: "alice"}
+    assert meta["managedFields"] == [
+        {"manager": "kubectl-client-side-apply", "operation": "Update"},
+        {"manager": "argocd-controller", "operation": "Update"}]
+    assert actor_of(indexed) == actor_of(body) == "k8s:alice"
+    del body["metadata"]["annotations"][CHANGED_BY]
+    (indexed,) = index_by_namespace(namespace="acme-cad", body=kopf.Body(body)).values()
+    assert actor_of(indexed) == actor_of(body) == "k8s:argocd-controller"
+    assert parse_body(indexed).loaded is not None
+    print(f"\nindexed policy: {len(json.dumps(indexed))} bytes of {len(json.dumps(body))}")
+
+
+def test_a_stale_index_view_cannot_undo_a_newer_pass(cluster: Cluster) -> None:
+    """An event whose handler still sees an older view of the tenant (kopf's index before
+    the policy's rollback reached it) must not publish that view over the rollback: its
+    pass is refused by the store's generation guard and requeued (TemporaryError), nothing
+    of it is written, and the retry from the current view changes nothing."""
+    for kind, name in list(cluster.bodies):
+        cluster.handle(kind, name)
+    stale = cluster.indexes()  # the view before the rollback: policy generation 1, 90/10
+    policy = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    policy["spec"]["weights"] = [{"version": "1.1.0", "weight": 100}]
+    policy["metadata"]["generation"] = 2
+    assert cluster.handle("RolloutPolicy", "part-similarity")["status"]["policyVersion"] == 2
+
+    def stored() -> tuple[int, dict[str, int], int]:
+        with cluster.memo["store"].read("acme-cad") as tx:
+            snap = tx.snapshot("part-similarity", live=True)
+            return (snap.policy_version, {r.version: r.weight for r in snap.routes},
+                    len(list(tx.audit_events())))
+
+    before = stored()
+    model = cluster.bodies[("Model", "part-similarity")]
+    model["metadata"].setdefault("labels", {})["team"] = "search"  # an event, same spec
+    with pytest.raises(kopf.TemporaryError):
+        on_change(body=kopf.Body(model), patch=kopf.Patch(), memo=cluster.memo, **stale)
+    assert stored() == before == (2, {"1.1.0": 100}, before[2])
+    cluster.handle("Model", "part-similarity")  # kopf's retry, from the current view
+    assert stored() == before

@@ -108,8 +108,11 @@ def _smp(live: Any, patch: Any) -> Any:
 
 class RealisticServer(FakeServer):
     """The counting fake of test_cost, with two things a real API server does: quantities
-    are served in canonical form, and PATCH (the python client sends a dict as a
-    strategic merge patch) merges into the live object instead of replacing it."""
+    are served in canonical form, and PATCH merges into the live object instead of
+    replacing it (keyed lists by their merge key), as a strategic merge patch does and
+    as server-side apply does for fields another manager owns. It does not track field
+    ownership (what an apply removes): tests/e2e/test_worker_apply.py runs that against
+    the real API server."""
 
     def _served(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         return _canonical(super()._served(kind, obj))
@@ -122,6 +125,8 @@ class RealisticServer(FakeServer):
 
             def patch(self, name: str, ns: str, body: dict[str, Any], **_: Any) -> Any:
                 server.requests["PATCH"] += 1
+                if (kind, ns, name) not in server.objects:  # server-side apply creates
+                    return base.create(ns, body)
                 merged = _smp(server.objects[(kind, ns, name)], body)
                 server.objects[(kind, ns, name)] = _canonical(merged)
                 return _Obj(copy.deepcopy(server.objects[(kind, ns, name)]))
@@ -162,18 +167,17 @@ def test_a_non_canonical_quantity_costs_no_patch_when_idle(
     assert real_server.requests["PATCH"] == 0, dict(real_server.requests)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (issue 11 review): a strategic merge patch keeps a "
-    "hand-added env var; use server-side apply with force"))
 def test_a_hand_added_env_var_is_repaired_or_left_alone_not_patched_forever(
         cluster: Cluster, real_server: RealisticServer) -> None:  # noqa: F811
     """`kubectl set env deploy/cadml-worker-part-similarity DEBUG=1` (a hand edit): the
     worker applier either repairs it (the env list is its own: replace it, e.g. a JSON
     merge patch / server-side apply with force) or accepts it, but it must not PATCH on
-    every timer forever. Today `differs` sees the env list length differ, PATCHes with a
+    every timer forever. Before the fix `differs` saw the env list length differ, PATCHes with a
     strategic merge patch (which merges env by name, so DEBUG stays), and sees the same
     difference at the next timer: one useless PATCH per Model per interval, the drift
-    never repaired."""
+    never repaired. Fixed: server-side apply; the env var is `kubectl`'s field, not
+    the operator's, and `needs_apply` compares only the items of a keyed list it applies
+    (the same against the real API server: tests/e2e/test_worker_apply.py)."""
     cluster.memo["apply_workers"] = kubernetes_worker_applier()
     _model_timer(cluster)
     ((key, dep),) = [(k, v) for k, v in real_server.objects.items() if k[0] == "Deployment"]
@@ -188,26 +192,9 @@ def test_a_hand_added_env_var_is_repaired_or_left_alone_not_patched_forever(
     assert repaired or real_server.requests["PATCH"] == 0, (dict(real_server.requests), env)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (issue 11 review, predates it): a removed field is never "
-    "applied; use server-side apply"))
-def test_removing_a_resource_limit_from_the_model_reaches_the_deployment(
-        cluster: Cluster, real_server: RealisticServer) -> None:  # noqa: F811
-    """A changed field must be detected: removing `limits.memory` from the Model's
-    `spec.workers.resources` must remove it from the Deployment. Today the desired
-    `limits: {}` is a subset of anything, `differs` reports no difference, no write is made
-    and the worker keeps the old limit forever (and a strategic merge patch would not
-    remove it either: it needs `memory: null`, a replace, or server-side apply)."""
-    cluster.memo["apply_workers"] = kubernetes_worker_applier()
-    _model_timer(cluster)
-    model = cluster.bodies[("Model", "part-similarity")]
-    model["spec"]["workers"]["resources"] = {"requests": {"cpu": "250m", "memory": "512Mi"}}
-    model["metadata"]["generation"] = 2
-    patch = kopf.Patch()
-    on_change(body=kopf.Body(model), patch=patch, memo=cluster.memo, **cluster.indexes())
-    ((_, dep),) = [(k, v) for k, v in real_server.objects.items() if k[0] == "Deployment"]
-    limits = dep["spec"]["template"]["spec"]["containers"][0]["resources"].get("limits") or {}
-    assert "memory" not in limits, limits
+# `test_removing_a_resource_limit_from_the_model_reaches_the_deployment` (was a strict
+# xfail here) runs against the real API server, whose field ownership decides what an
+# apply removes: tests/e2e/test_worker_apply.py.
 
 
 # ---- siblings' status against a handler that waited in the tenant queue
@@ -215,9 +202,6 @@ def test_removing_a_resource_limit_from_the_model_reaches_the_deployment(
 import threading  # noqa: E402
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (issue 11 review): a handler diffs against its event's "
-    "body, not the sibling write of the pass that covered it"))
 def test_a_sibling_patch_is_not_lost_to_the_waiting_handlers_own_patch(
         cluster: Cluster) -> None:  # noqa: F811
     """A burst: the policy goes 90/10 → 50/50 (pass P); while P runs, the 1.2.0 version
