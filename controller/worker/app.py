@@ -295,7 +295,10 @@ async def schedule_tick(request: web.Request) -> web.Response:
         "aborted": [a.version for a in result.analysed if a.aborted_now]})
 
 
-async def healthz(_: web.Request) -> web.Response:
+async def healthz(request: web.Request) -> web.Response:
+    if not request.app[WRITER].alive:  # requests would wait for a commit that never comes
+        return _fail(503, "run_writer_stopped", "worker", "the run writer is not running; "
+                     "restart the worker")
     return web.json_response({"status": "ok"})
 
 

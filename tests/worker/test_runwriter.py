@@ -63,3 +63,55 @@ async def test_write_returns_only_after_the_commit() -> None:
         assert done.is_set()
     finally:
         await writer.stop()
+
+
+async def test_a_cancelled_waiter_does_not_stop_the_writer() -> None:
+    """A request cancelled while its batch commits (client gone, a timeout): the writer's
+    loop used to call `set_result` on the cancelled future, die, and leave every later
+    request waiting forever. The next write must still commit and return."""
+    committing, release = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    commits: list[list[str]] = []
+
+    def record(outcomes: list[Any]) -> None:
+        loop.call_soon_threadsafe(committing.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+        commits.append([o.run_key for o in outcomes])
+
+    writer = RunWriter(record)
+    writer.start()
+    try:
+        waiter = asyncio.create_task(writer.write([Outcome("cancelled")]))
+        await asyncio.wait_for(committing.wait(), 5)
+        waiter.cancel()
+        release.set()
+        await asyncio.wait_for(writer.write([Outcome("next")]), 5)
+        assert commits == [["cancelled"], ["next"]]  # the cancelled run was committed too
+    finally:
+        await writer.stop()
+
+
+async def test_a_failed_batch_with_a_cancelled_waiter_does_not_stop_the_writer() -> None:
+    committing, release = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    commits: list[list[str]] = []
+
+    def record(outcomes: list[Any]) -> None:
+        loop.call_soon_threadsafe(committing.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+        keys = [o.run_key for o in outcomes]
+        if "bad" in keys:
+            raise ConflictError("version not in the store")
+        commits.append(keys)
+
+    writer = RunWriter(record)
+    writer.start()
+    try:
+        waiter = asyncio.create_task(writer.write([Outcome("bad")]))
+        await asyncio.wait_for(committing.wait(), 5)
+        waiter.cancel()
+        release.set()
+        await asyncio.wait_for(writer.write([Outcome("next")]), 5)
+        assert commits == [["next"]]
+    finally:
+        await writer.stop()
