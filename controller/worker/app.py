@@ -2,7 +2,7 @@
 
 Errors are JSON `{code, stage, message, context, timestamp}`:
     400 bad_request / bad_top_k / bad_vector   404 not_found (run, version, route)
-    409 not_routable (binding to a version that is not CANARY/STABLE)
+    409 not_routable (binding to a version the effective policy does not route)
     413 too_large   415 unsupported_media_type   422 invalid_drawing & friends,
     dimension_mismatch   503 no_policy / version_unavailable / not_ready
 A malformed request never crashes the worker or leaves a half-written run:
@@ -30,6 +30,8 @@ from controller import metrics
 from controller.errors import CadmlError, NotFound
 from controller.features import InvalidDrawing
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
+from controller.records import PolicySnapshot
+from controller.routing import binding_state, routable
 from controller.search.artifacts import ArtifactError
 from controller.worker.runtime import WorkerError, WorkerRuntime
 from controller.worker.runwriter import RunWriter
@@ -203,11 +205,8 @@ async def bind_job(request: web.Request) -> web.Response:
             row = rows.get(version)
             if row is None:
                 raise NotFound(f"model {s.model} has no version {version!r}")
-            if row.stage not in ("CANARY", "STABLE"):
-                raise WorkerError(f"version {version} is {row.stage}; jobs bind only to CANARY "
-                                  "or STABLE versions", code="not_routable", stage="binding",
-                                  status=409)
-            snap = runtime.snapshot
+            snap = tx.serving_snapshot(s.model)
+            _require_routable(version, row.stage, snap)
             snapshot = {"policyVersion": snap.policy_version if snap else None,
                         "thresholds": (snap.thresholds.get(version, {}) if snap else {})}
             tx.bind_job(job, row.name, snapshot)
@@ -216,6 +215,79 @@ async def bind_job(request: web.Request) -> web.Response:
         return {"jobId": job, "version": version, "runtimeSnapshot": snapshot}
 
     return web.json_response(await asyncio.get_running_loop().run_in_executor(None, bind))
+
+
+def _require_routable(version: str, stage: str, snap: PolicySnapshot | None) -> None:
+    """A binding holds only while the effective routing routes to its version: binding to
+    any other is refused (it would be suspended at once)."""
+    routed = sorted(routable(snap.routes)) if snap else []
+    if version in routed:
+        return
+    source = snap.source if snap else "none"
+    raise WorkerError(
+        f"version {version} ({stage}) is not routed by the effective policy (source "
+        f"{source}, routes {', '.join(routed) or 'none'}); bind to a routed version, or "
+        "give this version a weight in the RolloutPolicy first", code="not_routable",
+        stage="binding", status=409,
+        context={"version": version, "stage": stage, "routable": routed,
+                 "routeSource": source, "policyVersion": snap.policy_version if snap else None})
+
+
+def _binding_view(runtime: WorkerRuntime, found: dict[str, Any]) -> dict[str, Any]:
+    """A stored binding with its state under the routing this worker serves now."""
+    snap = runtime.snapshot
+    state = binding_state(found["version"], snap.routes if snap else ())
+    reason = "" if state == "active" else (
+        f"version {found['version']} is not routed by policyVersion "
+        f"{snap.policy_version if snap else None} (source {snap.source if snap else 'none'}): "
+        "the job is served by the policy until it routes to the version again")
+    return {**{k: v for k, v in found.items() if k != "versionName"}, "state": state,
+            "reason": reason, "policyVersion": snap.policy_version if snap else None}
+
+
+async def get_binding(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    job, s = request.match_info["job"], runtime.settings
+
+    def read() -> dict[str, Any] | None:
+        with runtime.store.read(s.tenant, f"binding:{job}") as tx:
+            return tx.job_binding(job)
+
+    found = await asyncio.get_running_loop().run_in_executor(None, read)
+    if found is None or found["model"] != s.model:
+        raise NotFound(f"job {job} has no binding to a version of model {s.model}")
+    return web.json_response(_binding_view(runtime, found))
+
+
+async def delete_binding(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    job, s = request.match_info["job"], runtime.settings
+
+    def delete() -> dict[str, Any]:
+        with runtime.store.transaction(s.tenant, f"binding:{job}") as tx:
+            found = tx.job_binding(job)
+            if found is None or found["model"] != s.model:
+                raise NotFound(f"job {job} has no binding to a version of model {s.model}")
+            tx.unbind_job(job)
+            tx.audit("unbind", "ModelVersion", found["versionName"], {"job": job})
+        runtime.bindings.pop(job, None)
+        return {"jobId": job, "version": found["version"], "deleted": True}
+
+    return web.json_response(await asyncio.get_running_loop().run_in_executor(None, delete))
+
+
+async def get_run(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    run_key, s = request.match_info["run"], runtime.settings
+
+    def read() -> dict[str, Any] | None:
+        with runtime.store.read(s.tenant, "run-lookup") as tx:
+            return tx.run_view(run_key)
+
+    found = await asyncio.get_running_loop().run_in_executor(None, read)
+    if found is None:
+        raise NotFound(f"run {run_key} does not exist")
+    return web.json_response(found)
 
 
 async def review_run(request: web.Request) -> web.Response:
@@ -377,6 +449,9 @@ def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
     app.router.add_post("/v1/search", search)
     app.router.add_post("/v1/search/batch", search_batch)
     app.router.add_post("/v1/jobs/{job}/binding", bind_job)
+    app.router.add_get("/v1/jobs/{job}/binding", get_binding)
+    app.router.add_delete("/v1/jobs/{job}/binding", delete_binding)
+    app.router.add_get("/v1/runs/{run}", get_run)
     app.router.add_post("/v1/runs/{run}/review", review_run)
     app.router.add_post("/admin/recover", recover)
     app.router.add_post("/admin/schedule-tick", schedule_tick)

@@ -25,7 +25,7 @@ import numpy as np
 from controller import metrics
 from controller.errors import StructuredError
 from controller.records import PolicySnapshot, RunRecord, VersionRow
-from controller.routing import Choice, choose_version
+from controller.routing import Choice, choose_version, routable
 from controller.search.artifacts import Artifact, ArtifactError, load_artifact
 from controller.search.fetch import Fetcher
 from controller.search.pickle_scan import UnsafeArtifact
@@ -95,6 +95,7 @@ class SearchOutcome:
     met_threshold: bool
     latency_ms: float
     degraded: bool
+    binding: str | None = None  # the job's binding: active | suspended; None: not bound
 
     def as_json(self) -> dict[str, Any]:
         return {"runKey": self.run_key, "jobId": self.job_id, "version": self.version,
@@ -102,6 +103,7 @@ class SearchOutcome:
                 "decision": "PENDING_REVIEW", "reviewStatus": "PENDING_REVIEW",
                 "thresholds": self.thresholds, "metThreshold": self.met_threshold,
                 "degraded": self.degraded, "latencyMs": round(self.latency_ms, 3),
+                "binding": self.binding,
                 "results": [{"id": h.id, "distance": h.distance, "score": h.score}
                             for h in self.hits]}
 
@@ -135,9 +137,7 @@ class WorkerRuntime:
         bindings = {**self.bindings, **{j: v for j, v in changes.items() if v is not None}}
         for job in (j for j, v in changes.items() if v is None):
             bindings.pop(job, None)
-        wanted = {r.version for r in snap.routes} if snap else set()
-        wanted |= {v for v in bindings.values() if v in rows and
-                   rows[v].stage in ("CANARY", "STABLE")}
+        wanted = set(routable(snap.routes)) if snap else set()  # never for a binding alone
         loaded: dict[str, LoadedVersion] = {}
         for version in sorted(wanted):
             row = rows.get(version)
@@ -275,8 +275,8 @@ class WorkerRuntime:
         if snap is None:
             raise WorkerError("no rollout policy is published and no version is STABLE",
                               code="no_policy", stage="route", status=503)
-        choice = choose_version(job_id, tuple((r.version, r.weight) for r in snap.routes),
-                                snap.source, bindings.get(job_id), frozenset(versions))
+        choice = choose_version(job_id, snap.routes, snap.source, bindings.get(job_id),
+                                frozenset(versions))
         if choice is None:
             raise WorkerError("the version this job routes to is not loaded",
                               code="version_unavailable", stage="route", status=503,
@@ -318,7 +318,8 @@ class WorkerRuntime:
             met = bool(hits) and (limit is None or hits[0].score >= float(limit))
             outcomes.append(SearchOutcome(uuid.uuid4().hex, job, choice.version,
                                           snap.policy_version, choice.source, thresholds,
-                                          hits, met, elapsed, lv.degraded is not None))
+                                          hits, met, elapsed, lv.degraded is not None,
+                                          choice.binding))
         if record:
             self.record(outcomes)
         return outcomes
@@ -335,7 +336,8 @@ class WorkerRuntime:
                           o.latency_ms, error_code is None, o.met_threshold, job_key=o.job_id,
                           ai_suggestion=(o.hits[0].id if o.hits else None),
                           error_code=error_code, run_key=o.run_key,
-                          created_at=datetime.now(UTC)) for o in outcomes]
+                          created_at=datetime.now(UTC), binding_state=o.binding)
+                for o in outcomes]
         with self.store.transaction(s.tenant, s.worker_id) as tx:
             tx.record_runs(runs)
         for o in outcomes:

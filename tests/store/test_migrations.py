@@ -40,9 +40,9 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
 def test_empty_database_upgrades_to_head(empty_engine: Engine) -> None:
     assert current_revision(empty_engine) is None
     upgrade(empty_engine)
-    assert current_revision(empty_engine) == head_revision() == "0012"
+    assert current_revision(empty_engine) == head_revision() == "0013"
     upgrade(empty_engine)  # again: nothing to do
-    assert current_revision(empty_engine) == "0012"
+    assert current_revision(empty_engine) == "0013"
 
 
 def test_migrated_schema_matches_the_table_definitions(empty_engine: Engine) -> None:
@@ -154,7 +154,7 @@ def test_embedded_default_creates_and_upgrades_on_first_use(
     assert main(["audit", "verify"]) == 0
     assert (tmp_path / "home" / "cadml.db").exists()
     assert main(["db", "current"]) == 0
-    assert "0012" in capsys.readouterr().out
+    assert "0013" in capsys.readouterr().out
 
 
 @contextmanager
