@@ -25,25 +25,15 @@ from controller.store.engine import make_engine
 from controller.store.migrate import upgrade
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import git
+from tests.gitops_trees import version_doc
 
 TENANT, MODEL = "acme-cad", "part-sim"
 
 
 def _tree(stable: BuildResult, canary: BuildResult, canary_similarity: float) -> str:
     def version(name: str, semver: str, stage: str, art: BuildResult, sim: float) -> str:
-        return f"""apiVersion: cadml.io/v1alpha1
-kind: ModelVersion
-metadata: {{name: {name}, namespace: {TENANT}}}
-spec:
-  modelRef: {MODEL}
-  version: {semver}
-  stage: {stage}
-  artifact:
-    uri: {art.manifest_path.as_uri()}
-    sha256: {art.manifest_sha256}
-    format: faiss-index
-  thresholdDefaults: {{similarity: {sim}}}
-"""
+        return version_doc(TENANT, MODEL, name, semver, stage, art,
+                           f"  thresholdDefaults: {{similarity: {sim}}}\n")
     return "---\n".join([
         f"""apiVersion: cadml.io/v1alpha1
 kind: Model
