@@ -13,13 +13,13 @@ from controller.findings import FieldError
 from controller.yamlio import DEFAULT_MAX_BYTES
 
 
-def parse_time(text: str | None) -> datetime:
+def parse_time(text: str | None, option: str = "--now") -> datetime:
     if text is None:
         return datetime.now(UTC)
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise UsageError(f"--now {text!r}: not an ISO 8601 time") from exc
+        raise UsageError(f"{option} {text!r}: not an ISO 8601 time") from exc
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.cli._common import write_json
 from controller.cli.store_cmds import STORE_HELP
@@ -12,6 +12,9 @@ from controller.reconcile.gitmode import ReconcileResult, reconcile_repo, watch
 from controller.store.engine import resolve_url
 from controller.store.open import open_store
 from controller.yamlio import DEFAULT_MAX_BYTES
+
+if TYPE_CHECKING:
+    from controller.store.repository import StoreTx
 
 HELP = """\
 Reconcile the cadml resources of a Git repository into the runtime store, with no
@@ -139,15 +142,36 @@ def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c.get("type") == kind), {})
 
 
+def _published(tx: StoreTx) -> dict[tuple[str, str], dict[str, Any]]:
+    """The routing each model's workers serve now, as published (an abort, an override, the
+    default route), for its Model and its RolloutPolicy: the statuses are the last
+    reconcile's view and lag behind what a schedule tick publishes."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for model in tx.model_names():
+        snap = tx.serving_snapshot(model)
+        if snap is None:
+            continue
+        view = {"policyVersion": snap.policy_version, "source": snap.source,
+                "reason": snap.reason, "routing": ",".join(
+                    f"{r.version}={r.weight}" for r in snap.routes),
+                "since": snap.created_at.isoformat()}
+        out[("Model", model)] = view
+        if snap.policy_name:
+            out[("RolloutPolicy", snap.policy_name)] = view
+    return out
+
+
 def status(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     rows: list[dict[str, Any]] = []
     for tenant in args.tenant or store.tenants():
         with store.read(tenant, "status") as tx:
             deleted = tx.deleted_objects()
+            published = _published(tx)
             for (kind, name), found in sorted(tx.statuses().items()):
                 rows.append({"tenant": tenant, "kind": kind, "name": name, "status": found,
-                             "deleted": (kind, name) in deleted})
+                             "deleted": (kind, name) in deleted,
+                             "published": published.get((kind, name))})
     if args.output == "json":
         write_json(rows)
         return 0
@@ -156,12 +180,15 @@ def status(args: argparse.Namespace) -> int:
     for r in rows:
         st: dict[str, Any] = r["status"]
         ready = _cond(st, "Ready")
+        pub: dict[str, Any] = r["published"] or {
+            "policyVersion": st.get("policyVersion", "-"),
+            "source": st.get("routeSource", "-"), "routing": st.get("routingSummary", "")}
         detail: str = {
             "Model": f"stable={st.get('stableVersion') or '-'} "
-                     f"policy={st.get('policyVersion', '-')} "
-                     f"route={st.get('routeSource', '-')}",
+                     f"policy={pub['policyVersion']} route={pub['source']}",
             "ModelVersion": f"weight={st.get('servingWeight', 0)}",
-            "RolloutPolicy": f"v{st.get('policyVersion', '-')} {st.get('routingSummary', '')}",
+            "RolloutPolicy": f"v{pub['policyVersion']} {pub['routing']}"
+                             + (f" ({pub['source']})" if pub["source"] != "policy" else ""),
             "ReleaseRecord": st.get("gateSummary", ""),
         }.get(r["kind"], "")
         if r["deleted"]:  # its last status is history: the object is gone

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from controller.cli import lookup_cmds
 from controller.cli._common import parse_time, write_json
 from controller.store.engine import make_engine, resolve_url
 from controller.store.migrate import (
@@ -34,7 +35,7 @@ def register(sub: Any) -> None:
     cur.add_argument("--store", help=STORE_HELP)
     cur.set_defaults(handler=_current)
 
-    audit = sub.add_parser("audit", help="check the hash-chained audit trail")
+    audit = sub.add_parser("audit", help="read or check the hash-chained audit trail")
     asub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     verify = asub.add_parser("verify", help="walk each tenant's chain; name the first row "
                                             "altered or removed (exit 1)")
@@ -43,6 +44,7 @@ def register(sub: Any) -> None:
                         help="tenant to check (repeatable; default: every tenant visible)")
     verify.add_argument("--output", "-o", choices=("text", "json"), default="text")
     verify.set_defaults(handler=_verify)
+    lookup_cmds.register_audit_log(asub)
 
     hist = sub.add_parser("history", help="what was STABLE and how traffic was split at a time")
     hist.add_argument("--at", required=True, metavar="TIME", help="ISO 8601 time")

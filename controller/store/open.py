@@ -3,6 +3,8 @@ first use; any other store must already be at the head revision (`cadml db upgra
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy.engine import make_url
 
 from controller.errors import StoreUnavailable
@@ -27,3 +29,15 @@ def open_store(cli_url: str | None, *, auto_migrate_sqlite: bool = True) -> Stor
             raise StoreUnavailable(f"store is at revision {current or 'none'}, this cadml needs "
                                    f"{head}: run `cadml db upgrade --store URL`")
     return Store(engine)
+
+
+def open_existing_store(cli_url: str | None) -> Store:
+    """A store for read-only commands (`cadml runs`, `cadml audit log`): it must exist at
+    the head revision; nothing is created or migrated, a missing store is an error."""
+    url = resolve_url(cli_url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(str(parsed.database)).is_file():
+        raise StoreUnavailable(f"no store at {parsed.database}: nothing was reconciled there "
+                               "yet (give --store URL, or run `cadml reconcile` first)")
+    return open_store(cli_url, auto_migrate_sqlite=False)

@@ -155,6 +155,35 @@ def _run_json(r: Any) -> dict[str, Any]:
             "reviewedAt": _iso(r["reviewed_at"])}
 
 
+@dataclass(frozen=True)
+class AuditFilter:
+    """What `audit_events()` selects; None: any. `object_kind` and `object_name` match
+    exactly; times compare with the events' UTC timestamps."""
+
+    object_kind: str | None = None
+    object_name: str | None = None
+    action: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _stamp(at: datetime) -> str:
+    """A time as the audit trail writes it (UTC, microseconds): comparable as text."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _audit_where(c: Any, f: AuditFilter) -> list[Any]:
+    out = [column == value for column, value in (
+        (c.object_kind, f.object_kind), (c.object_name, f.object_name),
+        (c.action, f.action), (c.actor, f.actor)) if value is not None]
+    if f.since is not None:
+        out.append(c.at >= _stamp(f.since))
+    if f.until is not None:
+        out.append(c.at < _stamp(f.until))
+    return out
+
+
 class Store:
     """The runtime store behind one engine (SQLite file or PostgreSQL)."""
 
@@ -1047,7 +1076,7 @@ class StoreTx:
             seq, prev = 0, GENESIS
         else:
             seq, prev = int(head.seq), str(head.hash)
-        at = self.now.astimezone(UTC).isoformat(timespec="microseconds")
+        at = _stamp(self.now)
         events = []
         for e in entries:
             seq += 1
@@ -1099,17 +1128,27 @@ class StoreTx:
         """When the object was deleted, if the newest audit event about it at or before
         `at` is its deletion (the audit trail is the store's history of existence)."""
         c = t.audit_event.c
-        stamp = at.astimezone(UTC).isoformat(timespec="microseconds")
+        stamp = _stamp(at)
         row = self._one(select(c.action, c.at).where(
             c.tenant_id == self.tenant, c.object_kind == kind, c.object_name == name,
             c.action.in_(("create", "update", "rename", "repair", "delete")),
             c.at <= stamp).order_by(c.seq.desc()).limit(1))
         return str(row.at) if row is not None and row.action == "delete" else None
 
-    def audit_events(self) -> Iterator[AuditEvent]:
+    def audit_events(self, f: AuditFilter | None = None,
+                     limit: int | None = None) -> Iterator[AuditEvent]:
+        """The tenant's audit events in chain order; with `f`, those it selects, and with
+        `limit` only the newest `limit` of them (still oldest first)."""
         c = t.audit_event.c
-        for r in self.conn.execute(select(t.audit_event).where(c.tenant_id == self.tenant)
-                                   .order_by(c.seq)).mappings():
+        stmt = select(t.audit_event).where(c.tenant_id == self.tenant)
+        if f is not None:
+            stmt = stmt.where(*_audit_where(c, f))
+        if limit is not None:
+            newest = stmt.order_by(c.seq.desc()).limit(limit).subquery()
+            stmt = select(newest).order_by(newest.c.seq)
+        else:
+            stmt = stmt.order_by(c.seq)
+        for r in self.conn.execute(stmt).mappings():
             yield AuditEvent(r["tenant_id"], int(r["seq"]), r["at"], r["actor"], r["action"],
                              r["object_kind"], r["object_name"], dict(r["details"]),
                              r["prev_hash"], r["hash"])

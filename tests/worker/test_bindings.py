@@ -5,7 +5,6 @@ Git mode reconciling real commits (`cadml rollback`, `cadml promote`), both engi
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +21,7 @@ from controller.search.build import BuildResult
 from controller.store import Store
 from controller.worker.app import make_app
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
-from tests.conftest import git
-from tests.gitops_trees import version_doc
+from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
 from tests.stores import Backend
 from tests.worker.conftest import MODEL, TENANT, World
 
@@ -35,39 +33,15 @@ def _version(semver: str, stage: str, art: BuildResult) -> str:
 
 
 def _tree(versions: list[tuple[str, str, BuildResult]], weights: list[tuple[str, int]]) -> str:
-    rows = "".join(f"    - version: {v}\n      weight: {w}\n" for v, w in weights)
-    return "---\n".join([
-        f"""apiVersion: cadml.io/v1alpha1
-kind: Model
-metadata: {{name: {MODEL}, namespace: {TENANT}}}
-spec: {{modelKey: {MODEL}, provider: acme, displayName: Parts}}
-""", *(_version(*v) for v in versions), f"""apiVersion: cadml.io/v1alpha1
-kind: RolloutPolicy
-metadata: {{name: {MODEL}, namespace: {TENANT}}}
-spec:
-  modelRef: {MODEL}
-  weights:
-{rows}  refreshSeconds: {REFRESH}
-"""])
+    return model_tree(TENANT, MODEL, [_version(*v) for v in versions], weights, REFRESH)
 
 
 def _artifacts(root: Path, index: BuildResult, n: int) -> list[BuildResult]:
-    out = []
-    for i in range(n):
-        shutil.copytree(index.manifest_path.parent, root / f"art-{i}")
-        out.append(BuildResult(root / f"art-{i}" / "manifest.json", index.manifest_sha256, 0,
-                               []))
-    return out
+    return copy_artifacts(root, index, [f"art-{i}" for i in range(n)])
 
 
 def _repo(root: Path, tree: str) -> Path:
-    repo = root / "gitops"
-    (repo / "models").mkdir(parents=True)
-    (repo / "models" / "part-sim.yaml").write_text(tree)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "part-sim")
-    return repo
+    return commit_tree(root, MODEL, tree)
 
 
 def _reconcile(store: Store, repo: Path) -> None:
