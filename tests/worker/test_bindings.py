@@ -5,8 +5,10 @@ Git mode reconciling real commits (`cadml rollback`, `cadml promote`), both engi
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from controller.search.build import BuildResult
 from controller.store import Store
 from controller.worker.app import make_app
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
-from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
+from tests.gitops_trees import ANALYSIS, commit_tree, copy_artifacts, model_tree, version_doc
 from tests.stores import Backend
 from tests.worker.conftest import MODEL, TENANT, World
 
@@ -94,9 +96,8 @@ async def test_a_bound_job_goes_to_stable_with_a_rollback_commit(
 
     bound = await client.post(f"/v1/jobs/{job}/binding", json={"version": "1.1.0"})
     assert bound.status == 200
-    run = await _search(client, job, vector)
-    assert (run["version"], run["routeSource"], run["binding"]) == ("1.1.0", "binding",
-                                                                     "active")
+    before = await _search(client, job, vector)
+    assert before["version"] == "1.1.0" and before["routeSource"] == "binding"
 
     assert main(["rollback", f"{TENANT}/{MODEL}", "--reason", "canary regressed",
                  "--actor", "oncall@acme", "--repo", str(repo)]) == 0
@@ -106,10 +107,12 @@ async def test_a_bound_job_goes_to_stable_with_a_rollback_commit(
 
     # the moment the worker serves the rollback, the bound job is on STABLE
     run = await _search(client, job, vector)
-    assert (run["version"], run["routeSource"], run["binding"]) == ("1.0.0", "policy",
-                                                                     "suspended")
+    assert run["version"] == "1.0.0" and run["routeSource"] == "policy"
+    assert run["binding"] == "suspended"
     recorded = await (await client.get(f"/v1/runs/{run['runKey']}")).json()
     assert recorded["version"] == "1.0.0" and recorded["binding"] == "suspended"
+    recorded = await (await client.get(f"/v1/runs/{before['runKey']}")).json()
+    assert recorded["version"] == "1.1.0" and recorded["binding"] == "active"
     binding = await client.get(f"/v1/jobs/{job}/binding")
     assert binding.status == 200
     view = await binding.json()
@@ -124,6 +127,42 @@ async def test_a_bound_job_goes_to_stable_with_a_rollback_commit(
     error = await refused.json()
     assert error["code"] == "not_routable" and error["context"]["routable"] == ["1.0.0"]
     assert (await client.get("/v1/jobs/other/binding")).status == 404
+
+
+async def test_a_bound_job_goes_to_stable_when_analysis_aborts_its_canary(
+        backend: Backend, tmp_path: Path, corpus_index: BuildResult,
+        aiohttp_client: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    stable, canary = _artifacts(tmp_path, corpus_index, 2)
+    unreachable = "  thresholdDefaults: {similarity: 0.9999}\n"  # the canary fails its runs
+    repo = _repo(tmp_path, model_tree(TENANT, MODEL, [
+        _version("1.0.0", "STABLE", stable),
+        version_doc(TENANT, MODEL, "ps-1-1-0", "1.1.0", "CANARY", canary, unreachable)],
+        [("1.0.0", 50), ("1.1.0", 50)], REFRESH, ANALYSIS))
+    store = backend.store
+    _reconcile(store, repo)
+    runtime, client = await _serve(store, aiohttp_client)
+    vectors = np.load(stable.manifest_path.parent / "vectors.npy")
+    rng = np.random.default_rng(7)
+    noisy = vectors[rng.integers(0, len(vectors), 200)] + rng.normal(scale=0.05, size=(
+        200, vectors.shape[1]))
+    job = next(f"job-{i}" for i in range(100) if runtime.choose(f"job-{i}")[0].version
+               == "1.0.0")
+    assert (await client.post(f"/v1/jobs/{job}/binding", json={"version": "1.1.0"})).status \
+        == 200
+    resp = await client.post("/v1/search/batch", json={"queries": [
+        {"vector": [float(x) for x in q], "jobId": f"t-{i}"} for i, q in enumerate(noisy)]})
+    assert resp.status == 200
+
+    later = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
+    capsys.readouterr()
+    assert main(["schedule-tick", "--window-key", "w-1", "--store", backend.app_url,
+                 "--now", later, "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["analysis"][0]["aborted"]
+    await _until(_applied(runtime, store), "the abort's policyVersion applied")
+    run = await _search(client, job, [float(x) for x in vectors[0]])
+    assert run["version"] == "1.0.0" and run["routeSource"] == "policy"
+    assert run["binding"] == "suspended"
+    assert runtime.snapshot is not None and runtime.snapshot.source == "analysis-abort"
 
 
 @pytest.mark.parametrize("source, routes", [
