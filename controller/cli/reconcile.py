@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from controller.cli._common import write_json
 from controller.cli.store_cmds import STORE_HELP
 from controller.reconcile.gitmode import ReconcileResult, reconcile_repo, watch
+from controller.routing import routable
 from controller.store.engine import resolve_url
 from controller.store.open import open_store
 from controller.yamlio import DEFAULT_MAX_BYTES
@@ -151,7 +152,10 @@ def _published(tx: StoreTx) -> dict[tuple[str, str], dict[str, Any]]:
         snap = tx.serving_snapshot(model)
         if snap is None:
             continue
+        routed = routable(snap.routes)
+        suspended = {v: n for v, n in tx.binding_counts(model).items() if v not in routed}
         view = {"policyVersion": snap.policy_version, "source": snap.source,
+                "suspendedBindings": suspended,
                 "reason": snap.reason, "routing": ",".join(
                     f"{r.version}={r.weight}" for r in snap.routes),
                 "since": snap.created_at.isoformat()}
@@ -188,7 +192,9 @@ def status(args: argparse.Namespace) -> int:
                      f"policy={pub['policyVersion']} route={pub['source']}",
             "ModelVersion": f"weight={st.get('servingWeight', 0)}",
             "RolloutPolicy": f"v{pub['policyVersion']} {pub['routing']}"
-                             + (f" ({pub['source']})" if pub["source"] != "policy" else ""),
+                             + (f" ({pub['source']})" if pub["source"] != "policy" else "")
+                             + "".join(f" suspended-bindings={v}:{n}" for v, n in
+                                       sorted(pub.get("suspendedBindings", {}).items())),
             "ReleaseRecord": st.get("gateSummary", ""),
         }.get(r["kind"], "")
         if r["deleted"]:  # its last status is history: the object is gone

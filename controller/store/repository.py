@@ -868,6 +868,18 @@ class StoreTx:
             .where(c.tenant_id == self.tenant, mc.name == model_name, c.unbound.is_(False)))
         return {r.job_key: r.version for r in rows}
 
+    def binding_counts(self, model_name: str) -> dict[str, int]:
+        """version (semver) → how many jobs are bound to it, for one model."""
+        c, vc, mc = t.ai_analysis_jobs.c, t.model_version.c, t.model_catalog.c
+        rows = self.conn.execute(
+            select(vc.version, func.count())
+            .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
+                                        vc.id == c.model_version_id))
+            .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
+            .where(c.tenant_id == self.tenant, mc.name == model_name, c.unbound.is_(False))
+            .group_by(vc.version))
+        return {str(v): int(n) for v, n in rows}
+
     def binding_changes(self, model_name: str,
                         since: int = 0) -> tuple[dict[str, str | None], int]:
         """The job bindings of the tenant changed after the marker `since` (0: all of them),

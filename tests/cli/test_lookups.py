@@ -98,6 +98,7 @@ def test_status_shows_an_abort_as_published_before_any_reconcile(
         tx.record_runs([RunRecord(MODEL, "1.1.0", 1, "policy", {}, 5.0, False, False,
                                   job_key=f"j-{i}", error_code="version_unavailable")
                         for i in range(30)])
+        tx.bind_job("bound", "ps-1-1-0", {})  # suspended by the abort: status counts it
     store.dispose()
     later = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
     tick = _json(capsys, ["schedule-tick", "--window-key", "w-1", "--store", url, "--now",
@@ -108,6 +109,8 @@ def test_status_shows_an_abort_as_published_before_any_reconcile(
     policy = next(r for r in rows if r["kind"] == "RolloutPolicy")
     assert policy["published"]["routing"] == "1.0.0=100"
     assert policy["published"]["source"] == "analysis-abort"
+    assert policy["published"]["suspendedBindings"] == {"1.1.0": 1}
     assert main(["status", "--store", url]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "RolloutPolicy" in x)
-    assert "1.0.0=100 (analysis-abort)" in line and "1.1.0=50" not in line
+    assert "1.0.0=100 (analysis-abort) suspended-bindings=1.1.0:1" in line
+    assert "1.1.0=50" not in line
