@@ -7,7 +7,6 @@ default policy. Thresholds layer model defaults < version defaults < policy.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
@@ -173,21 +172,28 @@ def routable(routes: Sequence[RouteRow]) -> frozenset[str]:
     return frozenset(r.version for r in routes if r.weight > 0 or r.is_stable)
 
 
-@functools.lru_cache(maxsize=64)
-def _slot_table(key: tuple[tuple[str, int, tuple[int, ...] | None], ...]
-                ) -> tuple[str | None, ...]:
+def slot_table(routes: Sequence[RouteRow]) -> tuple[str | None, ...]:
+    """slot → the version holding it (None: no route covers it)."""
     table: list[str | None] = [None] * SLOTS
-    for version, slots in held_slots([RouteRow(v, w, False, slots=s) for v, w, s in key]
-                                     ).items():
+    for version, slots in held_slots(routes).items():
         for s in slots:
             table[s] = version
     return tuple(table)
 
 
+# the tables of the last few snapshots' routes, by the identity of their routes tuple (a
+# worker asks with the same tuple for every request until its next refresh)
+_TABLES: dict[int, tuple[Sequence[RouteRow], tuple[str | None, ...]]] = {}
+
+
 def route_by_slot(job_id: str, routes: Sequence[RouteRow]) -> str | None:
     """The version the routes give this job (None where no route covers its slot)."""
-    table = _slot_table(tuple((r.version, r.weight, r.slots) for r in routes))
-    return table[slot(job_id)]
+    cached = _TABLES.get(id(routes))
+    if cached is None or cached[0] is not routes:
+        if len(_TABLES) >= 16:
+            _TABLES.clear()
+        cached = _TABLES[id(routes)] = (routes, slot_table(routes))
+    return cached[1][slot(job_id)]
 
 
 @dataclass(frozen=True, slots=True)
