@@ -4,10 +4,11 @@ Run: python -m bench.rollback_bench [--trials 30] [--refresh 2] [--pg ADMIN_URL]
 A real worker (HTTP, its own refresh loop) serves a model from a SQLite store (it
 probes the published policyVersion) and, with --pg, from PostgreSQL (it is also
 notified by LISTEN/NOTIFY).
-Each trial publishes a 50/50 canary snapshot, waits until a canary job is served
-by the canary, then publishes the rollback and polls with that job until a run
-comes back on STABLE. Prints p50/p99 of the elapsed time as a ratio of
-refreshSeconds (target: p99 <= 1.0, within one cycle).
+Each trial publishes a 50/50 canary snapshot, waits until a canary job and a job
+bound to the canary (one the weights alone would send to STABLE) are served by the
+canary, then publishes the rollback and polls with both jobs until each run comes
+back on STABLE (the bound job's binding suspended). Prints p50/p99 of the elapsed
+times as a ratio of refreshSeconds (target: p99 <= 1.0, within one cycle).
 """
 
 from __future__ import annotations
@@ -45,17 +46,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         art = build_index(DXF_CORPUS, Path(tmp) / "idx")
         with sqlite_store() as store:
-            report("sqlite (probe only)", measure(store, art, args.trials, args.refresh),
-                   args.refresh)
+            report_jobs("sqlite (probe only)", measure(store, art, args.trials, args.refresh),
+                        args.refresh)
         if args.pg:
             with pg_store(args.pg) as store:
-                report("postgresql (notified)", measure(store, art, args.trials, args.refresh),
-                       args.refresh)
+                report_jobs("postgresql (notified)",
+                            measure(store, art, args.trials, args.refresh), args.refresh)
         else:
             print("postgresql skipped (no --pg / CADML_TEST_PG_URL)")
 
 
-def measure(store: Store, art: BuildResult, trials: int, refresh: int) -> list[float]:
+def report_jobs(label: str, by_job: dict[str, list[float]], refresh: int) -> None:
+    for kind, ratios in by_job.items():
+        report(f"{label}, {kind} job", ratios, refresh)
+
+
+def measure(store: Store, art: BuildResult, trials: int, refresh: int
+            ) -> dict[str, list[float]]:
     from controller.records import ModelRow, PolicyRow, RouteRow, VersionRow
     from controller.worker.app import make_app
     from controller.worker.runtime import WorkerRuntime, WorkerSettings
@@ -72,6 +79,9 @@ def measure(store: Store, art: BuildResult, trials: int, refresh: int) -> list[f
                                                   worker_id="bench"))
     runtime.refresh()
     canary_job = next(f"job-{i}" for i in range(1000) if _bucket(f"job-{i}") >= 50)
+    bound_job = next(f"job-{i}" for i in range(1000) if _bucket(f"job-{i}") < 50)
+    with store.transaction("t", "bench") as tx:
+        tx.bind_job(bound_job, "m-2", {})
     port, ready, stop = _free_port(), threading.Event(), threading.Event()
     thread = threading.Thread(target=_serve, args=(make_app(runtime), port, ready, stop),
                               daemon=True)
@@ -79,7 +89,8 @@ def measure(store: Store, art: BuildResult, trials: int, refresh: int) -> list[f
     ready.wait(10)
     vector = [float(x) for x in np.load(art.manifest_path.parent / "vectors.npy")[0]]
     try:
-        return asyncio.run(_trials(store, port, vector, canary_job, trials, refresh))
+        return asyncio.run(_trials(store, port, vector, {"canary": canary_job,
+                                                          "bound": bound_job}, trials, refresh))
     finally:
         stop.set()
         thread.join(10)
@@ -99,20 +110,27 @@ def _bucket(job: str) -> float:
     return bucket(job)
 
 
-async def _trials(store: object, port: int, vector: list[float], job: str, trials: int,
-                  refresh: int) -> list[float]:
+async def _trials(store: object, port: int, vector: list[float], jobs: dict[str, str],
+                  trials: int, refresh: int) -> dict[str, list[float]]:
     import aiohttp
 
     from controller.records import RouteRow
 
     url = f"http://127.0.0.1:{port}/v1/search"
-    ratios = []
+    ratios: dict[str, list[float]] = {kind: [] for kind in jobs}
     rng = random.Random(20261122)
 
-    async def version(session: aiohttp.ClientSession) -> str:
+    async def version(session: aiohttp.ClientSession, job: str) -> str:
         async with session.post(url, json={"vector": vector, "jobId": job, "topK": 1}) as r:
             body = await r.json()
             return str(body.get("version"))
+
+    async def until(session: aiohttp.ClientSession, job: str, wanted: str,
+                    deadline: float | None = None) -> float:
+        while await version(session, job) != wanted:
+            assert deadline is None or time.monotonic() < deadline, f"{job} never on {wanted}"
+            await asyncio.sleep(0.01)
+        return time.monotonic()
 
     def publish(routes: list[RouteRow], source: str) -> None:
         with store.transaction("t", "bench") as tx:  # type: ignore[attr-defined]
@@ -122,15 +140,15 @@ async def _trials(store: object, port: int, vector: list[float], job: str, trial
         for _ in range(trials):
             publish([RouteRow("1.0.0", 50, True), RouteRow("1.1.0", 50, False)], "policy")
             deadline = time.monotonic() + 5 * refresh
-            while await version(session) != "1.1.0":
-                assert time.monotonic() < deadline, "canary never served"
-                await asyncio.sleep(0.02)
+            for job in jobs.values():
+                await until(session, job, "1.1.0", deadline)
             await asyncio.sleep(rng.uniform(0, refresh))  # rollbacks land at any loop phase
             start = time.monotonic()
             publish([RouteRow("1.0.0", 100, True)], "rollback")
-            while await version(session) != "1.0.0":
-                await asyncio.sleep(0.01)
-            ratios.append((time.monotonic() - start) / refresh)
+            done = await asyncio.gather(*(until(session, job, "1.0.0")
+                                          for job in jobs.values()))
+            for kind, at in zip(jobs, done, strict=True):
+                ratios[kind].append((at - start) / refresh)
     return ratios
 
 

@@ -69,6 +69,10 @@ class RouteRow:
     weight: int
     is_stable: bool
     forced: bool = False
+    # the hash slots (0..99) the version holds, placed when published so that jobs stay
+    # where they were (`routing.place_routes`); None: laid out by position. Not part of
+    # what the routing means, so it takes no part in comparisons.
+    slots: tuple[int, ...] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +164,7 @@ class RunRecord:
     created_at: datetime | None = None
     parse_ms: float | None = None
     search_ms: float | None = None
+    binding_state: str | None = None  # active | suspended; None: the job has no binding
 
 
 @dataclass(frozen=True, slots=True)

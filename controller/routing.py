@@ -8,8 +8,9 @@ default policy. Thresholds layer model defaults < version defaults < policy.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from controller.api.v1alpha1 import Model, ModelVersion, RolloutPolicy
@@ -109,33 +110,121 @@ def layered_thresholds(model: Mapping[str, float],
 
 def bucket(job_id: str) -> float:
     """A job's fixed place in [0, 100): the same job lands in the same bucket forever."""
+    return _point(job_id) / 100.0
+
+
+def slot(job_id: str) -> int:
+    """The job's slot 0..99: the whole percent its bucket falls in."""
+    return _point(job_id) // 100
+
+
+def _point(job_id: str) -> int:
     digest = hashlib.sha256(job_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % 10_000 / 100.0
+    return int.from_bytes(digest[:8], "big") % 10_000
+
+
+SLOTS = 100
+
+
+def positional_slots(routes: Sequence[RouteRow]) -> dict[str, tuple[int, ...]]:
+    """The slots each version held before slots were placed: consecutive ranges in the
+    order of the routes (what a snapshot without stored slots routes by)."""
+    out, start = {}, 0
+    for r in routes:
+        width = max(r.weight, 0)
+        out[r.version] = tuple(range(start, min(start + width, SLOTS)))
+        start += width
+    return out
+
+
+def held_slots(routes: Sequence[RouteRow]) -> dict[str, tuple[int, ...]]:
+    """version → the slots it holds in these routes (all by position when any route of
+    them was published without slots)."""
+    if any(r.slots is None for r in routes):
+        return positional_slots(routes)
+    return {r.version: r.slots or () for r in routes}
+
+
+def place_routes(previous: Mapping[str, Sequence[int]],
+                 routes: Sequence[RouteRow]) -> tuple[RouteRow, ...]:
+    """Purely computational: the routes with the slots each version holds from now on.
+
+    Every version keeps the slots it held (`previous`: version → slots), as many as its
+    new weight, lowest first; what it needs more comes from the free slots, lowest first.
+    So a job changes version only when its version's weight shrinks or leaves: a promoted
+    canary keeps its jobs as it becomes STABLE and takes the old STABLE's, the other
+    canaries keep theirs, and a canary that grows only takes jobs in."""
+    taken: set[int] = set()
+    kept: dict[str, list[int]] = {}
+    for r in routes:
+        own = [s for s in sorted(set(previous.get(r.version, ())))
+               if 0 <= s < SLOTS and s not in taken][:max(r.weight, 0)]
+        kept[r.version] = own
+        taken.update(own)
+    free = iter([s for s in range(SLOTS) if s not in taken])
+    return tuple(replace(r, slots=tuple(sorted(
+        kept[r.version] + list(itertools.islice(free, max(r.weight, 0) - len(kept[r.version])))
+    ))) for r in routes)
+
+
+def routable(routes: Sequence[RouteRow]) -> frozenset[str]:
+    """The versions a snapshot routes to: weight > 0, or the STABLE version."""
+    return frozenset(r.version for r in routes if r.weight > 0 or r.is_stable)
+
+
+def slot_table(routes: Sequence[RouteRow]) -> tuple[str | None, ...]:
+    """slot → the version holding it (None: no route covers it)."""
+    table: list[str | None] = [None] * SLOTS
+    for version, slots in held_slots(routes).items():
+        for s in slots:
+            table[s] = version
+    return tuple(table)
+
+
+# the tables of the last few snapshots' routes, by the identity of their routes tuple (a
+# worker asks with the same tuple for every request until its next refresh)
+_TABLES: dict[int, tuple[Sequence[RouteRow], tuple[str | None, ...]]] = {}
+
+
+def route_by_slot(job_id: str, routes: Sequence[RouteRow]) -> str | None:
+    """The version the routes give this job (None where no route covers its slot)."""
+    cached = _TABLES.get(id(routes))
+    if cached is None or cached[0] is not routes:
+        if len(_TABLES) >= 16:
+            _TABLES.clear()
+        cached = _TABLES[id(routes)] = (routes, slot_table(routes))
+    return cached[1][slot(job_id)]
 
 
 @dataclass(frozen=True, slots=True)
 class Choice:
     version: str
     source: str  # "override" | "binding" | "policy" | "default"
+    binding: str | None = None  # the job's binding: active | suspended; None: not bound
 
 
-def choose_version(job_id: str, routes: tuple[tuple[str, int], ...], snapshot_source: str,
+def binding_state(binding: str | None, routes: Sequence[RouteRow]) -> str | None:
+    """A binding holds only while the effective routing routes to its version: after a
+    rollback, an abort, an override or a deprecation it is suspended (kept, not used)."""
+    if binding is None:
+        return None
+    return "active" if binding in routable(routes) else "suspended"
+
+
+def choose_version(job_id: str, routes: Sequence[RouteRow], snapshot_source: str,
                    binding: str | None, available: frozenset[str]) -> Choice | None:
-    """Precedence, fixed: manual override > the job's own binding > the policy's weights.
+    """Precedence, fixed: manual override > the job's own binding > the policy's weights;
+    a binding applies only while its version is routable by the snapshot.
 
-    `routes` are (version, weight) of the published snapshot; `available` the
-    versions this worker has loaded. A binding to a version that is not loaded any
-    more falls back to the policy. None when nothing can serve.
+    `routes` are the published snapshot's; `available` the versions this worker has
+    loaded. None when the version the job routes to is not loaded.
     """
+    state = binding_state(binding, routes)
     if snapshot_source == "override" and routes:
-        version = routes[0][0]
-        return Choice(version, "override") if version in available else None
-    if binding is not None and binding in available:
-        return Choice(binding, "binding")
-    point, cumulative = bucket(job_id), 0.0
+        version = routes[0].version
+        return Choice(version, "override", state) if version in available else None
+    if binding is not None and state == "active":
+        return Choice(binding, "binding", state) if binding in available else None
+    found = route_by_slot(job_id, routes)
     source = "default" if snapshot_source == "default" else "policy"
-    for version, weight in routes:
-        cumulative += weight
-        if point < cumulative and weight > 0:
-            return Choice(version, source) if version in available else None
-    return None
+    return Choice(found, source, state) if found is not None and found in available else None

@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         gen,
         governance_cmds,
         index_cmd,
+        lookup_cmds,
         operator_cmd,
         reconcile,
         store_cmds,
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for module in (validate, diff, reconcile, operator_cmd, worker_cmd, index_cmd,
-                   governance_cmds, gen, store_cmds):
+                   governance_cmds, gen, store_cmds, lookup_cmds):
         module.register(sub)
     return parser
 

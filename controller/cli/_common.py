@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from controller.findings import FieldError
 
 TIME_HELP = "now, ISO 8601 (2026-11-22T12:00Z) or relative to now (-2h, -7d, -30m)"
-TIME_FLAGS = ("--now", "--at")  # options taking a TIME: `--at -2h` is a value, not a flag
+# options taking a TIME: `--at -2h` is a value, not a flag
+TIME_FLAGS = ("--now", "--at", "--since", "--until")
 _SPAN = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _RELATIVE = re.compile(r"^-\d+[smhdw]$")

@@ -12,6 +12,7 @@ from controller.yamlio import DEFAULT_MAX_BYTES
 
 if TYPE_CHECKING:
     from controller.reconcile.gitmode import ReconcileResult
+    from controller.store.repository import StoreTx
 
 HELP = """\
 Reconcile the cadml resources of a Git repository into the runtime store, with no
@@ -149,6 +150,30 @@ def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c.get("type") == kind), {})
 
 
+def _published(tx: StoreTx) -> dict[tuple[str, str], dict[str, Any]]:
+    """The routing each model's workers serve now, as published (an abort, an override, the
+    default route), for its Model and its RolloutPolicy: the statuses are the last
+    reconcile's view and lag behind what a schedule tick publishes."""
+    from controller.routing import routable
+
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for model in tx.model_names():
+        snap = tx.serving_snapshot(model)
+        if snap is None:
+            continue
+        routed = routable(snap.routes)
+        suspended = {v: n for v, n in tx.binding_counts(model).items() if v not in routed}
+        view = {"policyVersion": snap.policy_version, "source": snap.source,
+                "suspendedBindings": suspended,
+                "reason": snap.reason, "routing": ",".join(
+                    f"{r.version}={r.weight}" for r in snap.routes),
+                "since": snap.created_at.isoformat()}
+        out[("Model", model)] = view
+        if snap.policy_name:
+            out[("RolloutPolicy", snap.policy_name)] = view
+    return out
+
+
 def status(args: argparse.Namespace) -> int:
     from controller.store.open import open_store
 
@@ -157,9 +182,11 @@ def status(args: argparse.Namespace) -> int:
     for tenant in args.tenant or store.tenants():
         with store.read(tenant, "status") as tx:
             deleted = tx.deleted_objects()
+            published = _published(tx)
             for (kind, name), found in sorted(tx.statuses().items()):
                 rows.append({"tenant": tenant, "kind": kind, "name": name, "status": found,
-                             "deleted": (kind, name) in deleted})
+                             "deleted": (kind, name) in deleted,
+                             "published": published.get((kind, name))})
     if args.output == "json":
         write_json(rows)
         return 0
@@ -168,12 +195,17 @@ def status(args: argparse.Namespace) -> int:
     for r in rows:
         st: dict[str, Any] = r["status"]
         ready = _cond(st, "Ready")
+        pub: dict[str, Any] = r["published"] or {
+            "policyVersion": st.get("policyVersion", "-"),
+            "source": st.get("routeSource", "-"), "routing": st.get("routingSummary", "")}
         detail: str = {
             "Model": f"stable={st.get('stableVersion') or '-'} "
-                     f"policy={st.get('policyVersion', '-')} "
-                     f"route={st.get('routeSource', '-')}",
+                     f"policy={pub['policyVersion']} route={pub['source']}",
             "ModelVersion": f"weight={st.get('servingWeight', 0)}",
-            "RolloutPolicy": f"v{st.get('policyVersion', '-')} {st.get('routingSummary', '')}",
+            "RolloutPolicy": f"v{pub['policyVersion']} {pub['routing']}"
+                             + (f" ({pub['source']})" if pub["source"] != "policy" else "")
+                             + "".join(f" suspended-bindings={v}:{n}" for v, n in
+                                       sorted(pub.get("suspendedBindings", {}).items())),
             "ReleaseRecord": st.get("gateSummary", ""),
         }.get(r["kind"], "")
         if r["deleted"]:  # its last status is history: the object is gone

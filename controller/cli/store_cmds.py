@@ -6,6 +6,7 @@ import argparse
 from datetime import datetime
 from typing import Any
 
+from controller.cli import lookup_cmds
 from controller.cli._common import TIME_HELP, add_parser, parse_time, write_json
 from controller.errors import UsageError
 
@@ -57,8 +58,9 @@ def register(sub: Any) -> None:
     cur.add_argument("--store", help=STORE_HELP)
     cur.set_defaults(handler=_current)
 
-    audit = sub.add_parser("audit", help="check the hash-chained audit trail",
-                           description="The audit trail of the runtime store.")
+    audit = sub.add_parser("audit", help="read or check the hash-chained audit trail",
+                           description="The audit trail of the runtime store: `log` reads it, "
+                                       "`verify` checks its hash chain.")
     asub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     verify = add_parser(asub, "verify", help="walk each tenant's chain; name the first row "
                                              "altered or removed (exit 1)",
@@ -73,6 +75,7 @@ def register(sub: Any) -> None:
     verify.add_argument("--output", "-o", choices=("text", "json"), default="text",
                         help=OUTPUT_HELP)
     verify.set_defaults(handler=_verify)
+    lookup_cmds.register_audit_log(asub)
 
     hist = add_parser(sub, "history", help="what was STABLE and how traffic was split at a time",
                       description="For each model: the STABLE version, the traffic split, the "

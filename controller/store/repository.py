@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -45,7 +46,7 @@ from controller.records import (
     VersionRow,
     WorkerState,
 )
-from controller.routing import effective_routing, layered_thresholds
+from controller.routing import effective_routing, held_slots, layered_thresholds, place_routes
 from controller.store import tables as t
 from controller.store.audit import (
     GENESIS,
@@ -122,6 +123,74 @@ _RUN_IDS = select(t.model_catalog.c.name, t.model_version.c.version, t.model_cat
     t.model_catalog.c.tenant_id == bindparam("b_tenant"),
     t.model_catalog.c.name.in_(bindparam("b_models", expanding=True)))
 _RUN_INSERT = insert(t.model_run)
+@dataclass(frozen=True)
+class RunFilter:
+    """What `runs()` selects; None: any."""
+
+    run_key: str | None = None
+    model: str | None = None
+    version: str | None = None
+    job: str | None = None
+    outcome: str | None = None  # one of RUN_OUTCOMES
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+_OUTCOMES: dict[str, Callable[[Any], Any]] = {
+    "met": lambda c: and_(c.success.is_(True), c.met_threshold.is_(True)),
+    "below-threshold": lambda c: and_(c.success.is_(True), c.met_threshold.is_(False)),
+    "failed": lambda c: c.success.is_(False),
+}
+RUN_OUTCOMES = tuple(_OUTCOMES)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else _aware(value).isoformat()
+
+
+def _run_json(r: Any) -> dict[str, Any]:
+    outcome = "failed" if not r["success"] else \
+        "met" if r["met_threshold"] else "below-threshold"
+    return {"runKey": r["run_key"], "model": r["model_name"], "version": r["version"],
+            "jobId": r["job_key"], "policyVersion": r["policy_version"],
+            "routeSource": r["route_source"], "binding": r["binding_state"],
+            "thresholds": dict(r["thresholds"]), "decision": r["decision"],
+            "aiSuggestion": r["ai_suggestion"], "reviewStatus": r["review_status"],
+            "humanDecision": r["human_decision"], "reviewer": r["reviewer"],
+            "agree": r["human_agrees"], "latencyMs": r["latency_ms"],
+            "parseMs": r["parse_ms"], "searchMs": r["search_ms"], "success": bool(r["success"]),
+            "metThreshold": bool(r["met_threshold"]), "outcome": outcome,
+            "errorCode": r["error_code"], "createdAt": _iso(r["created_at"]),
+            "reviewedAt": _iso(r["reviewed_at"])}
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What `audit_events()` selects; None: any. `object_kind` and `object_name` match
+    exactly; times compare with the events' UTC timestamps."""
+
+    object_kind: str | None = None
+    object_name: str | None = None
+    action: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _stamp(at: datetime) -> str:
+    """A time as the audit trail writes it (UTC, microseconds): comparable as text."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _audit_where(c: Any, f: AuditFilter) -> list[Any]:
+    out = [column == value for column, value in (
+        (c.object_kind, f.object_kind), (c.object_name, f.object_name),
+        (c.action, f.action), (c.actor, f.actor)) if value is not None]
+    if f.since is not None:
+        out.append(c.at >= _stamp(f.since))
+    if f.until is not None:
+        out.append(c.at < _stamp(f.until))
+    return out
 
 
 class Store:
@@ -428,6 +497,9 @@ class StoreTx:
                                     f"store: {', '.join(missing)}")
         published = [(policies[s.policy_name], int(policies[s.policy_name].policy_version) + 1)
                      for s in snapshots]
+        previous = self._routes_of([(int(p.id), int(p.policy_version)) for p, _ in published])
+        placed = [place_routes(previous.get(int(policy.id), {}), s.routes)
+                  for s, (policy, _) in zip(snapshots, published, strict=True)]
         snap_ids = {(int(p), int(v)): int(i) for p, v, i in self.conn.execute(
             insert(t.policy_snapshot).returning(sc.policy_id, sc.policy_version, sc.id), [dict(
                 tenant_id=self.tenant, policy_id=policy.id, model_id=policy.model_id,
@@ -436,9 +508,10 @@ class StoreTx:
                 for s, (policy, version) in zip(snapshots, published, strict=True)])}
         routes = [dict(tenant_id=self.tenant, snapshot_id=snap_ids[int(policy.id), version],
                        model_version_id=ids[int(policy.model_id), r.version], version=r.version,
-                       weight=r.weight, is_stable=r.is_stable, forced=r.forced)
-                  for s, (policy, version) in zip(snapshots, published, strict=True)
-                  for r in s.routes]
+                       weight=r.weight, is_stable=r.is_stable, forced=r.forced,
+                       slots=list(r.slots or ()))
+                  for rs, (policy, version) in zip(placed, published, strict=True)
+                  for r in rs]
         if routes:
             self.conn.execute(insert(t.policy_route), routes)
         self.conn.execute(update(t.model_rollout_policy).where(pc.id == bindparam("b_id")), [
@@ -446,6 +519,26 @@ class StoreTx:
             for policy, version in published])
         self._notify([(int(policy.model_id), str(version)) for policy, version in published])
         return [version for _, version in published]
+
+    def _routes_of(self, keys: Sequence[tuple[int, int]]
+                   ) -> dict[int, dict[str, tuple[int, ...]]]:
+        """policy id → version → slots held in the given (policy id, policy_version)
+        snapshots (a route without stored slots: its place by position)."""
+        sc, rc = t.policy_snapshot.c, t.policy_route.c
+        wanted = [k for k in keys if k[1] > 0]
+        if not wanted:
+            return {}
+        rows = self.conn.execute(
+            select(sc.policy_id, rc.version, rc.weight, rc.is_stable, rc.slots)
+            .join(t.policy_route, and_(rc.tenant_id == sc.tenant_id, rc.snapshot_id == sc.id))
+            .where(sc.tenant_id == self.tenant,
+                   tuple_(sc.policy_id, sc.policy_version).in_(wanted)).order_by(rc.id)).all()
+        by_policy: dict[int, list[RouteRow]] = {}
+        for r in rows:
+            by_policy.setdefault(int(r.policy_id), []).append(RouteRow(
+                r.version, r.weight, bool(r.is_stable),
+                slots=None if r.slots is None else tuple(r.slots)))
+        return {pid: held_slots(rs) for pid, rs in by_policy.items()}
 
     def _snapshot_select(self) -> Any:
         sc, mc, pc = t.policy_snapshot.c, t.model_catalog.c, t.model_rollout_policy.c
@@ -462,11 +555,13 @@ class StoreTx:
         routes: dict[int, list[RouteRow]] = {}
         if rows:
             for r in self.conn.execute(
-                    select(rc.snapshot_id, rc.version, rc.weight, rc.is_stable, rc.forced)
+                    select(rc.snapshot_id, rc.version, rc.weight, rc.is_stable, rc.forced,
+                           rc.slots)
                     .where(rc.tenant_id == self.tenant,
                            rc.snapshot_id.in_([row["id"] for row in rows])).order_by(rc.id)):
                 routes.setdefault(r.snapshot_id, []).append(
-                    RouteRow(r.version, r.weight, bool(r.is_stable), bool(r.forced)))
+                    RouteRow(r.version, r.weight, bool(r.is_stable), bool(r.forced),
+                             None if r.slots is None else tuple(r.slots)))
         return [PolicySnapshot(
             model_name=row["model_name"], policy_name=row["policy_name"],
             policy_version=row["policy_version"], source=row["source"], reason=row["reason"],
@@ -673,7 +768,7 @@ class StoreTx:
                 review_status="PENDING_REVIEW", latency_ms=r.latency_ms, success=r.success,
                 met_threshold=r.met_threshold, error_code=r.error_code,
                 parse_ms=r.parse_ms, search_ms=r.search_ms,
-                created_at=r.created_at or self.now))
+                binding_state=r.binding_state, created_at=r.created_at or self.now))
         self.conn.execute(_RUN_INSERT, rows)
 
     def review_run(self, run_key: str, status: str, reviewer: str,
@@ -694,6 +789,32 @@ class StoreTx:
             c.tenant_id == self.tenant, c.run_key == run_key)).mappings().first()
         return dict(row) if row else None
 
+    def run_view(self, run_key: str) -> dict[str, Any] | None:
+        """One run as the look-ups show it (`GET /v1/runs/{run}`, `cadml runs`)."""
+        found = self.runs(RunFilter(run_key=run_key), limit=1)
+        return found[0] if found else None
+
+    def runs(self, f: RunFilter, limit: int = 1000) -> list[dict[str, Any]]:
+        """The tenant's runs matching `f`, newest first, at most `limit`."""
+        c, vc, mc = t.model_run.c, t.model_version.c, t.model_catalog.c
+        stmt = (select(t.model_run, vc.version, mc.name.label("model_name"))
+                .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
+                                            vc.id == c.model_version_id))
+                .join(t.model_catalog, and_(mc.tenant_id == c.tenant_id, mc.id == c.model_id))
+                .where(c.tenant_id == self.tenant))
+        for column, value in ((c.run_key, f.run_key), (mc.name, f.model),
+                              (vc.version, f.version), (c.job_key, f.job)):
+            if value is not None:
+                stmt = stmt.where(column == value)
+        if f.outcome is not None:
+            stmt = stmt.where(_OUTCOMES[f.outcome](c))
+        if f.since is not None:
+            stmt = stmt.where(c.created_at >= f.since)
+        if f.until is not None:
+            stmt = stmt.where(c.created_at < f.until)
+        rows = self.conn.execute(stmt.order_by(c.created_at.desc(), c.id.desc()).limit(limit))
+        return [_run_json(r) for r in rows.mappings()]
+
     def bind_job(self, job_key: str, version_name: str, snapshot: dict[str, Any]) -> None:
         """Bind a job to a version (insert or move); keeps the runtime snapshot it ran under."""
         c, vc = t.ai_analysis_jobs.c, t.model_version.c
@@ -701,20 +822,57 @@ class StoreTx:
             vc.tenant_id == self.tenant, vc.name == version_name)).first()
         if found is None:
             raise NotFound(f"version {version_name} does not exist")
-        vid = found.id
-        if self.conn.dialect.name == "postgresql":  # binds of a tenant commit in seq order
-            self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-                              {"k": f"cadml-bindings/{self.tenant}"})
-        seq = int(self.conn.execute(select(func.coalesce(func.max(c.updated_seq), 0)).where(
-            c.tenant_id == self.tenant)).scalar_one()) + 1
+        vid, seq = found.id, self._next_binding_seq()
         done = self.conn.execute(update(t.ai_analysis_jobs).where(
             c.tenant_id == self.tenant, c.job_key == job_key).values(
-            model_version_id=vid, runtime_snapshot=snapshot, updated_seq=seq))
+            model_version_id=vid, runtime_snapshot=snapshot, updated_seq=seq, unbound=False))
         if done.rowcount == 0:
             self.conn.execute(insert(t.ai_analysis_jobs).values(
                 tenant_id=self.tenant, job_key=job_key, model_version_id=vid,
                 runtime_snapshot=snapshot, created_at=self.now, updated_seq=seq))
         self._notify([(int(found.model_id), "binding")])
+
+    def _next_binding_seq(self) -> int:
+        """The tenant's next binding change marker; binds of a tenant commit in its order
+        (SQLite has one writer; PostgreSQL takes a per-tenant advisory lock)."""
+        c = t.ai_analysis_jobs.c
+        if self.conn.dialect.name == "postgresql":
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                              {"k": f"cadml-bindings/{self.tenant}"})
+        return int(self.conn.execute(select(func.coalesce(func.max(c.updated_seq), 0)).where(
+            c.tenant_id == self.tenant)).scalar_one()) + 1
+
+    def unbind_job(self, job_key: str) -> dict[str, Any]:
+        """Delete a job's binding; the row stays as a tombstone with the next change marker
+        so that workers reading only the changes drop it too. NotFound when not bound."""
+        found = self.job_binding(job_key)
+        if found is None:
+            raise NotFound(f"job {job_key} has no binding")
+        c, vc = t.ai_analysis_jobs.c, t.model_version.c
+        self.conn.execute(update(t.ai_analysis_jobs).where(
+            c.tenant_id == self.tenant, c.job_key == job_key).values(
+            unbound=True, updated_seq=self._next_binding_seq()))
+        model_id = self.conn.execute(select(vc.model_id).where(
+            vc.tenant_id == self.tenant, vc.name == found["versionName"])).scalar_one()
+        self._notify([(int(model_id), "binding")])
+        return found
+
+    def job_binding(self, job_key: str) -> dict[str, Any] | None:
+        """A job's binding as stored (model, version, the runtime snapshot it was bound
+        under), or None when the job is not bound."""
+        c, vc, mc = t.ai_analysis_jobs.c, t.model_version.c, t.model_catalog.c
+        row = self._one(
+            select(c.job_key, c.runtime_snapshot, c.created_at, vc.version,
+                   vc.name.label("version_name"), mc.name.label("model_name"))
+            .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
+                                        vc.id == c.model_version_id))
+            .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
+            .where(c.tenant_id == self.tenant, c.job_key == job_key, c.unbound.is_(False)))
+        if row is None:
+            return None
+        return {"jobId": row.job_key, "model": row.model_name, "version": row.version,
+                "versionName": row.version_name, "runtimeSnapshot": dict(row.runtime_snapshot),
+                "createdAt": _aware(row.created_at).isoformat()}
 
     def job_bindings(self, model_name: str) -> dict[str, str]:
         """job_key → bound version (semver) for one model."""
@@ -724,27 +882,41 @@ class StoreTx:
             .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
                                         vc.id == c.model_version_id))
             .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
-            .where(c.tenant_id == self.tenant, mc.name == model_name))
+            .where(c.tenant_id == self.tenant, mc.name == model_name, c.unbound.is_(False)))
         return {r.job_key: r.version for r in rows}
+
+    def binding_counts(self, model_name: str) -> dict[str, int]:
+        """version (semver) → how many jobs are bound to it, for one model."""
+        c, vc, mc = t.ai_analysis_jobs.c, t.model_version.c, t.model_catalog.c
+        rows = self.conn.execute(
+            select(vc.version, func.count())
+            .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
+                                        vc.id == c.model_version_id))
+            .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
+            .where(c.tenant_id == self.tenant, mc.name == model_name, c.unbound.is_(False))
+            .group_by(vc.version))
+        return {str(v): int(n) for v, n in rows}
 
     def binding_changes(self, model_name: str,
                         since: int = 0) -> tuple[dict[str, str | None], int]:
         """The job bindings of the tenant changed after the marker `since` (0: all of them),
         and the marker to pass next time. Each changed job maps to its bound version (semver)
         when bound to `model_name`, else to None (it moved to another model): a worker that
-        keeps its own map applies these changes and reads nothing else.
+        keeps its own map applies these changes and reads nothing else. A deleted binding
+        maps to None as well.
 
         Every bind in a tenant takes the next `updated_seq` and binds commit in that order
         (SQLite has one writer; PostgreSQL serialises binds per tenant with an advisory
         lock), so a reader never skips a change that commits after its read."""
         c, vc, mc = t.ai_analysis_jobs.c, t.model_version.c, t.model_catalog.c
         rows = self.conn.execute(
-            select(c.job_key, c.updated_seq, vc.version, mc.name)
+            select(c.job_key, c.updated_seq, c.unbound, vc.version, mc.name)
             .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
                                         vc.id == c.model_version_id))
             .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
             .where(c.tenant_id == self.tenant, c.updated_seq > since)).all()
-        changes = {r.job_key: r.version if r.name == model_name else None for r in rows}
+        changes = {r.job_key: r.version if r.name == model_name and not r.unbound else None
+                   for r in rows}
         return changes, max((int(r.updated_seq) for r in rows), default=since)
 
     def count_runs(self) -> int:
@@ -935,7 +1107,7 @@ class StoreTx:
             seq, prev = 0, GENESIS
         else:
             seq, prev = int(head.seq), str(head.hash)
-        at = self.now.astimezone(UTC).isoformat(timespec="microseconds")
+        at = _stamp(self.now)
         events = []
         for e in entries:
             seq += 1
@@ -996,17 +1168,27 @@ class StoreTx:
         store's history of existence. Its deletion says since when it was gone; a restore
         since when it is back."""
         c = t.audit_event.c
-        stamp = at.astimezone(UTC).isoformat(timespec="microseconds")
+        stamp = _stamp(at)
         row = self._one(select(c.action, c.at).where(
             c.tenant_id == self.tenant, c.object_kind == kind, c.object_name == name,
             c.action.in_(("create", "update", "rename", "repair", "delete", "restore")),
             c.at <= stamp).order_by(c.seq.desc()).limit(1))
         return None if row is None else (str(row.action), str(row.at))
 
-    def audit_events(self) -> Iterator[AuditEvent]:
+    def audit_events(self, f: AuditFilter | None = None,
+                     limit: int | None = None) -> Iterator[AuditEvent]:
+        """The tenant's audit events in chain order; with `f`, those it selects, and with
+        `limit` only the newest `limit` of them (still oldest first)."""
         c = t.audit_event.c
-        for r in self.conn.execute(select(t.audit_event).where(c.tenant_id == self.tenant)
-                                   .order_by(c.seq)).mappings():
+        stmt = select(t.audit_event).where(c.tenant_id == self.tenant)
+        if f is not None:
+            stmt = stmt.where(*_audit_where(c, f))
+        if limit is not None:
+            newest = stmt.order_by(c.seq.desc()).limit(limit).subquery()
+            stmt = select(newest).order_by(newest.c.seq)
+        else:
+            stmt = stmt.order_by(c.seq)
+        for r in self.conn.execute(stmt).mappings():
             yield AuditEvent(r["tenant_id"], int(r["seq"]), r["at"], r["actor"], r["action"],
                              r["object_kind"], r["object_name"], dict(r["details"]),
                              r["prev_hash"], r["hash"])

@@ -174,6 +174,7 @@ policy_route = Table(
     Column("is_stable", Boolean, nullable=False),
     # a manual override may force a canary to 100 %; nothing else may
     Column("forced", Boolean, nullable=False, server_default=text("false")),
+    Column("slots", JSON, nullable=True),  # 0013: hash slots held; NULL: by position
     UniqueConstraint("tenant_id", "snapshot_id", "model_version_id"),
     ForeignKeyConstraint(["tenant_id", "snapshot_id"],
                          ["policy_snapshot.tenant_id", "policy_snapshot.id"]),
@@ -210,6 +211,8 @@ ai_analysis_jobs = Table(
     _ts("created_at"),
     # 0009: rises with every bind in the tenant, so workers read only the changes
     Column("updated_seq", BigInteger, nullable=False),
+    # 0013: a deleted binding is a tombstone, so workers reading changes see it go
+    Column("unbound", Boolean, nullable=False, server_default=text("false")),
     UniqueConstraint("tenant_id", "id"),
     UniqueConstraint("tenant_id", "job_key"),
     Index("ix_ai_analysis_jobs_changes", "tenant_id", "updated_seq"),
@@ -239,10 +242,11 @@ model_run = Table(
     Column("error_code", String(64), nullable=True),
     _ts("created_at"),
     _ts("reviewed_at", nullable=True),
-    # 0013: the reviewer's explicit agreement with the AI's suggestion; latency breakdown
+    # 0014: the reviewer's explicit agreement with the AI's suggestion; latency breakdown
     Column("human_agrees", Boolean, nullable=True),
     Column("parse_ms", Float, nullable=True),
     Column("search_ms", Float, nullable=True),
+    Column("binding_state", String(16), nullable=True),  # 0015: active | suspended
     UniqueConstraint("tenant_id", "run_key"),
     ForeignKeyConstraint(["tenant_id", "model_id"],
                          ["model_catalog.tenant_id", "model_catalog.id"]),

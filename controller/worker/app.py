@@ -4,7 +4,7 @@ Errors are JSON `{code, stage, message, context, timestamp}`:
     400 bad_request / bad_top_k / bad_vector / empty_upload
     401 unauthenticated / writes_disabled   403 forbidden (writes: controller.worker.auth)
     404 not_found (run, version, route, unknown endpoint)   405 method_not_allowed
-    409 not_routable (binding to a version that is not CANARY/STABLE)
+    409 not_routable (binding to a version the effective policy does not route)
     413 too_large   415 unsupported_media_type / unsupported_content_encoding
     422 invalid_drawing & friends (time_limit, parser_crash), dimension_mismatch
     429 busy (more drawing uploads in flight than allowed; Retry-After)
@@ -38,6 +38,8 @@ from controller import metrics
 from controller.errors import CadmlError, NotFound
 from controller.features import InvalidDrawing
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
+from controller.records import PolicySnapshot
+from controller.routing import binding_state, routable
 from controller.search.artifacts import ArtifactError
 from controller.worker.auth import BINDINGS, GUARD, REVIEWS, WriteGuard, identity, requires
 from controller.worker.events import emit
@@ -359,11 +361,8 @@ async def bind_job(request: web.Request) -> web.StreamResponse:
             row = rows.get(version)
             if row is None:
                 raise NotFound(f"model {s.model} has no version {version!r}")
-            if row.stage not in ("CANARY", "STABLE"):
-                raise WorkerError(f"version {version} is {row.stage}; jobs bind only to CANARY "
-                                  "or STABLE versions", code="not_routable", stage="binding",
-                                  status=409)
-            snap = runtime.snapshot
+            snap = tx.serving_snapshot(s.model)
+            _require_routable(version, row.stage, snap)
             snapshot = {"policyVersion": snap.policy_version if snap else None,
                         "thresholds": (snap.thresholds.get(version, {}) if snap else {})}
             tx.bind_job(job, row.name, snapshot)
@@ -373,6 +372,82 @@ async def bind_job(request: web.Request) -> web.StreamResponse:
         return {"jobId": job, "version": version, "runtimeSnapshot": snapshot}
 
     return web.json_response(await asyncio.get_running_loop().run_in_executor(None, bind))
+
+
+def _require_routable(version: str, stage: str, snap: PolicySnapshot | None) -> None:
+    """A binding holds only while the effective routing routes to its version: binding to
+    any other is refused (it would be suspended at once)."""
+    routed = sorted(routable(snap.routes)) if snap else []
+    if version in routed:
+        return
+    source = snap.source if snap else "none"
+    raise WorkerError(
+        f"version {version} ({stage}) is not routed by the effective policy (source "
+        f"{source}, routes {', '.join(routed) or 'none'}); bind to a routed version, or "
+        "give this version a weight in the RolloutPolicy first", code="not_routable",
+        stage="binding", status=409,
+        context={"version": version, "stage": stage, "routable": routed,
+                 "routeSource": source, "policyVersion": snap.policy_version if snap else None})
+
+
+def _binding_view(runtime: WorkerRuntime, found: dict[str, Any]) -> dict[str, Any]:
+    """A stored binding with its state under the routing this worker serves now."""
+    snap = runtime.snapshot
+    state = binding_state(found["version"], snap.routes if snap else ())
+    reason = "" if state == "active" else (
+        f"version {found['version']} is not routed by policyVersion "
+        f"{snap.policy_version if snap else None} (source {snap.source if snap else 'none'}): "
+        "the job is served by the policy until it routes to the version again")
+    return {**{k: v for k, v in found.items() if k != "versionName"}, "state": state,
+            "reason": reason, "policyVersion": snap.policy_version if snap else None}
+
+
+async def get_binding(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    job, s = request.match_info["job"], runtime.settings
+
+    def read() -> dict[str, Any] | None:
+        with runtime.store.read(s.tenant, f"binding:{job}") as tx:
+            return tx.job_binding(job)
+
+    found = await asyncio.get_running_loop().run_in_executor(None, read)
+    if found is None or found["model"] != s.model:
+        raise NotFound(f"job {job} has no binding to a version of model {s.model}")
+    return web.json_response(_binding_view(runtime, found))
+
+
+@requires(BINDINGS, _served)
+async def delete_binding(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    job, s = request.match_info["job"], runtime.settings
+    user = identity(request).user
+
+    def delete() -> dict[str, Any]:
+        with runtime.store.transaction(s.tenant, user) as tx:
+            found = tx.job_binding(job)
+            if found is None or found["model"] != s.model:
+                raise NotFound(f"job {job} has no binding to a version of model {s.model}")
+            tx.unbind_job(job)
+            tx.audit("unbind", "ModelVersion", found["versionName"], {"job": job})
+        runtime.bindings.pop(job, None)
+        emit("job_unbound", job=job, version=found["version"])
+        return {"jobId": job, "version": found["version"], "deleted": True}
+
+    return web.json_response(await asyncio.get_running_loop().run_in_executor(None, delete))
+
+
+async def get_run(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    run_key, s = request.match_info["run"], runtime.settings
+
+    def read() -> dict[str, Any] | None:
+        with runtime.store.read(s.tenant, "run-lookup") as tx:
+            return tx.run_view(run_key)
+
+    found = await asyncio.get_running_loop().run_in_executor(None, read)
+    if found is None:
+        raise NotFound(f"run {run_key} does not exist")
+    return web.json_response(found)
 
 
 @requires(REVIEWS, _served)
@@ -459,7 +534,10 @@ async def schedule_tick(request: web.Request) -> web.Response:
         "aborted": [a.version for a in result.analysed if a.aborted_now]})
 
 
-async def healthz(_: web.Request) -> web.Response:
+async def healthz(request: web.Request) -> web.Response:
+    if not request.app[WRITER].alive:  # requests would wait for a commit that never comes
+        return _fail(503, "run_writer_stopped", "worker", "the run writer is not running; "
+                     "restart the worker")
     return web.json_response({"status": "ok"})
 
 
@@ -549,6 +627,9 @@ def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
     app.router.add_post("/v1/search", search)
     app.router.add_post("/v1/search/batch", search_batch)
     app.router.add_post("/v1/jobs/{job}/binding", bind_job)
+    app.router.add_get("/v1/jobs/{job}/binding", get_binding)
+    app.router.add_delete("/v1/jobs/{job}/binding", delete_binding)
+    app.router.add_get("/v1/runs/{run}", get_run)
     app.router.add_post("/v1/runs/{run}/review", review_run)
     app.router.add_post("/admin/recover", recover)
     app.router.add_post("/admin/schedule-tick", schedule_tick)

@@ -26,7 +26,7 @@ from controller import metrics
 from controller.errors import StructuredError
 from controller.features.identity import extractor_version, mismatched
 from controller.records import PolicySnapshot, RunRecord, VersionRow
-from controller.routing import Choice, choose_version
+from controller.routing import Choice, choose_version, routable
 from controller.search.artifacts import Artifact, load_artifact
 from controller.search.fetch import Fetcher
 from controller.search.loader import LoaderLimits
@@ -147,6 +147,7 @@ class SearchOutcome:
     unapplied_thresholds: tuple[str, ...] = ()
     parse_ms: float | None = None
     search_ms: float | None = None
+    binding: str | None = None  # the job's binding: active | suspended; None: not bound
     started: float | None = None  # perf_counter at the request's start: latency ends at record
 
     @property
@@ -162,6 +163,7 @@ class SearchOutcome:
                 "degraded": self.degraded, "latencyMs": round(self.latency_ms, 3),
                 "parseMs": None if self.parse_ms is None else round(self.parse_ms, 3),
                 "searchMs": None if self.search_ms is None else round(self.search_ms, 3),
+                "binding": self.binding,
                 "results": [{"id": h.id, "distance": h.distance, "score": h.score}
                             for h in self.hits]}
         if self.unapplied_thresholds:
@@ -235,9 +237,7 @@ class WorkerRuntime:
         bindings = {**self.bindings, **{j: v for j, v in changes.items() if v is not None}}
         for job in (j for j, v in changes.items() if v is None):
             bindings.pop(job, None)
-        wanted = {r.version for r in snap.routes} if snap else set()
-        wanted |= {v for v in bindings.values() if v in rows and
-                   rows[v].stage in ("CANARY", "STABLE")}
+        wanted = set(routable(snap.routes)) if snap else set()  # never for a binding alone
         loaded: dict[str, LoadedVersion] = {}
         for version in sorted(wanted):
             row = rows.get(version)
@@ -420,13 +420,12 @@ class WorkerRuntime:
         if snap is None:
             raise WorkerError("no rollout policy is published and no version is STABLE",
                               code="no_policy", stage="route", status=503)
-        routes = tuple((r.version, r.weight) for r in snap.routes)
-        choice = choose_version(job_id, routes, snap.source, bindings.get(job_id),
-                                frozenset(versions))
+        binding = bindings.get(job_id)
+        choice = choose_version(job_id, snap.routes, snap.source, binding, frozenset(versions))
         if choice is not None:
             return Route(job_id, choice, snap, versions[choice.version])
-        target = choose_version(job_id, routes, snap.source, None,
-                                frozenset(v for v, _ in routes))
+        target = choose_version(job_id, snap.routes, snap.source, binding,
+                                frozenset(r.version for r in snap.routes))
         if target is None:
             raise WorkerError("the published routes give this job no version",
                               code="no_route", stage="route", status=503)
@@ -497,6 +496,7 @@ class WorkerRuntime:
                              verdict.met, 0.0, lv.degraded is not None,
                              failed_thresholds=verdict.failed,
                              unapplied_thresholds=verdict.unapplied, parse_ms=parse_ms,
+                             binding=r.choice.binding,
                              search_ms=search_ms, started=started)
 
     @staticmethod
@@ -508,7 +508,8 @@ class WorkerRuntime:
                              r.snap.policy_version, r.choice.source,
                              dict(r.snap.thresholds.get(r.choice.version, {})), [], False, 0.0,
                              r.loaded is not None and r.loaded.degraded is not None,
-                             error=error, parse_ms=parse_ms, started=started)
+                             error=error, parse_ms=parse_ms, started=started,
+                             binding=r.choice.binding)
 
     def top_k(self, k: int) -> int:
         if not 1 <= k <= self.settings.max_top_k:
@@ -530,7 +531,8 @@ class WorkerRuntime:
                                   job_key=o.job_id,
                                   ai_suggestion=(o.hits[0].id if o.hits else None),
                                   error_code=o.error_code, run_key=o.run_key, created_at=now,
-                                  parse_ms=o.parse_ms, search_ms=o.search_ms))
+                                  parse_ms=o.parse_ms, search_ms=o.search_ms,
+                                  binding_state=o.binding))
         with self.store.transaction(s.tenant, s.worker_id) as tx:
             tx.record_runs(runs)
         if EVENTS.isEnabledFor(logging.DEBUG):

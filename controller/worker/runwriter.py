@@ -57,9 +57,25 @@ class RunWriter:
                     try:
                         await loop.run_in_executor(None, self._record, outcomes)
                     except Exception as exc:  # the request learns why
-                        future.set_exception(exc)
+                        _settle(future, exc)
                     else:
-                        future.set_result(None)
+                        _settle(future, None)
                 continue
             for _, future in batch:
-                future.set_result(None)
+                _settle(future, None)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the commit loop runs: a dead one would leave every request waiting."""
+        return self._task is not None and not self._task.done()
+
+
+def _settle(future: asyncio.Future[None], exc: Exception | None) -> None:
+    """Answer a waiting request, unless it stopped waiting (cancelled: client gone, a
+    timeout); its runs are committed all the same."""
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)

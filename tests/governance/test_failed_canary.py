@@ -28,7 +28,7 @@ from controller.worker.app import make_app
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import git
 from tests.stores import Backend
-from tests.worker.conftest import MODEL, TENANT
+from tests.worker.conftest import EDITOR, MODEL, TENANT, editor_guard
 
 
 def _tree(stable: Path, stable_sha: str, canary: Path, canary_sha: str) -> str:
@@ -104,7 +104,8 @@ async def test_a_canary_that_cannot_load_fails_its_runs_and_is_aborted(
 
     runtime = WorkerRuntime(backend.store, WorkerSettings(TENANT, MODEL, backend.app_url,
                                                           worker_id="w-failed-canary"))
-    client = await aiohttp_client(make_app(runtime, sandbox=FeatureSandbox(1)))
+    client = await aiohttp_client(make_app(runtime, sandbox=FeatureSandbox(1),
+                                           guard=editor_guard()), headers=EDITOR)
 
     async def ready() -> dict[str, Any] | None:
         resp = await client.get("/readyz")

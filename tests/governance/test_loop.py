@@ -25,52 +25,19 @@ from controller.store.engine import make_engine
 from controller.store.migrate import upgrade
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import git
+from tests.gitops_trees import ANALYSIS, model_tree, version_doc
 
 TENANT, MODEL = "acme-cad", "part-sim"
 
 
 def _tree(stable: BuildResult, canary: BuildResult, canary_similarity: float) -> str:
     def version(name: str, semver: str, stage: str, art: BuildResult, sim: float) -> str:
-        return f"""apiVersion: cadml.io/v1alpha1
-kind: ModelVersion
-metadata: {{name: {name}, namespace: {TENANT}}}
-spec:
-  modelRef: {MODEL}
-  version: {semver}
-  stage: {stage}
-  artifact:
-    uri: {art.manifest_path.as_uri()}
-    sha256: {art.manifest_sha256}
-    format: faiss-index
-  thresholdDefaults: {{similarity: {sim}}}
-"""
-    return "---\n".join([
-        f"""apiVersion: cadml.io/v1alpha1
-kind: Model
-metadata: {{name: {MODEL}, namespace: {TENANT}}}
-spec: {{modelKey: {MODEL}, provider: acme, displayName: Parts}}
-""",
+        return version_doc(TENANT, MODEL, name, semver, stage, art,
+                           f"  thresholdDefaults: {{similarity: {sim}}}\n")
+    return model_tree(TENANT, MODEL, [
         version("part-sim-1-0-0", "1.0.0", "STABLE", stable, 0.3),
-        version("part-sim-1-1-0", "1.1.0", "CANARY", canary, canary_similarity),
-        f"""apiVersion: cadml.io/v1alpha1
-kind: RolloutPolicy
-metadata: {{name: {MODEL}, namespace: {TENANT}}}
-spec:
-  modelRef: {MODEL}
-  weights:
-    - version: 1.0.0
-      weight: 70
-    - version: 1.1.0
-      weight: 30
-  refreshSeconds: 5
-  analysis:
-    metrics:
-      - name: success_rate
-        min: 0.9
-    minSampleSize: 20
-    failureLimit: 1
-    windowSeconds: 3600
-"""])
+        version("part-sim-1-1-0", "1.1.0", "CANARY", canary, canary_similarity)],
+        [("1.0.0", 70), ("1.1.0", 30)], 5, ANALYSIS)
 
 
 def _traffic(runtime: WorkerRuntime, vectors: np.ndarray, prefix: str, n: int) -> list[str]:

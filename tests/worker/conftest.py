@@ -14,10 +14,17 @@ from controller.search.build import BuildResult, build_index
 from controller.store import Store
 from controller.store.engine import make_engine
 from controller.store.migrate import upgrade
+from controller.worker.auth import TokenFile, WriteGuard
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import DXF_CORPUS
 
 TENANT, MODEL = "acme-cad", "part-sim"
+# a user allowed to review and bind (tokens as `cadml worker --auth-token-file` reads them)
+EDITOR = {"Authorization": "Bearer t-ann"}
+
+
+def editor_guard() -> WriteGuard:
+    return WriteGuard(TokenFile.parse("t-ann ann@acme edit"))
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from controller.errors import ConflictError
 from controller.worker.runwriter import RunWriter
 
@@ -61,5 +63,38 @@ async def test_write_returns_only_after_the_commit() -> None:
     try:
         await writer.write([Outcome("x")])
         assert done.is_set()
+    finally:
+        await writer.stop()
+
+
+
+@pytest.mark.parametrize("key, committed", [("cancelled", [["cancelled"], ["next"]]),
+                                            ("bad", [["next"]])])
+async def test_a_cancelled_waiter_does_not_stop_the_writer(key: str,
+                                                           committed: list[list[str]]) -> None:
+    """A request cancelled while its batch commits (client gone, a timeout), whether the
+    commit succeeds or fails: the writer's loop used to call `set_result`/`set_exception`
+    on the cancelled future, die, and leave every later request waiting forever. The next
+    write must still commit and return; the cancelled request's runs are committed too."""
+    committing, release = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    commits: list[list[str]] = []
+    recorder = _recorder(commits)
+
+    def record(outcomes: list[Any]) -> None:
+        loop.call_soon_threadsafe(committing.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+        recorder(outcomes)
+
+    writer = RunWriter(record)
+    writer.start()
+    try:
+        waiter = asyncio.create_task(writer.write([Outcome(key)]))  # type: ignore[list-item]
+        await asyncio.wait_for(committing.wait(), 5)
+        waiter.cancel()
+        release.set()
+        await asyncio.wait_for(writer.write([Outcome("next")]), 5)  # type: ignore[list-item]
+        assert commits == committed
+        assert writer.alive
     finally:
         await writer.stop()
