@@ -128,12 +128,15 @@ def run(args: argparse.Namespace) -> int:
     from controller.features.identity import extractor_version
     from controller.features.sandbox import SandboxLimits
     from controller.search.build import build_index
+    from controller.search.featurecache import check_writable
     from controller.search.progress import BuildTick, ProgressMeter
 
     cache = usable_default(cache_root(args, os.environ), args)
     source = Path(args.source)
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder")
+    if cache is not None:  # a named cache that cannot be written: refused before any work
+        check_writable(cache)
     prepare_out(Path(args.out))
     if args.cpu_seconds <= 0:
         raise UsageError(f"--cpu-seconds {args.cpu_seconds}: must be above 0")

@@ -271,7 +271,7 @@ def test_workers_check_write_tokens_in_the_namespaces_the_chart_prepared() -> No
         def __getattr__(self, name: str) -> Any:
             from kubernetes.client.exceptions import ApiException
 
-            def call(*args: Any) -> Any:
+            def call(*args: Any, **_: Any) -> Any:  # server-side apply: (name, ns, body, ...)
                 if name.startswith("read_"):
                     raise ApiException(status=404)
                 created.append(args[-1])
