@@ -106,15 +106,7 @@ def test_a_handlers_late_patch_does_not_undo_a_newer_passs_status(
 
     from controller.operator.handlers import on_change
 
-    def patch_status(ns: str, kind: str, name: str, changes: dict[str, Any]) -> None:
-        status = cluster.bodies[(kind, name)]["status"]
-        for k, v in changes.items():
-            if v is None:
-                status.pop(k, None)
-            else:
-                status[k] = v
-
-    cluster.memo["patch_status"] = patch_status
+    cluster.memo["patch_status"] = cluster.patch_status
     model = cluster.bodies.pop(("Model", "part-similarity"))
     stable = ("ModelVersion", "part-similarity-1-1-0")
     late = kopf.Patch()
@@ -123,5 +115,5 @@ def test_a_handlers_late_patch_does_not_undo_a_newer_passs_status(
     cluster.bodies[("Model", "part-similarity")] = model
     cluster.handle("Model", "part-similarity")  # P2
     assert _ready(cluster.bodies[stable]["status"])["status"] == "True"
-    patch_status("acme-cad", *stable, dict(late.get("status", {})))  # kopf, late
+    cluster.merge_status(*stable, dict(late.get("status", {})))  # kopf, late
     assert _ready(cluster.bodies[stable]["status"])["status"] == "True"
