@@ -155,7 +155,7 @@ def main() -> None:
         assert op.proc is not None
         pid = op.proc.pid
         print(f"real kube-apiserver, operator pid {pid}, timer {args.timer:.0f} s, "
-              f"idle window {args.window:.0f} s")
+              f"idle window {args.window:.0f} s", flush=True)
         results = [idle(cp, pid, 0, args.window)]
         done = 0
         for count in counts:
@@ -163,7 +163,7 @@ def main() -> None:
             took, ready, dups = apply(cp, op, namespaces)
             done = count
             print(f"{count} tenants ({5 * count} objects): apply {took:.1f} s, all Ready "
-                  f"{ready:.1f} s after it, duplicate create rows {dups}")
+                  f"{ready:.1f} s after it, duplicate create rows {dups}", flush=True)
             time.sleep(args.timer)  # the apply's churn passes; timers reach steady state
             results.append(idle(cp, pid, count, args.window))
         base, first = results[0], results[min(1, len(results) - 1)]

@@ -231,20 +231,16 @@ def unparseable_status(body: Mapping[str, Any], now: datetime) -> dict[str, Any]
 
 def queued_pass(memo: MutableMapping[str, Any], body: Mapping[str, Any],
                 indexes: Mapping[str, Any], *, leave_out: bool = False,
-                actor: str | None = None, reuse_within: float | None = None) -> Plan:
+                actor: str | None = None) -> Plan:
     """The plan of a tenant pass that covers this event: one pass per tenant at a time,
     events that arrive while it runs coalesced into one more (`TenantQueue`). Whichever
-    handler finds the tenant idle runs the pass for all the events waiting on it; each
-    handler then patches its own object from that plan. `reuse_within` (the repair
-    timer): a plan that finished that recently is used as is, so the tenant is passed
-    once per interval, not once per object."""
+    handler finds the tenant idle runs the pass for all the events waiting on it. With
+    `memo.patch_status` the pass writes the status of every object it changed, the
+    ones it covers included, so status writes land in pass order (a handler's own patch
+    of an older plan could land after a newer pass's write and undo it)."""
     queue: TenantQueue[PassRequest, Plan] = memo["tenants"]
     meta = body["metadata"]
     namespace = str(meta["namespace"])
-    if reuse_within is not None:
-        plan = queue.latest(namespace, reuse_within)
-        if plan is not None:
-            return plan
     request = PassRequest(str(body.get("kind")), str(meta["name"]),
                           None if leave_out else body, actor or actor_of(body))
 
@@ -271,12 +267,9 @@ def sibling_patches(bodies: Iterable[Mapping[str, Any]], plan: Plan,
     """(kind, name, status changes) of every object of the tenant (`bodies`, the indexed
     view) whose status this plan changes. The changes are taken against every view of
     the status the operator has: the indexed one and the one a pass last wrote there
-    (`written`; the index learns of that write only when its watch event arrives). An
-    object the pass covers (`covered`: its handler's event body's status) is left to
-    its handler, which patches it from this plan against that body, unless its views
-    disagree: the handler's body predates a write made since, and its diff would miss
-    what that write changed, so the pass writes it too. Fields the worker applier adds to
-    a Model are kept as they are."""
+    (`written`; the index learns of that write only when its watch event arrives), and
+    for an object the pass covers (`covered`), its handler's event body. Fields the
+    worker applier adds to a Model are kept as they are."""
     out = []
     for b in bodies:
         key = (str(b.get("kind")), str(b["metadata"]["name"]))
@@ -285,8 +278,8 @@ def sibling_patches(bodies: Iterable[Mapping[str, Any]], plan: Plan,
         views = [dict(b.get("status") or {})]
         if written and key in written:
             views.append(dict(written[key]))
-        if key in covered and all(v == covered[key] for v in views):
-            continue  # its handler's diff sees what is there
+        if key in covered:
+            views.append(dict(covered[key]))
         changes: dict[str, Any] = {}
         for view in views:
             changes.update(status_changes(view, plan.computed[key]))
@@ -350,8 +343,11 @@ def on_change(**kwargs: Any) -> None:
     body: kopf.Body = kwargs["body"]
     patch: kopf.Patch = kwargs["patch"]
     memo: kopf.Memo = kwargs["memo"]
+    reuse = kwargs.get(REUSE_WITHIN)  # the repair timer: a plan that recent will do
+    recent = memo["tenants"].latest(str(body.metadata.namespace), reuse) \
+        if reuse is not None else None
     try:
-        plan = queued_pass(memo, body, kwargs, reuse_within=kwargs.get(REUSE_WITHIN))
+        plan = recent or queued_pass(memo, body, kwargs)
     except CadmlError as exc:
         retry = int(kwargs.get("retry") or 0)
         if isinstance(exc, StaleWrite | ConflictError) and retry < RACE_RETRIES:
@@ -368,12 +364,15 @@ def on_change(**kwargs: Any) -> None:
                                          datetime.now(UTC))
         patch.status.update(status_changes(dict(body.status), stalled_status))
         raise kopf.PermanentError(str(exc)) from exc
-    status = plan.computed.get((str(body.get("kind")), str(body.metadata.name))) \
-        or unparseable_status(body, datetime.now(UTC)) or {}
+    computed = plan.computed.get((str(body.get("kind")), str(body.metadata.name)))
+    status = computed or unparseable_status(body, datetime.now(UTC)) or {}
     if body.get("kind") == "Model" and memo.get("apply_workers"):
         indexed = {kind: kwargs.get(index) for kind, index in WORKER_INDEXES.items()}
         status = {**status, **memo["apply_workers"](body, memo["settings"], indexed)}
     changes = status_changes(dict(body.status), status)
+    if recent is None and computed is not None and memo.get("patch_status"):
+        # the pass wrote what it computed (in pass order); the workers' fields are ours
+        changes = {k: v for k, v in changes.items() if k in WORKER_FIELDS}
     if changes:  # written once, and only when something changed
         patch.status.update(changes)
     _post_events(body, plan, memo.get("post_event") or kopf.info)

@@ -75,13 +75,22 @@ class Cluster:
         on_change(body=kopf.Body(self.bodies[(kind, name)]), patch=patch, memo=self.memo,
                   logger=logging.getLogger("test"), **self.indexes())
         # what kopf does with the patch: merge it into the object's status
+        self.merge_status(kind, name, dict(patch.get("status", {})))
+        return patch
+
+    def merge_status(self, kind: str, name: str, changes: dict[str, Any]) -> None:
+        """A merge patch of the object's status, as the API server applies one."""
         status = self.bodies[(kind, name)]["status"]
-        for k, v in dict(patch.get("status", {})).items():
+        for k, v in changes.items():
             if v is None:
                 status.pop(k, None)
             else:
                 status[k] = v
-        return patch
+
+    def patch_status(self, namespace: str, kind: str, name: str,
+                     changes: dict[str, Any]) -> None:
+        """`memo.patch_status` against these bodies."""
+        self.merge_status(kind, name, changes)
 
 
 @pytest.fixture

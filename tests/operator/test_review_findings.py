@@ -223,12 +223,7 @@ def test_a_sibling_patch_is_not_lost_to_the_waiting_handlers_own_patch(
     gate, in_patch = threading.Event(), threading.Event()
 
     def patch_status(ns: str, kind: str, name: str, changes: dict) -> None:
-        status = cluster.bodies[(kind, name)]["status"]
-        for k, v in changes.items():
-            if v is None:
-                status.pop(k, None)
-            else:
-                status[k] = v
+        cluster.patch_status(ns, kind, name, changes)
         if (kind, name) == version:
             in_patch.set()
             assert gate.wait(10)
@@ -271,12 +266,8 @@ def test_a_sibling_patch_is_not_lost_to_the_waiting_handlers_own_patch(
     gate.set()
     for t in (first, waiter, reverter):
         t.join(10)
+    cluster.merge_status(*version, dict(vpatch.get("status", {})))  # kopf applies it
     status = cluster.bodies[version]["status"]
-    for k, v in dict(vpatch.get("status", {})).items():  # kopf applies the handler's patch
-        if v is None:
-            status.pop(k, None)
-        else:
-            status[k] = v
     with cluster.memo["store"].read(TENANT) as tx:
         routed = {r.version: r.weight for r in tx.snapshot("part-similarity", live=True).routes}
     assert routed["1.2.0"] == 10
