@@ -476,6 +476,9 @@ async def review_run(request: web.Request) -> web.StreamResponse:
 
     def review() -> dict[str, Any]:
         with runtime.store.transaction(s.tenant, f"reviewer:{reviewer}") as tx:
+            found = tx.run_view(run_key)  # the write was authorized on this model only
+            if found is None or found["model"] != s.model:
+                raise NotFound(f"run {run_key} is not a run of model {s.model}")
             tx.review_run(run_key, status, reviewer, None if human is None else str(human),
                           agree)
             tx.audit("review", "ModelRun", run_key, {"status": status, "reviewer": reviewer,

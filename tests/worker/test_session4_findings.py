@@ -1,0 +1,58 @@
+"""Session-4 adversarial review: each test reproduces a defect through a public interface
+(HTTP against a real worker app, the CLI). Real SQLite store, real faiss indexes built
+from the DXF corpus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from controller.features.sandbox import FeatureSandbox
+from controller.records import ModelRow
+from controller.worker.app import make_app
+from controller.worker.runtime import WorkerRuntime, WorkerSettings
+from tests.worker.conftest import EDITOR, TENANT, World, editor_guard
+
+OTHER = "other-sim"
+
+
+@pytest.fixture
+def sandbox() -> Iterator[FeatureSandbox]:
+    box = FeatureSandbox(1)
+    yield box
+    box.close()
+
+
+def _vector(world: World) -> list[float]:
+    return [float(x) for x in np.load(world.stable.manifest_path.parent / "vectors.npy")[0]]
+
+
+async def _client(runtime: WorkerRuntime, sandbox: FeatureSandbox, aiohttp_client: Any) -> Any:
+    app = make_app(runtime, sandbox=sandbox, refresh=False, guard=editor_guard())
+    app.on_cleanup.clear()
+    return await aiohttp_client(app, headers=EDITOR)
+
+
+async def test_a_worker_reviews_only_runs_of_the_model_it_serves(
+        world: World, sandbox: FeatureSandbox, aiohttp_client: Any) -> None:
+    """The write is authorized as `create models/reviews` on the worker's own model, so a
+    worker of model `other-sim` must not review a run of `part-sim` (a user with the edit
+    role on one model only would review every model of the tenant through it)."""
+    served = await _client(world.runtime, sandbox, aiohttp_client)
+    run = await (await served.post("/v1/search", json={"vector": _vector(world),
+                                                       "jobId": "x-1"})).json()
+    with world.store.transaction(TENANT, "seed") as tx:
+        tx.upsert_model(ModelRow(OTHER, OTHER, "acme", "Other", spec_hash="o"))
+    other = WorkerRuntime(world.store, WorkerSettings(TENANT, OTHER, "unused",
+                                                      worker_id="w-other"))
+    client = await _client(other, sandbox, aiohttp_client)
+    resp = await client.post(f"/v1/runs/{run['runKey']}/review",
+                             json={"status": "APPROVED", "agree": True})
+    body = await resp.json()
+    assert (resp.status, body.get("code")) == (404, "not_found"), body
+    with world.store.read(TENANT, "t") as tx:
+        stored = tx.run(run["runKey"])
+    assert stored is not None and stored["reviewer"] is None, stored
