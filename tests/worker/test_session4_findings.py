@@ -4,16 +4,20 @@ from the DXF corpus."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from controller.features.sandbox import FeatureSandbox
+from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.records import ModelRow
+from controller.search.build import build_index
 from controller.worker.app import make_app
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
+from tests.conftest import DXF_CORPUS
 from tests.worker.conftest import EDITOR, TENANT, World, editor_guard
 
 OTHER = "other-sim"
@@ -56,3 +60,36 @@ async def test_a_worker_reviews_only_runs_of_the_model_it_serves(
     with world.store.read(TENANT, "t") as tx:
         stored = tx.run(run["runKey"])
     assert stored is not None and stored["reviewer"] is None, stored
+
+
+def _big_drawing(path: Path, lines: int = 100_000) -> None:
+    import ezdxf
+
+    doc = ezdxf.new()  # type: ignore[attr-defined]
+    msp = doc.modelspace()
+    for i in range(lines):
+        msp.add_line((i, 0), (i, 1 + i % 7))
+    doc.saveas(path)
+
+
+def test_running_out_of_memory_is_never_cached_as_an_unreadable_drawing(tmp_path: Path
+                                                                         ) -> None:
+    """A drawing that runs the parser out of memory under a tight limit is refused with
+    `memory_limit` (a refusal of this run, never cached). It was `invalid_drawing` ("not a
+    readable DXF drawing: MemoryError") whenever the MemoryError came from inside the DXF
+    reader: cached, so every later build, whatever its limits, skipped the drawing. Tight
+    builds at a few limits (where the parser runs out of memory depends on the machine);
+    then a build with the default limits over the same cache must index the drawing."""
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    shutil.copy(DXF_CORPUS / "3dface.dxf", src / "small.dxf")
+    _big_drawing(src / "big.dxf")
+    codes = set()
+    for mib in (280, 320, 360):
+        built = build_index(src, tmp_path / f"tight-{mib}", workers=1, cache=cache,
+                            limits=SandboxLimits(memory_bytes=mib * 2**20))
+        codes |= {s["code"] for s in built.skipped if s["file"] == "big.dxf"}
+    assert codes <= {"memory_limit", "time_limit"}, codes
+    again = build_index(src, tmp_path / "roomy", workers=1, cache=cache,
+                        limits=SandboxLimits(cpu_seconds=30))
+    assert [s for s in again.skipped if s["file"] == "big.dxf"] == [], again.skipped
