@@ -5,6 +5,7 @@ Errors are JSON `{code, stage, message, context, timestamp}`:
     401 unauthenticated / writes_disabled   403 forbidden (writes: controller.worker.auth)
     404 not_found (run, version, route, unknown endpoint)   405 method_not_allowed
     409 not_routable (binding to a version the effective policy does not route)
+    409 bound_elsewhere (binding a job bound to a version of another model)
     413 too_large   415 unsupported_media_type / unsupported_content_encoding
     422 invalid_drawing & friends (time_limit, parser_crash), dimension_mismatch
     429 busy (more drawing uploads in flight than allowed; Retry-After)
@@ -361,6 +362,14 @@ async def bind_job(request: web.Request) -> web.StreamResponse:
             row = rows.get(version)
             if row is None:
                 raise NotFound(f"model {s.model} has no version {version!r}")
+            bound = tx.job_binding(job)  # one binding per job and tenant: not another model's
+            if bound is not None and bound["model"] != s.model:
+                raise WorkerError(
+                    f"job {job} is bound to model {bound['model']} (version "
+                    f"{bound['version']}); delete that binding through a worker of "
+                    f"{bound['model']} first", code="bound_elsewhere", stage="binding",
+                    status=409, context={"jobId": job, "model": bound["model"],
+                                         "version": bound["version"]})
             snap = tx.serving_snapshot(s.model)
             _require_routable(version, row.stage, snap)
             snapshot = {"policyVersion": snap.policy_version if snap else None,

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
-from controller.records import ModelRow
+from controller.records import ModelRow, VersionRow
 from controller.search.build import build_index
 from controller.worker.app import make_app
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import DXF_CORPUS
-from tests.worker.conftest import EDITOR, TENANT, World, editor_guard
+from tests.worker.conftest import EDITOR, MODEL, TENANT, World, editor_guard
 
 OTHER = "other-sim"
 
@@ -93,3 +93,35 @@ def test_running_out_of_memory_is_never_cached_as_an_unreadable_drawing(tmp_path
     again = build_index(src, tmp_path / "roomy", workers=1, cache=cache,
                         limits=SandboxLimits(cpu_seconds=30))
     assert [s for s in again.skipped if s["file"] == "big.dxf"] == [], again.skipped
+
+
+async def test_binding_a_job_through_another_models_worker_leaves_its_binding_alone(
+        world: World, sandbox: FeatureSandbox, aiohttp_client: Any) -> None:
+    """A job bound to a version of `part-sim`: a worker of `other-sim` (whose writes are
+    authorized on `other-sim` alone) must not take the binding over. It did: the store keeps
+    one binding per job and tenant, so the bind moved it, which is the DELETE that same
+    worker refuses with 404. Answered 409 now; the binding stays where it was."""
+    served = await _client(world.runtime, sandbox, aiohttp_client)
+    resp = await served.post("/v1/jobs/j-7/binding", json={"version": "1.1.0"})
+    assert resp.status == 200, await resp.text()
+    _other_model(world)
+    other = WorkerRuntime(world.store, WorkerSettings(TENANT, OTHER, "unused",
+                                                      worker_id="w-other"))
+    other.refresh()
+    client = await _client(other, sandbox, aiohttp_client)
+    resp = await client.post("/v1/jobs/j-7/binding", json={"version": "2.0.0"})
+    body = await resp.json()
+    assert (resp.status, body.get("code")) == (409, "bound_elsewhere"), body
+    with world.store.read(TENANT, "t") as tx:
+        found = tx.job_binding("j-7")
+    assert found is not None and (found["model"], found["version"]) == (MODEL, "1.1.0")
+
+
+def _other_model(world: World) -> None:
+    """`other-sim` with one STABLE version (the corpus index) and no policy: its default
+    routing serves it."""
+    with world.store.transaction(TENANT, "seed") as tx:
+        tx.upsert_model(ModelRow(OTHER, OTHER, "acme", "Other", spec_hash="o"))
+        tx.upsert_version(VersionRow("os-2-0-0", OTHER, "2.0.0", "STABLE",
+                                     world.stable.manifest_path.as_uri(), "faiss-index",
+                                     world.stable.manifest_sha256, spec_hash="2.0.0"))
