@@ -163,6 +163,19 @@ def _int(value: Any, default: int, name: str) -> int:
                           status=400) from None
 
 
+JOB_KEY_MAX = 256  # the store's job_key column
+
+
+def _job(value: Any) -> str:
+    """A request's job id (a fresh one when none is given); too long for the store: 400."""
+    job = str(value or uuid.uuid4().hex)
+    if len(job) > JOB_KEY_MAX:
+        raise WorkerError(f"jobId is {len(job)} characters; at most {JOB_KEY_MAX}",
+                          code="bad_request", stage="request", status=400,
+                          context={"field": "jobId", "limit": JOB_KEY_MAX})
+    return job
+
+
 @contextlib.contextmanager
 def _upload_slot(request: web.Request) -> Any:
     """A per-worker limit on drawing uploads in flight, decided before the body is read."""
@@ -226,7 +239,7 @@ async def _search_request(request: web.Request) -> SearchRequest:
                           code="unsupported_media_type", stage="request", status=415)
     runtime = request.app[RUNTIME]
     k = runtime.top_k(_int(params.get("topK"), runtime.settings.default_top_k, "topK"))
-    return str(params.get("jobId") or uuid.uuid4().hex), k, payload
+    return _job(params.get("jobId")), k, payload
 
 
 def _served_error(outcome: SearchOutcome) -> WorkerError:
@@ -297,6 +310,7 @@ def _route_queries(runtime: WorkerRuntime, queries: list[Any]
     for i, q in enumerate(queries):
         job = str((q.get("jobId") if isinstance(q, dict) else None) or uuid.uuid4().hex)
         try:
+            job = _job(job)
             vector = _vector(q.get("vector") if isinstance(q, dict) else None)
         except WorkerError as exc:  # refused before routing: an error, not a run
             answers[i] = {"jobId": job, "error": exc.as_json()}
@@ -346,7 +360,7 @@ def _served(request: web.Request) -> tuple[str, str]:
 @requires(BINDINGS, _served)
 async def bind_job(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    job = request.match_info["job"]
+    job = _job(request.match_info["job"])
     body = await _json(request)
     version = str(body.get("version") or "")
     if not version:

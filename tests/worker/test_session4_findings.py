@@ -14,11 +14,13 @@ import pytest
 
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.records import ModelRow, VersionRow
-from controller.search.build import build_index
+from controller.search.build import BuildResult, build_index
+from controller.store.repository import RunFilter
 from controller.worker.app import make_app
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import DXF_CORPUS
-from tests.worker.conftest import EDITOR, MODEL, TENANT, World, editor_guard
+from tests.stores import Backend
+from tests.worker.conftest import EDITOR, MODEL, TENANT, World, build_world, editor_guard
 
 OTHER = "other-sim"
 
@@ -125,3 +127,33 @@ def _other_model(world: World) -> None:
         tx.upsert_version(VersionRow("os-2-0-0", OTHER, "2.0.0", "STABLE",
                                      world.stable.manifest_path.as_uri(), "faiss-index",
                                      world.stable.manifest_sha256, spec_hash="2.0.0"))
+
+
+LONG_JOB = "j" * 300  # the store keeps job keys of up to 256 characters
+
+
+async def test_a_job_id_longer_than_the_store_keeps_is_a_bad_request(
+        backend: Backend, tmp_path: Path, corpus_index: BuildResult, corpus_hnsw: BuildResult,
+        sandbox: FeatureSandbox, aiohttp_client: Any) -> None:
+    """A jobId over 256 characters: 400 bad_request naming the field, nothing recorded, on
+    both engines. On PostgreSQL the search ran and the run's insert failed: a 500, and a
+    batch with one such query lost the runs of all its queries."""
+    world = build_world(backend.store, tmp_path, corpus_index, corpus_hnsw)
+    client = await _client(world.runtime, sandbox, aiohttp_client)
+    vector = _vector(world)
+    for path, body in (("/v1/search", {"vector": vector, "jobId": LONG_JOB}),
+                       ("/v1/search/batch", {"queries": [{"vector": vector, "jobId": "ok-1"},
+                                                         {"vector": vector,
+                                                          "jobId": LONG_JOB}]}),
+                       (f"/v1/jobs/{LONG_JOB}/binding", {"version": "1.0.0"})):
+        resp = await client.post(path, json=body)
+        answer = await resp.json()
+        if path.endswith("batch"):
+            assert resp.status == 200, answer
+            ok, bad = answer["results"]
+            assert "runKey" in ok and bad["error"]["code"] == "bad_request", answer
+        else:
+            assert (resp.status, answer.get("code")) == (400, "bad_request"), (path, answer)
+    with world.store.read(TENANT, "t") as tx:
+        assert tx.job_binding(LONG_JOB) is None
+        assert [r["jobId"] for r in tx.runs(RunFilter())] == ["ok-1"]
