@@ -164,6 +164,7 @@ def _int(value: Any, default: int, name: str) -> int:
 
 
 JOB_KEY_MAX = 256  # the store's job_key column
+HUMAN_DECISION_MAX = 32  # and its human_decision
 
 
 def _job(value: Any) -> str:
@@ -495,6 +496,11 @@ async def review_run(request: web.Request) -> web.StreamResponse:
                           "AI's suggestion? It decides review_override_rate",
                           code="bad_request", stage="review", status=400)
     human = body.get("humanDecision")
+    if human is not None and (not isinstance(human, str) or len(human) > HUMAN_DECISION_MAX):
+        raise WorkerError(f"humanDecision must be a label of at most {HUMAN_DECISION_MAX} "
+                          "characters (such as 'no-match')", code="bad_request",
+                          stage="review", status=400,
+                          context={"field": "humanDecision", "limit": HUMAN_DECISION_MAX})
     s = runtime.settings
 
     def review() -> dict[str, Any]:

@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from controller.errors import UsageError
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.records import ModelRow, VersionRow
 from controller.search.build import BuildResult, build_index
 from controller.store.repository import RunFilter
 from controller.worker.app import make_app
+from controller.worker.auth import TokenFile
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import DXF_CORPUS
 from tests.stores import Backend
@@ -157,3 +159,31 @@ async def test_a_job_id_longer_than_the_store_keeps_is_a_bad_request(
     with world.store.read(TENANT, "t") as tx:
         assert tx.job_binding(LONG_JOB) is None
         assert [r["jobId"] for r in tx.runs(RunFilter())] == ["ok-1"]
+
+
+@pytest.mark.parametrize("human", ["no-match-after-checking-the-hole-pattern", {"a": 1}])
+async def test_a_human_decision_the_store_cannot_keep_is_a_bad_request(
+        backend: Backend, tmp_path: Path, corpus_index: BuildResult, corpus_hnsw: BuildResult,
+        sandbox: FeatureSandbox, aiohttp_client: Any, human: object) -> None:
+    """humanDecision is a short label (the store keeps 32 characters): a longer one, or
+    one that is not a string, is 400 bad_request and the run stays unreviewed. It was a
+    500 StoreError on PostgreSQL and stored as given (a dict's repr) on SQLite."""
+    world = build_world(backend.store, tmp_path, corpus_index, corpus_hnsw)
+    client = await _client(world.runtime, sandbox, aiohttp_client)
+    run = await (await client.post("/v1/search", json={"vector": _vector(world),
+                                                       "jobId": "h-1"})).json()
+    resp = await client.post(f"/v1/runs/{run['runKey']}/review",
+                             json={"status": "REJECTED", "agree": False,
+                                   "humanDecision": human})
+    answer = await resp.json()
+    assert (resp.status, answer.get("code")) == (400, "bad_request"), answer
+    with world.store.read(TENANT, "t") as tx:
+        stored = tx.run(run["runKey"])
+    assert stored is not None and stored["review_status"] == "PENDING_REVIEW", stored
+
+
+def test_a_token_file_user_longer_than_the_store_keeps_is_refused_at_start() -> None:
+    """The reviewer recorded is the token's user (the store keeps 256 characters): a longer
+    one is refused when the file is read, not a 500 at the first review on PostgreSQL."""
+    with pytest.raises(UsageError, match="line 1"):
+        TokenFile.parse(f"t-1 {'u' * 300} edit\n")
