@@ -133,7 +133,7 @@ async def _json(request: web.Request) -> dict[str, Any]:
             body = await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
         else:
             body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise WorkerError(f"request body is not JSON: {exc}", code="bad_request",
                           stage="request", status=400) from None
     if not isinstance(body, dict):
@@ -158,7 +158,7 @@ def _int(value: Any, default: int, name: str) -> int:
         return default
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise WorkerError(f"{name} must be an integer", code="bad_request", stage="request",
                           status=400) from None
 

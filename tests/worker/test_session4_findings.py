@@ -187,3 +187,18 @@ def test_a_token_file_user_longer_than_the_store_keeps_is_refused_at_start() -> 
     one is refused when the file is read, not a 500 at the first review on PostgreSQL."""
     with pytest.raises(UsageError, match="line 1"):
         TokenFile.parse(f"t-1 {'u' * 300} edit\n")
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ("[" * 100_000 + "]" * 100_000, "body"),  # nested past the JSON decoder's recursion
+    ('{"vector": [1.0], "topK": Infinity}', "topK"),  # Python's json reads Infinity
+])
+async def test_hostile_json_is_a_bad_request_not_an_internal_error(
+        world: World, sandbox: FeatureSandbox, aiohttp_client: Any, body: str, field: str
+        ) -> None:
+    """Both were 500 internal_error (RecursionError, OverflowError from int(inf))."""
+    client = await _client(world.runtime, sandbox, aiohttp_client)
+    resp = await client.post("/v1/search", data=body,
+                             headers={"Content-Type": "application/json"})
+    answer = await resp.json()
+    assert (resp.status, answer.get("code")) == (400, "bad_request"), (field, answer)
