@@ -98,8 +98,11 @@ def usable_default(cache: Path | None, args: argparse.Namespace) -> Path | None:
     from controller.errors import SourceError
     from controller.search.featurecache import check_writable
 
-    if cache is None or args.cache or args.resume:
-        return cache  # named or needed: build_index refuses it if it is not writable
+    if cache is None:
+        return None
+    if args.cache or args.resume:
+        check_writable(cache)  # named or needed: refused before --out is created
+        return cache
     try:
         check_writable(cache)
     except SourceError as exc:

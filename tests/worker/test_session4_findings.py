@@ -4,6 +4,7 @@ from the DXF corpus."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from controller.cli import main
 from controller.errors import UsageError
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.records import ModelRow, VersionRow
@@ -202,3 +204,27 @@ async def test_hostile_json_is_a_bad_request_not_an_internal_error(
                              headers={"Content-Type": "application/json"})
     answer = await resp.json()
     assert (resp.status, answer.get("code")) == (400, "bad_request"), (field, answer)
+
+
+@pytest.mark.parametrize("damage", [lambda v: v[:3], lambda v: [float("nan")] * len(v)])
+def test_a_damaged_cache_vector_is_a_miss(tmp_path: Path, damage: Any) -> None:
+    """A cache entry whose vector has the wrong length (or is not finite) is a miss, as the
+    cache promises for damaged entries: the rebuild parses the drawing again and writes the
+    artifact a build without the cache writes. It was exit 3, internal error (np.vstack)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("3dface.dxf", "VP4.dxf"):
+        shutil.copy(DXF_CORPUS / name, src / name)
+    cache = tmp_path / "cache"
+    assert main(["index", "build", str(src), "--out", str(tmp_path / "a"), "--cache",
+                 str(cache), "--quiet"]) == 0
+    entry = sorted(cache.rglob("*.json"))[0]
+    record = json.loads(entry.read_text())
+    record["vector"] = damage(record["vector"])
+    entry.write_text(json.dumps(record))
+    assert main(["index", "build", str(src), "--out", str(tmp_path / "b"), "--cache",
+                 str(cache), "--quiet"]) == 0
+    assert main(["index", "build", str(src), "--out", str(tmp_path / "c"), "--no-cache",
+                 "--quiet"]) == 0
+    assert (tmp_path / "b" / "vectors.npy").read_bytes() == \
+        (tmp_path / "c" / "vectors.npy").read_bytes()
