@@ -66,7 +66,7 @@ def test_every_option_has_help_stating_its_default(
 def test_worker_help_documents_endpoints_and_limits() -> None:
     text = {n: p for n, p, _ in COMMANDS}["cadml worker"].format_help()
     for needed in ("/v1/search?jobId=", "topK: 1..100", "/v1/jobs/JOB/binding", "/readyz",
-                   "(default: 8080)", "(default: 0.0.0.0)", "cadml[worker]"):
+                   "(default: 8080)", "(default 127.0.0.1", "cadml[worker]"):
         assert needed in text, needed
     rollback = {n: p for n, p, _ in COMMANDS}["cadml rollback"].format_help()
     assert "required with --cluster" in rollback

@@ -228,3 +228,20 @@ def test_a_damaged_cache_vector_is_a_miss(tmp_path: Path, damage: Any) -> None:
                  "--quiet"]) == 0
     assert (tmp_path / "b" / "vectors.npy").read_bytes() == \
         (tmp_path / "c" / "vectors.npy").read_bytes()
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--port", "99999"), ("--port", "-5"),  # were exit 3: OverflowError from bind()
+    ("--cpu-seconds", "0"), ("--cpu-seconds", "-1"), ("--cpu-seconds", "nan"),
+    ("--loader-cpu-seconds", "0"), ("--backoff", "-1"), ("--backoff-max", "inf"),
+])
+def test_worker_limits_out_of_range_are_usage_errors(
+        option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before anything starts, exit 2. `--cpu-seconds 0` started a worker whose
+    parser had no CPU limit at all (setitimer 0 disarms the timer); -1 one that refused
+    every drawing."""
+    with pytest.raises(SystemExit) as stopped:  # argparse's usage error
+        main(["worker", "--model", f"{TENANT}/{MODEL}", option, value])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "internal error" not in err, err
