@@ -137,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.source)
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder")
+    if not 0 < args.cpu_seconds < float("inf"):  # nan and inf too (no usable timer)
+        raise UsageError(f"--cpu-seconds {args.cpu_seconds}: must be a finite number above 0")
     prepare_out(Path(args.out))
-    if args.cpu_seconds <= 0:
-        raise UsageError(f"--cpu-seconds {args.cpu_seconds}: must be above 0")
     meter = ProgressMeter()
 
     def progress(tick: BuildTick) -> None:

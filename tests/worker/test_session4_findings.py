@@ -245,3 +245,14 @@ def test_worker_limits_out_of_range_are_usage_errors(
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert option in err and "internal error" not in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_index_build_cpu_seconds_must_be_finite(
+        value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`nan` skipped every drawing ("more than nan s of CPU", exit 1); `inf` was exit 3
+    (OverflowError from the timer). Both are usage errors now, before --out is made."""
+    assert main(["index", "build", str(DXF_CORPUS), "--out", str(tmp_path / "out"),
+                 "--no-cache", "--cpu-seconds", value]) == 2
+    assert "--cpu-seconds" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
