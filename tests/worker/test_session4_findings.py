@@ -18,6 +18,9 @@ from controller.errors import UsageError
 from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.records import ModelRow, VersionRow
 from controller.search.build import BuildResult, build_index
+from controller.store import Store
+from controller.store.engine import make_engine
+from controller.store.migrate import upgrade
 from controller.store.repository import RunFilter
 from controller.worker.app import make_app
 from controller.worker.auth import TokenFile
@@ -256,3 +259,28 @@ def test_index_build_cpu_seconds_must_be_finite(
                  "--no-cache", "--cpu-seconds", value]) == 2
     assert "--cpu-seconds" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+async def test_a_multipart_drawing_over_the_upload_limit_is_refused(
+        tmp_path: Path, corpus_index: BuildResult, corpus_hnsw: BuildResult,
+        sandbox: FeatureSandbox, aiohttp_client: Any) -> None:
+    """--max-upload-bytes bounds every request body: a multipart upload whose drawing part
+    is over it is 413 too_large, never read whole into memory. A probe that held (aiohttp
+    bounds a multipart part by client_max_size too): kept as a regression test."""
+    import aiohttp
+
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'w.db'}"))
+    upgrade(store.engine)
+    try:
+        world = build_world(store, tmp_path, corpus_index, corpus_hnsw,
+                            max_upload_bytes=1024 * 1024)
+        client = await _client(world.runtime, sandbox, aiohttp_client)
+        form = aiohttp.FormData()
+        form.add_field("jobId", "big-1")
+        form.add_field("drawing", b"0\nSECTION\n" + b" " * (8 * 1024 * 1024),
+                       filename="big.dxf", content_type="application/dxf")
+        resp = await client.post("/v1/search", data=form)
+        answer = await resp.json()
+        assert (resp.status, answer.get("code")) == (413, "too_large"), answer
+    finally:
+        store.dispose()
