@@ -167,13 +167,20 @@ JOB_KEY_MAX = 256  # the store's job_key column
 HUMAN_DECISION_MAX = 32  # and its human_decision
 
 
+def _controls(text: str) -> bool:
+    """Whether `text` holds control characters (a newline forging a line of `cadml runs`,
+    a terminal escape sequence run by whoever reads it)."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
 def _job(value: Any) -> str:
-    """A request's job id (a fresh one when none is given); too long for the store: 400."""
+    """A request's job id (a fresh one when none is given); too long for the store, or
+    with control characters: 400."""
     job = str(value or uuid.uuid4().hex)
-    if len(job) > JOB_KEY_MAX:
-        raise WorkerError(f"jobId is {len(job)} characters; at most {JOB_KEY_MAX}",
-                          code="bad_request", stage="request", status=400,
-                          context={"field": "jobId", "limit": JOB_KEY_MAX})
+    if len(job) > JOB_KEY_MAX or _controls(job):
+        raise WorkerError(f"jobId must be at most {JOB_KEY_MAX} characters, none of them "
+                          "control characters", code="bad_request", stage="request",
+                          status=400, context={"field": "jobId", "limit": JOB_KEY_MAX})
     return job
 
 
@@ -496,7 +503,8 @@ async def review_run(request: web.Request) -> web.StreamResponse:
                           "AI's suggestion? It decides review_override_rate",
                           code="bad_request", stage="review", status=400)
     human = body.get("humanDecision")
-    if human is not None and (not isinstance(human, str) or len(human) > HUMAN_DECISION_MAX):
+    if human is not None and (not isinstance(human, str) or len(human) > HUMAN_DECISION_MAX
+                              or _controls(human)):
         raise WorkerError(f"humanDecision must be a label of at most {HUMAN_DECISION_MAX} "
                           "characters (such as 'no-match')", code="bad_request",
                           stage="review", status=400,

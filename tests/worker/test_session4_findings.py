@@ -301,3 +301,18 @@ def test_an_unrelated_policy_edit_does_not_revive_an_aborted_canary() -> None:
               "analysis": {"intervalSeconds": 60, "failureLimit": 2}}
     edited = {**judged, "refreshSeconds": 10}
     assert judges(analysis_key(judged), edited, "whole-spec-hash")
+
+
+@pytest.mark.parametrize("job", ["a\n2026-11-30T20:00:00+00:00  acme-cad/part-sim 1.0.0",
+                                 "x\x1b]0;owned\x07\x1b[2J"])
+async def test_a_job_id_with_control_characters_is_a_bad_request(
+        world: World, sandbox: FeatureSandbox, aiohttp_client: Any, job: str) -> None:
+    """Searches need no token, and `cadml runs` prints each run's job id as is: a newline
+    forged a line of its output, an escape sequence ran in the terminal of whoever read
+    it. 400 now, nothing recorded."""
+    client = await _client(world.runtime, sandbox, aiohttp_client)
+    resp = await client.post("/v1/search", json={"vector": _vector(world), "jobId": job})
+    answer = await resp.json()
+    assert (resp.status, answer.get("code")) == (400, "bad_request"), answer
+    with world.store.read(TENANT, "t") as tx:
+        assert tx.runs(RunFilter()) == []
