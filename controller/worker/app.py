@@ -476,8 +476,8 @@ async def get_run(request: web.Request) -> web.Response:
             return tx.run_view(run_key)
 
     found = await asyncio.get_running_loop().run_in_executor(None, read)
-    if found is None:
-        raise NotFound(f"run {run_key} does not exist")
+    if found is None or found["model"] != s.model:  # as bindings: this worker's model only
+        raise NotFound(f"run {run_key} is not a run of model {s.model}")
     return web.json_response(found)
 
 

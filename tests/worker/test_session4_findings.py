@@ -66,6 +66,10 @@ async def test_a_worker_reviews_only_runs_of_the_model_it_serves(
                              json={"status": "APPROVED", "agree": True})
     body = await resp.json()
     assert (resp.status, body.get("code")) == (404, "not_found"), body
+    # nor read it: a worker answers for its own model, as GET /v1/jobs/{job}/binding does
+    resp = await client.get(f"/v1/runs/{run['runKey']}")
+    assert resp.status == 404, await resp.text()
+    assert (await served.get(f"/v1/runs/{run['runKey']}")).status == 200
     with world.store.read(TENANT, "t") as tx:
         stored = tx.run(run["runKey"])
     assert stored is not None and stored["reviewer"] is None, stored
