@@ -10,6 +10,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -103,6 +104,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _in_range(text: str, kind: type[int] | type[float], ok: Callable[[float], bool],
+              what: str) -> Any:
+    """argparse type helper: `text` as `kind`, refused unless `ok` holds."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text} is not {what}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0."""
+    return float(_in_range(text, float, lambda v: 0 < v < float("inf"),
+                           "a number of seconds above 0"))
+
+
+def tcp_port(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    return int(_in_range(text, int, lambda v: 0 <= v <= 65535, "a port (0 to 65535)"))
 
 
 def write_json(data: Any, out: TextIO | None = None) -> None:

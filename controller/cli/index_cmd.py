@@ -98,8 +98,11 @@ def usable_default(cache: Path | None, args: argparse.Namespace) -> Path | None:
     from controller.errors import SourceError
     from controller.search.featurecache import check_writable
 
-    if cache is None or args.cache or args.resume:
-        return cache  # named or needed: build_index refuses it if it is not writable
+    if cache is None:
+        return None
+    if args.cache or args.resume:
+        check_writable(cache)  # named or needed: refused before --out is created
+        return cache
     try:
         check_writable(cache)
     except SourceError as exc:
@@ -128,18 +131,15 @@ def run(args: argparse.Namespace) -> int:
     from controller.features.identity import extractor_version
     from controller.features.sandbox import SandboxLimits
     from controller.search.build import build_index
-    from controller.search.featurecache import check_writable
     from controller.search.progress import BuildTick, ProgressMeter
 
     cache = usable_default(cache_root(args, os.environ), args)
     source = Path(args.source)
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder")
-    if cache is not None:  # a named cache that cannot be written: refused before any work
-        check_writable(cache)
+    if not 0 < args.cpu_seconds < float("inf"):  # nan and inf too (no usable timer)
+        raise UsageError(f"--cpu-seconds {args.cpu_seconds}: must be a finite number above 0")
     prepare_out(Path(args.out))
-    if args.cpu_seconds <= 0:
-        raise UsageError(f"--cpu-seconds {args.cpu_seconds}: must be above 0")
     meter = ProgressMeter()
 
     def progress(tick: BuildTick) -> None:

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from controller.cli._common import add_parser, positive_int
+from controller.cli._common import add_parser, positive_int, positive_seconds, tcp_port
 from controller.cli.store_cmds import STORE_HELP
 
 HELP = """\
@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, metavar="TENANT/MODEL",
                    help="the model to serve: its namespace (tenant) and name")
     p.add_argument("--store", help=STORE_HELP)
-    p.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
+    p.add_argument("--port", type=tcp_port, default=8080, help="TCP port to listen on")
     p.add_argument("--host", default="127.0.0.1",
                    help="listen address (default 127.0.0.1: this machine only; in a pod, "
                         "0.0.0.0)")
@@ -87,15 +87,15 @@ def register(sub: Any) -> None:
                    help="whitelist (default; exact module.name pairs only) or audit "
                         "(the same allowlist, plus an audit event with the opcode census of "
                         "every scanned pickle, refused ones included)")
-    p.add_argument("--backoff", type=float, default=300.0, metavar="S",
+    p.add_argument("--backoff", type=positive_seconds, default=300.0, metavar="S",
                    help="first recovery retry of a degraded index, seconds (default 300, "
                         "doubling up to --backoff-max)")
-    p.add_argument("--backoff-max", type=float, default=3600.0, metavar="S",
+    p.add_argument("--backoff-max", type=positive_seconds, default=3600.0, metavar="S",
                    help="longest wait between recovery retries, seconds")
     p.add_argument("--max-upload-bytes", type=positive_int, default=20 * 1024 * 1024,
                    metavar="N",
                    help="refuse request bodies larger than N bytes, HTTP 413 (default: 20 MiB)")
-    p.add_argument("--cpu-seconds", type=float, default=10.0, metavar="S",
+    p.add_argument("--cpu-seconds", type=positive_seconds, default=10.0, metavar="S",
                    help="CPU time one drawing may take to parse (default 10 s); beyond it "
                         "the upload is answered 422 time_limit and its parser is replaced")
     p.add_argument("--max-concurrent-uploads", type=positive_int, default=8, metavar="N",
@@ -111,7 +111,7 @@ def register(sub: Any) -> None:
                    metavar="N",
                    help="address space of the child process that deserialises pickle and "
                         "npz artifacts (default 2 GiB)")
-    p.add_argument("--loader-cpu-seconds", type=float, default=60.0, metavar="S",
+    p.add_argument("--loader-cpu-seconds", type=positive_seconds, default=60.0, metavar="S",
                    help="CPU time that child may take (default 60 s)")
     p.add_argument("--hnsw-ef-search", type=positive_int, metavar="N",
                    help="HNSW search depth for versions whose spec.search sets none "

@@ -95,10 +95,12 @@ def load_drawing(data: bytes, *, max_bytes: int = 50 * 1024 * 1024) -> Loaded:
             info = dxf_stream_info(io.StringIO(data[:65536].decode("utf-8", errors="ignore")))
             text = data.decode(info.encoding, errors="surrogateescape")
             return Loaded(ezdxf.read(io.StringIO(text)), False)  # type: ignore[attr-defined]
+        except MemoryError:
+            raise
         except Exception:  # any failure of the strict reader: try to recover
             doc, _auditor = recover.read(io.BytesIO(data))
             return Loaded(doc, True)
-    except InvalidDrawing:
+    except (InvalidDrawing, MemoryError):  # out of memory is the run's limit, not the drawing
         raise
     except (Exception, RecursionError) as exc:  # every parser failure is one error
         raise InvalidDrawing(f"not a readable DXF drawing: {type(exc).__name__}: "

@@ -157,7 +157,7 @@ class _Slot:
             if self.pool is old:
                 self.pool, self.warm = self._make(), False
         if kill:  # a child past its wall deadline does not answer signals: end it
-            for process in list(getattr(old, "_processes", {}).values()):
+            for process in list((getattr(old, "_processes", None) or {}).values()):
                 process.kill()
         old.shutdown(wait=False)  # drawings already running in it still finish
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from controller.errors import SourceError
-from controller.features import Features, InvalidDrawing
+from controller.features import FEATURE_DIMS, Features, InvalidDrawing
 
 DEFAULT_CACHE = Path("~/.cache/cadml/features")
 # refusals that depend on the limits of this run, not on the drawing: never cached
@@ -65,7 +65,9 @@ def decode(sha: str, record: Any, feature_version: str) -> Result | None:
             return InvalidDrawing(str(e["message"]), code=str(e["code"]), stage=str(e["stage"]),
                                   context=e["context"], status=int(e["status"]))
         vector = np.asarray(record["vector"], dtype=np.float32)
-        if record["version"] != feature_version or vector.ndim != 1:
+        if record["version"] != feature_version or \
+                vector.shape != (FEATURE_DIMS[feature_version],) or \
+                not np.isfinite(vector).all():  # a damaged entry: parse the drawing again
             return None
         return Features(vector, feature_version, int(record["entities"]),
                         bool(record["truncated"]), bool(record["recovered"]))

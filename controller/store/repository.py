@@ -834,9 +834,13 @@ class StoreTx:
 
     def _next_binding_seq(self) -> int:
         """The tenant's next binding change marker; binds of a tenant commit in its order
-        (SQLite has one writer; PostgreSQL takes a per-tenant advisory lock)."""
-        c = t.ai_analysis_jobs.c
-        if self.conn.dialect.name == "postgresql":
+        (SQLite has one writer; PostgreSQL locks the tenant's audit chain head, the lock its
+        audit appends take: a row no other tenant's role can see, so none can hold it; an
+        advisory lock named after the tenant could be held by any role; it is left only for
+        a tenant without audit history, which has no model to bind to)."""
+        c, h = t.ai_analysis_jobs.c, t.audit_head.c
+        if self.conn.dialect.name == "postgresql" and self._one(
+                select(h.seq).where(h.tenant_id == self.tenant).with_for_update()) is None:
             self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                               {"k": f"cadml-bindings/{self.tenant}"})
         return int(self.conn.execute(select(func.coalesce(func.max(c.updated_seq), 0)).where(

@@ -5,6 +5,7 @@ Errors are JSON `{code, stage, message, context, timestamp}`:
     401 unauthenticated / writes_disabled   403 forbidden (writes: controller.worker.auth)
     404 not_found (run, version, route, unknown endpoint)   405 method_not_allowed
     409 not_routable (binding to a version the effective policy does not route)
+    409 bound_elsewhere (binding a job bound to a version of another model)
     413 too_large   415 unsupported_media_type / unsupported_content_encoding
     422 invalid_drawing & friends (time_limit, parser_crash), dimension_mismatch
     429 busy (more drawing uploads in flight than allowed; Retry-After)
@@ -132,7 +133,7 @@ async def _json(request: web.Request) -> dict[str, Any]:
             body = await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
         else:
             body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise WorkerError(f"request body is not JSON: {exc}", code="bad_request",
                           stage="request", status=400) from None
     if not isinstance(body, dict):
@@ -157,9 +158,30 @@ def _int(value: Any, default: int, name: str) -> int:
         return default
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise WorkerError(f"{name} must be an integer", code="bad_request", stage="request",
                           status=400) from None
+
+
+JOB_KEY_MAX = 256  # the store's job_key column
+HUMAN_DECISION_MAX = 32  # and its human_decision
+
+
+def _controls(text: str) -> bool:
+    """Whether `text` holds control characters (a newline forging a line of `cadml runs`,
+    a terminal escape sequence run by whoever reads it)."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
+def _job(value: Any) -> str:
+    """A request's job id (a fresh one when none is given); too long for the store, or
+    with control characters: 400."""
+    job = str(value or uuid.uuid4().hex)
+    if len(job) > JOB_KEY_MAX or _controls(job):
+        raise WorkerError(f"jobId must be at most {JOB_KEY_MAX} characters, none of them "
+                          "control characters", code="bad_request", stage="request",
+                          status=400, context={"field": "jobId", "limit": JOB_KEY_MAX})
+    return job
 
 
 @contextlib.contextmanager
@@ -225,7 +247,7 @@ async def _search_request(request: web.Request) -> SearchRequest:
                           code="unsupported_media_type", stage="request", status=415)
     runtime = request.app[RUNTIME]
     k = runtime.top_k(_int(params.get("topK"), runtime.settings.default_top_k, "topK"))
-    return str(params.get("jobId") or uuid.uuid4().hex), k, payload
+    return _job(params.get("jobId")), k, payload
 
 
 def _served_error(outcome: SearchOutcome) -> WorkerError:
@@ -296,6 +318,7 @@ def _route_queries(runtime: WorkerRuntime, queries: list[Any]
     for i, q in enumerate(queries):
         job = str((q.get("jobId") if isinstance(q, dict) else None) or uuid.uuid4().hex)
         try:
+            job = _job(job)
             vector = _vector(q.get("vector") if isinstance(q, dict) else None)
         except WorkerError as exc:  # refused before routing: an error, not a run
             answers[i] = {"jobId": job, "error": exc.as_json()}
@@ -345,7 +368,7 @@ def _served(request: web.Request) -> tuple[str, str]:
 @requires(BINDINGS, _served)
 async def bind_job(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    job = request.match_info["job"]
+    job = _job(request.match_info["job"])
     body = await _json(request)
     version = str(body.get("version") or "")
     if not version:
@@ -361,6 +384,14 @@ async def bind_job(request: web.Request) -> web.StreamResponse:
             row = rows.get(version)
             if row is None:
                 raise NotFound(f"model {s.model} has no version {version!r}")
+            bound = tx.job_binding(job)  # one binding per job and tenant: not another model's
+            if bound is not None and bound["model"] != s.model:
+                raise WorkerError(
+                    f"job {job} is bound to model {bound['model']} (version "
+                    f"{bound['version']}); delete that binding through a worker of "
+                    f"{bound['model']} first", code="bound_elsewhere", stage="binding",
+                    status=409, context={"jobId": job, "model": bound["model"],
+                                         "version": bound["version"]})
             snap = tx.serving_snapshot(s.model)
             _require_routable(version, row.stage, snap)
             snapshot = {"policyVersion": snap.policy_version if snap else None,
@@ -445,8 +476,8 @@ async def get_run(request: web.Request) -> web.Response:
             return tx.run_view(run_key)
 
     found = await asyncio.get_running_loop().run_in_executor(None, read)
-    if found is None:
-        raise NotFound(f"run {run_key} does not exist")
+    if found is None or found["model"] != s.model:  # as bindings: this worker's model only
+        raise NotFound(f"run {run_key} is not a run of model {s.model}")
     return web.json_response(found)
 
 
@@ -472,10 +503,19 @@ async def review_run(request: web.Request) -> web.StreamResponse:
                           "AI's suggestion? It decides review_override_rate",
                           code="bad_request", stage="review", status=400)
     human = body.get("humanDecision")
+    if human is not None and (not isinstance(human, str) or len(human) > HUMAN_DECISION_MAX
+                              or _controls(human)):
+        raise WorkerError(f"humanDecision must be a label of at most {HUMAN_DECISION_MAX} "
+                          "characters (such as 'no-match')", code="bad_request",
+                          stage="review", status=400,
+                          context={"field": "humanDecision", "limit": HUMAN_DECISION_MAX})
     s = runtime.settings
 
     def review() -> dict[str, Any]:
         with runtime.store.transaction(s.tenant, f"reviewer:{reviewer}") as tx:
+            found = tx.run_view(run_key)  # the write was authorized on this model only
+            if found is None or found["model"] != s.model:
+                raise NotFound(f"run {run_key} is not a run of model {s.model}")
             tx.review_run(run_key, status, reviewer, None if human is None else str(human),
                           agree)
             tx.audit("review", "ModelRun", run_key, {"status": status, "reviewer": reviewer,

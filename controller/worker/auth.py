@@ -35,6 +35,7 @@ RESOURCE = "models"
 # what each kind of write asks the authorizer for: `create` on a subresource of the Model
 REVIEWS, BINDINGS = "reviews", "bindings"
 INSECURE_LOCAL_USER = "insecure-local"
+USER_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,9 @@ class TokenFile:
                 continue
             if len(words) not in (2, 3) or (len(words) == 3 and words[2] not in cls.ACCESS):
                 raise UsageError(f"{source} line {n}: expected 'TOKEN USER [edit|view]'")
+            if len(words[1]) > USER_MAX:  # the store records the reviewer in 256 characters
+                raise UsageError(f"{source} line {n}: a user name of at most {USER_MAX} "
+                                 "characters")
             digest = _digest(words[0])
             if digest in users:
                 raise UsageError(f"{source} line {n}: a token given twice")

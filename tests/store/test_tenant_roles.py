@@ -143,3 +143,34 @@ def test_grant_tenant_refuses_a_role_that_can_become_another(
         with tenant_roles.admin.connect() as c:
             c.execute(text(f"REVOKE {APP_ROLE} FROM {ROLE_B}"))
             c.commit()
+
+
+def test_a_tenant_role_cannot_stall_another_tenants_bindings(tenant_roles: Backend) -> None:
+    """Tenant globex's role holds the advisory lock `cadml-bindings/acme` (a session lock
+    is not bounded by its transactions); a bind of tenant acme through the shared runtime
+    role must still commit. It waits as long as the lock is held: every bind of acme (and
+    the worker threads running them) stalled. Binds now lock the tenant's audit chain head,
+    a row row-level security keeps from every other tenant's role."""
+    import threading
+
+    b = tenant_roles
+    assert _grant(b, "globex", ROLE_B) == 0
+    hostile = create_engine(_as(b, ROLE_B))
+    done = threading.Event()
+
+    def bind() -> None:
+        with b.store.transaction("acme", "ann") as tx:
+            tx.bind_job("job-1", "part-sim-1.0.0", {})
+        done.set()
+
+    try:
+        with hostile.connect() as c:
+            c.execute(text("SELECT pg_advisory_lock(hashtext('cadml-bindings/acme'))"))
+            worker = threading.Thread(target=bind, daemon=True)
+            worker.start()
+            committed = done.wait(10)  # a positive signal: the bind committed
+            c.execute(text("SELECT pg_advisory_unlock_all()"))
+        worker.join(30)
+        assert committed, "acme's bind waited on a lock another tenant's role holds"
+    finally:
+        hostile.dispose()
