@@ -182,15 +182,27 @@ def measure(measurements: Sequence[Measurement], overall: str, verdicts: Sequenc
     return (kept, *judge(kept, failure_limit))
 
 
-def analysis_key(spec: Mapping[str, Any]) -> str:
-    """What canary analysis state is keyed by, with the model and version: the policy's
-    spec without its `modelRef`, so renaming the policy or its model neither resumes nor
-    resets an abort, while any other change to the spec starts the analysis afresh."""
-    body = {k: v for k, v in spec.items() if k != "modelRef"}
+# the parts of a RolloutPolicy spec that make a canary experiment: which versions take
+# how much traffic, and how they are judged. Other fields (refreshSeconds, thresholds,
+# validity window, override) neither resume nor reset an abort.
+ANALYSIS_FIELDS = ("weights", "analysis")
+
+
+def _digest(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def analysis_key(spec: Mapping[str, Any]) -> str:
+    """What canary analysis state is keyed by, with the model and version: the spec's
+    weights and analysis only, so renaming the policy or its model, or an edit unrelated
+    to the experiment (refreshSeconds, thresholds, an override), neither resumes nor
+    resets an abort; changing the canary's weights or its analysis starts afresh."""
+    return _digest({"key": "analysis/2", **{k: spec.get(k) for k in ANALYSIS_FIELDS}})
+
+
 def judges(state_key: str, spec: Mapping[str, Any], spec_hash: str) -> bool:
-    """Whether analysis state recorded under `state_key` judged this spec (state recorded
-    before migration 0011 was keyed by the whole spec's hash)."""
-    return state_key in (analysis_key(spec), spec_hash)
+    """Whether analysis state recorded under `state_key` judged this spec. Keys written by
+    older versions still count: the spec without `modelRef` (migration 0010..this key)
+    and the whole spec's hash (before it)."""
+    return state_key in (analysis_key(spec), spec_hash,
+                         _digest({k: v for k, v in spec.items() if k != "modelRef"}))

@@ -188,6 +188,20 @@ def test_a_new_spec_clears_the_abort(store: Store) -> None:
     assert plan.computed[("RolloutPolicy", "m-policy")]["abortedVersions"] == []
 
 
+def test_an_edit_unrelated_to_the_canary_keeps_its_abort(store: Store) -> None:
+    """Session-4 review: the abort was keyed by the whole spec, so changing refreshSeconds
+    (or a threshold) sent 30 % of the traffic back to the failed canary."""
+    _abort(store, bodies())
+    for field, value in (("refreshSeconds", 10),
+                         ("thresholds", {"similarity": 0.9})):
+        edited = bodies()
+        edited[-1]["spec"][field] = value
+        reconcile(store, edited)
+        snap = snapshot(store)
+        assert snap.source == "analysis-abort" and routes(snap) == [(STABLE, 100)], field
+    assert analyse(store, NOW + timedelta(hours=1)) == []  # not measured again either
+
+
 def test_schedule_tick_makes_an_abort_effective_at_once(
         backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
     from controller.cli import main
