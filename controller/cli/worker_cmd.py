@@ -52,7 +52,9 @@ models/reviews or models/bindings on the Model (SubjectAccessReview; the chart's
 cadml-edit role grants both). Outside one, --auth-token-file FILE holds lines
 'TOKEN USER [edit|view]'. The reviewer recorded is that user, never a header.
 Without either, writes are refused (401) unless --insecure-local is given on a
-loopback --host (they are then recorded as user 'insecure-local').
+loopback --host (they are then recorded as user 'insecure-local'). With a checker,
+searches and look-ups need a token too (get on the Model: cadml-view, or a 'view'
+line); without one they are open. Answers are cached 30 s per token and action.
 """
 
 EXAMPLES = """\

@@ -42,7 +42,15 @@ from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.records import PolicySnapshot
 from controller.routing import binding_state, routable
 from controller.search.artifacts import ArtifactError
-from controller.worker.auth import BINDINGS, GUARD, REVIEWS, WriteGuard, identity, requires
+from controller.worker.auth import (
+    BINDINGS,
+    GUARD,
+    READS,
+    REVIEWS,
+    WriteGuard,
+    identity,
+    requires,
+)
 from controller.worker.events import emit
 from controller.worker.runtime import Route, SearchOutcome, WorkerError, WorkerRuntime
 from controller.worker.runwriter import RunWriter
@@ -184,6 +192,12 @@ def _job(value: Any) -> str:
     return job
 
 
+def _served(request: web.Request) -> tuple[str, str]:
+    """The (tenant, model) this worker serves: what a request through it acts on."""
+    s = request.app[RUNTIME].settings
+    return s.tenant, s.model
+
+
 @contextlib.contextmanager
 def _upload_slot(request: web.Request) -> Any:
     """A per-worker limit on drawing uploads in flight, decided before the body is read."""
@@ -262,7 +276,8 @@ def _served_error(outcome: SearchOutcome) -> WorkerError:
                                 "policyVersion": outcome.policy_version})
 
 
-async def search(request: web.Request) -> web.Response:
+@requires(READS, _served)
+async def search(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     if request.content_type in ("multipart/form-data", *DRAWING_TYPES):
         with _upload_slot(request):
@@ -327,7 +342,8 @@ def _route_queries(runtime: WorkerRuntime, queries: list[Any]
     return answers, routed
 
 
-async def search_batch(request: web.Request) -> web.Response:
+@requires(READS, _served)
+async def search_batch(request: web.Request) -> web.StreamResponse:
     """One result or one error per query, in order; every routed query is a run."""
     started = time.perf_counter()
     runtime = request.app[RUNTIME]
@@ -357,12 +373,6 @@ async def search_batch(request: web.Request) -> web.Response:
             metrics.WORKER_ERRORS.labels(s.tenant, s.model, o.error.code).inc()
         answers[i] = o.as_json()
     return web.json_response({"results": answers}, dumps=_dumps)
-
-
-def _served(request: web.Request) -> tuple[str, str]:
-    """The (tenant, model) this worker serves: what a write through it acts on."""
-    s = request.app[RUNTIME].settings
-    return s.tenant, s.model
 
 
 @requires(BINDINGS, _served)
@@ -433,7 +443,8 @@ def _binding_view(runtime: WorkerRuntime, found: dict[str, Any]) -> dict[str, An
             "reason": reason, "policyVersion": snap.policy_version if snap else None}
 
 
-async def get_binding(request: web.Request) -> web.Response:
+@requires(READS, _served)
+async def get_binding(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     job, s = request.match_info["job"], runtime.settings
 
@@ -467,7 +478,8 @@ async def delete_binding(request: web.Request) -> web.StreamResponse:
     return web.json_response(await asyncio.get_running_loop().run_in_executor(None, delete))
 
 
-async def get_run(request: web.Request) -> web.Response:
+@requires(READS, _served)
+async def get_run(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     run_key, s = request.match_info["run"], runtime.settings
 

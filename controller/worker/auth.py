@@ -1,8 +1,12 @@
-"""Who may write through a worker (review a run, bind a job): a bearer token, checked by
-the Kubernetes API server (TokenReview, then SubjectAccessReview) or by a token file.
+"""Who may use a worker: a bearer token, checked by the Kubernetes API server
+(TokenReview, then SubjectAccessReview) or by a token file. Writes (review a run, bind
+or unbind a job) need `create` on `models/reviews|bindings` (cadml-edit); reads (search,
+look-ups) need `get` on the Model (cadml-view) once a checker is configured.
 
 The recorded reviewer is the identity the check returns, never a header. Without a
-checker, writes are refused unless the worker runs `--insecure-local` on loopback.
+checker, writes are refused unless the worker runs `--insecure-local` on loopback, and
+reads are open (embedded use). Positive answers are cached for `CACHE_SECONDS`, so a
+search costs no API call while its caller's token and permission are known.
 Decisions here are pure (`bearer`, `listen_problem`, `TokenFile.parse`); the API
 server calls are blocking and run in an executor.
 
@@ -18,6 +22,7 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +39,11 @@ GROUP = "cadml.io"
 RESOURCE = "models"
 # what each kind of write asks the authorizer for: `create` on a subresource of the Model
 REVIEWS, BINDINGS = "reviews", "bindings"
+READS = ""  # `get` on the Model itself
 INSECURE_LOCAL_USER = "insecure-local"
+ANONYMOUS_USER = "anonymous"
+CACHE_SECONDS = 30.0
+CACHE_ENTRIES = 10_000
 USER_MAX = 256
 
 
@@ -134,6 +143,8 @@ class TokenFile:
         return None if found is None else Identity(found[0], (f"cadml-{found[1]}",))
 
     def allowed(self, who: Identity, action: Action) -> bool:
+        if action.verb == "get":
+            return bool({"cadml-edit", "cadml-view"} & set(who.groups))
         return "cadml-edit" in who.groups
 
 
@@ -190,7 +201,8 @@ class KubernetesReviews:
                 extra=who.extra or None,
                 resource_attributes=client.V1ResourceAttributes(
                     namespace=action.tenant, verb=action.verb, group=GROUP,
-                    resource=RESOURCE, subresource=action.subresource, name=action.model))))
+                    resource=RESOURCE, subresource=action.subresource or None,
+                    name=action.model))))
         return bool(review.status and review.status.allowed)
 
 
@@ -200,14 +212,20 @@ def _refuse(status: int, code: str, message: str, **context: Any) -> WorkerError
 
 @dataclass(frozen=True)
 class WriteGuard:
-    """What the worker checks before a write. `checker` None and `insecure_local` False:
-    every write is refused."""
+    """What the worker checks before a request. `checker` None: reads are open and every
+    write is refused unless `insecure_local`."""
 
     checker: Checker | None = None
     insecure_local: bool = False
+    # (token digest, action) → (identity, expiry): positive answers only, bounded
+    _known: dict[tuple[str, Action], tuple[Identity, float]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     async def identify(self, header: str | None, action: Action) -> Identity:
+        reading = action.verb == "get"
         if self.checker is None:
+            if reading:
+                return Identity(ANONYMOUS_USER)
             if self.insecure_local:
                 return Identity(INSECURE_LOCAL_USER)
             raise _refuse(401, "writes_disabled",
@@ -215,21 +233,34 @@ class WriteGuard:
                           "--kube-auth (in a cluster), or --insecure-local on loopback")
         token = bearer(header)
         if token is None:
+            role = "cadml-view (or cadml-edit)" if reading else "cadml-edit"
             raise _refuse(401, "unauthenticated",
-                          "send 'Authorization: Bearer TOKEN' (a Kubernetes token of a user "
-                          "with the cadml-edit role, or one of the worker's token file)")
+                          f"send 'Authorization: Bearer TOKEN' (a Kubernetes token of a user "
+                          f"with the {role} role, or one of the worker's token file)")
+        key, now = (_digest(token), action), time.monotonic()
+        known = self._known.get(key)
+        if known is not None and known[1] > now:
+            return known[0]
+        who = await self._check(token, action)
+        if len(self._known) >= CACHE_ENTRIES:
+            self._known.clear()
+        self._known[key] = (who, now + CACHE_SECONDS)
+        return who
+
+    async def _check(self, token: str, action: Action) -> Identity:
         checker = self.checker
+        assert checker is not None
         loop = asyncio.get_running_loop()
+        what = RESOURCE + (f"/{action.subresource}" if action.subresource else "")
         try:
             who = await loop.run_in_executor(None, checker.authenticate, token)
             if who is not None and not await loop.run_in_executor(
                     None, checker.allowed, who, action):
+                role = "cadml-view" if action.verb == "get" else "cadml-edit"
                 raise _refuse(403, "forbidden",
-                              f"{who.user} may not {action.verb} {RESOURCE}/"
-                              f"{action.subresource} of {action.model} in {action.tenant}; "
-                              "grant the cadml-edit role", user=who.user,
-                              resource=f"{RESOURCE}/{action.subresource}", verb=action.verb,
-                              namespace=action.tenant)
+                              f"{who.user} may not {action.verb} {what} {action.model} in "
+                              f"{action.tenant}; grant the {role} role", user=who.user,
+                              resource=what, verb=action.verb, namespace=action.tenant)
         except WorkerError:
             raise
         except Exception as exc:  # the API server is down or refused the worker itself
@@ -248,15 +279,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def requires(subresource: str, tenant: Callable[[web.Request], tuple[str, str]]
              ) -> Callable[[Handler], Handler]:
-    """Wrap a write handler: the caller's identity (request[IDENTITY]) is checked for
-    `create` on `models/<subresource>` before the handler runs. `tenant` names the
-    (tenant, model) the request acts on."""
+    """Wrap a handler: the caller's identity (request[IDENTITY]) is checked before it runs,
+    for `create` on `models/<subresource>` (a write) or, with `READS`, for `get` on the
+    Model. `tenant` names the (tenant, model) the request acts on."""
 
     def wrap(handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
             ns, model = tenant(request)
             request[IDENTITY] = await request.app[GUARD].identify(
-                request.headers.get("Authorization"), Action(ns, model, subresource))
+                request.headers.get("Authorization"),
+                Action(ns, model, subresource, "get" if subresource == READS else "create"))
             return await handler(request)
 
         checked.__name__ = handler.__name__

@@ -76,12 +76,19 @@ class WorkerProcess:
 
 def assert_writes_are_authenticated(world: World, worker: WorkerProcess, *, edit: str,
                                     view: str, user: str) -> None:
-    """The write contract through a live worker: no token, an unknown one or a bare one is
-    401, a read-only user's is 403, and none of them leaves a trace; an editor's token is
-    accepted and recorded as `user`, whatever X-Reviewer or a `reviewer` field claims."""
+    """The access contract through a live worker: a search needs a token (a cadml-view
+    user's will do); for writes no token, an unknown one or a bare one is 401, a read-only
+    user's is 403, and none of them leaves a trace; an editor's token is accepted and
+    recorded as `user`, whatever X-Reviewer or a `reviewer` field claims."""
     vector = [float(x) for x in np.load(world.stable.manifest_path.parent / "vectors.npy")[0]]
-    status, run = worker.call("POST", "/v1/search", {"vector": vector, "jobId": "auth-1"})
-    assert status == 200, run  # reads need no token
+    query = {"vector": vector, "jobId": "auth-1"}
+    status, refused = worker.call("POST", "/v1/search", query)
+    assert (status, refused.get("code")) == (401, "unauthenticated"), refused  # reads: a token
+    viewer = {"Authorization": f"Bearer {view}"}
+    status, run = worker.call("POST", "/v1/search", query, viewer)
+    assert status == 200, run  # a cadml-view user may read
+    status, found = worker.call("GET", f"/v1/runs/{run['runKey']}", None, viewer)
+    assert status == 200 and found["runKey"] == run["runKey"], found
     review = f"/v1/runs/{run['runKey']}/review"
     forged = {"X-Reviewer": "mallory"}
     body = {"status": "REJECTED", "agree": False, "humanDecision": "no-match",

@@ -61,7 +61,8 @@ async def test_writes_without_a_checker_are_refused_unless_insecure_local(
     app.on_cleanup.clear()
     client = await aiohttp_client(app)
     run = await (await client.post("/v1/search", json={"vector": _vector(world),
-                                                       "jobId": "g-1"})).json()
+                                                       "jobId": "g-1"},
+                                   headers={"Authorization": f"Bearer {VIEW}"})).json()
     resp = await client.post(f"/v1/runs/{run['runKey']}/review",
                              json={"status": "APPROVED", "agree": True, "reviewer": "mallory"},
                              headers={"X-Reviewer": "mallory",
@@ -71,6 +72,43 @@ async def test_writes_without_a_checker_are_refused_unless_insecure_local(
     with world.store.transaction(TENANT, "t") as tx:
         stored = tx.run(run["runKey"])
     assert stored is not None and stored["reviewer"] == reviewer
+
+
+class CountingTokens(TokenFile):
+    """The token file, counting how often it is asked (a stand-in for the API server's
+    TokenReview/SubjectAccessReview round trips, which the cache saves)."""
+
+    asked = 0
+
+    def authenticate(self, token: str) -> Any:
+        CountingTokens.asked += 1
+        return super().authenticate(token)
+
+
+async def test_reads_need_a_viewer_token_once_a_checker_is_configured_and_are_cached(
+        world: World, sandbox: FeatureSandbox, aiohttp_client: Any) -> None:
+    tokens = TokenFile.parse(TOKENS)
+    app = make_app(world.runtime, sandbox=sandbox, refresh=False,
+                   guard=WriteGuard(CountingTokens(tokens._users)))
+    app.on_cleanup.clear()
+    client = await aiohttp_client(app)
+    query = {"vector": _vector(world), "jobId": "r-1"}
+    anonymous = await client.post("/v1/search", json=query)
+    assert (anonymous.status, (await anonymous.json())["code"]) == (401, "unauthenticated")
+    unknown = await client.get("/v1/jobs/r-1/binding",
+                               headers={"Authorization": "Bearer nobody"})
+    assert unknown.status == 401
+    CountingTokens.asked = 0
+    for _ in range(5):
+        resp = await client.post("/v1/search", json=query,
+                                 headers={"Authorization": f"Bearer {VIEW}"})
+        assert resp.status == 200, await resp.json()
+    assert CountingTokens.asked == 1  # the answer is cached: one check for five searches
+    # without a checker (embedded use) reads stay open
+    open_app = make_app(world.runtime, sandbox=sandbox, refresh=False)
+    open_app.on_cleanup.clear()
+    open_client = await aiohttp_client(open_app)
+    assert (await open_client.post("/v1/search", json=query)).status == 200
 
 
 def test_insecure_local_is_refused_off_loopback(capsys: pytest.CaptureFixture[str]) -> None:
