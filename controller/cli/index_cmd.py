@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,13 +113,12 @@ def usable_default(cache: Path | None, args: argparse.Namespace) -> Path | None:
 def prepare_out(out: Path) -> None:
     """Create `out` and prove it writable before any drawing is read; a usage error if not."""
     from controller.errors import UsageError
+    from controller.search.featurecache import make_writable_folder
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, not a folder; name a new or existing folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        make_writable_folder(out)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write there ({(exc.strerror or str(exc)).lower()}"
                          "); pick a writable folder") from None

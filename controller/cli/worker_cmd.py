@@ -77,9 +77,10 @@ def register(sub: Any) -> None:
                         "0.0.0.0)")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--auth-token-file", metavar="FILE",
-                      help="tokens allowed to write: lines 'TOKEN USER [edit|view]'")
+                      help="tokens the worker accepts: lines 'TOKEN USER [edit|view]' (edit: "
+                           "read, review and bind; view: read)")
     auth.add_argument("--kube-auth", action="store_true",
-                      help="check write tokens with the Kubernetes API server (TokenReview "
+                      help="check tokens with the Kubernetes API server (TokenReview "
                            "+ SubjectAccessReview); in-cluster config, else $KUBECONFIG")
     auth.add_argument("--insecure-local", action="store_true",
                       help="accept writes without a token; only on a loopback --host")

@@ -75,12 +75,18 @@ def decode(sha: str, record: Any, feature_version: str) -> Result | None:
         return None
 
 
+def make_writable_folder(folder: Path) -> None:
+    """Create `folder` and prove a file can be written in it (OSError if not): what a
+    build checks of its output and its cache before it spends any work."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 def check_writable(root: Path) -> None:
     """Refuse a cache folder that cannot take entries before a build spends any work."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            pass
+        make_writable_folder(root)
     except OSError as exc:
         raise SourceError(f"feature cache {root}: cannot write there ({exc.strerror}); "
                           "give a writable --cache folder, or --no-cache") from None
