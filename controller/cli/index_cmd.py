@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.cli._common import add_parser, positive_int, write_json
+from controller.cli.shard_cmd import SHARD_HELP, register_merge
 
 HELP = """\
 Extract features from every .dxf below DIR (in sandboxed processes with CPU and
@@ -68,10 +69,12 @@ def register(sub: Any) -> None:
     b.add_argument("--resume", action="store_true",
                    help="continue an interrupted build from the cache (any cached build "
                         "does; this refuses to run without the cache)")
+    b.add_argument("--shard", metavar="I/N", help=SHARD_HELP)
     b.add_argument("--quiet", action="store_true", help="no per-file progress on stderr")
     b.add_argument("--output", "-o", choices=("text", "json"), default="text",
                    help="output format")
     b.set_defaults(handler=run)
+    register_merge(isub)
 
 
 def cache_root(args: argparse.Namespace, environ: Mapping[str, str]) -> Path | None:
@@ -137,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         raise SourceError(f"{source}: no such folder")
     if not 0 < args.cpu_seconds < float("inf"):  # nan and inf too (no usable timer)
         raise UsageError(f"--cpu-seconds {args.cpu_seconds}: must be a finite number above 0")
-    prepare_out(Path(args.out))
+    if not args.shard:
+        prepare_out(Path(args.out))
     meter = ProgressMeter()
 
     def progress(tick: BuildTick) -> None:
@@ -145,9 +149,13 @@ def run(args: argparse.Namespace) -> int:
             for line in meter.lines(tick):
                 sys.stderr.write(line + "\n")
 
+    limits = SandboxLimits(cpu_seconds=args.cpu_seconds)
+    if args.shard:
+        from controller.cli.shard_cmd import run_shard
+
+        return run_shard(args, source, cache, limits, progress)
     result = build_index(source, Path(args.out), feature_version=args.feature_version,
-                         kind=args.kind, workers=args.workers,
-                         limits=SandboxLimits(cpu_seconds=args.cpu_seconds), progress=progress,
+                         kind=args.kind, workers=args.workers, limits=limits, progress=progress,
                          cache=cache)
     uri = result.manifest_path.resolve().as_uri()
     if args.output == "json":

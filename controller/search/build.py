@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -74,11 +74,29 @@ def _too_large(path: Path, limit: int) -> InvalidDrawing | None:
                           stage="read", context={"bytes": size, "limit": limit})
 
 
-def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: str = "flat",
-                workers: int = 2, limits: SandboxLimits | None = None,
-                progress: Callable[[BuildTick], None] | None = None,
-                cache: Path | None = None) -> BuildResult:
-    """Index every drawing below `source` into `out`; `cache` is the feature-cache root."""
+def manifest_order(name: str) -> tuple[str, ...]:
+    """The order of a manifest's `files` and `skipped`: the walk's order (path components).
+    A merge of shards (controller.search.shards) sorts by it to write what one build does."""
+    return PurePosixPath(name).parts
+
+
+@dataclass
+class Collected:
+    """What the drawings below a folder gave: manifest entries and vectors, in manifest order."""
+
+    files: list[dict[str, Any]]
+    vectors: np.ndarray  # one row per entry of `files`
+    skipped: list[dict[str, str]]
+    parsed: int  # drawings parsed by this build
+    reused: int  # drawings whose features came from the cache
+
+
+def collect(source: Path, *, feature_version: str = "v4", workers: int = 2,
+            limits: SandboxLimits | None = None,
+            progress: Callable[[BuildTick], None] | None = None, cache: Path | None = None,
+            select: Callable[[str], bool] | None = None) -> Collected:
+    """Features of every drawing below `source` whose relative path `select` takes (all
+    when None); `cache` is the feature-cache root."""
     if feature_version not in FEATURE_DIMS:
         raise ValueError(f"unknown feature version {feature_version!r}")
     limits = limits or SandboxLimits()
@@ -87,6 +105,9 @@ def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: s
     if cache is not None:
         check_writable(cache)
     paths, passed_over = find_drawings(source)
+    if select is not None:
+        paths = [p for p in paths if select(str(p.relative_to(source)))]
+        passed_over = [s for s in passed_over if select(s["file"])]
     names = {str(p.relative_to(source)): p for p in paths}
     results: dict[str, Features | InvalidDrawing] = {
         name: why for name, p in names.items()
@@ -114,12 +135,25 @@ def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: s
         files.append({"id": name, "entities": result.entities, "truncated": result.truncated,
                       "recovered": result.recovered})
         vectors.append(result.vector)
-    if not vectors:
+    skipped.sort(key=lambda s: manifest_order(s["file"]))
+    matrix = (np.vstack(vectors).astype(np.float32) if vectors
+              else np.empty((0, FEATURE_DIMS[feature_version]), np.float32))
+    return Collected(files, matrix, skipped, parsed, len(items) - parsed)
+
+
+def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: str = "flat",
+                workers: int = 2, limits: SandboxLimits | None = None,
+                progress: Callable[[BuildTick], None] | None = None,
+                cache: Path | None = None) -> BuildResult:
+    """Index every drawing below `source` into `out`; `cache` is the feature-cache root."""
+    got = collect(source, feature_version=feature_version, workers=workers, limits=limits,
+                  progress=progress, cache=cache)
+    if not got.files:
         raise InvalidDrawing(f"no drawing in {source} could be indexed", code="nothing_indexed",
                              stage="index")
-    built = write_artifact(out, np.vstack(vectors).astype(np.float32), files, skipped,
-                           feature_version, kind, extractor=identity.describe())
-    built.parsed, built.reused = parsed, len(items) - parsed
+    built = write_artifact(out, got.vectors, got.files, got.skipped, feature_version, kind,
+                           extractor=identity.describe())
+    built.parsed, built.reused = got.parsed, got.reused
     return built
 
 

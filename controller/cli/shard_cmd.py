@@ -1,0 +1,118 @@
+"""`cadml index build --shard I/N` and `cadml index merge`: one index built by many machines
+(an Indexed Job's pods, or local processes), merged into the artifact one build writes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from controller.cli._common import add_parser, write_json
+
+if TYPE_CHECKING:
+    from controller.features.sandbox import SandboxLimits
+    from controller.search.build import BuildResult
+
+SHARD_HELP = ("build only shard I of N (I from 0: JOB_COMPLETION_INDEX) into the shard file "
+              "--out names; a drawing's shard is a hash of its path; merge the N files with "
+              "`cadml index merge`")
+
+MERGE_HELP = """\
+Merge the shard files of `cadml index build DIR --shard I/N --out FILE` (one per I in
+0..N-1) into OUT/index.faiss, OUT/vectors.npy and OUT/manifest.json: the same bytes
+a single `cadml index build DIR --out OUT` with the same options writes. Point a
+ModelVersion at the manifest:
+
+  artifact: {uri: file:///…/OUT/manifest.json, sha256: <printed below>, format: faiss-index}
+
+Every shard is read and checked before anything is written: shards built by
+another extractor (extractorVersion), with other options (feature version, index
+kind, limits), of another N, a shard given twice, a missing shard or a damaged file
+are refused with the file and the field, and OUT is left untouched.
+Needs the 'worker' extra: pip install 'cadml[worker]'.
+exit codes: 0 merged · 1 shards refused, or nothing could be indexed · 2 usage or I/O
+error (OUT is a file or cannot be created)
+"""
+
+MERGE_EXAMPLES = """\
+for i in 0 1 2; do cadml index build drawings/ --shard $i/3 --out shards/$i.shard & done; wait
+cadml index merge shards/*.shard --out artifacts/parts-v4
+"""
+
+
+def register_merge(isub: Any) -> None:
+    m = add_parser(isub, "merge", help="merge shard files into one index artifact",
+                   description=MERGE_HELP, examples=MERGE_EXAMPLES)
+    m.add_argument("shards", nargs="+", metavar="SHARD", help="shard files, one per I of I/N")
+    m.add_argument("--out", required=True, metavar="OUT",
+                   help="folder to write the artifact into (created; files in it replaced)")
+    m.add_argument("--output", "-o", choices=("text", "json"), default="text",
+                   help="output format")
+    m.set_defaults(handler=run_merge)
+
+
+def shard_out(out: Path) -> None:
+    """`--out` of a shard build names a file in a writable folder; checked before any work."""
+    from controller.cli.index_cmd import prepare_out
+    from controller.errors import UsageError
+
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; with --shard, --out names the shard file")
+    prepare_out(out.parent)
+
+
+def run_shard(args: argparse.Namespace, source: Path, cache: Path | None,
+              limits: SandboxLimits, progress: Any) -> int:
+    from controller.features.identity import extractor_version
+    from controller.search.shards import build_shard, parse_shard
+
+    spec = parse_shard(args.shard)
+    out = Path(args.out)
+    shard_out(out)
+    result = build_shard(source, out, spec, feature_version=args.feature_version,
+                         kind=args.kind, workers=args.workers, limits=limits,
+                         progress=progress, cache=cache)
+    if args.output == "json":
+        write_json({"shard": str(spec), "file": str(out), "sha256": result.manifest_sha256,
+                    "indexed": result.indexed, "skipped": result.skipped,
+                    "parsed": result.parsed, "reused": result.reused,
+                    "extractorVersion": extractor_version(),
+                    "cache": str(cache) if cache else None})
+    else:
+        print(f"shard {spec}: indexed {result.indexed} drawings, skipped "
+              f"{len(result.skipped)} (parsed {result.parsed}, {result.reused} from the cache)")
+        print(f"shard file: {out} (merge all {spec.count} with `cadml index merge`)")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from controller.cli.index_cmd import prepare_out
+    from controller.features import InvalidDrawing
+    from controller.search.shards import merge_shards, read_compatible, write_merged
+
+    shards = read_compatible([Path(p) for p in args.shards])
+    merged = merge_shards(shards)
+    if not merged.files:
+        raise InvalidDrawing(f"no drawing in the {len(shards)} shards could be indexed",
+                             code="nothing_indexed", stage="index")
+    out = Path(args.out)
+    prepare_out(out)
+    result = write_merged(shards, merged, out)
+    report(args, result, shards[0].meta["extractorVersion"], {"shards": len(shards)})
+    return 0
+
+
+def report(args: argparse.Namespace, result: BuildResult, extractor: str,
+           extra: dict[str, Any]) -> None:
+    """What a finished build or merge prints: counts, skipped drawings and the artifact
+    (uri and sha256 for the ModelVersion)."""
+    uri = result.manifest_path.resolve().as_uri()
+    if args.output == "json":
+        write_json({"uri": uri, "sha256": result.manifest_sha256, "indexed": result.indexed,
+                    "skipped": result.skipped, **extra, "extractorVersion": extractor})
+        return
+    details = ", ".join(f"{k} {v}" for k, v in extra.items())
+    print(f"indexed {result.indexed} drawings, skipped {len(result.skipped)} ({details})")
+    for s in result.skipped:
+        print(f"  skipped {s['file']}: {s['reason']}")
+    print(f"artifact: {{uri: {uri}, sha256: {result.manifest_sha256}, format: faiss-index}}")

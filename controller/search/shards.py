@@ -1,0 +1,334 @@
+"""Sharded index builds: `cadml index build --shard I/N` and `cadml index merge`.
+
+A drawing belongs to shard `shard_of(relative path, N)`: a hash of its path alone, so
+any machine, any order of work and any subset of the folder agree on it. A shard
+file is a ZIP archive (stored, not compressed) of two members:
+
+    shard.json   format, shard {index, count}, featureVersion, dim, extractorVersion +
+                 extractor, parameters (what changes the artifact: index kind and the
+                 per-drawing limits), files (manifest entries + sha256 and size of the
+                 drawing), skipped (with reasons), vectors {file, sha256}
+    vectors.npy  float32, one row per entry of `files`
+
+It is written to a temporary name and renamed, so a file that exists is whole.
+
+`check_shards` (pure) finds every reason a set of shards cannot be merged: different
+extractors or parameters, a missing or duplicated shard, a drawing in the wrong
+shard. `merge_shards` (pure) puts the rows in manifest order, and the artifact is
+written by the very function a single build uses: merged and single-machine
+artifacts are the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.errors import StructuredError, UsageError
+from controller.features import FEATURE_DIMS, identity
+from controller.features.sandbox import SandboxLimits
+from controller.search.build import BuildResult, collect, manifest_order, write_artifact
+from controller.search.fetch import sha256_file
+from controller.search.progress import BuildTick
+
+SHARD_FORMAT = "cadml-index-shard/v1"
+MAX_SHARDS = 100_000  # an Indexed Job's completions are limited to 100,000 too
+META, VECTORS = "shard.json", "vectors.npy"
+SHARD_ONLY_KEYS = ("sha256", "size")  # in a shard's file entries, not in the manifest's
+# what every shard of one build must agree on, besides extractorVersion
+SAME = ("featureVersion", "dim", "parameters", "extractor")
+
+
+class ShardError(StructuredError):
+    """Shards that cannot be merged (or a shard file that cannot be read): `code` is
+    shard_damaged, shard_mismatch, shard_missing or shard_duplicate; `context` names the
+    file and the field."""
+
+    reason = "InvalidShard"
+    exit_code = 1
+
+    def __init__(self, message: str, *, code: str, context: dict[str, Any] | None = None
+                 ) -> None:
+        super().__init__(message, code=code, stage="merge", context=context)
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    index: int
+    count: int
+
+    def owns(self, name: str) -> bool:
+        return shard_of(name, self.count) == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def shard_of(name: str, count: int) -> int:
+    """Purely computational: the shard (0..count-1) of a drawing's relative path."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def parse_shard(text: str) -> ShardSpec:
+    """`I/N` (I counted from 0, as an Indexed Job's JOB_COMPLETION_INDEX) → ShardSpec."""
+    index, slash, count = text.strip().partition("/")
+    try:
+        spec = ShardSpec(int(index), int(count)) if slash else None
+    except ValueError:
+        spec = None
+    if spec is None or not (1 <= spec.count <= MAX_SHARDS and 0 <= spec.index < spec.count):
+        raise UsageError(f"--shard {text!r}: use I/N with 0 <= I < N <= {MAX_SHARDS} "
+                         "(e.g. --shard 0/4 ... --shard 3/4; I is JOB_COMPLETION_INDEX)")
+    return spec
+
+
+def build_parameters(kind: str, limits: SandboxLimits) -> dict[str, Any]:
+    """What a shard records of the options that change the artifact's bytes."""
+    return {"kind": kind, "cpuSeconds": limits.cpu_seconds, "memoryBytes": limits.memory_bytes,
+            "maxBytes": limits.max_bytes}
+
+
+@dataclass
+class Shard:
+    """A shard file read back: its metadata and its vectors."""
+
+    path: Path
+    meta: dict[str, Any]
+    vectors: np.ndarray
+
+    @property
+    def spec(self) -> ShardSpec:
+        return ShardSpec(int(self.meta["shard"]["index"]), int(self.meta["shard"]["count"]))
+
+
+def build_shard(source: Path, out: Path, spec: ShardSpec, *, feature_version: str = "v4",
+                kind: str = "flat", workers: int = 2, limits: SandboxLimits | None = None,
+                progress: Callable[[BuildTick], None] | None = None,
+                cache: Path | None = None) -> BuildResult:
+    """Extract the drawings of shard `spec` below `source` into the shard file `out`."""
+    limits = limits or SandboxLimits()
+    got = collect(source, feature_version=feature_version, workers=workers, limits=limits,
+                  progress=progress, cache=cache, select=spec.owns)
+    files = [{**f, "sha256": sha256_file(source / f["id"]),
+              "size": (source / f["id"]).stat().st_size} for f in got.files]
+    described = identity.describe()
+    meta = {
+        "format": SHARD_FORMAT,
+        "shard": {"index": spec.index, "count": spec.count},
+        "featureVersion": feature_version,
+        "dim": FEATURE_DIMS[feature_version],
+        "extractorVersion": described["extractorVersion"],
+        "extractor": {k: v for k, v in described.items() if k != "extractorVersion"},
+        "parameters": build_parameters(kind, limits),
+        "source": str(source),  # for a human: shards built on other mounts may differ
+        "files": files,
+        "skipped": got.skipped,
+    }
+    write_shard(out, meta, got.vectors)
+    return BuildResult(out, sha256_file(out), len(files), got.skipped, got.parsed, got.reused)
+
+
+def write_shard(out: Path, meta: dict[str, Any], vectors: np.ndarray) -> None:
+    """Write the shard file atomically (a temporary file in the same folder, renamed)."""
+    buf = io.BytesIO()
+    np.save(buf, vectors.astype(np.float32), allow_pickle=False)
+    raw = buf.getvalue()
+    meta = {**meta, "vectors": {"file": VECTORS, "sha256": hashlib.sha256(raw).hexdigest()}}
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr(META, json.dumps(meta, indent=1) + "\n")
+            zf.writestr(VECTORS, raw)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _damaged(path: Path, field: str, what: str) -> ShardError:
+    return ShardError(f"shard {path}: {field}: {what}; build this shard again (same --shard, "
+                      "same options)", code="shard_damaged",
+                      context={"file": str(path), "field": field})
+
+
+def read_shard(path: Path) -> Shard:
+    """A shard file, checked whole (members, fields, vectors' sha256 and shape); a
+    ShardError naming the file and the field if anything is wrong."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            text, raw = zf.read(META), zf.read(VECTORS)
+    except FileNotFoundError:
+        raise ShardError(f"shard {path}: no such file; pass the shard files the build wrote",
+                         code="shard_missing", context={"file": str(path)}) from None
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
+        raise _damaged(path, "file", f"not a readable shard file ({exc})") from None
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise _damaged(path, META, f"not JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
+        raise _damaged(path, "format", f"is not {SHARD_FORMAT}")
+    _check_fields(path, meta)
+    if hashlib.sha256(raw).hexdigest() != meta["vectors"]["sha256"]:
+        raise _damaged(path, "vectors.sha256", "does not match vectors.npy")
+    try:
+        vectors = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _damaged(path, VECTORS, f"unreadable ({exc})") from None
+    expected = (len(meta["files"]), meta["dim"])
+    if vectors.dtype != np.float32 or vectors.shape != expected or \
+            not np.isfinite(vectors).all():
+        raise _damaged(path, VECTORS, f"must be a finite float32 {expected[0]} x {expected[1]} "
+                                      f"matrix, is {vectors.dtype} {vectors.shape}")
+    return Shard(path, meta, vectors)
+
+
+def _check_fields(path: Path, meta: dict[str, Any]) -> None:
+    checks: list[tuple[str, Callable[[], bool]]] = [
+        ("shard", lambda: isinstance(meta["shard"]["index"], int)
+         and isinstance(meta["shard"]["count"], int)
+         and 0 <= meta["shard"]["index"] < meta["shard"]["count"] <= MAX_SHARDS),
+        ("featureVersion", lambda: meta["featureVersion"] in FEATURE_DIMS),
+        ("dim", lambda: meta["dim"] == FEATURE_DIMS[meta["featureVersion"]]),
+        ("extractorVersion", lambda: isinstance(meta["extractorVersion"], str)),
+        ("extractor", lambda: isinstance(meta["extractor"], dict)),
+        ("parameters", lambda: isinstance(meta["parameters"], dict)
+         and meta["parameters"].get("kind") in ("flat", "hnsw")),
+        ("files", lambda: isinstance(meta["files"], list) and all(
+            isinstance(f, dict) and isinstance(f.get("id"), str) for f in meta["files"])),
+        ("skipped", lambda: isinstance(meta["skipped"], list) and all(
+            isinstance(s, dict) and isinstance(s.get("file"), str) for s in meta["skipped"])),
+        ("vectors.sha256", lambda: isinstance(meta["vectors"]["sha256"], str)),
+    ]
+    for field, ok in checks:
+        try:
+            good = ok()
+        except (KeyError, TypeError):
+            good = False
+        if not good:
+            raise _damaged(path, field, "missing or malformed")
+
+
+def check_shards(shards: Sequence[Shard]) -> list[ShardError]:
+    """Purely computational: every reason these shards do not make one build (empty: they
+    do). The first shard given is the reference the others are compared with."""
+    if not shards:
+        return [ShardError("no shard given", code="shard_missing")]
+    ref = shards[0]
+    problems: list[ShardError] = []
+    for shard in shards[1:]:
+        problems += _mismatches(ref, shard)
+    count = ref.spec.count
+    seen: dict[int, Path] = {}
+    for shard in shards:
+        spec = shard.spec
+        if spec.count != count:
+            continue  # already reported as a mismatch
+        if spec.index in seen:
+            problems.append(ShardError(
+                f"shards {seen[spec.index]} and {shard.path} are both shard {spec}; pass each "
+                "shard once", code="shard_duplicate",
+                context={"file": str(shard.path), "field": "shard.index",
+                         "other": str(seen[spec.index])}))
+        seen.setdefault(spec.index, shard.path)
+        for name in [f["id"] for f in shard.meta["files"]] + \
+                [s["file"] for s in shard.meta["skipped"]]:
+            if not spec.owns(name):
+                problems.append(ShardError(
+                    f"shard {shard.path}: {name} belongs to shard {shard_of(name, count)}/"
+                    f"{count}, not {spec}; build the shards with one cadml version",
+                    code="shard_mismatch", context={"file": str(shard.path), "field": "files",
+                                                    "drawing": name}))
+                break
+    missing = [i for i in range(count) if i not in seen]
+    if missing:
+        listed = ", ".join(f"{i}/{count}" for i in missing[:10])
+        more = f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""
+        problems.append(ShardError(
+            f"{len(missing)} of {count} shards missing: {listed}{more}; build each with "
+            f"`cadml index build SOURCE --shard I/{count} --out FILE` and pass every shard",
+            code="shard_missing", context={"field": "shard.index", "missing": missing}))
+    return problems
+
+
+def _mismatches(ref: Shard, shard: Shard) -> list[ShardError]:
+    out = []
+    if shard.meta["extractorVersion"] != ref.meta["extractorVersion"]:
+        out.append(ShardError(
+            f"shard {shard.path}: extractorVersion {shard.meta['extractorVersion']} differs from "
+            f"{ref.meta['extractorVersion']} of {ref.path}: its vectors come from another "
+            "feature extractor; rebuild every shard with one cadml (and ezdxf) version",
+            code="shard_mismatch", context={"file": str(shard.path), "field": "extractorVersion",
+                                            "value": shard.meta["extractorVersion"],
+                                            "expected": ref.meta["extractorVersion"]}))
+    for field in (*SAME, "shard.count"):
+        theirs, ours = _field(shard.meta, field), _field(ref.meta, field)
+        if theirs != ours:
+            out.append(ShardError(
+                f"shard {shard.path}: {field} is {json.dumps(theirs)}, {ref.path} has "
+                f"{json.dumps(ours)}; build every shard with the same options",
+                code="shard_mismatch", context={"file": str(shard.path), "field": field,
+                                                "value": theirs, "expected": ours}))
+    return out
+
+
+def _field(meta: dict[str, Any], dotted: str) -> Any:
+    value: Any = meta
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+@dataclass
+class Merged:
+    files: list[dict[str, Any]]
+    vectors: np.ndarray
+    skipped: list[dict[str, Any]]
+
+
+def merge_shards(shards: Sequence[Shard]) -> Merged:
+    """Purely computational: the rows of compatible shards in manifest order (the order of
+    one build over the whole folder), shard-only fields dropped."""
+    rows = [(f, shard.vectors[i]) for shard in shards for i, f in enumerate(shard.meta["files"])]
+    rows.sort(key=lambda row: manifest_order(row[0]["id"]))
+    skipped = sorted((s for shard in shards for s in shard.meta["skipped"]),
+                     key=lambda s: manifest_order(s["file"]))
+    dim = shards[0].meta["dim"]
+    vectors = (np.vstack([v for _, v in rows]).astype(np.float32) if rows
+               else np.empty((0, dim), np.float32))
+    files = [{k: v for k, v in f.items() if k not in SHARD_ONLY_KEYS} for f, _ in rows]
+    return Merged(files, vectors, skipped)
+
+
+def read_compatible(paths: Sequence[Path]) -> list[Shard]:
+    """Every shard file read and checked together; the first problem raised (with how many
+    more there are), before anything is written."""
+    shards = [read_shard(p) for p in paths]
+    problems = check_shards(shards)
+    if problems:
+        first = problems[0]
+        if len(problems) > 1:
+            raise ShardError(f"{first} (+{len(problems) - 1} more problems)", code=first.code,
+                             context={**first.context,
+                                      "problems": [str(p) for p in problems]})
+        raise first
+    return shards
+
+
+def write_merged(shards: Sequence[Shard], merged: Merged, out: Path) -> BuildResult:
+    """The artifact one build of the whole folder writes, from compatible shards."""
+    ref = shards[0].meta
+    extractor = {"extractorVersion": ref["extractorVersion"], **ref["extractor"]}
+    return write_artifact(out, merged.vectors, merged.files, merged.skipped,
+                          ref["featureVersion"], ref["parameters"]["kind"], extractor=extractor)
