@@ -35,8 +35,8 @@ error (OUT is a file or cannot be created)
 """
 
 MERGE_EXAMPLES = """\
-for i in 0 1 2; do cadml index build drawings/ --shard $i/3 --out shards/$i.shard & done; wait
-cadml index merge shards/*.shard --out artifacts/parts-v4
+cadml index build drawings/ --shard 0/3 --out shards/0.cadml-shard   # and 1/3, 2/3: anywhere
+cadml index merge shards/*.cadml-shard --out artifacts/parts-v4 -o json
 """
 
 

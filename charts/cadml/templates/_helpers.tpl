@@ -24,3 +24,23 @@ app.kubernetes.io/component: operator
       name: {{ .Values.store.existingSecret }}
       key: {{ .Values.store.urlKey }}
 {{- end -}}
+{{- define "cadml.indexBuildPod" -}}
+restartPolicy: Never
+automountServiceAccountToken: false
+securityContext:
+  runAsNonRoot: true
+  fsGroup: {{ .Values.securityContext.runAsGroup }}
+  seccompProfile: {type: RuntimeDefault}
+volumes:
+  - {name: tmp, emptyDir: {}}
+  - name: data
+    persistentVolumeClaim: {claimName: {{ .Values.indexBuild.volume.claimName }}}
+{{- end -}}
+{{- define "cadml.indexBuildContainer" -}}
+env:
+  - {name: HOME, value: /tmp}
+securityContext: {{- toYaml .Values.securityContext | nindent 2 }}
+volumeMounts:
+  - {name: tmp, mountPath: /tmp}
+  - {name: data, mountPath: {{ .Values.indexBuild.volume.mountPath }}}
+{{- end -}}
