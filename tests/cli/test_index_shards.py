@@ -14,12 +14,16 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from controller.search.shards import shard_of
+from controller.search.build import manifest_order
+from controller.search.shards import Shard, check_shards, merge_shards, shard_of
 from tests.conftest import DXF_CORPUS, ROOT
 
 ARTIFACT_FILES = ("manifest.json", "vectors.npy", "index.faiss")
@@ -286,3 +290,46 @@ def test_a_shard_out_that_is_a_folder_is_a_usage_error(built: tuple[Path, Path, 
     proc = cadml(home, "build", str(src), "--shard", "0/2", "--out", str(tmp_path), "--no-cache")
     assert proc.returncode == 2, proc.stderr
     assert "with --shard, --out names the shard file" in proc.stderr
+
+
+# -- the pure parts: the assignment is pinned, a merge of any split is the build's order --
+
+def test_the_shard_of_a_path_is_pinned() -> None:
+    """Shards built by two machines (or two cadml releases) must agree on the split: a
+    change of the hash is a change of the shard format."""
+    assert [shard_of("3dface.dxf", n) for n in (1, 2, 3, 7, 1000)] == [0, 1, 2, 2, 665]
+    assert [shard_of("parts/colors.dxf", n) for n in (1, 2, 3, 7, 1000)] == [0, 1, 0, 4, 529]
+    assert [shard_of("a b/ü.dxf", n) for n in (1, 2, 3, 7, 1000)] == [0, 0, 1, 0, 710]
+
+
+names_st = st.lists(st.lists(st.sampled_from(["a", "a-b", "a.dxf", "b", "Z", "ü", "a b"]),
+                             min_size=1, max_size=3).map("/".join), unique=True, max_size=30)
+
+
+@given(names=names_st, skipped=names_st, count=st.integers(1, 6))
+@settings(max_examples=200, deadline=None)
+def test_a_merge_of_any_split_is_in_the_order_of_one_build(names: list[str],
+                                                           skipped: list[str],
+                                                           count: int) -> None:
+    skipped = [s for s in skipped if s not in names]
+    vectors = {name: np.full(24, i, np.float32) for i, name in enumerate(names)}
+    shards = []
+    for i in range(count):
+        mine = sorted((n for n in names if shard_of(n, count) == i), key=manifest_order)
+        meta = {"shard": {"index": i, "count": count}, "dim": 24, "featureVersion": "v4",
+                "extractorVersion": "x1-0", "extractor": {}, "parameters": {"kind": "flat"},
+                "files": [{"id": n, "entities": 1, "sha256": "x", "size": 1} for n in mine],
+                "skipped": [{"file": s, "code": "c", "reason": "r"} for s in skipped
+                            if shard_of(s, count) == i]}
+        rows = [vectors[n] for n in mine]
+        shards.append(Shard(Path(f"{i}"), meta, np.array(rows, np.float32).reshape(-1, 24)))
+    assert check_shards(shards) == []
+    merged = merge_shards(list(reversed(shards)))
+    build_order = sorted(names, key=lambda n: PurePosixPath(n).parts)  # as the walk sorts
+    assert [f["id"] for f in merged.files] == build_order
+    assert merged.files == [{"id": n, "entities": 1} for n in build_order]
+    assert [s["file"] for s in merged.skipped] == sorted(
+        skipped, key=lambda n: PurePosixPath(n).parts)
+    assert merged.vectors.shape == (len(names), 24)
+    for row, name in zip(merged.vectors, build_order, strict=True):
+        assert (row == vectors[name]).all()
