@@ -17,6 +17,7 @@
         ├── UnsafeArtifact          controller.search.pickle_scan: a pickle refused before loading
         ├── FetchError              controller.search.fetch: a download that failed
         ├── ArtifactError           controller.search.artifacts: missing, corrupt, bad checksum
+        ├── ShardError              controller.search.shards: shards that cannot be merged
         └── WorkerError             controller.worker.runtime: a request the worker cannot serve
 
 Each class knows the condition reason it maps to and whether retrying can help,
