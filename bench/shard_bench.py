@@ -29,7 +29,7 @@ import numpy as np
 from bench.index_bench import replicate, same_artifact
 from controller.features import identity
 from controller.features.sandbox import SandboxLimits
-from controller.search.shards import SHARD_FORMAT, build_parameters, shard_of, write_shard
+from controller.search.shards import SHARD_FORMAT, build_parameters, listing, shard_of, write_shard
 
 CADML = [sys.executable, "-m", "controller", "index"]
 
@@ -88,6 +88,7 @@ def synthetic(folder: Path, drawings: int, count: int) -> list[Path]:
                 "extractorVersion": described["extractorVersion"],
                 "extractor": {k: v for k, v in described.items() if k != "extractorVersion"},
                 "parameters": build_parameters("flat", SandboxLimits()), "source": "synthetic",
+                "listing": listing(names),
                 "files": [{"id": n, "entities": 100, "truncated": False, "recovered": False,
                            "sha256": "0" * 64, "size": 200_000} for n in mine],
                 "skipped": []}

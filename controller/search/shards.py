@@ -46,7 +46,11 @@ MAX_SHARDS = 100_000  # an Indexed Job's completions are limited to 100,000 too
 META, VECTORS = "shard.json", "vectors.npy"
 SHARD_ONLY_KEYS = ("sha256", "size")  # in a shard's file entries, not in the manifest's
 # what every shard of one build must agree on, besides extractorVersion
-SAME = ("featureVersion", "dim", "parameters", "extractor")
+SAME = ("featureVersion", "dim", "parameters", "extractor", "listing")
+ADVICE = {"listing": "the folder changed between the shards' builds (drawings added, removed "
+                     "or renamed): build every shard again from the same, unchanging folder",
+          "shard.count": "pass the N shard files of one --shard I/N build"}
+SAME_OPTIONS = "build every shard with the same options"
 
 
 class ShardError(StructuredError):
@@ -118,8 +122,14 @@ def build_shard(source: Path, out: Path, spec: ShardSpec, *, feature_version: st
                 cache: Path | None = None) -> BuildResult:
     """Extract the drawings of shard `spec` below `source` into the shard file `out`."""
     limits = limits or SandboxLimits()
+    listed: list[str] = []
+
+    def select(name: str) -> bool:  # asked about every entry of the folder once
+        listed.append(name)
+        return spec.owns(name)
+
     got = collect(source, feature_version=feature_version, workers=workers, limits=limits,
-                  progress=progress, cache=cache, select=spec.owns)
+                  progress=progress, cache=cache, select=select)
     files = [{**f, "sha256": sha256_file(source / f["id"]),
               "size": (source / f["id"]).stat().st_size} for f in got.files]
     described = identity.describe()
@@ -132,11 +142,22 @@ def build_shard(source: Path, out: Path, spec: ShardSpec, *, feature_version: st
         "extractor": {k: v for k, v in described.items() if k != "extractorVersion"},
         "parameters": build_parameters(kind, limits),
         "source": str(source),  # for a human: shards built on other mounts may differ
+        "listing": listing(listed),
         "files": files,
         "skipped": got.skipped,
     }
     write_shard(out, meta, got.vectors)
     return BuildResult(out, sha256_file(out), len(files), got.skipped, got.parsed, got.reused)
+
+
+def listing(names: list[str]) -> dict[str, Any]:
+    """Purely computational: what a shard saw of the whole folder (every shard walks all
+    of it): the number of entries and a digest of their paths. Shards that saw different
+    folders (files added, removed or renamed between two shards' builds) do not merge."""
+    digest = hashlib.sha256()
+    for name in sorted(names, key=manifest_order):
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+    return {"entries": len(names), "sha256": digest.hexdigest()}
 
 
 def write_shard(out: Path, meta: dict[str, Any], vectors: np.ndarray) -> None:
@@ -210,6 +231,8 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
         ("skipped", lambda: isinstance(meta["skipped"], list) and all(
             isinstance(s, dict) and isinstance(s.get("file"), str) for s in meta["skipped"])),
         ("vectors.sha256", lambda: isinstance(meta["vectors"]["sha256"], str)),
+        ("listing", lambda: isinstance(meta["listing"]["entries"], int)
+         and isinstance(meta["listing"]["sha256"], str)),
     ]
     for field, ok in checks:
         try:
@@ -252,6 +275,12 @@ def check_shards(shards: Sequence[Shard]) -> list[ShardError]:
                                                     "drawing": name}))
                 break
     missing = [i for i in range(count) if i not in seen]
+    entries = sum(len(s.meta["files"]) + len(s.meta["skipped"]) for s in shards)
+    if not missing and not problems and entries != ref.meta["listing"]["entries"]:
+        problems.append(ShardError(
+            f"the {count} shards hold {entries} entries but each listed "
+            f"{ref.meta['listing']['entries']} in the folder; build the shards again",
+            code="shard_mismatch", context={"field": "listing.entries"}))
     if missing:
         listed = ", ".join(f"{i}/{count}" for i in missing[:10])
         more = f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""
@@ -277,7 +306,7 @@ def _mismatches(ref: Shard, shard: Shard) -> list[ShardError]:
         if theirs != ours:
             out.append(ShardError(
                 f"shard {shard.path}: {field} is {json.dumps(theirs)}, {ref.path} has "
-                f"{json.dumps(ours)}; build every shard with the same options",
+                f"{json.dumps(ours)}; {ADVICE.get(field, SAME_OPTIONS)}",
                 code="shard_mismatch", context={"file": str(shard.path), "field": field,
                                                 "value": theirs, "expected": ours}))
     return out

@@ -234,6 +234,21 @@ def test_a_shard_from_another_extractor_is_refused(built: tuple[Path, Path, list
     assert "rebuild every shard with one cadml" in err
 
 
+def test_a_folder_that_changed_between_shard_builds_is_refused(tmp_path: Path) -> None:
+    """An Indexed Job with parallelism below N starts its last shards later: a drawing
+    renamed (or added, removed) meanwhile must not make a half-old, half-new index."""
+    src = make_source(tmp_path)
+    build_shards(tmp_path, src, tmp_path / "shards", 2, "--no-cache")
+    (src / "colors.dxf").rename(src / "colours.dxf")
+    proc = cadml(tmp_path, "build", str(src), "--shard", "1/2", "--out",
+                 str(tmp_path / "later-1.cadml-shard"), "--no-cache", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    err = refused(tmp_path, tmp_path / "out", tmp_path / "shards" / "shard-0.cadml-shard",
+                  tmp_path / "later-1.cadml-shard")
+    assert f"shard {tmp_path / 'later-1.cadml-shard'}: listing is" in err
+    assert "the folder changed between the shards' builds" in err
+
+
 @pytest.mark.parametrize("damage", ["truncated", "flipped-vector-byte", "not-a-zip",
                                     "field-missing", "files-differ-from-vectors"])
 def test_a_damaged_shard_is_refused_with_the_field(built: tuple[Path, Path, list[Path]],
@@ -318,6 +333,7 @@ def test_a_merge_of_any_split_is_in_the_order_of_one_build(names: list[str],
         mine = sorted((n for n in names if shard_of(n, count) == i), key=manifest_order)
         meta = {"shard": {"index": i, "count": count}, "dim": 24, "featureVersion": "v4",
                 "extractorVersion": "x1-0", "extractor": {}, "parameters": {"kind": "flat"},
+                "listing": {"entries": len(names) + len(skipped), "sha256": "x"},
                 "files": [{"id": n, "entities": 1, "sha256": "x", "size": 1} for n in mine],
                 "skipped": [{"file": s, "code": "c", "reason": "r"} for s in skipped
                             if shard_of(s, count) == i]}
