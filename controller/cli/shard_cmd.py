@@ -27,8 +27,9 @@ ModelVersion at the manifest:
 
 Every shard is read and checked before anything is written: shards built by
 another extractor (extractorVersion), with other options (feature version, index
-kind, limits), of another N, a shard given twice, a missing shard or a damaged file
-are refused with the file and the field, and OUT is left untouched.
+kind, limits), of another N, a shard given twice, a missing shard, shards that saw
+different folders (drawings added, removed or renamed between their builds) or a
+damaged file are refused with the file and the field, and OUT is left untouched.
 Needs the 'worker' extra: pip install 'cadml[worker]'.
 exit codes: 0 merged · 1 shards refused, or nothing could be indexed · 2 usage or I/O
 error (OUT is a file or cannot be created)
