@@ -329,14 +329,15 @@ class Merged:
 def merge_shards(shards: Sequence[Shard]) -> Merged:
     """Purely computational: the rows of compatible shards in manifest order (the order of
     one build over the whole folder), shard-only fields dropped."""
-    rows = [(f, shard.vectors[i]) for shard in shards for i, f in enumerate(shard.meta["files"])]
-    rows.sort(key=lambda row: manifest_order(row[0]["id"]))
+    entries = [f for shard in shards for f in shard.meta["files"]]
+    order = sorted(range(len(entries)), key=lambda i: manifest_order(entries[i]["id"]))
+    dim = shards[0].meta["dim"]
+    stacked = np.concatenate([np.empty((0, dim), np.float32),
+                              *(shard.vectors for shard in shards)]).astype(np.float32)
+    vectors = stacked[order] if order else stacked
+    files = [{k: v for k, v in entries[i].items() if k not in SHARD_ONLY_KEYS} for i in order]
     skipped = sorted((s for shard in shards for s in shard.meta["skipped"]),
                      key=lambda s: manifest_order(s["file"]))
-    dim = shards[0].meta["dim"]
-    vectors = (np.vstack([v for _, v in rows]).astype(np.float32) if rows
-               else np.empty((0, dim), np.float32))
-    files = [{k: v for k, v in f.items() if k not in SHARD_ONLY_KEYS} for f, _ in rows]
     return Merged(files, vectors, skipped)
 
 
