@@ -27,7 +27,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from controller.api.v1alpha1 import StepSpec
+from controller.reconcile.conditions import ROLLOUT_HEALTHY, Cond
 from controller.records import RouteRow, StepState
+from controller.routing import RoutingTable, stable_only
 
 PROGRESSING, PAUSED, ABORTED, READY = "Progressing", "Paused", "Aborted", "ReadyToPromote"
 RESUME, ABORT, RETRY = "resume", "abort", "retry"
@@ -206,12 +208,14 @@ def abort_summary(state: StepState) -> str:
     return f"canary steps aborted at step {state.index + 1}: {why}"
 
 
-def status_facts(steps: Sequence[StepSpec], state: StepState) -> dict[str, Any]:
-    """The policy's status fields for its steps."""
-    weight = canary_weight(steps, state)
+def status_facts(state: StepState, routed: RoutingTable) -> dict[str, Any]:
+    """The policy's status fields for its steps; `canaryWeight`: what the canary takes in
+    the routing published (its step's weight, the spec's after the last step, 0 once
+    aborted or overridden away)."""
     return {"currentStepIndex": state.index, "stepPhase": state.phase,
             "stepStartedAt": state.started_at.isoformat(),
-            "canaryWeight": weight, "stepVerdicts": [dict(v) for v in state.verdicts]}
+            "canaryWeight": sum(r.weight for r in routed.routes if not r.is_stable),
+            "stepVerdicts": [dict(v) for v in state.verdicts]}
 
 
 def change_summary(steps: Sequence[StepSpec], old: StepState | None,
@@ -230,3 +234,61 @@ def change_summary(steps: Sequence[StepSpec], old: StepState | None,
                      + (f" by {v['by']}" if "by" in v else "")
                      + (f": {v['summary']}" if v.get("summary") else "") for v in news)
     return f"{fresh}{moved}to {at}, {new.phase}" + (f"; {said}" if said else "")
+
+
+def parse_command(text: str | None) -> Command | None:
+    """The command annotation (`{"action": …, "user": …, "id": …}`), or None when absent
+    or unreadable (a hand-written annotation is ignored, never an error loop)."""
+    if not text:
+        return None
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict) or raw.get("action") not in COMMANDS or not raw.get("id"):
+        return None
+    return Command(str(raw["action"]), str(raw.get("user") or "unknown"), str(raw["id"])[:128])
+
+
+def command_annotation(command: Command) -> dict[str, Any]:
+    """The merge patch `cadml rollout … --kube` sends to the live RolloutPolicy."""
+    body = {"action": command.action, "user": command.user, "id": command.id}
+    return {"metadata": {"annotations": {COMMAND_ANNOTATION: json.dumps(body)}}}
+
+
+def step_routing(spec: Mapping[str, Any], steps: Sequence[StepSpec], routing: RoutingTable,
+                 state: StepState | None, now: datetime,
+                 command: Command | None = None) -> tuple[RoutingTable, StepState]:
+    """What a policy with steps publishes, and where its walk stands after this look.
+    `routing`: the policy's own (`routing.effective_routing`); an override, a validity
+    window or an abort of the policy-wide analysis win over the steps, as they win over
+    the weights. Otherwise: the canary at its step's weight, all on STABLE once aborted,
+    and the spec's weights once every step passed."""
+    new = walk(steps, state, plan_key(spec), now, command=command)
+    stable = next((r.version for r in routing.routes if r.is_stable), None)
+    if routing.source != "policy" or stable is None:
+        return routing, new
+    if new.phase == ABORTED:
+        return stable_only(stable, "analysis-abort", abort_summary(new)), new
+    weight = canary_weight(steps, new)
+    if weight is None:
+        return routing, new
+    return RoutingTable(stepped_routes(routing.routes, weight), "policy", reason(steps, new),
+                        routing.expired), new
+
+
+READY_TO_PROMOTE = "ReadyToPromote"  # condition type: every step passed
+
+
+def step_conditions(steps: Sequence[StepSpec], state: StepState) -> list[Cond]:
+    """ReadyToPromote (True once every step passed: `cadml promote --repo` may commit), and
+    on an abort RolloutHealthy False/CanaryAborted, which makes Ready False and Stalled
+    until the plan changes or a user retries."""
+    at = f"step {state.index + 1} of {len(steps)}"
+    conds = [Cond(READY_TO_PROMOTE, "True" if state.phase == READY else "False",
+                  "StepsDone" if state.phase == READY else state.phase,
+                  f"all {len(steps)} steps passed; promote the canary in Git" if
+                  state.phase == READY else f"{state.phase} at {at}")]
+    if state.phase == ABORTED:
+        conds.append(Cond(ROLLOUT_HEALTHY, "False", "CanaryAborted", abort_summary(state)))
+    return conds

@@ -291,6 +291,14 @@ def _rollback(args: argparse.Namespace) -> int:
     if not args.to:
         raise UsageError("--cluster needs --to VERSION (the live cluster is not read here)")
     patch = cluster_patch(args.to, args.reason, actor, datetime.now(UTC))
+    name = patch_live_policy(tenant, model, patch)
+    print(f"patched RolloutPolicy {tenant}/{name}: override → {args.to}. Git must follow: "
+          f"run `cadml rollback {args.model} --to {args.to} --repo PATH` and merge it.")
+    return 0
+
+
+def patch_live_policy(tenant: str, model: str, patch: dict[str, Any]) -> str:
+    """Merge-patch the live RolloutPolicy of `tenant/model` (kubeconfig); its name."""
     from kubernetes import client, config
 
     config.load_kube_config()  # type: ignore[no-untyped-call]
@@ -301,9 +309,7 @@ def _rollback(args: argparse.Namespace) -> int:
     match = [p for p in policies if p["spec"].get("modelRef") == model]
     if not match:
         raise UsageError(f"no RolloutPolicy for {tenant}/{model} in the cluster")
-    name = match[0]["metadata"]["name"]
+    name: str = match[0]["metadata"]["name"]
     api.patch_namespaced_custom_object("cadml.io", "v1alpha1", tenant, "rolloutpolicies",
                                        name, patch)
-    print(f"patched RolloutPolicy {tenant}/{name}: override → {args.to}. Git must follow: "
-          f"run `cadml rollback {args.model} --to {args.to} --repo PATH` and merge it.")
-    return 0
+    return name
