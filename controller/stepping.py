@@ -8,8 +8,10 @@ as `cadml schedule-tick` does for aborts; the operator runs a tenant pass).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from controller import steps
 from controller.api.v1alpha1 import RolloutPolicySpec
@@ -100,3 +102,25 @@ def command_store(tx: StoreTx, model: str, command: steps.Command,
         raise UsageError(f"cannot {command.action} {tx.tenant}/{model}: {why}")
     (outcome,) = walk_policies(tx, now, policy=rows[0].name, command=command)
     return outcome
+
+
+def promotion_refusal(tx: StoreTx, model: str, spec: Mapping[str, Any]) -> str | None:
+    """Why a canary with steps cannot be promoted yet (None: it can): the plan in Git
+    (`spec`, the policy as the promotion would edit it) must be the one the store walked,
+    and every step of it must have passed (ReadyToPromote)."""
+    try:
+        parsed = RolloutPolicySpec.model_validate(spec)
+    except ValueError as exc:
+        return f"the policy in Git is not valid: {exc}"
+    if parsed.strategy is None:
+        return None
+    key = steps.plan_key(parsed.model_dump(mode="json", by_alias=True, exclude_none=True))
+    state = tx.observe().steps.get(model)
+    if state is None or state.plan_key != key:
+        return ("the store has not walked this plan (reconcile the commit and let its steps "
+                "run first)")
+    if state.phase != steps.READY:
+        return (f"its canary steps are {state.phase} at step {state.index + 1} of "
+                f"{len(parsed.strategy.steps)}; promote once the policy reports "
+                "ReadyToPromote")
+    return None

@@ -124,6 +124,8 @@ def register(sub: Any) -> None:
                    help="Git author and committer of the commit (default: Git's user.name "
                         "and user.email; refused if neither is set)")
     p.add_argument("--repo", metavar="PATH", default=".", help="Git working tree")
+    p.add_argument("--store", help=STORE_HELP + "; read when the policy has canary steps: "
+                   "they must have passed (ReadyToPromote)")
     p.add_argument("--output", "-o", choices=("text", "json"), default="text", help=OUTPUT_HELP)
     p.set_defaults(handler=_promote)
 
@@ -239,7 +241,10 @@ def _tick(args: argparse.Namespace) -> int:
                      "analysis": [{"policy": a.policy, "version": a.version,
                                    "verdict": a.overall, "failures": a.failures,
                                    "aborted": a.aborted_now, "summary": a.summary}
-                                  for a in r.analysed]} for r in results])
+                                  for a in r.analysed],
+                     "steps": [{"policy": s.policy, "stepIndex": s.after.index,
+                                "phase": s.after.phase, "summary": s.summary}
+                               for s in r.stepped if s.moved]} for r in results])
         return 0
     for r in results:
         if not r.ran:
@@ -250,6 +255,9 @@ def _tick(args: argparse.Namespace) -> int:
             flag = "  ABORTED" if a.aborted_now else ""
             print(f"  {a.policy} canary {a.version}: {a.overall} (failures {a.failures}){flag}"
                   f" — {a.summary}")
+        for s in r.stepped:
+            if s.moved:
+                print(f"  {s.policy} steps: {s.summary}")
     return 0
 
 
@@ -268,8 +276,20 @@ def _promote(args: argparse.Namespace) -> int:
     from controller.rollback import promote_in_repo
 
     tenant, model = _model_arg(args.model)
+
+    def steps_passed(spec: dict[str, Any]) -> None:
+        if "strategy" not in spec:
+            return
+        from controller.stepping import promotion_refusal
+        from controller.store.open import open_store
+
+        with open_store(args.store, create=False).read(tenant, "cadml-promote") as tx:
+            why = promotion_refusal(tx, model, spec)
+        if why is not None:
+            raise UsageError(f"cannot promote {tenant}/{model} {args.version}: {why}")
     result = promote_in_repo(args.repo, tenant, model, args.version, args.reason,
-                             args.actor or getpass.getuser(), author=args.author)
+                             args.actor or getpass.getuser(), author=args.author,
+                             gate=steps_passed)
     _print_commit(args, result, f"promote {tenant}/{model} {result.target} to STABLE")
     return 0
 

@@ -54,6 +54,7 @@ from controller.routing import (
     RoutingTable,
     effective_routing,
     effective_thresholds,
+    layered_thresholds,
     override_active,
     stable_only,
 )
@@ -778,9 +779,9 @@ def plan_steps(tenant: str, observed: ObservedTenant, now: datetime) -> Plan:
     at hand (`cadml schedule-tick`, `cadml rollout` in Git mode, right after they moved a
     walk): for each live policy with steps, the routing `plan_tenant` publishes for it
     (`steps.step_routing` over `effective_routing` of its stored spec and the stages of
-    its model's rows) with the thresholds of its current snapshot. Where those cannot say
-    (a version without thresholds in force, a row under an older schema) it leaves it to
-    the next full pass."""
+    its model's rows). Where those cannot say
+    (a row under an older schema, a version gone) it leaves it to the next full pass.
+    Thresholds layer the rows' defaults and the policy's, as `effective_thresholds` does."""
     plan = Plan(tenant)
     for row in observed.policies.values():
         current = observed.snapshots.get(row.model_name)
@@ -801,10 +802,18 @@ def plan_steps(tenant: str, observed: ObservedTenant, now: datetime) -> Plan:
         stepped = _walk_steps(plan, policy, row.spec, routing,
                               observed.steps.get(row.model_name), now)
         routing = stepped["_routing"]
-        if any(r.version not in current.thresholds for r in routing.routes):
+        model, by_semver = observed.models.get(row.model_name), {
+            v.version: v for v in observed.versions.values()
+            if v.model_name == row.model_name and not v.deleted}
+        if model is None or any(r.version not in by_semver for r in routing.routes):
             continue
-        _publish(plan, row.name, row.model_name, current, routing,
-                 {r.version: current.thresholds[r.version] for r in routing.routes},
+        thresholds = {r.version: {k: {"value": t.value, "source": t.source}
+                                  for k, t in layered_thresholds(
+                                      model.threshold_defaults,
+                                      (r.version, by_semver[r.version].threshold_defaults),
+                                      policy.spec.thresholds).items()}
+                      for r in routing.routes}
+        _publish(plan, row.name, row.model_name, current, routing, thresholds,
                  row.refresh_seconds, row.generation)
     return plan
 

@@ -119,6 +119,9 @@ def test_healthy_plan_walks_pauses_resumes_and_promotes(
     code, (tick,) = loop.cli(capsys, "schedule-tick", "--window-key", "w-1",
                              "--store", loop.url)
     assert code == 0 and tick["ran"]
+    (moved,) = tick["steps"]
+    assert (moved["stepIndex"], moved["phase"]) == (3, "Paused")
+    assert "step 2 Pass" in moved["summary"]
     assert loop.routes() == [("1.0.0", 50), ("1.1.0", 50)]
     loop.reconcile()
     status = loop.status()
@@ -188,7 +191,7 @@ def test_failing_canary_aborts_at_the_first_analysis_and_retry_restarts(
     assert code == 2
     code, (tick,) = loop.cli(capsys, "schedule-tick", "--window-key", "w-1",
                              "--store", loop.url)
-    assert code == 0
+    assert code == 0 and tick["ran"]
     assert loop.routes() == [("1.0.0", 100)]
     loop.reconcile()
     status = loop.status()
