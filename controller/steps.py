@@ -250,6 +250,16 @@ def parse_command(text: str | None) -> Command | None:
     return Command(str(raw["action"]), str(raw.get("user") or "unknown"), str(raw["id"])[:128])
 
 
+def stamp_command(text: str | None, username: str) -> str | None:
+    """The command annotation with its user replaced by the authenticated one (the
+    mutating webhook); None when there is no readable command to stamp."""
+    command = parse_command(text)
+    if command is None:
+        return None
+    return json.dumps({"action": command.action, "user": username or "unknown",
+                       "id": command.id})
+
+
 def command_annotation(command: Command) -> dict[str, Any]:
     """The merge patch `cadml rollout … --kube` sends to the live RolloutPolicy."""
     body = {"action": command.action, "user": command.user, "id": command.id}

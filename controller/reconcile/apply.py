@@ -39,5 +39,5 @@ def apply_plan(tx: StoreTx, plan: Plan,
     tx.write_statuses(plan.statuses)
     tx.delete_statuses(plan.statuses_gone)
     tx.audit_many([AuditAppend(entry.action, entry.kind, entry.name, entry.details,
-                               (actors or {}).get((entry.kind, entry.name)))
+                               entry.actor or (actors or {}).get((entry.kind, entry.name)))
                    for entry in plan.audit])

@@ -69,6 +69,7 @@ class AuditEntry:
     kind: str
     name: str
     details: dict[str, Any]
+    actor: str | None = None  # who asked, where not who last changed the object
 
 
 @dataclass(frozen=True, slots=True)
@@ -675,7 +676,7 @@ def _walk_steps(plan: Plan, p: RolloutPolicy, spec: Mapping[str, Any], routing: 
             plan.audit.append(AuditEntry("step", "RolloutPolicy", p.metadata.name, {
                 "summary": said, "stepIndex": new.index, "phase": new.phase,
                 **({"user": command.user, "command": command.action} if applied and command
-                   else {})}))
+                   else {})}, f"k8s:{command.user}" if applied and command else None))
     return {"_routing": routed, "facts": steps.status_facts(new, routed),
             "conds": steps.step_conditions(strategy.steps, new)}
 
