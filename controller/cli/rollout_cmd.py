@@ -16,6 +16,13 @@ WHAT = {"resume": "continue past the pause the canary waits at",
         "abort": "stop the canary: all traffic on STABLE until a retry or a new plan",
         "retry": "start an aborted plan again at step 0"}
 
+DESCRIPTION = {
+    "resume": "Refused unless the plan waits at a pause; a timed pause also passes by "
+              "itself once its duration elapsed.",
+    "abort": "The plan stays aborted (status stepPhase Aborted, Ready False) until a "
+             "retry or a new plan in Git.",
+    "retry": "Refused unless the plan is aborted."}
+
 
 def register(sub: Any) -> None:
     r = add_parser(sub, "rollout", help="resume, abort or retry a canary's steps",
@@ -32,10 +39,15 @@ def register(sub: Any) -> None:
                             "cadml rollout retry acme-cad/part-match --store sqlite:///cadml.db")
     verbs = r.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, text in WHAT.items():
-        v = verbs.add_parser(action, help=text, description=text)
+        v = add_parser(verbs, action, help=text,
+                       description=f"{text[0].upper()}{text[1:]}. {DESCRIPTION[action]}",
+                       examples=f"cadml rollout {action} acme-cad/part-match --actor alice\n"
+                                f"cadml rollout {action} acme-cad/part-match --cluster")
         v.add_argument("model", metavar="TENANT/MODEL", help="the model's namespace and name")
-        v.add_argument("--actor", default=None, help=ACTOR_HELP)
-        v.add_argument("--store", help=STORE_HELP)
+        v.add_argument("--actor", default=None,
+                       help=ACTOR_HELP + "; with --cluster the webhook names the "
+                       "authenticated user instead")
+        v.add_argument("--store", help=STORE_HELP + " (Git mode)")
         v.add_argument("--cluster", action="store_true",
                        help="annotate the live RolloutPolicy for the operator (kubeconfig)")
         v.add_argument("--now", metavar="TIME", help=NOW_HELP)
