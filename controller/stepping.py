@@ -73,7 +73,7 @@ def walk_policies(tx: StoreTx, now: datetime, policy: str | None = None,
             state = steps.walk(plan, state, key, now, steps.Measured(kept, aborted))
         said = steps.change_summary(plan, before, state)
         if state != before:
-            tx.save_step(row.model_name, state)
+            tx.save_step(row.model_name, state, before)
         if said is not None:
             tx.audit("step", "RolloutPolicy", row.name, {
                 "summary": said, "stepIndex": state.index, "phase": state.phase,

@@ -32,8 +32,8 @@ def apply_plan(tx: StoreTx, plan: Plan,
             raise ConflictError(f"policy {snap.policy_name}: planned policyVersion "
                                 f"{snap.policy_version}, the store gave {version}; "
                                 "another writer got there first, reconcile again")
-    for model, state in plan.steps:
-        tx.save_step(model, state)
+    for model, read, state in plan.steps:
+        tx.save_step(model, state, read)
     for release in plan.releases:
         tx.record_release(release)
     tx.write_statuses(plan.statuses)

@@ -99,7 +99,8 @@ class Plan:
     transitions: list[FieldError] = field(default_factory=list)  # broken against the store
     # (kind, name) whose stored status goes: no object and no row has that name any more
     statuses_gone: list[tuple[str, str]] = field(default_factory=list)
-    steps: list[tuple[str, StepState]] = field(default_factory=list)  # (model, canary walk)
+    # (model, the canary walk as read, as planned): written compare-and-set
+    steps: list[tuple[str, StepState | None, StepState]] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
@@ -668,7 +669,7 @@ def _walk_steps(plan: Plan, p: RolloutPolicy, spec: Mapping[str, Any], routing: 
     command = steps.parse_command(p.metadata.annotations.get(steps.COMMAND_ANNOTATION))
     routed, new = steps.step_routing(spec, strategy.steps, routing, state, now, command)
     if new != state:
-        plan.steps.append((p.spec.model_ref, new))
+        plan.steps.append((p.spec.model_ref, state, new))
         said = steps.change_summary(strategy.steps, state, new)
         if said is not None:
             applied = command is not None and new.command == command.id and (
