@@ -82,14 +82,21 @@ def kind(step: StepSpec) -> str:
 
 
 def refusal(state: StepState | None, action: str) -> str | None:
-    """Why a command cannot apply now (None: it can), for the CLI's error."""
-    phase = state.phase if state is not None else PROGRESSING
-    where = f"step {state.index}" if state is not None else "step 0"
+    """Why a command cannot apply now (None: it can), for the CLI's error. An abort stops
+    a plan anywhere before it is aborted, a ReadyToPromote one included (the canary still
+    takes its final weight until the promotion is merged)."""
+    return phase_refusal(state.phase if state is not None else PROGRESSING,
+                         state.index if state is not None else 0, action)
+
+
+def phase_refusal(phase: str, index: int, action: str) -> str | None:
+    """`refusal` from the phase and step index alone (what a live object's status says)."""
+    where = f"step {index + 1}"
     if action == RESUME and phase != PAUSED:
         return f"not paused (phase {phase} at {where}); resume continues a pause"
     if action == RETRY and phase != ABORTED:
         return f"not aborted (phase {phase} at {where}); retry restarts an aborted plan"
-    if action == ABORT and phase in (ABORTED, READY):
+    if action == ABORT and phase == ABORTED:
         return f"already {phase} at {where}; nothing to abort"
     return None
 

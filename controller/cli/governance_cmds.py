@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+from collections.abc import Callable
 from typing import Any
 
 from controller.cli._common import TIME_HELP, add_parser, parse_span, parse_time, write_json
@@ -317,8 +318,10 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def patch_live_policy(tenant: str, model: str, patch: dict[str, Any]) -> str:
-    """Merge-patch the live RolloutPolicy of `tenant/model` (kubeconfig); its name."""
+def patch_live_policy(tenant: str, model: str, patch: dict[str, Any],
+                      check: Callable[[dict[str, Any]], None] | None = None) -> str:
+    """Merge-patch the live RolloutPolicy of `tenant/model` (kubeconfig); its name. `check`
+    sees the live object first and may refuse (raise) before anything is written."""
     from kubernetes import client, config
 
     config.load_kube_config()  # type: ignore[no-untyped-call]
@@ -330,6 +333,8 @@ def patch_live_policy(tenant: str, model: str, patch: dict[str, Any]) -> str:
     if not match:
         raise UsageError(f"no RolloutPolicy for {tenant}/{model} in the cluster")
     name: str = match[0]["metadata"]["name"]
+    if check is not None:
+        check(match[0])
     api.patch_namespaced_custom_object("cadml.io", "v1alpha1", tenant, "rolloutpolicies",
                                        name, patch)
     return name

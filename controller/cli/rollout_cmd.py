@@ -11,6 +11,7 @@ from typing import Any
 from controller.cli._common import add_parser, parse_time, write_json
 from controller.cli.governance_cmds import ACTOR_HELP, NOW_HELP, _model_arg
 from controller.cli.store_cmds import OUTPUT_HELP, STORE_HELP
+from controller.errors import UsageError
 
 WHAT = {"resume": "continue past the pause the canary waits at",
         "abort": "stop the canary: all traffic on STABLE until a retry or a new plan",
@@ -57,7 +58,7 @@ def register(sub: Any) -> None:
 
 
 def _rollout(args: argparse.Namespace) -> int:
-    from controller.steps import Command, command_annotation
+    from controller.steps import Command, command_annotation, phase_refusal
 
     tenant, model = _model_arg(args.model)
     command = Command(args.action, args.actor or getpass.getuser(),
@@ -65,7 +66,18 @@ def _rollout(args: argparse.Namespace) -> int:
     if args.cluster:
         from controller.cli.governance_cmds import patch_live_policy
 
-        name = patch_live_policy(tenant, model, command_annotation(command))
+        def applies(live: dict[str, Any]) -> None:
+            """Refuse what the live status says cannot apply (nothing is annotated)."""
+            status, spec = live.get("status") or {}, live.get("spec") or {}
+            if "strategy" not in spec:
+                raise UsageError(f"RolloutPolicy {tenant}/{live['metadata']['name']} has no "
+                                 "spec.strategy.steps")
+            why = phase_refusal(str(status.get("stepPhase") or "Progressing"),
+                                int(status.get("currentStepIndex") or 0), args.action)
+            if why is not None:
+                raise UsageError(f"cannot {args.action} {tenant}/{model}: {why} (as its "
+                                 "live status says)")
+        name = patch_live_policy(tenant, model, command_annotation(command), applies)
         out = {"tenant": tenant, "model": model, "policy": name, "action": args.action,
                "user": command.user, "via": "annotation"}
         if args.output == "json":

@@ -113,7 +113,7 @@ def test_a_new_plan_starts_at_step_zero_an_unchanged_one_keeps_its_place() -> No
 @pytest.mark.parametrize(("phase", "action", "refused"), [
     (PAUSED, "resume", False), (PROGRESSING, "resume", True), (ABORTED, "retry", False),
     (PAUSED, "retry", True), (PROGRESSING, "abort", False), (ABORTED, "abort", True),
-    (READY, "abort", True)])
+    (READY, "abort", False), (READY, "resume", True)])
 def test_refusal(phase: str, action: str, refused: bool) -> None:
     state = StepState(KEY, 2, phase, T0)
     assert (refusal(state, action) is not None) == refused
