@@ -1,6 +1,7 @@
 """Canary steps end to end on the embedded default (issue 16): Git mode + a local worker
 + SQLite + the `cadml` CLI.
 
+On SQLite and on PostgreSQL (the runtime role, under row-level security).
 A plan 10 % → analysis → 50 % → pause → done moves forward on a healthy canary, stops
 at the pause (a sync of the unchanged spec, or an unrelated edit, keeps its place),
 resumes on `cadml rollout resume`, reports ReadyToPromote, and `cadml promote --repo`
@@ -21,12 +22,10 @@ import pytest
 from controller.cli import main
 from controller.reconcile.gitmode import reconcile_repo
 from controller.search.build import BuildResult
-from controller.store import Store
-from controller.store.engine import make_engine
-from controller.store.migrate import upgrade
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import git
 from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
+from tests.stores import Backend
 
 TENANT, MODEL = "acme-cad", "part-sim"
 STEPS = """  strategy:
@@ -56,14 +55,17 @@ def _tree(stable: BuildResult, canary: BuildResult, canary_similarity: float,
 
 
 class Loop:
-    def __init__(self, tmp_path: Path, index: BuildResult, canary_similarity: float) -> None:
+    """The GitOps repo, the store (`backend`: SQLite or PostgreSQL as the runtime role) and
+    a worker serving from it."""
+
+    def __init__(self, tmp_path: Path, index: BuildResult, canary_similarity: float,
+                 backend: Backend) -> None:
         self.stable, self.canary = copy_artifacts(tmp_path, index, ["art-stable",
                                                                     "art-canary"])
         self.repo = commit_tree(tmp_path, MODEL, _tree(self.stable, self.canary,
                                                        canary_similarity))
-        self.url = f"sqlite:///{tmp_path / 'store.db'}"
-        self.store = Store(make_engine(self.url))
-        upgrade(self.store.engine)
+        self.url = backend.app_url
+        self.store = backend.store
         self.reconcile()
         self.runtime = WorkerRuntime(self.store, WorkerSettings(TENANT, MODEL, self.url,
                                                                 worker_id="w1"))
@@ -103,9 +105,9 @@ def _cond(status: dict[str, Any], kind: str) -> dict[str, str]:
 
 
 def test_healthy_plan_walks_pauses_resumes_and_promotes(
-        tmp_path: Path, corpus_index: BuildResult,
+        tmp_path: Path, corpus_index: BuildResult, backend: Backend,
         capsys: pytest.CaptureFixture[str]) -> None:
-    loop = Loop(tmp_path, corpus_index, 0.3)
+    loop = Loop(tmp_path, corpus_index, 0.3, backend)
     head = git(loop.repo, "rev-parse", "HEAD")
     # step 1 (setWeight 10) passes at once; the walk waits on the analysis at 10 %
     status = loop.status()
@@ -175,13 +177,12 @@ def test_healthy_plan_walks_pauses_resumes_and_promotes(
     assert main(["validate", "--git-ref", "HEAD", "--repo", str(loop.repo)]) == 0
     loop.reconcile()
     assert loop.routes() == [("1.1.0", 100)]
-    loop.store.dispose()
 
 
 def test_failing_canary_aborts_at_the_first_analysis_and_retry_restarts(
-        tmp_path: Path, corpus_index: BuildResult,
+        tmp_path: Path, corpus_index: BuildResult, backend: Backend,
         capsys: pytest.CaptureFixture[str]) -> None:
-    loop = Loop(tmp_path, corpus_index, 0.9999)
+    loop = Loop(tmp_path, corpus_index, 0.9999, backend)
     served = loop.traffic("ten", 400)
     assert served.count("1.1.0") >= 10
     # promote refuses while the plan is not done
@@ -214,4 +215,3 @@ def test_failing_canary_aborts_at_the_first_analysis_and_retry_restarts(
     assert code == 0 and out["phase"] == "Aborted"
     assert loop.routes() == [("1.0.0", 100)]
     assert git(loop.repo, "rev-list", "--count", "HEAD") == "1"
-    loop.store.dispose()
