@@ -215,3 +215,13 @@ def test_failing_canary_aborts_at_the_first_analysis_and_retry_restarts(
     assert code == 0 and out["phase"] == "Aborted"
     assert loop.routes() == [("1.0.0", 100)]
     assert git(loop.repo, "rev-list", "--count", "HEAD") == "1"
+
+    # a new plan in Git (another first weight) starts afresh at step 0, abort forgotten
+    doc = loop.repo / "models" / f"{MODEL}.yaml"
+    doc.write_text(doc.read_text().replace("setWeight: 10", "setWeight: 20"))
+    git(loop.repo, "commit", "-qam", "first step at 20 %")
+    loop.reconcile()
+    status = loop.status()
+    assert (status["currentStepIndex"], status["stepPhase"], status["canaryWeight"],
+            status["stepVerdicts"]) == (1, "Progressing", 20, [])
+    assert loop.routes() == [("1.0.0", 80), ("1.1.0", 20)]
