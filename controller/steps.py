@@ -23,7 +23,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.api.v1alpha1 import StepSpec
@@ -309,3 +309,25 @@ def step_conditions(steps: Sequence[StepSpec], state: StepState) -> list[Cond]:
     if state.phase == ABORTED:
         conds.append(Cond(ROLLOUT_HEALTHY, "False", "CanaryAborted", abort_summary(state)))
     return conds
+
+
+def plan_change(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
+                after_steps: Sequence[StepSpec], final_weight: int) -> str | None:
+    """What a change of a policy spec (`before` → `after`, as dumped; None: no policy)
+    does to its canary steps, for `cadml diff`: a new plan restarts the walk (the canary
+    drops or rises to the first weight it rests at), removing the steps applies the
+    weights at once; None when the plan is the same (or there are none)."""
+    had = before is not None and before.get("strategy") is not None
+    if after is None or not after_steps:
+        return "steps removed: the spec's weights apply at once" if had else None
+    key = plan_key(after)
+    if before is not None and had and plan_key(before) == key:
+        return None
+    first = walk(after_steps, None, key, datetime(2000, 1, 1, tzinfo=UTC))
+    weight = canary_weight(after_steps, first)
+    n = len(after_steps)
+    if weight is None:
+        return f"a new plan of {n} steps; every step passes at once: {final_weight}%"
+    return (f"a new plan of {n} steps; the walk starts again at step 1 and waits at step "
+            f"{first.index + 1} ({kind(after_steps[first.index])}) with the canary at "
+            f"{weight}%; {final_weight}% after the last step")
