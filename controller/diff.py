@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from controller import steps
 from controller.api.v1alpha1 import Model, ModelVersion, Resource, RolloutPolicy
 from controller.findings import FieldError, errors_only
-from controller.routing import Threshold, effective_routing, effective_thresholds
+from controller.routing import RoutingTable, Threshold, effective_routing, effective_thresholds
 from controller.validation.bundle import Bundle
 from controller.validation.single import check_transition
 
@@ -37,6 +38,7 @@ class ModelChange:
         default_factory=dict)
     review_before: tuple[bool, str] | None = None
     review_after: tuple[bool, str] | None = None
+    steps_change: str | None = None  # what the change does to the canary steps
 
     @property
     def gaining(self) -> list[str]:
@@ -49,7 +51,7 @@ class ModelChange:
     @property
     def changed(self) -> bool:
         return bool(self.routing_before != self.routing_after or self.stage_changes
-                    or self.serving_changes or self.thresholds
+                    or self.serving_changes or self.thresholds or self.steps_change
                     or self.review_before != self.review_after
                     or self.status in ("added", "removed"))
 
@@ -123,6 +125,8 @@ def diff_bundles(
         rh = effective_routing(_policy_for(head, ns, name), _stages(hv), now)
         change.routing_before, change.routing_after = rb.as_percentages(), rh.as_percentages()
         change.routing_source_before, change.routing_source_after = rb.source, rh.source
+        change.steps_change = _steps_change(_policy_for(base, ns, name),
+                                            _policy_for(head, ns, name), rh)
         for semver in sorted(set(bv) | set(hv)):
             before = bv[semver].spec.stage if semver in bv else None
             after = hv[semver].spec.stage if semver in hv else None
@@ -173,6 +177,16 @@ def diff_bundles(
             report.blockers.append(f"ReleaseRecord {item.key[1]}/{item.key[2]} was deleted; "
                                    "release history is append-only")
     return report
+
+
+def _steps_change(before: RolloutPolicy | None, after: RolloutPolicy | None,
+                  routing: RoutingTable) -> str | None:
+    """What the change does to the policy's canary steps (`steps.plan_change`)."""
+    return steps.plan_change(
+        _spec(before) if before is not None else None,
+        _spec(after) if after is not None else None,
+        after.spec.strategy.steps if after is not None and after.spec.strategy else [],
+        sum(r.weight for r in routing.routes if not r.is_stable))
 
 
 def _spec(resource: Resource) -> Any:
@@ -270,6 +284,8 @@ def render_markdown(report: ChangeReport, base: str, head: str) -> str:
                 lines.append(f"| {v} | {_pct(m.routing_before, v)} | "
                              f"{_pct(m.routing_after, v)} | {arrow} |")
             lines.append("")
+        if m.steps_change:
+            lines += [f"Canary steps: {m.steps_change}", ""]
         if m.stage_changes:
             lines.append("Stages: " + ", ".join(
                 f"{v} {b or '(new)'} → {a or '(removed)'}" for v, b, a in m.stage_changes))

@@ -28,8 +28,10 @@ from controller.evaluation import (
     measure,
     measurement_due,
 )
+from controller.reconcile.planner import plan_steps
 from controller.reconcile.step import publish_aborts
 from controller.records import AnalysisState
+from controller.stepping import StepOutcome, walk_policies
 from controller.store.repository import Store, StoreTx
 
 DEFAULT_WINDOW = timedelta(hours=1)
@@ -61,6 +63,7 @@ class TickResult:
     ran: bool
     evaluated: list[Evaluated] = field(default_factory=list)
     analysed: list[AnalysisOutcome] = field(default_factory=list)
+    stepped: list[StepOutcome] = field(default_factory=list)
 
 
 def evaluate(tx: StoreTx, now: datetime, window: timedelta = DEFAULT_WINDOW,
@@ -132,11 +135,14 @@ def schedule_tick(store: Store, tenant: str, window_key: str, now: datetime,
         if tx.tick_claimed(window_key):
             return TickResult(tenant, window_key, ran=False)
         result = TickResult(tenant, window_key, ran=True, evaluated=evaluate(tx, now, window),
-                            analysed=analyse_policies(tx, now))
+                            analysed=analyse_policies(tx, now), stepped=walk_policies(tx, now))
         summary: dict[str, Any] = {
             "evaluated": len(result.evaluated),
-            "aborted": [a.version for a in result.analysed if a.aborted_now]}
+            "aborted": [a.version for a in result.analysed if a.aborted_now],
+            "stepped": [s.summary for s in result.stepped if s.moved]}
         tx.claim_tick(window_key, summary)
     if summary["aborted"]:  # in force at once: the planner publishes it from the store
         publish_aborts(store, tenant, now, f"schedule-tick:{window_key}")
+    if summary["stepped"]:  # the steps' weights, likewise
+        publish_aborts(store, tenant, now, f"schedule-tick:{window_key}", plan_steps)
     return result

@@ -106,6 +106,7 @@ class ObservedTenant:
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # model/version
     analysis: dict[str, list[AnalysisState]] = field(default_factory=dict)  # by model name
     rollbacks: dict[str, RollbackFacts] = field(default_factory=dict)  # by model name
+    steps: dict[str, StepState] = field(default_factory=dict)  # canary steps, by model name
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,24 @@ class AnalysisState:
     def latest(self) -> dict[str, Any]:
         """The newest measurement (overall, summary, verdicts, at), or {}."""
         return self.measurements[-1] if self.measurements else {}
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """Where a model's canary plan (`spec.strategy.steps`) stands: keyed by the model, for
+    the plan `plan_key` names (`controller.steps.plan_key`); a new plan starts at step 0.
+    `phase`: Progressing | Paused | Aborted | ReadyToPromote. `measurements`: the current
+    analysis step's (`controller.evaluation.measure`); `verdicts`: what each analysis step,
+    or a user's resume/abort/retry, decided; `command`: the id of the last command applied
+    (a command is applied once)."""
+
+    plan_key: str
+    index: int
+    phase: str
+    started_at: datetime
+    verdicts: tuple[dict[str, Any], ...] = ()
+    measurements: tuple[dict[str, Any], ...] = ()
+    command: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,10 @@ annotation `cadml.io/git-must-follow` records that Git must catch up.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,7 +230,8 @@ def rollback_in_repo(repo_dir: str, tenant: str, model: str, to: str | None, rea
 
 def promote_in_repo(repo_dir: str, tenant: str, model: str, version: str, reason: str,
                     actor: str, now: datetime | None = None,
-                    author: str | None = None) -> RollbackResult:
+                    author: str | None = None,
+                    gate: Callable[[dict[str, Any]], None] | None = None) -> RollbackResult:
     """Make a CANARY version the STABLE one in one commit: it becomes STABLE, the current
     STABLE becomes DEPRECATED (one STABLE per model key at every commit), and the policy
     gives the new stable what the old one and this canary had; other canaries keep their
@@ -243,6 +246,8 @@ def promote_in_repo(repo_dir: str, tenant: str, model: str, version: str, reason
     if stage != "CANARY":
         raise UsageError(f"version {version} is {stage}; only a CANARY is promoted "
                          "(DRAFT → CANARY first; to go back to an old stable, rollback)")
+    if gate is not None:  # e.g. canary steps must have passed (raises a UsageError)
+        gate(json.loads(json.dumps(tree.policy.body["spec"])))
     changes: list[str] = []
     touched = {tree.policy.path}
     for old in tree.versions:
@@ -256,6 +261,8 @@ def promote_in_repo(repo_dir: str, tenant: str, model: str, version: str, reason
     spec["weights"] = [{"version": version, "weight": 100 - sum(int(w["weight"])
                                                                 for w in others)}, *others]
     _drop_override(spec, changes)
+    if spec.pop("strategy", None) is not None:  # its canary steps are done with
+        changes.append("strategy.steps removed: the canary they walked is the STABLE now")
     changes.insert(0, f"{tree.policy.body['metadata']['name']}: weights {before} → "
                       f"{_weights(spec)}")
     return _commit(tree, touched, version, f"promote {tenant}/{model} {version} to STABLE",

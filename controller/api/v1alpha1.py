@@ -350,9 +350,54 @@ class AnalysisSpec(_Object):
     failure_limit: int = Field(default=1, ge=1, le=100)
 
 
+# ---- canary steps (issue 16): Git holds the plan, the controller walks it in status
+DURATION = r"^[1-9][0-9]{0,5}(s|m|h)$"
+
+
+class PauseSpec(_Object):
+    duration: str | None = Field(
+        default=None, pattern=DURATION,
+        description="How long to stay, e.g. 10m; without it the step waits for "
+                    "`cadml rollout resume`.")
+
+
+class StepSpec(_Object):
+    """One step of a canary plan: exactly one of setWeight, pause and analysis."""
+
+    set_weight: int | None = Field(default=None, ge=0, le=100,
+                                   description="The canary's percent from this step on.")
+    pause: PauseSpec | None = None
+    analysis: AnalysisSpec | None = Field(
+        default=None, description="Judge the canary at the weight in force; a pass moves "
+                                  "on, failureLimit failed measurements in a row abort.")
+
+
+class StrategySpec(_Object):
+    steps: list[StepSpec] = Field(
+        min_length=1, max_length=32,
+        description="Walked in order by the controller (status.currentStepIndex); the "
+                    "spec's weights are the split reached after the last step.")
+
+
+STEP_RULES = (
+    cel("policy.steps-one-canary",
+        "!has(self.strategy) || self.weights.size() == 2",
+        "strategy.steps walk one canary at a time: weights must name the STABLE version "
+        "and exactly one canary (their final split after the last step)",
+        field_path=".strategy.steps"),
+    cel("policy.step-one-action",
+        "!has(self.strategy) || self.strategy.steps.all(s, "
+        "(has(s.setWeight) ? 1 : 0) + (has(s.pause) ? 1 : 0) + (has(s.analysis) ? 1 : 0) "
+        "== 1)",
+        "each step must set exactly one of setWeight, pause or analysis",
+        field_path=".strategy.steps"),
+)
+
+
 class RolloutPolicySpec(_Object):
     model_config = ConfigDict(
         json_schema_extra=_validations(
+            *STEP_RULES,
             cel(
                 "policy.weights-sum-100",
                 "self.weights.map(w, w.weight).sum() == 100",
@@ -400,6 +445,8 @@ class RolloutPolicySpec(_Object):
         default=None, description="A manual forced version; wins over every other routing."
     )
     analysis: AnalysisSpec | None = None
+    strategy: StrategySpec | None = Field(
+        default=None, description="Canary steps; `weights` is the split after the last step.")
 
 
 class RoutingEntry(_Object):
@@ -449,6 +496,14 @@ class RolloutPolicyStatus(_Status):
         default_factory=list, description="Canaries the analysis aborted for this spec.")
     workers_applied: str | None = None
     last_rollback: RollbackRecord | None = None
+    # ---- canary steps (issue 16)
+    current_step_index: int | None = Field(
+        default=None, description="The step being walked; len(steps) once all are done.")
+    step_phase: Literal["Progressing", "Paused", "Aborted", "ReadyToPromote"] | None = None
+    step_started_at: datetime | None = None
+    canary_weight: int | None = Field(default=None, description="The canary's effective percent.")
+    step_verdicts: list[dict[str, Any]] = Field(
+        default_factory=list, description="What each analysis step (or a user) decided.")
 
 
 class RolloutPolicy(_Object):

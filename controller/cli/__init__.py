@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         lookup_cmds,
         operator_cmd,
         reconcile,
+        rollout_cmd,
         store_cmds,
         validate,
         worker_cmd,
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for module in (validate, diff, reconcile, operator_cmd, worker_cmd, index_cmd,
-                   governance_cmds, gen, store_cmds, lookup_cmds):
+                   governance_cmds, rollout_cmd, gen, store_cmds, lookup_cmds):
         module.register(sub)
     return parser
 

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
                                   for v, b, a in m.stage_changes],
                  "servingChanges": [{"version": v, "change": what}
                                     for v, what in m.serving_changes],
+                 "stepsChange": m.steps_change,
                  "thresholds": [{"version": v, "name": n,
                                  "before": None if b is None else {"value": b.value,
                                                                    "source": b.source},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+from collections.abc import Callable
 from typing import Any
 
 from controller.cli._common import TIME_HELP, add_parser, parse_span, parse_time, write_json
@@ -124,6 +125,8 @@ def register(sub: Any) -> None:
                    help="Git author and committer of the commit (default: Git's user.name "
                         "and user.email; refused if neither is set)")
     p.add_argument("--repo", metavar="PATH", default=".", help="Git working tree")
+    p.add_argument("--store", help=STORE_HELP + "; read when the policy has canary steps: "
+                   "they must have passed (ReadyToPromote)")
     p.add_argument("--output", "-o", choices=("text", "json"), default="text", help=OUTPUT_HELP)
     p.set_defaults(handler=_promote)
 
@@ -239,7 +242,10 @@ def _tick(args: argparse.Namespace) -> int:
                      "analysis": [{"policy": a.policy, "version": a.version,
                                    "verdict": a.overall, "failures": a.failures,
                                    "aborted": a.aborted_now, "summary": a.summary}
-                                  for a in r.analysed]} for r in results])
+                                  for a in r.analysed],
+                     "steps": [{"policy": s.policy, "stepIndex": s.after.index,
+                                "phase": s.after.phase, "summary": s.summary}
+                               for s in r.stepped if s.moved]} for r in results])
         return 0
     for r in results:
         if not r.ran:
@@ -250,6 +256,9 @@ def _tick(args: argparse.Namespace) -> int:
             flag = "  ABORTED" if a.aborted_now else ""
             print(f"  {a.policy} canary {a.version}: {a.overall} (failures {a.failures}){flag}"
                   f" — {a.summary}")
+        for s in r.stepped:
+            if s.moved:
+                print(f"  {s.policy} steps: {s.summary}")
     return 0
 
 
@@ -268,8 +277,20 @@ def _promote(args: argparse.Namespace) -> int:
     from controller.rollback import promote_in_repo
 
     tenant, model = _model_arg(args.model)
+
+    def steps_passed(spec: dict[str, Any]) -> None:
+        if "strategy" not in spec:
+            return
+        from controller.stepping import promotion_refusal
+        from controller.store.open import open_store
+
+        with open_store(args.store, create=False).read(tenant, "cadml-promote") as tx:
+            why = promotion_refusal(tx, model, spec)
+        if why is not None:
+            raise UsageError(f"cannot promote {tenant}/{model} {args.version}: {why}")
     result = promote_in_repo(args.repo, tenant, model, args.version, args.reason,
-                             args.actor or getpass.getuser(), author=args.author)
+                             args.actor or getpass.getuser(), author=args.author,
+                             gate=steps_passed)
     _print_commit(args, result, f"promote {tenant}/{model} {result.target} to STABLE")
     return 0
 
@@ -291,6 +312,16 @@ def _rollback(args: argparse.Namespace) -> int:
     if not args.to:
         raise UsageError("--cluster needs --to VERSION (the live cluster is not read here)")
     patch = cluster_patch(args.to, args.reason, actor, datetime.now(UTC))
+    name = patch_live_policy(tenant, model, patch)
+    print(f"patched RolloutPolicy {tenant}/{name}: override → {args.to}. Git must follow: "
+          f"run `cadml rollback {args.model} --to {args.to} --repo PATH` and merge it.")
+    return 0
+
+
+def patch_live_policy(tenant: str, model: str, patch: dict[str, Any],
+                      check: Callable[[dict[str, Any]], None] | None = None) -> str:
+    """Merge-patch the live RolloutPolicy of `tenant/model` (kubeconfig); its name. `check`
+    sees the live object first and may refuse (raise) before anything is written."""
     from kubernetes import client, config
 
     config.load_kube_config()  # type: ignore[no-untyped-call]
@@ -301,9 +332,9 @@ def _rollback(args: argparse.Namespace) -> int:
     match = [p for p in policies if p["spec"].get("modelRef") == model]
     if not match:
         raise UsageError(f"no RolloutPolicy for {tenant}/{model} in the cluster")
-    name = match[0]["metadata"]["name"]
+    name: str = match[0]["metadata"]["name"]
+    if check is not None:
+        check(match[0])
     api.patch_namespaced_custom_object("cadml.io", "v1alpha1", tenant, "rolloutpolicies",
                                        name, patch)
-    print(f"patched RolloutPolicy {tenant}/{name}: override → {args.to}. Git must follow: "
-          f"run `cadml rollback {args.model} --to {args.to} --repo PATH` and merge it.")
-    return 0
+    return name

@@ -389,22 +389,32 @@ def on_analysis(**kwargs: Any) -> None:
     """Timer, one per analysed RolloutPolicy: measure this policy's canaries when its
     `intervalSeconds` have passed (earlier calls record nothing). An abort is recorded as
     analysis state; the normal tenant pass then publishes it at once (the planner is the
-    only snapshot writer). `memo.clock` (tests) stands in for the wall clock."""
+    only snapshot writer). A policy with canary steps: the analysis step it waits on is
+    measured and a timed pause that elapsed passes (`stepping.walk_policies`), then the
+    tenant pass publishes the step's weight. `memo.clock` (tests) stands in for the wall
+    clock."""
     from controller.governance import analyse_policies
+    from controller.stepping import walk_policies
 
     body: kopf.Body = kwargs["body"]
     memo: kopf.Memo = kwargs["memo"]
-    if not body.spec.get("analysis"):
+    if not body.spec.get("analysis") and not body.spec.get("strategy"):
         return
     now = memo["clock"]() if "clock" in memo else datetime.now(UTC)
+    name = str(body.metadata.name)
     with memo["store"].transaction(str(body.metadata.namespace), "canary-analysis") as tx:
-        outcomes = analyse_policies(tx, now, policy=str(body.metadata.name))
+        outcomes = analyse_policies(tx, now, policy=name) if body.spec.get("analysis") \
+            else []
+        # canary steps: the analysis step due, timed pauses that elapsed
+        moved = [s for s in walk_policies(tx, now, policy=name) if s.moved]
     aborted = [o for o in outcomes if o.aborted_now]
-    if not aborted:
+    if not aborted and not moved:
         return
     post = memo.get("post_event") or kopf.info
     for o in aborted:
         post(body, reason="CanaryAborted", message=o.summary)
+    for s in moved:
+        post(body, reason="CanaryStep", message=s.summary or "")
     on_change(**kwargs)
 
 
@@ -562,17 +572,28 @@ def admission_tenant(namespace: str, kwargs: Mapping[str, Any]) -> list[dict[str
 
 
 def stamp_changed_by(**kwargs: Any) -> None:
-    """The mutating webhook: record who changed the spec, for the audit trail's actor."""
+    """The mutating webhook: record who changed the spec, for the audit trail's actor, and
+    who sent a canary-step command (`cadml rollout … --cluster`): the authenticated user
+    replaces the one the command names, so the audit of a resume/abort/retry cannot be
+    forged."""
+    from controller.steps import COMMAND_ANNOTATION, stamp_command
+
     operation = str(kwargs.get("operation"))
     if operation not in ("CREATE", "UPDATE"):
         return
     body: kopf.Body = kwargs["body"]
     old: kopf.Body | None = kwargs.get("old")
     userinfo = kwargs.get("userinfo") or {}
-    value = changed_by(operation, body, old, str(userinfo.get("username") or ""))
+    username = str(userinfo.get("username") or "")
+    value = changed_by(operation, body, old, username)
+    patch: kopf.Patch = kwargs["patch"]
     if body.metadata.annotations.get(CHANGED_BY) != value:
-        patch: kopf.Patch = kwargs["patch"]
         patch.metadata.annotations[CHANGED_BY] = value
+    command = body.metadata.annotations.get(COMMAND_ANNOTATION)
+    before = old.metadata.annotations.get(COMMAND_ANNOTATION) if old is not None else None
+    stamped = stamp_command(command, username) if command != before else None
+    if stamped is not None and stamped != command:
+        patch.metadata.annotations[COMMAND_ANNOTATION] = stamped
 
 
 def _refusal(errors: Iterable[Any]) -> str:

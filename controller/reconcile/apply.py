@@ -32,10 +32,12 @@ def apply_plan(tx: StoreTx, plan: Plan,
             raise ConflictError(f"policy {snap.policy_name}: planned policyVersion "
                                 f"{snap.policy_version}, the store gave {version}; "
                                 "another writer got there first, reconcile again")
+    for model, read, state in plan.steps:
+        tx.save_step(model, state, read)
     for release in plan.releases:
         tx.record_release(release)
     tx.write_statuses(plan.statuses)
     tx.delete_statuses(plan.statuses_gone)
     tx.audit_many([AuditAppend(entry.action, entry.kind, entry.name, entry.details,
-                               (actors or {}).get((entry.kind, entry.name)))
+                               entry.actor or (actors or {}).get((entry.kind, entry.name)))
                    for entry in plan.audit])

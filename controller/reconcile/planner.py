@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from controller import steps
 from controller.api.v1alpha1 import (
     GROUP,
     KINDS,
@@ -46,12 +47,14 @@ from controller.records import (
     PolicySnapshot,
     ReleaseRow,
     RouteRow,
+    StepState,
     VersionRow,
 )
 from controller.routing import (
     RoutingTable,
     effective_routing,
     effective_thresholds,
+    layered_thresholds,
     override_active,
     stable_only,
 )
@@ -66,6 +69,7 @@ class AuditEntry:
     kind: str
     name: str
     details: dict[str, Any]
+    actor: str | None = None  # who asked, where not who last changed the object
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +99,14 @@ class Plan:
     transitions: list[FieldError] = field(default_factory=list)  # broken against the store
     # (kind, name) whose stored status goes: no object and no row has that name any more
     statuses_gone: list[tuple[str, str]] = field(default_factory=list)
+    # (model, the canary walk as read, as planned): written compare-and-set
+    steps: list[tuple[str, StepState | None, StepState]] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
         """True when the store's rows must change (status-only plans do not count)."""
         return bool(self.models or self.versions or self.policies or self.snapshots
-                    or self.releases)
+                    or self.releases or self.steps)
 
     def summary_lines(self) -> list[str]:
         lines = [f"{a.action} {a.kind} {self.tenant}/{a.name}"
@@ -529,6 +535,9 @@ def plan_tenant(
         aborted = [a for a in states if a.aborted]
         routing = effective_routing(p, {sv: v.spec.stage for sv, v in vs.items()}, now,
                                     abort_reason(aborted) if aborted else None)
+        stepped = _walk_steps(plan, p, p_spec, routing,
+                              observed.steps.get(stored_model(p.spec.model_ref)), now)
+        routing = stepped.get("_routing", routing)
         expired_of[p.metadata.name] = routing.expired
         thresholds = _thresholds(models.get(p.spec.model_ref), vs, p, routing.routes)
         pv = _publish(plan, p.metadata.name, p.spec.model_ref,
@@ -553,6 +562,12 @@ def plan_tenant(
             "routingSummary": _summary(routing.routes)}
         status_extra[("RolloutPolicy", p.metadata.name)].update(
             governance_status(p, routing, states, observed))
+        if "facts" in stepped:
+            extra_p = status_extra[("RolloutPolicy", p.metadata.name)]
+            extra_p.update(stepped["facts"])
+            mine = {c.type for c in stepped["conds"]}  # an abort of the steps says so itself
+            extra_p["_conditions"] = [*(c for c in extra_p.get("_conditions", [])
+                                        if c.type not in mine), *stepped["conds"]]
     for name, old_p in obs_policies.items():
         if not old_p.deleted and name not in renamed.values() and \
                 ("RolloutPolicy", name) not in present:
@@ -641,6 +656,30 @@ def gone_statuses(present: Collection[tuple[str, str]], observed: ObservedTenant
         ("RolloutPolicy", observed.policies)) for name in stored}
     keep = set(present) | (rows - moved)
     return sorted(key for key in observed.statuses if key not in keep)
+
+
+def _walk_steps(plan: Plan, p: RolloutPolicy, spec: Mapping[str, Any], routing: RoutingTable,
+                state: StepState | None, now: datetime) -> dict[str, Any]:
+    """A policy with canary steps: walk them (`controller.steps`), plan the new state and
+    its audit row, and return the routing to publish (`_routing`), the status facts and
+    conditions. {} for a policy without steps."""
+    strategy = p.spec.strategy
+    if strategy is None:
+        return {}
+    command = steps.parse_command(p.metadata.annotations.get(steps.COMMAND_ANNOTATION))
+    routed, new = steps.step_routing(spec, strategy.steps, routing, state, now, command)
+    if new != state:
+        plan.steps.append((p.spec.model_ref, state, new))
+        said = steps.change_summary(strategy.steps, state, new)
+        if said is not None:
+            applied = command is not None and new.command == command.id and (
+                state is None or state.command != command.id)
+            plan.audit.append(AuditEntry("step", "RolloutPolicy", p.metadata.name, {
+                "summary": said, "stepIndex": new.index, "phase": new.phase,
+                **({"user": command.user, "command": command.action} if applied and command
+                   else {})}, f"k8s:{command.user}" if applied and command else None))
+    return {"_routing": routed, "facts": steps.status_facts(new, routed),
+            "conds": steps.step_conditions(strategy.steps, new)}
 
 
 def _summary(routes: tuple[RouteRow, ...]) -> str:
@@ -734,6 +773,50 @@ def plan_abort(tenant: str, observed: ObservedTenant, now: datetime) -> Plan:
             continue
         _publish(plan, row.name, row.model_name, current, abort_routing(stable, aborted),
                  {stable: current.thresholds[stable]}, row.refresh_seconds, row.generation)
+    return plan
+
+
+def plan_steps(tenant: str, observed: ObservedTenant, now: datetime) -> Plan:
+    """The snapshots the canary steps in the store call for, where no desired resources are
+    at hand (`cadml schedule-tick`, `cadml rollout` in Git mode, right after they moved a
+    walk): for each live policy with steps, the routing `plan_tenant` publishes for it
+    (`steps.step_routing` over `effective_routing` of its stored spec and the stages of
+    its model's rows). Where those cannot say
+    (a row under an older schema, a version gone) it leaves it to the next full pass.
+    Thresholds layer the rows' defaults and the policy's, as `effective_thresholds` does."""
+    plan = Plan(tenant)
+    for row in observed.policies.values():
+        current = observed.snapshots.get(row.model_name)
+        if row.deleted or current is None or "strategy" not in row.spec:
+            continue
+        try:
+            policy = RolloutPolicy.model_validate({
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "RolloutPolicy",
+                "metadata": {"name": row.name, "namespace": tenant}, "spec": row.spec})
+        except ValueError:
+            continue
+        stages = {v.version: v.stage for v in observed.versions.values()
+                  if v.model_name == row.model_name and not v.deleted}
+        aborted = [a for a in observed.analysis.get(row.model_name, [])
+                   if judges(a.spec_hash, row.spec, row.spec_hash) and a.aborted]
+        routing = effective_routing(policy, stages, now,
+                                    abort_reason(aborted) if aborted else None)
+        stepped = _walk_steps(plan, policy, row.spec, routing,
+                              observed.steps.get(row.model_name), now)
+        routing = stepped["_routing"]
+        model, by_semver = observed.models.get(row.model_name), {
+            v.version: v for v in observed.versions.values()
+            if v.model_name == row.model_name and not v.deleted}
+        if model is None or any(r.version not in by_semver for r in routing.routes):
+            continue
+        thresholds = {r.version: {k: {"value": t.value, "source": t.source}
+                                  for k, t in layered_thresholds(
+                                      model.threshold_defaults,
+                                      (r.version, by_semver[r.version].threshold_defaults),
+                                      policy.spec.thresholds).items()}
+                      for r in routing.routes}
+        _publish(plan, row.name, row.model_name, current, routing, thresholds,
+                 row.refresh_seconds, row.generation)
     return plan
 
 

@@ -90,15 +90,17 @@ def lost_race(store: Store, tenant: str, seen: list[int],
                       "the latest view decides")
 
 
-def publish_aborts(store: Store, tenant: str, now: datetime, actor: str) -> Plan:
+def publish_aborts(store: Store, tenant: str, now: datetime, actor: str,
+                   planner: Callable[[str, ObservedTenant, datetime], Plan] = plan_abort
+                   ) -> Plan:
     """Make recorded canary aborts effective where no desired resources are at hand
     (`cadml schedule-tick`): the planner's `plan_abort` over the store's own rows, applied
     in one transaction. A rival pass that published first (it read the same abort) leaves
-    nothing to do on the retry."""
+    nothing to do on the retry. `planner=plan_steps`: where the canary steps stand, alike."""
     for attempt in range(3):
         try:
             with store.transaction(tenant, actor) as tx:
-                plan = plan_abort(tenant, tx.observe(), now)
+                plan = planner(tenant, tx.observe(), now)
                 apply_plan(tx, plan)
             break
         except ConflictError:

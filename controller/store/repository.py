@@ -43,6 +43,7 @@ from controller.records import (
     RollbackFacts,
     RouteRow,
     RunRecord,
+    StepState,
     VersionRow,
     WorkerState,
 )
@@ -681,7 +682,8 @@ class StoreTx:
             rc.tenant_id == self.tenant)).all())
         return ObservedTenant(models, versions, policies, snapshots, releases,
                               self.statuses(), self.worker_states(), self.latest_evaluations(),
-                              self.analysis_states(), self.rollback_facts())
+                              self.analysis_states(), self.rollback_facts(),
+                              self.step_states())
 
     def statuses(self) -> dict[tuple[str, str], dict[str, Any]]:
         c = t.object_status.c
@@ -1038,6 +1040,46 @@ class StoreTx:
                                      "version": s.version, "spec_hash": s.spec_hash},
                   dict(failures=s.failures, aborted=s.aborted,
                        measurements=list(s.measurements), updated_at=self.now))
+
+    def step_states(self) -> dict[str, StepState]:
+        """Where each model's canary plan stands, by model name."""
+        c, mc = t.rollout_step.c, t.model_catalog.c
+        return {r["model_name"]: StepState(
+            r["plan_key"], r["step_index"], r["phase"], _aware(r["started_at"]),
+            tuple(dict(v) for v in r["verdicts"]), tuple(dict(m) for m in r["measurements"]),
+            r["command"]) for r in self.conn.execute(
+                select(t.rollout_step, mc.name.label("model_name"))
+                .join(t.model_catalog, and_(mc.tenant_id == c.tenant_id, mc.id == c.model_id))
+                .where(c.tenant_id == self.tenant)).mappings()}
+
+    def save_step(self, model_name: str, s: StepState, read: StepState | None) -> None:
+        """Write where the model's canary plan stands, over the state the writer read
+        (`read`; None: there was none). Compare-and-set: when another writer moved the walk
+        since (a resume committed while this pass was planned), StaleWrite and nothing
+        written, so a stale pass never undoes a user's command; a pass from the latest view
+        decides."""
+        c = t.rollout_step.c
+        model_id = self._require_model(model_name)
+        values = dict(plan_key=s.plan_key, step_index=s.index, phase=s.phase,
+                      started_at=s.started_at, verdicts=list(s.verdicts),
+                      measurements=list(s.measurements), command=s.command,
+                      updated_at=self.now)
+        if read is None:
+            taken = self.conn.execute(select(c.model_id).where(
+                c.tenant_id == self.tenant, c.model_id == model_id)).first()
+            if taken is None:
+                self.conn.execute(insert(t.rollout_step).values(
+                    tenant_id=self.tenant, model_id=model_id, **values))
+                return
+        elif self.conn.execute(update(t.rollout_step).where(
+                c.tenant_id == self.tenant, c.model_id == model_id,
+                c.plan_key == read.plan_key, c.step_index == read.index,
+                c.phase == read.phase, c.command == read.command).values(**values)
+        ).rowcount == 1:
+            return
+        raise StaleWrite(f"canary steps of {self.tenant}/{model_name}: another writer moved "
+                         "them since this pass read them; a pass from the latest view "
+                         "decides")
 
     def rollback_facts(self) -> dict[str, RollbackFacts]:
         """Per model: the newest rollback/abort snapshot and when runs first obeyed it, in

@@ -379,4 +379,25 @@ analysis_state = Table(
                          ["model_catalog.tenant_id", "model_catalog.id"]),
 )
 
+rollout_step = Table(
+    "rollout_step", metadata,
+    # where a model's canary plan (a RolloutPolicy's spec.strategy.steps) stands; keyed by
+    # the model like analysis_state, so renaming the policy keeps the progress
+    Column("tenant_id", String(63), primary_key=True),
+    Column("model_id", Id, primary_key=True),
+    Column("plan_key", String(64), nullable=False),  # controller.steps.plan_key
+    Column("step_index", Integer, nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("verdicts", JSON, nullable=False),
+    Column("measurements", JSON, nullable=False),  # the current analysis step's
+    Column("command", String(128), nullable=False, server_default=text("''")),
+    _ts("updated_at"),
+    CheckConstraint("step_index >= 0", name="step_index_nonneg"),
+    CheckConstraint("phase IN ('Progressing', 'Paused', 'Aborted', 'ReadyToPromote')",
+                    name="phase"),
+    ForeignKeyConstraint(["tenant_id", "model_id"],
+                         ["model_catalog.tenant_id", "model_catalog.id"]),
+)
+
 TENANT_TABLES = [t.name for t in metadata.sorted_tables]

@@ -70,6 +70,18 @@ def _validity_window(r: Resource) -> bool:
     return start is None or end is None or start < end
 
 
+def _steps_one_canary(r: Resource) -> bool:
+    return not isinstance(r, RolloutPolicy) or r.spec.strategy is None \
+        or len(r.spec.weights) == 2
+
+
+def _step_one_action(r: Resource) -> bool:
+    if not isinstance(r, RolloutPolicy) or r.spec.strategy is None:
+        return True
+    return all(sum(x is not None for x in (s.set_weight, s.pause, s.analysis)) == 1
+               for s in r.spec.strategy.steps)
+
+
 def _approvers_high_risk(r: Resource) -> bool:
     if not isinstance(r, ReleaseRecord):
         return True
@@ -120,6 +132,8 @@ OBJECT_RULES: dict[str, Callable[[Resource], bool]] = {
     "policy.canary-weight-range": _canary_range,
     "policy.versions-unique": _versions_unique,
     "policy.validity-window": _validity_window,
+    "policy.steps-one-canary": _steps_one_canary,
+    "policy.step-one-action": _step_one_action,
     "release.approvers-high-risk": _approvers_high_risk,
     "release.approvers-distinct": _approvers_distinct,
 }

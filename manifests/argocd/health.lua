@@ -3,6 +3,9 @@
 -- Healthy: Ready=True for the current generation. Degraded: Stalled=True (an invalid
 -- spec: the message names the field and rule), a canary aborted by analysis, or a
 -- rollback slower than one refresh cycle. Progressing: everything else.
+-- A RolloutPolicy with canary steps (status.stepPhase): Progressing while it walks,
+-- Suspended at a pause (it waits for `cadml rollout resume`, or its duration), Degraded
+-- once aborted, Healthy when every step passed (ReadyToPromote).
 local hs = {status = "Progressing", message = "Waiting for the cadml operator"}
 if obj.status == nil or obj.status.conditions == nil then
   return hs
@@ -33,6 +36,26 @@ for _, c in ipairs(obj.status.conditions) do
   if c.type == "Ready" then
     ready = c
   end
+end
+local phase = obj.status.stepPhase
+local step = ""
+if obj.status.currentStepIndex ~= nil then
+  step = "step " .. (obj.status.currentStepIndex + 1) .. ", canary at " ..
+    (obj.status.canaryWeight or 0) .. " %"
+end
+if phase == "Aborted" then
+  hs.status = "Degraded"
+  hs.message = "Canary steps aborted at " .. step
+  return hs
+end
+if ready ~= nil and ready.status == "True" and phase == "Paused" then
+  hs.status = "Suspended"
+  hs.message = "Paused at " .. step .. ": cadml rollout resume, or wait for its duration"
+  return hs
+end
+if ready ~= nil and ready.status == "True" and phase == "Progressing" then
+  hs.message = "Walking canary steps: " .. step
+  return hs
 end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"

@@ -148,3 +148,26 @@ def test_an_edited_release_record_lists_each_changed_field(
     code, out = _diff(gitops_repo, capsys)
     (blocker,) = [ln for ln in out.splitlines() if "ReleaseRecord" in ln and "was edited" in ln]
     assert code == 1 and blocker.endswith("was edited: spec.canaryPercent: 10 → 50"), blocker
+
+
+def test_adding_canary_steps_says_the_canary_restarts_at_the_first_step(
+        gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a PR adding steps to a running 90/10 policy read 'No change to routing',
+    although the controller restarts the canary at its first setWeight (issue 16)."""
+    _edit(gitops_repo, "tenants/acme-cad/part-similarity.yaml", "  refreshSeconds: 5\n",
+          "  refreshSeconds: 5\n  strategy:\n    steps:\n      - setWeight: 2\n"
+          "      - pause: {}\n")
+    code, out = _diff(gitops_repo, capsys)
+    assert code == 0, out
+    assert "### acme-cad / part-similarity (changed)" in out
+    assert ("Canary steps: a new plan of 2 steps; the walk starts again at step 1 and "
+            "waits at step 2 (pause) with the canary at 2%; 10% after the last step") in out
+    code, out = _diff(gitops_repo, capsys, "-o", "json")
+    (model,) = [m for m in json.loads(out)["models"] if m["model"] == "part-similarity"]
+    assert model["stepsChange"].startswith("a new plan of 2 steps")
+    # committed, an edit outside the plan says nothing about the steps
+    git(gitops_repo, "commit", "-qam", "steps")
+    _edit(gitops_repo, "tenants/acme-cad/part-similarity.yaml", "refreshSeconds: 5",
+          "refreshSeconds: 7")
+    code, out = _diff(gitops_repo, capsys)
+    assert code == 0 and "Canary steps" not in out

@@ -46,6 +46,29 @@ def c(kind: str, status: str, reason: str = "R", message: str = "") -> dict[str,
 
 
 @pytest.mark.parametrize(("obj", "status", "needle"), [
+    (_obj([c("Ready", "True")], stepPhase="Progressing", currentStepIndex=1, canaryWeight=10),
+     "Progressing", "step 2, canary at 10 %"),
+    (_obj([c("Ready", "True")], stepPhase="Paused", currentStepIndex=3, canaryWeight=50),
+     "Suspended", "cadml rollout resume"),
+    (_obj([c("Ready", "False", "CanaryAborted"),
+           c("RolloutHealthy", "False", "CanaryAborted", "canary steps aborted at step 2")],
+          stepPhase="Aborted", currentStepIndex=1, canaryWeight=0), "Degraded", "step 2"),
+    (_obj([c("Ready", "True")], stepPhase="Aborted", currentStepIndex=1, canaryWeight=0),
+     "Degraded", "aborted"),
+    (_obj([c("Ready", "True"), c("ReadyToPromote", "True", "StepsDone")],
+          stepPhase="ReadyToPromote", currentStepIndex=4, canaryWeight=30,
+          routingSummary="1.0.0=70,1.1.0=30"), "Healthy", "1.0.0=70,1.1.0=30"),
+    # a stale status never reports a step of the old spec as Suspended
+    (_obj([c("Ready", "True")], generation=2, observed=1, stepPhase="Paused",
+          currentStepIndex=3, canaryWeight=50), "Progressing", "generation 1"),
+])
+def test_argocd_lua_health_of_canary_steps(obj: dict[str, Any], status: str,
+                                           needle: str) -> None:
+    hs = _lua_health(obj)
+    assert hs["status"] == status and needle in hs["message"]
+
+
+@pytest.mark.parametrize(("obj", "status", "needle"), [
     (_obj(None), "Progressing", "Waiting"),
     (_obj([c("Ready", "True")], routingSummary="1.1.0=90,1.2.0=10"), "Healthy",
      "1.1.0=90,1.2.0=10"),
@@ -126,3 +149,16 @@ def test_dashboard_and_alerts_use_only_exported_metrics() -> None:
 def test_dashboard_is_valid_json_with_panels() -> None:
     dash = json.loads((MANIFESTS / "monitoring" / "grafana-dashboard.json").read_text())
     assert dash["uid"] == "cadml-overview" and len(dash["panels"]) >= 8
+
+
+@pytest.mark.parametrize(("phase", "current", "failed"), [
+    ("Progressing", True, False), ("Paused", True, False), ("ReadyToPromote", True, False),
+    ("Aborted", False, True)])
+def test_flux_health_of_canary_steps(phase: str, current: bool, failed: bool) -> None:
+    """A walking or paused plan is current once Ready (a plan outlasts any timeout); an
+    aborted one is failed even before its conditions say so."""
+    env = celpy.Environment()
+    (rp,) = [e for e in _flux_exprs() if e["kind"] == "RolloutPolicy"]
+    status = celpy.json_to_cel({"conditions": [c("Ready", "True")], "stepPhase": phase})
+    assert bool(env.program(env.compile(rp["failed"])).evaluate({"status": status})) is failed
+    assert bool(env.program(env.compile(rp["current"])).evaluate({"status": status})) is current

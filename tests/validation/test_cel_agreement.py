@@ -213,3 +213,45 @@ def test_crd_files_carry_the_rules_the_mirrors_know() -> None:
         text = yaml.safe_dump(crd)
         ids |= set(re.findall(r"\[([a-z0-9-]+\.[a-z0-9.-]+)\] ", text))
     assert ids == set(OBJECT_RULES) | set(TRANSITION_RULES)
+
+
+def _stepped_policy(rng: random.Random) -> Resource:
+    """A policy with canary steps: sometimes a step with two actions or none, sometimes
+    weights naming more than one canary."""
+    k = rng.choice([1, 2, 2, 3])
+    weights = [(v, w) for v, w in zip(["1.0.0", "1.1.0", "1.2.0"], [100 - 10 * (k - 1), 10, 0],
+                                      strict=False)][:k]
+    actions: list[dict[str, Any]] = [
+        {"setWeight": rng.randint(0, 100)}, {"pause": {"duration": "10m"}}, {"pause": {}},
+        {"analysis": {"metrics": [{"name": "success_rate", "min": 0.9}]}}]
+    steps = []
+    for _ in range(rng.randint(1, 5)):
+        n = rng.choice([1, 1, 1, 0, 2])
+        step: dict[str, Any] = {}
+        for action in rng.sample(actions, n):
+            step.update(action)
+        steps.append(step)
+    return KINDS["RolloutPolicy"].model_validate(
+        {"apiVersion": "cadml.io/v1alpha1", "kind": "RolloutPolicy",
+         "metadata": {"name": "p", "namespace": "t"},
+         "spec": {"modelRef": "m", "weights": [{"version": v, "weight": w} for v, w in weights],
+                  "strategy": {"steps": steps}}})
+
+
+@pytest.mark.parametrize("policy", [_stepped_policy(random.Random(i)) for i in range(120)])
+def test_stepped_policies_agree(policy: Resource) -> None:
+    verdict = _cel_verdict(policy)
+    assert verdict == _python_failures(policy)
+
+
+def test_step_rules_refuse_what_they_say() -> None:
+    """Both rules fire (in CEL and in Python) on the objects they are about."""
+    bad = _stepped_policy(random.Random(0)).model_dump(mode="json", by_alias=True,
+                                                        exclude_none=True)
+    bad["spec"]["weights"] = [{"version": "1.0.0", "weight": 80},
+                              {"version": "1.1.0", "weight": 10},
+                              {"version": "1.2.0", "weight": 10}]
+    bad["spec"]["strategy"] = {"steps": [{"setWeight": 10, "pause": {}}]}
+    policy = KINDS["RolloutPolicy"].model_validate(bad)
+    assert _cel_verdict(policy) == _python_failures(policy) == {
+        "policy.steps-one-canary", "policy.step-one-action"}

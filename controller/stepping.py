@@ -1,0 +1,126 @@
+"""Canary steps in the store: measure the analysis step a plan waits on, apply a user's
+resume / abort / retry, and save where each plan stands (with an audit row).
+
+Thin adapter over the pure `controller.steps`; it publishes nothing itself: the
+planner is the only snapshot writer (`plan_steps` over the store's rows right after,
+as `cadml schedule-tick` does for aborts; the operator runs a tenant pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from controller import steps
+from controller.api.v1alpha1 import RolloutPolicySpec
+from controller.errors import UsageError
+from controller.evaluation import analyse, compute, measure, measurement_due
+from controller.records import PolicyRow, StepState
+from controller.store.repository import StoreTx
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    policy: str
+    model: str
+    before: StepState | None
+    after: StepState
+    summary: str | None  # the audit line; None when the walk did not move
+
+    @property
+    def moved(self) -> bool:
+        return self.summary is not None
+
+
+def _spec(row: PolicyRow) -> RolloutPolicySpec | None:
+    try:
+        return RolloutPolicySpec.model_validate(row.spec)
+    except ValueError:  # a row written under an older schema: the full pass decides
+        return None
+
+
+def walk_policies(tx: StoreTx, now: datetime, policy: str | None = None,
+                  model: str | None = None,
+                  command: steps.Command | None = None) -> list[StepOutcome]:
+    """One look at every live policy with steps (only `policy` or `model`'s, if named):
+    the command, when given, then the analysis measurement the current step is due for,
+    then the steps that can pass. Saves and audits what moved."""
+    observed = tx.observe()
+    out = []
+    for row in observed.policies.values():
+        spec = _spec(row)
+        if row.deleted or spec is None or spec.strategy is None \
+                or policy not in (None, row.name) or model not in (None, row.model_name):
+            continue
+        plan, key = spec.strategy.steps, steps.plan_key(row.spec)
+        before = observed.steps.get(row.model_name)
+        state = steps.walk(plan, before, key, now, command=command)
+        due = steps.analysis_due(plan, state)
+        canary = next((w.version for w in spec.weights for v in observed.versions.values()
+                       if v.model_name == row.model_name and v.version == w.version
+                       and not v.deleted and v.stage != "STABLE"), None)
+        if due is not None and due.analysis is not None and canary is not None and \
+                measurement_due(state.measurements, now, due.analysis.interval_seconds):
+            a = due.analysis
+            # only the runs of this step, at its weight
+            since = max(now - timedelta(seconds=a.window_seconds), state.started_at)
+            overall, verdicts = analyse(a, compute(tx.run_facts(row.model_name, since, now,
+                                                                version=canary)))
+            kept, _, aborted = measure(state.measurements, overall, verdicts, now,
+                                       a.failure_limit)
+            state = steps.walk(plan, state, key, now, steps.Measured(kept, aborted))
+        said = steps.change_summary(plan, before, state)
+        if state != before:
+            tx.save_step(row.model_name, state, before)
+        if said is not None:
+            tx.audit("step", "RolloutPolicy", row.name, {
+                "summary": said, "stepIndex": state.index, "phase": state.phase,
+                **({"user": command.user, "command": command.action} if command else {})},
+                actor=command.user if command else None)
+        out.append(StepOutcome(row.name, row.model_name, before, state, said))
+    return out
+
+
+def command_store(tx: StoreTx, model: str, command: steps.Command,
+                  now: datetime) -> StepOutcome:
+    """A user's resume / abort / retry of `model`'s plan, in Git mode (the store): refused
+    with a UsageError (nothing written) when the model has no policy with steps, or the
+    plan is not where the command applies."""
+    observed = tx.observe()
+    rows = [r for r in observed.policies.values() if r.model_name == model and not r.deleted]
+    spec = _spec(rows[0]) if rows else None
+    if spec is None or spec.strategy is None:
+        raise UsageError(f"model {tx.tenant}/{model} has no RolloutPolicy with "
+                         "spec.strategy.steps in the store; reconcile one first")
+    state = observed.steps.get(model)
+    key = steps.plan_key(rows[0].spec)
+    current = steps.walk(spec.strategy.steps, state, key, now)
+    why = steps.refusal(current, command.action)
+    if why is not None:
+        raise UsageError(f"cannot {command.action} {tx.tenant}/{model}: {why}")
+    (outcome,) = walk_policies(tx, now, policy=rows[0].name, command=command)
+    return outcome
+
+
+def promotion_refusal(tx: StoreTx, model: str, spec: Mapping[str, Any]) -> str | None:
+    """Why a canary with steps cannot be promoted yet (None: it can): the plan in Git
+    (`spec`, the policy as the promotion would edit it) must be the one the store walked,
+    and every step of it must have passed (ReadyToPromote)."""
+    try:
+        parsed = RolloutPolicySpec.model_validate(spec)
+    except ValueError as exc:
+        return f"the policy in Git is not valid: {exc}"
+    if parsed.strategy is None:
+        return None
+    key = steps.plan_key(parsed.model_dump(mode="json", by_alias=True, exclude_none=True))
+    state = tx.observe().steps.get(model)
+    if state is None or state.plan_key != key:
+        return ("the store has not walked this plan (reconcile the commit and let its steps "
+                "run first)")
+    if state.phase != steps.READY:
+        return (f"its canary steps are {state.phase} at step {state.index + 1} of "
+                f"{len(parsed.strategy.steps)}; promote once the policy reports "
+                "ReadyToPromote")
+    return None
