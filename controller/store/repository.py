@@ -58,6 +58,7 @@ from controller.store.audit import (
 )
 from controller.store.engine import READ_ONLY, make_engine
 from controller.store.notify import PolicyListener, channel
+from controller.store.runinsert import run_insert
 
 WORKER_STATE_TTL = timedelta(minutes=10)
 """Worker rows older than this are ignored and deleted: the pod is gone. Longer than the
@@ -116,13 +117,6 @@ def _translate(exc: DBAPIError) -> StoreError:
     return StoreError(f"store error: {text_.splitlines()[0]}")
 
 
-_RUN_IDS = select(t.model_catalog.c.name, t.model_version.c.version, t.model_catalog.c.id,
-                  t.model_version.c.id).join(t.model_version, and_(
-                      t.model_version.c.tenant_id == t.model_catalog.c.tenant_id,
-                      t.model_version.c.model_id == t.model_catalog.c.id)).where(
-    t.model_catalog.c.tenant_id == bindparam("b_tenant"),
-    t.model_catalog.c.name.in_(bindparam("b_models", expanding=True)))
-_RUN_INSERT = insert(t.model_run)
 @dataclass(frozen=True)
 class RunFilter:
     """What `runs()` selects; None: any."""
@@ -747,29 +741,10 @@ class StoreTx:
     # ------------------------------------------------------------------ runs
 
     def record_runs(self, runs: Sequence[RunRecord]) -> None:
-        """Bulk-insert run records (one executemany); ids resolved with one query. Both
-        statements are built once: this is every search request's write path."""
-        if not runs:
-            return
-        pairs = self.conn.execute(_RUN_IDS, {"b_tenant": self.tenant, "b_models": sorted(
-            {r.model_name for r in runs})}).all()
-        ids = {(m, v): (mid, vid) for m, v, mid, vid in pairs}
-        rows = []
-        for r in runs:
-            found = ids.get((r.model_name, r.version))
-            if found is None:
-                raise ConflictError(f"run {r.run_key}: version {r.model_name} {r.version} is "
-                                    "not in the store")
-            rows.append(dict(
-                tenant_id=self.tenant, run_key=r.run_key, model_id=found[0],
-                model_version_id=found[1], job_key=r.job_key, policy_version=r.policy_version,
-                route_source=r.route_source, thresholds=r.thresholds,
-                decision="PENDING_REVIEW", ai_suggestion=r.ai_suggestion,
-                review_status="PENDING_REVIEW", latency_ms=r.latency_ms, success=r.success,
-                met_threshold=r.met_threshold, error_code=r.error_code,
-                parse_ms=r.parse_ms, search_ms=r.search_ms,
-                binding_state=r.binding_state, created_at=r.created_at or self.now))
-        self.conn.execute(_RUN_INSERT, rows)
+        """Bulk-insert run records (one executemany), ids resolved with one query per model;
+        both prepared once (`runinsert`): this is every search request's write path."""
+        if runs:
+            run_insert(self.conn.dialect).execute(self.conn, self.tenant, runs, self.now)
 
     def review_run(self, run_key: str, status: str, reviewer: str,
                    human_decision: str | None, agree: bool | None = None) -> None:
