@@ -106,6 +106,8 @@ class ObservedTenant:
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # model/version
     analysis: dict[str, list[AnalysisState]] = field(default_factory=dict)  # by model name
     rollbacks: dict[str, RollbackFacts] = field(default_factory=dict)  # by model name
+    # by model name: version (semver) → jobs bound to it
+    bindings: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -552,7 +552,8 @@ def plan_tenant(
             "activePolicy": p.metadata.name, "policyVersion": pv, "routeSource": routing.source,
             "routingSummary": _summary(routing.routes)}
         status_extra[("RolloutPolicy", p.metadata.name)].update(
-            governance_status(p, routing, states, observed))
+            governance_status(p, routing, states, observed,
+                              observed.bindings.get(stored_model(p.spec.model_ref), {})))
     for name, old_p in obs_policies.items():
         if not old_p.deleted and name not in renamed.values() and \
                 ("RolloutPolicy", name) not in present:

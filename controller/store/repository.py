@@ -675,7 +675,8 @@ class StoreTx:
             rc.tenant_id == self.tenant)).all())
         return ObservedTenant(models, versions, policies, snapshots, releases,
                               self.statuses(), self.worker_states(), self.latest_evaluations(),
-                              self.analysis_states(), self.rollback_facts())
+                              self.analysis_states(), self.rollback_facts(),
+                              self.bound_jobs())
 
     def statuses(self) -> dict[tuple[str, str], dict[str, Any]]:
         c = t.object_status.c
@@ -864,17 +865,23 @@ class StoreTx:
             .where(c.tenant_id == self.tenant, mc.name == model_name, c.unbound.is_(False)))
         return {r.job_key: r.version for r in rows}
 
-    def binding_counts(self, model_name: str) -> dict[str, int]:
-        """version (semver) → how many jobs are bound to it, for one model."""
+    def bound_jobs(self, model_name: str | None = None) -> dict[str, dict[str, int]]:
+        """model → version (semver) → how many jobs are bound to it (one grouped count;
+        every model of the tenant unless `model_name`)."""
         c, vc, mc = t.ai_analysis_jobs.c, t.model_version.c, t.model_catalog.c
-        rows = self.conn.execute(
-            select(vc.version, func.count())
-            .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
-                                        vc.id == c.model_version_id))
-            .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
-            .where(c.tenant_id == self.tenant, mc.name == model_name, c.unbound.is_(False))
-            .group_by(vc.version))
-        return {str(v): int(n) for v, n in rows}
+        stmt = (select(mc.name, vc.version, func.count())
+                .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
+                                            vc.id == c.model_version_id))
+                .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id,
+                                            mc.id == vc.model_id))
+                .where(c.tenant_id == self.tenant, c.unbound.is_(False))
+                .group_by(mc.name, vc.version))
+        if model_name is not None:
+            stmt = stmt.where(mc.name == model_name)
+        out: dict[str, dict[str, int]] = {}
+        for model, version, n in self.conn.execute(stmt):
+            out.setdefault(str(model), {})[str(version)] = int(n)
+        return out
 
     def binding_changes(self, model_name: str,
                         since: int = 0) -> tuple[dict[str, str | None], int]:
