@@ -478,7 +478,9 @@ class WorkerRuntime:
             groups.setdefault(r.choice.version, (r.loaded, []))[1].append(i)
         for lv, rows in groups.values():
             t0 = time.perf_counter()
-            dist, ids = lv.artifact.index.search(np.vstack([vectors[i] for i in rows]), k)
+            queries = vectors[rows[0]].reshape(1, -1) if len(rows) == 1 else \
+                np.vstack([vectors[i] for i in rows])
+            dist, ids = lv.artifact.index.search(queries, k)
             search_ms = (time.perf_counter() - t0) * 1000.0
             for j, i in enumerate(rows):
                 out[i] = self._found(routes[i], lv, dist[j], ids[j], started, parse_ms,

@@ -37,6 +37,8 @@ def _value(thresholds: Mapping[str, Any], name: str) -> float | None:
 def judge_thresholds(thresholds: Mapping[str, Any],
                      hits: Sequence[tuple[float, float]]) -> ThresholdVerdict:
     """`hits`: (distance, score) of each result, best first."""
+    if not thresholds:  # nothing to apply (the common no-threshold case, kept cheap)
+        return ThresholdVerdict(bool(hits), (), (), {})
     similarity = _value(thresholds, "similarity")
     checks: dict[str, bool] = {}
     if similarity is not None:
