@@ -798,7 +798,13 @@ class StoreTx:
             vc.tenant_id == self.tenant, vc.name == version_name)).first()
         if found is None:
             raise NotFound(f"version {version_name} does not exist")
-        vid, seq = found.id, self._next_binding_seq()
+        vid, seq = found.id, self._next_binding_seq()  # serialises the tenant's binds
+        was = self.conn.execute(select(c.model_version_id).where(
+            c.tenant_id == self.tenant, c.job_key == job_key, c.unbound.is_(False))).first()
+        if was is None or was.model_version_id != vid:
+            self._count_bound(vid, +1)
+            if was is not None:
+                self._count_bound(was.model_version_id, -1)
         done = self.conn.execute(update(t.ai_analysis_jobs).where(
             c.tenant_id == self.tenant, c.job_key == job_key).values(
             model_version_id=vid, runtime_snapshot=snapshot, updated_seq=seq, unbound=False))
@@ -832,10 +838,19 @@ class StoreTx:
         self.conn.execute(update(t.ai_analysis_jobs).where(
             c.tenant_id == self.tenant, c.job_key == job_key).values(
             unbound=True, updated_seq=self._next_binding_seq()))
-        model_id = self.conn.execute(select(vc.model_id).where(
-            vc.tenant_id == self.tenant, vc.name == found["versionName"])).scalar_one()
+        model_id, version_id = self.conn.execute(select(vc.model_id, vc.id).where(
+            vc.tenant_id == self.tenant, vc.name == found["versionName"])).one()
+        self._count_bound(version_id, -1)
         self._notify([(int(model_id), "binding")])
         return found
+
+    def _count_bound(self, version_id: int, change: int) -> None:
+        """Keep `model_version.bound_jobs` with the bindings, so a reconcile pass reads the
+        counts with the versions instead of counting every job ever bound."""
+        vc = t.model_version.c
+        self.conn.execute(update(t.model_version).where(
+            vc.tenant_id == self.tenant, vc.id == version_id).values(
+            bound_jobs=vc.bound_jobs + change))
 
     def job_binding(self, job_key: str) -> dict[str, Any] | None:
         """A job's binding as stored (model, version, the runtime snapshot it was bound
@@ -866,16 +881,13 @@ class StoreTx:
         return {r.job_key: r.version for r in rows}
 
     def bound_jobs(self, model_name: str | None = None) -> dict[str, dict[str, int]]:
-        """model → version (semver) → how many jobs are bound to it (one grouped count;
-        every model of the tenant unless `model_name`)."""
-        c, vc, mc = t.ai_analysis_jobs.c, t.model_version.c, t.model_catalog.c
-        stmt = (select(mc.name, vc.version, func.count())
-                .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
-                                            vc.id == c.model_version_id))
+        """model → version (semver) → how many jobs are bound to it, from the counts kept
+        with each version (every model of the tenant unless `model_name`)."""
+        vc, mc = t.model_version.c, t.model_catalog.c
+        stmt = (select(mc.name, vc.version, vc.bound_jobs)
                 .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id,
                                             mc.id == vc.model_id))
-                .where(c.tenant_id == self.tenant, c.unbound.is_(False))
-                .group_by(mc.name, vc.version))
+                .where(vc.tenant_id == self.tenant, vc.bound_jobs > 0))
         if model_name is not None:
             stmt = stmt.where(mc.name == model_name)
         out: dict[str, dict[str, int]] = {}

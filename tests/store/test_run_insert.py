@@ -56,3 +56,4 @@ def test_a_refused_run_writes_nothing_of_its_batch(store: Store, second: RunReco
     with store.read("acme") as tx:
         assert tx.count_runs() == 1
         assert tx.run_view("ok") is None
+
