@@ -2,6 +2,7 @@
 
 Run: python -m bench.worker_bench [--vectors 100000] [--requests 2000] [--skip-http]
      python -m bench.worker_bench --only http --repeat 5   (median of 5 same-run ratios)
+     python -m bench.worker_bench --only http-server --repeat 5   (3b: server CPU only)
   1. search through the worker's code path (routing, index, thresholds, results; run
      recording off) vs raw faiss on the same flat index: batch of 100 queries, 100k
      vectors — target >= 0.8x raw throughput
@@ -9,6 +10,9 @@ Run: python -m bench.worker_bench [--vectors 100000] [--requests 2000] [--skip-h
   3. HTTP search with concurrent clients (run recorded in SQLite) vs a minimal aiohttp
      handler returning a fixed body, in the same run — target >= 0.5x (on a busy
      2-core machine the figure moves by ±0.1 between runs: use --repeat)
+  3b. the same two servers, each in a process of its own: CPU time per request of the
+     server alone (Linux /proc), without the clients' share; steadier than 3 on a busy
+     machine
   4. HNSW (per-ModelVersion option) vs exact flat search at 100k vectors on the same
      queries — target >= 5x throughput at recall@10 >= 0.99
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import os
 import socket
 import tempfile
 import threading
@@ -142,39 +147,49 @@ async def _load(port: int, body: dict[str, Any], requests: int, concurrency: int
         return per * concurrency / (time.perf_counter() - start)
 
 
-def bench_http(requests: int, concurrency: int) -> float:
-    from aiohttp import web
-
+def _http_store(tmp: str) -> tuple[Any, list[float]]:
+    """A SQLite store in `tmp` serving the corpus index as STABLE, and a query vector."""
     from controller.records import ModelRow, PolicyRow, RouteRow, VersionRow
     from controller.search.build import build_index
     from controller.store import Store
     from controller.store.engine import make_engine
     from controller.store.migrate import upgrade
+
+    art = build_index(DXF_CORPUS, Path(tmp) / "idx")
+    store = Store(make_engine(f"sqlite:///{tmp}/w.db"))
+    upgrade(store.engine)
+    with store.transaction("t", "bench") as tx:
+        tx.upsert_model(ModelRow("m", "m", "p", "M", spec_hash="h"))
+        tx.upsert_version(VersionRow("m-1", "m", "1.0.0", "STABLE",
+                                     art.manifest_path.as_uri(), "faiss-index",
+                                     art.manifest_sha256, spec_hash="h"))
+        tx.upsert_policy(PolicyRow("m", "m", {}, 5, 1, "h"))
+        tx.publish_snapshot("m", [RouteRow("1.0.0", 100, True)], {}, "policy")
+    return store, [float(x) for x in np.load(art.manifest_path.parent / "vectors.npy")[0]]
+
+
+def _apps(store: Any) -> dict[str, Any]:
+    """The two servers compared: a minimal aiohttp handler with a fixed body, the worker."""
+    from aiohttp import web
+
     from controller.worker.app import make_app
     from controller.worker.runtime import WorkerRuntime, WorkerSettings
 
+    async def fixed(_: web.Request) -> web.Response:
+        return web.json_response({"results": []})
+
+    minimal = web.Application()
+    minimal.router.add_post("/v1/search", fixed)
+    runtime = WorkerRuntime(store, WorkerSettings("t", "m", "sqlite://"))
+    runtime.refresh()
+    return {"minimal": minimal, "worker": make_app(runtime, refresh=False)}
+
+
+def bench_http(requests: int, concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        art = build_index(DXF_CORPUS, Path(tmp) / "idx")
-        store = Store(make_engine(f"sqlite:///{tmp}/w.db"))
-        upgrade(store.engine)
-        with store.transaction("t", "bench") as tx:
-            tx.upsert_model(ModelRow("m", "m", "p", "M", spec_hash="h"))
-            tx.upsert_version(VersionRow("m-1", "m", "1.0.0", "STABLE",
-                                         art.manifest_path.as_uri(), "faiss-index",
-                                         art.manifest_sha256, spec_hash="h"))
-            tx.upsert_policy(PolicyRow("m", "m", {}, 5, 1, "h"))
-            tx.publish_snapshot("m", [RouteRow("1.0.0", 100, True)], {}, "policy")
-        runtime = WorkerRuntime(store, WorkerSettings("t", "m", "sqlite://"))
-        runtime.refresh()
-        vector = [float(x) for x in np.load(art.manifest_path.parent / "vectors.npy")[0]]
-
-        async def fixed(_: web.Request) -> web.Response:
-            return web.json_response({"results": []})
-
-        minimal = web.Application()
-        minimal.router.add_post("/v1/search", fixed)
+        store, vector = _http_store(tmp)
         rates, cpu = {}, {}
-        for name, app in (("minimal", minimal), ("worker", make_app(runtime, refresh=False))):
+        for name, app in _apps(store).items():
             port, ready, stop = _free_port(), threading.Event(), threading.Event()
             thread = threading.Thread(target=_serve, args=(app, port, ready, stop), daemon=True)
             thread.start()
@@ -194,6 +209,63 @@ def bench_http(requests: int, concurrency: int) -> float:
           f"CPU per request {cpu['minimal'] * 1e3:.2f} ms vs {cpu['worker'] * 1e3:.2f} ms -> "
           f"CPU ratio {cpu['minimal'] / cpu['worker']:.2f}")
     return rates["worker"] / rates["minimal"]
+
+
+def _serve_alone(name: str, tmp: str, port: int) -> None:
+    """A server process of its own (spawned): what its CPU time measures is the server's."""
+    from aiohttp import web
+
+    from controller.store import Store
+    from controller.store.engine import make_engine
+
+    store = Store(make_engine(f"sqlite:///{tmp}/w.db"))
+    web.run_app(_apps(store)[name], host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_http_server(requests: int, concurrency: int) -> float:
+    """The HTTP figure without the clients' share: each server in its own process, its CPU
+    time per request from /proc (Linux). Steadier than throughput on a shared machine."""
+    import multiprocessing
+
+    per: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store, vector = _http_store(tmp)
+        store.dispose()
+        ctx = multiprocessing.get_context("spawn")
+        for name in ("minimal", "worker"):
+            port = _free_port()
+            proc = ctx.Process(target=_serve_alone, args=(name, tmp, port), daemon=True)
+            proc.start()
+            _wait_for_port(port)
+            body = {"vector": vector, "topK": 10}
+            asyncio.run(_load(port, body, min(requests, 400), concurrency))  # warm up
+            assert proc.pid is not None
+            cpu0 = _process_cpu(proc.pid)
+            asyncio.run(_load(port, body, requests, concurrency))
+            per[name] = (_process_cpu(proc.pid) - cpu0) / requests
+            proc.terminate()
+            proc.join(10)
+    print(f"3b. HTTP server CPU per request ({concurrency} clients, {requests} requests, "
+          f"each server in its own process): minimal aiohttp {per['minimal'] * 1e3:.3f} ms, "
+          f"worker (search + run recorded in SQLite) {per['worker'] * 1e3:.3f} ms -> "
+          f"ratio {per['minimal'] / per['worker']:.2f}")
+    return per["worker"]
+
+
+def _wait_for_port(port: int, timeout: float = 60.0) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"no server on port {port} after {timeout} s")
 
 
 def bench_hnsw(n: int) -> None:
@@ -238,7 +310,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--skip-http", action="store_true")
-    parser.add_argument("--only", choices=("search", "features", "http", "hnsw"))
+    parser.add_argument("--only", choices=("search", "features", "http", "http-server", "hnsw"))
     parser.add_argument("--repeat", type=int, default=1, help="HTTP runs (median reported)")
     args = parser.parse_args()
     if args.only in (None, "search"):
@@ -252,6 +324,13 @@ def main() -> None:
             print(f"3. HTTP ratio over {args.repeat} runs: median "
                   f"{ratios[len(ratios) // 2]:.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f}; "
                   "target >= 0.5)")
+    if args.only == "http-server":
+        worker_ms = sorted(bench_http_server(args.requests, args.concurrency) * 1e3
+                           for _ in range(args.repeat))
+        if args.repeat > 1:
+            print(f"3b. worker server CPU over {args.repeat} runs: median "
+                  f"{worker_ms[len(worker_ms) // 2]:.3f} ms per request (min "
+                  f"{worker_ms[0]:.3f}, max {worker_ms[-1]:.3f})")
     if args.only in (None, "hnsw"):
         bench_hnsw(args.vectors)
 

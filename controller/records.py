@@ -107,6 +107,8 @@ class ObservedTenant:
     analysis: dict[str, list[AnalysisState]] = field(default_factory=dict)  # by model name
     rollbacks: dict[str, RollbackFacts] = field(default_factory=dict)  # by model name
     steps: dict[str, StepState] = field(default_factory=dict)  # canary steps, by model name
+    # by model name: version (semver) → jobs bound to it
+    bindings: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -483,6 +483,16 @@ class RollbackRecord(_Object):
     cycles: float | None = None
 
 
+class SuspendedBindings(_Object):
+    """Jobs bound to a version the effective routing does not route (after a rollback, an
+    abort, an override or a deprecation): served by the policy, the binding kept until the
+    routing routes its version again."""
+
+    count: int = Field(default=0, ge=0, description="Suspended bindings in all.")
+    versions: dict[str, int] = Field(
+        default_factory=dict, description="version → jobs whose binding to it is suspended.")
+
+
 class RolloutPolicyStatus(_Status):
     policy_version: int | None = None
     routing: list[RoutingEntry] = Field(default_factory=list)
@@ -504,6 +514,9 @@ class RolloutPolicyStatus(_Status):
     canary_weight: int | None = Field(default=None, description="The canary's effective percent.")
     step_verdicts: list[dict[str, Any]] = Field(
         default_factory=list, description="What each analysis step (or a user) decided.")
+    suspended_bindings: SuspendedBindings | None = Field(
+        default=None, description="Bindings the effective routing suspends, as of the last "
+        "reconcile (`cadml status` also shows them as published).")
 
 
 class RolloutPolicy(_Object):

@@ -154,15 +154,15 @@ def _published(tx: StoreTx) -> dict[tuple[str, str], dict[str, Any]]:
     """The routing each model's workers serve now, as published (an abort, an override, the
     default route), for its Model and its RolloutPolicy: the statuses are the last
     reconcile's view and lag behind what a schedule tick publishes."""
-    from controller.routing import routable
+    from controller.reconcile.status import suspended_bindings
 
     out: dict[tuple[str, str], dict[str, Any]] = {}
+    bound = tx.bound_jobs()
     for model in tx.model_names():
         snap = tx.serving_snapshot(model)
         if snap is None:
             continue
-        routed = routable(snap.routes)
-        suspended = {v: n for v, n in tx.binding_counts(model).items() if v not in routed}
+        suspended = suspended_bindings(bound.get(model, {}), snap.routes)["versions"]
         view = {"policyVersion": snap.policy_version, "source": snap.source,
                 "suspendedBindings": suspended,
                 "reason": snap.reason, "routing": ",".join(

@@ -561,7 +561,8 @@ def plan_tenant(
             "activePolicy": p.metadata.name, "policyVersion": pv, "routeSource": routing.source,
             "routingSummary": _summary(routing.routes)}
         status_extra[("RolloutPolicy", p.metadata.name)].update(
-            governance_status(p, routing, states, observed))
+            governance_status(p, routing, states, observed,
+                              observed.bindings.get(stored_model(p.spec.model_ref), {})))
         if "facts" in stepped:
             extra_p = status_extra[("RolloutPolicy", p.metadata.name)]
             extra_p.update(stepped["facts"])

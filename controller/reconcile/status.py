@@ -7,7 +7,7 @@ conditions, folding the negative-polarity ones into Ready (`conditions.summary`)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,7 @@ from controller.reconcile.conditions import (
     summary,
 )
 from controller.records import AnalysisState, ObservedTenant, RouteRow, WorkerState
-from controller.routing import RoutingTable
+from controller.routing import RoutingTable, routable
 from controller.validation.gates import evaluate_gates, gate_summary
 
 
@@ -96,12 +96,24 @@ def serving_condition(routes: Iterable[RouteRow], policy_version: int,
                 f"{policy_version}); route the traffic away in its RolloutPolicy")
 
 
+def suspended_bindings(bound: Mapping[str, int], routes: Sequence[RouteRow]
+                       ) -> dict[str, Any]:
+    """Jobs bound to a version the routing does not route (after a rollback, an abort, an
+    override or a deprecation): kept, not used, until the routing routes it again.
+    `bound`: version → jobs bound to it. Purely computational."""
+    served = routable(routes)
+    versions = {v: n for v, n in sorted(bound.items()) if n > 0 and v not in served}
+    return {"count": sum(versions.values()), "versions": versions}
+
+
 def governance_status(p: RolloutPolicy, routing: RoutingTable, states: list[AnalysisState],
-                       observed: ObservedTenant) -> dict[str, Any]:
-    """Evaluation, canary analysis and rollback facts for a RolloutPolicy's status."""
+                      observed: ObservedTenant, bound: Mapping[str, int]) -> dict[str, Any]:
+    """Evaluation, canary analysis, suspended bindings (`bound`: version → jobs bound to
+    it) and rollback facts for a RolloutPolicy's status."""
     model = p.spec.model_ref
     routed = [w.version for w in p.spec.weights]
     out: dict[str, Any] = {
+        "suspendedBindings": suspended_bindings(bound, routing.routes),
         "evaluation": [observed.evaluations[f"{model}/{v}"] for v in routed
                        if f"{model}/{v}" in observed.evaluations],
         "analysis": [{"version": a.version, **v} for a in states

@@ -79,8 +79,10 @@ class FaissIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         dist, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        dist = np.where(ids < 0, np.inf, dist).astype(np.float32)
-        return dist, ids.astype(np.int64)
+        missing = ids < 0  # fewer than k stored vectors: faiss pads with -1
+        if missing.any():
+            dist = np.where(missing, np.inf, dist)
+        return dist.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
 
 def build_faiss(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32,

@@ -94,12 +94,12 @@ def make_engine(url: str, *, create_dirs: bool = True, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            if conn.get_execution_options().get(READ_ONLY):
-                conn.exec_driver_sql("PRAGMA query_only = 1")
-                conn.exec_driver_sql("BEGIN")
-            else:
-                conn.exec_driver_sql("PRAGMA query_only = 0")
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = bool(conn.get_execution_options().get(READ_ONLY))
+            info = conn.connection.info  # kept with the pooled DBAPI connection
+            if info.get("query_only") is not read_only:  # only when it changes: a statement
+                conn.exec_driver_sql(f"PRAGMA query_only = {int(read_only)}")  # per write
+                info["query_only"] = read_only
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":

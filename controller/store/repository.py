@@ -59,6 +59,7 @@ from controller.store.audit import (
 )
 from controller.store.engine import READ_ONLY, make_engine
 from controller.store.notify import PolicyListener, channel
+from controller.store.runinsert import run_insert
 
 WORKER_STATE_TTL = timedelta(minutes=10)
 """Worker rows older than this are ignored and deleted: the pod is gone. Longer than the
@@ -117,13 +118,6 @@ def _translate(exc: DBAPIError) -> StoreError:
     return StoreError(f"store error: {text_.splitlines()[0]}")
 
 
-_RUN_IDS = select(t.model_catalog.c.name, t.model_version.c.version, t.model_catalog.c.id,
-                  t.model_version.c.id).join(t.model_version, and_(
-                      t.model_version.c.tenant_id == t.model_catalog.c.tenant_id,
-                      t.model_version.c.model_id == t.model_catalog.c.id)).where(
-    t.model_catalog.c.tenant_id == bindparam("b_tenant"),
-    t.model_catalog.c.name.in_(bindparam("b_models", expanding=True)))
-_RUN_INSERT = insert(t.model_run)
 @dataclass(frozen=True)
 class RunFilter:
     """What `runs()` selects; None: any."""
@@ -683,7 +677,7 @@ class StoreTx:
         return ObservedTenant(models, versions, policies, snapshots, releases,
                               self.statuses(), self.worker_states(), self.latest_evaluations(),
                               self.analysis_states(), self.rollback_facts(),
-                              self.step_states())
+                              steps=self.step_states(), bindings=self.bound_jobs())
 
     def statuses(self) -> dict[tuple[str, str], dict[str, Any]]:
         c = t.object_status.c
@@ -749,29 +743,10 @@ class StoreTx:
     # ------------------------------------------------------------------ runs
 
     def record_runs(self, runs: Sequence[RunRecord]) -> None:
-        """Bulk-insert run records (one executemany); ids resolved with one query. Both
-        statements are built once: this is every search request's write path."""
-        if not runs:
-            return
-        pairs = self.conn.execute(_RUN_IDS, {"b_tenant": self.tenant, "b_models": sorted(
-            {r.model_name for r in runs})}).all()
-        ids = {(m, v): (mid, vid) for m, v, mid, vid in pairs}
-        rows = []
-        for r in runs:
-            found = ids.get((r.model_name, r.version))
-            if found is None:
-                raise ConflictError(f"run {r.run_key}: version {r.model_name} {r.version} is "
-                                    "not in the store")
-            rows.append(dict(
-                tenant_id=self.tenant, run_key=r.run_key, model_id=found[0],
-                model_version_id=found[1], job_key=r.job_key, policy_version=r.policy_version,
-                route_source=r.route_source, thresholds=r.thresholds,
-                decision="PENDING_REVIEW", ai_suggestion=r.ai_suggestion,
-                review_status="PENDING_REVIEW", latency_ms=r.latency_ms, success=r.success,
-                met_threshold=r.met_threshold, error_code=r.error_code,
-                parse_ms=r.parse_ms, search_ms=r.search_ms,
-                binding_state=r.binding_state, created_at=r.created_at or self.now))
-        self.conn.execute(_RUN_INSERT, rows)
+        """Bulk-insert run records (one executemany), ids resolved with one query per model;
+        both prepared once (`runinsert`): this is every search request's write path."""
+        if runs:
+            run_insert(self.conn.dialect).execute(self.conn, self.tenant, runs, self.now)
 
     def review_run(self, run_key: str, status: str, reviewer: str,
                    human_decision: str | None, agree: bool | None = None) -> None:
@@ -824,7 +799,13 @@ class StoreTx:
             vc.tenant_id == self.tenant, vc.name == version_name)).first()
         if found is None:
             raise NotFound(f"version {version_name} does not exist")
-        vid, seq = found.id, self._next_binding_seq()
+        vid, seq = found.id, self._next_binding_seq()  # serialises the tenant's binds
+        was = self.conn.execute(select(c.model_version_id).where(
+            c.tenant_id == self.tenant, c.job_key == job_key, c.unbound.is_(False))).first()
+        if was is None or was.model_version_id != vid:
+            self._count_bound(vid, +1)
+            if was is not None:
+                self._count_bound(was.model_version_id, -1)
         done = self.conn.execute(update(t.ai_analysis_jobs).where(
             c.tenant_id == self.tenant, c.job_key == job_key).values(
             model_version_id=vid, runtime_snapshot=snapshot, updated_seq=seq, unbound=False))
@@ -858,10 +839,19 @@ class StoreTx:
         self.conn.execute(update(t.ai_analysis_jobs).where(
             c.tenant_id == self.tenant, c.job_key == job_key).values(
             unbound=True, updated_seq=self._next_binding_seq()))
-        model_id = self.conn.execute(select(vc.model_id).where(
-            vc.tenant_id == self.tenant, vc.name == found["versionName"])).scalar_one()
+        model_id, version_id = self.conn.execute(select(vc.model_id, vc.id).where(
+            vc.tenant_id == self.tenant, vc.name == found["versionName"])).one()
+        self._count_bound(version_id, -1)
         self._notify([(int(model_id), "binding")])
         return found
+
+    def _count_bound(self, version_id: int, change: int) -> None:
+        """Keep `model_version.bound_jobs` with the bindings, so a reconcile pass reads the
+        counts with the versions instead of counting every job ever bound."""
+        vc = t.model_version.c
+        self.conn.execute(update(t.model_version).where(
+            vc.tenant_id == self.tenant, vc.id == version_id).values(
+            bound_jobs=vc.bound_jobs + change))
 
     def job_binding(self, job_key: str) -> dict[str, Any] | None:
         """A job's binding as stored (model, version, the runtime snapshot it was bound
@@ -891,17 +881,20 @@ class StoreTx:
             .where(c.tenant_id == self.tenant, mc.name == model_name, c.unbound.is_(False)))
         return {r.job_key: r.version for r in rows}
 
-    def binding_counts(self, model_name: str) -> dict[str, int]:
-        """version (semver) → how many jobs are bound to it, for one model."""
-        c, vc, mc = t.ai_analysis_jobs.c, t.model_version.c, t.model_catalog.c
-        rows = self.conn.execute(
-            select(vc.version, func.count())
-            .join(t.model_version, and_(vc.tenant_id == c.tenant_id,
-                                        vc.id == c.model_version_id))
-            .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id, mc.id == vc.model_id))
-            .where(c.tenant_id == self.tenant, mc.name == model_name, c.unbound.is_(False))
-            .group_by(vc.version))
-        return {str(v): int(n) for v, n in rows}
+    def bound_jobs(self, model_name: str | None = None) -> dict[str, dict[str, int]]:
+        """model → version (semver) → how many jobs are bound to it, from the counts kept
+        with each version (every model of the tenant unless `model_name`)."""
+        vc, mc = t.model_version.c, t.model_catalog.c
+        stmt = (select(mc.name, vc.version, vc.bound_jobs)
+                .join(t.model_catalog, and_(mc.tenant_id == vc.tenant_id,
+                                            mc.id == vc.model_id))
+                .where(vc.tenant_id == self.tenant, vc.bound_jobs > 0))
+        if model_name is not None:
+            stmt = stmt.where(mc.name == model_name)
+        out: dict[str, dict[str, int]] = {}
+        for model, version, n in self.conn.execute(stmt):
+            out.setdefault(str(model), {})[str(version)] = int(n)
+        return out
 
     def binding_changes(self, model_name: str,
                         since: int = 0) -> tuple[dict[str, str | None], int]:

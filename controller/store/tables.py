@@ -100,6 +100,8 @@ model_version = Table(
     Column("spec", JSON),  # 0012: the spec last applied (transition rules)
     _ts("created_at"), _ts("updated_at"),
     Column("ef_search", Integer, nullable=True),  # 0007: spec.search.efSearch
+    # 0016: jobs bound to this version now (kept by bind/unbind; read by every pass)
+    Column("bound_jobs", Integer, nullable=False, server_default=text("0")),
     UniqueConstraint("tenant_id", "id"),
     UniqueConstraint("tenant_id", "name"),
     UniqueConstraint("tenant_id", "model_id", "version"),

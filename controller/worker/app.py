@@ -25,6 +25,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -175,10 +176,13 @@ JOB_KEY_MAX = 256  # the store's job_key column
 HUMAN_DECISION_MAX = 32  # and its human_decision
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _controls(text: str) -> bool:
     """Whether `text` holds control characters (a newline forging a line of `cadml runs`,
     a terminal escape sequence run by whoever reads it)."""
-    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+    return _CONTROL.search(text) is not None
 
 
 def _job(value: Any) -> str:

@@ -223,6 +223,7 @@ class WorkerRuntime:
         self.fetcher = Fetcher(Path(settings.artifact_cache) if settings.artifact_cache
                                else None, max_bytes=settings.artifact_max_bytes)
         self._lock = threading.Lock()
+        self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     # ---------------------------------------------------------------- refresh
 
@@ -477,7 +478,9 @@ class WorkerRuntime:
             groups.setdefault(r.choice.version, (r.loaded, []))[1].append(i)
         for lv, rows in groups.values():
             t0 = time.perf_counter()
-            dist, ids = lv.artifact.index.search(np.vstack([vectors[i] for i in rows]), k)
+            queries = vectors[rows[0]].reshape(1, -1) if len(rows) == 1 else \
+                np.vstack([vectors[i] for i in rows])
+            dist, ids = lv.artifact.index.search(queries, k)
             search_ms = (time.perf_counter() - t0) * 1000.0
             for j, i in enumerate(rows):
                 out[i] = self._found(routes[i], lv, dist[j], ids[j], started, parse_ms,
@@ -487,10 +490,11 @@ class WorkerRuntime:
     def _found(self, r: Route, lv: LoadedVersion, dist: np.ndarray, ids: np.ndarray,
                started: float, parse_ms: float | None, search_ms: float) -> SearchOutcome:
         names = lv.artifact.ids
-        hits = [Hit(names[int(x)], float(d), 1.0 / (1.0 + float(d)))
-                for d, x in zip(dist, ids, strict=True) if x >= 0]
+        found = [(d, 1.0 / (1.0 + d), x) for d, x in zip(dist.tolist(), ids.tolist(),
+                                                          strict=True) if x >= 0]
+        hits = [Hit(names[x], d, score) for d, score, x in found]
         verdict = judge_thresholds(r.snap.thresholds.get(r.choice.version, {}),
-                                   [(h.distance, h.score) for h in hits])
+                                   [(d, score) for d, score, _ in found])
         return SearchOutcome(uuid.uuid4().hex, r.job_id, r.choice.version,
                              r.snap.policy_version, r.choice.source, verdict.snapshot, hits,
                              verdict.met, 0.0, lv.degraded is not None,
@@ -542,6 +546,18 @@ class WorkerRuntime:
                      error=o.error_code, metThreshold=o.met_threshold,
                      latencyMs=round(o.latency_ms, 3))
         for o in outcomes:
-            metrics.WORKER_REQUESTS.labels(s.tenant, s.model, o.version, o.route_source).inc()
-            metrics.RUN_LATENCY.labels(s.tenant, s.model, o.version).observe(
-                o.latency_ms / 1000.0)
+            requests, latency = self._run_metrics(o.version, o.route_source)
+            requests.inc()
+            latency.observe(o.latency_ms / 1000.0)
+
+    def _run_metrics(self, version: str, source: str) -> tuple[Any, Any]:
+        """A run's request counter and latency histogram, looked up once per version and
+        route source (a label look-up costs as much as the observation)."""
+        key = (version, source)
+        found = self._metric_children.get(key)
+        if found is None:
+            s = self.settings
+            found = self._metric_children[key] = (
+                metrics.WORKER_REQUESTS.labels(s.tenant, s.model, version, source),
+                metrics.RUN_LATENCY.labels(s.tenant, s.model, version))
+        return found

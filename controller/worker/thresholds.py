@@ -29,7 +29,7 @@ class ThresholdVerdict:
 
 def _value(thresholds: Mapping[str, Any], name: str) -> float | None:
     entry = thresholds.get(name)
-    if isinstance(entry, Mapping):
+    if isinstance(entry, (dict, Mapping)):  # a dict first: no ABC check
         entry = entry.get("value")
     return None if entry is None else float(entry)
 
@@ -37,6 +37,8 @@ def _value(thresholds: Mapping[str, Any], name: str) -> float | None:
 def judge_thresholds(thresholds: Mapping[str, Any],
                      hits: Sequence[tuple[float, float]]) -> ThresholdVerdict:
     """`hits`: (distance, score) of each result, best first."""
+    if not thresholds:  # nothing to apply (the common no-threshold case, kept cheap)
+        return ThresholdVerdict(bool(hits), (), (), {})
     similarity = _value(thresholds, "similarity")
     checks: dict[str, bool] = {}
     if similarity is not None:
@@ -50,7 +52,7 @@ def judge_thresholds(thresholds: Mapping[str, Any],
         checks["maxDistance"] = bool(hits) and hits[0][0] <= max_distance
     failed = tuple(name for name, ok in checks.items() if not ok)
     unapplied = tuple(sorted(n for n in thresholds if n not in KNOWN))
-    snapshot = {name: ({**entry, "met": checks.get(name)} if isinstance(entry, Mapping)
+    snapshot = {name: ({**entry, "met": checks.get(name)} if isinstance(entry, (dict, Mapping))
                        else {"value": entry, "met": checks.get(name)})
                 for name, entry in thresholds.items()}
     return ThresholdVerdict(bool(hits) and not failed, failed, unapplied, snapshot)

@@ -619,3 +619,23 @@ def test_a_stale_index_view_cannot_undo_a_newer_pass(cluster: Cluster) -> None:
     assert stored() == before == (2, {"1.1.0": 100}, before[2])
     cluster.handle("Model", "part-similarity")  # kopf's retry, from the current view
     assert stored() == before
+
+
+def test_a_weight_change_that_suspends_bindings_puts_their_count_in_the_policy_status(
+        cluster: Cluster) -> None:
+    """Issue 12: a binding the effective routing no longer routes is suspended; the policy
+    status the operator patches (what `kubectl get rolloutpolicy -o yaml` shows) counts
+    them per version."""
+    cluster.handle("RolloutPolicy", "part-similarity")
+    store = cluster.memo.store
+    with store.transaction("acme-cad", "worker") as tx:  # as a worker binds jobs
+        tx.bind_job("j1", "part-similarity-1-2-0", {})
+        tx.bind_job("j2", "part-similarity-1-2-0", {})
+        tx.bind_job("j3", "part-similarity-1-1-0", {})
+    body = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    body["spec"]["weights"] = [{"version": "1.1.0", "weight": 100}]  # the canary rolled back
+    body["metadata"]["generation"] = 2
+    status = cluster.handle("RolloutPolicy", "part-similarity")["status"]
+    assert status["routingSummary"] == "1.1.0=100"
+    assert status["suspendedBindings"] == {"count": 2, "versions": {"1.2.0": 2}}
+    assert body["status"]["suspendedBindings"]["count"] == 2

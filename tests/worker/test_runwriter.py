@@ -98,3 +98,18 @@ async def test_a_cancelled_waiter_does_not_stop_the_writer(key: str,
         assert writer.alive
     finally:
         await writer.stop()
+
+
+async def test_stopping_commits_what_is_queued_and_answers_its_requests() -> None:
+    """A worker shutting down commits the runs already queued (and answers their requests)
+    instead of dropping them with the writer."""
+    commits: list[list[str]] = []
+    writer = RunWriter(_recorder(commits))
+    writer.start()
+    waiters = [asyncio.create_task(writer.write([Outcome(f"r{i}")]))  # type: ignore[list-item]
+               for i in range(30)]
+    await asyncio.sleep(0)  # every request queued its runs
+    await writer.stop()
+    assert not writer.alive
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == [None] * 30
+    assert sorted(k for batch in commits for k in batch) == sorted(f"r{i}" for i in range(30))
