@@ -76,6 +76,14 @@ class RouteRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowRoute:
+    """spec.shadow as published: `percent` of requests mirrored to `version`."""
+
+    version: str
+    percent: int
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySnapshot:
     model_name: str
     policy_name: str
@@ -86,6 +94,7 @@ class PolicySnapshot:
     thresholds: dict[str, Any]
     refresh_seconds: int
     created_at: datetime
+    shadow: ShadowRoute | None = None  # 0016: spec.shadow in force
 
     @property
     def stable_version(self) -> str | None:

@@ -19,9 +19,15 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from controller.records import ShadowRoute
+
+if TYPE_CHECKING:
+    from controller.api.v1alpha1 import ModelVersion, RolloutPolicy
+    from controller.routing import RoutingTable
 
 OVERLAP_K = 10
 RBO_P = 0.9
@@ -167,3 +173,27 @@ def mirrored(job_id: str, percent: int) -> bool:
         return False
     digest = hashlib.sha256(b"shadow:" + job_id.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % 100 < percent
+
+
+def shadow_route(policy: RolloutPolicy, versions: Mapping[str, ModelVersion],
+                 routing: RoutingTable) -> ShadowRoute | None:
+    """The shadow a snapshot publishes: the policy's `spec.shadow` while the policy's own
+    weights route (not under an override, an abort, a rollback or outside the validity
+    window), its version CANARY or DRAFT with an artifact sha256, and taking less than
+    all the traffic (something else must answer to compare with)."""
+    sh = policy.spec.shadow
+    if sh is None or routing.source != "policy":
+        return None
+    target = versions.get(sh.version)
+    if target is None:
+        return None
+    stage = target.spec.stage
+    if not (stage == "CANARY" or (stage == "DRAFT" and target.spec.artifact.sha256)):
+        return None
+    if any(r.version == sh.version and r.weight >= 100 for r in routing.routes):
+        return None
+    return ShadowRoute(sh.version, sh.percent)
+
+
+def shadow_text(shadow: ShadowRoute | None) -> str:
+    return "no shadow" if shadow is None else f"shadow {shadow.version} {shadow.percent}%"

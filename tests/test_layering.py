@@ -18,6 +18,7 @@ ADAPTER_LIBS = ("sqlalchemy", "kopf", "faiss", "ezdxf", "aiohttp", "kubernetes",
     "controller.routing",
     "controller.evaluation",
     "controller.records",
+    "controller.shadow",
 ])
 def test_pure_module_imports_no_adapter(module: str) -> None:
     code = (f"import sys, {module}; "

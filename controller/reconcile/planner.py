@@ -46,6 +46,7 @@ from controller.records import (
     PolicySnapshot,
     ReleaseRow,
     RouteRow,
+    ShadowRoute,
     VersionRow,
 )
 from controller.routing import (
@@ -55,6 +56,7 @@ from controller.routing import (
     override_active,
     stable_only,
 )
+from controller.shadow import shadow_route, shadow_text
 from controller.validation.cross import FIXABLE_LATER
 from controller.validation.parse import ref_of
 from controller.validation.single import check_transition
@@ -79,6 +81,7 @@ class SnapshotPlan:
     reason: str
     refresh_seconds: int
     generation: int = 0  # of the policy the snapshot was planned from (the store's guard)
+    shadow: ShadowRoute | None = None  # spec.shadow in force
 
 
 @dataclass
@@ -529,6 +532,7 @@ def plan_tenant(
         aborted = [a for a in states if a.aborted]
         routing = effective_routing(p, {sv: v.spec.stage for sv, v in vs.items()}, now,
                                     abort_reason(aborted) if aborted else None)
+        routing = replace(routing, shadow=shadow_route(p, vs, routing))
         expired_of[p.metadata.name] = routing.expired
         thresholds = _thresholds(models.get(p.spec.model_ref), vs, p, routing.routes)
         pv = _publish(plan, p.metadata.name, p.spec.model_ref,
@@ -654,17 +658,21 @@ def _publish(plan: Plan, policy_name: str, model: str, current: PolicySnapshot |
     from the current snapshot; the policyVersion in force once the plan is applied."""
     pv = current.policy_version if current else 0
     if current is not None and (current.routes, current.thresholds, current.refresh_seconds,
-                                current.source, current.reason) == (
-            routing.routes, thresholds, refresh_seconds, routing.source, routing.reason):
+                                current.source, current.reason, current.shadow) == (
+            routing.routes, thresholds, refresh_seconds, routing.source, routing.reason,
+            routing.shadow):
         return pv
     pv += 1
     plan.snapshots.append(SnapshotPlan(policy_name, model, pv, routing.routes, thresholds,
                                        routing.source, routing.reason, refresh_seconds,
-                                       generation))
+                                       generation, routing.shadow))
+    shadow_note = "" if current is not None and current.shadow == routing.shadow else (
+        f"; {shadow_text(current.shadow if current else None)} → "
+        f"{shadow_text(routing.shadow)}" if current is not None or routing.shadow else "")
     plan.audit.append(AuditEntry("publish", "RolloutPolicy", policy_name, {
         "summary": f"policyVersion {pv}: " + snapshot_change(
             current, routing.routes, thresholds, refresh_seconds, routing.source,
-            routing.reason),
+            routing.reason) + shadow_note,
         "policyVersion": pv, "source": routing.source}))
     return pv
 

@@ -43,6 +43,7 @@ from controller.records import (
     RollbackFacts,
     RouteRow,
     RunRecord,
+    ShadowRoute,
     VersionRow,
     WorkerState,
 )
@@ -78,6 +79,7 @@ class NewSnapshot(NamedTuple):
     reason: str = ""
     refresh_seconds: int = 5
     generation: int | None = None
+    shadow: ShadowRoute | None = None
 
 
 def utcnow() -> datetime:
@@ -491,7 +493,8 @@ class StoreTx:
             vc.model_id, sorted({p.model_id for p in policies.values()}))}
         for s in snapshots:
             model_id = int(policies[s.policy_name].model_id)
-            missing = [r.version for r in s.routes if (model_id, r.version) not in ids]
+            named = [r.version for r in s.routes] + ([s.shadow.version] if s.shadow else [])
+            missing = [v for v in named if (model_id, v) not in ids]
             if missing:
                 raise ConflictError(f"policy {s.policy_name} routes to versions not in the "
                                     f"store: {', '.join(missing)}")
@@ -504,7 +507,9 @@ class StoreTx:
             insert(t.policy_snapshot).returning(sc.policy_id, sc.policy_version, sc.id), [dict(
                 tenant_id=self.tenant, policy_id=policy.id, model_id=policy.model_id,
                 policy_version=version, source=s.source, reason=s.reason,
-                thresholds=s.thresholds, refresh_seconds=s.refresh_seconds, created_at=self.now)
+                thresholds=s.thresholds, refresh_seconds=s.refresh_seconds, created_at=self.now,
+                shadow_version=s.shadow.version if s.shadow else None,
+                shadow_percent=s.shadow.percent if s.shadow else None)
                 for s, (policy, version) in zip(snapshots, published, strict=True)])}
         routes = [dict(tenant_id=self.tenant, snapshot_id=snap_ids[int(policy.id), version],
                        model_version_id=ids[int(policy.model_id), r.version], version=r.version,
@@ -566,7 +571,9 @@ class StoreTx:
             model_name=row["model_name"], policy_name=row["policy_name"],
             policy_version=row["policy_version"], source=row["source"], reason=row["reason"],
             routes=tuple(routes.get(row["id"], [])), thresholds=dict(row["thresholds"]),
-            refresh_seconds=row["refresh_seconds"], created_at=_aware(row["created_at"]))
+            refresh_seconds=row["refresh_seconds"], created_at=_aware(row["created_at"]),
+            shadow=None if row["shadow_version"] is None else ShadowRoute(
+                row["shadow_version"], int(row["shadow_percent"])))
             for row in rows]
 
     def snapshot(self, model_name: str, at: datetime | None = None,

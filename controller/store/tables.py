@@ -149,6 +149,9 @@ policy_snapshot = Table(
     Column("thresholds", JSON, nullable=False),
     Column("refresh_seconds", Integer, nullable=False),
     _ts("created_at"),
+    # 0016: spec.shadow in force (NULL: no shadow comparison)
+    Column("shadow_version", String(64), nullable=True),
+    Column("shadow_percent", Integer, nullable=True),
     UniqueConstraint("tenant_id", "id"),
     UniqueConstraint("tenant_id", "policy_id", "policy_version"),
     ForeignKeyConstraint(["tenant_id", "policy_id"],
@@ -377,6 +380,32 @@ analysis_state = Table(
     CheckConstraint("failures >= 0", name="failures_nonneg"),
     ForeignKeyConstraint(["tenant_id", "model_id"],
                          ["model_catalog.tenant_id", "model_catalog.id"]),
+)
+
+shadow_run = Table(  # 0016: a mirrored request's comparison, beside the run that served it
+    "shadow_run", metadata,
+    Column("tenant_id", String(63), primary_key=True),
+    Column("run_key", String(64), primary_key=True),  # the served run
+    Column("model_id", Id, nullable=False),
+    Column("model_version_id", Id, nullable=False),  # the shadow version
+    Column("overlap_at_10", Float, nullable=True),  # NULL: the shadow search failed
+    Column("rbo", Float, nullable=True),
+    Column("top1_delta", Float, nullable=True),
+    Column("served_top1", Float, nullable=True),
+    Column("shadow_top1", Float, nullable=True),
+    Column("results", JSON, nullable=False),  # the shadow's ids, best first
+    Column("error_code", String(64), nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    _ts("created_at"),
+    ForeignKeyConstraint(["tenant_id", "run_key"], ["model_run.tenant_id", "model_run.run_key"]),
+    ForeignKeyConstraint(["tenant_id", "model_id"],
+                         ["model_catalog.tenant_id", "model_catalog.id"]),
+    ForeignKeyConstraint(["tenant_id", "model_version_id"],
+                         ["model_version.tenant_id", "model_version.id"]),
+    Index("ix_shadow_run_version_time", "tenant_id", "model_version_id", "created_at"),
+    CheckConstraint("overlap_at_10 IS NULL OR overlap_at_10 BETWEEN 0 AND 1",
+                    name="overlap_range"),
+    CheckConstraint("latency_ms >= 0", name="latency_nonneg"),
 )
 
 TENANT_TABLES = [t.name for t in metadata.sorted_tables]

@@ -70,6 +70,13 @@ def _validity_window(r: Resource) -> bool:
     return start is None or end is None or start < end
 
 
+def _shadow_not_full_weight(r: Resource) -> bool:
+    if not isinstance(r, RolloutPolicy) or r.spec.shadow is None:
+        return True
+    shadow = r.spec.shadow.version
+    return not any(w.version == shadow and w.weight == 100 for w in r.spec.weights)
+
+
 def _approvers_high_risk(r: Resource) -> bool:
     if not isinstance(r, ReleaseRecord):
         return True
@@ -120,6 +127,7 @@ OBJECT_RULES: dict[str, Callable[[Resource], bool]] = {
     "policy.canary-weight-range": _canary_range,
     "policy.versions-unique": _versions_unique,
     "policy.validity-window": _validity_window,
+    "policy.shadow-not-full-weight": _shadow_not_full_weight,
     "release.approvers-high-risk": _approvers_high_risk,
     "release.approvers-distinct": _approvers_distinct,
 }
