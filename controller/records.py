@@ -177,6 +177,25 @@ class RunRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowRunRecord:
+    """A request mirrored to the shadow version, beside the run (`run_key`) that served it.
+    The comparison figures are None when the shadow search failed (`error_code`)."""
+
+    run_key: str
+    model_name: str
+    shadow_version: str
+    overlap_at_10: float | None
+    rbo: float | None
+    top1_delta: float | None
+    served_top1: float | None
+    shadow_top1: float | None
+    results: list[str]
+    latency_ms: float
+    error_code: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseRow:
     name: str
     release_id: str

@@ -44,6 +44,7 @@ from controller.records import (
     RouteRow,
     RunRecord,
     ShadowRoute,
+    ShadowRunRecord,
     VersionRow,
     WorkerState,
 )
@@ -753,14 +754,18 @@ class StoreTx:
 
     # ------------------------------------------------------------------ runs
 
+    def _version_ids(self, models: set[str]) -> dict[tuple[str, str], tuple[int, int]]:
+        """(model name, semver) → (model id, version id) of these models, in one query."""
+        pairs = self.conn.execute(_RUN_IDS, {"b_tenant": self.tenant,
+                                             "b_models": sorted(models)}).all()
+        return {(m, v): (mid, vid) for m, v, mid, vid in pairs}
+
     def record_runs(self, runs: Sequence[RunRecord]) -> None:
         """Bulk-insert run records (one executemany); ids resolved with one query. Both
         statements are built once: this is every search request's write path."""
         if not runs:
             return
-        pairs = self.conn.execute(_RUN_IDS, {"b_tenant": self.tenant, "b_models": sorted(
-            {r.model_name for r in runs})}).all()
-        ids = {(m, v): (mid, vid) for m, v, mid, vid in pairs}
+        ids = self._version_ids({r.model_name for r in runs})
         rows = []
         for r in runs:
             found = ids.get((r.model_name, r.version))
@@ -777,6 +782,49 @@ class StoreTx:
                 parse_ms=r.parse_ms, search_ms=r.search_ms,
                 binding_state=r.binding_state, created_at=r.created_at or self.now))
         self.conn.execute(_RUN_INSERT, rows)
+
+    def record_shadow_runs(self, runs: Sequence[ShadowRunRecord]) -> None:
+        """Bulk-insert shadow comparisons (each beside its committed served run)."""
+        if not runs:
+            return
+        ids = self._version_ids({r.model_name for r in runs})
+        rows = []
+        for r in runs:
+            found = ids.get((r.model_name, r.shadow_version))
+            if found is None:
+                raise ConflictError(f"shadow of run {r.run_key}: version {r.model_name} "
+                                    f"{r.shadow_version} is not in the store")
+            rows.append(dict(
+                tenant_id=self.tenant, run_key=r.run_key, model_id=found[0],
+                model_version_id=found[1], overlap_at_10=r.overlap_at_10, rbo=r.rbo,
+                top1_delta=r.top1_delta, served_top1=r.served_top1, shadow_top1=r.shadow_top1,
+                results=list(r.results), error_code=r.error_code, latency_ms=r.latency_ms,
+                created_at=r.created_at or self.now))
+        self.conn.execute(insert(t.shadow_run), rows)
+
+    def shadow_runs(self, model_name: str, since: datetime | None = None,
+                    limit: int = 100_000) -> list[dict[str, Any]]:
+        """A model's shadow comparisons, newest first: each with its served run's job,
+        version and the feature version of both versions."""
+        s, r, mc = t.shadow_run.c, t.model_run.c, t.model_catalog.c
+        shadow_v, served_v = t.model_version.alias("shadow_v"), t.model_version.alias("served_v")
+        stmt = (select(s.run_key, s.overlap_at_10, s.rbo, s.top1_delta, s.served_top1,
+                       s.shadow_top1, s.error_code, s.latency_ms, s.created_at, r.job_key,
+                       shadow_v.c.version.label("shadow_version"),
+                       shadow_v.c.feature_version.label("shadow_feature_version"),
+                       served_v.c.version.label("served_version"),
+                       served_v.c.feature_version.label("served_feature_version"))
+                .join(t.model_run, and_(r.tenant_id == s.tenant_id, r.run_key == s.run_key))
+                .join(shadow_v, and_(shadow_v.c.tenant_id == s.tenant_id,
+                                     shadow_v.c.id == s.model_version_id))
+                .join(served_v, and_(served_v.c.tenant_id == r.tenant_id,
+                                     served_v.c.id == r.model_version_id))
+                .join(t.model_catalog, and_(mc.tenant_id == s.tenant_id, mc.id == s.model_id))
+                .where(s.tenant_id == self.tenant, mc.name == model_name))
+        if since is not None:
+            stmt = stmt.where(s.created_at >= since)
+        rows = self.conn.execute(stmt.order_by(s.created_at.desc()).limit(limit)).mappings()
+        return [{**row, "created_at": _aware(row["created_at"])} for row in rows]
 
     def review_run(self, run_key: str, status: str, reviewer: str,
                    human_decision: str | None, agree: bool | None = None) -> None:

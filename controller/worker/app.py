@@ -54,11 +54,13 @@ from controller.worker.auth import (
 from controller.worker.events import emit
 from controller.worker.runtime import Route, SearchOutcome, WorkerError, WorkerRuntime
 from controller.worker.runwriter import RunWriter
+from controller.worker.shadow import Mirrored, ShadowMirror, wanted
 
 log = logging.getLogger("cadml.worker")
 RUNTIME = web.AppKey("runtime", WorkerRuntime)
 SANDBOX = web.AppKey("sandbox", FeatureSandbox)
 WRITER = web.AppKey("writer", RunWriter)
+MIRROR = web.AppKey("mirror", ShadowMirror)
 UPLOADS = web.AppKey("uploads", list)  # one entry per drawing upload in flight
 JSON_ON_LOOP_BYTES = 64 * 1024  # larger JSON bodies are decoded in a thread
 RETRY_AFTER_SECONDS = 1
@@ -293,7 +295,14 @@ async def _search(request: web.Request, started: float) -> web.Response:
     await request.app[WRITER].write([outcome])
     if outcome.error is not None:
         raise _served_error(outcome)
-    return web.json_response(outcome.as_json(), dumps=_dumps)
+    resp = web.json_response(outcome.as_json(), dumps=_dumps)
+    shadow = wanted(route, outcome)
+    if shadow is not None:  # the answer goes out first; the copy only queues
+        await resp.prepare(request)
+        await resp.write_eof()
+        request.app[MIRROR].offer(Mirrored(outcome.run_key, job_id, shadow, payload, k, tuple(
+            (h.id, h.score) for h in outcome.hits)))
+    return resp
 
 
 async def _serve(request: web.Request, route: Route, payload: np.ndarray | bytes, k: int,
@@ -595,7 +604,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     ok, detail = request.app[RUNTIME].ready()
-    return web.json_response({"ready": ok, **detail}, status=200 if ok else 503)
+    return web.json_response({"ready": ok, **detail,
+                              "shadow": request.app[MIRROR].stats.as_json()},
+                             status=200 if ok else 503)
 
 
 async def metrics_endpoint(_: web.Request) -> web.Response:
@@ -658,7 +669,9 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
 
 async def _run_writer(app: web.Application) -> AsyncIterator[None]:
     app[WRITER].start()
+    app[MIRROR].start()
     yield
+    await app[MIRROR].stop()
     await app[WRITER].stop()
 
 
@@ -671,6 +684,7 @@ def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
     app[GUARD] = guard or WriteGuard()
     app[UPLOADS] = []
     app[WRITER] = RunWriter(runtime.record)
+    app[MIRROR] = ShadowMirror(runtime, lambda: app[SANDBOX])
     app[SANDBOX] = sandbox or FeatureSandbox(
         s.sandbox_workers, SandboxLimits(cpu_seconds=s.cpu_seconds,
                                          max_bytes=s.max_upload_bytes),

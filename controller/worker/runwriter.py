@@ -19,12 +19,10 @@ log = logging.getLogger("cadml.worker")
 MAX_BATCH = 256
 
 
-class RunWriter:
-    def __init__(self, record: Callable[[list[SearchOutcome]], None]) -> None:
-        self._record = record
-        self._queue: asyncio.Queue[tuple[list[SearchOutcome], asyncio.Future[None]]] = \
-            asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+class Background:
+    """A worker-lifetime task running `_loop` (started and stopped with the app)."""
+
+    _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -34,6 +32,21 @@ class RunWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def _loop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def alive(self) -> bool:
+        """Whether the loop runs: a dead one would leave its work waiting forever."""
+        return self._task is not None and not self._task.done()
+
+
+class RunWriter(Background):
+    def __init__(self, record: Callable[[list[SearchOutcome]], None]) -> None:
+        self._record = record
+        self._queue: asyncio.Queue[tuple[list[SearchOutcome], asyncio.Future[None]]] = \
+            asyncio.Queue()
 
     async def write(self, outcomes: list[SearchOutcome]) -> None:
         """Return once `outcomes` are committed; raise what their commit raised."""
@@ -63,11 +76,6 @@ class RunWriter:
                 continue
             for _, future in batch:
                 _settle(future, None)
-
-    @property
-    def alive(self) -> bool:
-        """Whether the commit loop runs: a dead one would leave every request waiting."""
-        return self._task is not None and not self._task.done()
 
 
 def _settle(future: asyncio.Future[None], exc: Exception | None) -> None:

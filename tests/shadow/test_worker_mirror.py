@@ -1,0 +1,166 @@
+"""A real worker mirrors a share of requests to the shadow version after answering.
+
+Git mode + a real worker over HTTP (refresh loop running, refreshSeconds 1) on SQLite
+and PostgreSQL; STABLE serves a v4 index of the corpus, the shadow version is a DRAFT
+v3 index of the same corpus (another feature version: every drawing is parsed again
+for it). Real DXF uploads. The answers with a shadow are the answers without one, and
+every mirrored request is a shadow run beside its served run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from controller.features.sandbox import FeatureSandbox
+from controller.reconcile.gitmode import reconcile_repo
+from controller.search.build import BuildResult
+from controller.shadow import mirrored
+from controller.worker.app import MIRROR, SANDBOX, make_app
+from controller.worker.runtime import WorkerRuntime, WorkerSettings
+from controller.worker.shadow import ShadowMirror
+from tests.conftest import DXF_CORPUS, git
+from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
+from tests.stores import Backend
+from tests.waiting import until
+from tests.worker.conftest import MODEL, TENANT
+
+DRAWINGS = sorted(DXF_CORPUS.glob("*.dxf"))[:12]
+
+
+def _tree(stable: BuildResult, draft: BuildResult, extra: str, draft_doc: str = "") -> str:
+    return model_tree(TENANT, MODEL, [
+        version_doc(TENANT, MODEL, f"{MODEL}-1-0-0", "1.0.0", "STABLE", stable),
+        draft_doc or version_doc(TENANT, MODEL, f"{MODEL}-2-0-0", "2.0.0", "DRAFT", draft,
+                                 "  featureVersion: v3\n")], [("1.0.0", 100)], 1, extra)
+
+
+async def _until(probe: Any, timeout: float = 20.0) -> Any:
+    return await until(probe, timeout)
+
+
+async def _search_all(client: Any, tag: str) -> dict[str, Any]:
+    """Upload each drawing once (job ids fixed per drawing); id → (version, results)."""
+    out = {}
+    for i, path in enumerate(DRAWINGS):
+        resp = await client.post(f"/v1/search?jobId=job-{i}&topK=10", data=path.read_bytes(),
+                                 headers={"Content-Type": "application/dxf"})
+        body = await resp.json()
+        assert resp.status == 200, body
+        out[f"job-{i}"] = (body["version"], [(r["id"], r["score"]) for r in body["results"]],
+                           body["runKey"])
+    return out
+
+
+async def _applied(client: Any, pv: int) -> Any:
+    async def probe() -> Any:
+        body = await (await client.get("/readyz")).json()
+        return body if body.get("policyVersion") == pv and body.get("ready") else None
+    return await _until(probe)
+
+
+async def test_mirrored_requests_leave_answers_alone_and_become_shadow_runs(
+        backend: Backend, tmp_path: Path, corpus_index: BuildResult, corpus_v3: BuildResult,
+        aiohttp_client: Any) -> None:
+    stable, = copy_artifacts(tmp_path, corpus_index, ["stable"])
+    draft, = copy_artifacts(tmp_path, corpus_v3, ["draft"])
+    repo = commit_tree(tmp_path, MODEL, _tree(stable, draft, ""))
+    assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+    runtime = WorkerRuntime(backend.store, WorkerSettings(TENANT, MODEL, backend.app_url,
+                                                          worker_id="w-shadow"))
+    client = await aiohttp_client(make_app(runtime, sandbox=FeatureSandbox(1)))
+    await _applied(client, 1)
+    before = await _search_all(client, "no shadow")
+
+    (repo / "models" / f"{MODEL}.yaml").write_text(
+        _tree(stable, draft, "  shadow: {version: 2.0.0, percent: 50}\n"))
+    git(repo, "commit", "-qam", "shadow 2.0.0 at 50 %")
+    assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+    ready = await _applied(client, 2)
+    assert ready["versions"] == {"1.0.0": "Ready", "2.0.0": "Ready"}
+    after = await _search_all(client, "shadow")
+    # the answers are the same answers: version and results, score for score
+    assert {j: v[:2] for j, v in after.items()} == {j: v[:2] for j, v in before.items()}
+
+    expected = {after[j][2] for j in after if mirrored(j, 50)}
+    assert 0 < len(expected) < len(DRAWINGS)  # the share is deterministic by job id
+    await asyncio.wait_for(client.app[MIRROR].idle.wait(), 30)
+
+    async def recorded() -> Any:
+        with backend.store.read(TENANT, "test") as tx:
+            rows = tx.shadow_runs(MODEL)
+        return rows if len(rows) >= len(expected) else None
+    rows = await _until(recorded)
+    assert {r["run_key"] for r in rows} == expected
+    for r in rows:
+        assert r["shadow_version"] == "2.0.0" and r["served_version"] == "1.0.0"
+        assert (r["shadow_feature_version"], r["served_feature_version"]) == ("v3", "v4")
+        assert r["error_code"] is None, r
+        assert 0.0 <= r["overlap_at_10"] <= 1.0 and 0.0 <= r["rbo"] <= 1.0
+        served_top1 = after[r["job_key"]][1][0][1]
+        assert r["served_top1"] == served_top1
+        assert r["top1_delta"] == r["shadow_top1"] - served_top1
+    stats = (await (await client.get("/readyz")).json())["shadow"]
+    assert stats["recorded"] == len(expected) and stats["dropped"] == 0
+
+
+async def test_a_full_queue_drops_and_counts_and_answers_all_the_same(
+        backend: Backend, tmp_path: Path, corpus_index: BuildResult, corpus_v3: BuildResult,
+        aiohttp_client: Any) -> None:
+    stable, = copy_artifacts(tmp_path, corpus_index, ["stable"])
+    draft, = copy_artifacts(tmp_path, corpus_v3, ["draft"])
+    repo = commit_tree(tmp_path, MODEL, _tree(
+        stable, draft, "  shadow: {version: 2.0.0, percent: 100}\n"))
+    assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+    runtime = WorkerRuntime(backend.store, WorkerSettings(TENANT, MODEL, backend.app_url,
+                                                          worker_id="w-shadow-full"))
+    app = make_app(runtime, sandbox=FeatureSandbox(1))
+    app[MIRROR] = ShadowMirror(runtime, lambda: app[SANDBOX], max_bytes=16)  # no drawing fits
+    client = await aiohttp_client(app)
+    await _applied(client, 1)
+    answers = await _search_all(client, "full")
+    assert all(v[0] == "1.0.0" and v[1] for v in answers.values())
+    stats = (await (await client.get("/readyz")).json())["shadow"]
+    assert stats["dropped"] == stats["offered"] == len(DRAWINGS)
+    metrics = await (await client.get("/metrics")).text()
+    assert (f'cadml_worker_shadow_requests_total{{model="{MODEL}",outcome="dropped",'
+            f'tenant="{TENANT}",version="2.0.0"}}') in metrics
+
+
+async def test_a_shadow_version_that_cannot_load_is_contained(
+        backend: Backend, tmp_path: Path, corpus_index: BuildResult, aiohttp_client: Any
+        ) -> None:
+    stable, = copy_artifacts(tmp_path, corpus_index, ["stable"])
+    broken = tmp_path / "broken.pkl"
+    broken.write_bytes(b".")
+    doc = f"""apiVersion: cadml.io/v1alpha1
+kind: ModelVersion
+metadata: {{name: {MODEL}-2-0-0, namespace: {TENANT}}}
+spec:
+  modelRef: {MODEL}
+  version: 2.0.0
+  stage: DRAFT
+  artifact: {{uri: {broken.as_uri()}, sha256: {hashlib.sha256(b".").hexdigest()},
+             format: pickle}}
+"""
+    repo = commit_tree(tmp_path, MODEL, _tree(
+        stable, stable, "  shadow: {version: 2.0.0, percent: 100}\n", doc))
+    assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+    runtime = WorkerRuntime(backend.store, WorkerSettings(TENANT, MODEL, backend.app_url,
+                                                          worker_id="w-shadow-broken"))
+    client = await aiohttp_client(make_app(runtime, sandbox=FeatureSandbox(1)))
+    ready = await _applied(client, 1)
+    assert "UnpicklingError" in ready["loadErrors"]["2.0.0"]
+    answers = await _search_all(client, "broken shadow")
+    assert all(v[0] == "1.0.0" and v[1] for v in answers.values())
+    await asyncio.wait_for(client.app[MIRROR].idle.wait(), 30)
+
+    async def recorded() -> Any:
+        with backend.store.read(TENANT, "test") as tx:
+            rows = tx.shadow_runs(MODEL)
+        return rows if len(rows) == len(DRAWINGS) else None
+    rows = await _until(recorded)
+    assert {r["error_code"] for r in rows} == {"version_unavailable"}
+    assert all(r["overlap_at_10"] is None for r in rows)
