@@ -197,3 +197,30 @@ def shadow_route(policy: RolloutPolicy, versions: Mapping[str, ModelVersion],
 
 def shadow_text(shadow: ShadowRoute | None) -> str:
     return "no shadow" if shadow is None else f"shadow {shadow.version} {shadow.percent}%"
+
+
+def shadow_report(rows: Sequence[Mapping[str, Any]], changed: int = 10) -> dict[str, Any]:
+    """What `cadml compare --shadow` shows, from stored shadow runs (`StoreTx.shadow_runs`
+    rows): per shadow version its distribution and the queries that changed most, the
+    failed shadow searches by error code, and, for every (served → shadow) pair of
+    different feature versions, the migration statistics of the top-1 score."""
+    facts = [ShadowFact(r["shadow_version"], r["served_version"], r["job_key"] or "",
+                        r["run_key"], float(r["overlap_at_10"]), float(r["rbo"]),
+                        r["top1_delta"], r["served_top1"])
+             for r in rows if r["error_code"] is None and r["overlap_at_10"] is not None]
+    versions = summarise(facts, changed)
+    for r in rows:
+        entry = versions.setdefault(r["shadow_version"], {"sampleSize": 0})
+        if r["error_code"] is not None:
+            failed = entry.setdefault("failed", {})
+            failed[r["error_code"]] = failed.get(r["error_code"], 0) + 1
+    migrations = []
+    pairs = sorted({(r["served_version"], r["served_feature_version"], r["shadow_version"],
+                     r["shadow_feature_version"]) for r in rows
+                    if r["served_feature_version"] != r["shadow_feature_version"]})
+    for served, served_fv, shadow, shadow_fv in pairs:
+        mine = [f for f in facts if (f.served_version, f.shadow_version) == (served, shadow)]
+        migrations.append({"servedVersion": served, "shadowVersion": shadow,
+                           "featureVersions": [served_fv, shadow_fv],
+                           **migration_stats(mine)})
+    return {"versions": versions, "migrations": migrations}

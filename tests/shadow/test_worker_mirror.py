@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from controller.cli import main
 from controller.features.sandbox import FeatureSandbox
 from controller.reconcile.gitmode import reconcile_repo
 from controller.search.build import BuildResult
@@ -63,7 +67,7 @@ async def _applied(client: Any, pv: int) -> Any:
 
 async def test_mirrored_requests_leave_answers_alone_and_become_shadow_runs(
         backend: Backend, tmp_path: Path, corpus_index: BuildResult, corpus_v3: BuildResult,
-        aiohttp_client: Any) -> None:
+        aiohttp_client: Any, capsys: pytest.CaptureFixture[str]) -> None:
     stable, = copy_artifacts(tmp_path, corpus_index, ["stable"])
     draft, = copy_artifacts(tmp_path, corpus_v3, ["draft"])
     repo = commit_tree(tmp_path, MODEL, _tree(stable, draft, ""))
@@ -104,6 +108,31 @@ async def test_mirrored_requests_leave_answers_alone_and_become_shadow_runs(
         assert r["top1_delta"] == r["shadow_top1"] - served_top1
     stats = (await (await client.get("/readyz")).json())["shadow"]
     assert stats["recorded"] == len(expected) and stats["dropped"] == 0
+
+    # `cadml compare --shadow` shows them: the distribution, the queries that changed
+    # most, and what the v4 → v3 feature change does to the top-1 score
+    capsys.readouterr()
+    assert main(["compare", f"{TENANT}/{MODEL}", "--shadow", "--changed", "3",
+                 "--store", backend.app_url, "-o", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    two = report["versions"]["2.0.0"]
+    overlaps = sorted(r["overlap_at_10"] for r in rows)
+    assert two["sampleSize"] == len(rows)
+    assert two["overlapAt10"]["mean"] == pytest.approx(sum(overlaps) / len(overlaps))
+    assert two["lowOverlapShare"] == pytest.approx(
+        sum(o < 0.5 for o in overlaps) / len(overlaps))
+    assert [c["overlapAt10"] for c in two["changedMost"]] == overlaps[:3]
+    (migration,) = report["migrations"]
+    assert migration["featureVersions"] == ["v4", "v3"]
+    deltas = [r["top1_delta"] for r in rows]
+    assert migration["negativeShare"] == pytest.approx(
+        sum(d < 0 for d in deltas) / len(deltas))
+    assert main(["compare", f"{TENANT}/{MODEL}", "--shadow", "--store", backend.app_url]) == 0
+    text = capsys.readouterr().out
+    assert "queries that changed most (2.0.0)" in text
+    assert "feature versions v4 → v3 (1.0.0 → 2.0.0" in text
+    worst = min(rows, key=lambda r: (r["overlap_at_10"], r["rbo"], r["job_key"]))
+    assert worst["run_key"] in text
 
 
 async def test_a_full_queue_drops_and_counts_and_answers_all_the_same(
@@ -164,3 +193,20 @@ spec:
     rows = await _until(recorded)
     assert {r["error_code"] for r in rows} == {"version_unavailable"}
     assert all(r["overlap_at_10"] is None for r in rows)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--shadow", "-o", "markdown"], "--shadow prints text or json"),
+    (["--shadow", "--changed", "-1"], "--changed must be 0 or more"),
+    ([], "--versions needs at least two versions (or --shadow)"),
+])
+def test_compare_shadow_refuses_bad_options(argv: list[str], message: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", f"{TENANT}/{MODEL}", *argv, "--store", "sqlite://"]) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_compare_shadow_names_an_unknown_model(backend: Backend,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", f"{TENANT}/nope", "--shadow", "--store", backend.app_url]) != 0
+    assert f"model {TENANT}/nope: not in" in capsys.readouterr().err
