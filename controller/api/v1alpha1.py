@@ -46,7 +46,8 @@ STAGE_MOVES: frozenset[tuple[str, str]] = frozenset(
 RiskLevel = Literal["low", "medium", "high", "write"]
 HIGH_RISK: tuple[str, ...] = ("high", "write")
 PENDING_REVIEW = "PENDING_REVIEW"
-Metric = Literal["success_rate", "review_override_rate", "p95_latency_ms"]
+Metric = Literal["success_rate", "review_override_rate", "p95_latency_ms",
+                 "shadow_overlap_at_10"]
 
 
 def cel(

@@ -803,7 +803,7 @@ class StoreTx:
         self.conn.execute(insert(t.shadow_run), rows)
 
     def shadow_runs(self, model_name: str, since: datetime | None = None,
-                    limit: int = 100_000) -> list[dict[str, Any]]:
+                    version: str | None = None, limit: int = 100_000) -> list[dict[str, Any]]:
         """A model's shadow comparisons, newest first: each with its served run's job,
         version and the feature version of both versions."""
         s, r, mc = t.shadow_run.c, t.model_run.c, t.model_catalog.c
@@ -823,6 +823,8 @@ class StoreTx:
                 .where(s.tenant_id == self.tenant, mc.name == model_name))
         if since is not None:
             stmt = stmt.where(s.created_at >= since)
+        if version is not None:
+            stmt = stmt.where(shadow_v.c.version == version)
         rows = self.conn.execute(stmt.order_by(s.created_at.desc()).limit(limit)).mappings()
         return [{**row, "created_at": _aware(row["created_at"])} for row in rows]
 

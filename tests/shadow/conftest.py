@@ -13,3 +13,15 @@ from tests.worker.conftest import corpus_hnsw, corpus_index  # noqa: F401
 def corpus_v3(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     out = tmp_path_factory.mktemp("index") / "flat-v3"
     return build_index(DXF_CORPUS, out, kind="flat", feature_version="v3", workers=2)
+
+
+@pytest.fixture(scope="session")
+def corpus_v3_half(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """A v3 index of every other drawing: a version whose answers differ a lot."""
+    import shutil
+
+    src = tmp_path_factory.mktemp("half-corpus")
+    for path in sorted(DXF_CORPUS.glob("*.dxf"))[::2]:
+        shutil.copy(path, src / path.name)
+    out = tmp_path_factory.mktemp("index") / "flat-v3-half"
+    return build_index(src, out, kind="flat", feature_version="v3", workers=2)
