@@ -461,12 +461,14 @@ class StoreTx:
 
     def publish_snapshot(self, policy_name: str, routes: Sequence[RouteRow],
                          thresholds: dict[str, Any], source: str, reason: str = "",
-                         refresh_seconds: int = 5, generation: int | None = None) -> int:
+                         refresh_seconds: int = 5, generation: int | None = None,
+                         shadow: ShadowRoute | None = None) -> int:
         """Append a snapshot with policy_version + 1; returns the new policy_version.
         Old snapshots are never changed: history only grows. With `generation` (the policy
         generation the plan was built from), a plan older than the policy row is refused."""
         return self.publish_snapshots([NewSnapshot(policy_name, routes, thresholds, source,
-                                                   reason, refresh_seconds, generation)])[0]
+                                                   reason, refresh_seconds, generation,
+                                                   shadow)])[0]
 
     def publish_snapshots(self, snapshots: Sequence[NewSnapshot]) -> list[int]:
         """`publish_snapshot` of each, in a few statements whatever their number (the

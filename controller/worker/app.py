@@ -291,7 +291,7 @@ async def _search(request: web.Request, started: float) -> web.Response:
     runtime = request.app[RUNTIME]
     job_id, k, payload = await _search_request(request)
     route = runtime.route(job_id)
-    outcome = await _serve(request, route, payload, k, started)
+    outcome, vector = await _serve(request, route, payload, k, started)
     await request.app[WRITER].write([outcome])
     if outcome.error is not None:
         raise _served_error(outcome)
@@ -300,38 +300,45 @@ async def _search(request: web.Request, started: float) -> web.Response:
     if shadow is not None:  # the answer goes out first; the copy only queues
         await resp.prepare(request)
         await resp.write_eof()
-        request.app[MIRROR].offer(Mirrored(outcome.run_key, job_id, shadow, payload, k, tuple(
-            (h.id, h.score) for h in outcome.hits)))
+        request.app[MIRROR].offer(Mirrored(
+            outcome.run_key, job_id, shadow, payload, k,
+            tuple((h.id, h.score) for h in outcome.hits), vector, _feature_version(route)))
     return resp
 
 
+def _feature_version(route: Route) -> str | None:
+    lv = route.loaded
+    return None if lv is None else lv.artifact.feature_version or lv.row.feature_version
+
+
 async def _serve(request: web.Request, route: Route, payload: np.ndarray | bytes, k: int,
-                 started: float) -> SearchOutcome:
-    """Features (for a drawing), then the search: a failure of either is a failed run."""
+                 started: float) -> tuple[SearchOutcome, np.ndarray | None]:
+    """Features (for a drawing), then the search: a failure of either is a failed run.
+    With the outcome, the vector searched (None: none was)."""
     runtime = request.app[RUNTIME]
     parse_ms = None
     if isinstance(payload, bytes):
         if route.loaded is None:
-            return runtime.failure(route, runtime.unavailable(route), started)
-        lv = route.loaded
+            return runtime.failure(route, runtime.unavailable(route), started), None
         t0 = time.perf_counter()
         try:
             features = await request.app[SANDBOX].extract_async(
-                payload, lv.artifact.feature_version or lv.row.feature_version)
+                payload, _feature_version(route) or "v4")
         except InvalidDrawing as exc:
-            return runtime.failure(route, exc, started, (time.perf_counter() - t0) * 1000.0)
+            return runtime.failure(route, exc, started,
+                                   (time.perf_counter() - t0) * 1000.0), None
         parse_ms = (time.perf_counter() - t0) * 1000.0
         vector = features.vector
     else:
         vector = payload
     if route.loaded is None:  # nothing to search: no need to leave the event loop
-        return runtime.failure(route, runtime.unavailable(route), started, parse_ms)
+        return runtime.failure(route, runtime.unavailable(route), started, parse_ms), None
     if route.loaded.inline:
         (outcome,) = runtime.search_routed([route], [vector], k, started, parse_ms)
-        return outcome
+        return outcome, vector
     (outcome,) = await asyncio.get_running_loop().run_in_executor(
         None, runtime.search_routed, [route], [vector], k, started, parse_ms)
-    return outcome
+    return outcome, vector
 
 
 def _route_queries(runtime: WorkerRuntime, queries: list[Any]
@@ -605,7 +612,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     ok, detail = request.app[RUNTIME].ready()
     return web.json_response({"ready": ok, **detail,
-                              "shadow": request.app[MIRROR].stats.as_json()},
+                              "shadow": request.app[MIRROR].snapshot()},
                              status=200 if ok else 503)
 
 
@@ -684,7 +691,7 @@ def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
     app[GUARD] = guard or WriteGuard()
     app[UPLOADS] = []
     app[WRITER] = RunWriter(runtime.record)
-    app[MIRROR] = ShadowMirror(runtime, lambda: app[SANDBOX])
+    app[MIRROR] = ShadowMirror(runtime, lambda: app[SANDBOX], busy=lambda: bool(app[UPLOADS]))
     app[SANDBOX] = sandbox or FeatureSandbox(
         s.sandbox_workers, SandboxLimits(cpu_seconds=s.cpu_seconds,
                                          max_bytes=s.max_upload_bytes),

@@ -6,7 +6,7 @@ import pytest
 
 from controller.search.build import BuildResult, build_index
 from tests.conftest import DXF_CORPUS
-from tests.worker.conftest import corpus_hnsw, corpus_index  # noqa: F401
+from tests.worker.conftest import corpus_hnsw, corpus_index, world  # noqa: F401
 
 
 @pytest.fixture(scope="session")
