@@ -295,14 +295,24 @@ async def _search(request: web.Request, started: float) -> web.Response:
     await request.app[WRITER].write([outcome])
     if outcome.error is not None:
         raise _served_error(outcome)
-    resp = web.json_response(outcome.as_json(), dumps=_dumps)
-    shadow = wanted(route, outcome)
-    if shadow is not None:  # the answer goes out first; the copy only queues
+    return await _answer_then_mirror(request, web.json_response(outcome.as_json(),
+                                                                 dumps=_dumps),
+                                     [(route, outcome, payload, vector)], k)
+
+
+async def _answer_then_mirror(request: web.Request, resp: web.Response,
+                              served: list[tuple[Route, SearchOutcome, np.ndarray | bytes,
+                                                 np.ndarray | None]], k: int) -> web.Response:
+    """Send the answer; then offer a copy of each request the shadow wants (spec.shadow)
+    to the mirror's queue, which never waits."""
+    copies = [Mirrored(o.run_key, o.job_id, shadow, payload, k,
+                       tuple((h.id, h.score) for h in o.hits), vector, _feature_version(r))
+              for r, o, payload, vector in served if (shadow := wanted(r, o)) is not None]
+    if copies:
         await resp.prepare(request)
         await resp.write_eof()
-        request.app[MIRROR].offer(Mirrored(
-            outcome.run_key, job_id, shadow, payload, k,
-            tuple((h.id, h.score) for h in outcome.hits), vector, _feature_version(route)))
+        for copy in copies:
+            request.app[MIRROR].offer(copy)
     return resp
 
 
@@ -388,7 +398,9 @@ async def search_batch(request: web.Request) -> web.StreamResponse:
         if o.error is not None:
             metrics.WORKER_ERRORS.labels(s.tenant, s.model, o.error.code).inc()
         answers[i] = o.as_json()
-    return web.json_response({"results": answers}, dumps=_dumps)
+    return await _answer_then_mirror(
+        request, web.json_response({"results": answers}, dumps=_dumps),
+        [(r, o, v, v) for (_, r, v), o in zip(routed, outcomes, strict=True)], k)
 
 
 @requires(BINDINGS, _served)

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from controller.cli import main
@@ -210,3 +211,42 @@ def test_compare_shadow_names_an_unknown_model(backend: Backend,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", f"{TENANT}/nope", "--shadow", "--store", backend.app_url]) != 0
     assert f"model {TENANT}/nope: not in" in capsys.readouterr().err
+
+
+async def test_batch_queries_are_mirrored_with_their_own_vectors(
+        backend: Backend, tmp_path: Path, corpus_index: BuildResult, corpus_hnsw: BuildResult,
+        aiohttp_client: Any) -> None:
+    """A batch of vectors, the shadow an HNSW index of the same v4 features: each query is
+    compared with the vector it was served with (no parse), and the batch's answer is
+    the answer without a shadow."""
+    stable, = copy_artifacts(tmp_path, corpus_index, ["stable"])
+    hnsw, = copy_artifacts(tmp_path, corpus_hnsw, ["hnsw"])
+    doc = version_doc(TENANT, MODEL, f"{MODEL}-2-0-0", "2.0.0", "DRAFT", hnsw)
+    repo = commit_tree(tmp_path, MODEL, _tree(stable, hnsw, "", doc))
+    assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+    runtime = WorkerRuntime(backend.store, WorkerSettings(TENANT, MODEL, backend.app_url,
+                                                          worker_id="w-shadow-batch"))
+    client = await aiohttp_client(make_app(runtime, sandbox=FeatureSandbox(1)))
+    await _applied(client, 1)
+    vectors = np.load(stable.manifest_path.parent / "vectors.npy")[:20]
+    body = {"queries": [{"vector": [float(x) for x in v], "jobId": f"b-{i}"}
+                        for i, v in enumerate(vectors)], "topK": 10}
+
+    async def batch() -> list[Any]:
+        resp = await client.post("/v1/search/batch", json=body)
+        assert resp.status == 200
+        return [(r["version"], [(h["id"], h["score"]) for h in r["results"]])
+                for r in (await resp.json())["results"]]
+    before = await batch()
+    (repo / "models" / f"{MODEL}.yaml").write_text(
+        _tree(stable, hnsw, "  shadow: {version: 2.0.0, percent: 100}\n", doc))
+    git(repo, "commit", "-qam", "shadow the HNSW index")
+    assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+    await _applied(client, 2)
+    assert await batch() == before
+    await asyncio.wait_for(client.app[MIRROR].idle.wait(), 30)
+    with backend.store.read(TENANT, "test") as tx:
+        rows = tx.shadow_runs(MODEL)
+    assert len(rows) == len(vectors)
+    assert {r["error_code"] for r in rows} == {None}
+    assert sum(r["overlap_at_10"] for r in rows) / len(rows) > 0.9  # HNSW recall ~0.99
