@@ -228,8 +228,11 @@ def analysis_key(spec: Mapping[str, Any]) -> str:
     """What canary analysis state is keyed by, with the model and version: the spec's
     weights and analysis only, so renaming the policy or its model, or an edit unrelated
     to the experiment (refreshSeconds, thresholds, an override), neither resumes nor
-    resets an abort; changing the canary's weights or its analysis starts afresh."""
-    return _digest({"key": "analysis/2", **{k: spec.get(k) for k in ANALYSIS_FIELDS}})
+    resets an abort; changing the canary's weights, its analysis or the shadow (what
+    `shadow_overlap_at_10` judges) starts afresh."""
+    shadow = {"shadow": spec["shadow"]} if spec.get("shadow") else {}  # keys without stay
+    return _digest({"key": "analysis/2", **{k: spec.get(k) for k in ANALYSIS_FIELDS},
+                    **shadow})
 
 
 def judges(state_key: str, spec: Mapping[str, Any], spec_hash: str) -> bool:

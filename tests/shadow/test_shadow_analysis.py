@@ -15,9 +15,11 @@ from controller.cli import main
 from controller.evaluation import Metrics, analyse, shadow_only, with_shadow
 from controller.features.sandbox import FeatureSandbox
 from controller.reconcile.gitmode import reconcile_repo
+from controller.records import ShadowRoute
 from controller.search.build import BuildResult
 from controller.worker.app import MIRROR, make_app
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
+from tests.conftest import git
 from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
 from tests.shadow.test_worker_mirror import DRAWINGS, _applied, _search_all
 from tests.stores import Backend
@@ -107,3 +109,30 @@ async def test_overlap_bound_judges_a_shadowed_draft(
         assert (measured["verdict"], measured["aborted"]) == ("Fail", True)
         assert snap.shadow is None and snap.source == "analysis-abort"
         assert [(r.version, r.weight) for r in snap.routes] == [("1.0.0", 100)]
+        # a sync of the same spec keeps the abort; a changed shadow starts afresh
+        assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+        with backend.store.read(TENANT, "test") as tx:
+            assert tx.serving_snapshot(MODEL).source == "analysis-abort"  # type: ignore[union-attr]
+        (repo / "models" / f"{MODEL}.yaml").write_text(tree.replace("percent: 100",
+                                                                    "percent: 50"))
+        git(repo, "commit", "-qam", "shadow 2.0.0 at 50 %")
+        assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+        with backend.store.read(TENANT, "test") as tx:
+            again = tx.serving_snapshot(MODEL)
+        assert again is not None and again.source == "policy"
+        assert again.shadow == ShadowRoute("2.0.0", 50)
+
+
+def test_changing_the_shadow_starts_the_analysis_afresh() -> None:
+    from controller.evaluation import _digest, analysis_key
+
+    base = {"modelRef": "m", "weights": [{"version": "1.0.0", "weight": 100}],
+            "analysis": {"metrics": [{"name": "shadow_overlap_at_10", "min": 0.7}]}}
+    # a spec without a shadow keeps the key it had before shadows existed
+    assert analysis_key(base) == _digest({"key": "analysis/2", "weights": base["weights"],
+                                          "analysis": base["analysis"]})
+    one = analysis_key({**base, "shadow": {"version": "2.0.0", "percent": 10}})
+    other = analysis_key({**base, "shadow": {"version": "2.1.0", "percent": 10}})
+    assert len({analysis_key(base), one, other}) == 3
+    assert analysis_key({**base, "refreshSeconds": 9, "shadow": {"version": "2.0.0",
+                                                                 "percent": 10}}) == one
