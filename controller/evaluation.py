@@ -2,6 +2,8 @@
 
 - `compute(runs)`: success_rate = runs that completed without error and met their
   threshold / all runs (every routed request is a run, failed ones included);
+  shadow_overlap_at_10 = mean overlap@10 of the version's shadow runs (a failed shadow
+  search counts 0; its minSampleSize counts shadow runs);
   review_override_rate = reviewed runs whose reviewer said they did not agree with the
   AI's suggestion (`agree: false`; before reviewers said so: a rejection, or a
   humanDecision other than the suggestion) / reviewed runs; p95_latency_ms (over whole
@@ -22,8 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,6 +53,10 @@ class Metrics:
     p95_latency_ms: float | None
     sample_size: int
     reviewed_sample_size: int
+    # the shadow comparison of the version (spec.shadow): mean overlap@10 over its shadow
+    # runs, a failed shadow search counting 0 (a version that cannot answer differs most)
+    shadow_overlap_at_10: float | None = None
+    shadow_sample_size: int = 0
 
     def get(self, name: str) -> float | None:
         value: float | None = getattr(self, name)
@@ -115,6 +121,33 @@ class Verdict:
                 "windowSeconds": self.window_seconds}
 
 
+def _runs(m: Metrics) -> int:
+    return m.sample_size
+
+
+# what a metric's minSampleSize counts: runs, reviewed runs, or shadow runs
+SAMPLES: dict[str, Callable[[Metrics], int]] = {
+    "review_override_rate": lambda m: m.reviewed_sample_size,
+    "shadow_overlap_at_10": lambda m: m.shadow_sample_size,
+}
+SHADOW_METRICS = frozenset({"shadow_overlap_at_10"})
+
+
+def with_shadow(metrics: Metrics, overlaps: Sequence[float | None]) -> Metrics:
+    """`metrics` with the shadow comparison of its version: the mean overlap@10 of its
+    shadow runs (None: the shadow search failed, counted as 0)."""
+    n = len(overlaps)
+    return replace(metrics, shadow_sample_size=n, shadow_overlap_at_10=(
+        sum(o or 0.0 for o in overlaps) / n if n else None))
+
+
+def shadow_only(spec: AnalysisSpec) -> AnalysisSpec:
+    """The bounds a version that takes no traffic yet can be judged by: its shadow
+    comparison (it has no runs of its own)."""
+    return spec.model_copy(update={"metrics": [b for b in spec.metrics
+                                               if b.name in SHADOW_METRICS]})
+
+
 def analyse(spec: AnalysisSpec, metrics: Metrics) -> tuple[str, list[Verdict]]:
     verdicts = []
     for bound in spec.metrics:
@@ -122,8 +155,7 @@ def analyse(spec: AnalysisSpec, metrics: Metrics) -> tuple[str, list[Verdict]]:
             [f"max {bound.max:g}"] if bound.max is not None else [])
         text = " and ".join(parts) or "no bound"
         value = metrics.get(bound.name)
-        samples = (metrics.reviewed_sample_size if bound.name == "review_override_rate"
-                   else metrics.sample_size)
+        samples = SAMPLES.get(bound.name, _runs)(metrics)
         if samples < spec.min_sample_size or value is None:
             result = "InsufficientData"
         elif (bound.min is not None and value < bound.min) or (
@@ -196,8 +228,11 @@ def analysis_key(spec: Mapping[str, Any]) -> str:
     """What canary analysis state is keyed by, with the model and version: the spec's
     weights and analysis only, so renaming the policy or its model, or an edit unrelated
     to the experiment (refreshSeconds, thresholds, an override), neither resumes nor
-    resets an abort; changing the canary's weights or its analysis starts afresh."""
-    return _digest({"key": "analysis/2", **{k: spec.get(k) for k in ANALYSIS_FIELDS}})
+    resets an abort; changing the canary's weights, its analysis or the shadow (what
+    `shadow_overlap_at_10` judges) starts afresh."""
+    shadow = {"shadow": spec["shadow"]} if spec.get("shadow") else {}  # keys without stay
+    return _digest({"key": "analysis/2", **{k: spec.get(k) for k in ANALYSIS_FIELDS},
+                    **shadow})
 
 
 def judges(state_key: str, spec: Mapping[str, Any], spec_hash: str) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 from controller import metrics
 from controller.api.v1alpha1 import AnalysisSpec
 from controller.evaluation import (
+    SHADOW_METRICS,
     Metrics,
     analyse,
     analysis_key,
@@ -27,6 +28,8 @@ from controller.evaluation import (
     judges,
     measure,
     measurement_due,
+    shadow_only,
+    with_shadow,
 )
 from controller.reconcile.planner import plan_steps
 from controller.reconcile.step import publish_aborts
@@ -101,16 +104,24 @@ def analyse_policies(tx: StoreTx, now: datetime,
         previous = {a.version: a for a in observed.analysis.get(row.model_name, [])
                     if judges(a.spec_hash, row.spec, row.spec_hash)}
         canaries = [r.version for r in snap.routes if not r.is_stable and r.weight > 0]
+        shadow = snap.shadow.version if snap.shadow is not None else None
+        if shadow is not None and shadow not in canaries and any(
+                b.name in SHADOW_METRICS for b in spec.metrics):
+            canaries.append(shadow)  # judged by its comparison before it takes traffic
         for version in canaries:
             before = previous.get(version)
             taken = before.measurements if before else ()
             if (before is not None and before.aborted) or \
                     not measurement_due(taken, now, spec.interval_seconds):
                 continue
-            m = compute(tx.run_facts(row.model_name,
-                                     now - timedelta(seconds=spec.window_seconds), now,
-                                     version=version))
-            overall, verdicts = analyse(spec, m)
+            since = now - timedelta(seconds=spec.window_seconds)
+            m = compute(tx.run_facts(row.model_name, since, now, version=version))
+            if version == shadow:
+                m = with_shadow(m, [r["overlap_at_10"] for r in tx.shadow_runs(
+                    row.model_name, since=since, version=version) if r["created_at"] <= now])
+            overall, verdicts = analyse(spec if any(r.version == version and r.weight > 0
+                                                    for r in snap.routes)
+                                        else shadow_only(spec), m)
             kept, failures, abort = measure(taken, overall, verdicts, now, spec.failure_limit)
             state = AnalysisState(row.model_name, version, key, failures, abort, kept)
             tx.save_analysis(state)

@@ -40,6 +40,10 @@ WORKER_ERRORS = Counter("cadml_worker_errors_total", "Requests refused, by error
                         ["tenant", "model", "code"])
 WORKER_UPLOADS = Gauge("cadml_worker_uploads_in_flight", "Drawing uploads being read or "
                        "parsed now (beyond --max-concurrent-uploads: 429)", ["tenant", "model"])
+SHADOW_REQUESTS = Counter("cadml_worker_shadow_requests_total", "Requests mirrored to the "
+                          "shadow version, by outcome (recorded, failed, dropped: the queue "
+                          "was full, skipped: the shadow was withdrawn meanwhile)",
+                          ["tenant", "model", "version", "outcome"])
 CANARY_ABORTS = Counter("cadml_canary_aborts_total", "Canaries aborted by automatic analysis",
                         ["tenant", "model", "version"])
 ROLLBACK_CYCLES = Gauge("cadml_rollback_cycles", "Refresh cycles the last rollback needed to "

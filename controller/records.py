@@ -76,6 +76,14 @@ class RouteRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowRoute:
+    """spec.shadow as published: `percent` of requests mirrored to `version`."""
+
+    version: str
+    percent: int
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySnapshot:
     model_name: str
     policy_name: str
@@ -86,6 +94,7 @@ class PolicySnapshot:
     thresholds: dict[str, Any]
     refresh_seconds: int
     created_at: datetime
+    shadow: ShadowRoute | None = None  # 0016: spec.shadow in force
 
     @property
     def stable_version(self) -> str | None:
@@ -186,6 +195,25 @@ class RunRecord:
     parse_ms: float | None = None
     search_ms: float | None = None
     binding_state: str | None = None  # active | suspended; None: the job has no binding
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowRunRecord:
+    """A request mirrored to the shadow version, beside the run (`run_key`) that served it.
+    The comparison figures are None when the shadow search failed (`error_code`)."""
+
+    run_key: str
+    model_name: str
+    shadow_version: str
+    overlap_at_10: float | None
+    rbo: float | None
+    top1_delta: float | None
+    served_top1: float | None
+    shadow_top1: float | None
+    results: list[str]
+    latency_ms: float
+    error_code: str | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from controller.api.v1alpha1 import Model, ModelVersion, RolloutPolicy
-from controller.records import RouteRow
+from controller.records import RouteRow, ShadowRoute
 
 ROLLBACK_ANNOTATION = "cadml.io/rollback-reason"
 
@@ -28,6 +28,7 @@ class RoutingTable:
     source: str
     reason: str = ""
     expired: str | None = None  # why the policy is not in force, if it is not
+    shadow: ShadowRoute | None = None  # requests mirrored for comparison (spec.shadow)
 
     def as_percentages(self) -> dict[str, int]:
         return {r.version: r.weight for r in self.routes}

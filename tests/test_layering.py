@@ -19,6 +19,7 @@ ADAPTER_LIBS = ("sqlalchemy", "kopf", "faiss", "ezdxf", "aiohttp", "kubernetes",
     "controller.evaluation",
     "controller.records",
     "controller.steps",
+    "controller.shadow",
 ])
 def test_pure_module_imports_no_adapter(module: str) -> None:
     code = (f"import sys, {module}; "

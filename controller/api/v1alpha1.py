@@ -46,7 +46,8 @@ STAGE_MOVES: frozenset[tuple[str, str]] = frozenset(
 RiskLevel = Literal["low", "medium", "high", "write"]
 HIGH_RISK: tuple[str, ...] = ("high", "write")
 PENDING_REVIEW = "PENDING_REVIEW"
-Metric = Literal["success_rate", "review_override_rate", "p95_latency_ms"]
+Metric = Literal["success_rate", "review_override_rate", "p95_latency_ms",
+                 "shadow_overlap_at_10"]
 
 
 def cel(
@@ -336,6 +337,27 @@ class OverrideSpec(_Object):
     until: datetime | None = None
 
 
+# ---- shadow comparison (issue 16): one block, kept apart from the canary steps
+class ShadowSpec(_Object):
+    """Mirror a share of requests to a version after the answer is sent, and compare."""
+
+    version: str = Field(max_length=64, description=(
+        "spec.version of a CANARY version, or of a DRAFT version whose artifact has a "
+        "sha256; its answers are recorded as shadow runs, never served."))
+    percent: int = Field(ge=1, le=100, description=(
+        "Percent of requests mirrored (deterministic by job id)."))
+
+
+SHADOW_CEL = cel(
+    "policy.shadow-not-full-weight",
+    "!has(self.shadow) || !self.weights.exists(w, w.version == self.shadow.version && "
+    "w.weight == 100)",
+    "the shadow version takes all the traffic: there is nothing to compare it with; shadow "
+    "another version, or give this one less weight",
+    field_path=".shadow.version",
+)
+
+
 class MetricBound(_Object):
     name: Metric
     min: float | None = None
@@ -430,6 +452,7 @@ class RolloutPolicySpec(_Object):
                 field_path=".modelRef",
                 transition=True,
             ),
+            SHADOW_CEL,
         )
     )
 
@@ -447,6 +470,9 @@ class RolloutPolicySpec(_Object):
     analysis: AnalysisSpec | None = None
     strategy: StrategySpec | None = Field(
         default=None, description="Canary steps; `weights` is the split after the last step.")
+    shadow: ShadowSpec | None = Field(default=None, description=(
+        "Shadow comparison: mirror a share of requests to a version and record how its "
+        "results differ from the served ones (`cadml compare --shadow`)."))
 
 
 class RoutingEntry(_Object):

@@ -51,11 +51,19 @@ def register(sub: Any) -> None:
                                "(success rate, review override rate, p95 latency, runs, "
                                "reviewed runs) over one window. Reads only.",
                    examples="cadml compare acme-cad/assembly-match --versions 1.1.0,1.2.0\n"
+                            "cadml compare acme-cad/assembly-match --shadow -o json\n"
                             "cadml compare acme-cad/assembly-match --versions 1.1.0,1.2.0 "
                             "--window 7d -o markdown")
     c.add_argument("model", metavar="TENANT/MODEL", help="the model's namespace and name")
-    c.add_argument("--versions", required=True,
+    c.add_argument("--versions",
                    help="comma-separated spec.versions, at least two, e.g. 1.1.0,1.2.0")
+    c.add_argument("--shadow", action="store_true",
+                   help="instead: the shadow comparison (spec.shadow) per shadow version: "
+                        "overlap@10 and RBO (mean, median, p10), the share under 0.5, the "
+                        "queries that changed most, and the top-1 score statistics of a "
+                        "feature-version change (with warnings)")
+    c.add_argument("--changed", type=int, default=10, metavar="N",
+                   help="with --shadow: how many of the queries that changed most to list")
     c.add_argument("--window", default="1h", help=WINDOW_HELP)
     c.add_argument("--now", metavar="TIME", help=NOW_HELP)
     c.add_argument("--store", help=STORE_HELP)
@@ -191,9 +199,15 @@ def _compare(args: argparse.Namespace) -> int:
     from controller.store.open import open_store
 
     tenant, model = _model_arg(args.model)
-    versions = [v.strip() for v in args.versions.split(",") if v.strip()]
+    if args.shadow:
+        from controller.cli.shadow_cmd import compare_shadow
+
+        return compare_shadow(args, tenant, model, lambda tx: _known(
+            "model", [f"{tenant}/{model}"], [f"{tenant}/{m}" for m in tx.model_names()],
+            f"the store's tenant {tenant}"))
+    versions = [v.strip() for v in (args.versions or "").split(",") if v.strip()]
     if len(versions) < 2:
-        raise UsageError("--versions needs at least two versions")
+        raise UsageError("--versions needs at least two versions (or --shadow)")
     store = open_store(args.store, create=False)
     now, window = parse_time(args.now), parse_span(args.window, "--window")
     rows = []

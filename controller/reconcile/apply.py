@@ -26,7 +26,8 @@ def apply_plan(tx: StoreTx, plan: Plan,
     tx.upsert_policies(plan.policies)
     published = tx.publish_snapshots([
         NewSnapshot(snap.policy_name, snap.routes, snap.thresholds, snap.source, snap.reason,
-                    snap.refresh_seconds, snap.generation) for snap in plan.snapshots])
+                    snap.refresh_seconds, snap.generation, snap.shadow)
+        for snap in plan.snapshots])
     for snap, version in zip(plan.snapshots, published, strict=True):
         if version != snap.policy_version:
             raise ConflictError(f"policy {snap.policy_name}: planned policyVersion "

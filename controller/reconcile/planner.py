@@ -47,6 +47,7 @@ from controller.records import (
     PolicySnapshot,
     ReleaseRow,
     RouteRow,
+    ShadowRoute,
     StepState,
     VersionRow,
 )
@@ -58,6 +59,7 @@ from controller.routing import (
     override_active,
     stable_only,
 )
+from controller.shadow import published_shadow, shadow_route, shadow_text
 from controller.validation.cross import FIXABLE_LATER
 from controller.validation.parse import ref_of
 from controller.validation.single import check_transition
@@ -83,6 +85,7 @@ class SnapshotPlan:
     reason: str
     refresh_seconds: int
     generation: int = 0  # of the policy the snapshot was planned from (the store's guard)
+    shadow: ShadowRoute | None = None  # spec.shadow in force
 
 
 @dataclass
@@ -538,6 +541,7 @@ def plan_tenant(
         stepped = _walk_steps(plan, p, p_spec, routing,
                               observed.steps.get(stored_model(p.spec.model_ref)), now)
         routing = stepped.get("_routing", routing)
+        routing = replace(routing, shadow=shadow_route(p, vs, routing))
         expired_of[p.metadata.name] = routing.expired
         thresholds = _thresholds(models.get(p.spec.model_ref), vs, p, routing.routes)
         pv = _publish(plan, p.metadata.name, p.spec.model_ref,
@@ -694,17 +698,21 @@ def _publish(plan: Plan, policy_name: str, model: str, current: PolicySnapshot |
     from the current snapshot; the policyVersion in force once the plan is applied."""
     pv = current.policy_version if current else 0
     if current is not None and (current.routes, current.thresholds, current.refresh_seconds,
-                                current.source, current.reason) == (
-            routing.routes, thresholds, refresh_seconds, routing.source, routing.reason):
+                                current.source, current.reason, current.shadow) == (
+            routing.routes, thresholds, refresh_seconds, routing.source, routing.reason,
+            routing.shadow):
         return pv
     pv += 1
     plan.snapshots.append(SnapshotPlan(policy_name, model, pv, routing.routes, thresholds,
                                        routing.source, routing.reason, refresh_seconds,
-                                       generation))
+                                       generation, routing.shadow))
+    shadow_note = "" if current is not None and current.shadow == routing.shadow else (
+        f"; {shadow_text(current.shadow if current else None)} → "
+        f"{shadow_text(routing.shadow)}" if current is not None or routing.shadow else "")
     plan.audit.append(AuditEntry("publish", "RolloutPolicy", policy_name, {
         "summary": f"policyVersion {pv}: " + snapshot_change(
             current, routing.routes, thresholds, refresh_seconds, routing.source,
-            routing.reason),
+            routing.reason) + shadow_note,
         "policyVersion": pv, "source": routing.source}))
     return pv
 
@@ -810,6 +818,9 @@ def plan_steps(tenant: str, observed: ObservedTenant, now: datetime) -> Plan:
             if v.model_name == row.model_name and not v.deleted}
         if model is None or any(r.version not in by_semver for r in routing.routes):
             continue
+        sh = by_semver.get(policy.spec.shadow.version) if policy.spec.shadow else None
+        routing = replace(routing, shadow=sh and published_shadow(
+            policy, sh.stage, sh.artifact_sha256, routing))
         thresholds = {r.version: {k: {"value": t.value, "source": t.source}
                                   for k, t in layered_thresholds(
                                       model.threshold_defaults,

@@ -43,6 +43,8 @@ from controller.records import (
     RollbackFacts,
     RouteRow,
     RunRecord,
+    ShadowRoute,
+    ShadowRunRecord,
     StepState,
     VersionRow,
     WorkerState,
@@ -80,6 +82,7 @@ class NewSnapshot(NamedTuple):
     reason: str = ""
     refresh_seconds: int = 5
     generation: int | None = None
+    shadow: ShadowRoute | None = None
 
 
 def utcnow() -> datetime:
@@ -116,6 +119,15 @@ def _translate(exc: DBAPIError) -> StoreError:
     if isinstance(exc, OperationalError):  # lost connection, a locked SQLite
         return StoreUnavailable(f"store unavailable: {text_.splitlines()[0]}")
     return StoreError(f"store error: {text_.splitlines()[0]}")
+
+
+# (model name, semver) → ids of the models' versions: shadow runs resolve theirs with it
+_RUN_IDS = select(t.model_catalog.c.name, t.model_version.c.version, t.model_catalog.c.id,
+                  t.model_version.c.id).join(t.model_version, and_(
+                      t.model_version.c.tenant_id == t.model_catalog.c.tenant_id,
+                      t.model_version.c.model_id == t.model_catalog.c.id)).where(
+    t.model_catalog.c.tenant_id == bindparam("b_tenant"),
+    t.model_catalog.c.name.in_(bindparam("b_models", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -453,12 +465,14 @@ class StoreTx:
 
     def publish_snapshot(self, policy_name: str, routes: Sequence[RouteRow],
                          thresholds: dict[str, Any], source: str, reason: str = "",
-                         refresh_seconds: int = 5, generation: int | None = None) -> int:
+                         refresh_seconds: int = 5, generation: int | None = None,
+                         shadow: ShadowRoute | None = None) -> int:
         """Append a snapshot with policy_version + 1; returns the new policy_version.
         Old snapshots are never changed: history only grows. With `generation` (the policy
         generation the plan was built from), a plan older than the policy row is refused."""
         return self.publish_snapshots([NewSnapshot(policy_name, routes, thresholds, source,
-                                                   reason, refresh_seconds, generation)])[0]
+                                                   reason, refresh_seconds, generation,
+                                                   shadow)])[0]
 
     def publish_snapshots(self, snapshots: Sequence[NewSnapshot]) -> list[int]:
         """`publish_snapshot` of each, in a few statements whatever their number (the
@@ -486,7 +500,8 @@ class StoreTx:
             vc.model_id, sorted({p.model_id for p in policies.values()}))}
         for s in snapshots:
             model_id = int(policies[s.policy_name].model_id)
-            missing = [r.version for r in s.routes if (model_id, r.version) not in ids]
+            named = [r.version for r in s.routes] + ([s.shadow.version] if s.shadow else [])
+            missing = [v for v in named if (model_id, v) not in ids]
             if missing:
                 raise ConflictError(f"policy {s.policy_name} routes to versions not in the "
                                     f"store: {', '.join(missing)}")
@@ -499,7 +514,9 @@ class StoreTx:
             insert(t.policy_snapshot).returning(sc.policy_id, sc.policy_version, sc.id), [dict(
                 tenant_id=self.tenant, policy_id=policy.id, model_id=policy.model_id,
                 policy_version=version, source=s.source, reason=s.reason,
-                thresholds=s.thresholds, refresh_seconds=s.refresh_seconds, created_at=self.now)
+                thresholds=s.thresholds, refresh_seconds=s.refresh_seconds, created_at=self.now,
+                shadow_version=s.shadow.version if s.shadow else None,
+                shadow_percent=s.shadow.percent if s.shadow else None)
                 for s, (policy, version) in zip(snapshots, published, strict=True)])}
         routes = [dict(tenant_id=self.tenant, snapshot_id=snap_ids[int(policy.id), version],
                        model_version_id=ids[int(policy.model_id), r.version], version=r.version,
@@ -561,7 +578,9 @@ class StoreTx:
             model_name=row["model_name"], policy_name=row["policy_name"],
             policy_version=row["policy_version"], source=row["source"], reason=row["reason"],
             routes=tuple(routes.get(row["id"], [])), thresholds=dict(row["thresholds"]),
-            refresh_seconds=row["refresh_seconds"], created_at=_aware(row["created_at"]))
+            refresh_seconds=row["refresh_seconds"], created_at=_aware(row["created_at"]),
+            shadow=None if row["shadow_version"] is None else ShadowRoute(
+                row["shadow_version"], int(row["shadow_percent"])))
             for row in rows]
 
     def snapshot(self, model_name: str, at: datetime | None = None,
@@ -742,11 +761,62 @@ class StoreTx:
 
     # ------------------------------------------------------------------ runs
 
+    def _version_ids(self, models: set[str]) -> dict[tuple[str, str], tuple[int, int]]:
+        """(model name, semver) → (model id, version id) of these models, in one query."""
+        pairs = self.conn.execute(_RUN_IDS, {"b_tenant": self.tenant,
+                                             "b_models": sorted(models)}).all()
+        return {(m, v): (mid, vid) for m, v, mid, vid in pairs}
+
     def record_runs(self, runs: Sequence[RunRecord]) -> None:
         """Bulk-insert run records (one executemany), ids resolved with one query per model;
         both prepared once (`runinsert`): this is every search request's write path."""
         if runs:
             run_insert(self.conn.dialect).execute(self.conn, self.tenant, runs, self.now)
+
+    def record_shadow_runs(self, runs: Sequence[ShadowRunRecord]) -> None:
+        """Bulk-insert shadow comparisons (each beside its committed served run)."""
+        if not runs:
+            return
+        ids = self._version_ids({r.model_name for r in runs})
+        rows = []
+        for r in runs:
+            found = ids.get((r.model_name, r.shadow_version))
+            if found is None:
+                raise ConflictError(f"shadow of run {r.run_key}: version {r.model_name} "
+                                    f"{r.shadow_version} is not in the store")
+            rows.append(dict(
+                tenant_id=self.tenant, run_key=r.run_key, model_id=found[0],
+                model_version_id=found[1], overlap_at_10=r.overlap_at_10, rbo=r.rbo,
+                top1_delta=r.top1_delta, served_top1=r.served_top1, shadow_top1=r.shadow_top1,
+                results=list(r.results), error_code=r.error_code, latency_ms=r.latency_ms,
+                created_at=r.created_at or self.now))
+        self.conn.execute(insert(t.shadow_run), rows)
+
+    def shadow_runs(self, model_name: str, since: datetime | None = None,
+                    version: str | None = None, limit: int = 100_000) -> list[dict[str, Any]]:
+        """A model's shadow comparisons, newest first: each with its served run's job,
+        version and the feature version of both versions."""
+        s, r, mc = t.shadow_run.c, t.model_run.c, t.model_catalog.c
+        shadow_v, served_v = t.model_version.alias("shadow_v"), t.model_version.alias("served_v")
+        stmt = (select(s.run_key, s.overlap_at_10, s.rbo, s.top1_delta, s.served_top1,
+                       s.shadow_top1, s.error_code, s.latency_ms, s.created_at, r.job_key,
+                       shadow_v.c.version.label("shadow_version"),
+                       shadow_v.c.feature_version.label("shadow_feature_version"),
+                       served_v.c.version.label("served_version"),
+                       served_v.c.feature_version.label("served_feature_version"))
+                .join(t.model_run, and_(r.tenant_id == s.tenant_id, r.run_key == s.run_key))
+                .join(shadow_v, and_(shadow_v.c.tenant_id == s.tenant_id,
+                                     shadow_v.c.id == s.model_version_id))
+                .join(served_v, and_(served_v.c.tenant_id == r.tenant_id,
+                                     served_v.c.id == r.model_version_id))
+                .join(t.model_catalog, and_(mc.tenant_id == s.tenant_id, mc.id == s.model_id))
+                .where(s.tenant_id == self.tenant, mc.name == model_name))
+        if since is not None:
+            stmt = stmt.where(s.created_at >= since)
+        if version is not None:
+            stmt = stmt.where(shadow_v.c.version == version)
+        rows = self.conn.execute(stmt.order_by(s.created_at.desc()).limit(limit)).mappings()
+        return [{**row, "created_at": _aware(row["created_at"])} for row in rows]
 
     def review_run(self, run_key: str, status: str, reviewer: str,
                    human_decision: str | None, agree: bool | None = None) -> None:

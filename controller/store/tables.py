@@ -100,7 +100,7 @@ model_version = Table(
     Column("spec", JSON),  # 0012: the spec last applied (transition rules)
     _ts("created_at"), _ts("updated_at"),
     Column("ef_search", Integer, nullable=True),  # 0007: spec.search.efSearch
-    # 0016: jobs bound to this version now (kept by bind/unbind; read by every pass)
+    # 0017: jobs bound to this version now (kept by bind/unbind; read by every pass)
     Column("bound_jobs", Integer, nullable=False, server_default=text("0")),
     UniqueConstraint("tenant_id", "id"),
     UniqueConstraint("tenant_id", "name"),
@@ -151,6 +151,9 @@ policy_snapshot = Table(
     Column("thresholds", JSON, nullable=False),
     Column("refresh_seconds", Integer, nullable=False),
     _ts("created_at"),
+    # 0018: spec.shadow in force (NULL: no shadow comparison)
+    Column("shadow_version", String(64), nullable=True),
+    Column("shadow_percent", Integer, nullable=True),
     UniqueConstraint("tenant_id", "id"),
     UniqueConstraint("tenant_id", "policy_id", "policy_version"),
     ForeignKeyConstraint(["tenant_id", "policy_id"],
@@ -400,6 +403,32 @@ rollout_step = Table(
                     name="phase"),
     ForeignKeyConstraint(["tenant_id", "model_id"],
                          ["model_catalog.tenant_id", "model_catalog.id"]),
+)
+
+shadow_run = Table(  # 0018: a mirrored request's comparison, beside the run that served it
+    "shadow_run", metadata,
+    Column("tenant_id", String(63), primary_key=True),
+    Column("run_key", String(64), primary_key=True),  # the served run
+    Column("model_id", Id, nullable=False),
+    Column("model_version_id", Id, nullable=False),  # the shadow version
+    Column("overlap_at_10", Float, nullable=True),  # NULL: the shadow search failed
+    Column("rbo", Float, nullable=True),
+    Column("top1_delta", Float, nullable=True),
+    Column("served_top1", Float, nullable=True),
+    Column("shadow_top1", Float, nullable=True),
+    Column("results", JSON, nullable=False),  # the shadow's ids, best first
+    Column("error_code", String(64), nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    _ts("created_at"),
+    ForeignKeyConstraint(["tenant_id", "run_key"], ["model_run.tenant_id", "model_run.run_key"]),
+    ForeignKeyConstraint(["tenant_id", "model_id"],
+                         ["model_catalog.tenant_id", "model_catalog.id"]),
+    ForeignKeyConstraint(["tenant_id", "model_version_id"],
+                         ["model_version.tenant_id", "model_version.id"]),
+    Index("ix_shadow_run_version_time", "tenant_id", "model_version_id", "created_at"),
+    CheckConstraint("overlap_at_10 IS NULL OR overlap_at_10 BETWEEN 0 AND 1",
+                    name="overlap_range"),
+    CheckConstraint("latency_ms >= 0", name="latency_nonneg"),
 )
 
 TENANT_TABLES = [t.name for t in metadata.sorted_tables]

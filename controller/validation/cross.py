@@ -11,9 +11,16 @@ whole tree in view, they are errors.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import datetime
 
-from controller.api.v1alpha1 import ROUTABLE_STAGES, Model, ModelVersion, Resource
+from controller.api.v1alpha1 import (
+    ROUTABLE_STAGES,
+    Model,
+    ModelVersion,
+    Resource,
+    RolloutPolicy,
+)
 from controller.findings import FieldError
 from controller.validation.bundle import Bundle
 from controller.validation.gates import failed_gates
@@ -171,6 +178,7 @@ def check_policies(bundle: Bundle, ns: str, now: datetime) -> list[FieldError]:
                 errors.append(_e("policy.override-expired", p, "spec.override.until",
                                  f"the override ended at {ov.until.isoformat()} and no longer "
                                  "applies", warning=True))
+        errors.extend(_check_shadow(p, versions))
         if p.spec.valid_until is not None and p.spec.valid_until <= now:
             errors.append(_e("policy.expired", p, "spec.validUntil",
                              f"the policy expired at {p.spec.valid_until.isoformat()}; the "
@@ -184,6 +192,28 @@ def check_policies(bundle: Bundle, ns: str, now: datetime) -> list[FieldError]:
                              f"{p.metadata.name} takes over once {first.metadata.name} is "
                              "removed)"))
     return errors
+
+
+def _check_shadow(p: RolloutPolicy, versions: Mapping[str, ModelVersion]) -> list[FieldError]:
+    """The shadow version: a CANARY version of the model, or a DRAFT one whose artifact
+    has a sha256 (the worker verifies what it loads; an unverified artifact is never
+    loaded, not even to compare)."""
+    sh = p.spec.shadow
+    if sh is None:
+        return []
+    target = versions.get(sh.version)
+    if target is None:
+        return [_e("policy.shadow-ref", p, "spec.shadow.version",
+                   f"model {p.spec.model_ref!r} has no version {sh.version}; shadow a CANARY "
+                   "version, or a DRAFT one with an artifact sha256")]
+    stage, sha = target.spec.stage, target.spec.artifact.sha256
+    if stage == "CANARY" or (stage == "DRAFT" and sha is not None):
+        return []
+    why = ("its artifact has no sha256: add artifact.sha256 so the worker can verify it"
+           if stage == "DRAFT" else
+           f"it is {stage}; shadow a CANARY version, or a DRAFT one with an artifact sha256")
+    return [_e("policy.shadow-stage", p, "spec.shadow.version",
+               f"version {sh.version} cannot be shadowed: {why}")]
 
 
 def check_releases(bundle: Bundle, ns: str) -> list[FieldError]:

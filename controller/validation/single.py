@@ -82,6 +82,13 @@ def _step_one_action(r: Resource) -> bool:
                for s in r.spec.strategy.steps)
 
 
+def _shadow_not_full_weight(r: Resource) -> bool:
+    if not isinstance(r, RolloutPolicy) or r.spec.shadow is None:
+        return True
+    shadow = r.spec.shadow.version
+    return not any(w.version == shadow and w.weight == 100 for w in r.spec.weights)
+
+
 def _approvers_high_risk(r: Resource) -> bool:
     if not isinstance(r, ReleaseRecord):
         return True
@@ -134,6 +141,7 @@ OBJECT_RULES: dict[str, Callable[[Resource], bool]] = {
     "policy.validity-window": _validity_window,
     "policy.steps-one-canary": _steps_one_canary,
     "policy.step-one-action": _step_one_action,
+    "policy.shadow-not-full-weight": _shadow_not_full_weight,
     "release.approvers-high-risk": _approvers_high_risk,
     "release.approvers-distinct": _approvers_distinct,
 }

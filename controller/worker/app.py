@@ -55,11 +55,13 @@ from controller.worker.auth import (
 from controller.worker.events import emit
 from controller.worker.runtime import Route, SearchOutcome, WorkerError, WorkerRuntime
 from controller.worker.runwriter import RunWriter
+from controller.worker.shadow import Mirrored, ShadowMirror, wanted
 
 log = logging.getLogger("cadml.worker")
 RUNTIME = web.AppKey("runtime", WorkerRuntime)
 SANDBOX = web.AppKey("sandbox", FeatureSandbox)
 WRITER = web.AppKey("writer", RunWriter)
+MIRROR = web.AppKey("mirror", ShadowMirror)
 UPLOADS = web.AppKey("uploads", list)  # one entry per drawing upload in flight
 JSON_ON_LOOP_BYTES = 64 * 1024  # larger JSON bodies are decoded in a thread
 RETRY_AFTER_SECONDS = 1
@@ -293,40 +295,64 @@ async def _search(request: web.Request, started: float) -> web.Response:
     runtime = request.app[RUNTIME]
     job_id, k, payload = await _search_request(request)
     route = runtime.route(job_id)
-    outcome = await _serve(request, route, payload, k, started)
+    outcome, vector = await _serve(request, route, payload, k, started)
     await request.app[WRITER].write([outcome])
     if outcome.error is not None:
         raise _served_error(outcome)
-    return web.json_response(outcome.as_json(), dumps=_dumps)
+    return await _answer_then_mirror(request, web.json_response(outcome.as_json(),
+                                                                 dumps=_dumps),
+                                     [(route, outcome, payload, vector)], k)
+
+
+async def _answer_then_mirror(request: web.Request, resp: web.Response,
+                              served: list[tuple[Route, SearchOutcome, np.ndarray | bytes,
+                                                 np.ndarray | None]], k: int) -> web.Response:
+    """Send the answer; then offer a copy of each request the shadow wants (spec.shadow)
+    to the mirror's queue, which never waits."""
+    copies = [Mirrored(o.run_key, o.job_id, shadow, payload, k,
+                       tuple((h.id, h.score) for h in o.hits), vector, _feature_version(r))
+              for r, o, payload, vector in served if (shadow := wanted(r, o)) is not None]
+    if copies:
+        await resp.prepare(request)
+        await resp.write_eof()
+        for copy in copies:
+            request.app[MIRROR].offer(copy)
+    return resp
+
+
+def _feature_version(route: Route) -> str | None:
+    lv = route.loaded
+    return None if lv is None else lv.artifact.feature_version or lv.row.feature_version
 
 
 async def _serve(request: web.Request, route: Route, payload: np.ndarray | bytes, k: int,
-                 started: float) -> SearchOutcome:
-    """Features (for a drawing), then the search: a failure of either is a failed run."""
+                 started: float) -> tuple[SearchOutcome, np.ndarray | None]:
+    """Features (for a drawing), then the search: a failure of either is a failed run.
+    With the outcome, the vector searched (None: none was)."""
     runtime = request.app[RUNTIME]
     parse_ms = None
     if isinstance(payload, bytes):
         if route.loaded is None:
-            return runtime.failure(route, runtime.unavailable(route), started)
-        lv = route.loaded
+            return runtime.failure(route, runtime.unavailable(route), started), None
         t0 = time.perf_counter()
         try:
             features = await request.app[SANDBOX].extract_async(
-                payload, lv.artifact.feature_version or lv.row.feature_version)
+                payload, _feature_version(route) or "v4")
         except InvalidDrawing as exc:
-            return runtime.failure(route, exc, started, (time.perf_counter() - t0) * 1000.0)
+            return runtime.failure(route, exc, started,
+                                   (time.perf_counter() - t0) * 1000.0), None
         parse_ms = (time.perf_counter() - t0) * 1000.0
         vector = features.vector
     else:
         vector = payload
     if route.loaded is None:  # nothing to search: no need to leave the event loop
-        return runtime.failure(route, runtime.unavailable(route), started, parse_ms)
+        return runtime.failure(route, runtime.unavailable(route), started, parse_ms), None
     if route.loaded.inline:
         (outcome,) = runtime.search_routed([route], [vector], k, started, parse_ms)
-        return outcome
+        return outcome, vector
     (outcome,) = await asyncio.get_running_loop().run_in_executor(
         None, runtime.search_routed, [route], [vector], k, started, parse_ms)
-    return outcome
+    return outcome, vector
 
 
 def _route_queries(runtime: WorkerRuntime, queries: list[Any]
@@ -376,7 +402,9 @@ async def search_batch(request: web.Request) -> web.StreamResponse:
         if o.error is not None:
             metrics.WORKER_ERRORS.labels(s.tenant, s.model, o.error.code).inc()
         answers[i] = o.as_json()
-    return web.json_response({"results": answers}, dumps=_dumps)
+    return await _answer_then_mirror(
+        request, web.json_response({"results": answers}, dumps=_dumps),
+        [(r, o, v, v) for (_, r, v), o in zip(routed, outcomes, strict=True)], k)
 
 
 @requires(BINDINGS, _served)
@@ -599,7 +627,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     ok, detail = request.app[RUNTIME].ready()
-    return web.json_response({"ready": ok, **detail}, status=200 if ok else 503)
+    return web.json_response({"ready": ok, **detail,
+                              "shadow": request.app[MIRROR].snapshot()},
+                             status=200 if ok else 503)
 
 
 async def metrics_endpoint(_: web.Request) -> web.Response:
@@ -662,7 +692,9 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
 
 async def _run_writer(app: web.Application) -> AsyncIterator[None]:
     app[WRITER].start()
+    app[MIRROR].start()
     yield
+    await app[MIRROR].stop()
     await app[WRITER].stop()
 
 
@@ -675,6 +707,7 @@ def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
     app[GUARD] = guard or WriteGuard()
     app[UPLOADS] = []
     app[WRITER] = RunWriter(runtime.record)
+    app[MIRROR] = ShadowMirror(runtime, lambda: app[SANDBOX], busy=lambda: bool(app[UPLOADS]))
     app[SANDBOX] = sandbox or FeatureSandbox(
         s.sandbox_workers, SandboxLimits(cpu_seconds=s.cpu_seconds,
                                          max_bytes=s.max_upload_bytes),

@@ -208,6 +208,13 @@ def not_ready_reason(snap: PolicySnapshot | None, loaded: dict[str, Any],
                      for v in missing)
 
 
+def hits_of(lv: LoadedVersion, dist: np.ndarray, ids: np.ndarray) -> list[Hit]:
+    """An index answer as hits: drawing ids, distances, scores 1 / (1 + distance)."""
+    names = lv.artifact.ids
+    return [Hit(names[x], d, 1.0 / (1.0 + d))
+            for d, x in zip(dist.tolist(), ids.tolist(), strict=True) if x >= 0]
+
+
 class WorkerRuntime:
     def __init__(self, store: Store, settings: WorkerSettings) -> None:
         self.store = store
@@ -239,6 +246,8 @@ class WorkerRuntime:
         for job in (j for j, v in changes.items() if v is None):
             bindings.pop(job, None)
         wanted = set(routable(snap.routes)) if snap else set()  # never for a binding alone
+        if snap is not None and snap.shadow is not None:  # loaded to compare, never routed
+            wanted.add(snap.shadow.version)
         loaded: dict[str, LoadedVersion] = {}
         for version in sorted(wanted):
             row = rows.get(version)
@@ -487,14 +496,22 @@ class WorkerRuntime:
                                      search_ms)
         return [o for o in out if o is not None]
 
+    def search_version(self, lv: LoadedVersion, vector: np.ndarray, k: int) -> list[Hit]:
+        """One query against one loaded version, outside routing (the shadow comparison).
+        Raises WorkerError `dimension_mismatch` like a routed search fails."""
+        dims = lv.artifact.vectors.shape[1]
+        if vector.shape[0] != dims:
+            raise WorkerError(f"query has {vector.shape[0]} dimensions, version "
+                              f"{lv.row.version} expects {dims}", code="dimension_mismatch",
+                              stage="search", status=422, context={"version": lv.row.version})
+        dist, ids = lv.artifact.index.search(vector[None, :], self.top_k(k))
+        return hits_of(lv, dist[0], ids[0])
+
     def _found(self, r: Route, lv: LoadedVersion, dist: np.ndarray, ids: np.ndarray,
                started: float, parse_ms: float | None, search_ms: float) -> SearchOutcome:
-        names = lv.artifact.ids
-        found = [(d, 1.0 / (1.0 + d), x) for d, x in zip(dist.tolist(), ids.tolist(),
-                                                          strict=True) if x >= 0]
-        hits = [Hit(names[x], d, score) for d, score, x in found]
+        hits = hits_of(lv, dist, ids)
         verdict = judge_thresholds(r.snap.thresholds.get(r.choice.version, {}),
-                                   [(d, score) for d, score, _ in found])
+                                   [(h.distance, h.score) for h in hits])
         return SearchOutcome(uuid.uuid4().hex, r.job_id, r.choice.version,
                              r.snap.policy_version, r.choice.source, verdict.snapshot, hits,
                              verdict.met, 0.0, lv.degraded is not None,

@@ -14,6 +14,7 @@ is committed before the thread ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -27,6 +28,29 @@ MAX_BATCH = 256
 
 _Waiting = tuple[list[SearchOutcome], "asyncio.Future[None]"]
 _STOP = None
+
+
+class Background:
+    """A worker-lifetime task running `_loop` (started and stopped with the app)."""
+
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def alive(self) -> bool:
+        """Whether the loop runs: a dead one would leave its work waiting forever."""
+        return self._task is not None and not self._task.done()
 
 
 class RunWriter:

@@ -9,11 +9,9 @@ so its sample size stayed 0 and analysis could never abort it.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from controller.worker.app import make_app
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import git
 from tests.stores import Backend
+from tests.waiting import until
 from tests.worker.conftest import EDITOR, MODEL, TENANT, editor_guard
 
 
@@ -74,15 +73,7 @@ spec:
 """
 
 
-async def _until(probe: Any, timeout: float) -> Any:
-    """Poll `probe` (async) until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await probe()
-        if got:
-            return got
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.05)
+_until = until
 
 
 async def test_a_canary_that_cannot_load_fails_its_runs_and_is_aborted(
