@@ -21,6 +21,7 @@ from typing import Any
 
 import kopf
 
+from controller import metrics
 from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Resource
 from controller.errors import CadmlError, ConflictError, StaleWrite
 from controller.operator import kube
@@ -203,6 +204,7 @@ def tenant_pass(store: Store, namespace: str, indexes: Mapping[str, Any],
     the events it covers (`requests`, coalesced by the tenant queue) in place of their
     indexed copies, and the objects being finalized left out."""
     now = datetime.now(UTC)
+    metrics.OPERATOR_PASSES.labels(namespace, "event").inc()
     bodies = {(str(b["kind"]), str(b["metadata"]["name"])): b for b in tenant_bodies(
         namespace, indexes, gone=finalized_uids(indexes.get("memo") or {}))}
     for r in requests:
@@ -382,6 +384,7 @@ def on_repair(**kwargs: Any) -> None:
     """The drift-repair timer (one per object): the tenant is passed again only when no
     pass of it finished within the interval; otherwise the object's status is patched
     from that pass's plan (no API write when nothing changed)."""
+    metrics.OPERATOR_TIMER_RUNS.labels(str(kwargs["body"].metadata.namespace), "repair").inc()
     on_change(**kwargs, **{REUSE_WITHIN: kwargs["memo"]["settings"].timer_interval})
 
 
@@ -394,6 +397,7 @@ def on_analysis(**kwargs: Any) -> None:
 
     body: kopf.Body = kwargs["body"]
     memo: kopf.Memo = kwargs["memo"]
+    metrics.OPERATOR_TIMER_RUNS.labels(str(body.metadata.namespace), "analysis").inc()
     if not body.spec.get("analysis"):
         return
     now = memo["clock"]() if "clock" in memo else datetime.now(UTC)

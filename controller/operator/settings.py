@@ -52,6 +52,10 @@ class OperatorSettings:
                 n for n in env.get("CADML_WORKER_AUTH_NAMESPACES", "").split(",") if n),
             "worker_service_account": env.get("CADML_WORKER_SERVICE_ACCOUNT") or None,
             "timer_interval": float(env.get("CADML_TIMER_INTERVAL", cls.timer_interval)),
+            # canary analysis follows the repair interval unless set on its own
+            "analysis_interval": float(env.get("CADML_ANALYSIS_INTERVAL")
+                                       or env.get("CADML_TIMER_INTERVAL")
+                                       or cls.analysis_interval),
             "namespaces": tuple(n for n in env.get("CADML_NAMESPACES", "").split(",") if n),
             "peering": env.get("CADML_PEERING") or None,
             "priority": int(env["CADML_PRIORITY"]) if env.get("CADML_PRIORITY") else None,
