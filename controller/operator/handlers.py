@@ -2,14 +2,17 @@
 
 `build_registry(settings)` registers every handler on a fresh registry, so the
 settings are read once at start-up and nothing happens at import. Create,
-update, resume and the drift-repair timer all funnel into `tenant_pass`,
-one level-triggered pass over the whole tenant (the four `*_by_ns` indexes hold
-the cluster's view of it). Handlers are sync functions: kopf runs them in its
+update, resume and the periodic drift repair (one loop for all tenants,
+`PeriodicDriver`, not a timer per object) all funnel into `tenant_pass`, one
+level-triggered pass over the whole tenant (the four `*_by_ns` indexes hold the
+cluster's view of it). Handlers are sync functions: kopf runs them in its
 thread pool, so store I/O never blocks the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import tempfile
 import time
@@ -26,6 +29,7 @@ from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Resource
 from controller.errors import CadmlError, ConflictError, StaleWrite
 from controller.operator import kube
 from controller.operator.certs import self_signed
+from controller.operator.periodic import PeriodicDriver
 from controller.operator.settings import OperatorSettings
 from controller.operator.tenantqueue import TenantQueue
 from controller.operator.webhook import ServiceWebhookServer, parse_service
@@ -204,17 +208,18 @@ def tenant_pass(store: Store, namespace: str, indexes: Mapping[str, Any],
     the events it covers (`requests`, coalesced by the tenant queue) in place of their
     indexed copies, and the objects being finalized left out."""
     now = datetime.now(UTC)
-    metrics.OPERATOR_PASSES.labels(namespace, "event").inc()
+    events = [r for r in requests if r.kind]  # the others are the periodic repair's
+    metrics.OPERATOR_PASSES.labels(namespace, "event" if events else "repair").inc()
     bodies = {(str(b["kind"]), str(b["metadata"]["name"])): b for b in tenant_bodies(
         namespace, indexes, gone=finalized_uids(indexes.get("memo") or {}))}
-    for r in requests:
+    for r in events:
         if r.body is None:
             bodies.pop((r.kind, r.name), None)
         else:
             bodies[(r.kind, r.name)] = {k: r.body.get(k) for k in BODY_FIELDS}
     resources, unreadable = read_bodies(list(bodies.values()))
     actors = {key: actor_of(b) for key, b in bodies.items()}
-    actors.update({(r.kind, r.name): r.actor for r in requests if r.body is None})
+    actors.update({(r.kind, r.name): r.actor for r in events if r.body is None})
     return reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
                             requests[0].actor, mode="operator", actors=actors,
                             unreadable=unreadable)
@@ -240,11 +245,19 @@ def queued_pass(memo: MutableMapping[str, Any], body: Mapping[str, Any],
     `memo.patch_status` the pass writes the status of every object it changed, the
     ones it covers included, so status writes land in pass order (a handler's own patch
     of an older plan could land after a newer pass's write and undo it)."""
-    queue: TenantQueue[PassRequest, Plan] = memo["tenants"]
     meta = body["metadata"]
-    namespace = str(meta["namespace"])
     request = PassRequest(str(body.get("kind")), str(meta["name"]),
                           None if leave_out else body, actor or actor_of(body))
+    return submit_pass(memo, str(meta["namespace"]), request, indexes)
+
+
+REPAIR = PassRequest("", "", None, "repair")  # the periodic driver's share of a pass
+
+
+def submit_pass(memo: MutableMapping[str, Any], namespace: str, request: PassRequest,
+                indexes: Mapping[str, Any]) -> Plan:
+    """`request` into the tenant's queue (`queued_pass`); the plan of the pass covering it."""
+    queue: TenantQueue[PassRequest, Plan] = memo["tenants"]
 
     def run(requests: list[PassRequest]) -> Plan:
         plan = tenant_pass(memo["store"], namespace, indexes, requests)
@@ -328,7 +341,6 @@ def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
                  message=str(entry.details.get("summary", entry.action)))
 
 
-REUSE_WITHIN = "cadml_reuse_within"  # on_repair → on_change: a recent plan will do
 RACE_RETRIES = 3  # passes from a fresh view before a conflict counts as deterministic
 
 
@@ -341,15 +353,12 @@ def retry_delay(retry: int | None) -> float:
 # memo carries what start-up built: store, settings, post_event, apply_workers.
 
 def on_change(**kwargs: Any) -> None:
-    """Create, update, resume and the repair timer: one pass over the whole tenant."""
+    """Create, update and resume: one pass over the whole tenant."""
     body: kopf.Body = kwargs["body"]
     patch: kopf.Patch = kwargs["patch"]
     memo: kopf.Memo = kwargs["memo"]
-    reuse = kwargs.get(REUSE_WITHIN)  # the repair timer: a plan that recent will do
-    recent = memo["tenants"].latest(str(body.metadata.namespace), reuse) \
-        if reuse is not None else None
     try:
-        plan = recent or queued_pass(memo, body, kwargs)
+        plan = queued_pass(memo, body, kwargs)
     except CadmlError as exc:
         retry = int(kwargs.get("retry") or 0)
         if isinstance(exc, StaleWrite | ConflictError) and retry < RACE_RETRIES:
@@ -372,7 +381,7 @@ def on_change(**kwargs: Any) -> None:
         indexed = {kind: kwargs.get(index) for kind, index in WORKER_INDEXES.items()}
         status = {**status, **memo["apply_workers"](body, memo["settings"], indexed)}
     changes = status_changes(dict(body.status), status)
-    if recent is None and computed is not None and memo.get("patch_status"):
+    if computed is not None and memo.get("patch_status"):
         # the pass wrote what it computed (in pass order); the workers' fields are ours
         changes = {k: v for k, v in changes.items() if k in WORKER_FIELDS}
     if changes:  # written once, and only when something changed
@@ -380,36 +389,86 @@ def on_change(**kwargs: Any) -> None:
     _post_events(body, plan, memo.get("post_event") or kopf.info)
 
 
-def on_repair(**kwargs: Any) -> None:
-    """The drift-repair timer (one per object): the tenant is passed again only when no
-    pass of it finished within the interval; otherwise the object's status is patched
-    from that pass's plan (no API write when nothing changed)."""
-    metrics.OPERATOR_TIMER_RUNS.labels(str(kwargs["body"].metadata.namespace), "repair").inc()
-    on_change(**kwargs, **{REUSE_WITHIN: kwargs["memo"]["settings"].timer_interval})
+def repair_tenant(memo: MutableMapping[str, Any], namespace: str,
+                  indexes: Mapping[str, Any]) -> Plan:
+    """The periodic drift repair of one tenant (`PeriodicDriver`, once per interval when
+    no pass of it finished meanwhile): a pass from the current view, which writes the
+    statuses it changed (`patch_siblings`); an object it cannot read says
+    Stalled/Unparseable; each Model's workers are compared with the indexed ones and
+    applied only where they differ. Nothing changed: no API write."""
+    metrics.OPERATOR_TIMER_RUNS.labels(namespace, "repair").inc()
+    plan = submit_pass(memo, namespace, REPAIR, indexes)
+    patch = memo.get("patch_status")
+    now = datetime.now(UTC)
+    workers = {kind: indexes.get(index) for kind, index in WORKER_INDEXES.items()}
+    for body in tenant_bodies(namespace, indexes, gone=finalized_uids(memo)):
+        meta, current = body["metadata"], dict(body.get("status") or {})
+        if meta.get("deletionTimestamp") or patch is None:
+            continue
+        key = (str(body.get("kind")), str(meta["name"]))
+        changes: dict[str, Any] = {}
+        if key not in plan.computed:
+            changes.update(status_changes(current, unparseable_status(body, now) or current))
+        if key[0] == "Model" and key in plan.computed and memo.get("apply_workers"):
+            try:
+                fields = memo["apply_workers"](body, memo["settings"], workers)
+            except Exception:  # any client error: the next interval tries again
+                logging.getLogger(__name__).warning(
+                    "workers of Model %s/%s not applied", namespace, key[1], exc_info=True)
+                fields = {}
+            changes.update({k: v for k, v in fields.items() if current.get(k) != v})
+        if changes:
+            patch(namespace, *key, changes)
+    return plan
 
 
-def on_analysis(**kwargs: Any) -> None:
-    """Timer, one per analysed RolloutPolicy: measure this policy's canaries when its
-    `intervalSeconds` have passed (earlier calls record nothing). An abort is recorded as
-    analysis state; the normal tenant pass then publishes it at once (the planner is the
-    only snapshot writer). `memo.clock` (tests) stands in for the wall clock."""
+def analyse_tenant(memo: MutableMapping[str, Any], namespace: str,
+                   indexes: Mapping[str, Any]) -> list[Any]:
+    """The periodic canary analysis of one tenant: each analysed policy's canaries are
+    measured when their `intervalSeconds` have passed (earlier calls record nothing). An
+    abort is recorded as analysis state and announced on the policy; a tenant pass then
+    publishes it at once (the planner is the only snapshot writer). `memo.clock` (tests)
+    stands in for the wall clock. The outcomes, one per measurement taken."""
     from controller.governance import analyse_policies
 
-    body: kopf.Body = kwargs["body"]
-    memo: kopf.Memo = kwargs["memo"]
-    metrics.OPERATOR_TIMER_RUNS.labels(str(body.metadata.namespace), "analysis").inc()
-    if not body.spec.get("analysis"):
-        return
+    policies = {str(b["metadata"]["name"]): b for b in tenant_bodies(namespace, indexes)
+                if b.get("kind") == "RolloutPolicy" and (b.get("spec") or {}).get("analysis")}
+    if not policies:
+        return []
+    metrics.OPERATOR_TIMER_RUNS.labels(namespace, "analysis").inc()
     now = memo["clock"]() if "clock" in memo else datetime.now(UTC)
-    with memo["store"].transaction(str(body.metadata.namespace), "canary-analysis") as tx:
-        outcomes = analyse_policies(tx, now, policy=str(body.metadata.name))
+    with memo["store"].transaction(namespace, "canary-analysis") as tx:
+        outcomes = analyse_policies(tx, now)
     aborted = [o for o in outcomes if o.aborted_now]
-    if not aborted:
-        return
-    post = memo.get("post_event") or kopf.info
-    for o in aborted:
-        post(body, reason="CanaryAborted", message=o.summary)
-    on_change(**kwargs)
+    if aborted:
+        post: Any = memo.get("announce") or memo.get("post_event") or kopf.info
+        for o in aborted:
+            if o.policy in policies:
+                post(policies[o.policy], reason="CanaryAborted", message=o.summary)
+        repair_tenant(memo, namespace, indexes)
+    return outcomes
+
+
+def tenants_in(indexes: Mapping[str, Any]) -> set[str]:
+    """The namespaces the indexes hold any cadml object of (the tenants)."""
+    for _ in range(3):
+        try:
+            return {str(ns) for name in INDEXES for ns in list(indexes.get(name) or ())}
+        except RuntimeError:  # an index changed while it was read: read it again
+            continue
+    return set()
+
+
+def periodic_driver(memo: MutableMapping[str, Any], indexes: Mapping[str, Any],
+                    settings: OperatorSettings) -> PeriodicDriver:
+    """The operator's one periodic loop over the tenants the indexes know."""
+    queue: TenantQueue[PassRequest, Plan] = memo["tenants"]
+    return PeriodicDriver(
+        tenants=lambda: tenants_in(indexes), finished=queue.finished_at,
+        repair=lambda ns: repair_tenant(memo, ns, indexes),
+        analyse=lambda ns: analyse_tenant(memo, ns, indexes),
+        interval=settings.timer_interval, analysis_interval=settings.analysis_interval,
+        active=memo.get("operating") or (lambda: True))
 
 
 def successor(body: Mapping[str, Any], bodies: Iterable[Mapping[str, Any]]) -> str | None:
@@ -591,9 +650,6 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                    registry=registry)(index_by_namespace)
         for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
             on(GROUP, VERSION, plural, id="reconcile", registry=registry)(on_change)
-        kopf.timer(GROUP, VERSION, plural, id="repair", interval=settings.timer_interval,
-                   initial_delay=settings.timer_interval, idle=settings.timer_interval,
-                   registry=registry)(on_repair)
         # persistent: a stopping replica leaves its webhooks in place (kopf removes the
         # others on exit, and a standby would not put them back); admission never lapses
         kopf.on.validate(GROUP, VERSION, plural, id=f"validate-{plural}", side_effects=True,
@@ -608,9 +664,6 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                                                strict=True):
         kopf.index(group, version, plural, id=index, labels=dict(WORKER_LABELS),
                    registry=registry)(index_worker)
-    kopf.timer(GROUP, VERSION, "rolloutpolicies", id="analysis",
-               interval=settings.analysis_interval, initial_delay=settings.analysis_interval,
-               registry=registry)(on_analysis)
     kopf.on.delete(GROUP, VERSION, "modelversions", id="retire",
                    registry=registry)(on_version_delete)
     for plural in ("models", "rolloutpolicies"):
@@ -648,6 +701,24 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         memo: kopf.Memo = kwargs["memo"]
         if "patch_status" not in memo:
             memo["patch_status"] = kube.kubernetes_status_patcher()
+
+    @kopf.on.startup(registry=registry)
+    async def start_periodic(**kwargs: Any) -> None:
+        """Drift repair and canary analysis: one loop for every tenant (`PeriodicDriver`),
+        reading the same live indexes the handlers get."""
+        memo: kopf.Memo = kwargs["memo"]
+        indexes = {k: v for k, v in kwargs.items() if k in INDEXES
+                   or k in WORKER_INDEXES.values()}
+        driver = periodic_driver(memo, indexes, settings)
+        memo["periodic"] = asyncio.create_task(driver.run(), name="cadml periodic driver")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_periodic(**kwargs: Any) -> None:
+        task: asyncio.Task[None] | None = kwargs["memo"].get("periodic")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @kopf.on.probe(id="store", registry=registry)
     def store_probe(**kwargs: Any) -> str:

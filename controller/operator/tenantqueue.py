@@ -18,7 +18,8 @@ caller's `run` may execute a pass that covers other callers' items, and `run` mu
 the same function for every caller of one key up to its items.
 
 `latest(key, max_age)` is the result of the last pass that succeeded, when it finished
-at most `max_age` seconds ago: a timer can patch from it instead of passing again.
+at most `max_age` seconds ago; `finished_at(key)` says when that was (the periodic
+driver repairs a tenant only once no pass of it finished within its interval).
 Nothing here knows kopf; the clock is injectable for tests.
 """
 
@@ -85,6 +86,12 @@ class TenantQueue(Generic[T, R]):
         if mine.error is not None:
             raise mine.error
         return mine.result  # type: ignore[return-value]
+
+    def finished_at(self, key: Hashable) -> float | None:
+        """When the last successful pass of `key` finished (the queue's clock), or None."""
+        with self._cond:
+            entry = self._latest.get(key)
+        return None if entry is None else entry[0]
 
     def latest(self, key: Hashable, max_age: float) -> R | None:
         """The last successful pass's result for `key`, if it finished within `max_age` s."""
