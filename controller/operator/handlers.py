@@ -504,6 +504,18 @@ def serves_workers(body: Mapping[str, Any], bodies: Iterable[Mapping[str, Any]])
                and not (o.get("metadata") or {}).get("deletionTimestamp") for o in others)
 
 
+def model_going(model: str, bodies: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether the Model `model` or a RolloutPolicy of it is being deleted (what keeps a
+    version from going is then going itself)."""
+    for o in bodies:
+        meta, spec = o.get("metadata") or {}, o.get("spec") or {}
+        if meta.get("deletionTimestamp") and (
+                (o.get("kind") == "Model" and meta.get("name") == model)
+                or (o.get("kind") == "RolloutPolicy" and spec.get("modelRef") == model)):
+            return True
+    return False
+
+
 def on_version_delete(**kwargs: Any) -> None:
     """Finalizer: a version its RolloutPolicy still routes traffic to cannot go, nor the
     only STABLE version of a Model that exists (its workers serve it, policy or not),
@@ -519,17 +531,20 @@ def on_version_delete(**kwargs: Any) -> None:
         snap = tx.snapshot(model, live=True) if model else None
     weight = next((r.weight for r in snap.routes if r.version == semver), 0) if snap else 0
     bodies = tenant_bodies(ns, kwargs, gone=finalized_uids(memo))
+    # what holds the version may itself be going (a namespace deleted at once): look again
+    # soon rather than at the usual pace of a user's change
+    soon = 1 if model_going(str(model), bodies) else None
     if snap is not None and weight > 0 and successor(body, bodies) is None:
         raise kopf.TemporaryError(
             f"ModelVersion {ns}/{name} still receives {weight}% of traffic (policyVersion "
             f"{snap.policy_version}); route it away first (or give its semver to a new object, "
             "a rename), then the deletion completes",
-            delay=30)
+            delay=soon or 30)
     if serves_workers(body, bodies) and successor(body, bodies) is None:
         raise kopf.TemporaryError(
             f"ModelVersion {ns}/{name} is the only STABLE version of Model {model}, whose "
             "workers serve it; delete the Model first (its workers go with it), then the "
-            "deletion completes", delay=10)
+            "deletion completes", delay=soon or 10)
     finalized_uids(memo, body)  # from now on no pass may write it back
     _retire(store, body, kwargs)
 

@@ -697,3 +697,20 @@ def test_a_stale_index_view_cannot_undo_a_newer_pass(cluster: Cluster) -> None:
     assert stored() == before == (2, {"1.1.0": 100}, before[2])
     cluster.handle("Model", "part-similarity")  # kopf's retry, from the current view
     assert stored() == before
+
+
+def test_a_version_held_by_a_model_being_deleted_is_looked_at_again_soon(
+        cluster: Cluster) -> None:
+    """A namespace deleted at once deletes every object together: a version whose
+    policy still routes to it waits, but its finalizer looks again in 1 s, not 30 s,
+    since what holds it is going too."""
+    cluster.handle("RolloutPolicy", "part-similarity")
+    canary = cluster.bodies[("ModelVersion", "part-similarity-1-2-0")]
+    with pytest.raises(kopf.TemporaryError) as alone:
+        on_version_delete(body=kopf.Body(canary), memo=cluster.memo, **cluster.indexes())
+    assert alone.value.delay == 30
+    for key in (("Model", "part-similarity"), ("RolloutPolicy", "part-similarity")):
+        cluster.bodies[key]["metadata"]["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+    with pytest.raises(kopf.TemporaryError, match="10% of traffic") as together:
+        on_version_delete(body=kopf.Body(canary), memo=cluster.memo, **cluster.indexes())
+    assert together.value.delay == 1
