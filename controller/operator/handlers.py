@@ -312,8 +312,8 @@ def patch_siblings(patch_status: Any, namespace: str, indexes: Mapping[str, Any]
     object that arrived before its reference is Ready as soon as the reference arrives,
     not at its own timer, and no write is lost to a handler that diffs against an older
     body. `written` remembers each write until the index has caught up with it. The plan
-    is committed already: a failed write is logged, and that object's own timer writes
-    it later."""
+    is committed already: a failed write is logged, and the tenant's next pass (an
+    event's or the periodic repair's) writes it later."""
     bodies = tenant_bodies(namespace, indexes)
     for b in bodies:  # the index has seen the write: it is the view again
         key = (namespace, str(b.get("kind")), str(b["metadata"]["name"]))
@@ -325,7 +325,7 @@ def patch_siblings(patch_status: Any, namespace: str, indexes: Mapping[str, Any]
     for kind, name, changes in sibling_patches(bodies, plan, covered, mine):
         try:
             patch_status(namespace, kind, name, changes)
-        except Exception:  # any client error: the object's own timer repairs it
+        except Exception:  # any client error: the tenant's next pass writes it
             logging.getLogger(__name__).warning(
                 "status of %s %s/%s not written", kind, namespace, name, exc_info=True)
             continue
@@ -368,7 +368,7 @@ def on_change(**kwargs: Any) -> None:
         if exc.retryable:  # the store is away: back off, 15 s doubling up to 10 min
             raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from exc
         # Deterministic (a unique rule the same pass breaks again): say so on the object and
-        # stop retrying this event. The tenant is passed again by the repair timer and by
+        # stop retrying this event. The tenant is passed again by the periodic repair and by
         # any event of any of its objects, so fixing the cause in Git is enough.
         stalled_status = with_conditions(dict(body.status), stalled(exc.reason, str(exc)),
                                          int(body.metadata.get("generation") or 1),
@@ -673,7 +673,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         kopf.on.mutate(GROUP, VERSION, plural, id=f"changed-by-{plural}",
                        operations=["CREATE", "UPDATE"], ignore_failures=ignore_failures,
                        persistent=True, registry=registry)(stamp_changed_by)
-    # the live worker Deployments and Services, from the watch: an idle Model's timer
+    # the live worker Deployments and Services, from the watch: an idle Model's repair
     # judges them without a request (`WorkerApplier` reads what is not indexed yet)
     for (group, version, plural), index in zip(WORKER_RESOURCES, WORKER_INDEXES.values(),
                                                strict=True):
