@@ -52,3 +52,34 @@ def test_a_replica_operates_when_kopf_would(others: dict[str, dict[str, object]]
                                            allowed: bool) -> None:
     status = {"me": _peer(5, 100), **others}  # its own record never pauses it
     assert peers_allow(status, "me", 5, NOW) is allowed
+
+
+class _Peering:
+    """Stands in for `kube.Peering` (the real one: tests/e2e/test_peering.py)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.status = {"pod/ns/me": _peer(1, 0), "pod/ns/gone": _peer(9, 5),
+                       "pod/ns/alive": _peer(9, 5)}
+        self.fail = fail
+        self.removed: list[tuple[str | None, list[str]]] = []
+
+    def statuses(self) -> list[tuple[str | None, dict[str, object]]]:
+        if self.fail:
+            raise OSError("the API server is away")
+        return [(None, dict(self.status))]
+
+    def remove(self, namespace: str | None, identities: list[str]) -> None:
+        self.removed.append((namespace, identities))
+
+    def pod_exists(self, namespace: str, name: str) -> bool | None:
+        return name != "gone"
+
+
+def test_a_starting_replica_removes_only_the_records_of_pods_that_are_gone() -> None:
+    from controller.operator.run import forget_gone_peers
+
+    peering = _Peering()
+    assert forget_gone_peers(peering, "pod/ns/me") == ["pod/ns/gone"]  # type: ignore[arg-type]
+    assert peering.removed == [(None, ["pod/ns/gone"])]
+    # an API server that cannot be read: nothing removed, the start goes on
+    assert forget_gone_peers(_Peering(fail=True), "pod/ns/me") == []  # type: ignore[arg-type]
