@@ -38,7 +38,8 @@ class PeriodicDriver:
     """Runs `repair(tenant)` and `analyse(tenant)` for the tenants that are due.
     `finished(tenant)`: when a pass of the tenant last finished (any cause: an event's
     pass counts as a repair). Each call's own start counts too, so a tenant whose repair
-    fails is retried an interval later, not at every tick."""
+    fails is retried an interval later, not at every tick. A tenant is first due an
+    interval after the driver first sees it (its create or resume event passes it)."""
 
     def __init__(self, tenants: Callable[[], Iterable[str]],
                  finished: Callable[[str], float | None],
@@ -71,6 +72,9 @@ class PeriodicDriver:
         for memory in (self.repaired, self.analysed):  # tenants gone: forget them
             for gone in [t for t in memory if t not in known]:
                 memory.pop(gone, None)
+        for tenant in known - set(self.repaired):  # first seen: its create or resume event
+            self.repaired[tenant] = self.analysed[tenant] = now  # passes it; then each
+            #                                                      interval (kopf's delay)
         work = [("analyse", self.analyse, self.analysed, t)
                 for t in due(tenants, self.analysed.get, now, self.analysis_interval)]
         work += [("repair", self.repair, self.repaired, t)

@@ -581,21 +581,23 @@ def test_the_periodic_repair_passes_each_tenant_once_per_interval(
 
     acme = sum(1 for b in cluster.bodies.values() if b["metadata"]["namespace"] == "acme-cad")
     assert acme >= 5
-    assert repaired() == ["acme-cad", "globex-cad"]  # the first round: each tenant once
+    assert repaired() == [] and passes == []  # first seen: its events pass it
+    now[0] = 60
+    assert repaired() == ["acme-cad", "globex-cad"]  # an interval later: each tenant once
     assert sorted(passes) == ["acme-cad", "globex-cad"]
     assert cluster.writes  # their statuses, written by the repair
     cluster.writes.clear()
-    now[0] = 30
+    now[0] = 90
     assert repaired() == [] and len(passes) == 2  # within the interval: nothing
-    now[0] = 40
+    now[0] = 100
     cluster.handle("RolloutPolicy", "part-similarity")  # an event's pass of acme-cad
     passes.clear()
-    now[0] = 61
+    now[0] = 121
     assert repaired() == ["globex-cad"] and passes == ["globex-cad"]
-    now[0] = 101
+    now[0] = 161
     assert repaired() == ["acme-cad"] and passes == ["globex-cad", "acme-cad"]
     cluster.writes.clear()  # the example policy's first analysis measurement was news
-    now[0] = 200
+    now[0] = 300
     assert repaired() == ["acme-cad", "globex-cad"]
     assert cluster.writes == []  # nothing changed: no status write
 
@@ -616,20 +618,20 @@ def test_the_periodic_driver_waits_while_another_replica_operates() -> None:
     driver = PeriodicDriver(lambda: ["t"], lambda _: None, ran.append, lambda _: None,
                             interval=10, analysis_interval=10, active=active,
                             clock=lambda: now[0])
-    assert driver.tick() == [] and ran == [] and asked == [0.0]
-    now[0] = 5  # within ten steps (10 s): not asked again
-    assert driver.tick() == [] and asked == [0.0]
-    allowed[0], now[0] = True, 10
+    assert driver.tick() == [] and asked == []  # first seen: nothing due, not asked
+    now[0] = 10
+    assert driver.tick() == [] and ran == [] and asked == [10]
+    now[0] = 15  # within ten steps (10 s): not asked again
+    assert driver.tick() == [] and asked == [10]
+    allowed[0], now[0] = True, 20
     assert driver.tick() == [("analyse", "t"), ("repair", "t")] and ran == ["t"]
-    now[0] = 15
-    assert driver.tick() == [] and asked == [0.0, 10]  # nothing due: not asked
-    now[0] = 20
+    now[0] = 25
+    assert driver.tick() == [] and asked == [10, 20]  # nothing due: not asked
+    now[0] = 30
     assert driver.tick() == [("analyse", "t"), ("repair", "t")]
-    assert asked == [0.0, 10, 20]  # an interval after the last answer: asked again
-    now[0], allowed[0] = 30, False
-    driver.analysed.clear()
-    driver.repaired.clear()
-    assert driver.tick() == [] and asked == [0.0, 10, 20, 30]
+    assert asked == [10, 20, 30]  # an interval after the last answer: asked again
+    now[0], allowed[0] = 40, False
+    assert driver.tick() == [] and asked == [10, 20, 30, 40]
 
 
 @pytest.mark.parametrize(("last", "now", "due"), [
