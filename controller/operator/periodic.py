@@ -72,9 +72,9 @@ class PeriodicDriver:
         for memory in (self.repaired, self.analysed):  # tenants gone: forget them
             for gone in [t for t in memory if t not in known]:
                 memory.pop(gone, None)
-        for tenant in known - set(self.repaired):  # first seen: its create or resume event
-            self.repaired[tenant] = self.analysed[tenant] = now  # passes it; then each
-            #                                                      interval (kopf's delay)
+        # first seen: its create or resume event passes it; the driver an interval later
+        for tenant in known - set(self.repaired):
+            self.repaired[tenant] = self.analysed[tenant] = now
         work = [("analyse", self.analyse, self.analysed, t)
                 for t in due(tenants, self.analysed.get, now, self.analysis_interval)]
         work += [("repair", self.repair, self.repaired, t)
