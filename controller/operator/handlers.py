@@ -195,7 +195,8 @@ def finalized_uids(memo: Mapping[str, Any], body: Mapping[str, Any] | None = Non
 @dataclass(frozen=True)
 class PassRequest:
     """One event's share of a tenant pass: the object's body, fresher than its indexed
-    copy, or None to leave it out (its finalizer); and who its audit rows name."""
+    copy, or None to leave it out (its finalizer); and who its audit rows name. No kind
+    (`REPAIR`): the periodic repair's share, which changes nothing in the view."""
     kind: str
     name: str
     body: Mapping[str, Any] | None
