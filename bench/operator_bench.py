@@ -1,11 +1,13 @@
 """Benchmark: what the operator costs at scale, on the real API server (not asserted).
 
 Run: python -m bench.operator_bench [--tenants 100,200] [--timer 60] [--window 120]
-                                    [--store URL]
+                                    [--store URL | --pg]
 Needs the test control plane: export CADML_CONTROLPLANE_BIN=$(tests/controlplane/build.sh
 | tail -1). It starts kube-apiserver + etcd + kube-controller-manager (garbage collector)
 and `cadml run` as in tests/e2e (cluster-admin, webhooks on loopback, a SQLite store
-unless --store), then, in one run:
+unless --store; --pg: a fresh PostgreSQL database on $CADML_TEST_PG_URL, migrated, the
+operator connected as the runtime role under row-level security, dropped at the end),
+then, in one run:
 
 1. baseline: the operator idle with no tenant, for --window seconds;
 2. for each count in --tenants: the tenants still missing are applied at once (5 objects
@@ -138,6 +140,8 @@ def main() -> None:
                         help="the operator's repair timer interval (its default: 60 s)")
     parser.add_argument("--window", type=float, default=120.0, help="idle seconds measured")
     parser.add_argument("--store", default=None, help="the operator's store URL")
+    parser.add_argument("--pg", action="store_true",
+                        help="a fresh PostgreSQL database on $CADML_TEST_PG_URL")
     args = parser.parse_args()
     counts = [int(n) for n in args.tenants.split(",")]
     binaries = find_binaries()
@@ -145,17 +149,22 @@ def main() -> None:
         raise SystemExit("set CADML_CONTROLPLANE_BIN (tests/controlplane/build.sh | tail -1)")
     work = Path(tempfile.mkdtemp(prefix="cadml-operator-bench-"))
     cp = ControlPlane(binaries, work / "controlplane")
+    database, store_url, admin_url = None, args.store, None
+    if args.pg:
+        database, store_url, admin_url = pg_store()
     cp.start()
     op: Operator | None = None
     try:
         install_crds(cp)
-        op = Operator(cp, work / "operator", store_url=args.store, timer_interval=args.timer)
+        op = Operator(cp, work / "operator", store_url=store_url, admin_url=admin_url,
+                      timer_interval=args.timer)
         (work / "operator").mkdir()
         op.start()
         assert op.proc is not None
         pid = op.proc.pid
         print(f"real kube-apiserver, operator pid {pid}, timer {args.timer:.0f} s, "
-              f"idle window {args.window:.0f} s", flush=True)
+              f"idle window {args.window:.0f} s, store "
+              f"{'PostgreSQL' if args.pg else store_url or 'SQLite'}", flush=True)
         results = [idle(cp, pid, 0, args.window)]
         done = 0
         for count in counts:
@@ -183,6 +192,33 @@ def main() -> None:
         if op is not None:
             op.stop()
         cp.stop()
+        if database is not None:
+            from tests.stores import drop_pg_database
+
+            drop_pg_database(database)
+
+
+def pg_store() -> tuple[str, str, str]:
+    """(database, runtime URL, owner URL) of a fresh, migrated PostgreSQL database."""
+    from sqlalchemy.engine import make_url
+
+    from controller.store.engine import make_engine
+    from controller.store.migrate import upgrade
+    from tests.stores import APP_ROLE, PG_URL, new_pg_database
+
+    if not PG_URL:
+        raise SystemExit("--pg needs CADML_TEST_PG_URL (.ci/start-postgres)")
+    database = new_pg_database(None)
+    owner = make_url(PG_URL).set(database=database)
+    engine = make_engine(owner.render_as_string(False))
+    with engine.begin() as c:
+        c.exec_driver_sql(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') "
+            f"THEN CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS; END IF; END $$")
+    upgrade(engine, app_role=APP_ROLE)
+    engine.dispose()
+    return (database, owner.set(username=APP_ROLE, password=None).render_as_string(False),
+            owner.render_as_string(False))
 
 
 if __name__ == "__main__":

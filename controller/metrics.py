@@ -9,6 +9,10 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter("cadml_reconciles_total", "Reconcile passes per tenant", ["mode"])
+OPERATOR_PASSES = Counter("cadml_operator_tenant_passes_total", "Operator passes per tenant, "
+                          "by what asked for them (event, repair)", ["tenant", "trigger"])
+OPERATOR_TIMER_RUNS = Counter("cadml_operator_timer_runs_total", "Periodic runs of the operator "
+                              "(drift repair, canary analysis) per tenant", ["tenant", "timer"])
 RECONCILE_ERRORS = Counter("cadml_reconcile_errors_total", "Reconcile passes that failed",
                            ["mode", "reason"])
 RECONCILE_SECONDS = Histogram("cadml_reconcile_duration_seconds", "Duration of one tenant pass",

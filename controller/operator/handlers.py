@@ -2,14 +2,17 @@
 
 `build_registry(settings)` registers every handler on a fresh registry, so the
 settings are read once at start-up and nothing happens at import. Create,
-update, resume and the drift-repair timer all funnel into `tenant_pass`,
-one level-triggered pass over the whole tenant (the four `*_by_ns` indexes hold
-the cluster's view of it). Handlers are sync functions: kopf runs them in its
+update, resume and the periodic drift repair (one loop for all tenants,
+`PeriodicDriver`, not a timer per object) all funnel into `tenant_pass`, one
+level-triggered pass over the whole tenant (the four `*_by_ns` indexes hold the
+cluster's view of it). Handlers are sync functions: kopf runs them in its
 thread pool, so store I/O never blocks the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import tempfile
 import time
@@ -21,10 +24,12 @@ from typing import Any
 
 import kopf
 
+from controller import metrics
 from controller.api.v1alpha1 import GROUP, KINDS, VERSION, Resource
 from controller.errors import CadmlError, ConflictError, StaleWrite
 from controller.operator import kube
 from controller.operator.certs import self_signed
+from controller.operator.periodic import PeriodicDriver
 from controller.operator.settings import OperatorSettings
 from controller.operator.tenantqueue import TenantQueue
 from controller.operator.webhook import ServiceWebhookServer, parse_service
@@ -190,7 +195,8 @@ def finalized_uids(memo: Mapping[str, Any], body: Mapping[str, Any] | None = Non
 @dataclass(frozen=True)
 class PassRequest:
     """One event's share of a tenant pass: the object's body, fresher than its indexed
-    copy, or None to leave it out (its finalizer); and who its audit rows name."""
+    copy, or None to leave it out (its finalizer); and who its audit rows name. No kind
+    (`REPAIR`): the periodic repair's share, which changes nothing in the view."""
     kind: str
     name: str
     body: Mapping[str, Any] | None
@@ -203,16 +209,18 @@ def tenant_pass(store: Store, namespace: str, indexes: Mapping[str, Any],
     the events it covers (`requests`, coalesced by the tenant queue) in place of their
     indexed copies, and the objects being finalized left out."""
     now = datetime.now(UTC)
+    events = [r for r in requests if r.kind]  # the others are the periodic repair's
+    metrics.OPERATOR_PASSES.labels(namespace, "event" if events else "repair").inc()
     bodies = {(str(b["kind"]), str(b["metadata"]["name"])): b for b in tenant_bodies(
         namespace, indexes, gone=finalized_uids(indexes.get("memo") or {}))}
-    for r in requests:
+    for r in events:
         if r.body is None:
             bodies.pop((r.kind, r.name), None)
         else:
             bodies[(r.kind, r.name)] = {k: r.body.get(k) for k in BODY_FIELDS}
     resources, unreadable = read_bodies(list(bodies.values()))
     actors = {key: actor_of(b) for key, b in bodies.items()}
-    actors.update({(r.kind, r.name): r.actor for r in requests if r.body is None})
+    actors.update({(r.kind, r.name): r.actor for r in events if r.body is None})
     return reconcile_tenant(store, namespace, resources, findings_for(resources, now), now,
                             requests[0].actor, mode="operator", actors=actors,
                             unreadable=unreadable)
@@ -238,11 +246,19 @@ def queued_pass(memo: MutableMapping[str, Any], body: Mapping[str, Any],
     `memo.patch_status` the pass writes the status of every object it changed, the
     ones it covers included, so status writes land in pass order (a handler's own patch
     of an older plan could land after a newer pass's write and undo it)."""
-    queue: TenantQueue[PassRequest, Plan] = memo["tenants"]
     meta = body["metadata"]
-    namespace = str(meta["namespace"])
     request = PassRequest(str(body.get("kind")), str(meta["name"]),
                           None if leave_out else body, actor or actor_of(body))
+    return submit_pass(memo, str(meta["namespace"]), request, indexes)
+
+
+REPAIR = PassRequest("", "", None, "repair")  # the periodic driver's share of a pass
+
+
+def submit_pass(memo: MutableMapping[str, Any], namespace: str, request: PassRequest,
+                indexes: Mapping[str, Any]) -> Plan:
+    """`request` into the tenant's queue (`queued_pass`); the plan of the pass covering it."""
+    queue: TenantQueue[PassRequest, Plan] = memo["tenants"]
 
     def run(requests: list[PassRequest]) -> Plan:
         plan = tenant_pass(memo["store"], namespace, indexes, requests)
@@ -297,8 +313,8 @@ def patch_siblings(patch_status: Any, namespace: str, indexes: Mapping[str, Any]
     object that arrived before its reference is Ready as soon as the reference arrives,
     not at its own timer, and no write is lost to a handler that diffs against an older
     body. `written` remembers each write until the index has caught up with it. The plan
-    is committed already: a failed write is logged, and that object's own timer writes
-    it later."""
+    is committed already: a failed write is logged, and the tenant's next pass (an
+    event's or the periodic repair's) writes it later."""
     bodies = tenant_bodies(namespace, indexes)
     for b in bodies:  # the index has seen the write: it is the view again
         key = (namespace, str(b.get("kind")), str(b["metadata"]["name"]))
@@ -310,7 +326,7 @@ def patch_siblings(patch_status: Any, namespace: str, indexes: Mapping[str, Any]
     for kind, name, changes in sibling_patches(bodies, plan, covered, mine):
         try:
             patch_status(namespace, kind, name, changes)
-        except Exception:  # any client error: the object's own timer repairs it
+        except Exception:  # any client error: the tenant's next pass writes it
             logging.getLogger(__name__).warning(
                 "status of %s %s/%s not written", kind, namespace, name, exc_info=True)
             continue
@@ -326,7 +342,6 @@ def _post_events(body: kopf.Body, plan: Plan, post: Any) -> None:
                  message=str(entry.details.get("summary", entry.action)))
 
 
-REUSE_WITHIN = "cadml_reuse_within"  # on_repair → on_change: a recent plan will do
 RACE_RETRIES = 3  # passes from a fresh view before a conflict counts as deterministic
 
 
@@ -339,15 +354,12 @@ def retry_delay(retry: int | None) -> float:
 # memo carries what start-up built: store, settings, post_event, apply_workers.
 
 def on_change(**kwargs: Any) -> None:
-    """Create, update, resume and the repair timer: one pass over the whole tenant."""
+    """Create, update and resume: one pass over the whole tenant."""
     body: kopf.Body = kwargs["body"]
     patch: kopf.Patch = kwargs["patch"]
     memo: kopf.Memo = kwargs["memo"]
-    reuse = kwargs.get(REUSE_WITHIN)  # the repair timer: a plan that recent will do
-    recent = memo["tenants"].latest(str(body.metadata.namespace), reuse) \
-        if reuse is not None else None
     try:
-        plan = recent or queued_pass(memo, body, kwargs)
+        plan = queued_pass(memo, body, kwargs)
     except CadmlError as exc:
         retry = int(kwargs.get("retry") or 0)
         if isinstance(exc, StaleWrite | ConflictError) and retry < RACE_RETRIES:
@@ -357,7 +369,7 @@ def on_change(**kwargs: Any) -> None:
         if exc.retryable:  # the store is away: back off, 15 s doubling up to 10 min
             raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from exc
         # Deterministic (a unique rule the same pass breaks again): say so on the object and
-        # stop retrying this event. The tenant is passed again by the repair timer and by
+        # stop retrying this event. The tenant is passed again by the periodic repair and by
         # any event of any of its objects, so fixing the cause in Git is enough.
         stalled_status = with_conditions(dict(body.status), stalled(exc.reason, str(exc)),
                                          int(body.metadata.get("generation") or 1),
@@ -370,7 +382,7 @@ def on_change(**kwargs: Any) -> None:
         indexed = {kind: kwargs.get(index) for kind, index in WORKER_INDEXES.items()}
         status = {**status, **memo["apply_workers"](body, memo["settings"], indexed)}
     changes = status_changes(dict(body.status), status)
-    if recent is None and computed is not None and memo.get("patch_status"):
+    if computed is not None and memo.get("patch_status"):
         # the pass wrote what it computed (in pass order); the workers' fields are ours
         changes = {k: v for k, v in changes.items() if k in WORKER_FIELDS}
     if changes:  # written once, and only when something changed
@@ -378,44 +390,100 @@ def on_change(**kwargs: Any) -> None:
     _post_events(body, plan, memo.get("post_event") or kopf.info)
 
 
-def on_repair(**kwargs: Any) -> None:
-    """The drift-repair timer (one per object): the tenant is passed again only when no
-    pass of it finished within the interval; otherwise the object's status is patched
-    from that pass's plan (no API write when nothing changed)."""
-    on_change(**kwargs, **{REUSE_WITHIN: kwargs["memo"]["settings"].timer_interval})
+def repair_tenant(memo: MutableMapping[str, Any], namespace: str,
+                  indexes: Mapping[str, Any]) -> Plan:
+    """The periodic drift repair of one tenant (`PeriodicDriver`, once per interval when
+    no pass of it finished meanwhile): a pass from the current view, which writes the
+    statuses it changed (`patch_siblings`); an object it cannot read says
+    Stalled/Unparseable; each Model's workers are compared with the indexed ones and
+    applied only where they differ. Nothing changed: no API write."""
+    metrics.OPERATOR_TIMER_RUNS.labels(namespace, "repair").inc()
+    plan = submit_pass(memo, namespace, REPAIR, indexes)
+    patch = memo.get("patch_status")
+    now = datetime.now(UTC)
+    workers = {kind: indexes.get(index) for kind, index in WORKER_INDEXES.items()}
+    for body in tenant_bodies(namespace, indexes, gone=finalized_uids(memo)):
+        meta, current = body["metadata"], dict(body.get("status") or {})
+        if meta.get("deletionTimestamp") or patch is None:
+            continue
+        key = (str(body.get("kind")), str(meta["name"]))
+        changes: dict[str, Any] = {}
+        if key not in plan.computed:
+            changes.update(status_changes(current, unparseable_status(body, now) or current))
+        if key[0] == "Model" and key in plan.computed and memo.get("apply_workers"):
+            try:
+                fields = memo["apply_workers"](body, memo["settings"], workers)
+            except Exception:  # any client error: the next interval tries again
+                logging.getLogger(__name__).warning(
+                    "workers of Model %s/%s not applied", namespace, key[1], exc_info=True)
+                fields = {}
+            changes.update({k: v for k, v in fields.items() if current.get(k) != v})
+        if changes:
+            patch(namespace, *key, changes)
+    return plan
 
 
-def on_analysis(**kwargs: Any) -> None:
-    """Timer, one per analysed RolloutPolicy: measure this policy's canaries when its
-    `intervalSeconds` have passed (earlier calls record nothing). An abort is recorded as
-    analysis state; the normal tenant pass then publishes it at once (the planner is the
-    only snapshot writer). A policy with canary steps: the analysis step it waits on is
-    measured and a timed pause that elapsed passes (`stepping.walk_policies`), then the
-    tenant pass publishes the step's weight. `memo.clock` (tests) stands in for the wall
-    clock."""
+def analyse_tenant(memo: MutableMapping[str, Any], namespace: str,
+                   indexes: Mapping[str, Any]) -> list[Any]:
+    """The periodic canary analysis of one tenant: each analysed policy's canaries are
+    measured when their `intervalSeconds` have passed (earlier calls record nothing). An
+    abort is recorded as analysis state and announced on the policy; a tenant pass then
+    publishes it at once (the planner is the only snapshot writer). A policy with canary
+    steps: the analysis step it waits on is measured and a timed pause that elapsed passes
+    (`stepping.walk_policies`), then the tenant pass publishes the step's weight.
+    `memo.clock` (tests) stands in for the wall clock. The outcomes, one per measurement
+    taken."""
     from controller.governance import analyse_policies
     from controller.stepping import walk_policies
 
-    body: kopf.Body = kwargs["body"]
-    memo: kopf.Memo = kwargs["memo"]
-    if not body.spec.get("analysis") and not body.spec.get("strategy"):
-        return
+    policies = {str(b["metadata"]["name"]): b for b in tenant_bodies(namespace, indexes)
+                if b.get("kind") == "RolloutPolicy" and _analysed(b.get("spec") or {})}
+    if not policies:
+        return []
+    metrics.OPERATOR_TIMER_RUNS.labels(namespace, "analysis").inc()
     now = memo["clock"]() if "clock" in memo else datetime.now(UTC)
-    name = str(body.metadata.name)
-    with memo["store"].transaction(str(body.metadata.namespace), "canary-analysis") as tx:
-        outcomes = analyse_policies(tx, now, policy=name) if body.spec.get("analysis") \
-            else []
+    with memo["store"].transaction(namespace, "canary-analysis") as tx:
+        outcomes = analyse_policies(tx, now)
         # canary steps: the analysis step due, timed pauses that elapsed
-        moved = [s for s in walk_policies(tx, now, policy=name) if s.moved]
+        moved = [s for s in walk_policies(tx, now) if s.moved]
     aborted = [o for o in outcomes if o.aborted_now]
-    if not aborted and not moved:
-        return
-    post = memo.get("post_event") or kopf.info
-    for o in aborted:
-        post(body, reason="CanaryAborted", message=o.summary)
-    for s in moved:
-        post(body, reason="CanaryStep", message=s.summary or "")
-    on_change(**kwargs)
+    if aborted or moved:
+        post: Any = memo.get("announce") or memo.get("post_event") or kopf.info
+        for o in aborted:
+            if o.policy in policies:
+                post(policies[o.policy], reason="CanaryAborted", message=o.summary)
+        for m in moved:
+            if m.policy in policies:
+                post(policies[m.policy], reason="CanaryStep", message=m.summary or "")
+        repair_tenant(memo, namespace, indexes)
+    return outcomes
+
+
+def _analysed(spec: Mapping[str, Any]) -> bool:
+    """Whether the periodic analysis has anything to do for a policy of this spec."""
+    return bool(spec.get("analysis") or spec.get("strategy"))
+
+
+def tenants_in(indexes: Mapping[str, Any]) -> set[str]:
+    """The namespaces the indexes hold any cadml object of (the tenants)."""
+    for _ in range(3):
+        try:
+            return {str(ns) for name in INDEXES for ns in list(indexes.get(name) or ())}
+        except RuntimeError:  # an index changed while it was read: read it again
+            continue
+    return set()
+
+
+def periodic_driver(memo: MutableMapping[str, Any], indexes: Mapping[str, Any],
+                    settings: OperatorSettings) -> PeriodicDriver:
+    """The operator's one periodic loop over the tenants the indexes know."""
+    queue: TenantQueue[PassRequest, Plan] = memo["tenants"]
+    return PeriodicDriver(
+        tenants=lambda: tenants_in(indexes), finished=queue.finished_at,
+        repair=lambda ns: repair_tenant(memo, ns, indexes),
+        analyse=lambda ns: analyse_tenant(memo, ns, indexes),
+        interval=settings.timer_interval, analysis_interval=settings.analysis_interval,
+        active=memo.get("operating") or (lambda: True))
 
 
 def successor(body: Mapping[str, Any], bodies: Iterable[Mapping[str, Any]]) -> str | None:
@@ -451,6 +519,18 @@ def serves_workers(body: Mapping[str, Any], bodies: Iterable[Mapping[str, Any]])
                and not (o.get("metadata") or {}).get("deletionTimestamp") for o in others)
 
 
+def model_going(model: str, bodies: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether the Model `model` or a RolloutPolicy of it is being deleted (what keeps a
+    version from going is then going itself)."""
+    for o in bodies:
+        meta, spec = o.get("metadata") or {}, o.get("spec") or {}
+        if meta.get("deletionTimestamp") and (
+                (o.get("kind") == "Model" and meta.get("name") == model)
+                or (o.get("kind") == "RolloutPolicy" and spec.get("modelRef") == model)):
+            return True
+    return False
+
+
 def on_version_delete(**kwargs: Any) -> None:
     """Finalizer: a version its RolloutPolicy still routes traffic to cannot go, nor the
     only STABLE version of a Model that exists (its workers serve it, policy or not),
@@ -466,17 +546,20 @@ def on_version_delete(**kwargs: Any) -> None:
         snap = tx.snapshot(model, live=True) if model else None
     weight = next((r.weight for r in snap.routes if r.version == semver), 0) if snap else 0
     bodies = tenant_bodies(ns, kwargs, gone=finalized_uids(memo))
+    # what holds the version may itself be going (a namespace deleted at once): look again
+    # soon rather than at the usual pace of a user's change
+    soon = 1 if model_going(str(model), bodies) else None
     if snap is not None and weight > 0 and successor(body, bodies) is None:
         raise kopf.TemporaryError(
             f"ModelVersion {ns}/{name} still receives {weight}% of traffic (policyVersion "
             f"{snap.policy_version}); route it away first (or give its semver to a new object, "
             "a rename), then the deletion completes",
-            delay=30)
+            delay=soon or 30)
     if serves_workers(body, bodies) and successor(body, bodies) is None:
         raise kopf.TemporaryError(
             f"ModelVersion {ns}/{name} is the only STABLE version of Model {model}, whose "
             "workers serve it; delete the Model first (its workers go with it), then the "
-            "deletion completes", delay=10)
+            "deletion completes", delay=soon or 10)
     finalized_uids(memo, body)  # from now on no pass may write it back
     _retire(store, body, kwargs)
 
@@ -608,9 +691,6 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                    registry=registry)(index_by_namespace)
         for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
             on(GROUP, VERSION, plural, id="reconcile", registry=registry)(on_change)
-        kopf.timer(GROUP, VERSION, plural, id="repair", interval=settings.timer_interval,
-                   initial_delay=settings.timer_interval, idle=settings.timer_interval,
-                   registry=registry)(on_repair)
         # persistent: a stopping replica leaves its webhooks in place (kopf removes the
         # others on exit, and a standby would not put them back); admission never lapses
         kopf.on.validate(GROUP, VERSION, plural, id=f"validate-{plural}", side_effects=True,
@@ -619,15 +699,12 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         kopf.on.mutate(GROUP, VERSION, plural, id=f"changed-by-{plural}",
                        operations=["CREATE", "UPDATE"], ignore_failures=ignore_failures,
                        persistent=True, registry=registry)(stamp_changed_by)
-    # the live worker Deployments and Services, from the watch: an idle Model's timer
+    # the live worker Deployments and Services, from the watch: an idle Model's repair
     # judges them without a request (`WorkerApplier` reads what is not indexed yet)
     for (group, version, plural), index in zip(WORKER_RESOURCES, WORKER_INDEXES.values(),
                                                strict=True):
         kopf.index(group, version, plural, id=index, labels=dict(WORKER_LABELS),
                    registry=registry)(index_worker)
-    kopf.timer(GROUP, VERSION, "rolloutpolicies", id="analysis",
-               interval=settings.analysis_interval, initial_delay=settings.analysis_interval,
-               registry=registry)(on_analysis)
     kopf.on.delete(GROUP, VERSION, "modelversions", id="retire",
                    registry=registry)(on_version_delete)
     for plural in ("models", "rolloutpolicies"):
@@ -665,6 +742,24 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         memo: kopf.Memo = kwargs["memo"]
         if "patch_status" not in memo:
             memo["patch_status"] = kube.kubernetes_status_patcher()
+
+    @kopf.on.startup(registry=registry)
+    async def start_periodic(**kwargs: Any) -> None:
+        """Drift repair and canary analysis: one loop for every tenant (`PeriodicDriver`),
+        reading the same live indexes the handlers get."""
+        memo: kopf.Memo = kwargs["memo"]
+        indexes = {k: v for k, v in kwargs.items() if k in INDEXES
+                   or k in WORKER_INDEXES.values()}
+        driver = periodic_driver(memo, indexes, settings)
+        memo["periodic"] = asyncio.create_task(driver.run(), name="cadml periodic driver")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_periodic(**kwargs: Any) -> None:
+        task: asyncio.Task[None] | None = kwargs["memo"].get("periodic")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @kopf.on.probe(id="store", registry=registry)
     def store_probe(**kwargs: Any) -> str:

@@ -1,5 +1,6 @@
 """The operator's effects through the kubernetes client, outside kopf's own patch: a
-Model's worker Deployment and Service, and the status of a tenant's other objects.
+Model's worker Deployment and Service, the status of a tenant's other objects, Events
+posted outside a handler, and kopf's peering records.
 
 Both take the client's API objects, so tests hand them a counting fake; the
 `kubernetes_*` constructors build them from the in-cluster config or $KUBECONFIG.
@@ -112,3 +113,83 @@ class StatusPatcher:
 
 def kubernetes_status_patcher() -> StatusPatcher:
     return StatusPatcher(_client().CustomObjectsApi())
+
+
+class EventPoster:
+    """Posts a Kubernetes Event about an object from any thread (kopf's `kopf.info` works
+    only inside a handler): what the periodic driver announces, e.g. a canary aborted."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+
+    def __call__(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        from datetime import UTC, datetime
+
+        meta = body.get("metadata") or {}
+        now = datetime.now(UTC).isoformat()
+        self.core.create_namespaced_event(str(meta.get("namespace")), {
+            "apiVersion": "v1", "kind": "Event", "type": "Normal",
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace":
+                         meta.get("namespace")},
+            "involvedObject": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                               "name": meta.get("name"), "namespace": meta.get("namespace"),
+                               "uid": meta.get("uid")},
+            "reason": reason, "message": message[:1024], "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER})
+
+
+def kubernetes_event_poster() -> EventPoster:
+    return EventPoster(_client().CoreV1Api())
+
+
+class Peering:
+    """kopf's peering object(s) of this operator: the cluster-wide one, or one per
+    namespace it serves (`namespaces`). Reads their peer records, removes records, and
+    says whether a pod exists (None: cannot tell, e.g. not allowed to look)."""
+
+    def __init__(self, custom: Any, core: Any, name: str, namespaces: tuple[str, ...]) -> None:
+        self.custom, self.core, self.name, self.namespaces = custom, core, name, namespaces
+
+    def statuses(self) -> list[tuple[str | None, dict[str, Any]]]:
+        """(namespace or None, the peer records) of each peering object that exists."""
+        from kubernetes.client.exceptions import ApiException
+
+        out: list[tuple[str | None, dict[str, Any]]] = []
+        for ns in self.namespaces or (None,):
+            try:
+                obj = self.custom.get_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", self.name) if ns is None else \
+                    self.custom.get_namespaced_custom_object(
+                        "kopf.dev", "v1", ns, "kopfpeerings", self.name)
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            out.append((ns, dict(obj.get("status") or {})))
+        return out
+
+    def remove(self, namespace: str | None, identities: list[str]) -> None:
+        patch = {"status": dict.fromkeys(identities)}
+        if namespace is None:
+            self.custom.patch_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", self.name, patch,
+                _content_type=MERGE_PATCH)
+        else:
+            self.custom.patch_namespaced_custom_object(
+                "kopf.dev", "v1", namespace, "kopfpeerings", self.name, patch,
+                _content_type=MERGE_PATCH)
+
+    def pod_exists(self, namespace: str, name: str) -> bool | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.read_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            return False if exc.status == 404 else None
+        return True
+
+
+def kubernetes_peering(name: str, namespaces: tuple[str, ...]) -> Peering:
+    client = _client()
+    return Peering(client.CustomObjectsApi(), client.CoreV1Api(), name, namespaces)

@@ -3,23 +3,62 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from datetime import UTC, datetime
 
 import kopf
+from kopf._core.engines.peering import Identity, detect_own_id
 from prometheus_client import start_http_server
 
+from controller.operator import kube
 from controller.operator.handlers import WRITTEN, build_registry, kubernetes_worker_applier
+from controller.operator.peers import gone_peers, peers_allow, pod_identity
 from controller.operator.settings import OperatorSettings
 from controller.operator.tenantqueue import TenantQueue
 from controller.operator.webhook import kubernetes_tenant_reader
 from controller.store.open import open_store
+
+logger = logging.getLogger(__name__)
+
+
+def forget_gone_peers(peering: kube.Peering, identity: str) -> list[str]:
+    """Remove the peering records of pods that no longer exist (a SIGKILLed replica's,
+    replaced by a new pod), before kopf reads them and pauses for up to their lifetime.
+    Best effort: whatever cannot be read or removed expires as kopf expects."""
+    removed = []
+    try:
+        for namespace, status in peering.statuses():
+            gone = gone_peers(status, identity, peering.pod_exists)
+            if gone:
+                peering.remove(namespace, gone)
+                removed += gone
+    except Exception:  # any client error: kopf's own expiry still applies
+        logger.warning("peering records not cleaned", exc_info=True)
+    if removed:
+        logger.info("removed the peering records of pods that are gone: %s", removed)
+    return removed
 
 
 def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> None:
     kopf.configure(verbose=False, log_format=kopf.LogFormat.PLAIN)
     start_http_server(settings.metrics_port)  # /metrics for Prometheus
     store = open_store(settings.store_url)
+    identity = Identity(pod_identity(settings.pod_namespace, settings.pod_name)
+                        or detect_own_id(manual=False))
+    operating = None
+    if settings.peering is not None:
+        peering = kube.kubernetes_peering(settings.peering, settings.namespaces)
+        forget_gone_peers(peering, identity)
+
+        def operating() -> bool:  # the periodic driver acts only where kopf does
+            now = datetime.now(UTC)
+            return all(peers_allow(status, identity, settings.priority, now)
+                       for _, status in peering.statuses())
+
     memo = kopf.Memo(store=store, settings=settings, post_event=kopf.info,
                      apply_workers=kubernetes_worker_applier() if apply_workers else None,
+                     announce=kube.kubernetes_event_poster(),  # Events outside handlers
+                     operating=operating,
                      finalized={},  # shared by every handler (kopf copies memos shallowly)
                      tenants=TenantQueue(),  # one pass per tenant at a time, coalesced
                      **{WRITTEN: {}},  # the status writes of passes, until indexes see them
@@ -35,5 +74,6 @@ def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> N
         peering_name=settings.peering,
         standalone=settings.peering is None,
         priority=settings.priority,
+        identity=identity,
         liveness_endpoint=settings.liveness,
     ))

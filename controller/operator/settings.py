@@ -27,6 +27,8 @@ class OperatorSettings:
     # Peers of equal priority freeze each other (kopf), so each replica draws its own at
     # start: the highest is active, the others stand by until it is gone.
     priority: int = field(default_factory=lambda: secrets.randbelow(2**31 - 1) + 1)
+    pod_name: str | None = None  # the replica's pod (downward API): its peering identity
+    pod_namespace: str | None = None
     webhook_port: int = 9443
     webhook_host: str | None = None  # set: serve the admission webhook (self-signed cert)
     webhook_url_host: str | None = None  # the address the API server calls, if not webhook_host
@@ -52,9 +54,15 @@ class OperatorSettings:
                 n for n in env.get("CADML_WORKER_AUTH_NAMESPACES", "").split(",") if n),
             "worker_service_account": env.get("CADML_WORKER_SERVICE_ACCOUNT") or None,
             "timer_interval": float(env.get("CADML_TIMER_INTERVAL", cls.timer_interval)),
+            # canary analysis follows the repair interval unless set on its own
+            "analysis_interval": float(env.get("CADML_ANALYSIS_INTERVAL")
+                                       or env.get("CADML_TIMER_INTERVAL")
+                                       or cls.analysis_interval),
             "namespaces": tuple(n for n in env.get("CADML_NAMESPACES", "").split(",") if n),
             "peering": env.get("CADML_PEERING") or None,
             "priority": int(env["CADML_PRIORITY"]) if env.get("CADML_PRIORITY") else None,
+            "pod_name": env.get("POD_NAME") or None,
+            "pod_namespace": env.get("POD_NAMESPACE") or None,
             "webhook_host": env.get("CADML_WEBHOOK_HOST") or None,
             "webhook_port": int(env.get("CADML_WEBHOOK_PORT", cls.webhook_port)),
             "webhook_cert": env.get("CADML_WEBHOOK_CERT") or None,

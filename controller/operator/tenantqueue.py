@@ -17,8 +17,8 @@ to find the key idle runs the pending pass; the others it covers wait for it). S
 caller's `run` may execute a pass that covers other callers' items, and `run` must be
 the same function for every caller of one key up to its items.
 
-`latest(key, max_age)` is the result of the last pass that succeeded, when it finished
-at most `max_age` seconds ago: a timer can patch from it instead of passing again.
+`finished_at(key)` says when the last pass that succeeded finished (the periodic driver
+repairs a tenant only once no pass of it finished within its interval).
 Nothing here knows kopf; the clock is injectable for tests.
 """
 
@@ -49,7 +49,7 @@ class TenantQueue(Generic[T, R]):
         self._cond = threading.Condition()
         self._running: set[Hashable] = set()
         self._pending: dict[Hashable, _Pass[T, R]] = {}
-        self._latest: dict[Hashable, tuple[float, R]] = {}
+        self._finished: dict[Hashable, float] = {}
         self.passes = 0  # passes run so far, all keys (metrics, tests)
 
     def submit(self, key: Hashable, item: T, run: Callable[[list[T]], R]) -> R:
@@ -76,7 +76,7 @@ class TenantQueue(Generic[T, R]):
                 mine.done = True
                 self._running.discard(key)
                 if mine.error is None:
-                    self._latest[key] = (self._clock(), mine.result)  # type: ignore[assignment]
+                    self._finished[key] = self._clock()
                 self._cond.notify_all()
         else:
             with self._cond:
@@ -86,10 +86,7 @@ class TenantQueue(Generic[T, R]):
             raise mine.error
         return mine.result  # type: ignore[return-value]
 
-    def latest(self, key: Hashable, max_age: float) -> R | None:
-        """The last successful pass's result for `key`, if it finished within `max_age` s."""
+    def finished_at(self, key: Hashable) -> float | None:
+        """When the last successful pass of `key` finished (the queue's clock), or None."""
         with self._cond:
-            entry = self._latest.get(key)
-        if entry is None or self._clock() - entry[0] > max_age:
-            return None
-        return entry[1]
+            return self._finished.get(key)

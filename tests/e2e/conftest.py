@@ -98,6 +98,7 @@ class Operator:
         self.store_url = store_url or f"sqlite:///{workdir / 'store.db'}"
         self.admin_url = admin_url or self.store_url
         self.webhook_port = free_port()
+        self.metrics_port = free_port()  # the operator's Prometheus /metrics
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "operator.log"
 
@@ -115,7 +116,8 @@ class Operator:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller", "run", "--peering", "cadml", "--liveness",
-                 f"http://127.0.0.1:{free_port()}/healthz", "--metrics-port", str(free_port())],
+                 f"http://127.0.0.1:{free_port()}/healthz", "--metrics-port",
+                 str(self.metrics_port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the managed webhook configuration appears
@@ -163,6 +165,22 @@ class Operator:
                 return [tuple(r) for r in c.execute(text(sql))]
         finally:
             engine.dispose()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the operator's samples of `name` whose labels include `labels`."""
+        import re
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as resp:
+            text = resp.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            found = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? ([0-9.e+-]+)$", line)
+            if found and all(f'{k}="{v}"' in (found.group(1) or "")
+                             for k, v in labels.items()):
+                total += float(found.group(2))
+        return total
 
     def tail(self, lines: int = 60) -> str:
         if not self.log.exists():

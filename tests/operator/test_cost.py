@@ -8,7 +8,6 @@ import copy
 from collections import Counter
 from typing import Any, TypeVar
 
-import kopf
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -110,13 +109,11 @@ def install(monkeypatch: pytest.MonkeyPatch, fake: T) -> T:
 
 
 def _model_event(cluster: Cluster) -> None:  # noqa: F811 - the fixture's type
-    patch = kopf.Patch()
-    from controller.operator.handlers import on_repair
+    """The periodic repair of the tenant: both of acme-cad's Models' workers."""
+    cluster.repair("acme-cad")
 
-    on_repair(body=kopf.Body(cluster.bodies[("Model", "part-similarity")]), patch=patch,
-              memo=cluster.memo, **cluster.indexes())
-    status = cluster.bodies[("Model", "part-similarity")]["status"]
-    status.update({k: v for k, v in dict(patch.get("status", {})).items() if v is not None})
+
+MODELS = 2  # acme-cad's Models (part-similarity, assembly-match): a Deployment, a Service each
 
 
 def test_an_idle_models_timer_makes_no_api_write(cluster: Cluster,  # noqa: F811
@@ -124,14 +121,15 @@ def test_an_idle_models_timer_makes_no_api_write(cluster: Cluster,  # noqa: F811
     cluster.memo["apply_workers"] = kubernetes_worker_applier()
     _model_event(cluster)
     # the Deployment and the Service, created once by server-side apply
-    assert dict(server.requests) == {"GET": 2, "PATCH": 2}
-    assert dict(server.applies) == {("application/apply-patch+yaml", "cadml-operator", True): 2}
+    assert dict(server.requests) == {"GET": 2 * MODELS, "PATCH": 2 * MODELS}
+    assert dict(server.applies) == {
+        ("application/apply-patch+yaml", "cadml-operator", True): 2 * MODELS}
     assert cluster.bodies[("Model", "part-similarity")]["status"]["workersReady"] == "2/2"
     server.requests.clear()
     _model_event(cluster)  # the timer again, nothing changed
-    print(f"\nidle Model timer: {dict(server.requests)}")
+    print(f"\nidle repair of a tenant with {MODELS} Models: {dict(server.requests)}")
     assert server.requests["PATCH"] == 0 and server.requests["POST"] == 0
-    assert server.requests["GET"] <= 2
+    assert server.requests["GET"] <= 2 * MODELS
 
 
 def test_a_changed_worker_spec_is_patched(cluster: Cluster,  # noqa: F811
@@ -144,7 +142,8 @@ def test_a_changed_worker_spec_is_patched(cluster: Cluster,  # noqa: F811
     server.requests.clear()
     _model_event(cluster)
     assert server.requests["PATCH"] == 1  # the Deployment; the Service is as desired
-    ((dep_key, dep),) = [(k, v) for k, v in server.objects.items() if k[0] == "Deployment"]
+    ((dep_key, dep),) = [(k, v) for k, v in server.objects.items()
+                         if k[0] == "Deployment" and k[2] == "cadml-worker-part-similarity"]
     assert dep["spec"]["replicas"] == 3
     server.objects[dep_key]["spec"]["template"]["spec"]["containers"][0]["image"] = "drift"
     server.requests.clear()
@@ -219,7 +218,7 @@ def test_an_idle_models_timer_reads_its_workers_from_the_index(
         cluster: Cluster, server: FakeServer) -> None:  # noqa: F811
     """With the live Deployment and Service in the operator's index (the watch keeps it),
     an idle Model timer makes no request at all; what the index lacks is read."""
-    from controller.operator.handlers import index_worker, on_repair
+    from controller.operator.handlers import index_worker
 
     cluster.memo["apply_workers"] = kubernetes_worker_applier()
     _model_event(cluster)
@@ -233,11 +232,10 @@ def test_an_idle_models_timer_reads_its_workers_from_the_index(
                     out[index][key] = [value]
         return out
 
-    body = cluster.bodies[("Model", "part-similarity")]
-    for kinds, expected in ((("Deployment", "Service"), {}), (("Deployment",), {"GET": 1})):
+    for kinds, expected in ((("Deployment", "Service"), {}),
+                            (("Deployment",), {"GET": MODELS})):
         server.requests.clear()
-        patch = kopf.Patch()
-        on_repair(body=kopf.Body(body), patch=patch, memo=cluster.memo,
-                  **cluster.indexes(), **indexes(kinds))
+        cluster.writes.clear()
+        cluster.repair("acme-cad", **indexes(kinds))
         assert dict(server.requests) == expected
-        assert "workersReady" not in dict(patch.get("status", {}))  # still 2/2: no change
+        assert cluster.writes == []  # still 2/2: no status write

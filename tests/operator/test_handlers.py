@@ -55,6 +55,7 @@ class Cluster:
     def __init__(self, store: Store) -> None:
         self.bodies = {(b["kind"], b["metadata"]["name"]): b for b in _bodies()}
         self.events: list[tuple[str, str, str]] = []
+        self.writes: list[tuple[str, str, dict[str, Any]]] = []  # patch_status's
         self.memo = kopf.Memo(store=store, settings=OperatorSettings(store_url="sqlite://"),
                               post_event=lambda body, reason, message: self.events.append(
                                   (body["metadata"]["name"], reason, message)),
@@ -90,7 +91,16 @@ class Cluster:
     def patch_status(self, namespace: str, kind: str, name: str,
                      changes: dict[str, Any]) -> None:
         """`memo.patch_status` against these bodies."""
+        self.writes.append((kind, name, dict(changes)))
         self.merge_status(kind, name, changes)
+
+    def repair(self, namespace: str = "acme-cad", **indexes: Any) -> Any:
+        """The operator's periodic repair of one tenant (`repair_tenant`), its status
+        writes merged into these bodies; `indexes` add to (or replace) the four."""
+        from controller.operator.handlers import repair_tenant
+
+        self.memo.setdefault("patch_status", self.patch_status)
+        return repair_tenant(self.memo, namespace, {**self.indexes(), **indexes})
 
 
 @pytest.fixture
@@ -536,11 +546,13 @@ def test_concurrent_events_of_one_tenant_never_run_two_passes_at_once(
         assert ready["status"] == "True", (kind, name, ready)
 
 
-def test_the_repair_timer_passes_a_tenant_once_per_interval(
+def test_the_periodic_repair_passes_each_tenant_once_per_interval(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every object has its repair timer, but a tenant passed within the interval is not
-    passed again: each timer patches its object from that pass's plan."""
+    """One periodic driver for the operator: each tenant the indexes know is passed once
+    an interval, whatever its object count, and only when no pass of it (an event's
+    included) finished within the interval. A repair that changes nothing writes no
+    status."""
     from controller.operator import handlers
 
     real = handlers.reconcile_tenant
@@ -551,16 +563,84 @@ def test_the_repair_timer_passes_a_tenant_once_per_interval(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(handlers, "reconcile_tenant", counted)
-    acme = [key for key, b in cluster.bodies.items()
-            if b["metadata"]["namespace"] == "acme-cad"]
-    for kind, name in acme:
-        patch = kopf.Patch()
-        handlers.on_repair(body=kopf.Body(cluster.bodies[(kind, name)]), patch=patch,
-                           memo=cluster.memo, **cluster.indexes())
-        assert dict(patch["status"])["conditions"]  # its status, from the shared plan
-    assert passes == ["acme-cad"]
-    cluster.handle(*acme[0])  # an event is never served from the timer's plan
-    assert passes == ["acme-cad", "acme-cad"]
+    now = [0.0]
+    cluster.memo["tenants"] = TenantQueue(clock=lambda: now[0])
+    cluster.memo["patch_status"] = cluster.patch_status
+
+
+    class Live(dict[str, Any]):  # kopf's indexes are live: they follow the status writes
+        def get(self, key: str, default: Any = None) -> Any:
+            return cluster.indexes().get(key, default)
+
+    driver = handlers.periodic_driver(cluster.memo, Live(), OperatorSettings(
+        store_url="sqlite://", timer_interval=60, analysis_interval=60))
+    driver.clock = lambda: now[0]
+
+    def repaired() -> list[str]:  # the tenants a round repaired (analysis runs too)
+        return [tenant for work, tenant in driver.tick() if work == "repair"]
+
+    acme = sum(1 for b in cluster.bodies.values() if b["metadata"]["namespace"] == "acme-cad")
+    assert acme >= 5
+    assert repaired() == [] and passes == []  # first seen: its events pass it
+    now[0] = 60
+    assert repaired() == ["acme-cad", "globex-cad"]  # an interval later: each tenant once
+    assert sorted(passes) == ["acme-cad", "globex-cad"]
+    assert cluster.writes  # their statuses, written by the repair
+    cluster.writes.clear()
+    now[0] = 90
+    assert repaired() == [] and len(passes) == 2  # within the interval: nothing
+    now[0] = 100
+    cluster.handle("RolloutPolicy", "part-similarity")  # an event's pass of acme-cad
+    passes.clear()
+    now[0] = 121
+    assert repaired() == ["globex-cad"] and passes == ["globex-cad"]
+    now[0] = 161
+    assert repaired() == ["acme-cad"] and passes == ["globex-cad", "acme-cad"]
+    cluster.writes.clear()  # the example policy's first analysis measurement was news
+    now[0] = 300
+    assert repaired() == ["acme-cad", "globex-cad"]
+    assert cluster.writes == []  # nothing changed: no status write
+
+
+def test_the_periodic_driver_waits_while_another_replica_operates() -> None:
+    """A standby's driver runs nothing (kopf pauses its handlers; the driver asks the
+    peering object first) and asks again only ten steps later; it asks only when
+    something is due."""
+    from controller.operator.periodic import PeriodicDriver
+
+    asked, ran, now = [], [], [0.0]
+    allowed = [False]
+
+    def active() -> bool:
+        asked.append(now[0])
+        return allowed[0]
+
+    driver = PeriodicDriver(lambda: ["t"], lambda _: None, ran.append, lambda _: None,
+                            interval=10, analysis_interval=10, active=active,
+                            clock=lambda: now[0])
+    assert driver.tick() == [] and asked == []  # first seen: nothing due, not asked
+    now[0] = 10
+    assert driver.tick() == [] and ran == [] and asked == [10]
+    now[0] = 15  # within ten steps (10 s): not asked again
+    assert driver.tick() == [] and asked == [10]
+    allowed[0], now[0] = True, 20
+    assert driver.tick() == [("analyse", "t"), ("repair", "t")] and ran == ["t"]
+    now[0] = 25
+    assert driver.tick() == [] and asked == [10, 20]  # nothing due: not asked
+    now[0] = 30
+    assert driver.tick() == [("analyse", "t"), ("repair", "t")]
+    assert asked == [10, 20, 30]  # an interval after the last answer: asked again
+    now[0], allowed[0] = 40, False
+    assert driver.tick() == [] and asked == [10, 20, 30, 40]
+
+
+@pytest.mark.parametrize(("last", "now", "due"), [
+    (None, 0.0, True), (0.0, 59.9, False), (0.0, 60.0, True), (100.0, 120.0, False)])
+def test_a_tenant_is_due_once_its_last_run_is_an_interval_old(last: float | None, now: float,
+                                                              due: bool) -> None:
+    from controller.operator.periodic import due as due_tenants
+
+    assert due_tenants(["t"], lambda _: last, now, 60) == (["t"] if due else [])
 
 
 def test_the_index_keeps_only_what_a_pass_reads(cluster: Cluster) -> None:
@@ -639,3 +719,20 @@ def test_a_weight_change_that_suspends_bindings_puts_their_count_in_the_policy_s
     assert status["routingSummary"] == "1.1.0=100"
     assert status["suspendedBindings"] == {"count": 2, "versions": {"1.2.0": 2}}
     assert body["status"]["suspendedBindings"]["count"] == 2
+
+
+def test_a_version_held_by_a_model_being_deleted_is_looked_at_again_soon(
+        cluster: Cluster) -> None:
+    """A namespace deleted at once deletes every object together: a version whose
+    policy still routes to it waits, but its finalizer looks again in 1 s, not 30 s,
+    since what holds it is going too."""
+    cluster.handle("RolloutPolicy", "part-similarity")
+    canary = cluster.bodies[("ModelVersion", "part-similarity-1-2-0")]
+    with pytest.raises(kopf.TemporaryError) as alone:
+        on_version_delete(body=kopf.Body(canary), memo=cluster.memo, **cluster.indexes())
+    assert alone.value.delay == 30
+    for key in (("Model", "part-similarity"), ("RolloutPolicy", "part-similarity")):
+        cluster.bodies[key]["metadata"]["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+    with pytest.raises(kopf.TemporaryError, match="10% of traffic") as together:
+        on_version_delete(body=kopf.Body(canary), memo=cluster.memo, **cluster.indexes())
+    assert together.value.delay == 1

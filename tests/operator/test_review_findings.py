@@ -65,7 +65,7 @@ def test_an_unreadable_stable_version_does_not_wedge_its_tenant(cluster: Cluster
 import copy  # noqa: E402
 from typing import Any  # noqa: E402
 
-from controller.operator.handlers import kubernetes_worker_applier, on_repair  # noqa: E402
+from controller.operator.handlers import kubernetes_worker_applier  # noqa: E402
 from tests.operator.test_cost import FakeServer, _Obj, install  # noqa: E402
 
 CANONICAL = {"1000m": "1", "1024Mi": "1Gi", "0.5": "500m"}  # resource.Quantity's form
@@ -140,11 +140,7 @@ def real_server(monkeypatch: pytest.MonkeyPatch) -> RealisticServer:
 
 
 def _model_timer(cluster: Cluster) -> None:  # noqa: F811
-    body = cluster.bodies[("Model", "part-similarity")]
-    patch = kopf.Patch()
-    on_repair(body=kopf.Body(body), patch=patch, memo=cluster.memo, **cluster.indexes())
-    body["status"].update({k: v for k, v in dict(patch.get("status", {})).items()
-                           if v is not None})
+    cluster.repair("acme-cad")  # the periodic repair of the Model's tenant
 
 
 def test_a_non_canonical_quantity_costs_no_patch_when_idle(
@@ -180,7 +176,8 @@ def test_a_hand_added_env_var_is_repaired_or_left_alone_not_patched_forever(
     (the same against the real API server: tests/e2e/test_worker_apply.py)."""
     cluster.memo["apply_workers"] = kubernetes_worker_applier()
     _model_timer(cluster)
-    ((key, dep),) = [(k, v) for k, v in real_server.objects.items() if k[0] == "Deployment"]
+    ((key, dep),) = [(k, v) for k, v in real_server.objects.items()
+                     if k[0] == "Deployment" and k[2] == "cadml-worker-part-similarity"]
     dep["spec"]["template"]["spec"]["containers"][0]["env"].append(
         {"name": "DEBUG", "value": "1"})
     _model_timer(cluster)  # the timer after the hand edit

@@ -7,13 +7,12 @@ no API server (tests/e2e runs the same handlers under kopf)."""
 from __future__ import annotations
 
 import json
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
 
-from controller.operator.handlers import on_analysis, stamp_changed_by
+from controller.operator.handlers import analyse_tenant, stamp_changed_by
 from controller.steps import COMMAND_ANNOTATION, Command, command_annotation
 from tests.operator.test_handlers import Cluster, cluster  # noqa: F401  (the fixture)
 
@@ -76,9 +75,8 @@ def test_pass_walks_to_the_pause_and_a_stamped_resume_moves_it_once(
 
     # the analysis timer passes the 60 s pause once it elapsed, and says so
     later = datetime.now(UTC) + timedelta(minutes=2)
-    on_analysis(body=kopf.Body(cluster.bodies[KEY]), patch=kopf.Patch(), memo=kopf.Memo(
-        {**cluster.memo, "clock": lambda: later}), logger=logging.getLogger("t"),
-        **cluster.indexes())
+    analyse_tenant(kopf.Memo({**cluster.memo, "clock": lambda: later}),
+                   str(cluster.bodies[KEY]["metadata"]["namespace"]), cluster.indexes())
     assert any(reason == "CanaryStep" and "ReadyToPromote" in message
                for _, reason, message in cluster.events)
     status = _pass(cluster)

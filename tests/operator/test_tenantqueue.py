@@ -142,13 +142,12 @@ def test_many_threads_many_keys_never_overlap_per_key() -> None:
     assert all(sorted(seen[k]) == list(range(200)) for k in keys)  # every item passed once
 
 
-def test_latest_is_the_last_successful_result_while_fresh() -> None:
+def test_finished_at_is_when_the_last_successful_pass_finished() -> None:
     now = [100.0]
     queue: TenantQueue[int, str] = TenantQueue(clock=lambda: now[0])
-    assert queue.latest("acme", 60) is None
+    assert queue.finished_at("acme") is None
     queue.submit("acme", 1, lambda items: "plan-1")
+    now[0] += 5
     with pytest.raises(ValueError):
         queue.submit("acme", 2, lambda items: (_ for _ in ()).throw(ValueError("x")))
-    assert queue.latest("acme", 60) == "plan-1"  # a failed pass leaves the last good one
-    now[0] += 61
-    assert queue.latest("acme", 60) is None
+    assert queue.finished_at("acme") == 100.0  # a failed pass leaves the last good one

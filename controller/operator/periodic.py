@@ -1,0 +1,116 @@
+"""The operator's periodic work, one run per tenant per interval, not one per object.
+
+`PeriodicDriver` is a single operator-level loop: every tenant the indexes know is
+repaired (passed again, its statuses and workers compared) once no pass of it has
+finished within the repair interval, and its canaries analysed once per analysis
+interval. A tenant of five objects costs one run an interval; a run that finds nothing
+to change makes no API write. The decision (`due`) is pure; the work
+itself is handed in as callables (the kopf wiring in `handlers`), so nothing here
+knows kopf or the store.
+
+kopf pauses its watchers and handlers on a standby replica (peering); this loop is
+not kopf's, so it asks `active()` first, which the wiring answers from the peering
+object by kopf's own rule (`peers.peers_allow`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+logger = logging.getLogger(__name__)
+
+
+def due(tenants: Iterable[str], last: Callable[[str], float | None], now: float,
+        interval: float) -> list[str]:
+    """The tenants whose last run (`last`, None: never) is at least `interval` old."""
+    out = []
+    for tenant in sorted(set(tenants)):
+        at = last(tenant)
+        if at is None or now - at >= interval:
+            out.append(tenant)
+    return out
+
+
+class PeriodicDriver:
+    """Runs `repair(tenant)` and `analyse(tenant)` for the tenants that are due.
+    `finished(tenant)`: when a pass of the tenant last finished (any cause: an event's
+    pass counts as a repair). Each call's own start counts too, so a tenant whose repair
+    fails is retried an interval later, not at every tick. A tenant is first due an
+    interval after the driver first sees it (its create or resume event passes it)."""
+
+    def __init__(self, tenants: Callable[[], Iterable[str]],
+                 finished: Callable[[str], float | None],
+                 repair: Callable[[str], object], analyse: Callable[[str], object],
+                 interval: float, analysis_interval: float,
+                 active: Callable[[], bool] = lambda: True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.tenants, self.finished = tenants, finished
+        self.repair, self.analyse, self.active = repair, analyse, active
+        self.interval, self.analysis_interval, self.clock = interval, analysis_interval, clock
+        self.repaired: dict[str, float] = {}
+        self.analysed: dict[str, float] = {}
+        self.paused_until = float("-inf")  # a standby: not before then
+        self.allowed_at = float("-inf")  # when this replica was last found operating
+
+    def _last_repair(self, tenant: str) -> float | None:
+        times = [t for t in (self.finished(tenant), self.repaired.get(tenant)) if t is not None]
+        return max(times) if times else None
+
+    def tick(self) -> list[tuple[str, str]]:
+        """One round: the (work, tenant) pairs run. A failure ends only its own run.
+        Whether this replica may operate is asked only when something is due, and at most
+        once in ten steps (one interval): a replica that may not (a standby) rests that
+        long, one that may trusts the answer that long."""
+        now = self.clock()
+        if now < self.paused_until:
+            return []
+        tenants = list(self.tenants())
+        known = set(tenants)
+        for memory in (self.repaired, self.analysed):  # tenants gone: forget them
+            for gone in [t for t in memory if t not in known]:
+                memory.pop(gone, None)
+        # first seen: its create or resume event passes it; the driver an interval later
+        for tenant in known - set(self.repaired):
+            self.repaired[tenant] = self.analysed[tenant] = now
+        work = [("analyse", self.analyse, self.analysed, t)
+                for t in due(tenants, self.analysed.get, now, self.analysis_interval)]
+        work += [("repair", self.repair, self.repaired, t)
+                 for t in due(tenants, self._last_repair, now, self.interval)]
+        if not work:
+            return []
+        if now - self.allowed_at >= self.step * 10:  # asked at most once in ten steps
+            try:
+                active = self.active()
+            except Exception:  # cannot tell: do not act (kopf's pause decides handlers)
+                logger.warning("peering not readable; periodic work postponed",
+                               exc_info=True)
+                active = False
+            if not active:
+                self.paused_until = now + self.step * 10
+                return []
+            self.allowed_at = now
+        ran = []
+        for name, run, memory, tenant in work:
+            memory[tenant] = self.clock()
+            try:
+                run(tenant)
+            except Exception:  # the next interval tries again; others go on
+                logger.warning("periodic %s of tenant %s failed", name, tenant, exc_info=True)
+            ran.append((name, tenant))
+        return ran
+
+    @property
+    def step(self) -> float:
+        """Seconds between rounds: a tenant is run at most this late."""
+        return max(0.2, min(self.interval, self.analysis_interval) / 10)
+
+    async def run(self) -> None:
+        """Forever (until cancelled): a round every `step` seconds, in a thread (store
+        and API calls block)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.step)
+            await loop.run_in_executor(None, self.tick)
