@@ -149,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
                          kind=args.kind, workers=args.workers,
                          limits=SandboxLimits(cpu_seconds=args.cpu_seconds), progress=progress,
                          cache=cache)
+    if result.uncached:
+        sys.stderr.write(f"warning: {result.uncached} feature vectors could not be cached "
+                         f"(last: {result.cache_error}); the artifact is complete, the next "
+                         "build parses them again\n")
     uri = result.manifest_path.resolve().as_uri()
     if args.output == "json":
         write_json({"uri": uri, "sha256": result.manifest_sha256, "indexed": result.indexed,

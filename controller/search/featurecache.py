@@ -4,8 +4,9 @@ Key: (sha256 of the drawing's bytes, featureVersion, extractorVersion), laid out
 ROOT/<extractorVersion>/<featureVersion>/<sha[:2]>/<sha>.json. A rebuild parses only
 drawings whose bytes it has not seen with this extractor; renamed, touched or
 copied files are hits, removed files simply stop being asked for. Entries are
-written as each drawing finishes (atomically), so an interrupted build resumes
-from where it stopped (`cadml index build --resume`).
+written as each drawing finishes (atomically, by the parser child that computed
+it), so an interrupted build resumes from where it stopped (`cadml index build
+--resume`). Looking entries up needs only the sha256, computed a block at a time.
 
 What is cached: the vector and its flags, or the refusal of a drawing whose
 failure depends only on its bytes and the extractor. Refusals that depend on the
@@ -19,7 +20,6 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,20 @@ DEFAULT_CACHE = Path("~/.cache/cadml/features")
 UNCACHED_CODES = frozenset({"time_limit", "memory_limit", "parser_crash", "too_large"})
 
 Result = Features | InvalidDrawing
-Load = Callable[[], bytes]
-Parse = Callable[[list[tuple[str, Load]]], Iterable[tuple[str, Result]]]
+BLOCK = 1 << 20  # a streaming hash holds this much of a drawing at a time
 
 
 def content_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def file_key(path: Path) -> str:
+    """content_key of a file's bytes, read a block at a time (never the whole file)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def encode(sha: str, result: Result) -> dict[str, Any] | None:
@@ -123,41 +131,3 @@ class FeatureCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-def _constant(data: bytes) -> Load:
-    """The bytes already read (and hashed): the parse sees exactly what the key names."""
-    return lambda: data
-
-
-def extract_cached(items: list[tuple[str, Load]], parse: Parse, cache: FeatureCache | None
-                   ) -> Iterator[tuple[str, Result, bool]]:
-    """(name, result, parsed) for every item: cache hits first, then the rest as `parse`
-    finishes them, each stored in the cache as it arrives. Identical contents parse once.
-    Without a cache the loaders go to `parse` untouched (each file read when parsed)."""
-    if cache is None:
-        for name, result in parse(items):
-            yield name, result, True
-        return
-    names_by_key: dict[str, list[str]] = {}
-    todo: list[tuple[str, Load]] = []
-    for name, load in items:
-        try:
-            data = load()
-        except OSError as exc:
-            yield name, InvalidDrawing(f"cannot read: {exc.strerror}", code="unreadable",
-                                       stage="read"), False
-            continue
-        key = content_key(data)
-        hit = cache.get(key)
-        if hit is not None:
-            yield name, hit, False
-        elif key in names_by_key:
-            names_by_key[key].append(name)
-        else:
-            names_by_key[key] = [name]
-            todo.append((key, _constant(data)))
-    for key, result in parse(todo):
-        cache.put(key, result)
-        for i, name in enumerate(names_by_key[key]):
-            yield name, result, i == 0  # a copy of a drawing parsed once is a reuse
