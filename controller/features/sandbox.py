@@ -40,6 +40,10 @@ from controller.features.extract import Features, InvalidDrawing, features_from_
 
 # Everything a parser child gets from its environment: no secret can leak into it.
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+# Imported once by the fork server, so a new parser child (a pool started or replaced)
+# is forked ready instead of importing the parser itself (~0.3 s of CPU each).
+PRELOAD = ["controller.features.extract", "ezdxf", "ezdxf.document", "ezdxf.filemanagement",
+           "ezdxf.lldxf.tagger", "ezdxf.recover"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ def _start_scrubbed_forkserver() -> None:
         try:  # the launch copies the process environment: swap it for the moment
             os.environ.clear()
             os.environ.update(CHILD_ENV)
+            server.set_forkserver_preload(PRELOAD)
             server.ensure_running()
         finally:
             os.environ.clear()
