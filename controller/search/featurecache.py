@@ -12,13 +12,19 @@ What is cached: the vector and its flags, or the refusal of a drawing whose
 failure depends only on its bytes and the extractor. Refusals that depend on the
 run's limits or luck (CPU time, memory, size limit, a crashed parser) are never
 cached: the next build tries again. A damaged or foreign cache entry is a miss.
+
+Pruning: a build touches every entry it uses, so an entry's mtime is its last use;
+`cadml index cache prune --older-than 30d` removes what no build used since (entries
+of an older extractor included) and nothing but files named as entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +123,12 @@ class FeatureCache:
             return None
         return decode(sha, record, self.feature_version)
 
+    def touch(self, sha: str) -> None:
+        """Mark an entry used now: an entry's mtime is the last build that used it, which
+        is what `prune` goes by."""
+        with contextlib.suppress(OSError):  # gone meanwhile (pruned): it was a hit anyway
+            os.utime(self.path(sha))
+
     def put(self, sha: str, result: Result) -> None:
         record = encode(sha, result)
         if record is None:
@@ -131,3 +143,48 @@ class FeatureCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+# What a cache entry and a cache temporary are named: prune removes nothing else.
+_ENTRY = re.compile(r"^[0-9a-f]{64}\.json$")
+_TEMPORARY = re.compile(r"^\.tmp-")
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    mtime: float
+    size: int
+
+
+def cache_entries(root: Path) -> list[Entry]:
+    """Every entry and leftover temporary of the cache at `root`, and only those: files
+    named as the layout names them, at ROOT/<extractor>/<feature>/<sha[:2]>/."""
+    found = []
+    for path in root.glob("*/*/*/*"):
+        if not (_ENTRY.match(path.name) or _TEMPORARY.match(path.name)) or path.is_symlink():
+            continue
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            found.append(Entry(path, st.st_mtime, st.st_size))
+    return found
+
+
+def unused_since(entries: list[Entry], cutoff: float) -> list[Entry]:
+    """Purely computational: the entries no build has used or written since `cutoff`."""
+    return [e for e in entries if e.mtime < cutoff]
+
+
+def prune(root: Path, cutoff: float, *, dry_run: bool = False) -> tuple[list[Entry], int]:
+    """Remove the entries unused since `cutoff` (and then empty folders); returns what
+    was (or, dry, would be) removed and how many entries are kept."""
+    entries = cache_entries(root)
+    stale = unused_since(entries, cutoff)
+    if not dry_run:
+        for entry in stale:
+            entry.path.unlink(missing_ok=True)
+        for folder in sorted({e.path.parent for e in stale}, reverse=True):
+            for empty in (folder, folder.parent, folder.parent.parent):
+                with contextlib.suppress(OSError):  # not empty: a build uses it
+                    empty.rmdir()
+    return stale, len(entries) - len(stale)

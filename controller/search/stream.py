@@ -101,7 +101,10 @@ def _look_up(cache: FeatureCache, path: Path) -> tuple[str | None, Result | None
         sha = file_key(path)
     except OSError as exc:
         return None, unreadable(exc)
-    return sha, cache.get(sha)
+    hit = cache.get(sha)
+    if hit is not None:
+        cache.touch(sha)
+    return sha, hit
 
 
 @dataclass
