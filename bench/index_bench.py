@@ -53,7 +53,7 @@ res = build_index(Path(spec["src"]), Path(spec["out"]), workers=spec["workers"],
                   cache=Path(spec["cache"]) if spec["cache"] else None, progress=tick)
 wall = time.perf_counter() - start
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"s": wall, "first_s": first[0] if first else None,
+print(json.dumps({"code": __import__("controller").__file__, "s": wall, "first_s": first[0] if first else None,
                   "rss_mib": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime,
                   "total": res.indexed + len(res.skipped), "parsed": res.parsed}))
 """
@@ -85,8 +85,8 @@ def build(src: Path, out: Path, workers: int, cache: Path | None,
     spec = {"src": str(src), "out": str(out), "workers": workers,
             "cache": str(cache) if cache else None}
     proc = subprocess.run([sys.executable, "-c", ONE_BUILD, json.dumps(spec)],
-                          capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(tree)})
+                          capture_output=True, text=True, check=False, cwd=tree,  # -c: cwd
+                          env={**os.environ, "PYTHONPATH": str(tree)})          # comes first
     if proc.returncode:
         raise RuntimeError(f"build failed: {proc.stderr[-2000:]}")
     row: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
