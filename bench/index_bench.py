@@ -53,7 +53,8 @@ res = build_index(Path(spec["src"]), Path(spec["out"]), workers=spec["workers"],
                   cache=Path(spec["cache"]) if spec["cache"] else None, progress=tick)
 wall = time.perf_counter() - start
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"code": __import__("controller").__file__, "s": wall, "first_s": first[0] if first else None,
+print(json.dumps({"code": __import__("controller").__file__, "s": wall,
+                  "first_s": first[0] if first else None,
                   "rss_mib": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime,
                   "total": res.indexed + len(res.skipped), "parsed": res.parsed}))
 """
