@@ -31,6 +31,10 @@ for byte the one a build without the cache writes. Each vector is cached as soon
 as it is computed, so running the same command again after an interruption
 (--resume says so explicitly) continues where the build stopped.
 
+Drawings stream: the parser processes read them themselves, largest first, a few
+at a time, so memory does not grow with the corpus. Prune the cache with
+`cadml index cache prune --older-than 30d`.
+
 Progress (drawings/s and ETA) goes to stderr; stdout carries only the result.
 Needs the 'worker' extra: pip install 'cadml[worker]'.
 exit codes: 0 built · 1 nothing could be indexed · 2 usage or I/O error (OUT is a
