@@ -146,7 +146,9 @@ def extract_stream(paths: Sequence[Path], sizes: Sequence[int], todo: Iterable[i
             def run(row: int) -> tuple[Any, ...]:
                 return sandbox.run(parse_file, str(paths[row]), version, limits, cache)
 
-            for row, raw in bounded_map(run, ((r, r) for r in order), workers + 1):
+            # one drawing per parser at a time: a drawing queued behind another in the
+            # pool would spend its wall-clock deadline waiting (and be killed for it)
+            for row, raw in bounded_map(run, ((r, r) for r in order), workers):
                 sha, cache_error = (*raw[6:8], None, None)[:2]
                 if cache_error is not None:
                     stats.uncached += 1
