@@ -1,40 +1,74 @@
-"""Benchmark: `cadml index build` full vs incremental (the feature cache).
+"""Benchmark: `cadml index build` at corpus scale — parallel scaling, the parent's memory,
+and the incremental rebuild (the feature cache).
 
-Run: python -m bench.index_bench [--copies 10] [--workers 1,2] [--changed 0.01]
-The real corpus is replicated --copies times, each copy with its own DXF comment so
-every file differs (no cache hit between copies). For each worker count, in one run:
-  full       a build without the cache: the baseline
-  fill       a build that also fills a fresh cache (the cache's overhead)
-  unchanged  a rebuild with the cache, nothing changed
-  changed    a rebuild after --changed of the drawings got new bytes (target <= 0.05 x full)
-and the parallel efficiency of `full` against one worker. The `changed` rebuild is
-checked byte for byte against a clean build of the same inputs. The load average
-is printed before and after: on a shared machine, trust the ratios, not the seconds.
+Run: python -m bench.index_bench [--drawings 2000] [--workers 1,2,...] [--changed 0.01]
+     [--small 500] [--compare OLD_TREE]
+The real corpus is replicated until there are --drawings files, each copy with its own
+DXF comment so every file differs (no cache hit between copies). Every build runs in a
+fresh process that reports its own peak RSS (`ru_maxrss` of RUSAGE_SELF: the parent
+alone, not its parser children) and its own CPU time (the serial part). Measured:
+  scaling    a full build without the cache for each worker count (default: 1 up to
+             the cores present): drawings/s, speed-up and parallel efficiency against
+             the 1-worker build of the same run, seconds to the first drawing (pool
+             start-up), the parent's CPU seconds
+  memory     the parent's peak RSS of a default build (cache on, cold) of --small and
+             of --drawings drawings: it must not grow with the count
+  rebuild    a rebuild with nothing changed, and after --changed of the drawings got
+             new bytes, as a ratio of the cold build (target <= 0.05); the changed
+             rebuild is checked byte for byte against a clean build of the same inputs
+--compare OLD_TREE runs the memory builds with another checkout's code too (e.g. the
+commit before a change: `git archive REV | tar -x -C /tmp/old`). The load average is
+printed before and after: on a shared machine, trust the ratios, not the seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from controller.search.build import BuildResult, build_index
 from tests.corpus import DXF_CORPUS
 
+ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = ("manifest.json", "vectors.npy", "index.faiss")
 
+# Runs one build in a fresh interpreter and prints what it measured of itself; plain
+# code (not an import of this module) so that --compare can run an older checkout.
+ONE_BUILD = """
+import json, resource, sys, time
+from pathlib import Path
+from controller.search.build import build_index
+spec = json.loads(sys.argv[1])
+start, first = time.perf_counter(), []
+def tick(_t):
+    if not first:
+        first.append(time.perf_counter() - start)
+res = build_index(Path(spec["src"]), Path(spec["out"]), workers=spec["workers"],
+                  cache=Path(spec["cache"]) if spec["cache"] else None, progress=tick)
+wall = time.perf_counter() - start
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"code": __import__("controller").__file__, "s": wall,
+                  "first_s": first[0] if first else None,
+                  "rss_mib": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime,
+                  "total": res.indexed + len(res.skipped), "parsed": res.parsed}))
+"""
 
-def replicate(dest: Path, copies: int) -> list[Path]:
-    """`copies` copies of every corpus drawing, each with a comment that makes it unique."""
+
+def replicate(dest: Path, count: int) -> list[Path]:
+    """`count` drawings: copies of the corpus, each file with a comment of its own."""
+    originals = [(p, p.read_bytes()) for p in sorted(DXF_CORPUS.rglob("*.dxf"))]
     out = []
-    for i in range(copies):
-        for path in sorted(DXF_CORPUS.rglob("*.dxf")):
+    for i in range(-(-count // len(originals))):
+        for path, data in originals:
             target = dest / f"c{i:03d}" / path.relative_to(DXF_CORPUS)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(f"999\ncopy {i}\n".encode() + path.read_bytes())
+            target.write_bytes(f"999\ncopy {i}\n".encode() + data)
             out.append(target)
     return out
 
@@ -47,66 +81,110 @@ def change(paths: list[Path], share: float, tag: str) -> int:
     return n
 
 
-def timed(build: Callable[[], BuildResult]) -> tuple[float, BuildResult]:
-    start = time.perf_counter()
-    result = build()
-    return time.perf_counter() - start, result
+def build(src: Path, out: Path, workers: int, cache: Path | None,
+          tree: Path = ROOT) -> dict[str, Any]:
+    spec = {"src": str(src), "out": str(out), "workers": workers,
+            "cache": str(cache) if cache else None}
+    proc = subprocess.run([sys.executable, "-c", ONE_BUILD, json.dumps(spec)],
+                          capture_output=True, text=True, check=False, cwd=tree,  # -c: cwd
+                          env={**os.environ, "PYTHONPATH": str(tree)})          # comes first
+    if proc.returncode:
+        raise RuntimeError(f"build failed: {proc.stderr[-2000:]}")
+    row: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return row
 
 
 def same_artifact(a: Path, b: Path) -> bool:
     return all((a / f).read_bytes() == (b / f).read_bytes() for f in ARTIFACT)
 
 
-def measure(root: Path, paths: list[Path], workers: int, share: float) -> dict[str, float]:
-    """The four builds for one worker count (see the module docstring), in seconds."""
-    def build(out: str, cache: Path | None) -> Callable[[], BuildResult]:
-        return lambda: build_index(root / "src", root / f"{out}-{workers}", workers=workers,
-                                   cache=cache)
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
 
-    cache = root / f"cache-{workers}"
-    full, res = timed(build("full", None))
-    fill, _ = timed(build("fill", cache))
-    unchanged, again = timed(build("unchanged", cache))
-    n = change(paths, share, f"w{workers}")
-    changed, inc = timed(build("changed", cache))
-    build("clean", None)()
-    if again.parsed != 0 or inc.parsed != n:
-        raise RuntimeError(f"parsed {again.parsed} unchanged / {inc.parsed} of {n} changed")
-    return {"full": full, "fill": fill, "unchanged": unchanged, "changed": changed,
-            "total": res.indexed + len(res.skipped), "parsed": inc.parsed,
-            "same": same_artifact(root / f"changed-{workers}", root / f"clean-{workers}")}
+
+def scaling(root: Path, counts: list[int]) -> None:
+    print(f"\nscaling: full build, no cache ({load()} load)")
+    print(f"{'workers':>7} {'s':>8} {'dwg/s':>7} {'speedup':>7} {'eff':>5} {'first s':>7} "
+          f"{'parent cpu s':>12} {'parent MiB':>10}")
+    base: float | None = None
+    for w in counts:
+        row = build(root / "src", root / f"full-{w}", w, None)
+        base = base if base is not None else row["s"] * w  # the first count taken as linear
+        speedup = base / row["s"]
+        print(f"{w:>7} {row['s']:>8.2f} {row['total'] / row['s']:>7.1f} {speedup:>7.2f} "
+              f"{speedup / w:>5.2f} {row['first_s']:>7.2f} {row['cpu_s']:>12.2f} "
+              f"{row['rss_mib']:>10.1f}")
+
+
+def memory(root: Path, small: int, workers: int, trees: dict[str, Path]) -> None:
+    print(f"\nmemory: the parent's peak RSS, default build (cache on, cold), {workers} "
+          f"workers ({load()} load)")
+    print(f"{'code':>8} {'drawings':>8} {'s':>8} {'peak MiB':>9} {'growth MiB':>10}")
+    for label, tree in trees.items():
+        first: float | None = None
+        for name in ("small", "src"):
+            row = build(root / name, root / f"mem-{label}-{name}", workers,
+                        root / f"cache-mem-{label}-{name}", tree)
+            first = first if first is not None else row["rss_mib"]
+            print(f"{label:>8} {row['total']:>8} {row['s']:>8.2f} {row['rss_mib']:>9.1f} "
+                  f"{row['rss_mib'] - first:>10.1f}")
+
+
+def rebuild(root: Path, paths: list[Path], workers: int, share: float) -> None:
+    print(f"\nrebuild with the cache, {workers} workers ({load()} load)")
+    cache = root / "cache-rebuild"
+    cold = build(root / "src", root / "cold", workers, cache)
+    unchanged = build(root / "src", root / "unchanged", workers, cache)
+    n = change(paths, share, "bench")
+    changed = build(root / "src", root / "changed", workers, cache)
+    build(root / "src", root / "clean", workers, None)
+    if unchanged["parsed"] != 0 or changed["parsed"] != n:
+        raise RuntimeError(f"parsed {unchanged['parsed']} unchanged / {changed['parsed']} of "
+                           f"{n} changed")
+    print(f"{'build':>10} {'s':>8} {'x cold':>7} {'parsed':>6}")
+    for label, row in (("cold", cold), ("unchanged", unchanged), ("changed", changed)):
+        print(f"{label:>10} {row['s']:>8.2f} {row['s'] / cold['s']:>7.3f} {row['parsed']:>6}")
+    same = same_artifact(root / "changed", root / "clean")
+    print(f"changed rebuild byte-identical to a clean build: {same}; target: changed <= "
+          "0.05 x cold")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--copies", type=int, default=10)
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    cores = os.cpu_count() or 1
+    parser.add_argument("--drawings", type=int, default=2000)
+    parser.add_argument("--small", type=int, default=500)
+    parser.add_argument("--workers", default=",".join(str(w) for w in range(1, cores + 1)),
+                        help="comma-separated worker counts for the scaling table "
+                             "(default: 1 up to the cores present)")
     parser.add_argument("--changed", type=float, default=0.01)
+    parser.add_argument("--only", choices=("scaling", "memory", "rebuild"), action="append",
+                        help="run only these parts (repeatable)")
+    parser.add_argument("--compare", type=Path, metavar="OLD_TREE",
+                        help="another checkout whose memory is measured too")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
+    parts = args.only or ["scaling", "memory", "rebuild"]
+    top = min(max(counts), cores)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        paths = replicate(root / "src", args.copies)
-        print(f"{len(paths)} drawings ({args.copies} copies of {DXF_CORPUS}), "
-              f"workers {counts}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-        print(f"{'workers':>7} {'full s':>8} {'dwg/s':>7} {'eff':>5} {'fill s':>8} "
-              f"{'x full':>6} {'unch. s':>8} {'x full':>6} {'chg. s':>8} {'x full':>6} "
-              f"{'parsed':>6} {'same':>5}")
-        one_worker: float | None = None
-        for w in counts:
-            row = measure(root, paths, w, args.changed)
-            one_worker = row["full"] * w if one_worker is None else one_worker
-            eff = one_worker / row["full"] / w
-            print(f"{w:>7} {row['full']:>8.2f} {row['total'] / row['full']:>7.1f} {eff:>5.2f} "
-                  f"{row['fill']:>8.2f} {row['fill'] / row['full']:>6.2f} "
-                  f"{row['unchanged']:>8.2f} {row['unchanged'] / row['full']:>6.3f} "
-                  f"{row['changed']:>8.2f} {row['changed'] / row['full']:>6.3f} "
-                  f"{row['parsed']:>6} {row['same']!s:>5}")
-        print(f"load average now {os.getloadavg()[0]:.1f}; target: changed rebuild <= 0.05 x "
-              f"full; eff = (1-worker full) / (full x workers)"
-              f"{'' if counts[0] == 1 else ' (first count taken as linear)'}")
+        start = time.perf_counter()
+        paths = replicate(root / "src", args.drawings)
+        replicate(root / "small", args.small)
+        print(f"{len(paths)} drawings (copies of {DXF_CORPUS}; {args.small}+ for the small "
+              f"build) written in {time.perf_counter() - start:.1f} s; {cores} CPUs, "
+              f"load average {load()}")
+        if "scaling" in parts:
+            scaling(root, counts)
+        if "memory" in parts:
+            trees = {"this": ROOT, **({"compare": args.compare} if args.compare else {})}
+            memory(root, args.small, top, trees)
+        if "rebuild" in parts:
+            rebuild(root, paths, top, args.changed)
+        print(f"\nload average now {load()}; eff = speed-up / workers, speed-up = "
+              f"(first count's seconds x its workers) / seconds")
 
 
 if __name__ == "__main__":

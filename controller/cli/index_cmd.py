@@ -32,10 +32,27 @@ for byte the one a build without the cache writes. Each vector is cached as soon
 as it is computed, so running the same command again after an interruption
 (--resume says so explicitly) continues where the build stopped.
 
+Drawings stream: the parser processes read them themselves, largest first, a few
+at a time, so memory does not grow with the corpus. Prune the cache with
+`cadml index cache prune --older-than 30d`.
+
 Progress (drawings/s and ETA) goes to stderr; stdout carries only the result.
 Needs the 'worker' extra: pip install 'cadml[worker]'.
 exit codes: 0 built · 1 nothing could be indexed · 2 usage or I/O error (OUT is a
 file or cannot be created: checked before any drawing is read)
+"""
+
+PRUNE_HELP = """\
+Remove feature-cache entries that no build has used or written for --older-than
+(every build marks the entries it uses). Entries of an older extractorVersion are
+never used again and go once they are that old. Only files named as cache entries
+are removed, and folders they leave empty.
+exit codes: 0 pruned (or nothing to prune) · 2 usage error or no such cache folder
+"""
+
+PRUNE_EXAMPLES = """\
+cadml index cache prune --older-than 30d
+cadml index cache prune --older-than 7d --cache /var/cache/cadml --dry-run -o json
 """
 
 EXAMPLES = """\
@@ -75,6 +92,19 @@ def register(sub: Any) -> None:
                    help="output format")
     b.set_defaults(handler=run)
     register_merge(isub)
+
+    c = isub.add_parser("cache", help="the feature cache of incremental builds",
+                        description="The feature cache that `index build` keeps.")
+    csub = c.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    pr = add_parser(csub, "prune", help="remove cache entries no build used lately",
+                    description=PRUNE_HELP, examples=PRUNE_EXAMPLES)
+    pr.add_argument("--older-than", required=True, metavar="SPAN",
+                    help="remove entries no build used or wrote for this long (15m, 2h, 30d)")
+    pr.add_argument("--cache", metavar="DIR", help="the cache folder (default: as index build)")
+    pr.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    pr.add_argument("--output", "-o", choices=("text", "json"), default="text",
+                    help="output format")
+    pr.set_defaults(handler=run_prune, no_cache=False, resume=False)
 
 
 def cache_root(args: argparse.Namespace, environ: Mapping[str, str]) -> Path | None:
@@ -157,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
     result = build_index(source, Path(args.out), feature_version=args.feature_version,
                          kind=args.kind, workers=args.workers, limits=limits, progress=progress,
                          cache=cache)
+    if result.uncached:
+        sys.stderr.write(f"warning: {result.uncached} feature vectors could not be cached "
+                         f"(last: {result.cache_error}); the artifact is complete, the next "
+                         "build parses them again\n")
     uri = result.manifest_path.resolve().as_uri()
     if args.output == "json":
         write_json({"uri": uri, "sha256": result.manifest_sha256, "indexed": result.indexed,
@@ -169,4 +203,27 @@ def run(args: argparse.Namespace) -> int:
         for s in result.skipped:
             print(f"  skipped {s['file']}: {s['reason']}")
         print(f"artifact: {{uri: {uri}, sha256: {result.manifest_sha256}, format: faiss-index}}")
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    import time
+
+    from controller.cli._common import parse_span
+    from controller.errors import SourceError
+    from controller.search.featurecache import prune
+
+    span = parse_span(args.older_than, "--older-than")
+    root = cache_root(args, os.environ)
+    if root is None or not root.is_dir():
+        raise SourceError(f"feature cache {root}: no such folder; name it with --cache")
+    removed, kept = prune(root, time.time() - span.total_seconds(), dry_run=args.dry_run)
+    freed = sum(e.size for e in removed)
+    if args.output == "json":
+        write_json({"cache": str(root), "removed": len(removed), "bytes": freed,
+                    "kept": kept, "dryRun": args.dry_run})
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"{verb} {len(removed)} entries ({freed} bytes) unused for {args.older_than}; "
+              f"kept {kept} ({root})")
     return 0

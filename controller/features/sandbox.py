@@ -28,7 +28,7 @@ import os
 import resource
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,10 @@ from controller.features.extract import Features, InvalidDrawing, features_from_
 
 # Everything a parser child gets from its environment: no secret can leak into it.
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+# Imported once by the fork server, so a new parser child (a pool started or replaced)
+# is forked ready instead of importing the parser itself (~0.3 s of CPU each).
+PRELOAD = ["controller.features.extract", "ezdxf", "ezdxf.document", "ezdxf.filemanagement",
+           "ezdxf.lldxf.tagger", "ezdxf.recover"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ def _start_scrubbed_forkserver() -> None:
         try:  # the launch copies the process environment: swap it for the moment
             os.environ.clear()
             os.environ.update(CHILD_ENV)
+            server.set_forkserver_preload(PRELOAD)
             server.ensure_running()
         finally:
             os.environ.clear()
@@ -118,27 +123,51 @@ def _time_limit(limits: SandboxLimits) -> tuple[Any, ...]:
             "parse", {"cpuSeconds": limits.cpu_seconds}, 422)
 
 
-def _extract(data: bytes, version: str, limits: SandboxLimits) -> tuple[Any, ...]:
+def extract_raw(data: bytes, version: str, limits: SandboxLimits) -> tuple[Any, ...]:
+    """In a parser child: the features of `data` under the CPU timer, as a raw tuple
+    (`result_of` turns it into Features or InvalidDrawing). Tasks given to
+    `FeatureSandbox.run` answer such a tuple, optionally followed by fields of their own."""
     signal.signal(signal.SIGPROF, _on_cpu_limit)
     signal.setitimer(signal.ITIMER_PROF, limits.cpu_seconds)
     try:
         f = features_from_bytes(data, version, max_bytes=limits.max_bytes)
         return ("ok", f.vector.tolist(), f.version, f.entities, f.truncated, f.recovered)
     except InvalidDrawing as exc:
-        return ("err", str(exc), exc.code, exc.stage, exc.context, exc.status)
+        return refusal(exc)
     except _CpuLimit:
         return _time_limit(limits)
     except MemoryError:
-        return ("err", f"parsing needed more than {limits.memory_bytes} bytes of memory",
-                "memory_limit", "parse", {"memoryBytes": limits.memory_bytes}, 422)
+        return memory_limit(limits)
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
 
 
-def _result(raw: tuple[Any, ...]) -> Features:
+def memory_limit(limits: SandboxLimits) -> tuple[Any, ...]:
+    return ("err", f"parsing needed more than {limits.memory_bytes} bytes of memory",
+            "memory_limit", "parse", {"memoryBytes": limits.memory_bytes}, 422)
+
+
+def refusal(exc: InvalidDrawing) -> tuple[Any, ...]:
+    return ("err", str(exc), exc.code, exc.stage, exc.context, exc.status)
+
+
+def result_of(raw: tuple[Any, ...]) -> Features | InvalidDrawing:
+    """Purely computational: what a raw task answer says (fields after the sixth ignored)."""
     if raw[0] == "ok":
         return Features(np.asarray(raw[1], dtype=np.float32), raw[2], raw[3], raw[4], raw[5])
-    raise InvalidDrawing(raw[1], code=raw[2], stage=raw[3], context=raw[4], status=raw[5])
+    return InvalidDrawing(raw[1], code=raw[2], stage=raw[3], context=raw[4], status=raw[5])
+
+
+def _result(raw: tuple[Any, ...]) -> Features:
+    result = result_of(raw)
+    if isinstance(result, InvalidDrawing):
+        raise result
+    return result
+
+
+# a task whose process died twice: the answer the pool could not give
+PARSER_CRASH = ("err", "the parser process died on this drawing", "parser_crash", "parse",
+                None, 422)
 
 
 class _Slot:
@@ -189,12 +218,13 @@ class FeatureSandbox:
         processes = getattr(self._main.pool, "_processes", None) or {}
         return [p.pid for p in processes.values() if p.is_alive()]
 
-    def _run(self, slot: _Slot, data: bytes, version: str) -> Features:
+    def _run(self, slot: _Slot, task: Callable[..., tuple[Any, ...]], args: tuple[Any, ...]
+             ) -> tuple[Any, ...]:
         """One attempt in `slot`'s pool; BrokenProcessPool when a child died meanwhile."""
         while True:
             pool = slot.pool
             try:
-                future = pool.submit(_extract, data, version, self.limits)
+                future = pool.submit(task, *args)
                 break
             except BrokenProcessPool:
                 slot.replace(pool)
@@ -216,43 +246,30 @@ class FeatureSandbox:
             raw = _time_limit(self.limits)
         if raw[2:3] == ("time_limit",):
             slot.replace(pool)  # a child whose limit fired may hold broken state
-        return _result(raw)
+        return raw
 
-    def extract(self, data: bytes, version: str = "v4") -> Features:
+    def run(self, task: Callable[..., tuple[Any, ...]], *args: Any) -> tuple[Any, ...]:
+        """`task(*args)` in a parser child (a top-level function answering a raw tuple, as
+        `extract_raw` does): a time limit, a wall deadline or a dead child are answered
+        here as raw refusals. Blocks; call it from as many threads as drawings in flight."""
         with self._slots:
             try:
-                return self._run(self._main, data, version)
+                return self._run(self._main, task, args)
             except BrokenProcessPool:
                 pass
             # the pool died while this drawing was in it: try it again, alone
             with self._quarantine_lock:
                 try:
-                    return self._run(self._quarantine, data, version)
+                    return self._run(self._quarantine, task, args)
                 except BrokenProcessPool:
-                    raise InvalidDrawing("the parser process died on this drawing",
-                                         code="parser_crash", stage="parse") from None
+                    return PARSER_CRASH
+
+    def extract(self, data: bytes, version: str = "v4") -> Features:
+        return _result(self.run(extract_raw, data, version, self.limits))
 
     async def extract_async(self, data: bytes, version: str = "v4") -> Features:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._waiters, self.extract, data, version)
-
-    def map(self, items: list[tuple[str, Callable[[], bytes]]], version: str
-            ) -> Iterator[tuple[str, Features | InvalidDrawing]]:
-        """(name, Features | InvalidDrawing) as each finishes, for progress output. Each
-        drawing is read only when a parser is about to take it."""
-        def one(load: Callable[[], bytes]) -> Features | InvalidDrawing:
-            try:
-                return self.extract(load(), version)
-            except InvalidDrawing as exc:
-                return exc
-            except OSError as exc:
-                return InvalidDrawing(f"cannot read: {exc.strerror}", code="unreadable",
-                                      stage="read")
-
-        with concurrent.futures.ThreadPoolExecutor(self.workers + 1) as threads:
-            futures = {threads.submit(one, load): name for name, load in items}
-            for future in concurrent.futures.as_completed(futures):
-                yield futures[future], future.result()
 
     def close(self) -> None:
         self._waiters.shutdown(wait=False, cancel_futures=True)

@@ -5,27 +5,29 @@ sha256); it records the feature version, dimension, the sha256 of the index and
 of the raw vectors, the extractor identity (controller.features.identity), every
 indexed file and every skipped file with its reason. With a feature cache
 (controller.search.featurecache) only drawings not seen before are parsed; the
-artifact is the same, byte for byte, as a build without it.
+artifact is the same, byte for byte, as a build without it. `build_files` indexes a
+given list of drawings (a shard of a corpus, say); `build_index` a whole folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from controller.features import FEATURE_DIMS, Features, InvalidDrawing, identity
-from controller.features.sandbox import FeatureSandbox, SandboxLimits
+from controller.features import FEATURE_DIMS, InvalidDrawing, identity
+from controller.features.sandbox import SandboxLimits
 from controller.search.artifacts import MANIFEST_FORMAT
-from controller.search.featurecache import FeatureCache, check_writable, extract_cached
+from controller.search.featurecache import FeatureCache, check_writable
 from controller.search.fetch import sha256_file
 from controller.search.index import build_faiss, write_faiss
 from controller.search.progress import BuildTick
+from controller.search.stream import Rows, StreamStats, extract_stream, unreadable
 
 DXF_SUFFIXES = (".dxf",)
 
@@ -38,6 +40,8 @@ class BuildResult:
     skipped: list[dict[str, str]]
     parsed: int = 0  # drawings parsed by this build
     reused: int = 0  # drawings whose features came from the cache
+    uncached: int = 0  # results the cache could not store (the build went on without)
+    cache_error: str | None = None
 
 
 def find_drawings(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
@@ -65,13 +69,21 @@ def find_drawings(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
     return sorted(found), sorted(skipped, key=lambda s: s["file"])
 
 
-def _too_large(path: Path, limit: int) -> InvalidDrawing | None:
-    """Sizes are checked before anything is read (a 1 GiB file is never loaded)."""
-    size = path.stat().st_size
-    if size <= limit:
-        return None
-    return InvalidDrawing(f"{size} bytes, over the limit of {limit}", code="too_large",
-                          stage="read", context={"bytes": size, "limit": limit})
+def _sizes(paths: Sequence[Path], limit: int) -> tuple[list[int], dict[int, InvalidDrawing]]:
+    """Each file's size, and the rows refused before anything is read (over the size
+    limit: a 1 GiB file is never loaded; or gone)."""
+    sizes, refused = [], {}
+    for row, path in enumerate(paths):
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            size, refused[row] = 0, unreadable(exc)
+        if size > limit:
+            refused[row] = InvalidDrawing(f"{size} bytes, over the limit of {limit}",
+                                          code="too_large", stage="read",
+                                          context={"bytes": size, "limit": limit})
+        sizes.append(size)
+    return sizes, refused
 
 
 def manifest_order(name: str) -> tuple[str, ...]:
@@ -89,14 +101,33 @@ class Collected:
     skipped: list[dict[str, str]]
     parsed: int  # drawings parsed by this build
     reused: int  # drawings whose features came from the cache
+    uncached: int = 0  # results the cache could not store (the build went on without)
+    cache_error: str | None = None
 
 
-def collect(source: Path, *, feature_version: str = "v4", workers: int = 2,
+def collect(source: Path, work: Path, *, feature_version: str = "v4", workers: int = 2,
             limits: SandboxLimits | None = None,
             progress: Callable[[BuildTick], None] | None = None, cache: Path | None = None,
             select: Callable[[str], bool] | None = None) -> Collected:
     """Features of every drawing below `source` whose relative path `select` takes (all
-    when None); `cache` is the feature-cache root."""
+    when None; it is asked about every entry of the folder once); `cache` is the
+    feature-cache root, `work` a folder for the build's temporary vector file."""
+    paths, passed_over = find_drawings(source)
+    if select is not None:
+        paths = [p for p in paths if select(str(p.relative_to(source)))]
+        passed_over = [s for s in passed_over if select(s["file"])]
+    return collect_files(source, paths, passed_over, work, feature_version=feature_version,
+                         workers=workers, limits=limits, progress=progress, cache=cache)
+
+
+def collect_files(source: Path, paths: Sequence[Path], passed_over: list[dict[str, str]],
+                  work: Path, *, feature_version: str = "v4", workers: int = 2,
+                  limits: SandboxLimits | None = None,
+                  progress: Callable[[BuildTick], None] | None = None,
+                  cache: Path | None = None) -> Collected:
+    """Features of `paths` (drawings below `source`, named relative to it; their order is
+    the artifact's); `passed_over` is listed as skipped. The drawings stream through the
+    parsers (controller.search.stream): memory does not grow with them."""
     if feature_version not in FEATURE_DIMS:
         raise ValueError(f"unknown feature version {feature_version!r}")
     limits = limits or SandboxLimits()
@@ -104,41 +135,33 @@ def collect(source: Path, *, feature_version: str = "v4", workers: int = 2,
                                                      identity.extractor_version())
     if cache is not None:
         check_writable(cache)
-    paths, passed_over = find_drawings(source)
-    if select is not None:
-        paths = [p for p in paths if select(str(p.relative_to(source)))]
-        passed_over = [s for s in passed_over if select(s["file"])]
-    names = {str(p.relative_to(source)): p for p in paths}
-    results: dict[str, Features | InvalidDrawing] = {
-        name: why for name, p in names.items()
-        if (why := _too_large(p, limits.max_bytes)) is not None}
-    items = [(name, p.read_bytes) for name, p in names.items() if name not in results]
-    sandbox = FeatureSandbox(workers, limits)
+    names = [str(p.relative_to(source)) for p in paths]
+    sizes, early = _sizes(paths, limits.max_bytes)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = Rows(len(paths), FEATURE_DIMS[feature_version], work)
+    stats = StreamStats()
     parsed = 0
     try:
-        stream = extract_cached(items, lambda todo: sandbox.map(todo, feature_version), store)
-        for done, (name, result, fresh) in enumerate(stream, start=1):
-            results[name] = result
+        for row, why in early.items():
+            rows.put(row, why)
+        total = len(paths) - len(early)
+        stream = extract_stream(paths, sizes, (r for r in range(len(paths)) if r not in early),
+                                version=feature_version, limits=limits, workers=workers,
+                                cache=store, stats=stats)
+        for done, (row, result, fresh) in enumerate(stream, start=1):
+            rows.put(row, result)
             parsed += fresh
             if progress:
                 what = (f"skipped: {result}" if isinstance(result, InvalidDrawing)
                         else f"{result.entities} entities")
-                progress(BuildTick(done, len(items), name, what, fresh))
+                progress(BuildTick(done, total, names[row], what, fresh))
+        matrix = rows.matrix()
+        files, refused = rows.listing(names)
     finally:
-        sandbox.close()
-    files, vectors, skipped = [], [], list(passed_over)
-    for name in names:  # manifest order = sorted file order, whatever finished first
-        result = results[name]
-        if isinstance(result, InvalidDrawing):
-            skipped.append({"file": name, "code": result.code, "reason": str(result)})
-            continue
-        files.append({"id": name, "entities": result.entities, "truncated": result.truncated,
-                      "recovered": result.recovered})
-        vectors.append(result.vector)
-    skipped.sort(key=lambda s: manifest_order(s["file"]))
-    matrix = (np.vstack(vectors).astype(np.float32) if vectors
-              else np.empty((0, FEATURE_DIMS[feature_version]), np.float32))
-    return Collected(files, matrix, skipped, parsed, len(items) - parsed)
+        rows.close()
+    skipped = sorted([*passed_over, *refused], key=lambda s: manifest_order(s["file"]))
+    return Collected(files, matrix, skipped, parsed, total - parsed, stats.uncached,
+                     stats.cache_error)
 
 
 def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: str = "flat",
@@ -146,14 +169,27 @@ def build_index(source: Path, out: Path, *, feature_version: str = "v4", kind: s
                 progress: Callable[[BuildTick], None] | None = None,
                 cache: Path | None = None) -> BuildResult:
     """Index every drawing below `source` into `out`; `cache` is the feature-cache root."""
-    got = collect(source, feature_version=feature_version, workers=workers, limits=limits,
-                  progress=progress, cache=cache)
+    paths, passed_over = find_drawings(source)
+    return build_files(source, paths, passed_over, out, feature_version=feature_version,
+                       kind=kind, workers=workers, limits=limits, progress=progress,
+                       cache=cache)
+
+
+def build_files(source: Path, paths: Sequence[Path], passed_over: list[dict[str, str]],
+                out: Path, *, feature_version: str = "v4", kind: str = "flat",
+                workers: int = 2, limits: SandboxLimits | None = None,
+                progress: Callable[[BuildTick], None] | None = None,
+                cache: Path | None = None) -> BuildResult:
+    """Index `paths` (see `collect_files`) into `out`."""
+    got = collect_files(source, paths, passed_over, out, feature_version=feature_version,
+                        workers=workers, limits=limits, progress=progress, cache=cache)
     if not got.files:
         raise InvalidDrawing(f"no drawing in {source} could be indexed", code="nothing_indexed",
                              stage="index")
     built = write_artifact(out, got.vectors, got.files, got.skipped, feature_version, kind,
                            extractor=identity.describe())
     built.parsed, built.reused = got.parsed, got.reused
+    built.uncached, built.cache_error = got.uncached, got.cache_error
     return built
 
 

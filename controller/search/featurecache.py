@@ -4,22 +4,28 @@ Key: (sha256 of the drawing's bytes, featureVersion, extractorVersion), laid out
 ROOT/<extractorVersion>/<featureVersion>/<sha[:2]>/<sha>.json. A rebuild parses only
 drawings whose bytes it has not seen with this extractor; renamed, touched or
 copied files are hits, removed files simply stop being asked for. Entries are
-written as each drawing finishes (atomically), so an interrupted build resumes
-from where it stopped (`cadml index build --resume`).
+written as each drawing finishes (atomically, by the parser child that computed
+it), so an interrupted build resumes from where it stopped (`cadml index build
+--resume`). Looking entries up needs only the sha256, computed a block at a time.
 
 What is cached: the vector and its flags, or the refusal of a drawing whose
 failure depends only on its bytes and the extractor. Refusals that depend on the
 run's limits or luck (CPU time, memory, size limit, a crashed parser) are never
 cached: the next build tries again. A damaged or foreign cache entry is a miss.
+
+Pruning: a build touches every entry it uses, so an entry's mtime is its last use;
+`cadml index cache prune --older-than 30d` removes what no build used since (entries
+of an older extractor included) and nothing but files named as entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +40,20 @@ DEFAULT_CACHE = Path("~/.cache/cadml/features")
 UNCACHED_CODES = frozenset({"time_limit", "memory_limit", "parser_crash", "too_large"})
 
 Result = Features | InvalidDrawing
-Load = Callable[[], bytes]
-Parse = Callable[[list[tuple[str, Load]]], Iterable[tuple[str, Result]]]
+BLOCK = 1 << 20  # a streaming hash holds this much of a drawing at a time
 
 
 def content_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def file_key(path: Path) -> str:
+    """content_key of a file's bytes, read a block at a time (never the whole file)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def encode(sha: str, result: Result) -> dict[str, Any] | None:
@@ -109,6 +123,12 @@ class FeatureCache:
             return None
         return decode(sha, record, self.feature_version)
 
+    def touch(self, sha: str) -> None:
+        """Mark an entry used now: an entry's mtime is the last build that used it, which
+        is what `prune` goes by."""
+        with contextlib.suppress(OSError):  # gone meanwhile (pruned): it was a hit anyway
+            os.utime(self.path(sha))
+
     def put(self, sha: str, result: Result) -> None:
         record = encode(sha, result)
         if record is None:
@@ -125,39 +145,46 @@ class FeatureCache:
             raise
 
 
-def _constant(data: bytes) -> Load:
-    """The bytes already read (and hashed): the parse sees exactly what the key names."""
-    return lambda: data
+# What a cache entry and a cache temporary are named: prune removes nothing else.
+_ENTRY = re.compile(r"^[0-9a-f]{64}\.json$")
+_TEMPORARY = re.compile(r"^\.tmp-")
 
 
-def extract_cached(items: list[tuple[str, Load]], parse: Parse, cache: FeatureCache | None
-                   ) -> Iterator[tuple[str, Result, bool]]:
-    """(name, result, parsed) for every item: cache hits first, then the rest as `parse`
-    finishes them, each stored in the cache as it arrives. Identical contents parse once.
-    Without a cache the loaders go to `parse` untouched (each file read when parsed)."""
-    if cache is None:
-        for name, result in parse(items):
-            yield name, result, True
-        return
-    names_by_key: dict[str, list[str]] = {}
-    todo: list[tuple[str, Load]] = []
-    for name, load in items:
-        try:
-            data = load()
-        except OSError as exc:
-            yield name, InvalidDrawing(f"cannot read: {exc.strerror}", code="unreadable",
-                                       stage="read"), False
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    mtime: float
+    size: int
+
+
+def cache_entries(root: Path) -> list[Entry]:
+    """Every entry and leftover temporary of the cache at `root`, and only those: files
+    named as the layout names them, at ROOT/<extractor>/<feature>/<sha[:2]>/."""
+    found = []
+    for path in root.glob("*/*/*/*"):
+        if not (_ENTRY.match(path.name) or _TEMPORARY.match(path.name)) or path.is_symlink():
             continue
-        key = content_key(data)
-        hit = cache.get(key)
-        if hit is not None:
-            yield name, hit, False
-        elif key in names_by_key:
-            names_by_key[key].append(name)
-        else:
-            names_by_key[key] = [name]
-            todo.append((key, _constant(data)))
-    for key, result in parse(todo):
-        cache.put(key, result)
-        for i, name in enumerate(names_by_key[key]):
-            yield name, result, i == 0  # a copy of a drawing parsed once is a reuse
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            found.append(Entry(path, st.st_mtime, st.st_size))
+    return found
+
+
+def unused_since(entries: list[Entry], cutoff: float) -> list[Entry]:
+    """Purely computational: the entries no build has used or written since `cutoff`."""
+    return [e for e in entries if e.mtime < cutoff]
+
+
+def prune(root: Path, cutoff: float, *, dry_run: bool = False) -> tuple[list[Entry], int]:
+    """Remove the entries unused since `cutoff` (and then empty folders); returns what
+    was (or, dry, would be) removed and how many entries are kept."""
+    entries = cache_entries(root)
+    stale = unused_since(entries, cutoff)
+    if not dry_run:
+        for entry in stale:
+            entry.path.unlink(missing_ok=True)
+        for folder in sorted({e.path.parent for e in stale}, reverse=True):
+            for empty in (folder, folder.parent, folder.parent.parent):
+                with contextlib.suppress(OSError):  # not empty: a build uses it
+                    empty.rmdir()
+    return stale, len(entries) - len(stale)

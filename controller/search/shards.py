@@ -128,8 +128,8 @@ def build_shard(source: Path, out: Path, spec: ShardSpec, *, feature_version: st
         listed.append(name)
         return spec.owns(name)
 
-    got = collect(source, feature_version=feature_version, workers=workers, limits=limits,
-                  progress=progress, cache=cache, select=select)
+    got = collect(source, out.parent, feature_version=feature_version, workers=workers,
+                  limits=limits, progress=progress, cache=cache, select=select)
     files = [{**f, "sha256": sha256_file(source / f["id"]),
               "size": (source / f["id"]).stat().st_size} for f in got.files]
     described = identity.describe()

@@ -4,7 +4,8 @@ real cache folder (the end-to-end rebuild tests are in tests/cli/test_index_buil
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -20,16 +21,16 @@ from controller.features.identity import (
     compose_extractor_version,
     extractor_version,
 )
+from controller.search.build import build_index
 from controller.search.featurecache import (
     UNCACHED_CODES,
     FeatureCache,
-    Result,
     content_key,
     decode,
     encode,
-    extract_cached,
 )
 from controller.search.progress import BuildTick, ProgressMeter, format_eta, rate_and_eta
+from controller.search.stream import bounded_map, largest_first
 from tests.conftest import DXF_CORPUS
 
 BASE = (1, b"source", "1.4.5")
@@ -84,18 +85,40 @@ def test_another_extractor_never_sees_the_entries(tmp_path: Path) -> None:
 
 
 def test_identical_contents_are_parsed_once(tmp_path: Path) -> None:
-    data = (DXF_CORPUS / "3dface.dxf").read_bytes()
-    asked: list[str] = []
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.dxf", "b.dxf", "c.dxf"):
+        shutil.copyfile(DXF_CORPUS / "3dface.dxf", src / name)
+    ticks: list[BuildTick] = []
+    built = build_index(src, tmp_path / "out", workers=2, cache=tmp_path / "cache",
+                        progress=ticks.append)
+    assert (built.indexed, built.parsed, built.reused) == (3, 1, 2)
+    assert sorted((t.name, t.parsed) for t in ticks) == [("a.dxf", True), ("b.dxf", False),
+                                                          ("c.dxf", False)]
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 1
 
-    def parse(todo: list[tuple[str, Callable[[], bytes]]]) -> list[tuple[str, Result]]:
-        asked.extend(name for name, _ in todo)
-        return [(name, features_from_bytes(load(), "v4")) for name, load in todo]
 
-    cache = FeatureCache(tmp_path, "v4", extractor_version())
-    got = list(extract_cached([("a.dxf", lambda: data), ("b.dxf", lambda: data)], parse, cache))
-    assert asked == [content_key(data)]
-    assert [(name, fresh) for name, _, fresh in got] == [("a.dxf", True), ("b.dxf", False)]
-    assert got[0][1] is got[1][1]
+@pytest.mark.parametrize(("sizes", "rows", "order"), [
+    ([5, 9, 1, 9], [0, 1, 2, 3], [1, 3, 0, 2]),  # ties keep row order
+    ([5, 9, 1, 9], [2, 0], [0, 2]),
+    ([], [], []),
+])
+def test_largest_first(sizes: list[int], rows: list[int], order: list[int]) -> None:
+    assert largest_first(sizes, rows) == order
+
+
+def test_bounded_map_takes_jobs_lazily() -> None:
+    taken: list[int] = []
+
+    def jobs() -> Iterator[tuple[int, int]]:
+        for i in range(1000):
+            taken.append(i)
+            yield i, i
+
+    results = bounded_map(lambda x: x * 2, jobs(), threads=2)
+    first = next(results)
+    assert first[1] == first[0] * 2 and len(taken) <= 4 + 1  # a window, not the queue
+    assert sorted([first, *results]) == [(i, 2 * i) for i in range(1000)]
 
 
 @pytest.mark.parametrize(("parsed", "to_parse", "elapsed", "expected"), [
