@@ -30,6 +30,7 @@ from controller.reconcile.prune import refuse_unasked_prune
 from controller.reconcile.step import reconcile_tenant, stall_tenant
 from controller.records import ObservedTenant
 from controller.sources import collect_git
+from controller.steps import COMMAND_ANNOTATION
 from controller.store.repository import Store
 from controller.validation import validate_files
 
@@ -107,7 +108,7 @@ def reconcile_repo(store: Store, repo_dir: str, ref: str, paths: Iterable[str],
         return result  # nothing applied: the previous state stays intact
     by_tenant: dict[str, list[Resource]] = {t: [] for t in report.bundle.tenants()}
     for item in report.bundle.items:
-        by_tenant[item.key[1]].append(item.resource)
+        by_tenant[item.key[1]].append(_without_command(item.resource))
     tenants = set(by_tenant) if paths else set(by_tenant) | set(store.tenants())
     # the validated tree stays alive for the whole pass: keep the cyclic GC from rescanning
     # it at every collection (unfrozen after, so --watch collects it between passes)
@@ -118,6 +119,18 @@ def reconcile_repo(store: Store, repo_dir: str, ref: str, paths: Iterable[str],
     finally:
         gc.unfreeze()
     return result
+
+
+def _without_command(resource: Resource) -> Resource:
+    """A resource as Git mode reconciles it: without the canary-step command annotation,
+    which only the cluster's mutating webhook stamps with an authenticated user (a commit
+    could otherwise resume/abort a plan in anyone's name; `cadml rollout` is Git mode's)."""
+    notes = resource.metadata.annotations
+    if COMMAND_ANNOTATION not in notes:
+        return resource
+    meta = resource.metadata.model_copy(update={"annotations": {
+        k: v for k, v in notes.items() if k != COMMAND_ANNOTATION}})
+    return resource.model_copy(update={"metadata": meta})
 
 
 def _reconcile_tenants(store: Store, tenants: list[str], by_tenant: dict[str, list[Resource]],

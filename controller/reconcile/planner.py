@@ -677,8 +677,10 @@ def _walk_steps(plan: Plan, p: RolloutPolicy, spec: Mapping[str, Any], routing: 
         plan.steps.append((p.spec.model_ref, state, new))
         said = steps.change_summary(strategy.steps, state, new)
         if said is not None:
-            applied = command is not None and new.command == command.id and (
-                state is None or state.command != command.id)
+            # a command that applied left a verdict naming its user (a refused one not)
+            applied = command is not None and any(
+                v.get("by") == command.user for v in new.verdicts
+                if state is None or v not in state.verdicts)
             plan.audit.append(AuditEntry("step", "RolloutPolicy", p.metadata.name, {
                 "summary": said, "stepIndex": new.index, "phase": new.phase,
                 **({"user": command.user, "command": command.action} if applied and command
