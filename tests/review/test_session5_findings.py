@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from controller.reconcile.gitmode import reconcile_repo
 from controller.search.build import BuildResult
 from tests.conftest import git
