@@ -230,6 +230,8 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
             isinstance(f, dict) and isinstance(f.get("id"), str) for f in meta["files"])),
         ("skipped", lambda: isinstance(meta["skipped"], list) and all(
             isinstance(s, dict) and isinstance(s.get("file"), str) for s in meta["skipped"])),
+        ("files", lambda: _distinct_relative(
+            [f["id"] for f in meta["files"]] + [s["file"] for s in meta["skipped"]])),
         ("vectors.sha256", lambda: isinstance(meta["vectors"]["sha256"], str)),
         ("listing", lambda: isinstance(meta["listing"]["entries"], int)
          and isinstance(meta["listing"]["sha256"], str)),
@@ -241,6 +243,14 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
             good = False
         if not good:
             raise _damaged(path, field, "missing or malformed")
+
+
+def _distinct_relative(names: list[str]) -> bool:
+    """Whether every entry is named once, by a relative path below the folder (what a
+    build writes: no absolute path, no `..` or `.` part, no empty part)."""
+    return len(set(names)) == len(names) and all(
+        name and not name.startswith("/") and all(
+            part not in ("", ".", "..") for part in name.split("/")) for name in names)
 
 
 def check_shards(shards: Sequence[Shard]) -> list[ShardError]:

@@ -3,13 +3,21 @@ interfaces: `cadml reconcile` of a Git repository, the `cadml` CLI, shard files.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
+
 from controller.reconcile.gitmode import reconcile_repo
 from controller.search.build import BuildResult
-from tests.conftest import git
+from tests.cli.test_index_shards import cadml
+from tests.conftest import DXF_CORPUS, git
 from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
 from tests.stores import Backend
 
@@ -84,3 +92,62 @@ def test_refused_command_is_not_audited_as_the_users(tmp_path: Path,
         steps_rows = [e for e in tx.audit_events() if e.action == "step"]
     assert steps_rows and all(e.actor != "k8s:mallory" and "user" not in e.details
                               for e in steps_rows)
+
+
+# ---- shard files as hostile input (`cadml index merge`)
+
+def _one_shard(root: Path) -> Path:
+    """A real `--shard 0/1` build of three corpus drawings (shard 0 of 1 owns every path)."""
+    src = root / "src"
+    src.mkdir()
+    for name in ("3dface.dxf", "colors.dxf", "VP4.dxf"):
+        shutil.copyfile(DXF_CORPUS / name, src / name)
+    shard = root / "s.cadml-shard"
+    proc = cadml(root, "build", str(src), "--shard", "0/1", "--out", str(shard),
+                 "--workers", "1", "--quiet", "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    return shard
+
+
+def _craft(shard: Path, dest: Path, files: list[dict[str, Any]], vectors: np.ndarray,
+           entries: int) -> Path:
+    """A shard whose entries and vectors are `files` and `vectors`, checksums made to
+    match (what a hostile or careless shard writer can do)."""
+    with zipfile.ZipFile(shard) as zf:
+        meta = json.loads(zf.read("shard.json"))
+    buf = io.BytesIO()
+    np.save(buf, vectors.astype(np.float32), allow_pickle=False)
+    raw = buf.getvalue()
+    meta = {**meta, "files": files, "listing": {**meta["listing"], "entries": entries},
+            "vectors": {"file": "vectors.npy", "sha256": hashlib.sha256(raw).hexdigest()}}
+    with zipfile.ZipFile(dest, "w") as zf:
+        zf.writestr("shard.json", json.dumps(meta))
+        zf.writestr("vectors.npy", raw)
+    return dest
+
+
+def _vectors(shard: Path) -> tuple[list[dict[str, Any]], np.ndarray]:
+    with zipfile.ZipFile(shard) as zf:
+        meta = json.loads(zf.read("shard.json"))
+        return meta["files"], np.load(io.BytesIO(zf.read("vectors.npy")))
+
+
+@pytest.mark.parametrize("hostile", ["duplicate-id", "parent-path", "absolute-path"])
+def test_merge_refuses_entries_no_build_writes(tmp_path: Path, hostile: str) -> None:
+    """A drawing id twice, or an id that is not a relative path below the folder: a single
+    build never writes one, so a merge must refuse the shard (shard_damaged, the file
+    and field named, nothing written). Before: the merged artifact listed them."""
+    shard = _one_shard(tmp_path)
+    files, vectors = _vectors(shard)
+    skipped = len(json.loads(zipfile.ZipFile(shard).read("shard.json"))["skipped"])
+    if hostile == "duplicate-id":
+        files, vectors = [*files, files[0]], np.vstack([vectors, vectors[:1]])
+    else:
+        files = [{**files[0], "id": "../outside.dxf" if hostile == "parent-path"
+                  else "/etc/passwd"}, *files[1:]]
+    bad = _craft(shard, tmp_path / "bad.cadml-shard", files, vectors, len(files) + skipped)
+    out = tmp_path / "out"
+    proc = cadml(tmp_path, "merge", str(bad), "--out", str(out))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and f"shard {bad}: files" in proc.stderr
+    assert not (out / "manifest.json").exists()
