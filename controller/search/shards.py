@@ -44,6 +44,8 @@ from controller.search.progress import BuildTick
 SHARD_FORMAT = "cadml-index-shard/v1"
 MAX_SHARDS = 100_000  # an Indexed Job's completions are limited to 100,000 too
 META, VECTORS = "shard.json", "vectors.npy"
+MAX_META_BYTES = 512 * 1024 * 1024
+NPY_HEADER_MAX = 64 * 1024
 SHARD_ONLY_KEYS = ("sha256", "size")  # in a shard's file entries, not in the manifest's
 # what every shard of one build must agree on, besides extractorVersion
 SAME = ("featureVersion", "dim", "parameters", "extractor", "listing")
@@ -187,8 +189,12 @@ def read_shard(path: Path) -> Shard:
     """A shard file, checked whole (members, fields, vectors' sha256 and shape); a
     ShardError naming the file and the field if anything is wrong."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            text, raw = zf.read(META), zf.read(VECTORS)
+        with zipfile.ZipFile(path) as zf:  # sizes as declared: a bomb is not inflated
+            if zf.getinfo(META).file_size > MAX_META_BYTES:
+                raise _damaged(path, META, f"larger than {MAX_META_BYTES} bytes")
+            text = zf.read(META)
+            declared = zf.getinfo(VECTORS).file_size
+            raw = zf.read(VECTORS) if declared <= _vectors_limit(text) else None
     except FileNotFoundError:
         raise ShardError(f"shard {path}: no such file; pass the shard files the build wrote",
                          code="shard_missing", context={"file": str(path)}) from None
@@ -201,6 +207,9 @@ def read_shard(path: Path) -> Shard:
     if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
         raise _damaged(path, "format", f"is not {SHARD_FORMAT}")
     _check_fields(path, meta)
+    if raw is None:
+        raise _damaged(path, VECTORS, f"declares {declared} bytes, more than the "
+                                      f"{len(meta['files'])} rows shard.json lists")
     if hashlib.sha256(raw).hexdigest() != meta["vectors"]["sha256"]:
         raise _damaged(path, "vectors.sha256", "does not match vectors.npy")
     try:
@@ -213,6 +222,16 @@ def read_shard(path: Path) -> Shard:
         raise _damaged(path, VECTORS, f"must be a finite float32 {expected[0]} x {expected[1]} "
                                       f"matrix, is {vectors.dtype} {vectors.shape}")
     return Shard(path, meta, vectors)
+
+
+def _vectors_limit(text: bytes) -> int:
+    """The most bytes vectors.npy may take for the rows shard.json lists (a header, then
+    float32 rows of the widest feature version)."""
+    try:
+        rows = len(json.loads(text)["files"])
+    except (ValueError, KeyError, TypeError):
+        rows = 0
+    return NPY_HEADER_MAX + 4 * max(FEATURE_DIMS.values()) * rows
 
 
 def _check_fields(path: Path, meta: dict[str, Any]) -> None:

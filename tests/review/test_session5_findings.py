@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import pytest
 from controller.reconcile.gitmode import reconcile_repo
 from controller.search.build import BuildResult
 from tests.cli.test_index_shards import cadml
-from tests.conftest import DXF_CORPUS, git
+from tests.conftest import DXF_CORPUS, ROOT, git
 from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
 from tests.stores import Backend
 
@@ -151,3 +154,35 @@ def test_merge_refuses_entries_no_build_writes(tmp_path: Path, hostile: str) -> 
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and f"shard {bad}: files" in proc.stderr
     assert not (out / "manifest.json").exists()
+
+
+def _bomb(shard: Path, dest: Path, size: int) -> Path:
+    """The shard with its vectors.npy replaced by `size` bytes of zeros, deflated (a few
+    MB on disk): a zip bomb."""
+    with zipfile.ZipFile(shard) as zf:
+        meta = zf.read("shard.json")
+    chunk = bytes(16 * 1024 * 1024)
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr("shard.json", meta)
+        with zf.open("vectors.npy", "w", force_zip64=True) as fh:
+            for _ in range(size // len(chunk)):
+                fh.write(chunk)
+    return dest
+
+
+def test_merge_refuses_a_zip_bomb_without_inflating_it(tmp_path: Path) -> None:
+    """A shard whose vectors.npy inflates to 1.5 GiB (its shard.json lists 3 drawings:
+    3 x 512 float32 at most) is refused as damaged from the sizes the archive declares,
+    not read: under an address-space limit of 800 MiB (a merge of real shards runs in
+    it) the merge answers shard_damaged. Before: the whole member was inflated in
+    memory (MemoryError, a traceback)."""
+    shard = _one_shard(tmp_path)
+    bad = _bomb(shard, tmp_path / "bomb.cadml-shard", 1536 * 1024 * 1024)
+    assert bad.stat().st_size < 32 * 1024 * 1024
+    limit = 800 * 1024 * 1024
+    proc = subprocess.run(
+        ["prlimit", f"--as={limit}", sys.executable, "-m", "controller", "index", "merge",
+         str(bad), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and f"shard {bad}: vectors.npy" in proc.stderr
