@@ -148,6 +148,7 @@ class FeatureCache:
 # What a cache entry and a cache temporary are named: prune removes nothing else.
 _ENTRY = re.compile(r"^[0-9a-f]{64}\.json$")
 _TEMPORARY = re.compile(r"^\.tmp-")
+_PREFIX = re.compile(r"^[0-9a-f]{2}$")  # the <sha[:2]> folder an entry lies in
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,10 @@ def cache_entries(root: Path) -> list[Entry]:
     """Every entry and leftover temporary of the cache at `root`, and only those: files
     named as the layout names them, at ROOT/<extractor>/<feature>/<sha[:2]>/."""
     found = []
-    for path in root.glob("*/*/*/*"):
-        if not (_ENTRY.match(path.name) or _TEMPORARY.match(path.name)) or path.is_symlink():
+    for path in root.glob("*/*/*/*"):  # glob follows links to folders: none is taken
+        below = (path, path.parent, path.parent.parent, path.parent.parent.parent)
+        if not (_ENTRY.match(path.name) or _TEMPORARY.match(path.name)) or \
+                not _PREFIX.match(path.parent.name) or any(p.is_symlink() for p in below):
             continue
         with contextlib.suppress(OSError):
             st = path.stat()

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,28 @@ def test_merge_refuses_a_zip_bomb_without_inflating_it(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and f"shard {bad}: vectors.npy" in proc.stderr
+
+
+# ---- `cadml index cache prune`
+
+def test_prune_never_follows_a_link_out_of_the_cache(tmp_path: Path) -> None:
+    """A link inside the cache folder (an extractor folder linked to shared storage, a
+    careless `ln -s`) must not make prune remove files outside the cache, however they
+    are named. Before: `glob("*/*/*/*")` followed the link and removed them."""
+    cache, outside = tmp_path / "cache", tmp_path / "elsewhere"
+    sha = "ab" + "0" * 62
+    for folder in (outside / "v4" / "ab", cache / "x1-0000000000000000" / "v4" / "ab"):
+        folder.mkdir(parents=True)
+        (folder / f"{sha}.json").write_text("{}")
+        (folder / ".tmp-keep").write_text("x")
+    (cache / "x2-linked").symlink_to(outside, target_is_directory=True)
+    old = time.time() - 90 * 86400
+    for path in [*outside.rglob("*"), *cache.rglob("*")]:
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, (old, old))
+    proc = cadml(tmp_path, "cache", "prune", "--older-than", "30d", "--cache", str(cache),
+                 "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert not (cache / "x1-0000000000000000" / "v4" / "ab" / f"{sha}.json").exists()
+    assert sorted(p.name for p in outside.rglob("*") if p.is_file()) == [
+        ".tmp-keep", f"{sha}.json"]
