@@ -104,16 +104,22 @@ def command_store(tx: StoreTx, model: str, command: steps.Command,
     return outcome
 
 
-def promotion_refusal(tx: StoreTx, model: str, spec: Mapping[str, Any]) -> str | None:
+def promotion_refusal(tx: StoreTx, model: str, spec: Mapping[str, Any],
+                      version: str | None = None) -> str | None:
     """Why a canary with steps cannot be promoted yet (None: it can): the plan in Git
     (`spec`, the policy as the promotion would edit it) must be the one the store walked,
-    and every step of it must have passed (ReadyToPromote)."""
+    `version` (the one promoted) one its weights walked, and every step of it must have
+    passed (ReadyToPromote)."""
     try:
         parsed = RolloutPolicySpec.model_validate(spec)
     except ValueError as exc:
         return f"the policy in Git is not valid: {exc}"
     if parsed.strategy is None:
         return None
+    walked = [str(w.version) for w in parsed.weights]
+    if version is not None and version not in walked:
+        return (f"its canary steps walk {', '.join(walked)}, not {version}: add {version} to "
+                "the weights (a new plan) and let its steps run first")
     key = steps.plan_key(parsed.model_dump(mode="json", by_alias=True, exclude_none=True))
     state = tx.observe().steps.get(model)
     if state is None or state.plan_key != key:

@@ -299,7 +299,7 @@ def _promote(args: argparse.Namespace) -> int:
         from controller.store.open import open_store
 
         with open_store(args.store, create=False).read(tenant, "cadml-promote") as tx:
-            why = promotion_refusal(tx, model, spec)
+            why = promotion_refusal(tx, model, spec, args.version)
         if why is not None:
             raise UsageError(f"cannot promote {tenant}/{model} {args.version}: {why}")
     result = promote_in_repo(args.repo, tenant, model, args.version, args.reason,

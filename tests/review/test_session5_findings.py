@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from controller.cli import main
 from controller.reconcile.gitmode import reconcile_repo
 from controller.search.build import BuildResult
 from tests.cli.test_index_shards import cadml
@@ -212,3 +213,31 @@ def test_prune_never_follows_a_link_out_of_the_cache(tmp_path: Path) -> None:
     assert not (cache / "x1-0000000000000000" / "v4" / "ab" / f"{sha}.json").exists()
     assert sorted(p.name for p in outside.rglob("*") if p.is_file()) == [
         ".tmp-keep", f"{sha}.json"]
+
+
+# ---- `cadml promote --repo --store` with canary steps
+
+def test_promote_refuses_a_canary_the_steps_did_not_walk(
+        tmp_path: Path, corpus_index: BuildResult, backend: Backend,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The steps walked canary 1.1.0 to ReadyToPromote; a second CANARY, 1.2.0, outside the
+    weights, never took a request. `promote 1.2.0 --repo --store` must be refused (the
+    steps say nothing of it). Before: the gate only asked whether the plan was done, and
+    1.2.0 became STABLE with 70 % of the traffic."""
+    stable, canary, other = copy_artifacts(tmp_path, corpus_index,
+                                           ["art-stable", "art-canary", "art-other"])
+    tree = model_tree(TENANT, MODEL, [
+        version_doc(TENANT, MODEL, "part-sim-1-0-0", "1.0.0", "STABLE", stable),
+        version_doc(TENANT, MODEL, "part-sim-1-1-0", "1.1.0", "CANARY", canary),
+        version_doc(TENANT, MODEL, "part-sim-1-2-0", "1.2.0", "CANARY", other)],
+        [("1.0.0", 70), ("1.1.0", 30)], 5, "  strategy:\n    steps:\n      - setWeight: 10\n")
+    repo = commit_tree(tmp_path, MODEL, tree)
+    assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+    assert _policy_status(backend)["stepPhase"] == "ReadyToPromote"
+    head = git(repo, "rev-parse", "HEAD")
+    capsys.readouterr()
+    code = main(["promote", f"{TENANT}/{MODEL}", "--version", "1.2.0", "--reason", "walked",
+                 "--repo", str(repo), "--author", "Alice <alice@acme.example>",
+                 "--store", backend.app_url])
+    assert code == 2, capsys.readouterr()
+    assert git(repo, "rev-parse", "HEAD") == head
