@@ -189,6 +189,12 @@ def _drop_override(spec: Any, changes: list[str]) -> None:
         changes.append("manual override removed")
 
 
+def _drop_strategy(spec: Any, changes: list[str], why: str) -> None:
+    """Canary steps walk one canary: a commit that ends the canary ends its steps too."""
+    if spec.pop("strategy", None) is not None:
+        changes.append(f"strategy.steps removed: {why}")
+
+
 def _weights(spec: Any) -> str:
     return ", ".join(f"{w['version']}={w['weight']}" for w in spec.get("weights", []))
 
@@ -220,6 +226,7 @@ def rollback_in_repo(repo_dir: str, tenant: str, model: str, to: str | None, rea
     before = _weights(spec)
     spec["weights"] = [{"version": target_version, "weight": 100}]
     _drop_override(spec, changes)
+    _drop_strategy(spec, changes, "the rollback routes everything to the STABLE version")
     meta = tree.policy.body["metadata"]
     meta.setdefault("annotations", {})[ROLLBACK_ANNOTATION] = reason
     changes.insert(0, f"{meta['name']}: weights {before} → {target_version}=100")
@@ -261,8 +268,7 @@ def promote_in_repo(repo_dir: str, tenant: str, model: str, version: str, reason
     spec["weights"] = [{"version": version, "weight": 100 - sum(int(w["weight"])
                                                                 for w in others)}, *others]
     _drop_override(spec, changes)
-    if spec.pop("strategy", None) is not None:  # its canary steps are done with
-        changes.append("strategy.steps removed: the canary they walked is the STABLE now")
+    _drop_strategy(spec, changes, "the canary they walked is the STABLE now")
     changes.insert(0, f"{tree.policy.body['metadata']['name']}: weights {before} → "
                       f"{_weights(spec)}")
     return _commit(tree, touched, version, f"promote {tenant}/{model} {version} to STABLE",

@@ -241,3 +241,26 @@ def test_promote_refuses_a_canary_the_steps_did_not_walk(
                  "--store", backend.app_url])
     assert code == 2, capsys.readouterr()
     assert git(repo, "rev-parse", "HEAD") == head
+
+
+# ---- `cadml rollback --repo` of a policy with canary steps
+
+def test_rollback_in_git_of_a_policy_with_steps(tmp_path: Path, corpus_index: BuildResult,
+                                                backend: Backend,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The emergency path must work mid-walk: `cadml rollback --repo` commits a policy that
+    validates (weights STABLE=100; steps walk one canary, so they go with it) and, once
+    reconciled, routes everything to STABLE. Before: the commit kept spec.strategy with one
+    weight, a policy `cadml validate` refuses (policy.steps-one-canary)."""
+    repo = _steps_tree(tmp_path, corpus_index, None)
+    assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+    code = main(["rollback", f"{TENANT}/{MODEL}", "--reason", "bad canary", "--repo",
+                 str(repo), "--author", "Alice <alice@acme.example>"])
+    out = capsys.readouterr()
+    assert code == 0, out
+    assert main(["validate", "--git-ref", "HEAD", "--repo", str(repo)]) == 0
+    assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+    with backend.store.read(TENANT, "t") as tx:
+        snap = tx.snapshot(MODEL)
+    assert snap is not None and [(r.version, r.weight) for r in snap.routes] == [
+        ("1.0.0", 100)]
