@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from controller.api.v1alpha1 import Model, ModelVersion, RolloutPolicy
+from controller.api.v1alpha1 import Model, ModelVersion, RolloutPolicy, RolloutPolicySpec
 from controller.records import RouteRow, ShadowRoute
 
 ROLLBACK_ANNOTATION = "cadml.io/rollback-reason"
@@ -35,7 +35,11 @@ class RoutingTable:
 
 
 def override_active(policy: RolloutPolicy, now: datetime) -> bool:
-    ov = policy.spec.override
+    return override_in_force(policy.spec, now)
+
+
+def override_in_force(spec: RolloutPolicySpec, now: datetime) -> bool:
+    ov = spec.override
     return ov is not None and (ov.until is None or ov.until > now)
 
 

@@ -18,6 +18,7 @@ from controller.api.v1alpha1 import RolloutPolicySpec
 from controller.errors import UsageError
 from controller.evaluation import analyse, compute, measure, measurement_due
 from controller.records import PolicyRow, StepState
+from controller.routing import override_in_force
 from controller.store.repository import StoreTx
 
 
@@ -56,7 +57,8 @@ def walk_policies(tx: StoreTx, now: datetime, policy: str | None = None,
             continue
         plan, key = spec.strategy.steps, steps.plan_key(row.spec)
         before = observed.steps.get(row.model_name)
-        state = steps.walk(plan, before, key, now, command=command)
+        held = override_in_force(spec, now)  # as step_routing holds the walk
+        state = steps.walk(plan, before, key, now, command=command, hold=held)
         due = steps.analysis_due(plan, state)
         canary = next((w.version for w in spec.weights for v in observed.versions.values()
                        if v.model_name == row.model_name and v.version == w.version
@@ -70,7 +72,8 @@ def walk_policies(tx: StoreTx, now: datetime, policy: str | None = None,
                                                                 version=canary)))
             kept, _, aborted = measure(state.measurements, overall, verdicts, now,
                                        a.failure_limit)
-            state = steps.walk(plan, state, key, now, steps.Measured(kept, aborted))
+            state = steps.walk(plan, state, key, now, steps.Measured(kept, aborted),
+                               hold=held)
         said = steps.change_summary(plan, before, state)
         if state != before:
             tx.save_step(row.model_name, state, before)
@@ -96,7 +99,8 @@ def command_store(tx: StoreTx, model: str, command: steps.Command,
                          "spec.strategy.steps in the store; reconcile one first")
     state = observed.steps.get(model)
     key = steps.plan_key(rows[0].spec)
-    current = steps.walk(spec.strategy.steps, state, key, now)
+    current = steps.walk(spec.strategy.steps, state, key, now,
+                         hold=override_in_force(spec, now))
     why = steps.refusal(current, command.action)
     if why is not None:
         raise UsageError(f"cannot {command.action} {tx.tenant}/{model}: {why}")

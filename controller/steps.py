@@ -155,10 +155,13 @@ def _settle(steps: Sequence[StepSpec], state: StepState, now: datetime) -> StepS
 
 
 def walk(steps: Sequence[StepSpec], state: StepState | None, key: str, now: datetime,
-         measured: Measured | None = None, command: Command | None = None) -> StepState:
+         measured: Measured | None = None, command: Command | None = None,
+         hold: bool = False) -> StepState:
     """The state after one look at `now`: a new plan (`key`) starts at step 0; then the
     user's command (once per id), then the analysis measurement of the current step (if
-    it is an analysis step), then every step that can pass passes."""
+    it is an analysis step), then every step that can pass passes. `hold`: the policy
+    does not route now (an override): no step passes, and the current one starts again
+    (its pause counts) from the last look under the hold."""
     if state is None or state.plan_key != key:
         state = start(key, now, command=state.command if state is not None else "")
     if command is not None and command.id != state.command:
@@ -166,6 +169,8 @@ def walk(steps: Sequence[StepSpec], state: StepState | None, key: str, now: date
     if measured is not None and state.phase != ABORTED and state.index < len(steps) \
             and steps[state.index].analysis is not None:
         state = _judge(state, measured, now)
+    if hold:
+        return state if state.phase in (ABORTED, READY) else replace(state, started_at=now)
     return _settle(steps, state, now)
 
 
@@ -281,7 +286,8 @@ def step_routing(spec: Mapping[str, Any], steps: Sequence[StepSpec], routing: Ro
     window or an abort of the policy-wide analysis win over the steps, as they win over
     the weights. Otherwise: the canary at its step's weight, all on STABLE once aborted,
     and the spec's weights once every step passed."""
-    new = walk(steps, state, plan_key(spec), now, command=command)
+    new = walk(steps, state, plan_key(spec), now, command=command,
+               hold=routing.source != "policy")
     stable = next((r.version for r in routing.routes if r.is_stable), None)
     if routing.source != "policy" or stable is None:
         return routing, new

@@ -293,3 +293,45 @@ def test_periodic_driver_stops_once_the_replica_is_paused() -> None:
     assert {t for _, t in driver.tick()} == {"a"}  # active: a runs
     now[0] = 11.0
     assert driver.tick() == []  # paused since 10.5: b must wait for the new leader
+
+
+# ---- canary steps under a manual override
+
+TIMED_STEPS = """  override: {version: 1.0.0, reason: canary misbehaves}
+  strategy:
+    steps:
+      - setWeight: 10
+      - pause: {duration: 1h}
+      - setWeight: 50
+      - pause: {duration: 1h}
+"""
+
+
+def test_steps_do_not_pass_while_an_override_routes(
+        tmp_path: Path, corpus_index: BuildResult, backend: Backend,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An override sends everything to STABLE: the canary takes no request, so its timed
+    pauses observe nothing. Three hours of override must not walk the plan to
+    ReadyToPromote (and so let `cadml promote --repo --store` commit a canary nobody
+    watched). Before: the pauses elapsed under the override, the status said
+    ReadyToPromote and the promotion was committed."""
+    from datetime import UTC, datetime, timedelta
+
+    stable, canary = copy_artifacts(tmp_path, corpus_index, ["art-stable", "art-canary"])
+    repo = commit_tree(tmp_path, MODEL, model_tree(TENANT, MODEL, [
+        version_doc(TENANT, MODEL, "part-sim-1-0-0", "1.0.0", "STABLE", stable),
+        version_doc(TENANT, MODEL, "part-sim-1-1-0", "1.1.0", "CANARY", canary)],
+        [("1.0.0", 70), ("1.1.0", 30)], 5, TIMED_STEPS))
+    t0 = datetime.now(UTC)
+    for hours in (0, 1.5, 3):
+        assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7,
+                              now=t0 + timedelta(hours=hours)).ok
+    status = _policy_status(backend)
+    assert status["canaryWeight"] == 0  # the override routes
+    assert status["stepPhase"] != "ReadyToPromote", status
+    head = git(repo, "rev-parse", "HEAD")
+    code = main(["promote", f"{TENANT}/{MODEL}", "--version", "1.1.0", "--reason", "walked",
+                 "--repo", str(repo), "--author", "Alice <alice@acme.example>",
+                 "--store", backend.app_url])
+    assert code == 2, capsys.readouterr()
+    assert git(repo, "rev-parse", "HEAD") == head
