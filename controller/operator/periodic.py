@@ -113,4 +113,8 @@ class PeriodicDriver:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.step)
-            await loop.run_in_executor(None, self.tick)
+            try:
+                await loop.run_in_executor(None, self.tick)
+            except Exception:  # the only periodic loop: one failed round must not end it
+                logger.warning("periodic round failed; next round in %.1fs", self.step,
+                               exc_info=True)

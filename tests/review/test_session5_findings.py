@@ -335,3 +335,34 @@ def test_steps_do_not_pass_while_an_override_routes(
                  "--store", backend.app_url])
     assert code == 2, capsys.readouterr()
     assert git(repo, "rev-parse", "HEAD") == head
+
+
+def test_periodic_driver_outlives_a_failed_round() -> None:
+    """One round that fails outside a tenant's own work (reading the tenants raised) must
+    not end the operator's only periodic loop: the tenant is repaired a round later.
+    Before: `run()` let the exception end its task, and no tenant was ever repaired or
+    analysed again (until a restart)."""
+    import asyncio
+
+    from controller.operator.periodic import PeriodicDriver
+
+    async def scenario() -> None:
+        repaired = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        calls = [0]
+
+        def tenants() -> list[str]:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise RuntimeError("the API server went away for a moment")
+            return ["a"]
+
+        driver = PeriodicDriver(tenants=tenants, finished=lambda t: None,
+                                repair=lambda t: loop.call_soon_threadsafe(repaired.set),
+                                analyse=lambda t: None, interval=1.0, analysis_interval=1.0)
+        task = asyncio.create_task(driver.run())
+        try:
+            await asyncio.wait_for(repaired.wait(), 30)
+        finally:
+            task.cancel()
+    asyncio.run(scenario())
