@@ -466,12 +466,14 @@ def _analysed(spec: Mapping[str, Any]) -> bool:
 
 def tenants_in(indexes: Mapping[str, Any]) -> set[str]:
     """The namespaces the indexes hold any cadml object of (the tenants)."""
+    changing: RuntimeError | None = None
     for _ in range(3):
         try:
             return {str(ns) for name in INDEXES for ns in list(indexes.get(name) or ())}
-        except RuntimeError:  # an index changed while it was read: read it again
-            continue
-    return set()
+        except RuntimeError as exc:  # an index changed while it was read: read it again
+            changing = exc
+    # not "no tenants": the periodic driver would forget them all (a failed round instead)
+    raise RuntimeError(f"the indexes kept changing while read: {changing}")
 
 
 def periodic_driver(memo: MutableMapping[str, Any], indexes: Mapping[str, Any],

@@ -366,3 +366,34 @@ def test_periodic_driver_outlives_a_failed_round() -> None:
         finally:
             task.cancel()
     asyncio.run(scenario())
+
+
+def test_a_changing_index_does_not_push_a_tenants_repair_back() -> None:
+    """The tenants are read from kopf's indexes while kopf changes them (another thread):
+    a read that keeps failing must not look like "no tenants", which made the driver
+    forget every tenant and see it anew (first due an interval later): under steady churn
+    a tenant was never repaired. Fake clock; the indexes as the real `tenants_in` reads
+    them, one of them changing during three reads in a row."""
+    from controller.operator.handlers import INDEXES, tenants_in
+    from controller.operator.periodic import PeriodicDriver
+
+    churn = [0]
+
+    class Changing(dict[str, Any]):
+        def __iter__(self) -> Any:
+            if churn[0] > 0:
+                churn[0] -= 1
+                raise RuntimeError("dictionary changed size during iteration")
+            return super().__iter__()
+
+    indexes = {INDEXES[0]: Changing({"acme-cad": {}})}
+    now = [0.0]
+    driver = PeriodicDriver(tenants=lambda: tenants_in(indexes), finished=lambda t: None,
+                            repair=lambda t: None, analyse=lambda t: None, interval=10.0,
+                            analysis_interval=10.0, clock=lambda: now[0])
+    driver.tick()  # first seen at 0: due at 10
+    now[0], churn[0] = 5.0, 3
+    with pytest.raises(RuntimeError):  # a failed round; run() goes on (test above)
+        driver.tick()
+    now[0] = 10.0
+    assert ("repair", "acme-cad") in driver.tick()
