@@ -43,6 +43,7 @@ from controller.features.sandbox import FeatureSandbox, SandboxLimits
 from controller.records import PolicySnapshot
 from controller.routing import binding_state, routable
 from controller.search.artifacts import ArtifactError
+from controller.worker import codec
 from controller.worker.auth import (
     BINDINGS,
     GUARD,
@@ -68,8 +69,10 @@ RETRY_AFTER_SECONDS = 1
 REVIEW_STATUSES = ("APPROVED", "REJECTED")
 
 
-def _dumps(body: Any) -> str:
-    return json.dumps(body, separators=(",", ":"))
+def _answer(body: Any) -> web.Response:
+    """A search answer (the hot path): JSON encoded by `codec` (orjson when installed)."""
+    return web.Response(body=codec.dumps(body), content_type="application/json",
+                        charset="utf-8")
 
 
 def error_body(code: str, stage: str, message: str, context: dict[str, Any] | None = None
@@ -141,9 +144,9 @@ async def _json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         if len(raw) > JSON_ON_LOOP_BYTES:
-            body = await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
+            body = await asyncio.get_running_loop().run_in_executor(None, codec.loads, raw)
         else:
-            body = json.loads(raw)
+            body = codec.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise WorkerError(f"request body is not JSON: {exc}", code="bad_request",
                           stage="request", status=400) from None
@@ -299,8 +302,7 @@ async def _search(request: web.Request, started: float) -> web.Response:
     await request.app[WRITER].write([outcome])
     if outcome.error is not None:
         raise _served_error(outcome)
-    return await _answer_then_mirror(request, web.json_response(outcome.as_json(),
-                                                                 dumps=_dumps),
+    return await _answer_then_mirror(request, _answer(outcome.as_json()),
                                      [(route, outcome, payload, vector)], k)
 
 
@@ -403,7 +405,7 @@ async def search_batch(request: web.Request) -> web.StreamResponse:
             metrics.WORKER_ERRORS.labels(s.tenant, s.model, o.error.code).inc()
         answers[i] = o.as_json()
     return await _answer_then_mirror(
-        request, web.json_response({"results": answers}, dumps=_dumps),
+        request, _answer({"results": answers}),
         [(r, o, v, v) for (_, r, v), o in zip(routed, outcomes, strict=True)], k)
 
 
@@ -706,7 +708,7 @@ def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
     app[RUNTIME] = runtime
     app[GUARD] = guard or WriteGuard()
     app[UPLOADS] = []
-    app[WRITER] = RunWriter(runtime.record)
+    app[WRITER] = RunWriter(runtime.record, s.run_linger_seconds)
     app[MIRROR] = ShadowMirror(runtime, lambda: app[SANDBOX], busy=lambda: bool(app[UPLOADS]))
     app[SANDBOX] = sandbox or FeatureSandbox(
         s.sandbox_workers, SandboxLimits(cpu_seconds=s.cpu_seconds,

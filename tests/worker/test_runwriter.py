@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from controller.errors import ConflictError
-from controller.worker.runwriter import RunWriter
+from controller.worker.runwriter import RunWriter, linger_for
 
 
 class Outcome:
@@ -113,3 +113,60 @@ async def test_stopping_commits_what_is_queued_and_answers_its_requests() -> Non
     assert not writer.alive
     assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == [None] * 30
     assert sorted(k for batch in commits for k in batch) == sorted(f"r{i}" for i in range(30))
+
+
+@pytest.mark.parametrize("previous, bound, expected", [
+    (1, 0.002, 0.0),  # an idle worker: the lone request is committed at once
+    (2, 0.002, 0.002),  # under load: the next batch waits for company
+    (200, 0.002, 0.002),
+    (5, 0.0, 0.0),  # linger off
+])
+def test_linger_only_under_load(previous: int, bound: float, expected: float) -> None:
+    assert linger_for(previous, bound) == expected
+
+
+async def test_an_idle_request_is_not_held_for_the_linger() -> None:
+    """A lone request on an idle worker commits at once, however long the bound: with a
+    30 s linger it would otherwise miss the 5 s wait."""
+    commits: list[list[str]] = []
+    writer = RunWriter(_recorder(commits), linger=30.0)
+    writer.start()
+    try:
+        for key in ("first", "second"):  # the second one too: its predecessor was alone
+            await asyncio.wait_for(writer.write([Outcome(key)]), 5)  # type: ignore[list-item]
+        assert commits == [["first"], ["second"]]
+    finally:
+        await writer.stop()
+
+
+async def test_under_load_a_batch_lingers_for_later_requests() -> None:
+    """After a shared batch, the next one waits its bound: a request arriving while the
+    first of that batch lingers shares its commit (without the linger: two commits)."""
+    loop = asyncio.get_running_loop()
+    committing, release = asyncio.Event(), asyncio.Event()
+    commits: list[list[str]] = []
+    recorder = _recorder(commits)
+
+    def record(outcomes: list[Any]) -> None:
+        if not commits:  # hold the first commit until more requests queued behind it
+            loop.call_soon_threadsafe(committing.set)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+        recorder(outcomes)
+
+    writer = RunWriter(record, linger=1.0)
+    writer.start()
+    try:
+        first = asyncio.create_task(writer.write([Outcome("a0")]))  # type: ignore[list-item]
+        await asyncio.wait_for(committing.wait(), 5)
+        shared = [asyncio.create_task(writer.write([Outcome(f"b{i}")]))  # type: ignore[list-item]
+                  for i in range(3)]
+        await asyncio.sleep(0)  # all three queued behind the held commit: one batch
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, *shared), 5)
+        early = asyncio.create_task(writer.write([Outcome("c0")]))  # type: ignore[list-item]
+        await asyncio.sleep(0.05)  # the writer took c0 and lingers
+        late = asyncio.create_task(writer.write([Outcome("c1")]))  # type: ignore[list-item]
+        await asyncio.wait_for(asyncio.gather(early, late), 5)
+        assert commits == [["a0"], ["b0", "b1", "b2"], ["c0", "c1"]]
+    finally:
+        await writer.stop()
