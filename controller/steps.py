@@ -190,12 +190,15 @@ def canary_weight(steps: Sequence[StepSpec], state: StepState) -> int | None:
 
 def stepped_routes(routes: Sequence[RouteRow], weight: int | None) -> tuple[RouteRow, ...]:
     """The spec's routes (the STABLE version and one canary) at the canary's step weight;
-    unchanged when `weight` is None or the routes are not one STABLE and one canary."""
+    unchanged when `weight` is None or the routes are not one STABLE and one canary. A
+    canary at 0 % (before the first setWeight, e.g. while a shadow analysis gates it) is
+    no route at all: a route takes traffic (the store refuses a canary route at 0)."""
     routes = tuple(routes)
     stable = [r for r in routes if r.is_stable]
     if weight is None or len(routes) != 2 or len(stable) != 1:
         return routes
-    return tuple(replace(r, weight=100 - weight if r.is_stable else weight) for r in routes)
+    return tuple(replace(r, weight=100 - weight if r.is_stable else weight) for r in routes
+                 if r.is_stable or weight > 0)
 
 
 def reason(steps: Sequence[StepSpec], state: StepState) -> str:
