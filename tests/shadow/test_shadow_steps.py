@@ -39,6 +39,18 @@ PLAN = f"""  shadow: {{version: 2.0.0, percent: 100}}
 """
 
 
+def shadowed_tree(tmp_path: Path, stable_index: BuildResult, index: BuildResult, stage: str,
+                  weights: list[tuple[str, int]], extra: str) -> str:
+    """STABLE 1.0.0 on `stable_index` (v4) and 2.0.0 (`stage`) on `index` (v3), each its
+    own artifact under `tmp_path`, and the policy with these weights and `extra`."""
+    stable, = copy_artifacts(tmp_path, stable_index, ["stable"])
+    other, = copy_artifacts(tmp_path, index, ["other"])
+    return model_tree(TENANT, MODEL, [
+        version_doc(TENANT, MODEL, f"{MODEL}-1-0-0", "1.0.0", "STABLE", stable),
+        version_doc(TENANT, MODEL, f"{MODEL}-2-0-0", "2.0.0", stage, other,
+                    "  featureVersion: v3\n")], weights, 1, extra)
+
+
 def _tick(capsys: pytest.CaptureFixture[str], store: str, key: str, now: datetime) -> Any:
     capsys.readouterr()
     assert main(["schedule-tick", "--window-key", key, "--now", now.isoformat(), "--store",
@@ -70,13 +82,8 @@ async def test_an_analysis_step_on_shadow_overlap_gates_the_first_weight(
     (overlap ~0.97 with STABLE's v4 answers) and moves to 10 % (then a pause), or aborts
     on the index that lost half the drawings with the verdict in status; the canary never
     took a run before the verdict."""
-    index: BuildResult = request.getfixturevalue(shadow_index)
-    stable, = copy_artifacts(tmp_path, corpus_index, ["stable"])
-    canary, = copy_artifacts(tmp_path, index, ["canary"])
-    tree = model_tree(TENANT, MODEL, [
-        version_doc(TENANT, MODEL, f"{MODEL}-1-0-0", "1.0.0", "STABLE", stable),
-        version_doc(TENANT, MODEL, f"{MODEL}-2-0-0", "2.0.0", "CANARY", canary,
-                    "  featureVersion: v3\n")], [("1.0.0", 50), ("2.0.0", 50)], 1, PLAN)
+    tree = shadowed_tree(tmp_path, corpus_index, request.getfixturevalue(shadow_index),
+                         "CANARY", [("1.0.0", 50), ("2.0.0", 50)], PLAN)
     repo = commit_tree(tmp_path, MODEL, tree)
     assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
     assert _routes(backend) == [("1.0.0", 100)]  # the canary takes nothing yet
