@@ -519,6 +519,13 @@ class SuspendedBindings(_Object):
         default_factory=dict, description="version → jobs whose binding to it is suspended.")
 
 
+class ShadowStatus(_Object):
+    version: str
+    percent: int
+    in_force: bool = Field(description="Mirrored with the routing published now.")
+    reason: str | None = Field(default=None, description="Why it is not mirrored.")
+
+
 class RolloutPolicyStatus(_Status):
     policy_version: int | None = None
     routing: list[RoutingEntry] = Field(default_factory=list)
@@ -540,6 +547,8 @@ class RolloutPolicyStatus(_Status):
     canary_weight: int | None = Field(default=None, description="The canary's effective percent.")
     step_verdicts: list[dict[str, Any]] = Field(
         default_factory=list, description="What each analysis step (or a user) decided.")
+    shadow: ShadowStatus | None = Field(
+        default=None, description="spec.shadow, and whether it is mirrored now (issue 16).")
     suspended_bindings: SuspendedBindings | None = Field(
         default=None, description="Bindings the effective routing suspends, as of the last "
         "reconcile (`cadml status` also shows them as published).")

@@ -59,7 +59,7 @@ from controller.routing import (
     override_active,
     stable_only,
 )
-from controller.shadow import published_shadow, shadow_route, shadow_text
+from controller.shadow import published_shadow, shadow_route, shadow_status, shadow_text
 from controller.validation.cross import FIXABLE_LATER
 from controller.validation.parse import ref_of
 from controller.validation.single import check_transition
@@ -558,6 +558,7 @@ def plan_tenant(
                          "stage": vs[x.version].spec.stage if x.version in vs else None}
                         for x in routing.routes],
             "routingSummary": _summary(routing.routes),
+            "shadow": shadow_status(p, vs, routing),
             "effectiveThresholds": {k: {"value": f"{v['value']:g}", "source": v["source"]}
                                     for k, v in eff.items()},
         }

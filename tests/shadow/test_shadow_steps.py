@@ -60,6 +60,14 @@ def _tick(capsys: pytest.CaptureFixture[str], store: str, key: str, now: datetim
     return tick
 
 
+def _published(capsys: pytest.CaptureFixture[str], backend: Backend) -> Any:
+    """What `cadml status -o json` says the policy's workers serve now."""
+    capsys.readouterr()
+    assert main(["status", "--store", backend.app_url, "-o", "json"]) == 0
+    (row,) = [r for r in json.loads(capsys.readouterr().out) if r["kind"] == "RolloutPolicy"]
+    return row["published"]
+
+
 def _status(backend: Backend) -> dict[str, Any]:
     with backend.store.read(TENANT, "t") as tx:
         status: dict[str, Any] = tx.statuses()[("RolloutPolicy", MODEL)]
@@ -87,6 +95,7 @@ async def test_an_analysis_step_on_shadow_overlap_gates_the_first_weight(
     repo = commit_tree(tmp_path, MODEL, tree)
     assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
     assert _routes(backend) == [("1.0.0", 100)]  # the canary takes nothing yet
+    assert _status(backend)["shadow"] == {"version": "2.0.0", "percent": 100, "inForce": True}
 
     # no shadowed query yet: the step measures and waits
     assert _tick(capsys, backend.app_url, "w-0", datetime.now(UTC))["steps"] == []
@@ -110,6 +119,11 @@ async def test_an_analysis_step_on_shadow_overlap_gates_the_first_weight(
         return (await (await client.get("/readyz")).json())["shadow"]["recorded"] \
             == len(DRAWINGS)
     await until(recorded, 20.0)
+    published = _published(capsys, backend)
+    assert published["step"] == {"index": 0, "phase": "Progressing", "canaryWeight": 0}
+    seen = published["shadow"]
+    assert (seen["version"], seen["percent"], seen["runs"]) == ("2.0.0", 100, len(DRAWINGS))
+    assert (seen["meanOverlapAt10"] >= 0.7) is (shadow_index == "corpus_v3")
 
     tick = _tick(capsys, backend.app_url, "w-1", datetime.now(UTC) + timedelta(seconds=10))
     (moved,) = tick["steps"]
@@ -119,6 +133,22 @@ async def test_an_analysis_step_on_shadow_overlap_gates_the_first_weight(
     status = _status(backend)
     verdict = status["stepVerdicts"][-1]
     assert "shadow_overlap_at_10" in verdict["summary"]
+    row = {"published": _published(capsys, backend)}
+    assert main(["status", "--store", backend.app_url]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "RolloutPolicy" in ln]
+    if shadow_index == "corpus_v3":
+        assert row["published"]["step"] == {"index": 2, "phase": "Paused", "canaryWeight": 10}
+        # the shadow runs since the 10 % snapshot: none yet
+        assert row["published"]["shadow"] == {"version": "2.0.0", "percent": 100, "runs": 0,
+                                              "meanOverlapAt10": None}
+        assert "step=3 Paused canary=10% shadow=2.0.0@100% runs=0" in line
+        assert status["shadow"]["inForce"] is True
+    else:
+        assert row["published"]["step"] == {"index": 0, "phase": "Aborted", "canaryWeight": 0}
+        assert row["published"]["shadow"] is None  # the abort withdrew it
+        assert "step=1 Aborted canary=0%" in line and "shadow=" not in line
+        assert status["shadow"]["inForce"] is False
+        assert "analysis-abort" in status["shadow"]["reason"]
     if shadow_index == "corpus_v3":
         assert verdict["result"] == "Pass"
         assert (status["currentStepIndex"], status["stepPhase"], status["canaryWeight"]) \
