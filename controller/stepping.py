@@ -19,6 +19,7 @@ from controller.errors import UsageError
 from controller.evaluation import (
     Metrics,
     analyse,
+    analysis_key,
     compute,
     judged_by,
     measure,
@@ -139,8 +140,15 @@ def promotion_refusal(tx: StoreTx, model: str, spec: Mapping[str, Any]) -> str |
         return f"the policy in Git is not valid: {exc}"
     if parsed.strategy is None:
         return None
-    key = steps.plan_key(parsed.model_dump(mode="json", by_alias=True, exclude_none=True))
-    state = tx.observe().steps.get(model)
+    dumped = parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
+    key = steps.plan_key(dumped)
+    observed = tx.observe()
+    state = observed.steps.get(model)
+    guard = [a for a in observed.analysis.get(model, [])
+             if a.aborted and a.spec_hash == analysis_key(dumped)]
+    if guard:
+        return ("the policy-wide analysis (spec.analysis) aborted canary "
+                f"{', '.join(a.version for a in guard)}: {guard[0].latest.get('summary', '')}")
     if state is None or state.plan_key != key:
         return ("the store has not walked this plan (reconcile the commit and let its steps "
                 "run first)")

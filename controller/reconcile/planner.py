@@ -684,8 +684,9 @@ def _walk_steps(plan: Plan, p: RolloutPolicy, spec: Mapping[str, Any], routing: 
                 "summary": said, "stepIndex": new.index, "phase": new.phase,
                 **({"user": command.user, "command": command.action} if applied and command
                    else {})}, f"k8s:{command.user}" if applied and command else None))
+    guard = routing.reason if routing.source == "analysis-abort" else None  # spec.analysis
     return {"_routing": routed, "facts": steps.status_facts(new, routed),
-            "conds": steps.step_conditions(strategy.steps, new)}
+            "conds": steps.step_conditions(strategy.steps, new, guard)}
 
 
 def _summary(routes: tuple[RouteRow, ...]) -> str:
