@@ -386,7 +386,9 @@ class PauseSpec(_Object):
 class StepSpec(_Object):
     """One step of a canary plan: exactly one of setWeight, pause and analysis."""
 
-    set_weight: int | None = Field(default=None, ge=0, le=100,
+    # at most 99: a canary takes all the traffic only by a reviewed promotion in Git (or
+    # an override); the store refuses a canary route at 100 % otherwise
+    set_weight: int | None = Field(default=None, ge=0, le=99,
                                    description="The canary's percent from this step on.")
     pause: PauseSpec | None = None
     analysis: AnalysisSpec | None = Field(

@@ -121,7 +121,7 @@ def test_refusal(phase: str, action: str, refused: bool) -> None:
 # ---------------------------------------------------------------- model-based
 
 step_st = st.one_of(
-    st.integers(0, 100).map(lambda w: {"setWeight": w}),
+    st.integers(0, 99).map(lambda w: {"setWeight": w}),
     st.just({"pause": {}}),
     st.sampled_from(["30s", "5m", "1h"]).map(lambda d: {"pause": {"duration": d}}),
     st.just({"analysis": ANALYSIS}))
