@@ -17,6 +17,7 @@ from controller import steps
 from controller.api.v1alpha1 import Model, ModelVersion, Resource, RolloutPolicy
 from controller.findings import FieldError, errors_only
 from controller.routing import RoutingTable, Threshold, effective_routing, effective_thresholds
+from controller.shadow import shadow_change, shadow_status
 from controller.validation.bundle import Bundle
 from controller.validation.single import check_transition
 
@@ -39,6 +40,7 @@ class ModelChange:
     review_before: tuple[bool, str] | None = None
     review_after: tuple[bool, str] | None = None
     steps_change: str | None = None  # what the change does to the canary steps
+    shadow_change: str | None = None  # what the change does to spec.shadow
 
     @property
     def gaining(self) -> list[str]:
@@ -52,6 +54,7 @@ class ModelChange:
     def changed(self) -> bool:
         return bool(self.routing_before != self.routing_after or self.stage_changes
                     or self.serving_changes or self.thresholds or self.steps_change
+                    or self.shadow_change
                     or self.review_before != self.review_after
                     or self.status in ("added", "removed"))
 
@@ -127,6 +130,8 @@ def diff_bundles(
         change.routing_source_before, change.routing_source_after = rb.source, rh.source
         change.steps_change = _steps_change(_policy_for(base, ns, name),
                                             _policy_for(head, ns, name), rh)
+        change.shadow_change = _shadow_change(_policy_for(base, ns, name),
+                                              _policy_for(head, ns, name), hv, rh)
         for semver in sorted(set(bv) | set(hv)):
             before = bv[semver].spec.stage if semver in bv else None
             after = hv[semver].spec.stage if semver in hv else None
@@ -187,6 +192,17 @@ def _steps_change(before: RolloutPolicy | None, after: RolloutPolicy | None,
         _spec(after) if after is not None else None,
         after.spec.strategy.steps if after is not None and after.spec.strategy else [],
         sum(r.weight for r in routing.routes if not r.is_stable))
+
+
+def _shadow_change(before: RolloutPolicy | None, after: RolloutPolicy | None,
+                   versions: dict[str, ModelVersion], routing: RoutingTable) -> str | None:
+    """What the change does to the policy's shadow (`shadow.shadow_change`), and why the
+    new one would not be mirrored with the head's routing."""
+    said = shadow_change(
+        (_spec(before) or {}).get("shadow") if before is not None else None,
+        (_spec(after) or {}).get("shadow") if after is not None else None)
+    st = shadow_status(after, versions, routing) if after is not None and said else None
+    return said if st is None or st["inForce"] else f"{said}; not mirrored: {st['reason']}"
 
 
 def _spec(resource: Resource) -> Any:
@@ -286,6 +302,8 @@ def render_markdown(report: ChangeReport, base: str, head: str) -> str:
             lines.append("")
         if m.steps_change:
             lines += [f"Canary steps: {m.steps_change}", ""]
+        if m.shadow_change:
+            lines += [f"Shadow: {m.shadow_change}", ""]
         if m.stage_changes:
             lines.append("Stages: " + ", ".join(
                 f"{v} {b or '(new)'} → {a or '(removed)'}" for v, b, a in m.stage_changes))

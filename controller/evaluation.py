@@ -148,6 +148,15 @@ def shadow_only(spec: AnalysisSpec) -> AnalysisSpec:
                                                if b.name in SHADOW_METRICS]})
 
 
+def judged_by(spec: AnalysisSpec, takes_traffic: bool) -> AnalysisSpec:
+    """The bounds a version is judged by: all of them while it takes traffic; before
+    that its shadow comparison alone, when the analysis bounds one (otherwise all of them,
+    which wait for runs)."""
+    if takes_traffic or not any(b.name in SHADOW_METRICS for b in spec.metrics):
+        return spec
+    return shadow_only(spec)
+
+
 def analyse(spec: AnalysisSpec, metrics: Metrics) -> tuple[str, list[Verdict]]:
     verdicts = []
     for bound in spec.metrics:

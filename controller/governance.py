@@ -25,16 +25,15 @@ from controller.evaluation import (
     analyse,
     analysis_key,
     compute,
+    judged_by,
     judges,
     measure,
     measurement_due,
-    shadow_only,
-    with_shadow,
 )
 from controller.reconcile.planner import plan_steps
 from controller.reconcile.step import publish_aborts
 from controller.records import AnalysisState
-from controller.stepping import StepOutcome, walk_policies
+from controller.stepping import StepOutcome, version_metrics, walk_policies
 from controller.store.repository import Store, StoreTx
 
 DEFAULT_WINDOW = timedelta(hours=1)
@@ -115,13 +114,9 @@ def analyse_policies(tx: StoreTx, now: datetime,
                     not measurement_due(taken, now, spec.interval_seconds):
                 continue
             since = now - timedelta(seconds=spec.window_seconds)
-            m = compute(tx.run_facts(row.model_name, since, now, version=version))
-            if version == shadow:
-                m = with_shadow(m, [r["overlap_at_10"] for r in tx.shadow_runs(
-                    row.model_name, since=since, version=version) if r["created_at"] <= now])
-            overall, verdicts = analyse(spec if any(r.version == version and r.weight > 0
-                                                    for r in snap.routes)
-                                        else shadow_only(spec), m)
+            m = version_metrics(tx, row.model_name, version, since, now, version == shadow)
+            overall, verdicts = analyse(judged_by(spec, any(
+                r.version == version and r.weight > 0 for r in snap.routes)), m)
             kept, failures, abort = measure(taken, overall, verdicts, now, spec.failure_limit)
             state = AnalysisState(row.model_name, version, key, failures, abort, kept)
             tx.save_analysis(state)

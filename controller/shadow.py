@@ -181,11 +181,8 @@ def shadow_route(policy: RolloutPolicy, versions: Mapping[str, ModelVersion],
     weights route (not under an override, an abort, a rollback or outside the validity
     window), its version CANARY or DRAFT with an artifact sha256, and taking less than
     all the traffic (something else must answer to compare with)."""
-    sh = policy.spec.shadow
-    target = versions.get(sh.version) if sh is not None else None
-    if target is None:
-        return None
-    return published_shadow(policy, target.spec.stage, target.spec.artifact.sha256, routing)
+    st = shadow_status(policy, versions, routing)
+    return ShadowRoute(st["version"], st["percent"]) if st and st["inForce"] else None
 
 
 def published_shadow(policy: RolloutPolicy, stage: str, sha256: str | None,
@@ -193,13 +190,53 @@ def published_shadow(policy: RolloutPolicy, stage: str, sha256: str | None,
     """`shadow_route` given the shadow version's stage and artifact sha256 (from resources
     or from the store's rows)."""
     sh = policy.spec.shadow
-    if sh is None or routing.source != "policy":
-        return None
-    if not (stage == "CANARY" or (stage == "DRAFT" and sha256)):
-        return None
-    if any(r.version == sh.version and r.weight >= 100 for r in routing.routes):
+    if sh is None or shadow_refusal(sh.version, stage, sha256, routing) is not None:
         return None
     return ShadowRoute(sh.version, sh.percent)
+
+
+def shadow_refusal(version: str, stage: str | None, sha256: str | None,
+                   routing: RoutingTable) -> str | None:
+    """Why `spec.shadow` of `version` (its stage; None: not a version of the model) is
+    not mirrored with this routing; None when it is."""
+    if stage is None:
+        return f"{version} is not a version of the model"
+    if routing.source != "policy":
+        return f"the policy's weights do not route ({routing.source}: {routing.reason})"
+    if not (stage == "CANARY" or (stage == "DRAFT" and sha256)):
+        return (f"{version} is {stage}; a shadow is a CANARY, or a DRAFT with an "
+                "artifact sha256")
+    if any(r.version == version and r.weight >= 100 for r in routing.routes):
+        return f"{version} takes all the traffic: there is nothing to compare it with"
+    return None
+
+
+def shadow_status(policy: RolloutPolicy, versions: Mapping[str, ModelVersion],
+                  routing: RoutingTable) -> dict[str, Any] | None:
+    """The policy's `status.shadow`: the shadow Git asks for, whether it is mirrored with
+    the routing published (`inForce`) and why not; None without `spec.shadow`."""
+    sh = policy.spec.shadow
+    if sh is None:
+        return None
+    target = versions.get(sh.version)
+    why = shadow_refusal(sh.version, target.spec.stage if target else None,
+                         target.spec.artifact.sha256 if target else None, routing)
+    return {"version": sh.version, "percent": sh.percent, "inForce": why is None,
+            **({"reason": why} if why else {})}
+
+
+def shadow_change(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+                  ) -> str | None:
+    """What a change of `spec.shadow` (as dumped; None: none) does, for `cadml diff`."""
+    if before == after:
+        return None
+    if after is None:
+        return (f"shadow removed: {before['version']} at {before['percent']}% is no longer "
+                "mirrored" if before else None)
+    mirror = f"{after['version']} at {after['percent']}% of requests"
+    if before is None:
+        return f"shadow added: mirrors {mirror} (compared, never served)"
+    return f"shadow changed: {before['version']} at {before['percent']}% → {mirror}"
 
 
 def shadow_text(shadow: ShadowRoute | None) -> str:

@@ -16,7 +16,16 @@ from typing import Any
 from controller import steps
 from controller.api.v1alpha1 import RolloutPolicySpec
 from controller.errors import UsageError
-from controller.evaluation import analyse, compute, measure, measurement_due
+from controller.evaluation import (
+    Metrics,
+    analyse,
+    analysis_key,
+    compute,
+    judged_by,
+    measure,
+    measurement_due,
+    with_shadow,
+)
 from controller.records import PolicyRow, StepState
 from controller.routing import override_in_force
 from controller.store.repository import StoreTx
@@ -40,6 +49,18 @@ def _spec(row: PolicyRow) -> RolloutPolicySpec | None:
         return RolloutPolicySpec.model_validate(row.spec)
     except ValueError:  # a row written under an older schema: the full pass decides
         return None
+
+
+def version_metrics(tx: StoreTx, model: str, version: str, since: datetime, now: datetime,
+                    shadowed: bool) -> Metrics:
+    """What analysis judges a version by over [since, now]: its runs' metrics, and when
+    it is the published shadow, the comparison of its shadow runs (shadow_overlap_at_10).
+    The one measurement of the policy-wide analysis and of the steps' analyses."""
+    m = compute(tx.run_facts(model, since, now, version=version))
+    if not shadowed:
+        return m
+    return with_shadow(m, [r["overlap_at_10"] for r in tx.shadow_runs(
+        model, since=since, version=version) if r["created_at"] <= now])
 
 
 def walk_policies(tx: StoreTx, now: datetime, policy: str | None = None,
@@ -66,10 +87,15 @@ def walk_policies(tx: StoreTx, now: datetime, policy: str | None = None,
         if due is not None and due.analysis is not None and canary is not None and \
                 measurement_due(state.measurements, now, due.analysis.interval_seconds):
             a = due.analysis
-            # only the runs of this step, at its weight
+            # only the runs (and shadow runs) of this step, at its weight
             since = max(now - timedelta(seconds=a.window_seconds), state.started_at)
-            overall, verdicts = analyse(a, compute(tx.run_facts(row.model_name, since, now,
-                                                                version=canary)))
+            snap = observed.snapshots.get(row.model_name)
+            shadowed = snap is not None and snap.shadow is not None \
+                and snap.shadow.version == canary
+            weight = steps.canary_weight(plan, state)
+            overall, verdicts = analyse(
+                judged_by(a, weight is None or weight > 0),
+                version_metrics(tx, row.model_name, canary, since, now, shadowed))
             kept, _, aborted = measure(state.measurements, overall, verdicts, now,
                                        a.failure_limit)
             state = steps.walk(plan, state, key, now, steps.Measured(kept, aborted),
@@ -124,8 +150,15 @@ def promotion_refusal(tx: StoreTx, model: str, spec: Mapping[str, Any],
     if version is not None and version not in walked:
         return (f"its canary steps walk {', '.join(walked)}, not {version}: add {version} to "
                 "the weights (a new plan) and let its steps run first")
-    key = steps.plan_key(parsed.model_dump(mode="json", by_alias=True, exclude_none=True))
-    state = tx.observe().steps.get(model)
+    dumped = parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
+    key = steps.plan_key(dumped)
+    observed = tx.observe()
+    state = observed.steps.get(model)
+    guard = [a for a in observed.analysis.get(model, [])
+             if a.aborted and a.spec_hash == analysis_key(dumped)]
+    if guard:
+        return ("the policy-wide analysis (spec.analysis) aborted canary "
+                f"{', '.join(a.version for a in guard)}: {guard[0].latest.get('summary', '')}")
     if state is None or state.plan_key != key:
         return ("the store has not walked this plan (reconcile the commit and let its steps "
                 "run first)")

@@ -195,12 +195,15 @@ def canary_weight(steps: Sequence[StepSpec], state: StepState) -> int | None:
 
 def stepped_routes(routes: Sequence[RouteRow], weight: int | None) -> tuple[RouteRow, ...]:
     """The spec's routes (the STABLE version and one canary) at the canary's step weight;
-    unchanged when `weight` is None or the routes are not one STABLE and one canary."""
+    unchanged when `weight` is None or the routes are not one STABLE and one canary. A
+    canary at 0 % (before the first setWeight, e.g. while a shadow analysis gates it) is
+    no route at all: a route takes traffic (the store refuses a canary route at 0)."""
     routes = tuple(routes)
     stable = [r for r in routes if r.is_stable]
     if weight is None or len(routes) != 2 or len(stable) != 1:
         return routes
-    return tuple(replace(r, weight=100 - weight if r.is_stable else weight) for r in routes)
+    return tuple(replace(r, weight=100 - weight if r.is_stable else weight) for r in routes
+                 if r.is_stable or weight > 0)
 
 
 def reason(steps: Sequence[StepSpec], state: StepState) -> str:
@@ -303,11 +306,19 @@ def step_routing(spec: Mapping[str, Any], steps: Sequence[StepSpec], routing: Ro
 READY_TO_PROMOTE = "ReadyToPromote"  # condition type: every step passed
 
 
-def step_conditions(steps: Sequence[StepSpec], state: StepState) -> list[Cond]:
+def step_conditions(steps: Sequence[StepSpec], state: StepState,
+                    guard_abort: str | None = None) -> list[Cond]:
     """ReadyToPromote (True once every step passed: `cadml promote --repo` may commit), and
     on an abort RolloutHealthy False/CanaryAborted, which makes Ready False and Stalled
-    until the plan changes or a user retries."""
+    until the plan changes or a user retries. `guard_abort`: why the policy-wide analysis
+    (`spec.analysis`, a guard over the whole walk) aborted the canary; the walk is held
+    where it stands and ReadyToPromote says so (False/CanaryAborted)."""
     at = f"step {state.index + 1} of {len(steps)}"
+    if guard_abort is not None:
+        return [Cond(READY_TO_PROMOTE, "False", "CanaryAborted",
+                     f"the policy-wide analysis (spec.analysis) aborted the canary, all "
+                     f"traffic is on STABLE; the steps are held {state.phase} at {at}: "
+                     f"{guard_abort}")]
     conds = [Cond(READY_TO_PROMOTE, "True" if state.phase == READY else "False",
                   "StepsDone" if state.phase == READY else state.phase,
                   f"all {len(steps)} steps passed; promote the canary in Git" if

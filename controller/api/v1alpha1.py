@@ -386,7 +386,9 @@ class PauseSpec(_Object):
 class StepSpec(_Object):
     """One step of a canary plan: exactly one of setWeight, pause and analysis."""
 
-    set_weight: int | None = Field(default=None, ge=0, le=100,
+    # at most 99: a canary takes all the traffic only by a reviewed promotion in Git (or
+    # an override); the store refuses a canary route at 100 % otherwise
+    set_weight: int | None = Field(default=None, ge=0, le=99,
                                    description="The canary's percent from this step on.")
     pause: PauseSpec | None = None
     analysis: AnalysisSpec | None = Field(
@@ -519,6 +521,13 @@ class SuspendedBindings(_Object):
         default_factory=dict, description="version → jobs whose binding to it is suspended.")
 
 
+class ShadowStatus(_Object):
+    version: str
+    percent: int
+    in_force: bool = Field(description="Mirrored with the routing published now.")
+    reason: str | None = Field(default=None, description="Why it is not mirrored.")
+
+
 class RolloutPolicyStatus(_Status):
     policy_version: int | None = None
     routing: list[RoutingEntry] = Field(default_factory=list)
@@ -540,6 +549,8 @@ class RolloutPolicyStatus(_Status):
     canary_weight: int | None = Field(default=None, description="The canary's effective percent.")
     step_verdicts: list[dict[str, Any]] = Field(
         default_factory=list, description="What each analysis step (or a user) decided.")
+    shadow: ShadowStatus | None = Field(
+        default=None, description="spec.shadow, and whether it is mirrored now (issue 16).")
     suspended_bindings: SuspendedBindings | None = Field(
         default=None, description="Bindings the effective routing suspends, as of the last "
         "reconcile (`cadml status` also shows them as published).")

@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                  "servingChanges": [{"version": v, "change": what}
                                     for v, what in m.serving_changes],
                  "stepsChange": m.steps_change,
+                 "shadowChange": m.shadow_change,
                  "thresholds": [{"version": v, "name": n,
                                  "before": None if b is None else {"value": b.value,
                                                                    "source": b.source},

@@ -11,6 +11,8 @@ from controller.cli.store_cmds import OUTPUT_HELP, STORE_HELP
 from controller.yamlio import DEFAULT_MAX_BYTES
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from controller.reconcile.gitmode import ReconcileResult
     from controller.store.repository import StoreTx
 
@@ -146,6 +148,16 @@ def run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _step_text(step: dict[str, Any] | None, shadow: dict[str, Any] | None) -> str:
+    text = "" if not step else (f" step={step['index'] + 1} {step['phase']} "
+                                f"canary={step['canaryWeight']}%")
+    if shadow:
+        mean = shadow["meanOverlapAt10"]
+        text += (f" shadow={shadow['version']}@{shadow['percent']}% runs={shadow['runs']}"
+                 + ("" if mean is None else f" overlap@10={mean:.2f}"))
+    return text
+
+
 def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c.get("type") == kind), {})
 
@@ -158,20 +170,39 @@ def _published(tx: StoreTx) -> dict[tuple[str, str], dict[str, Any]]:
 
     out: dict[tuple[str, str], dict[str, Any]] = {}
     bound = tx.bound_jobs()
+    walked = tx.step_states()
     for model in tx.model_names():
         snap = tx.serving_snapshot(model)
         if snap is None:
             continue
         suspended = suspended_bindings(bound.get(model, {}), snap.routes)["versions"]
+        step = walked.get(model)
         view = {"policyVersion": snap.policy_version, "source": snap.source,
                 "suspendedBindings": suspended,
                 "reason": snap.reason, "routing": ",".join(
                     f"{r.version}={r.weight}" for r in snap.routes),
-                "since": snap.created_at.isoformat()}
+                "since": snap.created_at.isoformat(),
+                "step": step and {"index": step.index, "phase": step.phase,
+                                  "canaryWeight": sum(r.weight for r in snap.routes
+                                                      if not r.is_stable)},
+                "shadow": snap.shadow and _shadow_view(tx, model, snap.shadow.version,
+                                                       snap.shadow.percent, snap.created_at)}
         out[("Model", model)] = view
         if snap.policy_name:
             out[("RolloutPolicy", snap.policy_name)] = view
     return out
+
+
+def _shadow_view(tx: StoreTx, model: str, version: str, percent: int,
+                 since: datetime) -> dict[str, Any]:
+    """The shadow published, with its shadow runs since it was (and their mean overlap@10,
+    a failed shadow search counting 0, as analysis counts it)."""
+    from controller.evaluation import Metrics, with_shadow
+
+    m = with_shadow(Metrics(None, None, None, 0, 0), [
+        r["overlap_at_10"] for r in tx.shadow_runs(model, since=since, version=version)])
+    return {"version": version, "percent": percent, "runs": m.shadow_sample_size,
+            "meanOverlapAt10": m.shadow_overlap_at_10}
 
 
 def status(args: argparse.Namespace) -> int:
@@ -204,6 +235,7 @@ def status(args: argparse.Namespace) -> int:
             "ModelVersion": f"weight={st.get('servingWeight', 0)}",
             "RolloutPolicy": f"v{pub['policyVersion']} {pub['routing']}"
                              + (f" ({pub['source']})" if pub["source"] != "policy" else "")
+                             + _step_text(pub.get("step"), pub.get("shadow"))
                              + "".join(f" suspended-bindings={v}:{n}" for v, n in
                                        sorted(pub.get("suspendedBindings", {}).items())),
             "ReleaseRecord": st.get("gateSummary", ""),

@@ -59,7 +59,7 @@ from controller.routing import (
     override_active,
     stable_only,
 )
-from controller.shadow import published_shadow, shadow_route, shadow_text
+from controller.shadow import published_shadow, shadow_route, shadow_status, shadow_text
 from controller.validation.cross import FIXABLE_LATER
 from controller.validation.parse import ref_of
 from controller.validation.single import check_transition
@@ -558,6 +558,7 @@ def plan_tenant(
                          "stage": vs[x.version].spec.stage if x.version in vs else None}
                         for x in routing.routes],
             "routingSummary": _summary(routing.routes),
+            "shadow": shadow_status(p, vs, routing),
             "effectiveThresholds": {k: {"value": f"{v['value']:g}", "source": v["source"]}
                                     for k, v in eff.items()},
         }
@@ -685,8 +686,9 @@ def _walk_steps(plan: Plan, p: RolloutPolicy, spec: Mapping[str, Any], routing: 
                 "summary": said, "stepIndex": new.index, "phase": new.phase,
                 **({"user": command.user, "command": command.action} if applied and command
                    else {})}, f"k8s:{command.user}" if applied and command else None))
+    guard = routing.reason if routing.source == "analysis-abort" else None  # spec.analysis
     return {"_routing": routed, "facts": steps.status_facts(new, routed),
-            "conds": steps.step_conditions(strategy.steps, new)}
+            "conds": steps.step_conditions(strategy.steps, new, guard)}
 
 
 def _summary(routes: tuple[RouteRow, ...]) -> str:

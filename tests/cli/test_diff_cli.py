@@ -171,3 +171,26 @@ def test_adding_canary_steps_says_the_canary_restarts_at_the_first_step(
           "refreshSeconds: 7")
     code, out = _diff(gitops_repo, capsys)
     assert code == 0 and "Canary steps" not in out
+
+
+def test_a_shadow_added_changed_or_removed_is_said(
+        gitops_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a PR adding `spec.shadow` read 'No change' (mirroring moves no traffic, but
+    it puts a version's searches beside every mirrored request); issue 16."""
+    path = "tenants/acme-cad/part-similarity.yaml"
+    _edit(gitops_repo, path, "  refreshSeconds: 5\n",
+          "  refreshSeconds: 5\n  shadow: {version: 1.2.0, percent: 20}\n")
+    code, out = _diff(gitops_repo, capsys)
+    assert code == 0, out
+    assert ("Shadow: shadow added: mirrors 1.2.0 at 20% of requests (compared, never "
+            "served)") in out
+    git(gitops_repo, "commit", "-qam", "shadow")
+    _edit(gitops_repo, path, "version: 1.2.0, percent: 20", "version: 1.0.0, percent: 50")
+    code, out = _diff(gitops_repo, capsys, "-o", "json")
+    (model,) = [m for m in json.loads(out)["models"] if m["model"] == "part-similarity"]
+    assert model["shadowChange"] == (
+        "shadow changed: 1.2.0 at 20% → 1.0.0 at 50% of requests; not mirrored: 1.0.0 is "
+        "DEPRECATED; a shadow is a CANARY, or a DRAFT with an artifact sha256")
+    _edit(gitops_repo, path, "  shadow: {version: 1.0.0, percent: 50}\n", "")
+    code, out = _diff(gitops_repo, capsys)
+    assert code == 0 and "Shadow: shadow removed: 1.2.0 at 20% is no longer mirrored" in out

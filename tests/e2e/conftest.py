@@ -240,3 +240,18 @@ def wait_for(predicate: Any, timeout: float = 60.0, every: float = 0.5,
             last = exc
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def part_similarity_docs(namespace: str) -> list[dict[str, Any]]:
+    """The example part-similarity model, its versions and policy (no release records), in
+    `namespace`: the fixture the canary steps and shadow tests edit."""
+    import yaml
+
+    from tests.conftest import EXAMPLES
+
+    docs = [d for d in yaml.safe_load_all(
+        (EXAMPLES / "tenants" / "acme-cad" / "part-similarity.yaml").read_text())
+        if d and d["kind"] != "ReleaseRecord"]
+    for d in docs:
+        d["metadata"]["namespace"] = namespace
+    return docs

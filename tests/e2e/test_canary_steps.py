@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLES, ROOT
-from tests.e2e.conftest import Operator, get, wait_for
+from tests.conftest import ROOT
+from tests.e2e.conftest import Operator, get, part_similarity_docs, wait_for
 from tests.e2e.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
@@ -25,11 +25,8 @@ NS, MODEL = "steps-e2e", "part-similarity"
 
 @pytest.fixture(scope="module")
 def stepped(control_plane: ControlPlane, operator: Operator) -> ControlPlane:
-    docs = [d for d in yaml.safe_load_all(
-        (EXAMPLES / "tenants" / "acme-cad" / "part-similarity.yaml").read_text())
-        if d and d["kind"] != "ReleaseRecord"]
+    docs = part_similarity_docs(NS)
     for d in docs:
-        d["metadata"]["namespace"] = NS
         if d["kind"] == "RolloutPolicy":
             d["spec"].pop("analysis")  # judged by runs; here a user decides at the pause
             d["spec"]["strategy"] = {"steps": [{"setWeight": 2}, {"pause": {}},

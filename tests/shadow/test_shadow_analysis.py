@@ -20,7 +20,8 @@ from controller.search.build import BuildResult
 from controller.worker.app import MIRROR, make_app
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import git
-from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
+from tests.gitops_trees import commit_tree
+from tests.shadow.test_shadow_steps import shadowed_tree
 from tests.shadow.test_worker_mirror import DRAWINGS, _applied, _search_all
 from tests.stores import Backend
 from tests.waiting import until
@@ -69,14 +70,9 @@ async def test_overlap_bound_judges_a_shadowed_draft(
     """The same bound passes the full v3 index of the corpus (overlap ~0.97) and fails one
     that lost half the drawings; the failed analysis aborts the experiment, which
     withdraws the shadow (no traffic ever moved)."""
-    index: BuildResult = request.getfixturevalue(shadow_index)
-    stable, = copy_artifacts(tmp_path, corpus_index, ["stable"])
-    draft, = copy_artifacts(tmp_path, index, ["draft"])
-    tree = model_tree(TENANT, MODEL, [
-        version_doc(TENANT, MODEL, f"{MODEL}-1-0-0", "1.0.0", "STABLE", stable),
-        version_doc(TENANT, MODEL, f"{MODEL}-2-0-0", "2.0.0", "DRAFT", draft,
-                    "  featureVersion: v3\n")], [("1.0.0", 100)], 1,
-        "  shadow: {version: 2.0.0, percent: 100}\n" + ANALYSIS)
+    tree = shadowed_tree(tmp_path, corpus_index, request.getfixturevalue(shadow_index),
+                         "DRAFT", [("1.0.0", 100)],
+                         "  shadow: {version: 2.0.0, percent: 100}\n" + ANALYSIS)
     repo = commit_tree(tmp_path, MODEL, tree)
     assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
     runtime = WorkerRuntime(backend.store, WorkerSettings(TENANT, MODEL, backend.app_url,

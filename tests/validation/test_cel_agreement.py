@@ -222,7 +222,7 @@ def _stepped_policy(rng: random.Random) -> Resource:
     weights = [(v, w) for v, w in zip(["1.0.0", "1.1.0", "1.2.0"], [100 - 10 * (k - 1), 10, 0],
                                       strict=False)][:k]
     actions: list[dict[str, Any]] = [
-        {"setWeight": rng.randint(0, 100)}, {"pause": {"duration": "10m"}}, {"pause": {}},
+        {"setWeight": rng.randint(0, 99)}, {"pause": {"duration": "10m"}}, {"pause": {}},
         {"analysis": {"metrics": [{"name": "success_rate", "min": 0.9}]}}]
     steps = []
     for _ in range(rng.randint(1, 5)):
