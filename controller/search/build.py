@@ -11,12 +11,11 @@ given list of drawings (a shard of a corpus, say); `build_index` a whole folder.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from controller.search.artifacts import MANIFEST_FORMAT
 from controller.search.featurecache import FeatureCache, check_writable
 from controller.search.fetch import sha256_file
 from controller.search.index import build_faiss, write_faiss
+from controller.search.jsonstream import Lazy, dump
 from controller.search.progress import BuildTick
 from controller.search.stream import Rows, StreamStats, extract_stream, unreadable
 
@@ -92,11 +92,20 @@ def manifest_order(name: str) -> tuple[str, ...]:
     return PurePosixPath(name).parts
 
 
+class Entries(Protocol):
+    """A manifest's `files`: counted up front, its entries read once, in order (a list,
+    or columns that make each entry as it is read: stream.Listing)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+
 @dataclass
 class Collected:
     """What the drawings below a folder gave: manifest entries and vectors, in manifest order."""
 
-    files: list[dict[str, Any]]
+    files: Entries
     vectors: np.ndarray  # one row per entry of `files`
     skipped: list[dict[str, str]]
     parsed: int  # drawings parsed by this build
@@ -193,11 +202,12 @@ def build_files(source: Path, paths: Sequence[Path], passed_over: list[dict[str,
     return built
 
 
-def write_artifact(out: Path, matrix: np.ndarray, files: list[dict[str, Any]],
+def write_artifact(out: Path, matrix: np.ndarray, files: Entries,
                    skipped: list[dict[str, Any]], feature_version: str = "v4",
                    kind: str = "flat", extractor: dict[str, Any] | None = None) -> BuildResult:
     """Write vectors, the faiss index and the manifest (last, atomically) into `out`.
-    `extractor` (identity.describe()) says which extractor computed the vectors."""
+    `extractor` (identity.describe()) says which extractor computed the vectors. The
+    manifest is the bytes of json.dumps(manifest, indent=2), written an entry at a time."""
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "vectors.npy", matrix, allow_pickle=False)
     write_faiss(build_faiss(matrix, kind), str(out / "index.faiss"))
@@ -212,11 +222,13 @@ def write_artifact(out: Path, matrix: np.ndarray, files: list[dict[str, Any]],
         "index": {"file": "index.faiss", "kind": kind,
                   "sha256": sha256_file(out / "index.faiss")},
         "vectors": {"file": "vectors.npy", "sha256": sha256_file(out / "vectors.npy")},
-        "files": files,
-        "skipped": skipped,
+        "files": Lazy(files),
+        "skipped": Lazy(skipped),
     }
     tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    with open(tmp, "w", encoding="utf-8", buffering=1 << 20) as fh:
+        dump(manifest, fh, indent=2)
+        fh.write("\n")
     os.replace(tmp, out / "manifest.json")  # a reader never sees half a manifest
     return BuildResult(out / "manifest.json", sha256_file(out / "manifest.json"), len(files),
                        skipped)

@@ -196,21 +196,34 @@ class Rows:
         """The indexed rows' vectors, in row order (a copy in memory, for faiss)."""
         return np.array(self._vectors[:self.count][self.state == INDEXED], dtype=np.float32)
 
-    def listing(self, names: Sequence[str]) -> tuple[list[dict[str, Any]],
-                                                     list[dict[str, str]]]:
-        """The manifest's `files` and the drawings refused, in row order."""
-        files: list[dict[str, Any]] = []
-        skipped: list[dict[str, str]] = []
-        for row, name in enumerate(names):
-            if row in self.refused:
-                why = self.refused[row]
-                skipped.append({"file": name, "code": why.code, "reason": str(why)})
-            elif self.state[row] == INDEXED:
-                files.append({"id": name, "entities": int(self.entities[row]),
-                              "truncated": bool(self.truncated[row]),
-                              "recovered": bool(self.recovered[row])})
-        return files, skipped
+    def listing(self, names: Sequence[str]) -> tuple[Listing, list[dict[str, str]]]:
+        """The manifest's `files` (compact, each entry made when read) and the drawings
+        refused, in row order."""
+        skipped = [{"file": names[row], "code": why.code, "reason": str(why)}
+                   for row, why in sorted(self.refused.items())]
+        return Listing(names, self.state == INDEXED, self.entities, self.truncated,
+                       self.recovered), skipped
 
     def close(self) -> None:
         del self._vectors
         self._file.close()
+
+
+class Listing:
+    """A manifest's `files` kept as columns (a name and a few numbers per drawing, not a
+    dict): its entries are made one at a time as they are read, in row order."""
+
+    def __init__(self, names: Sequence[str], indexed: np.ndarray, entities: np.ndarray,
+                 truncated: np.ndarray, recovered: np.ndarray) -> None:
+        self.names, self.indexed = names, indexed
+        self.entities, self.truncated, self.recovered = entities, truncated, recovered
+        self.count = int(indexed.sum())
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row in np.flatnonzero(self.indexed).tolist():
+            yield {"id": self.names[row], "entities": int(self.entities[row]),
+                   "truncated": bool(self.truncated[row]),
+                   "recovered": bool(self.recovered[row])}
