@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 SCALARS = (str, int, float, bool, type(None))
+_CONSTANTS = {True: "true", False: "false", None: "null"}
+_ascii = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (C)
 
 
 class Lazy:
@@ -25,14 +27,24 @@ class Lazy:
         return iter(self.entries)
 
 
+def _scalar(value: Any) -> str:
+    """A scalar as json.dumps writes it, without json.dumps' per-call cost."""
+    if isinstance(value, str):
+        return _ascii(value)
+    if value is True or value is False or value is None:
+        return _CONSTANTS[value]
+    if isinstance(value, int):
+        return int.__repr__(value)
+    return json.dumps(value)  # a float: repr, or NaN / Infinity
+
+
 def _entry(value: Any, indent: int, pad: str) -> str:
     """Purely computational: `value` as json.dumps(value, indent=indent) writes it nested
     under `pad`. Flat dicts of scalars (manifest entries) take the C encoder per field."""
     if isinstance(value, dict) and value and all(
             isinstance(k, str) and isinstance(v, SCALARS) for k, v in value.items()):
         inner = pad + " " * indent
-        fields = f",\n{inner}".join(f"{json.dumps(k)}: {json.dumps(v)}"
-                                    for k, v in value.items())
+        fields = f",\n{inner}".join(f"{_ascii(k)}: {_scalar(v)}" for k, v in value.items())
         return f"{{\n{inner}{fields}\n{pad}}}"
     # ensure_ascii escapes every newline inside strings: each "\n" is between tokens
     return json.dumps(value, indent=indent).replace("\n", "\n" + pad)
