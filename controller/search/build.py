@@ -89,6 +89,9 @@ def _sizes(paths: Sequence[Path], limit: int) -> tuple[list[int], dict[int, Inva
 def manifest_order(name: str) -> tuple[str, ...]:
     """The order of a manifest's `files` and `skipped`: the walk's order (path components).
     A merge of shards (controller.search.shards) sorts by it to write what one build does."""
+    if name and "//" not in name and "/./" not in f"/{name}/" and \
+            name[0] != "/" and name[-1] != "/":
+        return tuple(name.split("/"))  # a plain relative path: its parts, without pathlib
     return PurePosixPath(name).parts
 
 
