@@ -113,13 +113,14 @@ class StreamStats:
     cache_error: str | None = None
 
 
-def extract_stream(paths: Sequence[Path], sizes: Sequence[int], todo: Iterable[int], *,
+def extract_stream(path_of: Callable[[int], Path], sizes: Sequence[int], todo: Iterable[int], *,
                    version: str, limits: SandboxLimits, workers: int,
                    cache: FeatureCache | None, stats: StreamStats | None = None
                    ) -> Iterator[tuple[int, Result, bool]]:
     """(row, result, parsed) for every row of `todo`: cache hits first, then the parsed
     ones as they finish; `parsed` is False for a hit and for a copy of a drawing parsed
-    in this build."""
+    in this build. `path_of(row)` is the drawing's file (made when needed: the parent
+    keeps names, not Path objects)."""
     stats = stats or StreamStats()
     jobs: dict[int, list[int]] = {}  # row to parse → the rows with the same bytes
     expected: dict[int, str | None] = {}
@@ -127,7 +128,7 @@ def extract_stream(paths: Sequence[Path], sizes: Sequence[int], todo: Iterable[i
         jobs = {row: [row] for row in todo}
     else:
         misses: dict[str, list[int]] = {}
-        for row, (sha, hit) in bounded_map(lambda r: _look_up(cache, paths[r]),
+        for row, (sha, hit) in bounded_map(lambda r: _look_up(cache, path_of(r)),
                                            ((r, r) for r in todo), workers):
             if sha is None or hit is not None:
                 yield row, hit, False
@@ -144,7 +145,7 @@ def extract_stream(paths: Sequence[Path], sizes: Sequence[int], todo: Iterable[i
             again: dict[int, list[int]] = {}
 
             def run(row: int) -> tuple[Any, ...]:
-                return sandbox.run(parse_file, str(paths[row]), version, limits, cache)
+                return sandbox.run(parse_file, str(path_of(row)), version, limits, cache)
 
             # one drawing per parser at a time: a drawing queued behind another in the
             # pool would spend its wall-clock deadline waiting (and be killed for it)
