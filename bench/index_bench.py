@@ -16,6 +16,8 @@ alone, not its parser children) and its own CPU time (the serial part). Measured
   rebuild    a rebuild with nothing changed, and after --changed of the drawings got
              new bytes, as a ratio of the cold build (target <= 0.05); the changed
              rebuild is checked byte for byte against a clean build of the same inputs
+  manifest   (synthetic, --manifest-sizes) write_artifact of N manifest entries (random
+             vectors): seconds, and the peak RSS on top of what the inputs take
 --compare OLD_TREE runs the memory builds with another checkout's code too (e.g. the
 commit before a change: `git archive REV | tar -x -C /tmp/old`). The load average is
 printed before and after: on a shared machine, trust the ratios, not the seconds.
@@ -57,6 +59,27 @@ print(json.dumps({"code": __import__("controller").__file__, "s": wall,
                   "first_s": first[0] if first else None,
                   "rss_mib": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime,
                   "total": res.indexed + len(res.skipped), "parsed": res.parsed}))
+"""
+
+# write_artifact of N synthetic entries, in a fresh interpreter (either checkout's code)
+ONE_MANIFEST = """
+import json, resource, sys, tempfile, time
+from pathlib import Path
+import numpy as np, faiss
+from controller.search.build import write_artifact
+n = int(sys.argv[1])
+files = [{"id": f"d{i // 1000:04d}/part-{i:07d}.dxf", "entities": 100 + i % 5000,
+          "truncated": False, "recovered": i % 9 == 0} for i in range(n)]
+vectors = np.random.default_rng(0).random((n, 24), dtype=np.float32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+with tempfile.TemporaryDirectory() as tmp:
+    write_artifact(Path(tmp), vectors, files, [], "v4", "flat")
+    size = (Path(tmp) / "manifest.json").stat().st_size
+wall = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"s": wall, "inputs_mib": before / 1024, "extra_mib": (peak - before) / 1024,
+                  "manifest_mib": size / 2**20}))
 """
 
 
@@ -130,6 +153,20 @@ def memory(root: Path, small: int, workers: int, trees: dict[str, Path]) -> None
                   f"{row['rss_mib'] - first:>10.1f}")
 
 
+def manifest(sizes: list[int], trees: dict[str, Path]) -> None:
+    print(f"\nmanifest: write_artifact of N synthetic entries ({load()} load)")
+    print(f"{'code':>8} {'entries':>8} {'s':>7} {'manifest MiB':>12} {'inputs MiB':>10} "
+          f"{'extra peak MiB':>14}")
+    for label, tree in trees.items():
+        for n in sizes:
+            proc = subprocess.run([sys.executable, "-c", ONE_MANIFEST, str(n)], cwd=tree,
+                                  capture_output=True, text=True, check=True,
+                                  env={**os.environ, "PYTHONPATH": str(tree)})
+            row = json.loads(proc.stdout.splitlines()[-1])
+            print(f"{label:>8} {n:>8} {row['s']:>7.1f} {row['manifest_mib']:>12.0f} "
+                  f"{row['inputs_mib']:>10.0f} {row['extra_mib']:>14.0f}")
+
+
 def rebuild(root: Path, paths: list[Path], workers: int, share: float) -> None:
     print(f"\nrebuild with the cache, {workers} workers ({load()} load)")
     cache = root / "cache-rebuild"
@@ -159,13 +196,18 @@ def main() -> None:
                         help="comma-separated worker counts for the scaling table "
                              "(default: 1 up to the cores present)")
     parser.add_argument("--changed", type=float, default=0.01)
-    parser.add_argument("--only", choices=("scaling", "memory", "rebuild"), action="append",
+    parser.add_argument("--manifest-sizes", default="",
+                        help="comma-separated entry counts for the synthetic manifest part "
+                             "(e.g. 100000,1000000; it runs only when given)")
+    parser.add_argument("--only", choices=("scaling", "memory", "rebuild", "manifest"),
+                        action="append",
                         help="run only these parts (repeatable)")
     parser.add_argument("--compare", type=Path, metavar="OLD_TREE",
                         help="another checkout whose memory is measured too")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
-    parts = args.only or ["scaling", "memory", "rebuild"]
+    parts = args.only or ["scaling", "memory", "rebuild", "manifest"]
+    trees = {"this": ROOT, **({"compare": args.compare} if args.compare else {})}
     top = min(max(counts), cores)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,10 +221,11 @@ def main() -> None:
         if "scaling" in parts:
             scaling(root, counts)
         if "memory" in parts:
-            trees = {"this": ROOT, **({"compare": args.compare} if args.compare else {})}
             memory(root, args.small, top, trees)
         if "rebuild" in parts:
             rebuild(root, paths, top, args.changed)
+        if "manifest" in parts and args.manifest_sizes:
+            manifest([int(n) for n in args.manifest_sizes.split(",")], trees)
         print(f"\nload average now {load()}; eff = speed-up / workers, speed-up = "
               f"(first count's seconds x its workers) / seconds")
 

@@ -21,13 +21,16 @@ artifacts are the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import heapq
 import io
+import itertools
 import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,11 +110,22 @@ def build_parameters(kind: str, limits: SandboxLimits) -> dict[str, Any]:
 
 @dataclass
 class Shard:
-    """A shard file read back: its metadata and its vectors."""
+    """A shard file read back: its metadata and its vectors. The file entries are kept
+    compact (their names, and each entry, shard-only keys dropped, as a JSON string),
+    not as dicts: a merge of a million drawings holds text, not a million dicts."""
 
     path: Path
-    meta: dict[str, Any]
+    meta: dict[str, Any]  # as read; its "files" are moved into names and entries
     vectors: np.ndarray
+    names: list[str] = dataclasses.field(init=False)
+    entries: list[str] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        files = self.meta.get("files", [])
+        self.names = [f["id"] for f in files]
+        self.entries = [json.dumps({k: v for k, v in f.items() if k not in SHARD_ONLY_KEYS},
+                                   separators=(",", ":")) for f in files]
+        self.meta = {k: v for k, v in self.meta.items() if k != "files"}
 
     @property
     def spec(self) -> ShardSpec:
@@ -294,8 +308,7 @@ def check_shards(shards: Sequence[Shard]) -> list[ShardError]:
                 context={"file": str(shard.path), "field": "shard.index",
                          "other": str(seen[spec.index])}))
         seen.setdefault(spec.index, shard.path)
-        for name in [f["id"] for f in shard.meta["files"]] + \
-                [s["file"] for s in shard.meta["skipped"]]:
+        for name in itertools.chain(shard.names, (s["file"] for s in shard.meta["skipped"])):
             if not spec.owns(name):
                 problems.append(ShardError(
                     f"shard {shard.path}: {name} belongs to shard {shard_of(name, count)}/"
@@ -304,7 +317,7 @@ def check_shards(shards: Sequence[Shard]) -> list[ShardError]:
                                                     "drawing": name}))
                 break
     missing = [i for i in range(count) if i not in seen]
-    entries = sum(len(s.meta["files"]) + len(s.meta["skipped"]) for s in shards)
+    entries = sum(len(s.names) + len(s.meta["skipped"]) for s in shards)
     if not missing and not problems and entries != ref.meta["listing"]["entries"]:
         problems.append(ShardError(
             f"the {count} shards hold {entries} entries but each listed "
@@ -348,26 +361,55 @@ def _field(meta: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+class MergedFiles:
+    """The merged manifest's `files`: which shard and row each entry comes from (two
+    numbers a drawing); each entry is made as it is read."""
+
+    def __init__(self, shards: Sequence[Shard], shard: np.ndarray, row: np.ndarray) -> None:
+        self.shards, self.shard, self.row = shards, shard, row
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i, row in zip(self.shard.tolist(), self.row.tolist(), strict=True):
+            entry: dict[str, Any] = json.loads(self.shards[i].entries[row])
+            yield entry
+
+
 @dataclass
 class Merged:
-    files: list[dict[str, Any]]
+    files: MergedFiles
     vectors: np.ndarray
     skipped: list[dict[str, Any]]
 
 
+def _sorted_rows(names: Sequence[str], shard: int
+                 ) -> Iterator[tuple[tuple[str, ...], int, int]]:
+    """(manifest_order key, shard, row) of a shard's entries in manifest order: as the
+    shard lists them when sorted already (a shard build writes them so), else sorted."""
+    keys = (manifest_order(n) for n in names)
+    if all(a <= b for a, b in itertools.pairwise(keys)):
+        return ((manifest_order(n), shard, row) for row, n in enumerate(names))
+    return iter(sorted((manifest_order(n), shard, row) for row, n in enumerate(names)))
+
+
 def merge_shards(shards: Sequence[Shard]) -> Merged:
     """Purely computational: the rows of compatible shards in manifest order (the order of
-    one build over the whole folder), shard-only fields dropped."""
-    entries = [f for shard in shards for f in shard.meta["files"]]
-    order = sorted(range(len(entries)), key=lambda i: manifest_order(entries[i]["id"]))
-    dim = shards[0].meta["dim"]
-    stacked = np.concatenate([np.empty((0, dim), np.float32),
-                              *(shard.vectors for shard in shards)]).astype(np.float32)
-    vectors = stacked[order] if order else stacked
-    files = [{k: v for k, v in entries[i].items() if k not in SHARD_ONLY_KEYS} for i in order]
+    one build over the whole folder), shard-only fields dropped. A k-way merge of the
+    shards' sorted lists; ties keep the order the shards are given in."""
+    total = sum(len(shard.names) for shard in shards)
+    which, rows = np.empty(total, np.int32), np.empty(total, np.int64)
+    merged = heapq.merge(*(_sorted_rows(shard.names, i) for i, shard in enumerate(shards)))
+    for pos, (_, i, row) in enumerate(merged):
+        which[pos], rows[pos] = i, row
+    vectors = np.empty((total, shards[0].meta["dim"]), np.float32)
+    for i, shard in enumerate(shards):
+        mine = which == i
+        vectors[mine] = shard.vectors[rows[mine]]
     skipped = sorted((s for shard in shards for s in shard.meta["skipped"]),
                      key=lambda s: manifest_order(s["file"]))
-    return Merged(files, vectors, skipped)
+    return Merged(MergedFiles(shards, which, rows), vectors, skipped)
 
 
 def read_compatible(paths: Sequence[Path]) -> list[Shard]:

@@ -113,13 +113,14 @@ class StreamStats:
     cache_error: str | None = None
 
 
-def extract_stream(paths: Sequence[Path], sizes: Sequence[int], todo: Iterable[int], *,
+def extract_stream(path_of: Callable[[int], Path], sizes: Sequence[int], todo: Iterable[int], *,
                    version: str, limits: SandboxLimits, workers: int,
                    cache: FeatureCache | None, stats: StreamStats | None = None
                    ) -> Iterator[tuple[int, Result, bool]]:
     """(row, result, parsed) for every row of `todo`: cache hits first, then the parsed
     ones as they finish; `parsed` is False for a hit and for a copy of a drawing parsed
-    in this build."""
+    in this build. `path_of(row)` is the drawing's file (made when needed: the parent
+    keeps names, not Path objects)."""
     stats = stats or StreamStats()
     jobs: dict[int, list[int]] = {}  # row to parse → the rows with the same bytes
     expected: dict[int, str | None] = {}
@@ -127,7 +128,7 @@ def extract_stream(paths: Sequence[Path], sizes: Sequence[int], todo: Iterable[i
         jobs = {row: [row] for row in todo}
     else:
         misses: dict[str, list[int]] = {}
-        for row, (sha, hit) in bounded_map(lambda r: _look_up(cache, paths[r]),
+        for row, (sha, hit) in bounded_map(lambda r: _look_up(cache, path_of(r)),
                                            ((r, r) for r in todo), workers):
             if sha is None or hit is not None:
                 yield row, hit, False
@@ -144,7 +145,7 @@ def extract_stream(paths: Sequence[Path], sizes: Sequence[int], todo: Iterable[i
             again: dict[int, list[int]] = {}
 
             def run(row: int) -> tuple[Any, ...]:
-                return sandbox.run(parse_file, str(paths[row]), version, limits, cache)
+                return sandbox.run(parse_file, str(path_of(row)), version, limits, cache)
 
             # one drawing per parser at a time: a drawing queued behind another in the
             # pool would spend its wall-clock deadline waiting (and be killed for it)
@@ -196,21 +197,34 @@ class Rows:
         """The indexed rows' vectors, in row order (a copy in memory, for faiss)."""
         return np.array(self._vectors[:self.count][self.state == INDEXED], dtype=np.float32)
 
-    def listing(self, names: Sequence[str]) -> tuple[list[dict[str, Any]],
-                                                     list[dict[str, str]]]:
-        """The manifest's `files` and the drawings refused, in row order."""
-        files: list[dict[str, Any]] = []
-        skipped: list[dict[str, str]] = []
-        for row, name in enumerate(names):
-            if row in self.refused:
-                why = self.refused[row]
-                skipped.append({"file": name, "code": why.code, "reason": str(why)})
-            elif self.state[row] == INDEXED:
-                files.append({"id": name, "entities": int(self.entities[row]),
-                              "truncated": bool(self.truncated[row]),
-                              "recovered": bool(self.recovered[row])})
-        return files, skipped
+    def listing(self, names: Sequence[str]) -> tuple[Listing, list[dict[str, str]]]:
+        """The manifest's `files` (compact, each entry made when read) and the drawings
+        refused, in row order."""
+        skipped = [{"file": names[row], "code": why.code, "reason": str(why)}
+                   for row, why in sorted(self.refused.items())]
+        return Listing(names, self.state == INDEXED, self.entities, self.truncated,
+                       self.recovered), skipped
 
     def close(self) -> None:
         del self._vectors
         self._file.close()
+
+
+class Listing:
+    """A manifest's `files` kept as columns (a name and a few numbers per drawing, not a
+    dict): its entries are made one at a time as they are read, in row order."""
+
+    def __init__(self, names: Sequence[str], indexed: np.ndarray, entities: np.ndarray,
+                 truncated: np.ndarray, recovered: np.ndarray) -> None:
+        self.names, self.indexed = names, indexed
+        self.entities, self.truncated, self.recovered = entities, truncated, recovered
+        self.count = int(indexed.sum())
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row in np.flatnonzero(self.indexed).tolist():
+            yield {"id": self.names[row], "entities": int(self.entities[row]),
+                   "truncated": bool(self.truncated[row]),
+                   "recovered": bool(self.recovered[row])}

@@ -321,16 +321,20 @@ names_st = st.lists(st.lists(st.sampled_from(["a", "a-b", "a.dxf", "b", "Z", "ü
                              min_size=1, max_size=3).map("/".join), unique=True, max_size=30)
 
 
-@given(names=names_st, skipped=names_st, count=st.integers(1, 6))
+@given(names=names_st, skipped=names_st, count=st.integers(1, 6), backwards=st.booleans())
 @settings(max_examples=200, deadline=None)
 def test_a_merge_of_any_split_is_in_the_order_of_one_build(names: list[str],
                                                            skipped: list[str],
-                                                           count: int) -> None:
+                                                           count: int,
+                                                           backwards: bool) -> None:
+    """Shards list their drawings in manifest order; one listing them otherwise (backwards)
+    merges into the same order too."""
     skipped = [s for s in skipped if s not in names]
     vectors = {name: np.full(24, i, np.float32) for i, name in enumerate(names)}
     shards = []
     for i in range(count):
-        mine = sorted((n for n in names if shard_of(n, count) == i), key=manifest_order)
+        mine = sorted((n for n in names if shard_of(n, count) == i), key=manifest_order,
+                      reverse=backwards)
         meta = {"shard": {"index": i, "count": count}, "dim": 24, "featureVersion": "v4",
                 "extractorVersion": "x1-0", "extractor": {}, "parameters": {"kind": "flat"},
                 "listing": {"entries": len(names) + len(skipped), "sha256": "x"},
@@ -343,7 +347,7 @@ def test_a_merge_of_any_split_is_in_the_order_of_one_build(names: list[str],
     merged = merge_shards(list(reversed(shards)))
     build_order = sorted(names, key=lambda n: PurePosixPath(n).parts)  # as the walk sorts
     assert [f["id"] for f in merged.files] == build_order
-    assert merged.files == [{"id": n, "entities": 1} for n in build_order]
+    assert list(merged.files) == [{"id": n, "entities": 1} for n in build_order]
     assert [s["file"] for s in merged.skipped] == sorted(
         skipped, key=lambda n: PurePosixPath(n).parts)
     assert merged.vectors.shape == (len(names), 24)
