@@ -2,8 +2,9 @@
 
 kopf pauses a replica while a live peer of a higher or equal priority is recorded in the
 peering object, and keeps its pause flag to itself. `PeeringWatch` reads the peering
-object(s) every few seconds (one GET each, whatever the number of tenants) and keeps
-`operating`, which the periodic driver reads before each tenant without an API call.
+object(s) (one GET each, whatever the number of tenants: every 3 s while paused, every
+10 s while operating) and keeps `operating`, which the periodic driver reads before each
+tenant without an API call: a replica paused mid-round stops within 10 s.
 While paused, it removes the records of the peers that pause it whose pod is gone (the
 decision: `peers.gone_blockers`): kopf's own peering watch sees the removal and resumes
 at once, instead of waiting up to the record's lifetime (60 s) for a SIGKILLed replica.
@@ -28,10 +29,10 @@ class PeeringWatch:
     kopf's pause decides the handlers, this only holds back the periodic work)."""
 
     def __init__(self, peering: kube.Peering, identity: str, priority: int,
-                 every: float = 3.0,
+                 every: float = 3.0, every_operating: float = 10.0,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.peering, self.identity, self.priority = peering, identity, priority
-        self.every, self.clock = every, clock
+        self.every, self.every_operating, self.clock = every, every_operating, clock
         self.operating = False
 
     def __call__(self) -> bool:
@@ -57,8 +58,9 @@ class PeeringWatch:
         return allowed
 
     async def run(self) -> None:
-        """Forever (until cancelled): a check every `every` seconds, in a thread."""
+        """Forever (until cancelled): a check every `every` seconds while paused (the
+        holder may die), every `every_operating` while operating, in a thread."""
         loop = asyncio.get_running_loop()
         while True:
-            await loop.run_in_executor(None, self.check)
-            await asyncio.sleep(self.every)
+            operating = await loop.run_in_executor(None, self.check)
+            await asyncio.sleep(self.every_operating if operating else self.every)
