@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,11 @@ class PeriodicDriver:
                  repair: Callable[[str], object], analyse: Callable[[str], object],
                  interval: float, analysis_interval: float,
                  active: Callable[[], bool] = lambda: True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, workers: int = 1) -> None:
         self.tenants, self.finished = tenants, finished
         self.repair, self.analyse, self.active = repair, analyse, active
         self.interval, self.analysis_interval, self.clock = interval, analysis_interval, clock
+        self.workers = max(1, workers)  # tenants run at once (each tenant's runs in order)
         self.repaired: dict[str, float] = {}
         self.analysed: dict[str, float] = {}
 
@@ -75,8 +77,21 @@ class PeriodicDriver:
                 for t in due(tenants, self.analysed.get, now, self.analysis_interval)]
         work += [("repair", self.repair, self.repaired, t)
                  for t in due(tenants, self._last_repair, now, self.interval)]
-        ran = []
+        by_tenant: dict[str, list[tuple[str, Callable[[str], object], dict[str, float]]]] = {}
         for name, run, memory, tenant in work:
+            by_tenant.setdefault(tenant, []).append((name, run, memory))
+        if self.workers == 1 or len(by_tenant) < 2:
+            done = [self._run_tenant(t, runs) for t, runs in by_tenant.items()]
+        else:  # the waits (store, API server) of different tenants overlap
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="cadml-periodic") as pool:
+                done = list(pool.map(lambda item: self._run_tenant(*item), by_tenant.items()))
+        return [pair for pairs in done for pair in pairs]
+
+    def _run_tenant(self, tenant: str,
+                    runs: list[tuple[str, Callable[[str], object], dict[str, float]]]
+                    ) -> list[tuple[str, str]]:
+        ran = []
+        for name, run, memory in runs:
             if not self._operating():
                 break
             memory[tenant] = self.clock()

@@ -43,3 +43,31 @@ def test_a_flag_that_cannot_be_read_holds_the_work_back() -> None:
                             clock=lambda: 100.0)
     driver.repaired["t"] = driver.analysed["t"] = 0.0
     assert driver.tick() == [] and ran == []
+
+
+def test_a_bounded_number_of_tenants_are_repaired_at_once() -> None:
+    """`workers=3`: three tenants' repairs meet at a barrier only if they run at the same
+    time (one after another, the first would wait out the barrier's timeout and fail);
+    each tenant's own runs stay in order (analysis, then repair)."""
+    import threading
+
+    barrier = threading.Barrier(3, timeout=5)
+    met: list[str] = []
+    order: list[tuple[str, str]] = []
+
+    def repair(tenant: str) -> None:
+        order.append(("repair", tenant))
+        barrier.wait()
+        met.append(tenant)
+
+    driver = PeriodicDriver(lambda: ["t1", "t2", "t3"], lambda _: None, repair,
+                            lambda t: order.append(("analyse", t)), interval=10,
+                            analysis_interval=10, clock=lambda: 100.0, workers=3)
+    for tenant in ("t1", "t2", "t3"):
+        driver.repaired[tenant] = driver.analysed[tenant] = 0.0
+    ran = driver.tick()
+    assert sorted(met) == ["t1", "t2", "t3"]
+    assert sorted(ran) == sorted([(w, t) for t in ("t1", "t2", "t3")
+                                  for w in ("analyse", "repair")])
+    for tenant in ("t1", "t2", "t3"):
+        assert order.index(("analyse", tenant)) < order.index(("repair", tenant))
