@@ -485,7 +485,7 @@ def periodic_driver(memo: MutableMapping[str, Any], indexes: Mapping[str, Any],
         repair=lambda ns: repair_tenant(memo, ns, indexes),
         analyse=lambda ns: analyse_tenant(memo, ns, indexes),
         interval=settings.timer_interval, analysis_interval=settings.analysis_interval,
-        active=memo.get("operating") or (lambda: True))
+        active=memo.get("operating") or (lambda: True), workers=settings.periodic_workers)
 
 
 def successor(body: Mapping[str, Any], bodies: Iterable[Mapping[str, Any]]) -> str | None:

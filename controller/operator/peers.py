@@ -9,7 +9,10 @@ Two things end that wait (decisions here, pure; the API calls in `kube`):
 - a replica running in a pod takes the pod as its identity (`pod/NAMESPACE/NAME`): a
   container restarted in the same pod finds its own record, which never pauses it;
 - at start, the records of pods that no longer exist are removed (`gone_peers`): the
-  replica a new pod replaced is gone for good.
+  replica a new pod replaced is gone for good;
+- while paused, a standby removes the records of the peers that pause it whose pod is gone
+  (`gone_blockers`, every few seconds: `standby.PeeringWatch`), so it takes over from a
+  SIGKILLed active replica within seconds of its pod's deletion.
 """
 
 from __future__ import annotations
@@ -48,18 +51,34 @@ def gone_peers(status: Mapping[str, Any] | None, identity: str,
     return out
 
 
-def peers_allow(status: Mapping[str, Any] | None, identity: str, priority: int,
-                now: datetime) -> bool:
-    """Whether kopf lets this replica operate, judged from the peering object's status
-    (identity → {priority, lifetime, lastseen}) by kopf's rule: no other live peer of a
+def blocking_peers(status: Mapping[str, Any] | None, identity: str, priority: int,
+                   now: datetime) -> list[str]:
+    """The peers, judged from the peering object's status (identity → {priority,
+    lifetime, lastseen}), for which kopf pauses this replica: the other live peers of a
     higher or equal priority. A peer is live until lastseen + lifetime."""
     from kopf._core.engines.peering import Peer
 
-    for other, info in (status or {}).items():
+    out = []
+    for other, info in sorted((status or {}).items()):
         if other == identity or not isinstance(info, Mapping):
             continue
         peer = Peer(identity=other, **{k: v for k, v in info.items()  # type: ignore[arg-type]
                                        if k in ("priority", "lifetime", "lastseen")})
         if peer.deadline > now and peer.priority >= priority:
-            return False
-    return True
+            out.append(other)
+    return out
+
+
+def peers_allow(status: Mapping[str, Any] | None, identity: str, priority: int,
+                now: datetime) -> bool:
+    """Whether kopf lets this replica operate: no peer blocks it (`blocking_peers`)."""
+    return not blocking_peers(status, identity, priority, now)
+
+
+def gone_blockers(status: Mapping[str, Any] | None, identity: str, priority: int,
+                  now: datetime, pod_exists: Callable[[str, str], bool | None]) -> list[str]:
+    """The peers that pause this replica although their pod no longer exists (a SIGKILLed
+    active replica whose pod was deleted): removing their records resumes it at once.
+    Only the blocking peers' pods are asked about, so an operating replica asks nothing."""
+    blocking = blocking_peers(status, identity, priority, now)
+    return gone_peers({p: (status or {})[p] for p in blocking}, identity, pod_exists)

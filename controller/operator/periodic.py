@@ -9,8 +9,9 @@ itself is handed in as callables (the kopf wiring in `handlers`), so nothing her
 knows kopf or the store.
 
 kopf pauses its watchers and handlers on a standby replica (peering); this loop is
-not kopf's, so it asks `active()` first, which the wiring answers from the peering
-object by kopf's own rule (`peers.peers_allow`).
+not kopf's, so it asks `active()` before each tenant: a flag the wiring keeps from the
+peering object by kopf's own rule (`standby.PeeringWatch`), read without an API call, so
+a replica paused in the middle of a round repairs no further tenant.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +48,13 @@ class PeriodicDriver:
                  repair: Callable[[str], object], analyse: Callable[[str], object],
                  interval: float, analysis_interval: float,
                  active: Callable[[], bool] = lambda: True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, workers: int = 1) -> None:
         self.tenants, self.finished = tenants, finished
         self.repair, self.analyse, self.active = repair, analyse, active
         self.interval, self.analysis_interval, self.clock = interval, analysis_interval, clock
+        self.workers = max(1, workers)  # tenants run at once (each tenant's runs in order)
         self.repaired: dict[str, float] = {}
         self.analysed: dict[str, float] = {}
-        self.paused_until = float("-inf")  # a standby: not before then
-        self.allowed_at = float("-inf")  # when this replica was last found operating
 
     def _last_repair(self, tenant: str) -> float | None:
         times = [t for t in (self.finished(tenant), self.repaired.get(tenant)) if t is not None]
@@ -61,12 +62,9 @@ class PeriodicDriver:
 
     def tick(self) -> list[tuple[str, str]]:
         """One round: the (work, tenant) pairs run. A failure ends only its own run.
-        Whether this replica may operate is asked only when something is due, and at most
-        once in ten steps (one interval): a replica that may not (a standby) rests that
-        long, one that may trusts the answer that long."""
+        Whether this replica may operate is asked before each run (a flag, cheap): once
+        it may not, the round ends and what is left stays due."""
         now = self.clock()
-        if now < self.paused_until:
-            return []
         tenants = list(self.tenants())
         known = set(tenants)
         for memory in (self.repaired, self.analysed):  # tenants gone: forget them
@@ -79,21 +77,23 @@ class PeriodicDriver:
                 for t in due(tenants, self.analysed.get, now, self.analysis_interval)]
         work += [("repair", self.repair, self.repaired, t)
                  for t in due(tenants, self._last_repair, now, self.interval)]
-        if not work:
-            return []
-        if now - self.allowed_at >= self.step * 10:  # asked at most once in ten steps
-            try:
-                active = self.active()
-            except Exception:  # cannot tell: do not act (kopf's pause decides handlers)
-                logger.warning("peering not readable; periodic work postponed",
-                               exc_info=True)
-                active = False
-            if not active:
-                self.paused_until = now + self.step * 10
-                return []
-            self.allowed_at = now
-        ran = []
+        by_tenant: dict[str, list[tuple[str, Callable[[str], object], dict[str, float]]]] = {}
         for name, run, memory, tenant in work:
+            by_tenant.setdefault(tenant, []).append((name, run, memory))
+        if self.workers == 1 or len(by_tenant) < 2:
+            done = [self._run_tenant(t, runs) for t, runs in by_tenant.items()]
+        else:  # the waits (store, API server) of different tenants overlap
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="cadml-periodic") as pool:
+                done = list(pool.map(lambda item: self._run_tenant(*item), by_tenant.items()))
+        return [pair for pairs in done for pair in pairs]
+
+    def _run_tenant(self, tenant: str,
+                    runs: list[tuple[str, Callable[[str], object], dict[str, float]]]
+                    ) -> list[tuple[str, str]]:
+        ran = []
+        for name, run, memory in runs:
+            if not self._operating():
+                break
             memory[tenant] = self.clock()
             try:
                 run(tenant)
@@ -101,6 +101,13 @@ class PeriodicDriver:
                 logger.warning("periodic %s of tenant %s failed", name, tenant, exc_info=True)
             ran.append((name, tenant))
         return ran
+
+    def _operating(self) -> bool:
+        try:
+            return self.active()
+        except Exception:  # cannot tell: do not act (kopf's pause decides handlers)
+            logger.warning("peering state unknown; periodic work postponed", exc_info=True)
+            return False
 
     @property
     def step(self) -> float:
@@ -113,8 +120,13 @@ class PeriodicDriver:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.step)
+            started = time.monotonic()
             try:
-                await loop.run_in_executor(None, self.tick)
+                ran = await loop.run_in_executor(None, self.tick)
             except Exception:  # the only periodic loop: one failed round must not end it
                 logger.warning("periodic round failed; next round in %.1fs", self.step,
                                exc_info=True)
+                ran = []
+            if ran:  # the round's cost, in the log
+                logger.info("periodic round: %d runs of %d tenants in %.2f s", len(ran),
+                            len({tenant for _, tenant in ran}), time.monotonic() - started)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from datetime import UTC, datetime
+from collections.abc import Coroutine
+from typing import Any
 
 import kopf
 from kopf._core.engines.peering import Identity, detect_own_id
@@ -12,8 +14,9 @@ from prometheus_client import start_http_server
 
 from controller.operator import kube
 from controller.operator.handlers import WRITTEN, build_registry, kubernetes_worker_applier
-from controller.operator.peers import gone_peers, peers_allow, pod_identity
+from controller.operator.peers import gone_peers, pod_identity
 from controller.operator.settings import OperatorSettings
+from controller.operator.standby import PeeringWatch
 from controller.operator.tenantqueue import TenantQueue
 from controller.operator.webhook import kubernetes_tenant_reader
 from controller.store.open import open_store
@@ -49,11 +52,10 @@ def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> N
     if settings.peering is not None:
         peering = kube.kubernetes_peering(settings.peering, settings.namespaces)
         forget_gone_peers(peering, identity)
-
-        def operating() -> bool:  # the periodic driver acts only where kopf does
-            now = datetime.now(UTC)
-            return all(peers_allow(status, identity, settings.priority, now)
-                       for _, status in peering.statuses())
+        # the periodic driver acts only where kopf does; a standby whose holder's pod is
+        # gone removes its record and resumes within seconds
+        operating = PeeringWatch(peering, identity, settings.priority)
+        operating.check()
 
     memo = kopf.Memo(store=store, settings=settings, post_event=kopf.info,
                      apply_workers=kubernetes_worker_applier() if apply_workers else None,
@@ -66,7 +68,7 @@ def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> N
                      admission_tenant=kubernetes_tenant_reader() if settings.webhook_host
                      else None)
     registry = build_registry(settings)
-    asyncio.run(kopf.operator(
+    asyncio.run(_beside(operating.run() if operating else None, kopf.operator(
         registry=registry,
         memo=memo,
         clusterwide=not settings.namespaces,
@@ -76,4 +78,17 @@ def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> N
         priority=settings.priority,
         identity=identity,
         liveness_endpoint=settings.liveness,
-    ))
+    )))
+
+
+async def _beside(background: Coroutine[Any, Any, None] | None,
+                  main: Coroutine[Any, Any, None]) -> None:
+    """Run `main`, with `background` as a task for as long as `main` runs."""
+    task = asyncio.create_task(background) if background is not None else None
+    try:
+        await main
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -22,6 +22,7 @@ class OperatorSettings:
     worker_service_account: str = "cadml-worker"
     timer_interval: float = 60.0
     analysis_interval: float = 60.0
+    periodic_workers: int = 4  # tenants the periodic driver runs at once
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     peering: str | None = None  # None: standalone; a name needs kopf's peering CRDs + object
     # Peers of equal priority freeze each other (kopf), so each replica draws its own at
@@ -58,6 +59,8 @@ class OperatorSettings:
             "analysis_interval": float(env.get("CADML_ANALYSIS_INTERVAL")
                                        or env.get("CADML_TIMER_INTERVAL")
                                        or cls.analysis_interval),
+            "periodic_workers": int(env.get("CADML_PERIODIC_WORKERS")
+                                    or cls.periodic_workers),
             "namespaces": tuple(n for n in env.get("CADML_NAMESPACES", "").split(",") if n),
             "peering": env.get("CADML_PEERING") or None,
             "priority": int(env["CADML_PRIORITY"]) if env.get("CADML_PRIORITY") else None,

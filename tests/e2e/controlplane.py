@@ -203,7 +203,7 @@ current-context: test
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--secure-port={self.api_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
+            "--service-cluster-ip-range=10.0.0.0/16", "--allow-privileged=true",
             "--disable-admission-plugins=ServiceAccount",
             "--authorization-mode=RBAC",
             f"--service-account-issuer=https://127.0.0.1:{self.api_port}/",

@@ -48,6 +48,13 @@ def _replica(cp: ControlPlane, workdir: Path, kubeconfig: Path, pod: str, priori
     return op
 
 
+def _reconciled_tenant(cp: ControlPlane, ns: str) -> None:
+    cp.kubectl("create", "namespace", ns, check=False)
+    cp.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(tenant(ns)))
+    wait_for(lambda: get(cp, "model", ns, "sim").get("status", {}).get("conditions"),
+             timeout=90, what="the tenant reconciled")
+
+
 def _handles_a_change(cp: ControlPlane, ns: str, text: str, timeout: float) -> float:
     """Seconds until the operator reconciles a spec change (observedGeneration)."""
     start = time.monotonic()
@@ -70,10 +77,7 @@ def test_a_killed_operator_restarted_in_its_pod_or_a_new_one_reconciles_at_once(
                      "cadml-operator-a", TOP, store_url)
     running: list[Operator] = [first]
     try:
-        cp.kubectl("create", "namespace", ns, check=False)
-        cp.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(tenant(ns)))
-        wait_for(lambda: get(cp, "model", ns, "sim").get("status", {}).get("conditions"),
-                 timeout=90, what="the tenant reconciled")
+        _reconciled_tenant(cp, ns)
         first.stop(kill=True)  # SIGKILL: its peering record stays, alive for 60 s
         # the kubelet restarts the container in the same pod, which draws a new priority
         again = _replica(cp, tmp_path_factory.mktemp("replica-a2"), operator_kubeconfig,
@@ -92,6 +96,46 @@ def test_a_killed_operator_restarted_in_its_pod_or_a_new_one_reconciles_at_once(
         peers = json.loads(cp.kubectl("get", "clusterkopfpeering", "cadml", "-o", "json")
                            .stdout).get("status") or {}
         assert not any("cadml-operator-a" in p for p in peers), peers  # the gone pod's
+    finally:
+        for op in running:
+            op.stop()
+
+
+def _peer_records(cp: ControlPlane) -> dict[str, Any]:
+    out = cp.kubectl("get", "clusterkopfpeering", "cadml", "-o", "json", check=False)
+    return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+
+
+def test_a_standby_takes_over_within_seconds_when_the_active_replica_is_killed(
+        control_plane: ControlPlane, operator_kubeconfig: Path,
+        tmp_path_factory: Any) -> None:
+    """Two replicas (the chart's): the active one is SIGKILLed and its pod object deleted
+    (as the kubelet and the ReplicaSet do). The standby, paused in its favour, must not
+    wait for the dead replica's peering record to expire (60 s): it takes over within
+    seconds, and the dead replica's record is gone."""
+    cp, ns = control_plane, "peering-standby"
+    store_url = f"sqlite:///{tmp_path_factory.mktemp('standby-store') / 'store.db'}"
+    active_pod, standby_pod = "cadml-operator-c", "cadml-operator-d"
+    for pod in (active_pod, standby_pod):
+        _pod(cp, pod)
+    active = _replica(cp, tmp_path_factory.mktemp("replica-c"), operator_kubeconfig,
+                      active_pod, TOP, store_url)
+    running: list[Operator] = [active]
+    try:
+        _reconciled_tenant(cp, ns)
+        standby = _replica(cp, tmp_path_factory.mktemp("replica-d"), operator_kubeconfig,
+                           standby_pod, 1, store_url)
+        running.append(standby)
+        # the standby is up: its record sits beside the active one's (kopf pauses it)
+        wait_for(lambda: f"pod/{NS}/{standby_pod}" in _peer_records(cp), timeout=60,
+                 every=0.2, what="the standby's peering record")
+        assert f"pod/{NS}/{active_pod}" in _peer_records(cp)
+        active.stop(kill=True)  # SIGKILL: its record stays, alive for 60 s
+        cp.kubectl("delete", "pod", "-n", NS, active_pod, "--grace-period=0", "--force",
+                   check=False)  # and its pod is gone for good
+        took = _handles_a_change(cp, ns, "after the active replica died", timeout=30)
+        print(f"\nstandby took over: reconciling {took:.1f} s after the change")
+        assert f"pod/{NS}/{active_pod}" not in _peer_records(cp)
     finally:
         for op in running:
             op.stop()

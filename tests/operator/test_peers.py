@@ -83,3 +83,39 @@ def test_a_starting_replica_removes_only_the_records_of_pods_that_are_gone() -> 
     assert peering.removed == [(None, ["pod/ns/gone"])]
     # an API server that cannot be read: nothing removed, the start goes on
     assert forget_gone_peers(_Peering(fail=True), "pod/ns/me") == []  # type: ignore[arg-type]
+
+
+def test_only_the_gone_pods_of_peers_that_pause_this_replica_are_asked_about() -> None:
+    from controller.operator.peers import gone_blockers
+
+    status = {"pod/ns/me": _peer(5, 0), "pod/ns/dead": _peer(9, 5),
+              "pod/ns/low-dead": _peer(1, 5), "pod/ns/expired": _peer(9, 61),
+              "pod/ns/alive": _peer(9, 5)}
+    asked: list[str] = []
+
+    def exists(ns: str, name: str) -> bool | None:
+        asked.append(name)
+        return name == "alive"
+
+    assert gone_blockers(status, "pod/ns/me", 5, NOW, exists) == ["pod/ns/dead"]
+    assert sorted(asked) == ["alive", "dead"]  # neither a lower nor an expired peer
+    asked.clear()
+    assert gone_blockers({"pod/ns/me": _peer(9, 0), "pod/ns/low": _peer(1, 0)},
+                         "pod/ns/me", 9, NOW, exists) == [] and asked == []
+
+
+def test_a_standby_removes_a_dead_holder_and_then_operates() -> None:
+    """`PeeringWatch`: paused by a live record whose pod is gone, it removes the record and
+    answers True; paused by a live one, False; an unreadable peering object, False."""
+    from controller.operator.standby import PeeringWatch
+
+    peering = _Peering()
+    peering.status["pod/ns/alive"] = _peer(0, 5)  # a lower one: does not pause
+    watch = PeeringWatch(peering, "pod/ns/me", 1, clock=lambda: NOW)  # type: ignore[arg-type]
+    assert watch() is False  # no answer yet
+    assert watch.check() is True and watch() is True
+    assert peering.removed == [(None, ["pod/ns/gone"])]
+    peering.status["pod/ns/alive"] = _peer(9, 5)  # a live holder of a higher priority
+    assert watch.check() is False and watch() is False
+    assert PeeringWatch(_Peering(fail=True), "pod/ns/me", 1,  # type: ignore[arg-type]
+                        clock=lambda: NOW).check() is False

@@ -268,10 +268,6 @@ def test_rollback_in_git_of_a_policy_with_steps(tmp_path: Path, corpus_index: Bu
 
 # ---- the operator's periodic driver on a replica that stops being the active one
 
-@pytest.mark.xfail(strict=True, reason="the driver trusts an 'active' answer for one whole "
-                   "interval (asked at most once in ten steps): a replica demoted by a "
-                   "higher-priority peer keeps repairing/analysing up to 60 s beside the "
-                   "new leader, while kopf has already paused its handlers")
 def test_periodic_driver_stops_once_the_replica_is_paused() -> None:
     """Fake clock and peering answer (the rule itself, peers_allow, is tested on a real
     peering object in tests/e2e/test_peering.py): tenant a is due at t=10, tenant b

@@ -1,0 +1,66 @@
+"""Whether this replica operates, as a flag, and a standby's eye on a holder that died.
+
+kopf pauses a replica while a live peer of a higher or equal priority is recorded in the
+peering object, and keeps its pause flag to itself. `PeeringWatch` reads the peering
+object(s) (one GET each, whatever the number of tenants: every 3 s while paused, every
+10 s while operating) and keeps `operating`, which the periodic driver reads before each
+tenant without an API call: a replica paused mid-round stops within 10 s.
+While paused, it removes the records of the peers that pause it whose pod is gone (the
+decision: `peers.gone_blockers`): kopf's own peering watch sees the removal and resumes
+at once, instead of waiting up to the record's lifetime (60 s) for a SIGKILLed replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from controller.operator import kube
+from controller.operator.peers import gone_blockers, peers_allow
+
+logger = logging.getLogger(__name__)
+
+
+class PeeringWatch:
+    """`check()` once (blocking: API calls); `run()` forever; calling it answers the
+    last check's verdict (False until the first, and when the peering cannot be read:
+    kopf's pause decides the handlers, this only holds back the periodic work)."""
+
+    def __init__(self, peering: kube.Peering, identity: str, priority: int,
+                 every: float = 3.0, every_operating: float = 10.0,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.peering, self.identity, self.priority = peering, identity, priority
+        self.every, self.every_operating, self.clock = every, every_operating, clock
+        self.operating = False
+
+    def __call__(self) -> bool:
+        return self.operating
+
+    def check(self) -> bool:
+        allowed = True
+        try:
+            for namespace, status in self.peering.statuses():
+                gone = gone_blockers(status, self.identity, self.priority, self.clock(),
+                                     self.peering.pod_exists)
+                if gone:
+                    self.peering.remove(namespace, gone)
+                    logger.info("the peers pausing this replica are gone (their pods no "
+                                "longer exist): removed %s", gone)
+                left = {k: v for k, v in status.items() if k not in gone}
+                allowed = allowed and peers_allow(left, self.identity, self.priority,
+                                                  self.clock())
+        except Exception:  # any client error: not operating until the next answer
+            logger.warning("peering not readable; periodic work held back", exc_info=True)
+            allowed = False
+        self.operating = allowed
+        return allowed
+
+    async def run(self) -> None:
+        """Forever (until cancelled): a check every `every` seconds while paused (the
+        holder may die), every `every_operating` while operating, in a thread."""
+        loop = asyncio.get_running_loop()
+        while True:
+            operating = await loop.run_in_executor(None, self.check)
+            await asyncio.sleep(self.every_operating if operating else self.every)
