@@ -215,6 +215,7 @@ def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
                   timer_interval=getattr(request.module, "TIMER_INTERVAL", 5),
                   env={"CADML_WEBHOOK_CERT": str(cert), "CADML_WEBHOOK_KEY": str(key)})
     control_plane.route_service("cadml-system", "cadml-operator", 443, op.webhook_port)
+    control_plane.clear_admission()  # "registered" must mean: by this operator
     op.start()
     yield op
     op.stop()

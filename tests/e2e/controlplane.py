@@ -255,6 +255,15 @@ current-context: test
         self.start_apiserver()
         self.wait_ready()
 
+    def clear_admission(self) -> None:
+        """Remove cadml's admission webhook configurations. They are persistent (they
+        outlive the operator that registered them, by design), so a module that starts
+        its own operator, or none, begins without an earlier module's: otherwise its
+        changes go to a dead webhook, or one whose CA the new operator has not yet put
+        in place."""
+        self.kubectl("delete", "validatingwebhookconfiguration,mutatingwebhookconfiguration",
+                     "admission.cadml.io", "--ignore-not-found")
+
     def kubectl(self, *args: str, stdin: str | None = None,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([str(self.bin_dir / "kubectl"), *args], input=stdin, text=True,

@@ -70,6 +70,7 @@ def test_a_killed_operator_restarted_in_its_pod_or_a_new_one_reconciles_at_once(
         control_plane: ControlPlane, operator_kubeconfig: Path,
         tmp_path_factory: Any) -> None:
     cp, ns = control_plane, "peering-restart"
+    cp.clear_admission()  # an earlier module's webhooks would refuse with no one serving
     store_url = f"sqlite:///{tmp_path_factory.mktemp('peering-store') / 'store.db'}"
     for pod in ("cadml-operator-a", "cadml-operator-b"):
         _pod(cp, pod)
@@ -114,6 +115,7 @@ def test_a_standby_takes_over_within_seconds_when_the_active_replica_is_killed(
     wait for the dead replica's peering record to expire (60 s): it takes over within
     seconds, and the dead replica's record is gone."""
     cp, ns = control_plane, "peering-standby"
+    cp.clear_admission()  # an earlier module's webhooks would refuse with no one serving
     store_url = f"sqlite:///{tmp_path_factory.mktemp('standby-store') / 'store.db'}"
     active_pod, standby_pod = "cadml-operator-c", "cadml-operator-d"
     for pod in (active_pod, standby_pod):
