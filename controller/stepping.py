@@ -22,6 +22,7 @@ from controller.evaluation import (
     analysis_key,
     compute,
     judged_by,
+    judges,
     measure,
     measurement_due,
     with_shadow,
@@ -78,13 +79,16 @@ def walk_policies(tx: StoreTx, now: datetime, policy: str | None = None,
             continue
         plan, key = spec.strategy.steps, steps.plan_key(row.spec)
         before = observed.steps.get(row.model_name)
-        held = override_in_force(spec, now)  # as step_routing holds the walk
+        # as the planner holds the walk: an override, or the policy-wide analysis aborted
+        held = override_in_force(spec, now) or any(
+            a.aborted and judges(a.spec_hash, row.spec, row.spec_hash)
+            for a in observed.analysis.get(row.model_name, []))
         state = steps.walk(plan, before, key, now, command=command, hold=held)
         due = steps.analysis_due(plan, state)
         canary = next((w.version for w in spec.weights for v in observed.versions.values()
                        if v.model_name == row.model_name and v.version == w.version
                        and not v.deleted and v.stage != "STABLE"), None)
-        if due is not None and due.analysis is not None and canary is not None and \
+        if not held and due is not None and due.analysis is not None and canary is not None and \
                 measurement_due(state.measurements, now, due.analysis.interval_seconds):
             a = due.analysis
             # only the runs (and shadow runs) of this step, at its weight

@@ -160,14 +160,15 @@ def walk(steps: Sequence[StepSpec], state: StepState | None, key: str, now: date
     """The state after one look at `now`: a new plan (`key`) starts at step 0; then the
     user's command (once per id), then the analysis measurement of the current step (if
     it is an analysis step), then every step that can pass passes. `hold`: the policy
-    does not route now (an override): no step passes, and the current one starts again
-    (its pause counts) from the last look under the hold."""
+    does not route now (an override, a policy-wide abort): no step passes, no
+    measurement is judged (the runs are not the step's), and the current one starts
+    again (its pause counts) from the last look under the hold."""
     if state is None or state.plan_key != key:
         state = start(key, now, command=state.command if state is not None else "")
     if command is not None and command.id != state.command:
         state = _apply(state, command, key, now)
-    if measured is not None and state.phase != ABORTED and state.index < len(steps) \
-            and steps[state.index].analysis is not None:
+    if measured is not None and not hold and state.phase != ABORTED \
+            and state.index < len(steps) and steps[state.index].analysis is not None:
         state = _judge(state, measured, now)
     if hold:
         return state if state.phase in (ABORTED, READY) else replace(state, started_at=now)

@@ -169,3 +169,16 @@ def test_random_walks_keep_the_invariants(plan: list[StepSpec], ops: list[Any]) 
             assert state.phase == ABORTED, "only a new plan or a retry lifts an abort"
         if state.phase not in (ABORTED, READY):
             assert plan[state.index].set_weight is None, "never rests on a setWeight"
+
+
+def test_a_held_walk_judges_no_measurement() -> None:
+    """Under a hold (an override routes, or the policy-wide analysis aborted) the runs are
+    not the step's: a Pass does not move the walk and a Fail does not abort it (round-two
+    review: the measurement was judged before the hold was looked at)."""
+    s = walk(PLAN, None, KEY, T0)
+    assert (s.index, s.phase) == (1, PROGRESSING)
+    later = T0 + timedelta(minutes=5)
+    assert walk(PLAN, s, KEY, later, measured("Pass"), hold=True).index == 1
+    failed = walk(PLAN, s, KEY, later, measured("Fail", aborted=True), hold=True)
+    assert (failed.index, failed.phase) == (1, PROGRESSING)
+    assert walk(PLAN, s, KEY, later, measured("Pass")).index > 1  # not held: it moves
