@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
 
+from controller.errors import UsageError
 from controller.store.engine import resolve_url
+
+
+def env_seconds(env: dict[str, str], *names: str) -> float | None:
+    """The first of `names` that is set, as seconds above 0; None when none is set.
+    Anything else stops the start (`UsageError`, exit code 2) naming the variable."""
+    for name in names:
+        text = (env.get(name) or "").strip()
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise UsageError(f"{name} {env[name]!r}: use a number of seconds above 0 "
+                             f"(e.g. 60 or 0.5), or leave it unset for the default")
+        return value
+    return None
+
+
+def env_count(env: dict[str, str], name: str, minimum: int = 1) -> int | None:
+    """`name` as a whole number of at least `minimum`; None when unset or empty."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < minimum:
+        raise UsageError(f"{name} {env[name]!r}: use a whole number of {minimum} or more, "
+                         f"or leave it unset for the default")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -54,13 +85,11 @@ class OperatorSettings:
             "worker_auth_namespaces": tuple(
                 n for n in env.get("CADML_WORKER_AUTH_NAMESPACES", "").split(",") if n),
             "worker_service_account": env.get("CADML_WORKER_SERVICE_ACCOUNT") or None,
-            "timer_interval": float(env.get("CADML_TIMER_INTERVAL", cls.timer_interval)),
+            "timer_interval": env_seconds(env, "CADML_TIMER_INTERVAL"),
             # canary analysis follows the repair interval unless set on its own
-            "analysis_interval": float(env.get("CADML_ANALYSIS_INTERVAL")
-                                       or env.get("CADML_TIMER_INTERVAL")
-                                       or cls.analysis_interval),
-            "periodic_workers": int(env.get("CADML_PERIODIC_WORKERS")
-                                    or cls.periodic_workers),
+            "analysis_interval": env_seconds(env, "CADML_ANALYSIS_INTERVAL",
+                                             "CADML_TIMER_INTERVAL"),
+            "periodic_workers": env_count(env, "CADML_PERIODIC_WORKERS"),
             "namespaces": tuple(n for n in env.get("CADML_NAMESPACES", "").split(",") if n),
             "peering": env.get("CADML_PEERING") or None,
             "priority": int(env["CADML_PRIORITY"]) if env.get("CADML_PRIORITY") else None,

@@ -1,0 +1,52 @@
+"""Operator settings from the environment: a value that is not a number of the accepted
+kind stops the start with one clear line naming the variable and what it accepts, exit
+code 2, before anything is started (the store is not even opened)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.operator.settings import OperatorSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("name", "value", "accepted"), [
+    ("CADML_PERIODIC_WORKERS", "four", "a whole number of 1 or more"),
+    ("CADML_PERIODIC_WORKERS", "2.5", "a whole number of 1 or more"),
+    ("CADML_PERIODIC_WORKERS", "0", "a whole number of 1 or more"),
+    ("CADML_ANALYSIS_INTERVAL", "1m", "a number of seconds above 0"),
+    ("CADML_ANALYSIS_INTERVAL", "-5", "a number of seconds above 0"),
+    ("CADML_TIMER_INTERVAL", "nan", "a number of seconds above 0"),
+])
+def test_a_malformed_number_stops_the_operator_before_it_starts(
+        tmp_path: Path, name: str, value: str, accepted: str) -> None:
+    store = tmp_path / "store.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), name: value,
+           "CADML_METRICS_PORT": "0", "KUBECONFIG": str(tmp_path / "none")}
+    env.pop("CADML_DEBUG", None)
+    done = subprocess.run([sys.executable, "-m", "controller", "run", "--store",
+                           f"sqlite:///{store}"], check=False, env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert name in line and repr(value) in line and accepted in line, line
+    assert not store.exists()  # nothing started: the store was not opened
+
+
+@pytest.mark.parametrize(("env", "workers", "analysis"), [
+    ({}, 4, 60.0),
+    ({"CADML_PERIODIC_WORKERS": " 8 ", "CADML_TIMER_INTERVAL": "2"}, 8, 2.0),
+    ({"CADML_ANALYSIS_INTERVAL": "0.5", "CADML_TIMER_INTERVAL": "2"}, 4, 0.5),
+    ({"CADML_PERIODIC_WORKERS": ""}, 4, 60.0),  # empty: the default, as before
+])
+def test_well_formed_numbers_are_read(env: dict[str, str], workers: int,
+                                      analysis: float) -> None:
+    settings = OperatorSettings.from_env({"CADML_STORE_URL": "sqlite://", **env})
+    assert (settings.periodic_workers, settings.analysis_interval) == (workers, analysis)
