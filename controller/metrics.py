@@ -13,6 +13,10 @@ OPERATOR_PASSES = Counter("cadml_operator_tenant_passes_total", "Operator passes
                           "by what asked for them (event, repair)", ["tenant", "trigger"])
 OPERATOR_TIMER_RUNS = Counter("cadml_operator_timer_runs_total", "Periodic runs of the operator "
                               "(drift repair, canary analysis) per tenant", ["tenant", "timer"])
+OPERATOR_PERIODIC_OVERRUNS = Counter(
+    "cadml_operator_periodic_overruns_total", "Periodic runs of a tenant still going after "
+    "the repair interval (a store or API call that hangs); the tenant is not run again "
+    "until that run ends", ["tenant"])
 RECONCILE_ERRORS = Counter("cadml_reconcile_errors_total", "Reconcile passes that failed",
                            ["mode", "reason"])
 RECONCILE_SECONDS = Histogram("cadml_reconcile_duration_seconds", "Duration of one tenant pass",

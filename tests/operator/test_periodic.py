@@ -3,7 +3,13 @@ the operating flag (`standby.PeeringWatch`, no API call) before each tenant."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
 from controller.operator.periodic import PeriodicDriver
+from tests.stores import Backend
 
 
 def test_a_replica_paused_in_the_middle_of_a_round_repairs_no_further_tenant() -> None:
@@ -71,3 +77,94 @@ def test_a_bounded_number_of_tenants_are_repaired_at_once() -> None:
                                   for w in ("analyse", "repair")])
     for tenant in ("t1", "t2", "t3"):
         assert order.index(("analyse", tenant)) < order.index(("repair", tenant))
+
+
+class _Runs:
+    """What the driver started and finished, per tenant, waited on without polling."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.cond = threading.Condition()
+        self.started: Counter[str] = Counter()
+        self.ended: Counter[str] = Counter()
+
+    def wrap(self, work: Callable[[str], object]) -> Callable[[str], object]:
+        def run(tenant: str) -> object:
+            with self.cond:
+                self.started[tenant] += 1
+            try:
+                return work(tenant)
+            finally:
+                with self.cond:
+                    self.ended[tenant] += 1
+                    self.cond.notify_all()
+        return run
+
+    def wait(self, what: str, predicate: Callable[[], bool], timeout: float = 30) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, timeout), (
+                f"timed out waiting for {what}: started {dict(self.started)}, "
+                f"ended {dict(self.ended)}")
+
+
+def test_a_tenant_whose_repair_hangs_on_a_row_lock_does_not_hold_back_the_others(
+        pg_backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL: acme-cad's repair has a policy change to write and waits on the row
+    lock another connection holds on that policy (FOR UPDATE, never released while the
+    test looks). globex-cad is still repaired round after round in the other slot;
+    acme-cad is not started again while its run waits, and the overrun is logged and
+    counted under its name. Once the lock goes, acme-cad's run ends and it is repaired
+    again an interval later."""
+    import threading
+
+    from prometheus_client import REGISTRY
+    from sqlalchemy import text
+
+    from tests.operator.test_handlers import Cluster
+
+    cluster = Cluster(pg_backend.store)
+    for ns in ("acme-cad", "globex-cad"):
+        cluster.repair(ns)
+    policy = cluster.bodies[("RolloutPolicy", "part-similarity")]
+    policy["spec"]["weights"] = [{"version": "1.1.0", "weight": 100}]
+    policy["metadata"]["generation"] = 2
+    runs = _Runs()
+    driver = PeriodicDriver(lambda: ["acme-cad", "globex-cad"],
+                            cluster.memo["tenants"].finished_at, runs.wrap(cluster.repair),
+                            lambda _: None, interval=0.3, analysis_interval=1000, workers=2)
+    overruns = ("cadml_operator_periodic_overruns_total", {"tenant": "acme-cad"})
+    overran_before = REGISTRY.get_sample_value(*overruns) or 0.0
+    stop = threading.Event()
+
+    def rounds() -> None:  # the driver's loop (`run`), without an event loop
+        while not stop.is_set():
+            driver.tick()
+            stop.wait(driver.step)
+
+    locker = pg_backend.admin.connect()
+    held = locker.begin()
+    locker.execute(text("SELECT 1 FROM model_rollout_policy WHERE tenant_id = 'acme-cad' "
+                        "AND name = 'part-similarity' FOR UPDATE"))
+    loop = threading.Thread(target=rounds, daemon=True)
+    loop.start()
+    try:
+        try:
+            runs.wait("acme-cad's repair to start", lambda: runs.started["acme-cad"] == 1)
+            base = runs.ended["globex-cad"]
+            runs.wait("globex-cad repaired in three more rounds",
+                      lambda: runs.ended["globex-cad"] >= base + 3)
+            assert runs.started["acme-cad"] == 1 and runs.ended["acme-cad"] == 0
+            assert (REGISTRY.get_sample_value(*overruns) or 0.0) == overran_before + 1
+            assert any("acme-cad" in r.getMessage() and "interval" in r.getMessage()
+                       for r in caplog.records), [r.getMessage() for r in caplog.records]
+        finally:
+            held.rollback()
+            locker.close()
+        runs.wait("acme-cad's run to end and a later one to start",
+                  lambda: runs.ended["acme-cad"] >= 1 and runs.started["acme-cad"] >= 2)
+        assert cluster.bodies[("RolloutPolicy", "part-similarity")]["status"][
+            "routingSummary"] == "1.1.0=100"  # the hung run did its work once let go
+    finally:
+        stop.set()
+        loop.join(30)
