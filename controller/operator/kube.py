@@ -145,8 +145,9 @@ def kubernetes_event_poster() -> EventPoster:
 
 class Peering:
     """kopf's peering object(s) of this operator: the cluster-wide one, or one per
-    namespace it serves (`namespaces`). Reads their peer records, removes records, and
-    says whether a pod exists (None: cannot tell, e.g. not allowed to look)."""
+    namespace it serves (`namespaces`). Reads their peer records, removes records, writes
+    this replica's own, and says which pod (UID) has a name now (None: cannot tell, e.g.
+    not allowed to look)."""
 
     def __init__(self, custom: Any, core: Any, name: str, namespaces: tuple[str, ...]) -> None:
         self.custom, self.core, self.name, self.namespaces = custom, core, name, namespaces
@@ -170,7 +171,15 @@ class Peering:
         return out
 
     def remove(self, namespace: str | None, identities: list[str]) -> None:
-        patch = {"status": dict.fromkeys(identities)}
+        self._patch(namespace, dict.fromkeys(identities))
+
+    def touch(self, namespace: str | None, identity: str, record: Mapping[str, Any]) -> None:
+        """Write this replica's own record (kopf's keep-alive, more often: the heartbeat
+        that tells standbys it runs)."""
+        self._patch(namespace, {identity: dict(record)})
+
+    def _patch(self, namespace: str | None, records: Mapping[str, Any]) -> None:
+        patch = {"status": dict(records)}
         if namespace is None:
             self.custom.patch_cluster_custom_object(
                 "kopf.dev", "v1", "clusterkopfpeerings", self.name, patch,
@@ -180,14 +189,17 @@ class Peering:
                 "kopf.dev", "v1", namespace, "kopfpeerings", self.name, patch,
                 _content_type=MERGE_PATCH)
 
-    def pod_exists(self, namespace: str, name: str) -> bool | None:
+    def pod_uid(self, namespace: str, name: str) -> str | None:
+        """The pod's UID; `peers.GONE` when it does not exist; None: cannot tell."""
         from kubernetes.client.exceptions import ApiException
 
+        from controller.operator.peers import GONE
+
         try:
-            self.core.read_namespaced_pod(name, namespace)
+            pod = self.core.read_namespaced_pod(name, namespace)
         except ApiException as exc:
-            return False if exc.status == 404 else None
-        return True
+            return GONE if exc.status == 404 else None
+        return str(pod.metadata.uid) if pod.metadata and pod.metadata.uid else None
 
 
 def kubernetes_peering(name: str, namespaces: tuple[str, ...]) -> Peering:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -25,20 +26,21 @@ logger = logging.getLogger(__name__)
 
 
 def forget_gone_peers(peering: kube.Peering, identity: str) -> list[str]:
-    """Remove the peering records of pods that no longer exist (a SIGKILLed replica's,
-    replaced by a new pod), before kopf reads them and pauses for up to their lifetime.
-    Best effort: whatever cannot be read or removed expires as kopf expects."""
+    """Remove the peering records of replicas that are gone (pod gone, record no longer
+    refreshed: `peers.removable`; a SIGKILLed replica's, replaced by a new pod), before
+    kopf reads them and pauses for up to their lifetime. Best effort: whatever cannot be
+    read or removed expires as kopf expects."""
     removed = []
     try:
         for namespace, status in peering.statuses():
-            gone = gone_peers(status, identity, peering.pod_exists)
+            gone = gone_peers(status, identity, datetime.now(UTC), peering.pod_uid)
             if gone:
                 peering.remove(namespace, gone)
                 removed += gone
     except Exception:  # any client error: kopf's own expiry still applies
         logger.warning("peering records not cleaned", exc_info=True)
     if removed:
-        logger.info("removed the peering records of pods that are gone: %s", removed)
+        logger.info("removed the peering records of replicas that are gone: %s", removed)
     return removed
 
 
@@ -46,8 +48,8 @@ def run_operator(settings: OperatorSettings, *, apply_workers: bool = True) -> N
     kopf.configure(verbose=False, log_format=kopf.LogFormat.PLAIN)
     start_http_server(settings.metrics_port)  # /metrics for Prometheus
     store = open_store(settings.store_url)
-    identity = Identity(pod_identity(settings.pod_namespace, settings.pod_name)
-                        or detect_own_id(manual=False))
+    identity = Identity(pod_identity(settings.pod_namespace, settings.pod_name,
+                                     settings.pod_uid) or detect_own_id(manual=False))
     operating = None
     if settings.peering is not None:
         peering = kube.kubernetes_peering(settings.peering, settings.namespaces)

@@ -61,6 +61,7 @@ class OperatorSettings:
     priority: int = field(default_factory=lambda: secrets.randbelow(2**31 - 1) + 1)
     pod_name: str | None = None  # the replica's pod (downward API): its peering identity
     pod_namespace: str | None = None
+    pod_uid: str | None = None  # a pod recreated under the same name is another replica
     webhook_port: int = 9443
     webhook_host: str | None = None  # set: serve the admission webhook (self-signed cert)
     webhook_url_host: str | None = None  # the address the API server calls, if not webhook_host
@@ -95,6 +96,7 @@ class OperatorSettings:
             "priority": int(env["CADML_PRIORITY"]) if env.get("CADML_PRIORITY") else None,
             "pod_name": env.get("POD_NAME") or None,
             "pod_namespace": env.get("POD_NAMESPACE") or None,
+            "pod_uid": env.get("POD_UID") or None,
             "webhook_host": env.get("CADML_WEBHOOK_HOST") or None,
             "webhook_port": int(env.get("CADML_WEBHOOK_PORT", cls.webhook_port)),
             "webhook_cert": env.get("CADML_WEBHOOK_CERT") or None,

@@ -3,11 +3,14 @@
 kopf pauses a replica while a live peer of a higher or equal priority is recorded in the
 peering object, and keeps its pause flag to itself. `PeeringWatch` reads the peering
 object(s) (one GET each, whatever the number of tenants: every 3 s while paused, every
-10 s while operating) and keeps `operating`, which the periodic driver reads before each
-tenant without an API call: a replica paused mid-round stops within 10 s.
-While paused, it removes the records of the peers that pause it whose pod is gone (the
-decision: `peers.gone_blockers`): kopf's own peering watch sees the removal and resumes
-at once, instead of waiting up to the record's lifetime (60 s) for a SIGKILLed replica.
+`HEARTBEAT_SECONDS` while operating) and keeps `operating`, which the periodic driver
+reads before each tenant without an API call: a replica paused mid-round stops within
+seconds. While operating beside another peer, it refreshes its own record at each look
+(the heartbeat: kopf's keep-alive comes every 50-55 s); while paused, it removes the
+records of the peers that pause it that are gone: pod gone and record no longer
+refreshed (the decision: `peers.gone_blockers`). kopf's own peering watch sees the
+removal and resumes at once, instead of waiting up to the record's lifetime (60 s) for a
+SIGKILLed replica; a replica that still runs, whatever became of its pod, is never removed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from controller.operator import kube
-from controller.operator.peers import gone_blockers, peers_allow
+from controller.operator.peers import HEARTBEAT_SECONDS, gone_blockers, peers_allow
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ class PeeringWatch:
     kopf's pause decides the handlers, this only holds back the periodic work)."""
 
     def __init__(self, peering: kube.Peering, identity: str, priority: int,
-                 every: float = 3.0, every_operating: float = 10.0,
+                 every: float = 3.0, every_operating: float = HEARTBEAT_SECONDS,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.peering, self.identity, self.priority = peering, identity, priority
         self.every, self.every_operating, self.clock = every, every_operating, clock
@@ -42,15 +45,21 @@ class PeeringWatch:
         allowed = True
         try:
             for namespace, status in self.peering.statuses():
-                gone = gone_blockers(status, self.identity, self.priority, self.clock(),
-                                     self.peering.pod_exists)
+                now = self.clock()
+                gone = gone_blockers(status, self.identity, self.priority, now,
+                                     self.peering.pod_uid)
                 if gone:
                     self.peering.remove(namespace, gone)
                     logger.info("the peers pausing this replica are gone (their pods no "
-                                "longer exist): removed %s", gone)
+                                "longer exist and their records are stale): removed %s", gone)
                 left = {k: v for k, v in status.items() if k not in gone}
-                allowed = allowed and peers_allow(left, self.identity, self.priority,
-                                                  self.clock())
+                here = peers_allow(left, self.identity, self.priority, now)
+                allowed = allowed and here
+                mine = left.get(self.identity)
+                if here and isinstance(mine, dict) and len(left) > 1:
+                    # standbys remove only records not refreshed lately: say this one runs
+                    self.peering.touch(namespace, self.identity,
+                                       {**mine, "lastseen": now.isoformat()})
         except Exception:  # any client error: not operating until the next answer
             logger.warning("peering not readable; periodic work held back", exc_info=True)
             allowed = False

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,16 @@ def _pod(cp: ControlPlane, name: str) -> None:
                  "containers": [{"name": "operator", "image": "cadml:test"}]}}))
 
 
+def _uid(cp: ControlPlane, pod: str) -> str:
+    return str(get(cp, "pod", NS, pod)["metadata"]["uid"])
+
+
 def _replica(cp: ControlPlane, workdir: Path, kubeconfig: Path, pod: str, priority: int,
              store_url: str) -> Operator:
+    """A replica that says which pod it is, as the chart's downward API does (name,
+    namespace and uid of the Pod object, which exists while it starts)."""
     op = Operator(cp, workdir, priority=priority, kubeconfig=kubeconfig, store_url=store_url,
-                  env={"POD_NAME": pod, "POD_NAMESPACE": NS,
+                  env={"POD_NAME": pod, "POD_NAMESPACE": NS, "POD_UID": _uid(cp, pod),
                        # the webhooks (on loopback) are not what this shows: a dead
                        # replica's must not refuse the changes below
                        "CADML_WEBHOOK_FAILURE_POLICY": "Ignore"})
@@ -96,7 +104,7 @@ def test_a_killed_operator_restarted_in_its_pod_or_a_new_one_reconciles_at_once(
         print(f"restarted in a new pod: reconciling {took:.1f} s after the change")
         peers = json.loads(cp.kubectl("get", "clusterkopfpeering", "cadml", "-o", "json")
                            .stdout).get("status") or {}
-        assert not any("cadml-operator-a" in p for p in peers), peers  # the gone pod's
+        assert not any("cadml-operator-a/" in p for p in peers), peers  # the gone pod's
     finally:
         for op in running:
             op.stop()
@@ -107,6 +115,38 @@ def _peer_records(cp: ControlPlane) -> dict[str, Any]:
     return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
 
 
+def _record(cp: ControlPlane, pod: str) -> dict[str, Any] | None:
+    """The peering record of the replica in `pod` (its identity names the pod), if any."""
+    return next((v for k, v in _peer_records(cp).items()
+                 if k.startswith(f"pod/{NS}/{pod}/") or k == f"pod/{NS}/{pod}"), None)
+
+
+@contextmanager
+def _active_and_standby(cp: ControlPlane, ns: str, pods: tuple[str, str], kubeconfig: Path,
+                        tmp_path_factory: Any) -> Iterator[tuple[Operator, Operator]]:
+    """The chart's two replicas, in `pods`: the first active (the highest priority) with
+    the tenant `ns` reconciled, the second standing by (its record beside the active
+    one's, kopf pauses it); both stopped at the end."""
+    cp.clear_admission()  # an earlier module's webhooks would refuse with no one serving
+    store_url = f"sqlite:///{tmp_path_factory.mktemp(f'{ns}-store') / 'store.db'}"
+    running: list[Operator] = []
+    try:
+        for pod in pods:
+            _pod(cp, pod)
+        for pod, priority in zip(pods, (TOP, 1), strict=True):
+            running.append(_replica(cp, tmp_path_factory.mktemp(pod), kubeconfig, pod,
+                                    priority, store_url))
+            if priority == TOP:
+                _reconciled_tenant(cp, ns)
+        wait_for(lambda: _record(cp, pods[1]), timeout=60, every=0.2,
+                 what="the standby's peering record")
+        assert _record(cp, pods[0])
+        yield running[0], running[1]
+    finally:
+        for op in running:
+            op.stop()
+
+
 def test_a_standby_takes_over_within_seconds_when_the_active_replica_is_killed(
         control_plane: ControlPlane, operator_kubeconfig: Path,
         tmp_path_factory: Any) -> None:
@@ -115,29 +155,50 @@ def test_a_standby_takes_over_within_seconds_when_the_active_replica_is_killed(
     wait for the dead replica's peering record to expire (60 s): it takes over within
     seconds, and the dead replica's record is gone."""
     cp, ns = control_plane, "peering-standby"
-    cp.clear_admission()  # an earlier module's webhooks would refuse with no one serving
-    store_url = f"sqlite:///{tmp_path_factory.mktemp('standby-store') / 'store.db'}"
     active_pod, standby_pod = "cadml-operator-c", "cadml-operator-d"
-    for pod in (active_pod, standby_pod):
-        _pod(cp, pod)
-    active = _replica(cp, tmp_path_factory.mktemp("replica-c"), operator_kubeconfig,
-                      active_pod, TOP, store_url)
-    running: list[Operator] = [active]
-    try:
-        _reconciled_tenant(cp, ns)
-        standby = _replica(cp, tmp_path_factory.mktemp("replica-d"), operator_kubeconfig,
-                           standby_pod, 1, store_url)
-        running.append(standby)
-        # the standby is up: its record sits beside the active one's (kopf pauses it)
-        wait_for(lambda: f"pod/{NS}/{standby_pod}" in _peer_records(cp), timeout=60,
-                 every=0.2, what="the standby's peering record")
-        assert f"pod/{NS}/{active_pod}" in _peer_records(cp)
+    with _active_and_standby(cp, ns, (active_pod, standby_pod), operator_kubeconfig,
+                             tmp_path_factory) as (active, _):
         active.stop(kill=True)  # SIGKILL: its record stays, alive for 60 s
         cp.kubectl("delete", "pod", "-n", NS, active_pod, "--grace-period=0", "--force",
                    check=False)  # and its pod is gone for good
         took = _handles_a_change(cp, ns, "after the active replica died", timeout=30)
         print(f"\nstandby took over: reconciling {took:.1f} s after the change")
-        assert f"pod/{NS}/{active_pod}" not in _peer_records(cp)
-    finally:
-        for op in running:
-            op.stop()
+        assert not _record(cp, active_pod)
+
+
+def test_a_live_active_replica_whose_pod_object_was_deleted_keeps_its_record(
+        control_plane: ControlPlane, operator_kubeconfig: Path,
+        tmp_path_factory: Any) -> None:
+    """Two replicas; the active one's Pod object is force-deleted while its process runs
+    on (a node cut off from the control plane: the Pod is gone from the API, the process
+    still reaches the API server and refreshes its peering record). The standby must not
+    remove that record, or two replicas would operate at once. The positive signal that
+    the standby had its chances: the active replica refreshed its record later than the
+    freshness window after its Pod went (the standby looks every 3 s meanwhile)."""
+    from datetime import UTC, datetime, timedelta
+
+    from controller.operator.peers import FRESH_SECONDS
+
+    cp, ns = control_plane, "peering-partition"
+    active_pod, standby_pod = "cadml-operator-e", "cadml-operator-f"
+    with _active_and_standby(cp, ns, (active_pod, standby_pod), operator_kubeconfig,
+                             tmp_path_factory) as (_, standby):
+        cp.kubectl("delete", "pod", "-n", NS, active_pod, "--grace-period=0", "--force")
+        gone_at = datetime.now(UTC)
+        missing: list[float] = []  # moments the active record was absent
+
+        def refreshed_past_the_window() -> bool:
+            record = _record(cp, active_pod)
+            if record is None:
+                missing.append(time.monotonic())
+                return False
+            seen = datetime.fromisoformat(record["lastseen"])
+            return seen > gone_at + timedelta(seconds=FRESH_SECONDS + 6)
+
+        wait_for(refreshed_past_the_window, timeout=120, every=0.3,
+                 what="the active replica's record refreshed past the freshness window")
+        assert missing == [], f"the live active replica's record was removed {len(missing)}x"
+        log = standby.log.read_text(errors="replace")
+        assert "Resuming operations" not in log  # the standby never operated beside it
+        took = _handles_a_change(cp, ns, "while the active replica's pod is gone", timeout=30)
+        print(f"\nthe live active replica still reconciles: {took:.1f} s")
