@@ -100,7 +100,9 @@ def test_a_killed_operator_restarted_in_its_pod_or_a_new_one_reconciles_at_once(
         new = _replica(cp, tmp_path_factory.mktemp("replica-b"), operator_kubeconfig,
                        "cadml-operator-b", 1, store_url)
         running.append(new)
-        took = _handles_a_change(cp, ns, "after a restart in a new pod", timeout=20)
+        # the dead replica's record goes once stale (peers.FRESH_SECONDS since its last
+        # refresh: nothing tells a dead replica from one cut off from its pod sooner)
+        took = _handles_a_change(cp, ns, "after a restart in a new pod", timeout=30)
         print(f"restarted in a new pod: reconciling {took:.1f} s after the change")
         peers = json.loads(cp.kubectl("get", "clusterkopfpeering", "cadml", "-o", "json")
                            .stdout).get("status") or {}
