@@ -203,6 +203,9 @@ class ModelStatus(_Status):
         "analysis-abort, expired, or default (no RolloutPolicy: all traffic on STABLE).")
     routing_summary: str | None = Field(default=None, description="e.g. '1.2.0=90,1.3.0=10'.")
     workers_ready: str | None = Field(default=None, description="Ready workers, 'n/m'.")
+    workers_error: str | None = Field(
+        default=None, description="What the API server refused of the worker Deployment or "
+        "Service (tried again every repair interval); absent once both are applied.")
     workers_applied: str | None = Field(
         default=None, description="Workers that applied the current policyVersion, 'n/m'."
     )

@@ -272,7 +272,8 @@ def submit_pass(memo: MutableMapping[str, Any], namespace: str, request: PassReq
     return queue.submit(namespace, request, run)
 
 
-WORKER_FIELDS = ("workersReady",)  # Model status fields the worker applier owns
+# Model status fields the worker applier owns
+WORKER_FIELDS = ("workersReady", "workersError")
 WRITTEN = "status_written"  # memo: (namespace, kind, name) → the status a pass last wrote
 
 
@@ -380,7 +381,7 @@ def on_change(**kwargs: Any) -> None:
     status = computed or unparseable_status(body, datetime.now(UTC)) or {}
     if body.get("kind") == "Model" and memo.get("apply_workers"):
         indexed = {kind: kwargs.get(index) for kind, index in WORKER_INDEXES.items()}
-        status = {**status, **memo["apply_workers"](body, memo["settings"], indexed)}
+        status = {**status, **apply_workers(memo, body, indexed)}
     changes = status_changes(dict(body.status), status)
     if computed is not None and memo.get("patch_status"):
         # the pass wrote what it computed (in pass order); the workers' fields are ours
@@ -388,6 +389,20 @@ def on_change(**kwargs: Any) -> None:
     if changes:  # written once, and only when something changed
         patch.status.update(changes)
     _post_events(body, plan, memo.get("post_event") or kopf.info)
+
+
+def apply_workers(memo: Mapping[str, Any], body: Mapping[str, Any],
+                  indexed: Mapping[str, Any]) -> dict[str, Any]:
+    """The Model's workers applied (`memo.apply_workers`): its worker status fields. A
+    refusal the Model did not say yet is logged once, in a line; its status says it."""
+    fields: dict[str, Any] = memo["apply_workers"](body, memo["settings"], indexed)
+    refused = fields.get("workersError")
+    if refused and refused != (body.get("status") or {}).get("workersError"):
+        meta = body.get("metadata") or {}
+        logging.getLogger(__name__).warning(
+            "workers of Model %s/%s not applied (tried again every repair): %s",
+            meta.get("namespace"), meta.get("name"), refused)
+    return fields
 
 
 def repair_tenant(memo: MutableMapping[str, Any], namespace: str,
@@ -412,7 +427,7 @@ def repair_tenant(memo: MutableMapping[str, Any], namespace: str,
             changes.update(status_changes(current, unparseable_status(body, now) or current))
         if key[0] == "Model" and key in plan.computed and memo.get("apply_workers"):
             try:
-                fields = memo["apply_workers"](body, memo["settings"], workers)
+                fields = apply_workers(memo, body, workers)
             except Exception:  # any client error: the next interval tries again
                 logging.getLogger(__name__).warning(
                     "workers of Model %s/%s not applied", namespace, key[1], exc_info=True)

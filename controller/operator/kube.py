@@ -8,6 +8,8 @@ Both take the client's API objects, so tests hand them a counting fake; the
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,8 +34,10 @@ def _client() -> Any:
 
 class WorkerApplier:
     """Applies a Model's worker Deployment and Service and returns the Model status fields
-    about them. Each object is read, and applied (server-side apply as `FIELD_MANAGER`,
-    with force: the operator's fields are its own) only when that would change it
+    about them (`workersReady`; `workersError`, what the API server refused, None once
+    nothing is: the next call tries again, and the same refusal is no status change).
+    Each object is read, and applied (server-side apply as `FIELD_MANAGER`, with force:
+    the operator's fields are its own) only when that would change it
     (`needs_apply`): a Model whose workers are as desired costs two reads and no write.
     A missing object is created by the same apply, so the operator owns its fields from
     the start."""
@@ -59,24 +63,45 @@ class WorkerApplier:
             if model.metadata.namespace in settings.worker_auth_namespaces else None)
         ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
         live: dict[str, Any] = {}
+        refused: list[str] = []
         for obj, read, apply in (
             (deployment, self.apps.read_namespaced_deployment,
              self.apps.patch_namespaced_deployment),
             (service, self.core.read_namespaced_service, self.core.patch_namespaced_service),
         ):
             current = _indexed((indexed or {}).get(obj["kind"]), (ns, name))
-            if current is None:  # not indexed (yet): read it
-                try:
-                    current = self.serialize(read(name, ns))
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
-            if needs_apply(obj, current):
-                current = self.serialize(apply(name, ns, obj, field_manager=FIELD_MANAGER,
-                                               force=True, _content_type=APPLY_PATCH))
+            try:
+                if current is None:  # not indexed (yet): read it
+                    try:
+                        current = self.serialize(read(name, ns))
+                    except ApiException as exc:
+                        if exc.status != 404:
+                            raise
+                if needs_apply(obj, current):
+                    current = self.serialize(apply(name, ns, obj, field_manager=FIELD_MANAGER,
+                                                   force=True, _content_type=APPLY_PATCH))
+            except ApiException as exc:
+                why = refusal(obj["kind"], name, exc.status, exc.body, exc.reason)
+                if why is None:  # the API server is away or busy: the caller retries
+                    raise
+                refused.append(why)  # the same refusal again next time: no status change
             live[obj["kind"]] = current
         status = (live["Deployment"] or {}).get("status")
-        return {"workersReady": readiness(status, model.spec.workers.replicas)}
+        return {"workersReady": readiness(status, model.spec.workers.replicas),
+                "workersError": "; ".join(refused) or None}
+
+
+def refusal(kind: str, name: str, code: int | None, body: Any, reason: Any) -> str | None:
+    """What the Model's status says when the API server refuses one of its worker objects
+    (a 4xx other than 429: the same request is refused again until someone changes the
+    cluster): the kind, the name and the server's own message, without anything that
+    varies between attempts. None for an answer a retry can change (5xx, 429, none)."""
+    if code is None or not 400 <= code < 500 or code == 429:
+        return None
+    message = ""
+    with contextlib.suppress(TypeError, ValueError, AttributeError):  # not a Status body
+        message = str(json.loads(body).get("message") or "")
+    return f"{kind} {name} refused ({code}): {message or reason or 'no reason given'}"[:512]
 
 
 def _indexed(index: Mapping[Any, Any] | None, key: tuple[str, str]) -> dict[str, Any] | None:

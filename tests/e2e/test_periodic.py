@@ -124,3 +124,58 @@ def test_the_operators_own_analysis_timer_aborts_a_failing_canary(
         store.engine.dispose()
     events = control_plane.kubectl("get", "events", "-n", ns, "-o", "json").stdout
     assert "CanaryAborted" in {e.get("reason") for e in json.loads(events)["items"]}
+
+
+def _refuse_services(cp: ControlPlane, ns: str) -> None:
+    """A ValidatingAdmissionPolicy (in the API server itself) that refuses every Service
+    in `ns`; in force once a server-side dry run is refused."""
+    name = f"refuse-services-{ns}"
+    cp.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": name},
+         "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": [
+             {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+              "resources": ["services"]}]},
+             "validations": [{"expression": "false", "message": "no Services here"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1",
+         "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Deny"], "matchResources": {
+             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}}]))
+    wait_for(lambda: cp.kubectl("create", "service", "clusterip", "probe", "--tcp=80", "-n",
+                                ns, "--dry-run=server", check=False).returncode != 0,
+             timeout=60, what="Services refused")
+
+
+def test_a_model_whose_service_cannot_be_created_makes_no_status_write_per_repair(
+        control_plane: ControlPlane, operator: Operator) -> None:
+    """The API server refuses every Service in the namespace (an admission policy). The
+    Model's status says so once (`workersError`); each repair tries the worker Service
+    again (the refusal may be lifted), and nothing writes the Model again while the
+    refusal stays: the window spans more than kopf's one-minute retry of a failed
+    handler, which would patch the Model each time."""
+    cp, ns = control_plane, "periodic-noservice"
+    cp.kubectl("create", "namespace", ns, check=False)
+    _refuse_services(cp, ns)
+    try:
+        cp.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(tenant(ns)))
+        wait_for(lambda: get(cp, "model", ns, "sim").get("status", {}).get("conditions"),
+                 timeout=60, what="the Model reconciled")
+        time.sleep(2 * TIMER_INTERVAL)  # the apply's last events are handled meanwhile
+        window = 32 * TIMER_INTERVAL  # more than a minute
+        timers_at = operator.metric(TIMERS, tenant=ns, timer="repair")
+        requests_at = requests(cp)
+        time.sleep(window)  # a measuring window: the counts below are what happened in it
+        api = requests(cp) - requests_at
+        timers = operator.metric(TIMERS, tenant=ns, timer="repair") - timers_at
+        status = get(cp, "model", ns, "sim")["status"]
+        print(f"\n{window} s with the Service refused: {timers:.0f} repairs, API requests "
+              f"{dict(api)}; workersError {status.get('workersError')!r}")
+        assert "no Services here" in status.get("workersError", "")  # the Model says why
+        assert timers >= window / TIMER_INTERVAL - 2  # the repair does run
+        assert api["APPLY services"] >= timers - 2  # and tries the Service again each time
+        model_writes = {k: v for k, v in api.items() if k.endswith(" models")
+                        and k.split()[0] in ("PATCH", "APPLY", "PUT", "POST")}
+        assert model_writes == {}  # the same refusal: the Model is not written again
+    finally:
+        for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+            cp.kubectl("delete", kind, f"refuse-services-{ns}", check=False)
