@@ -3,14 +3,14 @@
 kopf pauses a replica while a live peer of a higher or equal priority is recorded in the
 peering object, and keeps its pause flag to itself. `PeeringWatch` reads the peering
 object(s) (one GET each, whatever the number of tenants: every 3 s while paused, every
-`HEARTBEAT_SECONDS` while operating) and keeps `operating`, which the periodic driver
-reads before each tenant without an API call: a replica paused mid-round stops within
-seconds. While operating beside another peer, it refreshes its own record at each look
-(the heartbeat: kopf's keep-alive comes every 50-55 s); while paused, it removes the
-records of the peers that pause it that are gone: pod gone and record no longer
-refreshed (the decision: `peers.gone_blockers`). kopf's own peering watch sees the
-removal and resumes at once, instead of waiting up to the record's lifetime (60 s) for a
-SIGKILLed replica; a replica that still runs, whatever became of its pod, is never removed.
+10 s while operating) and keeps `operating`, which the periodic driver reads before
+each tenant without an API call: a replica paused mid-round stops within 10 s. While
+operating beside another peer, it looks every `HEARTBEAT_SECONDS` and refreshes its own
+record each time (the heartbeat: kopf's keep-alive comes every 50-55 s). While paused,
+it removes the records of the peers that pause it that are gone: pod gone and record no
+longer refreshed (the decision: `peers.gone_blockers`). kopf's own peering watch sees
+the removal and resumes at once, instead of waiting up to the record's lifetime (60 s)
+for a SIGKILLed replica; a replica that still runs, whatever its pod, is never removed.
 """
 
 from __future__ import annotations
@@ -32,17 +32,18 @@ class PeeringWatch:
     kopf's pause decides the handlers, this only holds back the periodic work)."""
 
     def __init__(self, peering: kube.Peering, identity: str, priority: int,
-                 every: float = 3.0, every_operating: float = HEARTBEAT_SECONDS,
+                 every: float = 3.0, every_operating: float = 10.0,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.peering, self.identity, self.priority = peering, identity, priority
         self.every, self.every_operating, self.clock = every, every_operating, clock
         self.operating = False
+        self.heartbeat = False  # operating beside another peer: its record refreshed
 
     def __call__(self) -> bool:
         return self.operating
 
     def check(self) -> bool:
-        allowed = True
+        allowed, heartbeat = True, False
         try:
             for namespace, status in self.peering.statuses():
                 now = self.clock()
@@ -60,16 +61,20 @@ class PeeringWatch:
                     # standbys remove only records not refreshed lately: say this one runs
                     self.peering.touch(namespace, self.identity,
                                        {**mine, "lastseen": now.isoformat()})
+                    heartbeat = True
         except Exception:  # any client error: not operating until the next answer
             logger.warning("peering not readable; periodic work held back", exc_info=True)
             allowed = False
-        self.operating = allowed
+        self.operating, self.heartbeat = allowed, allowed and heartbeat
         return allowed
 
     async def run(self) -> None:
         """Forever (until cancelled): a check every `every` seconds while paused (the
-        holder may die), every `every_operating` while operating, in a thread."""
+        holder may die), every `HEARTBEAT_SECONDS` while operating beside another peer
+        (its heartbeat), else every `every_operating`, in a thread."""
         loop = asyncio.get_running_loop()
         while True:
             operating = await loop.run_in_executor(None, self.check)
-            await asyncio.sleep(self.every_operating if operating else self.every)
+            await asyncio.sleep(min(self.every_operating, HEARTBEAT_SECONDS)
+                                if self.heartbeat else
+                                self.every_operating if operating else self.every)

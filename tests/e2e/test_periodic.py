@@ -171,7 +171,8 @@ def test_a_model_whose_service_cannot_be_created_makes_no_status_write_per_repai
         print(f"\n{window} s with the Service refused: {timers:.0f} repairs, API requests "
               f"{dict(api)}; workersError {status.get('workersError')!r}")
         assert "no Services here" in status.get("workersError", "")  # the Model says why
-        assert timers >= window / TIMER_INTERVAL - 2  # the repair does run
+        # the repair does run (a tenant is due at the first round after its interval)
+        assert timers >= 0.75 * window / TIMER_INTERVAL
         assert api["APPLY services"] >= timers - 2  # and tries the Service again each time
         model_writes = {k: v for k, v in api.items() if k.endswith(" models")
                         and k.split()[0] in ("PATCH", "APPLY", "PUT", "POST")}

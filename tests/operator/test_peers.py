@@ -164,8 +164,13 @@ def test_a_standby_removes_a_dead_holder_and_then_operates() -> None:
     assert peering.removed == [(None, ["pod/ns/gone"])]
     # operating beside a standby: its own record refreshed (the heartbeat standbys read)
     assert peering.touched == [(None, "pod/ns/me", {**_peer(1, 0), "lastseen": NOW.isoformat()})]
+    assert watch.heartbeat is True  # and looks every HEARTBEAT_SECONDS
     peering.status["pod/ns/alive"] = _peer(9, 5)  # a live holder of a higher priority
     assert watch.check() is False and watch() is False
-    assert len(peering.touched) == 1  # paused: no heartbeat
+    assert len(peering.touched) == 1 and watch.heartbeat is False  # paused: no heartbeat
+    alone = _Peering()
+    alone.status = {"pod/ns/me": _peer(1, 0)}  # the only replica: no one to tell
+    lone = PeeringWatch(alone, "pod/ns/me", 1, clock=lambda: NOW)  # type: ignore[arg-type]
+    assert lone.check() is True and alone.touched == [] and lone.heartbeat is False
     assert PeeringWatch(_Peering(fail=True), "pod/ns/me", 1,  # type: ignore[arg-type]
                         clock=lambda: NOW).check() is False
