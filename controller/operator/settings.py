@@ -93,18 +93,18 @@ class OperatorSettings:
             "periodic_workers": env_count(env, "CADML_PERIODIC_WORKERS"),
             "namespaces": tuple(n for n in env.get("CADML_NAMESPACES", "").split(",") if n),
             "peering": env.get("CADML_PEERING") or None,
-            "priority": int(env["CADML_PRIORITY"]) if env.get("CADML_PRIORITY") else None,
+            "priority": env_count(env, "CADML_PRIORITY", minimum=0),
             "pod_name": env.get("POD_NAME") or None,
             "pod_namespace": env.get("POD_NAMESPACE") or None,
             "pod_uid": env.get("POD_UID") or None,
             "webhook_host": env.get("CADML_WEBHOOK_HOST") or None,
-            "webhook_port": int(env.get("CADML_WEBHOOK_PORT", cls.webhook_port)),
+            "webhook_port": env_count(env, "CADML_WEBHOOK_PORT"),
             "webhook_cert": env.get("CADML_WEBHOOK_CERT") or None,
             "webhook_key": env.get("CADML_WEBHOOK_KEY") or None,
             "webhook_ca": env.get("CADML_WEBHOOK_CA") or None,
             "webhook_service": env.get("CADML_WEBHOOK_SERVICE") or None,
             "webhook_failure_policy": env.get("CADML_WEBHOOK_FAILURE_POLICY") or None,
-            "metrics_port": int(env.get("CADML_METRICS_PORT", cls.metrics_port)),
+            "metrics_port": env_count(env, "CADML_METRICS_PORT", minimum=0),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]

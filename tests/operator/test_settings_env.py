@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
     ("CADML_ANALYSIS_INTERVAL", "1m", "a number of seconds above 0"),
     ("CADML_ANALYSIS_INTERVAL", "-5", "a number of seconds above 0"),
     ("CADML_TIMER_INTERVAL", "nan", "a number of seconds above 0"),
+    ("CADML_PRIORITY", "high", "a whole number of 0 or more"),
+    ("CADML_WEBHOOK_PORT", "-1", "a whole number of 1 or more"),
 ])
 def test_a_malformed_number_stops_the_operator_before_it_starts(
         tmp_path: Path, name: str, value: str, accepted: str) -> None:
@@ -45,6 +47,8 @@ def test_a_malformed_number_stops_the_operator_before_it_starts(
     ({"CADML_PERIODIC_WORKERS": " 8 ", "CADML_TIMER_INTERVAL": "2"}, 8, 2.0),
     ({"CADML_ANALYSIS_INTERVAL": "0.5", "CADML_TIMER_INTERVAL": "2"}, 4, 0.5),
     ({"CADML_PERIODIC_WORKERS": ""}, 4, 60.0),  # empty: the default, as before
+    ({"CADML_PRIORITY": "0", "CADML_METRICS_PORT": "0", "CADML_WEBHOOK_PORT": "8443"},
+     4, 60.0),
 ])
 def test_well_formed_numbers_are_read(env: dict[str, str], workers: int,
                                       analysis: float) -> None:
