@@ -13,6 +13,7 @@ tests/governance/test_steps_loop.py.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,43 @@ def test_the_tick_holds_the_walk_under_a_guard_abort(
         after = tx.observe().steps[MODEL]
     assert (after.index, after.phase, after.verdicts) == (1, "Progressing", ())
     assert loop.routes() == [("1.0.0", 100)]
+
+
+def test_a_model_renamed_mid_walk_keeps_its_place(
+        tmp_path: Path, corpus_index: BuildResult, backend: Backend,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ordering: the Model is renamed in Git (same modelKey; its versions and policy
+    re-created under new names with the new modelRef, which is immutable) while the walk
+    waits at its pause: the walk is the model's, not its name's: it keeps its step and
+    weight, and a resume under the new name passes the pause."""
+    loop = Loop(tmp_path, corpus_index, 0.3, backend)
+    loop.traffic("ten", 300)
+    code, _ = loop.cli(capsys, "schedule-tick", "--window-key", "w-1", "--store", loop.url)
+    assert code == 0 and loop.routes() == [("1.0.0", 50), ("1.1.0", 50)]
+    loop.reconcile()
+    before = loop.status()
+    assert (before["currentStepIndex"], before["stepPhase"]) == (3, "Paused")
+    doc = loop.repo / "models" / f"{MODEL}.yaml"
+    doc.write_text(doc.read_text().replace(MODEL, f"{MODEL}-2").replace(
+        f"modelKey: {MODEL}-2", f"modelKey: {MODEL}"))
+    git(loop.repo, "commit", "-qam", "rename the model")
+    loop.reconcile()
+
+    def status() -> dict[str, Any]:
+        with loop.store.read(TENANT, "t") as tx:
+            return tx.statuses()[("RolloutPolicy", f"{MODEL}-2")]
+    after = status()
+    assert (after["currentStepIndex"], after["stepPhase"], after["stepStartedAt"],
+            after["canaryWeight"]) == (3, "Paused", before["stepStartedAt"], 50)
+    capsys.readouterr()
+    code = main(["rollout", "resume", f"{TENANT}/{MODEL}-2", "--store", loop.url,
+                 "--actor", "alice", "-o", "json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert (json.loads(out)["stepIndex"], json.loads(out)["phase"]) == (4, "ReadyToPromote")
+    loop.reconcile()
+    assert status()["stepPhase"] == "ReadyToPromote"
+    with loop.store.read(TENANT, "t") as tx:
+        snap = tx.snapshot(f"{MODEL}-2")
+    assert snap is not None and [(r.version, r.weight) for r in snap.routes] == [
+        ("1.0.0", 70), ("1.1.0", 30)]
