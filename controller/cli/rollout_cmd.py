@@ -11,7 +11,7 @@ from typing import Any
 from controller.cli._common import add_parser, parse_time, write_json
 from controller.cli.governance_cmds import ACTOR_HELP, NOW_HELP, _model_arg
 from controller.cli.store_cmds import OUTPUT_HELP, STORE_HELP
-from controller.errors import UsageError
+from controller.errors import StaleWrite, UsageError
 
 WHAT = {"resume": "continue past the pause the canary waits at",
         "abort": "stop the canary: all traffic on STABLE until a retry or a new plan",
@@ -108,8 +108,14 @@ def _rollout(args: argparse.Namespace) -> int:
 
     store = open_store(args.store, create=False)
     now = parse_time(args.now)
-    with store.transaction(tenant, command.user) as tx:
-        outcome = command_store(tx, model, command, now)
+    try:
+        with store.transaction(tenant, command.user) as tx:
+            outcome = command_store(tx, model, command, now)
+    except StaleWrite as exc:  # not retried: a fresh view could apply it to a later step
+        raise UsageError(f"cannot {args.action} {tenant}/{model}: another command or pass "
+                         "moved its canary steps while this one was read; nothing written. "
+                         f"See `cadml status --tenant {tenant}` and run it again if it "
+                         "still applies") from exc
     plan = publish_aborts(store, tenant, now, command.user, plan_steps)
     after = outcome.after
     out = {"tenant": tenant, "model": model, "policy": outcome.policy, "action": args.action,

@@ -14,21 +14,25 @@ tests/governance/test_steps_loop.py.
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from controller.cli import main
 from controller.governance import schedule_tick
 from controller.search.build import BuildResult
+from controller.stepping import command_store
+from controller.steps import Command
 from controller.store import tables as t
 from tests.conftest import git
 from tests.gitops_trees import canary_tree, version_doc
 from tests.governance.test_steps_loop import MODEL, TENANT, Loop, _cond
 from tests.stores import Backend
+from tests.waiting import until_sync
 
 GUARD = """  analysis: {metrics: [{name: success_rate, min: 0.9}], minSampleSize: 10,
              failureLimit: 1, intervalSeconds: 5}
@@ -242,3 +246,62 @@ def test_a_model_renamed_mid_walk_keeps_its_place(
         snap = tx.snapshot(f"{MODEL}-2")
     assert snap is not None and [(r.version, r.weight) for r in snap.routes] == [
         ("1.0.0", 70), ("1.1.0", 30)]
+
+
+def _blocked_on_a_lock(backend: Backend) -> bool:
+    """Whether another session of the store waits on a row lock (PostgreSQL)."""
+    with backend.store.engine.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database() AND pid <> pg_backend_pid()")).scalar_one())
+
+
+def test_two_resumes_racing_apply_once_and_skip_no_step(
+        tmp_path: Path, corpus_index: BuildResult, backend: Backend,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ordering: alice's resume is written but not committed when bob's `cadml rollout
+    resume` of the same pause, and a schedule tick, read the walk (PostgreSQL: bob's write
+    waits on alice's row lock; SQLite serialises them). Exactly one resume applies: the
+    pause passes once, bob is refused with what happened (before: PostgreSQL said "a pass
+    from the latest view decides", exit 1, as if it would apply later) and nothing of his
+    is written; neither tick moves a step."""
+    loop = Loop(tmp_path, corpus_index, 0.3, backend)
+    loop.traffic("ten", 300)
+    code, _ = loop.cli(capsys, "schedule-tick", "--window-key", "w-1", "--store", loop.url)
+    assert code == 0
+    loop.reconcile()
+    assert (loop.status()["currentStepIndex"], loop.status()["stepPhase"]) == (3, "Paused")
+    bob: dict[str, Any] = {}
+
+    def resume_as_bob() -> None:
+        bob["code"] = main(["rollout", "resume", f"{TENANT}/{MODEL}", "--store", loop.url,
+                            "--actor", "bob"])
+    capsys.readouterr()
+    with loop.store.transaction(TENANT, "alice") as tx:
+        command_store(tx, MODEL, Command("resume", "alice", "alice-1"), datetime.now(UTC))
+        racers = [threading.Thread(target=resume_as_bob), threading.Thread(
+            target=lambda: bob.update(tick=schedule_tick(loop.store, TENANT, "w-2",
+                                                         datetime.now(UTC))))]
+        for racer in racers:
+            racer.start()
+        if backend.kind == "postgresql":
+            assert until_sync(lambda: _blocked_on_a_lock(backend), 30.0)
+    for racer in racers:
+        racer.join(60)
+        assert not racer.is_alive()
+    err = capsys.readouterr().err
+    assert bob["tick"].ran and not any(s.moved for s in bob["tick"].stepped)
+    assert bob["code"] == 2, err
+    # PostgreSQL: his write found the walk moved; SQLite: he read it after alice
+    assert "cannot resume" in err and ("nothing written" in err or "not paused" in err), err
+    code, _ = loop.cli(capsys, "schedule-tick", "--window-key", "w-3", "--store", loop.url)
+    assert code == 0
+    loop.reconcile()
+    status = loop.status()
+    assert (status["currentStepIndex"], status["stepPhase"]) == (4, "ReadyToPromote")
+    assert [v["result"] for v in status["stepVerdicts"]] == ["Pass", "Resumed"]
+    assert status["stepVerdicts"][-1]["by"] == "alice"
+    with loop.store.read(TENANT, "t") as tx:
+        resumed = [e.actor for e in tx.audit_events() if e.action == "step"
+                   and e.details.get("command") == "resume"]
+    assert resumed == ["alice"]
