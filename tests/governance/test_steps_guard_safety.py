@@ -13,6 +13,7 @@ tests/governance/test_steps_loop.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from controller.cli import main
 from controller.governance import schedule_tick
@@ -305,3 +306,27 @@ def test_two_resumes_racing_apply_once_and_skip_no_step(
         resumed = [e.actor for e in tx.audit_events() if e.action == "step"
                    and e.details.get("command") == "resume"]
     assert resumed == ["alice"]
+
+
+def test_an_abort_keyed_by_the_previous_release_still_holds_and_refuses_promote(
+        tmp_path: Path, corpus_index: BuildResult, backend: Backend,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Upgrade: e237f7d keyed the guard's state with the shadow. Its abort, rewritten
+    under that key here as e237f7d wrote it, still routes all to STABLE and still refuses
+    `promote`: the planner and promote read it by the same predicate."""
+    loop = _guarded(tmp_path, corpus_index, backend, DONE)
+    _commit(loop, DONE + DRAFT_SHADOW, "shadow 5 % of requests to a draft", draft=True)
+    loop.reconcile()
+    _guard_aborts(loop, capsys)
+    with loop.store.transaction(TENANT, "test") as tx:
+        (row,) = [p for p in tx.observe().policies.values() if not p.deleted]
+        old = hashlib.sha256(json.dumps({"key": "analysis/2", "weights": row.spec["weights"],
+                                         "analysis": row.spec["analysis"],
+                                         "shadow": row.spec["shadow"]},
+                                        sort_keys=True).encode()).hexdigest()
+        assert tx.conn.execute(update(t.analysis_state).values(spec_hash=old)).rowcount == 1
+    loop.reconcile()
+    assert loop.routes() == [("1.0.0", 100)]
+    assert _cond(loop.status(), "ReadyToPromote")["reason"] == "CanaryAborted"
+    code, err = _promote(loop, capsys)
+    assert code == 2 and "aborted canary 1.1.0" in err, err
