@@ -233,20 +233,28 @@ def _digest(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def _key_body(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {"key": "analysis/2", **{k: spec.get(k) for k in ANALYSIS_FIELDS}}
+
+
 def analysis_key(spec: Mapping[str, Any]) -> str:
     """What canary analysis state is keyed by, with the model and version: the spec's
-    weights and analysis only, so renaming the policy or its model, or an edit unrelated
-    to the experiment (refreshSeconds, thresholds, an override), neither resumes nor
-    resets an abort; changing the canary's weights, its analysis or the shadow (what
-    `shadow_overlap_at_10` judges) starts afresh."""
-    shadow = {"shadow": spec["shadow"]} if spec.get("shadow") else {}  # keys without stay
-    return _digest({"key": "analysis/2", **{k: spec.get(k) for k in ANALYSIS_FIELDS},
-                    **shadow})
+    weights and analysis only, fields of the canary plan (`steps.plan_key` adds the
+    steps). Renaming the policy or its model, or an edit unrelated to the experiment
+    (refreshSeconds, thresholds, an override, the shadow's percent or version), neither
+    resumes nor resets an abort: a guard's abort is lifted only by a new plan. A shadow
+    version is judged under its own version's state, so the shadow needs no key."""
+    return _digest(_key_body(spec))
 
 
 def judges(state_key: str, spec: Mapping[str, Any], spec_hash: str) -> bool:
-    """Whether analysis state recorded under `state_key` judged this spec. Keys written by
-    older versions still count: the spec without `modelRef` (migration 0010..this key)
-    and the whole spec's hash (before it)."""
-    return state_key in (analysis_key(spec), spec_hash,
-                         _digest({k: v for k, v in spec.items() if k != "modelRef"}))
+    """Whether analysis state recorded under `state_key` judged this spec: the one
+    predicate of the planner, the tick, `cadml rollout` and `cadml promote`. Keys written
+    by older versions still count: with the shadow (e237f7d and before; while the spec
+    keeps that shadow), the spec without `modelRef` (migration 0010..) and the whole
+    spec's hash (before it)."""
+    keys = {analysis_key(spec), spec_hash,
+            _digest({k: v for k, v in spec.items() if k != "modelRef"})}
+    if spec.get("shadow"):
+        keys.add(_digest({**_key_body(spec), "shadow": spec["shadow"]}))
+    return state_key in keys

@@ -156,7 +156,8 @@ class StepState:
     `phase`: Progressing | Paused | Aborted | ReadyToPromote. `measurements`: the current
     analysis step's (`controller.evaluation.measure`); `verdicts`: what each analysis step,
     or a user's resume/abort/retry, decided; `command`: the id of the last command applied
-    (a command is applied once)."""
+    (a command is applied once); `held_since`: when a pass first found the walk held (an
+    override, the policy-wide analysis aborted), None while it is not."""
 
     plan_key: str
     index: int
@@ -165,6 +166,7 @@ class StepState:
     verdicts: tuple[dict[str, Any], ...] = ()
     measurements: tuple[dict[str, Any], ...] = ()
     command: str = ""
+    held_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

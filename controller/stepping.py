@@ -8,7 +8,7 @@ as `cadml schedule-tick` does for aborts; the operator runs a tenant pass).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +19,6 @@ from controller.errors import UsageError
 from controller.evaluation import (
     Metrics,
     analyse,
-    analysis_key,
     compute,
     judged_by,
     judges,
@@ -27,7 +26,7 @@ from controller.evaluation import (
     measurement_due,
     with_shadow,
 )
-from controller.records import PolicyRow, StepState
+from controller.records import AnalysisState, ObservedTenant, PolicyRow, StepState
 from controller.routing import override_in_force
 from controller.store.repository import StoreTx
 
@@ -80,9 +79,8 @@ def walk_policies(tx: StoreTx, now: datetime, policy: str | None = None,
         plan, key = spec.strategy.steps, steps.plan_key(row.spec)
         before = observed.steps.get(row.model_name)
         # as the planner holds the walk: an override, or the policy-wide analysis aborted
-        held = override_in_force(spec, now) or any(
-            a.aborted and judges(a.spec_hash, row.spec, row.spec_hash)
-            for a in observed.analysis.get(row.model_name, []))
+        held = override_in_force(spec, now) or bool(
+            guard_aborts(observed, row.model_name, [(row.spec, row.spec_hash)]))
         state = steps.walk(plan, before, key, now, command=command, hold=held)
         due = steps.analysis_due(plan, state)
         canary = next((w.version for w in spec.weights for v in observed.versions.values()
@@ -129,13 +127,38 @@ def command_store(tx: StoreTx, model: str, command: steps.Command,
                          "spec.strategy.steps in the store; reconcile one first")
     state = observed.steps.get(model)
     key = steps.plan_key(rows[0].spec)
-    current = steps.walk(spec.strategy.steps, state, key, now,
-                         hold=override_in_force(spec, now))
+    overridden = override_in_force(spec, now)
+    current = steps.walk(spec.strategy.steps, state, key, now, hold=overridden)
     why = steps.refusal(current, command.action)
+    if command.action in steps.HELD_REFUSED:  # the walk is held: nothing would move
+        why = guard_refusal(observed, model, [(rows[0].spec, rows[0].spec_hash)]) or (
+            "spec.override is in force; the steps are held until it ends or is removed"
+            if overridden else why)
     if why is not None:
         raise UsageError(f"cannot {command.action} {tx.tenant}/{model}: {why}")
     (outcome,) = walk_policies(tx, now, policy=rows[0].name, command=command)
     return outcome
+
+
+def guard_aborts(observed: ObservedTenant, model: str,
+                 specs: Sequence[tuple[Mapping[str, Any], str]]) -> list[AnalysisState]:
+    """The policy-wide analysis's aborts of `model` in force for any of `specs` (spec,
+    spec_hash): `evaluation.judges`, the one predicate the planner and the tick use."""
+    return [a for a in observed.analysis.get(model, []) if a.aborted
+            and any(judges(a.spec_hash, spec, h) for spec, h in specs)]
+
+
+def guard_refusal(observed: ObservedTenant, model: str,
+                  specs: Sequence[tuple[Mapping[str, Any], str]]) -> str | None:
+    """Why nothing but a new plan lifts the guard's abort (None: there is none), for the
+    refusals of `cadml promote` and `cadml rollout retry|resume`."""
+    guard = guard_aborts(observed, model, specs)
+    if not guard:
+        return None
+    return ("the policy-wide analysis (spec.analysis) aborted canary "
+            f"{', '.join(a.version for a in guard)}: {guard[0].latest.get('summary', '')}; "
+            "all traffic stays on STABLE until a change of spec.weights or spec.analysis in "
+            "Git (a new plan) restarts the steps")
 
 
 def promotion_refusal(tx: StoreTx, model: str, spec: Mapping[str, Any],
@@ -158,11 +181,12 @@ def promotion_refusal(tx: StoreTx, model: str, spec: Mapping[str, Any],
     key = steps.plan_key(dumped)
     observed = tx.observe()
     state = observed.steps.get(model)
-    guard = [a for a in observed.analysis.get(model, [])
-             if a.aborted and a.spec_hash == analysis_key(dumped)]
-    if guard:
-        return ("the policy-wide analysis (spec.analysis) aborted canary "
-                f"{', '.join(a.version for a in guard)}: {guard[0].latest.get('summary', '')}")
+    live = [r for r in observed.policies.values() if r.model_name == model and not r.deleted]
+    # what the store holds and what Git would promote: an abort of either is in force
+    why = guard_refusal(observed, model, [(r.spec, r.spec_hash) for r in live]
+                        + [(dumped, "")])
+    if why is not None:
+        return why
     if state is None or state.plan_key != key:
         return ("the store has not walked this plan (reconcile the commit and let its steps "
                 "run first)")

@@ -34,6 +34,9 @@ from controller.routing import RoutingTable, stable_only
 PROGRESSING, PAUSED, ABORTED, READY = "Progressing", "Paused", "Aborted", "ReadyToPromote"
 RESUME, ABORT, RETRY = "resume", "abort", "retry"
 COMMANDS = (RESUME, ABORT, RETRY)
+# what a held walk (an override, the policy-wide analysis aborted) refuses: a resume would
+# pass a pause no traffic saw; a retry would restart a plan whose canary stays aborted
+HELD_REFUSED = (RESUME, RETRY)
 # the annotation `cadml rollout … --kube` sets on the live RolloutPolicy, and the
 # operator consumes (once per id)
 COMMAND_ANNOTATION = "cadml.io/rollout-command"
@@ -161,17 +164,23 @@ def walk(steps: Sequence[StepSpec], state: StepState | None, key: str, now: date
     user's command (once per id), then the analysis measurement of the current step (if
     it is an analysis step), then every step that can pass passes. `hold`: the policy
     does not route now (an override, a policy-wide abort): no step passes, no
-    measurement is judged (the runs are not the step's), and the current one starts
-    again (its pause counts) from the last look under the hold."""
+    measurement is judged (the runs are not the step's), a resume or retry is read and
+    refused, and the first look under the hold notes when (`held_since`; later looks
+    change nothing, so nothing is written); the first look after it starts the current
+    step again (its pause counts from then)."""
     if state is None or state.plan_key != key:
         state = start(key, now, command=state.command if state is not None else "")
     if command is not None and command.id != state.command:
-        state = _apply(state, command, key, now)
+        state = replace(state, command=command.id) if hold and \
+            command.action in HELD_REFUSED else _apply(state, command, key, now)
     if measured is not None and not hold and state.phase != ABORTED \
             and state.index < len(steps) and steps[state.index].analysis is not None:
         state = _judge(state, measured, now)
     if hold:
-        return state if state.phase in (ABORTED, READY) else replace(state, started_at=now)
+        return state if state.phase in (ABORTED, READY) or state.held_since is not None \
+            else replace(state, held_since=now)
+    if state.held_since is not None:
+        state = replace(state, started_at=now, held_since=None)
     return _settle(steps, state, now)
 
 

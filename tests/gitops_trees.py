@@ -56,6 +56,19 @@ spec:
 {extra}"""])
 
 
+def canary_tree(tenant: str, model: str, stable: BuildResult, canary: BuildResult,
+                canary_similarity: float, refresh_seconds: int, extra: str) -> str:
+    """STABLE 1.0.0 (similarity 0.3) and CANARY 1.1.0 (`canary_similarity`: near 1 makes
+    its runs fail their threshold) at 70/30, the policy with `extra` lines (analysis,
+    steps): the governance loop's tree."""
+    def version(semver: str, stage: str, art: BuildResult, sim: float) -> str:
+        return version_doc(tenant, model, f"{model}-{semver.replace('.', '-')}", semver,
+                           stage, art, f"  thresholdDefaults: {{similarity: {sim}}}\n")
+    return model_tree(tenant, model, [version("1.0.0", "STABLE", stable, 0.3),
+                                      version("1.1.0", "CANARY", canary, canary_similarity)],
+                      [("1.0.0", 70), ("1.1.0", 30)], refresh_seconds, extra)
+
+
 def copy_artifacts(root: Path, index: BuildResult, names: list[str]) -> list[BuildResult]:
     """One copy of the built index per name, under `root`, each its own artifact."""
     out = []

@@ -16,3 +16,14 @@ async def until(probe: Any, timeout: float) -> Any:
             return got
         assert time.monotonic() < deadline, "timed out waiting"
         await asyncio.sleep(0.05)
+
+
+def until_sync(probe: Any, timeout: float) -> Any:
+    """`until` for a plain (blocking) probe, in tests that race threads."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)

@@ -11,7 +11,7 @@ from typing import Any
 from controller.cli._common import add_parser, parse_time, write_json
 from controller.cli.governance_cmds import ACTOR_HELP, NOW_HELP, _model_arg
 from controller.cli.store_cmds import OUTPUT_HELP, STORE_HELP
-from controller.errors import UsageError
+from controller.errors import StaleWrite, UsageError
 
 WHAT = {"resume": "continue past the pause the canary waits at",
         "abort": "stop the canary: all traffic on STABLE until a retry or a new plan",
@@ -19,10 +19,13 @@ WHAT = {"resume": "continue past the pause the canary waits at",
 
 DESCRIPTION = {
     "resume": "Refused unless the plan waits at a pause; a timed pause also passes by "
-              "itself once its duration elapsed.",
+              "itself once its duration elapsed. Refused while the walk is held (an "
+              "override, or an abort by the policy-wide analysis).",
     "abort": "The plan stays aborted (status stepPhase Aborted, Ready False) until a "
              "retry or a new plan in Git.",
-    "retry": "Refused unless the plan is aborted."}
+    "retry": "Refused unless the plan is aborted, and while the policy-wide analysis "
+             "(spec.analysis) has aborted the canary: only a change of spec.weights or "
+             "spec.analysis in Git (a new plan) lifts that."}
 
 
 def register(sub: Any) -> None:
@@ -58,7 +61,13 @@ def register(sub: Any) -> None:
 
 
 def _rollout(args: argparse.Namespace) -> int:
-    from controller.steps import Command, command_annotation, phase_refusal
+    from controller.steps import (
+        HELD_REFUSED,
+        READY_TO_PROMOTE,
+        Command,
+        command_annotation,
+        phase_refusal,
+    )
 
     tenant, model = _model_arg(args.model)
     command = Command(args.action, args.actor or getpass.getuser(),
@@ -74,6 +83,12 @@ def _rollout(args: argparse.Namespace) -> int:
                                  "spec.strategy.steps")
             why = phase_refusal(str(status.get("stepPhase") or "Progressing"),
                                 int(status.get("currentStepIndex") or 0), args.action)
+            guard = next((c for c in status.get("conditions") or []
+                          if c.get("type") == READY_TO_PROMOTE
+                          and c.get("reason") == "CanaryAborted"), None)
+            if guard is not None and args.action in HELD_REFUSED:
+                why = (f"{guard.get('message', '')}; only a change of spec.weights or "
+                       "spec.analysis in Git (a new plan) lifts it")
             if why is not None:
                 raise UsageError(f"cannot {args.action} {tenant}/{model}: {why} (as its "
                                  "live status says)")
@@ -93,8 +108,14 @@ def _rollout(args: argparse.Namespace) -> int:
 
     store = open_store(args.store, create=False)
     now = parse_time(args.now)
-    with store.transaction(tenant, command.user) as tx:
-        outcome = command_store(tx, model, command, now)
+    try:
+        with store.transaction(tenant, command.user) as tx:
+            outcome = command_store(tx, model, command, now)
+    except StaleWrite as exc:  # not retried: a fresh view could apply it to a later step
+        raise UsageError(f"cannot {args.action} {tenant}/{model}: another command or pass "
+                         "moved its canary steps while this one was read; nothing written. "
+                         f"See `cadml status --tenant {tenant}` and run it again if it "
+                         "still applies") from exc
     plan = publish_aborts(store, tenant, now, command.user, plan_steps)
     after = outcome.after
     out = {"tenant": tenant, "model": model, "policy": outcome.policy, "action": args.action,

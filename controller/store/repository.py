@@ -1110,7 +1110,8 @@ class StoreTx:
         return {r["model_name"]: StepState(
             r["plan_key"], r["step_index"], r["phase"], _aware(r["started_at"]),
             tuple(dict(v) for v in r["verdicts"]), tuple(dict(m) for m in r["measurements"]),
-            r["command"]) for r in self.conn.execute(
+            r["command"], _aware(r["held_since"]) if r["held_since"] is not None else None)
+            for r in self.conn.execute(
                 select(t.rollout_step, mc.name.label("model_name"))
                 .join(t.model_catalog, and_(mc.tenant_id == c.tenant_id, mc.id == c.model_id))
                 .where(c.tenant_id == self.tenant)).mappings()}
@@ -1126,7 +1127,7 @@ class StoreTx:
         values = dict(plan_key=s.plan_key, step_index=s.index, phase=s.phase,
                       started_at=s.started_at, verdicts=list(s.verdicts),
                       measurements=list(s.measurements), command=s.command,
-                      updated_at=self.now)
+                      held_since=s.held_since, updated_at=self.now)
         if read is None:
             taken = self.conn.execute(select(c.model_id).where(
                 c.tenant_id == self.tenant, c.model_id == model_id)).first()

@@ -397,6 +397,7 @@ rollout_step = Table(
     Column("verdicts", JSON, nullable=False),
     Column("measurements", JSON, nullable=False),  # the current analysis step's
     Column("command", String(128), nullable=False, server_default=text("''")),
+    Column("held_since", DateTime(timezone=True), nullable=True),  # 0019; NULL: not held
     _ts("updated_at"),
     CheckConstraint("step_index >= 0", name="step_index_nonneg"),
     CheckConstraint("phase IN ('Progressing', 'Paused', 'Aborted', 'ReadyToPromote')",

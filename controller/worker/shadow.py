@@ -11,8 +11,8 @@ shadow version in an executor, compares its results with the served ones
 (`controller.shadow.compare_results`) and records shadow runs in batches beside the
 served runs. A shadow failure (not loaded, unparseable, dimension mismatch) is a shadow
 run with its error code; it never reaches the client, who already has the answer. A
-copy whose shadow was withdrawn while it waited is skipped (counted, not recorded): it
-says nothing about the version.
+copy whose shadow was withdrawn while it waited, or while it was compared, is skipped
+(counted, not recorded): it says nothing about the version.
 """
 
 from __future__ import annotations
@@ -142,13 +142,15 @@ class ShadowMirror(Background):
                 item = await asyncio.wait_for(
                     self._queue.get(), max(0.0, deadline - loop.time()) if pending else None)
             if item is not None:
-                if self._withdrawn(item):
+                # withdrawn before or during the comparison (a parse may wait long)
+                done = None if self._withdrawn(item) else await self._compare(item)
+                if done is None or self._withdrawn(item):
                     self.stats.skipped += 1
                     self._count(item.version, "skipped")
                 else:
                     if not pending:
                         deadline = loop.time() + FLUSH_SECONDS
-                    pending.append(await self._compare(item))
+                    pending.append(done)
                 self.stats.queued -= 1
                 self.stats.queued_bytes -= item.size
             if pending and (item is None or len(pending) >= RECORD_BATCH):

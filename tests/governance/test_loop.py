@@ -25,19 +25,13 @@ from controller.store.engine import make_engine
 from controller.store.migrate import upgrade
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import git
-from tests.gitops_trees import ANALYSIS, model_tree, version_doc
+from tests.gitops_trees import ANALYSIS, canary_tree
 
 TENANT, MODEL = "acme-cad", "part-sim"
 
 
 def _tree(stable: BuildResult, canary: BuildResult, canary_similarity: float) -> str:
-    def version(name: str, semver: str, stage: str, art: BuildResult, sim: float) -> str:
-        return version_doc(TENANT, MODEL, name, semver, stage, art,
-                           f"  thresholdDefaults: {{similarity: {sim}}}\n")
-    return model_tree(TENANT, MODEL, [
-        version("part-sim-1-0-0", "1.0.0", "STABLE", stable, 0.3),
-        version("part-sim-1-1-0", "1.1.0", "CANARY", canary, canary_similarity)],
-        [("1.0.0", 70), ("1.1.0", 30)], 5, ANALYSIS)
+    return canary_tree(TENANT, MODEL, stable, canary, canary_similarity, 5, ANALYSIS)
 
 
 def _traffic(runtime: WorkerRuntime, vectors: np.ndarray, prefix: str, n: int) -> list[str]:

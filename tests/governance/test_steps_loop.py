@@ -24,7 +24,7 @@ from controller.reconcile.gitmode import reconcile_repo
 from controller.search.build import BuildResult
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import git
-from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
+from tests.gitops_trees import canary_tree, commit_tree, copy_artifacts
 from tests.stores import Backend
 
 TENANT, MODEL = "acme-cad", "part-sim"
@@ -45,13 +45,7 @@ STEPS = """  strategy:
 
 def _tree(stable: BuildResult, canary: BuildResult, canary_similarity: float,
           refresh: int = 5) -> str:
-    def version(name: str, semver: str, stage: str, art: BuildResult, sim: float) -> str:
-        return version_doc(TENANT, MODEL, name, semver, stage, art,
-                           f"  thresholdDefaults: {{similarity: {sim}}}\n")
-    return model_tree(TENANT, MODEL, [
-        version("part-sim-1-0-0", "1.0.0", "STABLE", stable, 0.3),
-        version("part-sim-1-1-0", "1.1.0", "CANARY", canary, canary_similarity)],
-        [("1.0.0", 70), ("1.1.0", 30)], refresh, STEPS)
+    return canary_tree(TENANT, MODEL, stable, canary, canary_similarity, refresh, STEPS)
 
 
 class Loop:

@@ -99,3 +99,28 @@ def test_abort_annotation_routes_all_to_stable_and_stalls(cluster: Cluster) -> N
     _command(cluster, "retry", claimed="bob", authenticated="bob@acme")
     status = _pass(cluster)
     assert (status["stepPhase"], status["routingSummary"]) == ("Paused", "1.1.0=98,1.2.0=2")
+
+
+def test_a_resume_annotation_under_a_hold_is_read_once_and_refused(
+        cluster: Cluster) -> None:  # noqa: F811
+    """A held walk (here an override in force; the policy-wide analysis's abort holds it
+    alike) refuses `cadml rollout resume --cluster`: the pause no traffic saw is not
+    passed, no audit row says it was, and the annotation is not applied later when the
+    hold ends (read once, by its id). Failed before: the resume passed the pause."""
+    body = _stepped(cluster)
+    assert _pass(cluster)["stepPhase"] == "Paused"
+    until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    body["spec"] = {**body["spec"], "override": {"version": "1.1.0", "reason": "incident",
+                                                 "until": until}}
+    held = _pass(cluster)
+    assert held["routingSummary"] == "1.1.0=100"
+    _command(cluster, "resume", claimed="alice", authenticated="alice@acme")
+    status = _pass(cluster)
+    assert (status["currentStepIndex"], status["stepPhase"]) == (1, "Paused")
+    assert status["stepStartedAt"] == held["stepStartedAt"]
+    assert not [e for e in _steps_audit(cluster) if e.details.get("command") == "resume"]
+    body = cluster.bodies[KEY]
+    body["spec"] = {k: v for k, v in body["spec"].items() if k != "override"}
+    status = _pass(cluster)
+    assert (status["currentStepIndex"], status["stepPhase"], status["routingSummary"]) == (
+        1, "Paused", "1.1.0=98,1.2.0=2")

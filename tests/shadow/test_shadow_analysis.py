@@ -105,30 +105,43 @@ async def test_overlap_bound_judges_a_shadowed_draft(
         assert (measured["verdict"], measured["aborted"]) == ("Fail", True)
         assert snap.shadow is None and snap.source == "analysis-abort"
         assert [(r.version, r.weight) for r in snap.routes] == [("1.0.0", 100)]
-        # a sync of the same spec keeps the abort; a changed shadow starts afresh
+        # a sync of the same spec, and a changed shadow, keep the abort (the shadow is no
+        # part of the plan); a new plan (here: the analysis changed) starts afresh
         assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
         with backend.store.read(TENANT, "test") as tx:
             assert tx.serving_snapshot(MODEL).source == "analysis-abort"  # type: ignore[union-attr]
-        (repo / "models" / f"{MODEL}.yaml").write_text(tree.replace("percent: 100",
-                                                                    "percent: 50"))
-        git(repo, "commit", "-qam", "shadow 2.0.0 at 50 %")
-        assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
-        with backend.store.read(TENANT, "test") as tx:
-            again = tx.serving_snapshot(MODEL)
-        assert again is not None and again.source == "policy"
+        tree = tree.replace("percent: 100", "percent: 50")
+        for edit, source in (("shadow 2.0.0 at 50 %", "analysis-abort"),
+                             ("a new analysis", "policy")):
+            if source == "policy":
+                tree = tree.replace("windowSeconds: 3600", "windowSeconds: 7200")
+            (repo / "models" / f"{MODEL}.yaml").write_text(tree)
+            git(repo, "commit", "-qam", edit)
+            assert reconcile_repo(backend.store, str(repo), "HEAD", [], 10**7).ok
+            with backend.store.read(TENANT, "test") as tx:
+                again = tx.serving_snapshot(MODEL)
+            assert again is not None and again.source == source, edit
         assert again.shadow == ShadowRoute("2.0.0", 50)
 
 
-def test_changing_the_shadow_starts_the_analysis_afresh() -> None:
-    from controller.evaluation import _digest, analysis_key
+def test_changing_the_shadow_keeps_the_analysis_state() -> None:
+    """The shadow is no part of the canary plan: its percent or version changes neither
+    the analysis key nor the plan's (an abort is lifted only by a new plan); state keyed
+    with the shadow (e237f7d and before) still judges the spec while it keeps it."""
+    from controller.evaluation import _digest, analysis_key, judges
+    from controller.steps import plan_key
 
     base = {"modelRef": "m", "weights": [{"version": "1.0.0", "weight": 100}],
             "analysis": {"metrics": [{"name": "shadow_overlap_at_10", "min": 0.7}]}}
     # a spec without a shadow keeps the key it had before shadows existed
     assert analysis_key(base) == _digest({"key": "analysis/2", "weights": base["weights"],
                                           "analysis": base["analysis"]})
-    one = analysis_key({**base, "shadow": {"version": "2.0.0", "percent": 10}})
-    other = analysis_key({**base, "shadow": {"version": "2.1.0", "percent": 10}})
-    assert len({analysis_key(base), one, other}) == 3
-    assert analysis_key({**base, "refreshSeconds": 9, "shadow": {"version": "2.0.0",
-                                                                 "percent": 10}}) == one
+    one = {**base, "shadow": {"version": "2.0.0", "percent": 10}}
+    other = {**base, "shadow": {"version": "2.1.0", "percent": 50}}
+    assert len({analysis_key(base), analysis_key(one), analysis_key(other)}) == 1
+    assert len({plan_key(base), plan_key(one), plan_key(other)}) == 1
+    legacy = _digest({"key": "analysis/2", "weights": base["weights"],
+                      "analysis": base["analysis"], "shadow": one["shadow"]})
+    assert judges(legacy, one, "whole-spec-hash")
+    assert not judges(legacy, other, "whole-spec-hash")
+    assert not judges(analysis_key(base), {**base, "analysis": {"metrics": []}}, "h")

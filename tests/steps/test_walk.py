@@ -182,3 +182,42 @@ def test_a_held_walk_judges_no_measurement() -> None:
     failed = walk(PLAN, s, KEY, later, measured("Fail", aborted=True), hold=True)
     assert (failed.index, failed.phase) == (1, PROGRESSING)
     assert walk(PLAN, s, KEY, later, measured("Pass")).index > 1  # not held: it moves
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=plan_st, ops=st.lists(st.one_of(op_st, st.tuples(st.just("hold"), st.booleans())),
+                                  max_size=30))
+def test_random_walks_under_holds(plan: list[StepSpec], ops: list[Any]) -> None:
+    """Holds (an override, the policy-wide analysis aborted) come and go between the other
+    operations. Under a hold nothing passes, no measurement is judged, a resume or retry is
+    read and refused, and a second look changes nothing at all (nothing to write); the
+    look after it starts the current step again."""
+    now, key, held = T0, "plan-0", False
+    state = walk(plan, None, key, now)
+    for n, (op, arg) in enumerate(ops):
+        before = state
+        if op == "hold":
+            held = arg
+            state = walk(plan, state, key, now, hold=held)
+        elif op == "tick":
+            now += timedelta(seconds=arg)
+            state = walk(plan, state, key, now, hold=held)
+        elif op == "measure":
+            m = measured("Fail" if arg == "Abort" else arg, aborted=arg == "Abort")
+            state = walk(plan, state, key, now, m, hold=held)
+        elif op == "command":
+            state = walk(plan, state, key, now, command=Command(arg, "u", f"c{n}"), hold=held)
+        else:
+            plan, key = arg, f"plan-{n + 1}"
+            state = walk(plan, state, key, now, hold=held)
+        if held:
+            assert state.held_since is not None or state.phase in (ABORTED, READY)
+            assert walk(plan, state, key, now + timedelta(hours=1), hold=True) == state
+            if before.plan_key == key and not (op == "command" and arg == "abort"):
+                assert (state.index, state.phase, state.verdicts) == (
+                    before.index, before.phase, before.verdicts), "a held walk moves"
+        else:
+            assert state.held_since is None
+            if before.held_since is not None and state.plan_key == before.plan_key \
+                    and state.index == before.index and state.phase != READY:
+                assert state.started_at == now, "the step starts again after a hold"

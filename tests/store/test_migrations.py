@@ -40,9 +40,9 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
 def test_empty_database_upgrades_to_head(empty_engine: Engine) -> None:
     assert current_revision(empty_engine) is None
     upgrade(empty_engine)
-    assert current_revision(empty_engine) == head_revision() == "0018"
+    assert current_revision(empty_engine) == head_revision() == "0019"
     upgrade(empty_engine)  # again: nothing to do
-    assert current_revision(empty_engine) == "0018"
+    assert current_revision(empty_engine) == "0019"
 
 
 def test_migrated_schema_matches_the_table_definitions(empty_engine: Engine) -> None:
@@ -158,7 +158,7 @@ def test_embedded_default_creates_and_upgrades_on_first_use(
     assert (tmp_path / "home" / "cadml.db").exists()
     assert main(["audit", "verify"]) == 0
     assert main(["db", "current"]) == 0
-    assert "0018" in capsys.readouterr().out
+    assert "0019" in capsys.readouterr().out
 
 
 @contextmanager
