@@ -87,6 +87,12 @@ def register(sub: Any) -> None:
                    help="continue an interrupted build from the cache (any cached build "
                         "does; this refuses to run without the cache)")
     b.add_argument("--shard", metavar="I/N", help=SHARD_HELP)
+    b.add_argument("--attempt", type=positive_int, default=1, metavar="K",
+                   help="with --shard: this is attempt K (from 1) of the shard (a retried "
+                        "pod's); a failure marker says whether a retry will follow")
+    b.add_argument("--attempts", type=positive_int, default=1, metavar="M",
+                   help="with --shard: the attempts a shard gets in all (the Job's "
+                        "backoffLimitPerIndex + 1); a failed attempt M is final")
     b.add_argument("--quiet", action="store_true", help="no per-file progress on stderr")
     b.add_argument("--output", "-o", choices=("text", "json"), default="text",
                    help="output format")
@@ -158,6 +164,15 @@ def prepare_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.shard:
+        return build(args)
+    from controller.cli.shard_cmd import marking_failure
+
+    with marking_failure(args):  # whatever stops a shard build: a waiting merge learns it
+        return build(args)
+
+
+def build(args: argparse.Namespace) -> int:
     from controller.errors import SourceError, UsageError
     from controller.features.identity import extractor_version
     from controller.features.sandbox import SandboxLimits
