@@ -93,6 +93,10 @@ def register(sub: Any) -> None:
     b.add_argument("--attempts", type=positive_int, default=1, metavar="M",
                    help="with --shard: the attempts a shard gets in all (the Job's "
                         "backoffLimitPerIndex + 1); a failed attempt M is final")
+    b.add_argument("--record-failure", type=positive_int, metavar="CODE",
+                   help="with --shard: build nothing; write the failure marker of this "
+                        "attempt for a build process that ended with exit code CODE without "
+                        "writing one (killed: out of memory, say), and exit with CODE")
     b.add_argument("--quiet", action="store_true", help="no per-file progress on stderr")
     b.add_argument("--output", "-o", choices=("text", "json"), default="text",
                    help="output format")
@@ -165,9 +169,15 @@ def prepare_out(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.shard:
-        return build(args)
-    from controller.cli.shard_cmd import marking_failure
+        if args.record_failure is not None or args.attempt != 1 or args.attempts != 1:
+            from controller.errors import UsageError
 
+            raise UsageError("--attempt, --attempts and --record-failure: only with --shard")
+        return build(args)
+    from controller.cli.shard_cmd import marking_failure, record_failure
+
+    if args.record_failure is not None:
+        return record_failure(args)
     with marking_failure(args):  # whatever stops a shard build: a waiting merge learns it
         return build(args)
 

@@ -111,6 +111,18 @@ def run_shard(args: argparse.Namespace, source: Path, cache: Path | None,
     return 0
 
 
+def record_failure(args: argparse.Namespace) -> int:
+    """`--record-failure CODE`: the marker of an attempt whose process could not write it
+    (what the Job's shell line runs after a kill), then exit with that code."""
+    code = int(args.record_failure)
+    signal = f" (killed by signal {code - 128}: out of memory, or the pod deleted?)" \
+        if code > 128 else ""
+    write_marker(Path(args.out), failure_record(args.shard, args.attempt, args.attempts, code,
+                                                f"the shard build ended with exit code "
+                                                f"{code}{signal}"))
+    return code
+
+
 @contextlib.contextmanager
 def marking_failure(args: argparse.Namespace) -> Iterator[None]:
     """Run a shard build; if anything stops it, write this attempt's failure marker beside

@@ -59,6 +59,7 @@ def write_marker(shard_file: Path, record: dict[str, Any]) -> None:
     """Write the marker atomically; a folder that cannot take it costs only the marker."""
     target = marker_path(shard_file)
     with contextlib.suppress(OSError):
+        target.parent.mkdir(parents=True, exist_ok=True)  # killed before the build made it
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -78,7 +78,7 @@ def test_a_failed_attempt_with_a_retry_to_come_keeps_the_merge_waiting(tmp_path:
     retry = shard(tmp_path, src, shards, 2, "--attempt", "2", "--attempts", "2")
     assert retry.returncode == 0, retry.stderr
     assert not marker.exists()
-    out, err = merge.communicate(timeout=120)
+    _, err = merge.communicate(timeout=120)
     assert merge.returncode == 0, err
     single = cadml(tmp_path, "build", str(src), "--out", str(tmp_path / "single"), "--no-cache",
                    "--quiet")
