@@ -150,8 +150,8 @@ def collect_files(source: Path, names: Sequence[str], passed_over: list[dict[str
     if feature_version not in FEATURE_DIMS:
         raise ValueError(f"unknown feature version {feature_version!r}")
     limits = limits or SandboxLimits()
-    store = None if cache is None else FeatureCache(cache, feature_version,
-                                                     identity.extractor_version())
+    store = None if cache is None else FeatureCache(
+        cache, feature_version, identity.extractor_version(), limits.cpu_seconds)
     if cache is not None:
         check_writable(cache)
     sizes, early = _sizes(source, names, limits.max_bytes)
