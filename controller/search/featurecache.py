@@ -34,7 +34,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -53,13 +53,17 @@ def content_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_key(path: Path) -> str:
-    """content_key of a file's bytes, read a block at a time (never the whole file)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+Digest = tuple[str, int]  # sha256 (hex) and size of the bytes a result comes from
+
+
+def hash_file(fh: BinaryIO) -> Digest:
+    """content_key and size of an open file's bytes, read a block at a time (never the
+    whole file)."""
+    digest, size = hashlib.sha256(), 0
+    while block := fh.read(BLOCK):
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size
 
 
 def encode(sha: str, result: Result, cpu_seconds: float | None = None

@@ -145,9 +145,8 @@ def build_shard(source: Path, out: Path, spec: ShardSpec, *, feature_version: st
         return spec.owns(name)
 
     got = collect(source, out.parent, feature_version=feature_version, workers=workers,
-                  limits=limits, progress=progress, cache=cache, select=select)
-    files = [{**f, "sha256": sha256_file(source / f["id"]),
-              "size": (source / f["id"]).stat().st_size} for f in got.files]
+                  limits=limits, progress=progress, cache=cache, select=select, digests=True)
+    files = list(got.files)  # with the sha256 and size of the bytes each vector comes from
     described = identity.describe()
     meta = {
         "format": SHARD_FORMAT,
