@@ -5,17 +5,16 @@ must be the clean one's bytes), and is reused again once the limit allows it."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
 
-import ezdxf
 import pytest
 
 from controller.features import features_from_bytes
 from controller.search.featurecache import content_key, decode, encode
 from tests.cli.test_index_build import artifact_bytes, build_json
+from tests.cli.test_index_shard_reads import lines_drawing
 from tests.conftest import DXF_CORPUS
 
 SLOW_LINES = 80_000  # ~3 s of CPU to parse here (ezdxf reads every entity)
@@ -23,14 +22,8 @@ SLOW_LINES = 80_000  # ~3 s of CPU to parse here (ezdxf reads every entity)
 
 @pytest.fixture(scope="module")
 def slow_drawing(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    doc = ezdxf.new()
-    msp = doc.modelspace()
-    for i in range(SLOW_LINES):
-        msp.add_line((i, 0), (i, i % 97))
-    text = io.StringIO()
-    doc.write(text)
     path = tmp_path_factory.mktemp("slow") / "slow.dxf"
-    path.write_text(text.getvalue())
+    lines_drawing(path, SLOW_LINES)
     return path
 
 
