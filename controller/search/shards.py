@@ -21,6 +21,7 @@ artifacts are the same bytes.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import functools
 import hashlib
@@ -288,7 +289,15 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
             good = False
         if not good:
             raise _damaged(path, field, "missing or malformed")
+    keys = FILE_FIELDS.keys()
     for n, f in enumerate(meta["files"]):
+        # the common case in one expression (a million entries); the field named on failure
+        if type(f) is dict and f.keys() == keys and type(f["id"]) is str \
+                and type(f["entities"]) is int and f["entities"] >= 0 \
+                and type(f["truncated"]) is bool and type(f["recovered"]) is bool \
+                and type(f["size"]) is int and f["size"] >= 0 and type(f["sha256"]) is str \
+                and HEX64.fullmatch(f["sha256"]) is not None:
+            continue
         if (bad := _bad_file_field(f)) is not None:
             raise _damaged(path, f"files[{n}]{bad}",
                            "not a shard entry (exactly id, entities, truncated, recovered, "
@@ -341,9 +350,9 @@ def _extractor_keys() -> frozenset[str]:
 
 def _distinct_relative(names: list[str]) -> bool:
     """Whether every entry is named once, by a relative path below the folder (what a
-    build writes: no absolute path, no `..` or `.` part, no empty part)."""
+    build writes: no absolute path, no `..` or `.` part, no empty part, no NUL)."""
     return len(set(names)) == len(names) and all(
-        name and not name.startswith("/") and all(
+        name and not name.startswith("/") and "\0" not in name and all(
             part not in ("", ".", "..") for part in name.split("/")) for name in names)
 
 
@@ -444,25 +453,36 @@ class Merged:
     skipped: list[dict[str, Any]]
 
 
-def _sorted_rows(names: Sequence[str], shard: int
-                 ) -> Iterator[tuple[tuple[str, ...], int, int]]:
-    """(manifest_order key, shard, row) of a shard's entries in manifest order: as the
-    shard lists them when sorted already (a shard build writes them so), else sorted."""
-    keys = (manifest_order(n) for n in names)
+def order_key(name: str) -> str:
+    """Purely computational: a string that sorts as manifest_order(name) does, for the
+    names a shard may hold (relative, no empty part, no NUL: `_distinct_relative`): the
+    parts joined by NUL, which sorts below every character a part can hold. One string
+    compares faster than a tuple of parts, and costs one object, not one per part."""
+    return name.replace("/", "\0")
+
+
+def _sorted_rows(names: Sequence[str], shard: int) -> Iterator[tuple[str, int, int]]:
+    """(order_key, shard, row) of a shard's entries in manifest order: as the shard lists
+    them when sorted already (a shard build writes them so), else sorted."""
+    keys = (order_key(n) for n in names)
     if all(a <= b for a, b in itertools.pairwise(keys)):
-        return ((manifest_order(n), shard, row) for row, n in enumerate(names))
-    return iter(sorted((manifest_order(n), shard, row) for row, n in enumerate(names)))
+        return ((order_key(n), shard, row) for row, n in enumerate(names))
+    return iter(sorted((order_key(n), shard, row) for row, n in enumerate(names)))
 
 
 def merge_shards(shards: Sequence[Shard]) -> Merged:
     """Purely computational: the rows of compatible shards in manifest order (the order of
     one build over the whole folder), shard-only fields dropped. A k-way merge of the
-    shards' sorted lists; ties keep the order the shards are given in."""
+    shards' sorted lists (O(rows log shards)); ties keep the order the shards are given
+    in."""
     total = sum(len(shard.names) for shard in shards)
-    which, rows = np.empty(total, np.int32), np.empty(total, np.int64)
+    which_rows, row_rows = array.array("i"), array.array("q")
     merged = heapq.merge(*(_sorted_rows(shard.names, i) for i, shard in enumerate(shards)))
-    for pos, (_, i, row) in enumerate(merged):
-        which[pos], rows[pos] = i, row
+    for _, i, row in merged:
+        which_rows.append(i)
+        row_rows.append(row)
+    which = np.frombuffer(which_rows, np.int32) if total else np.empty(0, np.int32)
+    rows = np.frombuffer(row_rows, np.int64) if total else np.empty(0, np.int64)
     vectors = np.empty((total, shards[0].meta["dim"]), np.float32)
     # the merged positions grouped by shard (a stable sort keeps each shard's in order):
     # every row is gathered once, not one pass over all rows per shard
