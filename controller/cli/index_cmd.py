@@ -27,8 +27,9 @@ controller/features/extract.py and the ezdxf version.
 Incremental builds: feature vectors are cached by (sha256 of the drawing,
 feature version, extractorVersion) under --cache (default
 $XDG_CACHE_HOME/cadml/features, else ~/.cache/cadml/features), so a rebuild
-parses only new or changed drawings; removed ones drop out. The artifact is byte
-for byte the one a build without the cache writes. Each vector is cached as soon
+parses only new or changed drawings; removed ones drop out. An entry is reused
+only when the CPU time its parse took is below --cpu-seconds. The artifact is
+byte for byte the one a build without the cache writes. Each vector is cached as soon
 as it is computed, so running the same command again after an interruption
 (--resume says so explicitly) continues where the build stopped.
 
