@@ -209,29 +209,23 @@ def _damaged(path: Path, field: str, what: str) -> ShardError:
 
 def read_shard(path: Path) -> Shard:
     """A shard file, checked whole (members, fields, vectors' sha256 and shape); a
-    ShardError naming the file and the field if anything is wrong."""
+    ShardError naming the file and the field if anything is wrong. shard.json is parsed
+    once, and checked before vectors.npy is read."""
     try:
         with zipfile.ZipFile(path) as zf:  # sizes as declared: a bomb is not inflated
             if zf.getinfo(META).file_size > MAX_META_BYTES:
                 raise _damaged(path, META, f"larger than {MAX_META_BYTES} bytes")
-            text = zf.read(META)
+            meta = _parse_meta(path, zf.read(META))
             declared = zf.getinfo(VECTORS).file_size
-            raw = zf.read(VECTORS) if declared <= _vectors_limit(text) else None
+            if declared > _vectors_limit(len(meta["files"])):
+                raise _damaged(path, VECTORS, f"declares {declared} bytes, more than the "
+                                              f"{len(meta['files'])} rows shard.json lists")
+            raw = zf.read(VECTORS)
     except FileNotFoundError:
         raise ShardError(f"shard {path}: no such file; pass the shard files the build wrote",
                          code="shard_missing", context={"file": str(path)}) from None
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
         raise _damaged(path, "file", f"not a readable shard file ({exc})") from None
-    try:
-        meta = json.loads(text)
-    except ValueError as exc:
-        raise _damaged(path, META, f"not JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
-        raise _damaged(path, "format", f"is not {SHARD_FORMAT}")
-    _check_fields(path, meta)
-    if raw is None:
-        raise _damaged(path, VECTORS, f"declares {declared} bytes, more than the "
-                                      f"{len(meta['files'])} rows shard.json lists")
     if hashlib.sha256(raw).hexdigest() != meta["vectors"]["sha256"]:
         raise _damaged(path, "vectors.sha256", "does not match vectors.npy")
     try:
@@ -246,13 +240,21 @@ def read_shard(path: Path) -> Shard:
     return Shard(path, meta, vectors)
 
 
-def _vectors_limit(text: bytes) -> int:
-    """The most bytes vectors.npy may take for the rows shard.json lists (a header, then
-    float32 rows of the widest feature version)."""
+def _parse_meta(path: Path, text: bytes) -> dict[str, Any]:
+    """shard.json parsed and checked field by field (`_check_fields`)."""
     try:
-        rows = len(json.loads(text)["files"])
-    except (ValueError, KeyError, TypeError):
-        rows = 0
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise _damaged(path, META, f"not JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
+        raise _damaged(path, "format", f"is not {SHARD_FORMAT}")
+    _check_fields(path, meta)
+    return meta
+
+
+def _vectors_limit(rows: int) -> int:
+    """The most bytes vectors.npy may take for `rows` rows (a header, then float32 rows of
+    the widest feature version)."""
     return NPY_HEADER_MAX + 4 * max(FEATURE_DIMS.values()) * rows
 
 
