@@ -18,6 +18,7 @@
         ├── FetchError              controller.search.fetch: a download that failed
         ├── ArtifactError           controller.search.artifacts: missing, corrupt, bad checksum
         ├── ShardError              controller.search.shards: shards that cannot be merged
+        ├── ShardFailed             controller.search.shardwait: a shard failed for good
         └── WorkerError             controller.worker.runtime: a request the worker cannot serve
 
 Each class knows the condition reason it maps to and whether retrying can help,

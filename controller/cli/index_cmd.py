@@ -27,8 +27,9 @@ controller/features/extract.py and the ezdxf version.
 Incremental builds: feature vectors are cached by (sha256 of the drawing,
 feature version, extractorVersion) under --cache (default
 $XDG_CACHE_HOME/cadml/features, else ~/.cache/cadml/features), so a rebuild
-parses only new or changed drawings; removed ones drop out. The artifact is byte
-for byte the one a build without the cache writes. Each vector is cached as soon
+parses only new or changed drawings; removed ones drop out. An entry is reused
+only when the CPU time its parse took is below --cpu-seconds. The artifact is
+byte for byte the one a build without the cache writes. Each vector is cached as soon
 as it is computed, so running the same command again after an interruption
 (--resume says so explicitly) continues where the build stopped.
 
@@ -87,6 +88,16 @@ def register(sub: Any) -> None:
                    help="continue an interrupted build from the cache (any cached build "
                         "does; this refuses to run without the cache)")
     b.add_argument("--shard", metavar="I/N", help=SHARD_HELP)
+    b.add_argument("--attempt", type=positive_int, default=1, metavar="K",
+                   help="with --shard: this is attempt K (from 1) of the shard (a retried "
+                        "pod's); a failure marker says whether a retry will follow")
+    b.add_argument("--attempts", type=positive_int, default=1, metavar="M",
+                   help="with --shard: the attempts a shard gets in all (the Job's "
+                        "backoffLimitPerIndex + 1); a failed attempt M is final")
+    b.add_argument("--record-failure", type=positive_int, metavar="CODE",
+                   help="with --shard: build nothing; write the failure marker of this "
+                        "attempt for a build process that ended with exit code CODE without "
+                        "writing one (killed: out of memory, say), and exit with CODE")
     b.add_argument("--quiet", action="store_true", help="no per-file progress on stderr")
     b.add_argument("--output", "-o", choices=("text", "json"), default="text",
                    help="output format")
@@ -158,6 +169,21 @@ def prepare_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.shard:
+        if args.record_failure is not None or args.attempt != 1 or args.attempts != 1:
+            from controller.errors import UsageError
+
+            raise UsageError("--attempt, --attempts and --record-failure: only with --shard")
+        return build(args)
+    from controller.cli.shard_cmd import marking_failure, record_failure
+
+    if args.record_failure is not None:
+        return record_failure(args)
+    with marking_failure(args):  # whatever stops a shard build: a waiting merge learns it
+        return build(args)
+
+
+def build(args: argparse.Namespace) -> int:
     from controller.errors import SourceError, UsageError
     from controller.features.identity import extractor_version
     from controller.features.sandbox import SandboxLimits

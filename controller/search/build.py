@@ -127,31 +127,33 @@ class Collected:
 def collect(source: Path, work: Path, *, feature_version: str = "v4", workers: int = 2,
             limits: SandboxLimits | None = None,
             progress: Callable[[BuildTick], None] | None = None, cache: Path | None = None,
-            select: Callable[[str], bool] | None = None) -> Collected:
+            select: Callable[[str], bool] | None = None, digests: bool = False) -> Collected:
     """Features of every drawing below `source` whose relative path `select` takes (all
     when None; it is asked about every entry of the folder once); `cache` is the
-    feature-cache root, `work` a folder for the build's temporary vector file."""
+    feature-cache root, `work` a folder for the build's temporary vector file; `digests`:
+    each entry carries the sha256 and size of the bytes parsed (a shard's)."""
     names, passed_over = find_drawings(source)
     if select is not None:
         names = [n for n in names if select(n)]
         passed_over = [s for s in passed_over if select(s["file"])]
     return collect_files(source, names, passed_over, work, feature_version=feature_version,
-                         workers=workers, limits=limits, progress=progress, cache=cache)
+                         workers=workers, limits=limits, progress=progress, cache=cache,
+                         digests=digests)
 
 
 def collect_files(source: Path, names: Sequence[str], passed_over: list[dict[str, str]],
                   work: Path, *, feature_version: str = "v4", workers: int = 2,
                   limits: SandboxLimits | None = None,
                   progress: Callable[[BuildTick], None] | None = None,
-                  cache: Path | None = None) -> Collected:
+                  cache: Path | None = None, digests: bool = False) -> Collected:
     """Features of `names` (drawings below `source`, relative to it; their order is the
     artifact's); `passed_over` is listed as skipped. The drawings stream through the
     parsers (controller.search.stream): memory does not grow with them."""
     if feature_version not in FEATURE_DIMS:
         raise ValueError(f"unknown feature version {feature_version!r}")
     limits = limits or SandboxLimits()
-    store = None if cache is None else FeatureCache(cache, feature_version,
-                                                     identity.extractor_version())
+    store = None if cache is None else FeatureCache(
+        cache, feature_version, identity.extractor_version(), limits.cpu_seconds)
     if cache is not None:
         check_writable(cache)
     sizes, early = _sizes(source, names, limits.max_bytes)
@@ -163,19 +165,19 @@ def collect_files(source: Path, names: Sequence[str], passed_over: list[dict[str
         for row, why in early.items():
             rows.put(row, why)
         total = len(names) - len(early)
-        stream = extract_stream(lambda row: source / names[row], sizes,
+        stream = extract_stream(lambda row: source / names[row], source, sizes,
                                 (r for r in range(len(names)) if r not in early),
                                 version=feature_version, limits=limits, workers=workers,
                                 cache=store, stats=stats)
-        for done, (row, result, fresh) in enumerate(stream, start=1):
-            rows.put(row, result)
+        for done, (row, result, fresh, digest) in enumerate(stream, start=1):
+            rows.put(row, result, digest)
             parsed += fresh
             if progress:
                 what = (f"skipped: {result}" if isinstance(result, InvalidDrawing)
                         else f"{result.entities} entities")
                 progress(BuildTick(done, total, names[row], what, fresh))
         matrix = rows.matrix()
-        files, refused = rows.listing(names)
+        files, refused = rows.listing(names, digests)
     finally:
         rows.close()
     skipped = sorted([*passed_over, *refused], key=lambda s: manifest_order(s["file"]))

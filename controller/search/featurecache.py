@@ -13,6 +13,12 @@ failure depends only on its bytes and the extractor. Refusals that depend on the
 run's limits or luck (CPU time, memory, size limit, a crashed parser) are never
 cached: the next build tries again. A damaged or foreign cache entry is a miss.
 
+Each entry records the CPU seconds its parse took (`cpuSeconds`), and a build takes it
+only when that is below the build's `--cpu-seconds`: a drawing that took 5 s under a
+generous limit is parsed again (and refused, as a clean build refuses it) under a 1 s
+limit, while its entry stays for the next build that allows 5 s. An entry without its
+cost (written by an older cadml) is a miss once, then rewritten with it.
+
 Pruning: a build touches every entry it uses, so an entry's mtime is its last use;
 `cadml index cache prune --older-than 30d` removes what no build used since (entries
 of an older extractor included) and nothing but files named as entries.
@@ -28,7 +34,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -47,32 +53,52 @@ def content_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_key(path: Path) -> str:
-    """content_key of a file's bytes, read a block at a time (never the whole file)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+Digest = tuple[str, int]  # sha256 (hex) and size of the bytes a result comes from
 
 
-def encode(sha: str, result: Result) -> dict[str, Any] | None:
-    """Purely computational: the cache record of a result, None when it must not be cached."""
+def hash_file(fh: BinaryIO) -> Digest:
+    """content_key and size of an open file's bytes, read a block at a time (never the
+    whole file)."""
+    digest, size = hashlib.sha256(), 0
+    while block := fh.read(BLOCK):
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size
+
+
+def encode(sha: str, result: Result, cpu_seconds: float | None = None
+           ) -> dict[str, Any] | None:
+    """Purely computational: the cache record of a result that took `cpu_seconds` of CPU to
+    compute, None when it must not be cached."""
+    cost = {} if cpu_seconds is None else {"cpuSeconds": round(cpu_seconds, 3)}
     if isinstance(result, InvalidDrawing):
         if result.code in UNCACHED_CODES:
             return None
-        return {"sha256": sha, "error": {"message": str(result), "code": result.code,
-                                         "stage": result.stage, "context": result.context,
-                                         "status": result.status}}
-    return {"sha256": sha, "vector": [float(v) for v in result.vector],
+        return {"sha256": sha, **cost, "error": {
+            "message": str(result), "code": result.code, "stage": result.stage,
+            "context": result.context, "status": result.status}}
+    return {"sha256": sha, **cost, "vector": [float(v) for v in result.vector],
             "version": result.version, "entities": result.entities,
             "truncated": result.truncated, "recovered": result.recovered}
 
 
-def decode(sha: str, record: Any, feature_version: str) -> Result | None:
-    """Purely computational: the result a record holds, None when it is not a valid one."""
+def within(record: Any, cpu_limit: float | None) -> bool:
+    """Purely computational: whether a record's parse fits under `cpu_limit` CPU seconds
+    (the timer fires at the limit: a cost of exactly the limit does not fit). No limit:
+    any record fits; a record without a usable cost fits no limit."""
+    if cpu_limit is None:
+        return True
+    cost = record.get("cpuSeconds")
+    return isinstance(cost, (int, float)) and not isinstance(cost, bool) and \
+        0 <= cost < cpu_limit
+
+
+def decode(sha: str, record: Any, feature_version: str, cpu_limit: float | None = None
+           ) -> Result | None:
+    """Purely computational: the result a record holds, None when it is not a valid one or
+    its parse took more CPU than `cpu_limit` allows."""
     try:
-        if record["sha256"] != sha:
+        if record["sha256"] != sha or not within(record, cpu_limit):
             return None
         if "error" in record:
             e = record["error"]
@@ -111,6 +137,7 @@ class FeatureCache:
     root: Path
     feature_version: str
     extractor_version: str
+    cpu_limit: float | None = None  # the build's --cpu-seconds: costlier entries are misses
 
     def path(self, sha: str) -> Path:
         return (self.root / self.extractor_version / self.feature_version / sha[:2]
@@ -121,7 +148,7 @@ class FeatureCache:
             record = json.loads(self.path(sha).read_bytes())
         except (OSError, ValueError):
             return None
-        return decode(sha, record, self.feature_version)
+        return decode(sha, record, self.feature_version, self.cpu_limit)
 
     def touch(self, sha: str) -> None:
         """Mark an entry used now: an entry's mtime is the last build that used it, which
@@ -129,8 +156,8 @@ class FeatureCache:
         with contextlib.suppress(OSError):  # gone meanwhile (pruned): it was a hit anyway
             os.utime(self.path(sha))
 
-    def put(self, sha: str, result: Result) -> None:
-        record = encode(sha, result)
+    def put(self, sha: str, result: Result, cpu_seconds: float | None = None) -> None:
+        record = encode(sha, result, cpu_seconds)
         if record is None:
             return
         target = self.path(sha)

@@ -8,6 +8,7 @@ buffered file, so memory holds one entry, not the list nor the text.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
@@ -29,6 +30,13 @@ class Lazy:
 
 def _scalar(value: Any) -> str:
     """A scalar as json.dumps writes it, without json.dumps' per-call cost."""
+    kind = type(value)  # the exact types first: a manifest has millions of them
+    if kind is str:
+        return _ascii(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
     if isinstance(value, str):
         return _ascii(value)
     if value is True or value is False or value is None:
@@ -38,13 +46,19 @@ def _scalar(value: Any) -> str:
     return json.dumps(value)  # a float: repr, or NaN / Infinity
 
 
+@functools.lru_cache(maxsize=256)
+def _key(key: str) -> str:
+    """A dict key as json.dumps writes it (manifest entries repeat a few keys)."""
+    return _ascii(key)
+
+
 def _entry(value: Any, indent: int, pad: str) -> str:
     """Purely computational: `value` as json.dumps(value, indent=indent) writes it nested
     under `pad`. Flat dicts of scalars (manifest entries) take the C encoder per field."""
-    if isinstance(value, dict) and value and all(
-            isinstance(k, str) and isinstance(v, SCALARS) for k, v in value.items()):
+    if type(value) is dict and value and all(
+            type(k) is str and isinstance(v, SCALARS) for k, v in value.items()):
         inner = pad + " " * indent
-        fields = f",\n{inner}".join(f"{_ascii(k)}: {_scalar(v)}" for k, v in value.items())
+        fields = f",\n{inner}".join([f"{_key(k)}: {_scalar(v)}" for k, v in value.items()])
         return f"{{\n{inner}{fields}\n{pad}}}"
     # ensure_ascii escapes every newline inside strings: each "\n" is between tokens
     return json.dumps(value, indent=indent).replace("\n", "\n" + pad)

@@ -21,13 +21,16 @@ artifacts are the same bytes.
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import functools
 import hashlib
 import heapq
 import io
 import itertools
 import json
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +52,14 @@ MAX_SHARDS = 100_000  # an Indexed Job's completions are limited to 100,000 too
 META, VECTORS = "shard.json", "vectors.npy"
 MAX_META_BYTES = 512 * 1024 * 1024
 NPY_HEADER_MAX = 64 * 1024
-SHARD_ONLY_KEYS = ("sha256", "size")  # in a shard's file entries, not in the manifest's
+# a shard's file entry holds the manifest's (in the manifest's order) and sha256, size
+ENTRY_KEYS = ("id", "entities", "truncated", "recovered")
+SKIPPED_KEYS = frozenset({"file", "code", "reason"})
+META_KEYS = frozenset({"format", "shard", "featureVersion", "dim", "extractorVersion",
+                       "extractor", "parameters", "source", "listing", "files", "skipped",
+                       "vectors"})
+HEX64 = re.compile(r"[0-9a-f]{64}")
+PARAMETERS = frozenset({"kind", "cpuSeconds", "memoryBytes", "maxBytes"})  # build_parameters'
 # what every shard of one build must agree on, besides extractorVersion
 SAME = ("featureVersion", "dim", "parameters", "extractor", "listing")
 ADVICE = {"listing": "the folder changed between the shards' builds (drawings added, removed "
@@ -103,7 +113,7 @@ def parse_shard(text: str) -> ShardSpec:
 
 
 def build_parameters(kind: str, limits: SandboxLimits) -> dict[str, Any]:
-    """What a shard records of the options that change the artifact's bytes."""
+    """What a shard records of the options that change the artifact's bytes (PARAMETERS)."""
     return {"kind": kind, "cpuSeconds": limits.cpu_seconds, "memoryBytes": limits.memory_bytes,
             "maxBytes": limits.max_bytes}
 
@@ -111,20 +121,19 @@ def build_parameters(kind: str, limits: SandboxLimits) -> dict[str, Any]:
 @dataclass
 class Shard:
     """A shard file read back: its metadata and its vectors. The file entries are kept
-    compact (their names, and each entry, shard-only keys dropped, as a JSON string),
-    not as dicts: a merge of a million drawings holds text, not a million dicts."""
+    compact (their names, and each entry's manifest fields as a tuple in ENTRY_KEYS
+    order), not as dicts: a merge of a million drawings holds tuples, not dicts."""
 
     path: Path
     meta: dict[str, Any]  # as read; its "files" are moved into names and entries
     vectors: np.ndarray
     names: list[str] = dataclasses.field(init=False)
-    entries: list[str] = dataclasses.field(init=False)
+    entries: list[tuple[Any, ...]] = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         files = self.meta.get("files", [])
         self.names = [f["id"] for f in files]
-        self.entries = [json.dumps({k: v for k, v in f.items() if k not in SHARD_ONLY_KEYS},
-                                   separators=(",", ":")) for f in files]
+        self.entries = [(f["id"], f["entities"], f["truncated"], f["recovered"]) for f in files]
         self.meta = {k: v for k, v in self.meta.items() if k != "files"}
 
     @property
@@ -145,9 +154,8 @@ def build_shard(source: Path, out: Path, spec: ShardSpec, *, feature_version: st
         return spec.owns(name)
 
     got = collect(source, out.parent, feature_version=feature_version, workers=workers,
-                  limits=limits, progress=progress, cache=cache, select=select)
-    files = [{**f, "sha256": sha256_file(source / f["id"]),
-              "size": (source / f["id"]).stat().st_size} for f in got.files]
+                  limits=limits, progress=progress, cache=cache, select=select, digests=True)
+    files = list(got.files)  # with the sha256 and size of the bytes each vector comes from
     described = identity.describe()
     meta = {
         "format": SHARD_FORMAT,
@@ -201,29 +209,23 @@ def _damaged(path: Path, field: str, what: str) -> ShardError:
 
 def read_shard(path: Path) -> Shard:
     """A shard file, checked whole (members, fields, vectors' sha256 and shape); a
-    ShardError naming the file and the field if anything is wrong."""
+    ShardError naming the file and the field if anything is wrong. shard.json is parsed
+    once, and checked before vectors.npy is read."""
     try:
         with zipfile.ZipFile(path) as zf:  # sizes as declared: a bomb is not inflated
             if zf.getinfo(META).file_size > MAX_META_BYTES:
                 raise _damaged(path, META, f"larger than {MAX_META_BYTES} bytes")
-            text = zf.read(META)
+            meta = _parse_meta(path, zf.read(META))
             declared = zf.getinfo(VECTORS).file_size
-            raw = zf.read(VECTORS) if declared <= _vectors_limit(text) else None
+            if declared > _vectors_limit(len(meta["files"])):
+                raise _damaged(path, VECTORS, f"declares {declared} bytes, more than the "
+                                              f"{len(meta['files'])} rows shard.json lists")
+            raw = zf.read(VECTORS)
     except FileNotFoundError:
         raise ShardError(f"shard {path}: no such file; pass the shard files the build wrote",
                          code="shard_missing", context={"file": str(path)}) from None
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
         raise _damaged(path, "file", f"not a readable shard file ({exc})") from None
-    try:
-        meta = json.loads(text)
-    except ValueError as exc:
-        raise _damaged(path, META, f"not JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
-        raise _damaged(path, "format", f"is not {SHARD_FORMAT}")
-    _check_fields(path, meta)
-    if raw is None:
-        raise _damaged(path, VECTORS, f"declares {declared} bytes, more than the "
-                                      f"{len(meta['files'])} rows shard.json lists")
     if hashlib.sha256(raw).hexdigest() != meta["vectors"]["sha256"]:
         raise _damaged(path, "vectors.sha256", "does not match vectors.npy")
     try:
@@ -238,51 +240,121 @@ def read_shard(path: Path) -> Shard:
     return Shard(path, meta, vectors)
 
 
-def _vectors_limit(text: bytes) -> int:
-    """The most bytes vectors.npy may take for the rows shard.json lists (a header, then
-    float32 rows of the widest feature version)."""
+def _parse_meta(path: Path, text: bytes) -> dict[str, Any]:
+    """shard.json parsed and checked field by field (`_check_fields`)."""
     try:
-        rows = len(json.loads(text)["files"])
-    except (ValueError, KeyError, TypeError):
-        rows = 0
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise _damaged(path, META, f"not JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
+        raise _damaged(path, "format", f"is not {SHARD_FORMAT}")
+    _check_fields(path, meta)
+    return meta
+
+
+def _vectors_limit(rows: int) -> int:
+    """The most bytes vectors.npy may take for `rows` rows (a header, then float32 rows of
+    the widest feature version)."""
     return NPY_HEADER_MAX + 4 * max(FEATURE_DIMS.values()) * rows
 
 
 def _check_fields(path: Path, meta: dict[str, Any]) -> None:
+    """Every field of a shard file as a shard build writes it, and nothing else: a hostile
+    shard must not put fields into the merged manifest (file and skipped entries and the
+    extractor are copied into it). The first wrong field raised, named."""
     checks: list[tuple[str, Callable[[], bool]]] = [
-        ("shard", lambda: isinstance(meta["shard"]["index"], int)
-         and isinstance(meta["shard"]["count"], int)
-         and 0 <= meta["shard"]["index"] < meta["shard"]["count"] <= MAX_SHARDS),
+        ("shard", lambda: meta["shard"].keys() == {"index", "count"}
+         and _count(meta["shard"]["index"]) and _count(meta["shard"]["count"])
+         and meta["shard"]["index"] < meta["shard"]["count"] <= MAX_SHARDS),
         ("featureVersion", lambda: meta["featureVersion"] in FEATURE_DIMS),
         ("dim", lambda: meta["dim"] == FEATURE_DIMS[meta["featureVersion"]]),
-        ("extractorVersion", lambda: isinstance(meta["extractorVersion"], str)),
-        ("extractor", lambda: isinstance(meta["extractor"], dict)),
-        ("parameters", lambda: isinstance(meta["parameters"], dict)
-         and meta["parameters"].get("kind") in ("flat", "hnsw")),
-        ("files", lambda: isinstance(meta["files"], list) and all(
-            isinstance(f, dict) and isinstance(f.get("id"), str) for f in meta["files"])),
-        ("skipped", lambda: isinstance(meta["skipped"], list) and all(
-            isinstance(s, dict) and isinstance(s.get("file"), str) for s in meta["skipped"])),
-        ("files", lambda: _distinct_relative(
-            [f["id"] for f in meta["files"]] + [s["file"] for s in meta["skipped"]])),
-        ("vectors.sha256", lambda: isinstance(meta["vectors"]["sha256"], str)),
-        ("listing", lambda: isinstance(meta["listing"]["entries"], int)
-         and isinstance(meta["listing"]["sha256"], str)),
+        ("extractorVersion", lambda: type(meta["extractorVersion"]) is str),
+        ("extractor", lambda: meta["extractor"].keys() == _extractor_keys()
+         and all(type(v) in (str, int) for v in meta["extractor"].values())),
+        ("parameters", lambda: meta["parameters"].keys() == PARAMETERS
+         and meta["parameters"]["kind"] in ("flat", "hnsw")),
+        ("source", lambda: type(meta["source"]) is str),
+        ("files", lambda: type(meta["files"]) is list),
+        ("skipped", lambda: type(meta["skipped"]) is list),
+        ("vectors", lambda: meta["vectors"].keys() == {"file", "sha256"}
+         and meta["vectors"]["file"] == VECTORS and _sha256(meta["vectors"]["sha256"])),
+        ("listing", lambda: meta["listing"].keys() == {"entries", "sha256"}
+         and _count(meta["listing"]["entries"]) and _sha256(meta["listing"]["sha256"])),
     ]
+    unknown = sorted(k for k in meta if k not in META_KEYS)
+    if unknown:
+        raise _damaged(path, unknown[0], "not a field of a shard file")
     for field, ok in checks:
         try:
             good = ok()
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, AttributeError):
             good = False
         if not good:
             raise _damaged(path, field, "missing or malformed")
+    keys = FILE_FIELDS.keys()
+    for n, f in enumerate(meta["files"]):
+        # the common case in one expression (a million entries); the field named on failure
+        if type(f) is dict and f.keys() == keys and type(f["id"]) is str \
+                and type(f["entities"]) is int and f["entities"] >= 0 \
+                and type(f["truncated"]) is bool and type(f["recovered"]) is bool \
+                and type(f["size"]) is int and f["size"] >= 0 and type(f["sha256"]) is str \
+                and HEX64.fullmatch(f["sha256"]) is not None:
+            continue
+        if (bad := _bad_file_field(f)) is not None:
+            raise _damaged(path, f"files[{n}]{bad}",
+                           "not a shard entry (exactly id, entities, truncated, recovered, "
+                           "sha256, size, of their types)")
+    for n, s in enumerate(meta["skipped"]):
+        if not (type(s) is dict and s.keys() == SKIPPED_KEYS
+                and all(type(v) is str for v in s.values())):
+            raise _damaged(path, f"skipped[{n}]", "not a skipped entry (exactly file, code "
+                                                  "and reason, each a string)")
+    if not _distinct_relative([f["id"] for f in meta["files"]] +
+                              [s["file"] for s in meta["skipped"]]):
+        raise _damaged(path, "files", "a drawing listed twice, or not by a relative path "
+                                      "below the folder")
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _sha256(value: Any) -> bool:
+    return type(value) is str and HEX64.fullmatch(value) is not None
+
+
+# each field of a shard's file entry, and what it must be
+FILE_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "id": lambda v: type(v) is str, "entities": _count,
+    "truncated": lambda v: type(v) is bool, "recovered": lambda v: type(v) is bool,
+    "sha256": _sha256, "size": _count}
+
+
+def _bad_file_field(f: Any) -> str | None:
+    """Purely computational: None when a shard's file entry is exactly what a shard build
+    writes, else where it is not (`.KEY`, or '' when it is no object at all): no other
+    key either, as a shard must not put fields into the merged manifest."""
+    if type(f) is not dict:
+        return ""
+    if f.keys() != FILE_FIELDS.keys():
+        return f".{sorted(map(str, f.keys() ^ FILE_FIELDS.keys()))[0]}"
+    for key, ok in FILE_FIELDS.items():
+        if not ok(f[key]):
+            return f".{key}"
+    return None
+
+
+@functools.cache
+def _extractor_keys() -> frozenset[str]:
+    """What a shard's `extractor` holds (the merged manifest copies it)."""
+    return frozenset(identity.describe()) - {"extractorVersion"}
 
 
 def _distinct_relative(names: list[str]) -> bool:
     """Whether every entry is named once, by a relative path below the folder (what a
-    build writes: no absolute path, no `..` or `.` part, no empty part)."""
+    build writes: no absolute path, no `..` or `.` part, no empty part, no NUL)."""
     return len(set(names)) == len(names) and all(
-        name and not name.startswith("/") and all(
+        name and not name.startswith("/") and "\0" not in name and all(
             part not in ("", ".", "..") for part in name.split("/")) for name in names)
 
 
@@ -373,8 +445,7 @@ class MergedFiles:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for i, row in zip(self.shard.tolist(), self.row.tolist(), strict=True):
-            entry: dict[str, Any] = json.loads(self.shards[i].entries[row])
-            yield entry
+            yield dict(zip(ENTRY_KEYS, self.shards[i].entries[row], strict=True))
 
 
 @dataclass
@@ -384,29 +455,45 @@ class Merged:
     skipped: list[dict[str, Any]]
 
 
-def _sorted_rows(names: Sequence[str], shard: int
-                 ) -> Iterator[tuple[tuple[str, ...], int, int]]:
-    """(manifest_order key, shard, row) of a shard's entries in manifest order: as the
-    shard lists them when sorted already (a shard build writes them so), else sorted."""
-    keys = (manifest_order(n) for n in names)
+def order_key(name: str) -> str:
+    """Purely computational: a string that sorts as manifest_order(name) does, for the
+    names a shard may hold (relative, no empty part, no NUL: `_distinct_relative`): the
+    parts joined by NUL, which sorts below every character a part can hold. One string
+    compares faster than a tuple of parts, and costs one object, not one per part."""
+    return name.replace("/", "\0")
+
+
+def _sorted_rows(names: Sequence[str], shard: int) -> Iterator[tuple[str, int, int]]:
+    """(order_key, shard, row) of a shard's entries in manifest order: as the shard lists
+    them when sorted already (a shard build writes them so), else sorted."""
+    keys = (order_key(n) for n in names)
     if all(a <= b for a, b in itertools.pairwise(keys)):
-        return ((manifest_order(n), shard, row) for row, n in enumerate(names))
-    return iter(sorted((manifest_order(n), shard, row) for row, n in enumerate(names)))
+        return ((order_key(n), shard, row) for row, n in enumerate(names))
+    return iter(sorted((order_key(n), shard, row) for row, n in enumerate(names)))
 
 
 def merge_shards(shards: Sequence[Shard]) -> Merged:
     """Purely computational: the rows of compatible shards in manifest order (the order of
     one build over the whole folder), shard-only fields dropped. A k-way merge of the
-    shards' sorted lists; ties keep the order the shards are given in."""
+    shards' sorted lists (O(rows log shards)); ties keep the order the shards are given
+    in."""
     total = sum(len(shard.names) for shard in shards)
-    which, rows = np.empty(total, np.int32), np.empty(total, np.int64)
+    which_rows, row_rows = array.array("i"), array.array("q")
     merged = heapq.merge(*(_sorted_rows(shard.names, i) for i, shard in enumerate(shards)))
-    for pos, (_, i, row) in enumerate(merged):
-        which[pos], rows[pos] = i, row
+    for _, i, row in merged:
+        which_rows.append(i)
+        row_rows.append(row)
+    which = np.frombuffer(which_rows, np.int32) if total else np.empty(0, np.int32)
+    rows = np.frombuffer(row_rows, np.int64) if total else np.empty(0, np.int64)
     vectors = np.empty((total, shards[0].meta["dim"]), np.float32)
-    for i, shard in enumerate(shards):
-        mine = which == i
+    # the merged positions grouped by shard (a stable sort keeps each shard's in order):
+    # every row is gathered once, not one pass over all rows per shard
+    by_shard = np.argsort(which, kind="stable")
+    start = 0
+    for shard in shards:
+        mine = by_shard[start:start + len(shard.names)]
         vectors[mine] = shard.vectors[rows[mine]]
+        start += len(shard.names)
     skipped = sorted((s for shard in shards for s in shard.meta["skipped"]),
                      key=lambda s: manifest_order(s["file"]))
     return Merged(MergedFiles(shards, which, rows), vectors, skipped)

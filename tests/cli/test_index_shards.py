@@ -338,7 +338,8 @@ def test_a_merge_of_any_split_is_in_the_order_of_one_build(names: list[str],
         meta = {"shard": {"index": i, "count": count}, "dim": 24, "featureVersion": "v4",
                 "extractorVersion": "x1-0", "extractor": {}, "parameters": {"kind": "flat"},
                 "listing": {"entries": len(names) + len(skipped), "sha256": "x"},
-                "files": [{"id": n, "entities": 1, "sha256": "x", "size": 1} for n in mine],
+                "files": [{"id": n, "entities": 1, "truncated": False, "recovered": True,
+                           "sha256": "x", "size": 1} for n in mine],
                 "skipped": [{"file": s, "code": "c", "reason": "r"} for s in skipped
                             if shard_of(s, count) == i]}
         rows = [vectors[n] for n in mine]
@@ -347,7 +348,8 @@ def test_a_merge_of_any_split_is_in_the_order_of_one_build(names: list[str],
     merged = merge_shards(list(reversed(shards)))
     build_order = sorted(names, key=lambda n: PurePosixPath(n).parts)  # as the walk sorts
     assert [f["id"] for f in merged.files] == build_order
-    assert list(merged.files) == [{"id": n, "entities": 1} for n in build_order]
+    assert list(merged.files) == [{"id": n, "entities": 1, "truncated": False,
+                                   "recovered": True} for n in build_order]
     assert [s["file"] for s in merged.skipped] == sorted(
         skipped, key=lambda n: PurePosixPath(n).parts)
     assert merged.vectors.shape == (len(names), 24)

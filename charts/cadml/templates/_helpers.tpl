@@ -39,8 +39,14 @@ volumes:
 {{- define "cadml.indexBuildContainer" -}}
 env:
   - {name: HOME, value: /tmp}
-securityContext: {{- toYaml .Values.securityContext | nindent 2 }}
+  {{- if .shard }}
+  - name: INDEX_FAILURES  # this index's failed attempts so far (the Job controller counts)
+    valueFrom:
+      fieldRef:
+        fieldPath: "metadata.annotations['batch.kubernetes.io/job-index-failure-count']"
+  {{- end }}
+securityContext: {{- toYaml .root.Values.securityContext | nindent 2 }}
 volumeMounts:
   - {name: tmp, mountPath: /tmp}
-  - {name: data, mountPath: {{ .Values.indexBuild.volume.mountPath }}}
+  - {name: data, mountPath: {{ .root.Values.indexBuild.volume.mountPath }}}
 {{- end -}}
