@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from controller.search.loader import LoaderLimits
 from controller.search.pickle_scan import ScanReport, UnsafeArtifact, check_mode
 from controller.store.repository import Store
 from controller.worker.events import EVENTS, emit
+from controller.worker.runkeys import new_run_key
 from controller.worker.thresholds import judge_thresholds
 
 log = logging.getLogger("cadml.worker")
@@ -111,7 +111,7 @@ def search_inline(rows: int, dims: int, queries: int = 1) -> bool:
     return rows * dims * queries <= INLINE_SEARCH_FLOATS
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     id: str
     distance: float
@@ -513,7 +513,7 @@ class WorkerRuntime:
         hits = hits_of(lv, dist, ids)
         verdict = judge_thresholds(r.snap.thresholds.get(r.choice.version, {}),
                                    [(h.distance, h.score) for h in hits])
-        return SearchOutcome(uuid.uuid4().hex, r.job_id, r.choice.version,
+        return SearchOutcome(new_run_key(), r.job_id, r.choice.version,
                              r.snap.policy_version, r.choice.source, verdict.snapshot, hits,
                              verdict.met, 0.0, lv.degraded is not None,
                              failed_thresholds=verdict.failed,
@@ -526,7 +526,7 @@ class WorkerRuntime:
                 parse_ms: float | None = None) -> SearchOutcome:
         """A routed request that failed (artifact unavailable, parse error, time limit,
         dimension mismatch): a run all the same, so analysis can judge its version."""
-        return SearchOutcome(uuid.uuid4().hex, r.job_id, r.choice.version,
+        return SearchOutcome(new_run_key(), r.job_id, r.choice.version,
                              r.snap.policy_version, r.choice.source,
                              dict(r.snap.thresholds.get(r.choice.version, {})), [], False, 0.0,
                              r.loaded is not None and r.loaded.degraded is not None,
