@@ -563,18 +563,20 @@ class WorkerRuntime:
                      policyVersion=o.policy_version, routeSource=o.route_source,
                      error=o.error_code, metThreshold=o.met_threshold,
                      latencyMs=round(o.latency_ms, 3))
+        counts: dict[tuple[str, str], int] = {}
         for o in outcomes:
-            requests, latency = self._run_metrics(o.version, o.route_source)
-            requests.inc()
-            latency.observe(o.latency_ms / 1000.0)
+            key = (o.version, o.route_source)
+            counts[key] = counts.get(key, 0) + 1
+            self._run_metrics(key)[1].observe(o.latency_ms / 1000.0)
+        for key, n in counts.items():  # one increment per version and route source
+            self._run_metrics(key)[0].inc(n)
 
-    def _run_metrics(self, version: str, source: str) -> tuple[Any, Any]:
-        """A run's request counter and latency histogram, looked up once per version and
-        route source (a label look-up costs as much as the observation)."""
-        key = (version, source)
+    def _run_metrics(self, key: tuple[str, str]) -> tuple[Any, Any]:
+        """The request counter and latency histogram of runs of (version, route source),
+        looked up once each (a label look-up costs as much as the observation)."""
         found = self._metric_children.get(key)
         if found is None:
-            s = self.settings
+            s, (version, source) = self.settings, key
             found = self._metric_children[key] = (
                 metrics.WORKER_REQUESTS.labels(s.tenant, s.model, version, source),
                 metrics.RUN_LATENCY.labels(s.tenant, s.model, version))
