@@ -70,7 +70,8 @@ class FaissIndex:
 
         self.index = index
         self.kind = kind
-        self._ptr = faiss.swig_ptr
+        # the C function itself where faiss exposes it (its Python wrapper only forwards)
+        self._ptr = getattr(getattr(faiss, "_swigfaiss", None), "swig_ptr", faiss.swig_ptr)
 
     @property
     def ntotal(self) -> int:

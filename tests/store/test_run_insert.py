@@ -75,3 +75,15 @@ def test_values_shared_across_a_batch_are_each_written_as_their_own(store: Store
     assert {key: (datetime.fromisoformat(v["createdAt"]), v["thresholds"])
             for key, v in views.items() if v is not None} == {
         key: (at, th) for key, at, th in plan}
+
+
+def test_runs_without_thresholds_share_one_bound_form_and_read_back_empty(store: Store
+                                                                         ) -> None:
+    seed_model(store)
+    with store.transaction("acme", "worker") as tx:
+        tx.record_runs([_run("e1", thresholds={}), _run("e2", thresholds={}),
+                        _run("e3"), _run("e4", thresholds={})])
+    with store.read("acme") as tx:
+        got = {k: v["thresholds"] for k in ("e1", "e2", "e3", "e4")
+               if (v := tx.run_view(k)) is not None}
+    assert got == {"e1": {}, "e2": {}, "e3": THRESHOLDS, "e4": {}}
