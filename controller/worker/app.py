@@ -187,6 +187,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 def _controls(text: str) -> bool:
     """Whether `text` holds control characters (a newline forging a line of `cadml runs`,
     a terminal escape sequence run by whoever reads it)."""
+    if text.isascii():  # the usual id: printable <=> none of \x00-\x1f, \x7f
+        return not text.isprintable()
     return _CONTROL.search(text) is not None
 
 
