@@ -96,7 +96,7 @@ class FaissIndex:
         dist = np.empty((n, k), dtype=np.float32)
         ids = np.empty((n, k), dtype=np.int64)
         ptr = self._ptr
-        self.index.search_c(n, ptr(q), k, ptr(dist), ptr(ids), None)
+        self.index.search_c(n, ptr(q), k, ptr(dist), ptr(ids))
         if n and ids.min() < 0:  # fewer than k vectors found: faiss pads with -1
             dist[ids < 0] = np.inf
         return dist, ids

@@ -12,8 +12,9 @@ from controller.worker.app import _controls, _vector
 from controller.worker.runtime import WorkerError
 
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # the definition: C0, DEL and C1
-TEXTS = [chr(c) for c in range(0x200)] + [
-    "", "job-1", "job 1", "a\nb", "\x1b[2J", "é", "é\x85", "ok\x9f", "日本\x00", "x" * 300]
+TEXTS = [chr(c) for c in range(0x100)] + [
+    "", "job-1", "job 1", "a\nb", "\x1b[2J", "é", "é\x85", "ok\x9f", "日本\x00", "x" * 300,
+    "\u2028", "\u0100"]
 
 
 @pytest.mark.parametrize("text", TEXTS, ids=lambda t: ascii(t)[:20])
