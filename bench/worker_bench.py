@@ -13,6 +13,12 @@ Run: python -m bench.worker_bench [--vectors 100000] [--requests 2000] [--skip-h
   3b. the same two servers, each in a process of its own: CPU time per request of the
      server alone (Linux /proc), without the clients' share; steadier than 3 on a busy
      machine
+     Measured 2026-12-01 on the shared 2-core machine (load 2-6), before/after the hot-path
+     work of issue 12 (direct faiss call, run keys, writer binding, auth fast path), 10
+     alternating runs of `python -m bench.worker_profile`: worker server CPU per request
+     median 0.385 -> 0.327 ms (event loop 0.280 -> 0.242, run writer 0.103 -> 0.085).
+     Figure 3 itself (`--only http --repeat 5`, 3 alternating runs) stayed 0.35-0.43 on
+     both sides: on that machine it moves more between runs than the change moved it.
   4. HNSW (per-ModelVersion option) vs exact flat search at 100k vectors on the same
      queries — target >= 5x throughput at recall@10 >= 0.99
 """

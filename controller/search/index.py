@@ -3,6 +3,11 @@
 Both return squared L2 distances and row ids, best first, padded with -1 when k
 exceeds the index size — so a Degraded version answers exactly like its faiss
 flat index would.
+
+`FaissIndex.search` calls faiss' C++ search itself (`search_c`) with output arrays of
+its own: the numpy wrapper faiss puts in front of it (shape asserts, a second
+contiguity pass, dtype conversions) cost as much as a one-query flat search over a
+small index, on every request (bench/worker_bench.py's HTTP figure).
 """
 
 from __future__ import annotations
@@ -61,8 +66,12 @@ class ExactIndex:
 
 class FaissIndex:
     def __init__(self, index: Any, kind: str) -> None:
+        import faiss
+
         self.index = index
         self.kind = kind
+        # the C function itself where faiss exposes it (its Python wrapper only forwards)
+        self._ptr = getattr(getattr(faiss, "_swigfaiss", None), "swig_ptr", faiss.swig_ptr)
 
     @property
     def ntotal(self) -> int:
@@ -78,11 +87,19 @@ class FaissIndex:
         return {"index": "hnsw", "efSearch": int(hnsw.hnsw.efSearch)}
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        dist, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        missing = ids < 0  # fewer than k stored vectors: faiss pads with -1
-        if missing.any():
-            dist = np.where(missing, np.inf, dist)
-        return dist.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+        """What faiss' own `index.search(queries, k)` returns, with +inf where it pads."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.index.d or k < 1:
+            raise ValueError(f"queries of shape {q.shape} and k={k}: the index takes "
+                             f"(n, {self.index.d}) and k >= 1")
+        n = q.shape[0]
+        dist = np.empty((n, k), dtype=np.float32)
+        ids = np.empty((n, k), dtype=np.int64)
+        ptr = self._ptr
+        self.index.search_c(n, ptr(q), k, ptr(dist), ptr(ids))
+        if n and ids.min() < 0:  # fewer than k vectors found: faiss pads with -1
+            dist[ids < 0] = np.inf
+        return dist, ids
 
 
 def build_faiss(vectors: np.ndarray, kind: str = "flat", hnsw_m: int = 32,

@@ -90,19 +90,19 @@ def _fail(status: int, code: str, stage: str, message: str,
 async def errors(request: web.Request,
                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                  ) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    s = runtime.settings
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         return await _refuse_compressed(request)
     try:
         return await handler(request)
     except (WorkerError, InvalidDrawing) as exc:
+        s = request.app[RUNTIME].settings
         metrics.WORKER_ERRORS.labels(s.tenant, s.model, exc.code).inc()
         resp = _fail(exc.status, **exc.as_json())
         if exc.status == 429:
             resp.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return resp
     except ArtifactError as exc:
+        s = request.app[RUNTIME].settings
         metrics.WORKER_ERRORS.labels(s.tenant, s.model, exc.code).inc()
         return _fail(503, **exc.as_json())
     except NotFound as exc:
@@ -187,6 +187,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 def _controls(text: str) -> bool:
     """Whether `text` holds control characters (a newline forging a line of `cadml runs`,
     a terminal escape sequence run by whoever reads it)."""
+    if text.isascii():  # the usual id: printable <=> none of \x00-\x1f, \x7f
+        return not text.isprintable()
     return _CONTROL.search(text) is not None
 
 
@@ -237,12 +239,13 @@ def _not_empty(data: bytes, what: str) -> bytes:
 
 SearchRequest = tuple[str, int, "np.ndarray | bytes"]  # job id, topK, vector or drawing
 DRAWING_TYPES = ("application/dxf", "image/vnd.dxf", "application/octet-stream")
+UPLOAD_TYPES = frozenset(("multipart/form-data", *DRAWING_TYPES))  # a drawing: an upload slot
 
 
-async def _search_request(request: web.Request) -> SearchRequest:
+async def _search_request(request: web.Request, runtime: WorkerRuntime, ctype: str
+                          ) -> SearchRequest:
     """Read and check a search request (not a run yet: nothing is routed)."""
-    ctype = request.content_type
-    params: dict[str, Any] = dict(request.query)
+    params: dict[str, Any] = dict(request.query) if request.query_string else {}
     payload: np.ndarray | bytes
     if ctype == "application/json":
         body = await _json(request)
@@ -268,7 +271,6 @@ async def _search_request(request: web.Request) -> SearchRequest:
         raise WorkerError(f"unsupported content type {ctype!r}; send application/json "
                           "(vector), multipart/form-data (drawing) or application/dxf",
                           code="unsupported_media_type", stage="request", status=415)
-    runtime = request.app[RUNTIME]
     k = runtime.top_k(_int(params.get("topK"), runtime.settings.default_top_k, "topK"))
     return _job(params.get("jobId")), k, payload
 
@@ -288,18 +290,20 @@ def _served_error(outcome: SearchOutcome) -> WorkerError:
 @requires(READS, _served)
 async def search(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    if request.content_type in ("multipart/form-data", *DRAWING_TYPES):
+    ctype = request.content_type
+    if ctype in UPLOAD_TYPES:
         with _upload_slot(request):
-            return await _search(request, started)
-    return await _search(request, started)
+            return await _search(request, ctype, started)
+    return await _search(request, ctype, started)
 
 
-async def _search(request: web.Request, started: float) -> web.Response:
-    runtime = request.app[RUNTIME]
-    job_id, k, payload = await _search_request(request)
+async def _search(request: web.Request, ctype: str, started: float) -> web.Response:
+    app = request.app  # a property lookup each time: once per request
+    runtime = app[RUNTIME]
+    job_id, k, payload = await _search_request(request, runtime, ctype)
     route = runtime.route(job_id)
-    outcome, vector = await _serve(request, route, payload, k, started)
-    await request.app[WRITER].write([outcome])
+    outcome, vector = await _serve(app, runtime, route, payload, k, started)
+    await app[WRITER].write([outcome])
     if outcome.error is not None:
         raise _served_error(outcome)
     return await _answer_then_mirror(request, _answer(outcome.as_json()),
@@ -317,8 +321,9 @@ async def _answer_then_mirror(request: web.Request, resp: web.Response,
     if copies:
         await resp.prepare(request)
         await resp.write_eof()
+        mirror = request.app[MIRROR]
         for copy in copies:
-            request.app[MIRROR].offer(copy)
+            mirror.offer(copy)
     return resp
 
 
@@ -327,18 +332,18 @@ def _feature_version(route: Route) -> str | None:
     return None if lv is None else lv.artifact.feature_version or lv.row.feature_version
 
 
-async def _serve(request: web.Request, route: Route, payload: np.ndarray | bytes, k: int,
-                 started: float) -> tuple[SearchOutcome, np.ndarray | None]:
+async def _serve(app: web.Application, runtime: WorkerRuntime, route: Route,
+                 payload: np.ndarray | bytes, k: int, started: float
+                 ) -> tuple[SearchOutcome, np.ndarray | None]:
     """Features (for a drawing), then the search: a failure of either is a failed run.
     With the outcome, the vector searched (None: none was)."""
-    runtime = request.app[RUNTIME]
     parse_ms = None
     if isinstance(payload, bytes):
         if route.loaded is None:
             return runtime.failure(route, runtime.unavailable(route), started), None
         t0 = time.perf_counter()
         try:
-            features = await request.app[SANDBOX].extract_async(
+            features = await app[SANDBOX].extract_async(
                 payload, _feature_version(route) or "v4")
         except InvalidDrawing as exc:
             return runtime.failure(route, exc, started,

@@ -221,13 +221,22 @@ class WriteGuard:
     _known: dict[tuple[str, Action], tuple[Identity, float]] = field(
         default_factory=dict, compare=False, repr=False)
 
-    async def identify(self, header: str | None, action: Action) -> Identity:
-        reading = action.verb == "get"
+    def unchecked(self, reading: bool) -> Identity | None:
+        """The identity of a request that needs no check (no checker: reads are anonymous,
+        writes insecure-local where allowed); None: `identify` checks or refuses it."""
         if self.checker is None:
             if reading:
                 return Identity(ANONYMOUS_USER)
             if self.insecure_local:
                 return Identity(INSECURE_LOCAL_USER)
+        return None
+
+    async def identify(self, header: str | None, action: Action) -> Identity:
+        reading = action.verb == "get"
+        free = self.unchecked(reading)
+        if free is not None:
+            return free
+        if self.checker is None:
             raise _refuse(401, "writes_disabled",
                           "this worker accepts no writes: start it with --auth-token-file, "
                           "--kube-auth (in a cluster), or --insecure-local on loopback")
@@ -283,12 +292,17 @@ def requires(subresource: str, tenant: Callable[[web.Request], tuple[str, str]]
     for `create` on `models/<subresource>` (a write) or, with `READS`, for `get` on the
     Model. `tenant` names the (tenant, model) the request acts on."""
 
+    verb = "get" if subresource == READS else "create"
+
     def wrap(handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
-            ns, model = tenant(request)
-            request[IDENTITY] = await request.app[GUARD].identify(
-                request.headers.get("Authorization"),
-                Action(ns, model, subresource, "get" if subresource == READS else "create"))
+            guard = request.app[GUARD]
+            who = guard.unchecked(verb == "get")  # every search asks: no Action, no await
+            if who is None:
+                ns, model = tenant(request)
+                who = await guard.identify(request.headers.get("Authorization"),
+                                           Action(ns, model, subresource, verb))
+            request[IDENTITY] = who
             return await handler(request)
 
         checked.__name__ = handler.__name__

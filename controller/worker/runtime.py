@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from controller.search.loader import LoaderLimits
 from controller.search.pickle_scan import ScanReport, UnsafeArtifact, check_mode
 from controller.store.repository import Store
 from controller.worker.events import EVENTS, emit
+from controller.worker.runkeys import new_run_key
 from controller.worker.thresholds import judge_thresholds
 
 log = logging.getLogger("cadml.worker")
@@ -111,7 +111,7 @@ def search_inline(rows: int, dims: int, queries: int = 1) -> bool:
     return rows * dims * queries <= INLINE_SEARCH_FLOATS
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     id: str
     distance: float
@@ -513,7 +513,7 @@ class WorkerRuntime:
         hits = hits_of(lv, dist, ids)
         verdict = judge_thresholds(r.snap.thresholds.get(r.choice.version, {}),
                                    [(h.distance, h.score) for h in hits])
-        return SearchOutcome(uuid.uuid4().hex, r.job_id, r.choice.version,
+        return SearchOutcome(new_run_key(), r.job_id, r.choice.version,
                              r.snap.policy_version, r.choice.source, verdict.snapshot, hits,
                              verdict.met, 0.0, lv.degraded is not None,
                              failed_thresholds=verdict.failed,
@@ -526,7 +526,7 @@ class WorkerRuntime:
                 parse_ms: float | None = None) -> SearchOutcome:
         """A routed request that failed (artifact unavailable, parse error, time limit,
         dimension mismatch): a run all the same, so analysis can judge its version."""
-        return SearchOutcome(uuid.uuid4().hex, r.job_id, r.choice.version,
+        return SearchOutcome(new_run_key(), r.job_id, r.choice.version,
                              r.snap.policy_version, r.choice.source,
                              dict(r.snap.thresholds.get(r.choice.version, {})), [], False, 0.0,
                              r.loaded is not None and r.loaded.degraded is not None,
@@ -563,18 +563,20 @@ class WorkerRuntime:
                      policyVersion=o.policy_version, routeSource=o.route_source,
                      error=o.error_code, metThreshold=o.met_threshold,
                      latencyMs=round(o.latency_ms, 3))
+        counts: dict[tuple[str, str], int] = {}
         for o in outcomes:
-            requests, latency = self._run_metrics(o.version, o.route_source)
-            requests.inc()
-            latency.observe(o.latency_ms / 1000.0)
+            key = (o.version, o.route_source)
+            counts[key] = counts.get(key, 0) + 1
+            self._run_metrics(key)[1].observe(o.latency_ms / 1000.0)
+        for key, n in counts.items():  # one increment per version and route source
+            self._run_metrics(key)[0].inc(n)
 
-    def _run_metrics(self, version: str, source: str) -> tuple[Any, Any]:
-        """A run's request counter and latency histogram, looked up once per version and
-        route source (a label look-up costs as much as the observation)."""
-        key = (version, source)
+    def _run_metrics(self, key: tuple[str, str]) -> tuple[Any, Any]:
+        """The request counter and latency histogram of runs of (version, route source),
+        looked up once each (a label look-up costs as much as the observation)."""
         found = self._metric_children.get(key)
         if found is None:
-            s = self.settings
+            s, (version, source) = self.settings, key
             found = self._metric_children[key] = (
                 metrics.WORKER_REQUESTS.labels(s.tenant, s.model, version, source),
                 metrics.RUN_LATENCY.labels(s.tenant, s.model, version))

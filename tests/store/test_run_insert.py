@@ -57,3 +57,33 @@ def test_a_refused_run_writes_nothing_of_its_batch(store: Store, second: RunReco
         assert tx.count_runs() == 1
         assert tx.run_view("ok") is None
 
+
+
+def test_values_shared_across_a_batch_are_each_written_as_their_own(store: Store) -> None:
+    """Bound forms are reused for a value the previous run of the batch also had (the
+    same object): a run with another value in between still gets its own."""
+    seed_model(store)
+    a = datetime(2026, 11, 30, 21, 0, 0, 1, tzinfo=UTC)
+    b = datetime(2026, 11, 30, 22, 0, 0, 2, tzinfo=UTC)
+    other = {"similarity": {"value": 0.9, "source": "policy", "met": False}}
+    plan = [("s1", a, THRESHOLDS), ("s2", a, THRESHOLDS), ("s3", b, other),
+            ("s4", a, THRESHOLDS), ("s5", b, THRESHOLDS)]
+    with store.transaction("acme", "worker") as tx:
+        tx.record_runs([_run(key, created_at=at, thresholds=th) for key, at, th in plan])
+    with store.read("acme") as tx:
+        views = {key: tx.run_view(key) for key, _, _ in plan}
+    assert {key: (datetime.fromisoformat(v["createdAt"]), v["thresholds"])
+            for key, v in views.items() if v is not None} == {
+        key: (at, th) for key, at, th in plan}
+
+
+def test_runs_without_thresholds_share_one_bound_form_and_read_back_empty(store: Store
+                                                                         ) -> None:
+    seed_model(store)
+    with store.transaction("acme", "worker") as tx:
+        tx.record_runs([_run("e1", thresholds={}), _run("e2", thresholds={}),
+                        _run("e3"), _run("e4", thresholds={})])
+    with store.read("acme") as tx:
+        got = {k: v["thresholds"] for k in ("e1", "e2", "e3", "e4")
+               if (v := tx.run_view(k)) is not None}
+    assert got == {"e1": {}, "e2": {}, "e3": THRESHOLDS, "e4": {}}
