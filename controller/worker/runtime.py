@@ -79,6 +79,7 @@ class WorkerSettings:
     loader_memory_bytes: int = 2 * 1024**3  # the child that deserialises pickle/npz
     loader_cpu_seconds: float = 60.0
     run_linger_seconds: float = 0.002  # under load, a run batch waits this long for company
+    run_commit_timeout: float = 10.0  # a request waits this long for its commit, then 503
 
     def __post_init__(self) -> None:
         check_mode(self.pickle_mode)  # a removed mode fails at start, naming its replacement

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from controller.errors import ConflictError
-from controller.worker.runwriter import RunWriter, linger_for
+from controller.worker.runwriter import RunNotRecorded, RunWriter, linger_for, writer_problem
 
 
 class Outcome:
     def __init__(self, key: str) -> None:
-        self.run_key = key
+        self.run_key = self.job_id = key
 
 
 def _recorder(commits: list[list[str]]) -> Any:
@@ -170,3 +170,49 @@ async def test_under_load_a_batch_lingers_for_later_requests() -> None:
         assert commits == [["a0"], ["b0", "b1", "b2"], ["c0", "c1"]]
     finally:
         await writer.stop()
+
+
+async def test_requests_queued_behind_a_stop_are_answered() -> None:
+    """A request that queues its runs after the stop was asked (a shutdown under way) is
+    committed and answered; one that comes after the thread ended is refused at once.
+    Before: the first waited for ever (the thread ended at the stop), the second too."""
+    loop = asyncio.get_running_loop()
+    committing, release = asyncio.Event(), asyncio.Event()
+    commits: list[list[str]] = []
+    recorder = _recorder(commits)
+
+    def record(outcomes: list[Any]) -> None:
+        if not commits:  # hold the first commit: the stop and a request queue behind it
+            loop.call_soon_threadsafe(committing.set)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+        recorder(outcomes)
+
+    writer = RunWriter(record)
+    writer.start()
+    first = asyncio.create_task(writer.write([Outcome("a")]))  # type: ignore[list-item]
+    await asyncio.wait_for(committing.wait(), 5)
+    stopping = asyncio.create_task(writer.stop())
+    await asyncio.sleep(0)  # the stop is queued
+    behind = asyncio.create_task(writer.write([Outcome("b")]))  # type: ignore[list-item]
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, behind, stopping), 5)
+    assert commits == [["a"], ["b"]]
+    with pytest.raises(RunNotRecorded) as refused:
+        await asyncio.wait_for(writer.write([Outcome("c")]), 5)  # type: ignore[list-item]
+    assert refused.value.context["reason"] == "run_writer_stopped"
+
+
+@pytest.mark.parametrize("alive, death, since, now, expected", [
+    (True, None, None, 100.0, None),  # idle
+    (True, None, 99.0, 100.0, None),  # a commit under way, within the bound
+    (True, None, 80.0, 100.0, "run_writer_stalled"),
+    (False, None, None, 100.0, "run_writer_stopped"),
+    (False, "MemoryError: x", 80.0, 100.0, "run_writer_stopped"),  # dead beats stalled
+])
+def test_writer_problem(alive: bool, death: str | None, since: float | None, now: float,
+                        expected: str | None) -> None:
+    found = writer_problem(alive, death, since, now, bound=10.0)
+    assert (None if found is None else found.code) == expected
+    if found is not None and since is not None and alive:
+        assert found.context["oldestPendingSeconds"] == now - since
