@@ -159,10 +159,21 @@ class RunWriter:
         self._thread.start()
 
     async def stop(self) -> None:
-        """Commit what is queued, then end the thread."""
+        """Commit what is queued, then end the thread; unless a commit stalls (past the
+        bound): then return at once, leaving the thread (a daemon) to the process's end,
+        so that a wedged worker still shuts down. Its requests are answered by their own
+        bound."""
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(_STOP)
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            await asyncio.get_running_loop().run_in_executor(None, self._join, self._thread)
+
+    def _join(self, thread: threading.Thread) -> None:
+        while thread.is_alive():
+            thread.join(0.05)
+            trouble = self.problem()
+            if trouble is not None and trouble.code == "run_writer_stalled":
+                log.warning("stopping without the run writer: %s", trouble.message)
+                return
 
     async def write(self, outcomes: list[SearchOutcome]) -> None:
         """Return once `outcomes` are committed; raise what their commit raised, or

@@ -192,3 +192,22 @@ def test_the_commit_bound_must_be_positive(args: list[str], env: dict[str, str])
                           env={**os.environ, **env})
     assert done.returncode == 2
     assert "--run-commit-timeout" in done.stderr and "above 0" in done.stderr
+
+
+async def test_stopping_a_worker_whose_commit_is_blocked_answers_and_returns(
+        backend: Backend, wedge_world: World, aiohttp_client: Any) -> None:
+    """A shutdown while a request waits on a blocked commit. Before: the request waited
+    for ever and so did the stop (it joined the commit thread), so a wedged worker could
+    not even shut down (SIGKILL at the end of the grace period)."""
+    world = wedge_world
+    client = await _client(world, aiohttp_client)
+    with writes_locked(backend):
+        waiting = asyncio.create_task(client.post("/v1/search", json=_query(world, "held")))
+
+        async def stalled() -> bool:
+            return (await client.get("/healthz")).status == 503
+
+        await until(stalled, BOUND + 10, "stalled writer")
+        await asyncio.wait_for(client.app[WRITER].stop(), BOUND + 10)
+        resp = await asyncio.wait_for(waiting, BOUND + 10)
+        assert resp.status == 503 and (await resp.json())["code"] == "run_not_recorded"
