@@ -30,6 +30,7 @@ Every request queued is answered: committed, or an error.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
@@ -151,6 +152,10 @@ class RunWriter:
         self._oldest: float | None = None  # queued_at of the batch being committed
         self._inflight: list[_Pending] = []
         self._death: str | None = None  # the BaseException that ended the thread
+        # requests waiting, oldest first (event loop only), and the timer that fails those
+        # past the bound
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._accepting = True
@@ -166,6 +171,9 @@ class RunWriter:
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(_STOP)
             await asyncio.get_running_loop().run_in_executor(None, self._join, self._thread)
+        if self._watchdog is not None and not self._waiting:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _join(self, thread: threading.Thread) -> None:
         while thread.is_alive():
@@ -190,11 +198,25 @@ class RunWriter:
         if trouble is not None:
             raise RunNotRecorded(f"runs not recorded: {trouble.message}", trouble.code,
                                  outcomes, trouble.context)
-        expiry = loop.call_later(self._timeout, self._expire, pending)
-        try:
-            await pending.future
-        finally:
-            expiry.cancel()
+        waiting = self._waiting
+        while waiting and waiting[0].future.done():  # answered: no longer watched
+            waiting.popleft()
+        waiting.append(pending)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout, self._watch, loop)
+        await pending.future
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One timer for all waiting requests (one each cost more than the rest of a
+        write): fail those waiting longer than the bound, then wake at the next one's."""
+        self._watchdog = None
+        waiting, now = self._waiting, time.monotonic()
+        while waiting and (waiting[0].future.done()
+                           or now - waiting[0].queued_at >= self._timeout):
+            self._expire(waiting.popleft())
+        if waiting:
+            self._watchdog = loop.call_later(
+                waiting[0].queued_at + self._timeout - now, self._watch, loop)
 
     def _expire(self, pending: _Pending) -> None:
         """The bound passed: the request gives up (its runs, if not being committed yet,
