@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controller.errors import ConflictError
+from controller.errors import ConflictError, StoreUnavailable
 from controller.worker.runwriter import RunNotRecorded, RunWriter, linger_for, writer_problem
 
 
@@ -216,3 +216,38 @@ def test_writer_problem(alive: bool, death: str | None, since: float | None, now
     assert (None if found is None else found.code) == expected
     if found is not None and since is not None and alive:
         assert found.context["oldestPendingSeconds"] == now - since
+
+
+async def test_an_unavailable_store_fails_the_batch_once_not_once_per_request() -> None:
+    """A batch that failed because the store is unavailable (a locked SQLite waits its
+    busy timeout, 30 s, per attempt) fails all its requests with that error. Before: each
+    request was tried again on its own, so the writer waited for the store once more per
+    request while every later request queued behind it."""
+    loop = asyncio.get_running_loop()
+    committing, release = asyncio.Event(), asyncio.Event()
+    attempts: list[list[str]] = []
+
+    def record(outcomes: list[Any]) -> None:
+        if not attempts:  # hold the first commit: the others queue into one batch
+            attempts.append([o.run_key for o in outcomes])
+            loop.call_soon_threadsafe(committing.set)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+            return
+        attempts.append([o.run_key for o in outcomes])
+        raise StoreUnavailable("store unavailable: database is locked")
+
+    writer = RunWriter(record)
+    writer.start()
+    try:
+        first = asyncio.create_task(writer.write([Outcome("a")]))  # type: ignore[list-item]
+        await asyncio.wait_for(committing.wait(), 5)
+        batch = [asyncio.create_task(writer.write([Outcome(f"b{i}")]))  # type: ignore[list-item]
+                 for i in range(5)]
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.wait_for(first, 5)
+        results = await asyncio.wait_for(asyncio.gather(*batch, return_exceptions=True), 5)
+        assert all(isinstance(r, StoreUnavailable) for r in results)
+        assert attempts == [["a"], [f"b{i}" for i in range(5)]]  # one attempt for the batch
+    finally:
+        await writer.stop()
