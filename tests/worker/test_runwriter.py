@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,6 +33,34 @@ async def _write_all(writer: RunWriter, keys: list[str]) -> list[Any]:
                                     return_exceptions=True)
     finally:
         await writer.stop()
+
+
+class HeldFirst:
+    """A record function whose first commit waits for `release` (and sets `committing`
+    when it starts), so that the requests written meanwhile queue behind it; every commit
+    then goes to `then`."""
+
+    def __init__(self, then: Callable[[list[Any]], None]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.committing, self.release = asyncio.Event(), asyncio.Event()
+        self.then, self.calls = then, 0
+
+    def __call__(self, outcomes: list[Any]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.loop.call_soon_threadsafe(self.committing.set)
+            asyncio.run_coroutine_threadsafe(self.release.wait(), self.loop).result(5)
+        self.then(outcomes)
+
+    async def behind(self, writer: RunWriter, first: str, keys: list[str]
+                     ) -> tuple[asyncio.Task[None], list[asyncio.Task[None]]]:
+        """Write `first`, and once its commit is held, `keys` (each its own request)."""
+        head = asyncio.create_task(writer.write([Outcome(first)]))  # type: ignore[list-item]
+        await asyncio.wait_for(self.committing.wait(), 5)
+        queued = [asyncio.create_task(writer.write([Outcome(k)]))  # type: ignore[list-item]
+                  for k in keys]
+        await asyncio.sleep(0)  # all queued behind the held commit
+        return head, queued
 
 
 async def test_concurrent_requests_share_commits() -> None:
@@ -142,26 +171,13 @@ async def test_an_idle_request_is_not_held_for_the_linger() -> None:
 async def test_under_load_a_batch_lingers_for_later_requests() -> None:
     """After a shared batch, the next one waits its bound: a request arriving while the
     first of that batch lingers shares its commit (without the linger: two commits)."""
-    loop = asyncio.get_running_loop()
-    committing, release = asyncio.Event(), asyncio.Event()
     commits: list[list[str]] = []
-    recorder = _recorder(commits)
-
-    def record(outcomes: list[Any]) -> None:
-        if not commits:  # hold the first commit until more requests queued behind it
-            loop.call_soon_threadsafe(committing.set)
-            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
-        recorder(outcomes)
-
-    writer = RunWriter(record, linger=1.0)
+    held = HeldFirst(_recorder(commits))
+    writer = RunWriter(held, linger=1.0)
     writer.start()
     try:
-        first = asyncio.create_task(writer.write([Outcome("a0")]))  # type: ignore[list-item]
-        await asyncio.wait_for(committing.wait(), 5)
-        shared = [asyncio.create_task(writer.write([Outcome(f"b{i}")]))  # type: ignore[list-item]
-                  for i in range(3)]
-        await asyncio.sleep(0)  # all three queued behind the held commit: one batch
-        release.set()
+        first, shared = await held.behind(writer, "a0", [f"b{i}" for i in range(3)])
+        held.release.set()  # the three queued behind the held commit: one batch
         await asyncio.wait_for(asyncio.gather(first, *shared), 5)
         early = asyncio.create_task(writer.write([Outcome("c0")]))  # type: ignore[list-item]
         await asyncio.sleep(0.05)  # the writer took c0 and lingers
@@ -176,26 +192,16 @@ async def test_requests_queued_behind_a_stop_are_answered() -> None:
     """A request that queues its runs after the stop was asked (a shutdown under way) is
     committed and answered; one that comes after the thread ended is refused at once.
     Before: the first waited for ever (the thread ended at the stop), the second too."""
-    loop = asyncio.get_running_loop()
-    committing, release = asyncio.Event(), asyncio.Event()
     commits: list[list[str]] = []
-    recorder = _recorder(commits)
-
-    def record(outcomes: list[Any]) -> None:
-        if not commits:  # hold the first commit: the stop and a request queue behind it
-            loop.call_soon_threadsafe(committing.set)
-            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
-        recorder(outcomes)
-
-    writer = RunWriter(record)
+    held = HeldFirst(_recorder(commits))
+    writer = RunWriter(held)
     writer.start()
-    first = asyncio.create_task(writer.write([Outcome("a")]))  # type: ignore[list-item]
-    await asyncio.wait_for(committing.wait(), 5)
+    first, _ = await held.behind(writer, "a", [])
     stopping = asyncio.create_task(writer.stop())
     await asyncio.sleep(0)  # the stop is queued
     behind = asyncio.create_task(writer.write([Outcome("b")]))  # type: ignore[list-item]
     await asyncio.sleep(0)
-    release.set()
+    held.release.set()
     await asyncio.wait_for(asyncio.gather(first, behind, stopping), 5)
     assert commits == [["a"], ["b"]]
     with pytest.raises(RunNotRecorded) as refused:
@@ -223,28 +229,19 @@ async def test_an_unavailable_store_fails_the_batch_once_not_once_per_request() 
     busy timeout, 30 s, per attempt) fails all its requests with that error. Before: each
     request was tried again on its own, so the writer waited for the store once more per
     request while every later request queued behind it."""
-    loop = asyncio.get_running_loop()
-    committing, release = asyncio.Event(), asyncio.Event()
     attempts: list[list[str]] = []
 
     def record(outcomes: list[Any]) -> None:
-        if not attempts:  # hold the first commit: the others queue into one batch
-            attempts.append([o.run_key for o in outcomes])
-            loop.call_soon_threadsafe(committing.set)
-            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
-            return
         attempts.append([o.run_key for o in outcomes])
-        raise StoreUnavailable("store unavailable: database is locked")
+        if len(attempts) > 1:  # the first (held) commit succeeds; then the store is gone
+            raise StoreUnavailable("store unavailable: database is locked")
 
-    writer = RunWriter(record)
+    held = HeldFirst(record)
+    writer = RunWriter(held)
     writer.start()
     try:
-        first = asyncio.create_task(writer.write([Outcome("a")]))  # type: ignore[list-item]
-        await asyncio.wait_for(committing.wait(), 5)
-        batch = [asyncio.create_task(writer.write([Outcome(f"b{i}")]))  # type: ignore[list-item]
-                 for i in range(5)]
-        await asyncio.sleep(0)
-        release.set()
+        first, batch = await held.behind(writer, "a", [f"b{i}" for i in range(5)])
+        held.release.set()
         await asyncio.wait_for(first, 5)
         results = await asyncio.wait_for(asyncio.gather(*batch, return_exceptions=True), 5)
         assert all(isinstance(r, StoreUnavailable) for r in results)
