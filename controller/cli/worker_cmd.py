@@ -38,7 +38,9 @@ routes 404 and wrong methods 405 included):
   POST /v1/runs/RUN/review    {"status": "APPROVED" | "REJECTED", "agree": true | false,
                               "humanDecision": ...}
   POST /admin/recover         reload degraded versions now (Bearer $CADML_ADMIN_TOKEN)
-  GET  /healthz, /readyz (why not ready, per version), /metrics (Prometheus)
+  GET  /healthz (503 while runs cannot be recorded: a commit pending past
+                              --run-commit-timeout, or the run writer stopped),
+       /readyz (why not ready, per version), /metrics (Prometheus)
 
 Drawings are parsed in sandboxed processes (--cpu-seconds each); beyond
 --max-concurrent-uploads uploads answer 429 busy. Every routed request is a run,
@@ -119,6 +121,12 @@ def register(sub: Any) -> None:
     p.add_argument("--hnsw-ef-search", type=positive_int, metavar="N",
                    help="HNSW search depth for versions whose spec.search sets none "
                         "(default: the index's own)")
+    p.add_argument("--run-commit-timeout", type=positive_seconds, metavar="S",
+                   default=os.environ.get("CADML_RUN_COMMIT_TIMEOUT", "10"),
+                   help="the most a request waits for its run to be committed (default 10 s, "
+                        "or $CADML_RUN_COMMIT_TIMEOUT); beyond it the request answers 503 "
+                        "run_not_recorded, and while a commit stays pending longer /healthz "
+                        "and /readyz fail (the liveness probe restarts a wedged worker)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default=os.environ.get("CADML_LOG_LEVEL", "info"),
                    help="JSON-lines log on stderr, one line per event; debug adds one per "
@@ -191,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_uploads=args.max_concurrent_uploads, artifact_cache=args.artifact_cache,
         artifact_max_bytes=args.artifact_max_bytes,
         loader_memory_bytes=args.loader_memory_bytes,
-        loader_cpu_seconds=args.loader_cpu_seconds, hnsw_ef_search=args.hnsw_ef_search)
+        loader_cpu_seconds=args.loader_cpu_seconds, hnsw_ef_search=args.hnsw_ef_search,
+        run_commit_timeout=args.run_commit_timeout)
     guard = WriteGuard(checker, insecure_local=args.insecure_local)
     listener = _listen(args.host, args.port)  # before any work: a busy port fails first
     _json_logs(args.log_level)

@@ -10,6 +10,8 @@ Errors are JSON `{code, stage, message, context, timestamp}`:
     422 invalid_drawing & friends (time_limit, parser_crash), dimension_mismatch
     429 busy (more drawing uploads in flight than allowed; Retry-After)
     503 no_policy / version_unavailable / not_ready
+    503 run_not_recorded (the run could not be committed within --run-commit-timeout, or
+        the run writer stopped; retryable, Retry-After): never answered as served
 A malformed request never crashes the worker or leaves a half-written run. A request
 refused before routing (4xx on the request itself, no policy) is not a run; every
 routed one is, failed ones included (version not loaded, unparseable drawing, time
@@ -98,8 +100,10 @@ async def errors(request: web.Request,
         s = request.app[RUNTIME].settings
         metrics.WORKER_ERRORS.labels(s.tenant, s.model, exc.code).inc()
         resp = _fail(exc.status, **exc.as_json())
-        if exc.status == 429:
-            resp.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        retry_after = getattr(exc, "retry_after", RETRY_AFTER_SECONDS if exc.status == 429
+                              else None)
+        if retry_after is not None:
+            resp.headers["Retry-After"] = str(retry_after)
         return resp
     except ArtifactError as exc:
         s = request.app[RUNTIME].settings
@@ -626,14 +630,21 @@ async def schedule_tick(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    if not request.app[WRITER].alive:  # requests would wait for a commit that never comes
-        return _fail(503, "run_writer_stopped", "worker", "the run writer is not running; "
-                     "restart the worker")
+    """Liveness: fails while no run can be recorded (the writer's thread ended, or a commit
+    has been pending longer than --run-commit-timeout), so a wedged worker is restarted."""
+    trouble = request.app[WRITER].problem()
+    if trouble is not None:
+        return _fail(503, trouble.code, "worker", trouble.message, trouble.context)
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     ok, detail = request.app[RUNTIME].ready()
+    trouble = request.app[WRITER].problem()
+    if trouble is not None:  # searches would answer 503 run_not_recorded: take no traffic
+        ok, detail = False, {**detail, "reason": "; ".join(
+            filter(None, [detail.get("reason"), f"runs cannot be recorded: {trouble.message}"])),
+            "runWriter": {"code": trouble.code, "message": trouble.message, **trouble.context}}
     return web.json_response({"ready": ok, **detail,
                               "shadow": request.app[MIRROR].snapshot()},
                              status=200 if ok else 503)
@@ -713,7 +724,7 @@ def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
     app[RUNTIME] = runtime
     app[GUARD] = guard or WriteGuard()
     app[UPLOADS] = []
-    app[WRITER] = RunWriter(runtime.record, s.run_linger_seconds)
+    app[WRITER] = RunWriter(runtime.record, s.run_linger_seconds, s.run_commit_timeout)
     app[MIRROR] = ShadowMirror(runtime, lambda: app[SANDBOX], busy=lambda: bool(app[UPLOADS]))
     app[SANDBOX] = sandbox or FeatureSandbox(
         s.sandbox_workers, SandboxLimits(cpu_seconds=s.cpu_seconds,

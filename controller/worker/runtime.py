@@ -11,6 +11,7 @@ sync; the HTTP layer calls it from an executor.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -79,6 +80,7 @@ class WorkerSettings:
     loader_memory_bytes: int = 2 * 1024**3  # the child that deserialises pickle/npz
     loader_cpu_seconds: float = 60.0
     run_linger_seconds: float = 0.002  # under load, a run batch waits this long for company
+    run_commit_timeout: float = 10.0  # a request waits this long for its commit, then 503
 
     def __post_init__(self) -> None:
         check_mode(self.pickle_mode)  # a removed mode fails at start, naming its replacement
@@ -210,10 +212,13 @@ def not_ready_reason(snap: PolicySnapshot | None, loaded: dict[str, Any],
 
 
 def hits_of(lv: LoadedVersion, dist: np.ndarray, ids: np.ndarray) -> list[Hit]:
-    """An index answer as hits: drawing ids, distances, scores 1 / (1 + distance)."""
+    """An index answer as hits: drawing ids, distances, scores 1 / (1 + distance). A row
+    whose distance overflowed float32 (inf, or NaN from inf - inf) is no match, as faiss
+    answers it (id -1): the exact search of a Degraded version returned its id."""
     names = lv.artifact.ids
     return [Hit(names[x], d, 1.0 / (1.0 + d))
-            for d, x in zip(dist.tolist(), ids.tolist(), strict=True) if x >= 0]
+            for d, x in zip(dist.tolist(), ids.tolist(), strict=True)
+            if x >= 0 and math.isfinite(d)]
 
 
 class WorkerRuntime:

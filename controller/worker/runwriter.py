@@ -2,13 +2,15 @@
 
 Each request waits until its runs are committed (nothing is answered that is not
 recorded), but the requests arriving while one batch commits share the next one.
-A failed batch is retried run by run, so one bad run cannot fail its neighbours.
+A failed batch is retried run by run, so one bad run cannot fail its neighbours; a batch
+that failed because the store is unavailable (retryable) fails whole: retrying each run
+would only wait for the store once per request.
 
 The commits run on one thread of their own, fed by a lock-free queue: a request costs
 one `put` and one future, a batch one wake-up of the event loop for all its requests
 (an executor hop per batch and an asyncio queue per request cost more than the SQLite
 insert, measured by bench/worker_bench.py's HTTP figure). On stop, everything queued
-is committed before the thread ends.
+before the writer closed is committed before the thread ends.
 
 Under load the batch lingers: when the previous batch held more than one request, the
 thread sleeps `linger` seconds (default 2 ms) after the first request of the next one,
@@ -16,27 +18,92 @@ so the requests that arrive meanwhile share its commit; sleeping, not waiting on
 queue, so that those arrivals do not each wake the thread. A request of an idle worker
 (the previous batch was itself alone) is committed at once: it never waits for the
 bound. A crash loses only what no request was answered for: the batch in flight.
+
+Never wedged, never lying: a request waits at most `timeout` seconds (the worker's
+--run-commit-timeout) for its commit, then fails with `RunNotRecorded` (503,
+retryable) and its runs, if still queued, are dropped; while a commit has been pending
+longer than that, or once the thread has ended (a stop, a BaseException inside it),
+`problem()` says so (/healthz and /readyz fail) and new requests are refused at once.
+Every request queued is answered: committed, or an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from controller.worker.runtime import SearchOutcome
+from controller.worker.runtime import SearchOutcome, WorkerError
 
 log = logging.getLogger("cadml.worker")
 
 MAX_BATCH = 256
 LINGER_SECONDS = 0.002  # the most a request waits for others to share its commit
+COMMIT_TIMEOUT_SECONDS = 10.0  # the most a request waits for its commit
+RETRY_AFTER_SECONDS = 1
 
-_Waiting = tuple[list[SearchOutcome], "asyncio.Future[None]"]
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    """One request's runs, its waiting future, and when it queued them (monotonic)."""
+
+    outcomes: list[SearchOutcome]
+    future: asyncio.Future[None]
+    queued_at: float
+    withdrawn: bool = False  # the request gave up (timeout): not committed if still queued
+
+
 _STOP = None
+
+
+@dataclass(frozen=True)
+class WriterProblem:
+    """Why requests cannot be recorded now: `code` run_writer_stalled | run_writer_stopped."""
+
+    code: str
+    message: str
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def writer_problem(alive: bool, death: str | None, oldest: float | None, now: float,
+                   bound: float) -> WriterProblem | None:
+    """Purely computational: what is wrong with a writer whose thread is `alive` (or ended
+    by `death`), whose oldest request still waiting for a commit queued at `oldest`
+    (None: none waits); None when nothing is."""
+    if not alive:
+        why = f" ({death})" if death else ""
+        return WriterProblem("run_writer_stopped", f"the run writer is not running{why}; "
+                             "no run can be recorded: restart the worker",
+                             {"death": death} if death else {})
+    if oldest is not None and now - oldest >= bound:
+        age = now - oldest
+        return WriterProblem(
+            "run_writer_stalled", f"a commit of run records has been pending for {age:.1f} s "
+            f"(bound {bound:g} s): the store does not take writes (a lock held by another "
+            "session?)", {"oldestPendingSeconds": age, "boundSeconds": bound})
+    return None
+
+
+class RunNotRecorded(WorkerError):
+    """A request whose runs were not recorded (in time): it is not answered as served."""
+
+    retryable = True
+    retry_after = RETRY_AFTER_SECONDS
+
+    def __init__(self, message: str, reason: str, outcomes: list[SearchOutcome],
+                 context: dict[str, Any] | None = None) -> None:
+        super().__init__(message, code="run_not_recorded", stage="record", status=503,
+                         context={"reason": reason, "retryable": True,
+                                  "runKeys": [o.run_key for o in outcomes],
+                                  **({"jobId": outcomes[0].job_id} if len(outcomes) == 1
+                                     else {}), **(context or {})})
 
 
 def linger_for(previous_requests: int, bound: float) -> float:
@@ -71,53 +138,183 @@ class Background:
 
 class RunWriter:
     def __init__(self, record: Callable[[list[SearchOutcome]], None],
-                 linger: float = LINGER_SECONDS) -> None:
+                 linger: float = LINGER_SECONDS,
+                 timeout: float = COMMIT_TIMEOUT_SECONDS) -> None:
         self._record = record
         self._linger = linger
-        self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
+        self._timeout = timeout
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # `_accepting` changes, and requests queue, under the lock: nothing is queued after
+        # the thread took its last look at the queue
+        self._lock = threading.Lock()
+        self._accepting = False
+        self._oldest: float | None = None  # queued_at of the batch being committed
+        self._inflight: list[_Pending] = []
+        self._death: str | None = None  # the BaseException that ended the thread
+        # requests waiting, oldest first (event loop only), and the timer that fails those
+        # past the bound
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
+        self._accepting = True
         self._thread = threading.Thread(target=self._run, args=(asyncio.get_running_loop(),),
                                         name="cadml-run-writer", daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
-        """Commit what is queued, then end the thread."""
+        """Commit what is queued, then end the thread; unless a commit stalls (past the
+        bound): then return at once, leaving the thread (a daemon) to the process's end,
+        so that a wedged worker still shuts down. Its requests are answered by their own
+        bound."""
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(_STOP)
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            await asyncio.get_running_loop().run_in_executor(None, self._join, self._thread)
+        if self._watchdog is not None and not self._waiting:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _join(self, thread: threading.Thread) -> None:
+        while thread.is_alive():
+            thread.join(0.05)
+            trouble = self.problem()
+            if trouble is not None and trouble.code == "run_writer_stalled":
+                log.warning("stopping without the run writer: %s", trouble.message)
+                return
 
     async def write(self, outcomes: list[SearchOutcome]) -> None:
-        """Return once `outcomes` are committed; raise what their commit raised."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put((outcomes, future))
-        await future
+        """Return once `outcomes` are committed; raise what their commit raised, or
+        RunNotRecorded: the writer cannot commit (stopped, stalled) or did not in time."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(outcomes, loop.create_future(), time.monotonic())
+        trouble = self.problem(pending.queued_at)
+        with self._lock:
+            if trouble is None and self._accepting:
+                self._queue.put(pending)
+            else:
+                trouble = trouble or self.problem() or WriterProblem(
+                    "run_writer_stopped", "the run writer is not running")
+        if trouble is not None:
+            raise RunNotRecorded(f"runs not recorded: {trouble.message}", trouble.code,
+                                 outcomes, trouble.context)
+        waiting = self._waiting
+        while waiting and waiting[0].future.done():  # answered: no longer watched
+            waiting.popleft()
+        waiting.append(pending)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout, self._watch, loop)
+        await pending.future
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One timer for all waiting requests (one each cost more than the rest of a
+        write): fail those waiting longer than the bound, then wake at the next one's."""
+        self._watchdog = None
+        waiting, now = self._waiting, time.monotonic()
+        while waiting and (waiting[0].future.done()
+                           or now - waiting[0].queued_at >= self._timeout):
+            self._expire(waiting.popleft())
+        if waiting:
+            self._watchdog = loop.call_later(
+                waiting[0].queued_at + self._timeout - now, self._watch, loop)
+
+    def _expire(self, pending: _Pending) -> None:
+        """The bound passed: the request gives up (its runs, if not being committed yet,
+        will not be)."""
+        if pending.future.done():
+            return
+        pending.withdrawn = True
+        pending.future.set_exception(RunNotRecorded(
+            f"the runs were not committed within {self._timeout:g} s (the store does not "
+            "take writes); they are recorded only if their commit, already under way, "
+            "completes later: look the runKeys up (GET /v1/runs/RUN) before retrying",
+            "timeout", pending.outcomes, {"boundSeconds": self._timeout}))
 
     @property
     def alive(self) -> bool:
         """Whether the commit thread runs: a dead one would leave every request waiting."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and self._accepting
+
+    def problem(self, now: float | None = None) -> WriterProblem | None:
+        """Why requests cannot be recorded now (None: they can): /healthz and /readyz."""
+        return writer_problem(self.alive, self._death, self._oldest,
+                              time.monotonic() if now is None else now, self._timeout)
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
-        previous = 1
+        """Commit batches until a stop, then what was queued before the writer closed; a
+        BaseException ends the thread, and every request still waiting is answered."""
+        try:
+            self._serve(loop)
+            with self._lock:
+                self._accepting = False
+            rest = self._rest()  # queued before the writer closed: committed as usual
+            for i in range(0, len(rest), MAX_BATCH):
+                self._commit_and_answer(loop, rest[i:i + MAX_BATCH])
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: the thread ends
+            self._death = f"{type(exc).__name__}: {exc}"
+            log.critical("the run writer stopped: %s; requests are answered 503 "
+                         "run_not_recorded until the worker restarts", self._death,
+                         exc_info=True)
+        finally:
+            with self._lock:
+                self._accepting = False
+            left = self._inflight + self._rest()
+            self._inflight = []
+            if left:
+                error = RunNotRecorded(
+                    "the run writer stopped before these runs were committed"
+                    + (f" ({self._death})" if self._death else ""), "run_writer_stopped",
+                    [o for p in left for o in p.outcomes])
+                _answer(loop, left, [error] * len(left))
+
+    def _next(self) -> _Pending | None:
+        """The next request still waiting, blocking (None: a stop); withdrawn ones are
+        skipped: their requests already failed."""
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
+            if item is _STOP or not item.withdrawn:
+                return item
+
+    def _rest(self) -> list[_Pending]:
+        """Every request still queued and waiting (stops skipped)."""
+        rest: list[_Pending] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return rest
+            if item is not _STOP and not item.withdrawn:
+                rest.append(item)
+
+    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        previous = 1
+        while (item := self._next()) is not None:
             wait = linger_for(previous, self._linger)
             if wait > 0:
                 time.sleep(wait)
-            batch, stopping = self._drain(item)
-            previous = len(batch)
-            _answer(loop, batch, self._commit(batch))
+            previous, stopping = self._batch(loop, item)
             if stopping:
                 return
 
-    def _drain(self, first: _Waiting) -> tuple[list[_Waiting], bool]:
+    def _batch(self, loop: asyncio.AbstractEventLoop, first: _Pending) -> tuple[int, bool]:
+        """Commit the batch that starts with `first` and answer its requests: its size,
+        and whether a stop came with it."""
+        batch, stopping = self._drain(first)
+        self._commit_and_answer(loop, batch)
+        return len(batch), stopping
+
+    def _commit_and_answer(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]
+                           ) -> None:
+        self._inflight, self._oldest = batch, batch[0].queued_at
+        results = self._commit(batch)
+        self._oldest = None
+        _answer(loop, batch, results)
+        self._inflight = []
+
+    def _drain(self, first: _Pending) -> tuple[list[_Pending], bool]:
         """The batch that starts with `first`: what is queued now, up to MAX_BATCH runs;
         and whether a stop came with it."""
-        batch, size = [first], len(first[0])
+        batch, size = [first], len(first.outcomes)
         while size < MAX_BATCH:
             try:
                 item = self._queue.get_nowait()
@@ -125,22 +322,27 @@ class RunWriter:
                 break
             if item is _STOP:
                 return batch, True
+            if item.withdrawn:
+                continue
             batch.append(item)
-            size += len(item[0])
+            size += len(item.outcomes)
         return batch, False
 
-    def _commit(self, batch: list[_Waiting]) -> list[Exception | None]:
-        """Each request's result: one transaction for all, or (when it fails) one each."""
+    def _commit(self, batch: list[_Pending]) -> list[Exception | None]:
+        """Each request's result: one transaction for all, or (when it fails) one each;
+        a retryable failure (the store is unavailable) is every request's at once."""
         try:
-            self._record([o for outcomes, _ in batch for o in outcomes])
+            self._record([o for p in batch for o in p.outcomes])
             return [None] * len(batch)
-        except Exception:  # isolate the culprit: commit each request on its own
+        except Exception as exc:  # isolate the culprit: commit each request on its own
+            if len(batch) == 1 or getattr(exc, "retryable", False):
+                return [exc] * len(batch)
             log.warning("batch of %d requests failed; retrying one request at a time",
                         len(batch))
         results: list[Exception | None] = []
-        for outcomes, _ in batch:
+        for p in batch:
             try:
-                self._record(outcomes)
+                self._record(p.outcomes)
             except Exception as exc:  # the request learns why
                 results.append(exc)
             else:
@@ -148,11 +350,11 @@ class RunWriter:
         return results
 
 
-def _answer(loop: asyncio.AbstractEventLoop, batch: list[_Waiting],
+def _answer(loop: asyncio.AbstractEventLoop, batch: list[_Pending],
             results: list[Exception | None]) -> None:
     """Wake the event loop once for the whole batch."""
     try:
-        loop.call_soon_threadsafe(_settle_all, [f for _, f in batch], results)
+        loop.call_soon_threadsafe(_settle_all, [p.future for p in batch], results)
     except RuntimeError:  # the loop is closed: nobody is waiting any more
         log.debug("event loop closed; %d committed requests not answered", len(batch))
 

@@ -17,6 +17,7 @@ from controller.store.migrate import upgrade
 from controller.worker.auth import TokenFile, WriteGuard
 from controller.worker.runtime import WorkerRuntime, WorkerSettings
 from tests.conftest import DXF_CORPUS
+from tests.worker.jsonchecks import codec_backend  # noqa: F401 (a fixture)
 
 TENANT, MODEL = "acme-cad", "part-sim"
 # a user allowed to review and bind (tokens as `cadml worker --auth-token-file` reads them)
