@@ -178,9 +178,10 @@ class RunWriter:
     def _join(self, thread: threading.Thread) -> None:
         while thread.is_alive():
             thread.join(0.05)
-            trouble = self.problem()
-            if trouble is not None and trouble.code == "run_writer_stalled":
-                log.warning("stopping without the run writer: %s", trouble.message)
+            # stalled, even while committing what was queued after the stop (not accepting)
+            stall = writer_problem(True, None, self._oldest, time.monotonic(), self._timeout)
+            if stall is not None:
+                log.warning("stopping without the run writer: %s", stall.message)
                 return
 
     async def write(self, outcomes: list[SearchOutcome]) -> None:
@@ -188,13 +189,15 @@ class RunWriter:
         RunNotRecorded: the writer cannot commit (stopped, stalled) or did not in time."""
         loop = asyncio.get_running_loop()
         pending = _Pending(outcomes, loop.create_future(), time.monotonic())
-        trouble = self.problem(pending.queued_at)
-        with self._lock:
-            if trouble is None and self._accepting:
+        oldest, trouble = self._oldest, None
+        with self._lock:  # the thread's end clears `_accepting` under it, then answers all
+            if self._accepting and (oldest is None
+                                    or pending.queued_at - oldest < self._timeout):
                 self._queue.put(pending)
-            else:
-                trouble = trouble or self.problem() or WriterProblem(
-                    "run_writer_stopped", "the run writer is not running")
+            else:  # not accepting, or stalled
+                trouble = self.problem(pending.queued_at)
+                if trouble is None:  # the stall ended meanwhile
+                    self._queue.put(pending)
         if trouble is not None:
             raise RunNotRecorded(f"runs not recorded: {trouble.message}", trouble.code,
                                  outcomes, trouble.context)
