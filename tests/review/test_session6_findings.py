@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,11 @@ from sqlalchemy import update
 from controller.cli import main
 from controller.reconcile.gitmode import reconcile_repo
 from controller.search.build import BuildResult
+from controller.search.shardwait import marker_path
 from controller.store import tables as t
+from tests.cli.test_index_shard_reads import lines_drawing
+from tests.cli.test_index_shards import _env, cadml
+from tests.conftest import DXF_CORPUS
 from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
 from tests.governance.test_steps_guard_safety import (
     DONE,
@@ -26,6 +33,7 @@ from tests.governance.test_steps_guard_safety import (
     _guarded,
 )
 from tests.stores import Backend
+from tests.waiting import until_sync
 
 TENANT, MODEL = "acme-cad", "part-sim"
 
@@ -98,4 +106,36 @@ def test_a_shadow_edit_after_the_upgrade_lifts_no_abort_keyed_by_the_previous_re
     _commit(loop, DONE + DRAFT_SHADOW.replace("percent: 5", "percent: 20"),
             "shadow 20 %", draft=True)
     loop.reconcile()
-    assert loop.routes() == [("1.0.0", 100)]  # was: [("1.0.0", 90), ("1.1.0", 10)]
+    assert loop.routes() == [("1.0.0", 100)]  # was: 70/30, the abort lifted
+
+
+def test_a_rebuilt_shard_is_not_failed_by_the_previous_builds_marker(tmp_path: Path) -> None:
+    """A shard failed for good (its final marker stays beside the shard file), the user
+    fixes the cause and builds it again, as the merge's message says, with the merge Job
+    waiting (the chart starts both at once). While the new build runs, the old marker
+    must not fail the merge: it belongs to a build that is over."""
+    src, shards = tmp_path / "src", tmp_path / "shards"
+    src.mkdir()
+    shards.mkdir()
+    shutil.copyfile(DXF_CORPUS / "3dface.dxf", src / "a-fast.dxf")
+    for i in range(3):  # ~3 s of CPU each, parsed one after the other after the fast one
+        lines_drawing(src / f"slow-{i}.dxf", 80_000 + i)
+    target = shards / "shard-0-of-1.cadml-shard"
+    old = cadml(tmp_path, "build", str(src), "--shard", "0/1", "--out", str(target),
+                "--record-failure", "1")
+    assert old.returncode == 1 and json.loads(marker_path(target).read_text())["final"]
+    cache = tmp_path / "cache"
+    build = subprocess.Popen(
+        [sys.executable, "-m", "controller", "index", "build", str(src), "--shard", "0/1",
+         "--out", str(target), "--workers", "1", "--quiet", "--cache", str(cache),
+         "--cpu-seconds", "120"], env=_env(tmp_path), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        # the positive signal that the new build is under way: its first cache entry
+        until_sync(lambda: any(cache.glob("*/*/*/*.json")), timeout=120)
+        assert build.poll() is None  # still parsing the slow drawings
+        merge = cadml(tmp_path, "merge", str(target), "--wait", "--out", str(tmp_path / "out"))
+        assert merge.returncode == 0, merge.stderr  # was: 1, "failed for good" at once
+    finally:
+        build.kill()
+        build.wait()
