@@ -21,8 +21,8 @@ from controller.reconcile.gitmode import reconcile_repo
 from controller.search.build import BuildResult
 from controller.search.shardwait import marker_path
 from controller.store import tables as t
-from tests.cli.test_index_shard_reads import lines_drawing
-from tests.cli.test_index_shards import _env, cadml
+from tests.cli.test_index_shard_reads import in_the_window, lines_drawing
+from tests.cli.test_index_shards import _env, cadml, shard_meta
 from tests.conftest import DXF_CORPUS
 from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
 from tests.governance.test_steps_guard_safety import (
@@ -139,3 +139,28 @@ def test_a_rebuilt_shard_is_not_failed_by_the_previous_builds_marker(tmp_path: P
     finally:
         build.kill()
         build.wait()
+
+
+def test_a_folder_swapped_for_a_link_out_of_the_source_is_not_read(tmp_path: Path) -> None:
+    """`open_drawing` says a drawing is never read through a symbolic link out of the
+    source folder, the link swapped in after the listing included; O_NOFOLLOW guards only
+    the file's own name. Here the folder holding a listed drawing becomes a link to a
+    folder outside while the build parses (the window of test_index_shard_reads)."""
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    (src / "zz").mkdir(parents=True)
+    outside.mkdir()
+    lines_drawing(src / "big.dxf", 70_000)  # parsed first
+    lines_drawing(src / "second.dxf", 50_000)  # seconds of parsing: the window
+    shutil.copyfile(DXF_CORPUS / "3dface.dxf", src / "zz" / "small.dxf")  # parsed last
+    shutil.copyfile(DXF_CORPUS / "colors.dxf", outside / "small.dxf")
+    out = tmp_path / "shard-0-of-1.cadml-shard"
+    proc = in_the_window(tmp_path, src, out)
+    shutil.rmtree(src / "zz")
+    (src / "zz").symlink_to(outside, target_is_directory=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    meta = shard_meta(out)
+    outside_sha = hashlib.sha256((outside / "small.dxf").read_bytes()).hexdigest()
+    assert outside_sha not in [f["sha256"] for f in meta["files"]], meta["files"]
+    assert [(s["file"], s["code"]) for s in meta["skipped"]] == [("zz/small.dxf",
+                                                                  "outside_root")]
