@@ -23,14 +23,16 @@ from controller.search.shardwait import marker_path
 from controller.store import tables as t
 from tests.cli.test_index_shard_reads import in_the_window, lines_drawing
 from tests.cli.test_index_shards import _env, cadml, shard_meta
-from tests.conftest import DXF_CORPUS
+from tests.conftest import DXF_CORPUS, git
 from tests.gitops_trees import commit_tree, copy_artifacts, model_tree, version_doc
 from tests.governance.test_steps_guard_safety import (
     DONE,
     DRAFT_SHADOW,
+    GUARD,
     _commit,
     _guard_aborts,
     _guarded,
+    _promote,
 )
 from tests.stores import Backend
 from tests.waiting import until_sync
@@ -164,3 +166,19 @@ def test_a_folder_swapped_for_a_link_out_of_the_source_is_not_read(tmp_path: Pat
     assert outside_sha not in [f["sha256"] for f in meta["files"]], meta["files"]
     assert [(s["file"], s["code"]) for s in meta["skipped"]] == [("zz/small.dxf",
                                                                   "outside_root")]
+
+
+@pytest.mark.xfail(strict=True, reason="promote's guard check (promotion_refusal) runs only "
+                   "for a policy with spec.strategy: a canary the policy-wide analysis "
+                   "aborted, on a policy without steps, is promoted to STABLE")
+def test_promote_refuses_a_canary_the_guard_aborted_on_a_policy_without_steps(
+        tmp_path: Path, corpus_index: BuildResult, backend: Backend,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The same guard (spec.analysis) without canary steps: it aborts 1.1.0 (all traffic on
+    STABLE), and `cadml promote --repo --store` must not make the aborted canary STABLE."""
+    loop = _guarded(tmp_path, corpus_index, backend, GUARD)
+    _guard_aborts(loop, capsys)
+    head = git(loop.repo, "rev-parse", "HEAD")
+    code, err = _promote(loop, capsys)
+    assert code == 2 and "aborted canary 1.1.0" in err, err  # was: 0, committed
+    assert git(loop.repo, "rev-parse", "HEAD") == head
