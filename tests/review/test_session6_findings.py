@@ -182,3 +182,53 @@ def test_promote_refuses_a_canary_the_guard_aborted_on_a_policy_without_steps(
     code, err = _promote(loop, capsys)
     assert code == 2 and "aborted canary 1.1.0" in err, err  # was: 0, committed
     assert git(loop.repo, "rev-parse", "HEAD") == head
+
+
+def _index_of_another_dimension(src: BuildResult, dest: Path) -> BuildResult:
+    """A copy of `src` whose faiss index (same size, manifest and sha256s consistent)
+    takes vectors of one dimension fewer than its vectors.npy: a broken build or a
+    hostile artifact, served under a valid manifest sha256."""
+    import faiss
+    import numpy as np
+
+    shutil.copytree(src.manifest_path.parent, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    vectors = np.load(dest / manifest["vectors"]["file"])
+    index = faiss.IndexFlatL2(vectors.shape[1] - 1)
+    index.add(np.ascontiguousarray(vectors[:, 1:], dtype=np.float32))
+    faiss.write_index(index, str(dest / manifest["index"]["file"]))
+    manifest["index"]["sha256"] = hashlib.sha256(
+        (dest / manifest["index"]["file"]).read_bytes()).hexdigest()
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    sha = hashlib.sha256((dest / "manifest.json").read_bytes()).hexdigest()
+    return BuildResult(dest / "manifest.json", sha, src.indexed, src.skipped)
+
+
+async def test_a_canary_whose_index_takes_another_dimension_fails_as_a_recorded_run(
+        backend: Backend, tmp_path: Path, corpus_index: BuildResult,
+        aiohttp_client: Any) -> None:
+    """Through a real worker (HTTP): a CANARY whose faiss index does not take the
+    dimension of its own vectors. A request routed to it must be answered (the version
+    degraded to its exact index, as for an index of the wrong size) and recorded as a run
+    (issue 12: every routed request is a run), not an internal error recording nothing."""
+    import numpy as np
+
+    from controller.features.sandbox import FeatureSandbox
+    from controller.worker.app import make_app
+    from tests.worker.conftest import EDITOR, build_world, editor_guard
+
+    bad = _index_of_another_dimension(corpus_index, tmp_path / "bad")
+    world = build_world(backend.store, tmp_path / "w", corpus_index, bad)
+    client = await aiohttp_client(make_app(world.runtime, sandbox=FeatureSandbox(1),
+                                           refresh=False, guard=editor_guard()),
+                                  headers=EDITOR)
+    job = next(j for j in (f"job-{i}" for i in range(1000))
+               if world.runtime.route(j).choice.version == "1.1.0")
+    vector = np.load(world.stable.manifest_path.parent / "vectors.npy")[0]
+    resp = await client.post("/v1/search", json={"vector": [float(x) for x in vector],
+                                                 "jobId": job})
+    body = await resp.json()
+    assert resp.status != 500 and body.get("code") != "internal", body  # was: 500 internal
+    assert (resp.status, body["version"], body["degraded"]) == (200, "1.1.0", True), body
+    with world.store.read(TENANT) as tx:
+        assert int(tx.count_runs()) == 1  # was: 0 (nothing for analysis to judge)
