@@ -232,3 +232,30 @@ async def test_a_canary_whose_index_takes_another_dimension_fails_as_a_recorded_
     assert (resp.status, body["version"], body["degraded"]) == (200, "1.1.0", True), body
     with world.store.read(TENANT) as tx:
         assert int(tx.count_runs()) == 1  # was: 0 (nothing for analysis to judge)
+
+
+async def test_a_batch_of_refused_queries_records_nothing_and_is_answered(
+        tmp_path: Path, corpus_index: BuildResult, aiohttp_client: Any) -> None:
+    """A batch whose every query is refused before routing (no run to record) is answered
+    with its per-query errors, even while runs cannot be recorded (here: the writer
+    stopped); it is not a 503 run_not_recorded naming no run."""
+    from controller.features.sandbox import FeatureSandbox
+    from controller.store import Store
+    from controller.store.engine import make_engine
+    from controller.store.migrate import upgrade
+    from controller.worker.app import WRITER, make_app
+    from tests.worker.conftest import EDITOR, build_world, editor_guard
+
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'w.db'}"))
+    upgrade(store.engine)
+    world = build_world(store, tmp_path / "w", corpus_index, corpus_index)
+    client = await aiohttp_client(make_app(world.runtime, sandbox=FeatureSandbox(1),
+                                           refresh=False, guard=editor_guard()),
+                                  headers=EDITOR)
+    await client.app[WRITER].stop()
+    resp = await client.post("/v1/search/batch", json={"queries": [
+        {"jobId": "a", "vector": "not a vector"}, {"jobId": "b", "vector": []}]})
+    body = await resp.json()
+    assert resp.status == 200, body  # was: 503 run_not_recorded, runKeys []
+    assert [r["error"]["code"] for r in body["results"]] == ["bad_vector", "bad_vector"]
+    store.dispose()
