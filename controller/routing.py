@@ -43,6 +43,16 @@ def override_in_force(spec: RolloutPolicySpec, now: datetime) -> bool:
     return ov is not None and (ov.until is None or ov.until > now)
 
 
+def window_closed(spec: RolloutPolicySpec, now: datetime) -> str | None:
+    """Why the policy's validity window (validFrom/validUntil) is closed now (None: open):
+    its weights, and so its canary steps, are not in force."""
+    if spec.valid_until is not None and spec.valid_until <= now:
+        return f"the policy expired at {spec.valid_until.isoformat()}"
+    if spec.valid_from is not None and spec.valid_from > now:
+        return f"the policy starts at {spec.valid_from.isoformat()}"
+    return None
+
+
 def stable_only(stable: str, source: str, reason: str,
                 expired: str | None = None) -> RoutingTable:
     return RoutingTable((RouteRow(stable, 100, True),), source, reason, expired)
@@ -70,11 +80,7 @@ def effective_routing(policy: RolloutPolicy | None, stages: Mapping[str, str], n
                                       forced=True),), "override", ov.reason)
     if aborted and stable is not None:
         return stable_only(stable, "analysis-abort", aborted)
-    expired = None
-    if spec.valid_until is not None and spec.valid_until <= now:
-        expired = f"the policy expired at {spec.valid_until.isoformat()}"
-    elif spec.valid_from is not None and spec.valid_from > now:
-        expired = f"the policy starts at {spec.valid_from.isoformat()}"
+    expired = window_closed(spec, now)
     if expired is not None and stable is not None:
         return stable_only(stable, "expired", f"{expired}; all traffic on the STABLE version",
                            expired)

@@ -27,7 +27,7 @@ from controller.evaluation import (
     with_shadow,
 )
 from controller.records import AnalysisState, ObservedTenant, PolicyRow, StepState
-from controller.routing import override_in_force
+from controller.routing import override_in_force, window_closed
 from controller.store.repository import StoreTx
 
 
@@ -78,8 +78,9 @@ def walk_policies(tx: StoreTx, now: datetime, policy: str | None = None,
             continue
         plan, key = spec.strategy.steps, steps.plan_key(row.spec)
         before = observed.steps.get(row.model_name)
-        # as the planner holds the walk: an override, or the policy-wide analysis aborted
-        held = override_in_force(spec, now) or bool(
+        # as the planner holds the walk: an override, a closed validity window, or the
+        # policy-wide analysis aborted
+        held = override_in_force(spec, now) or window_closed(spec, now) is not None or bool(
             guard_aborts(observed, row.model_name, [(row.spec, row.spec_hash)]))
         state = steps.walk(plan, before, key, now, command=command, hold=held)
         due = steps.analysis_due(plan, state)
@@ -127,13 +128,15 @@ def command_store(tx: StoreTx, model: str, command: steps.Command,
                          "spec.strategy.steps in the store; reconcile one first")
     state = observed.steps.get(model)
     key = steps.plan_key(rows[0].spec)
-    overridden = override_in_force(spec, now)
-    current = steps.walk(spec.strategy.steps, state, key, now, hold=overridden)
+    overridden, closed = override_in_force(spec, now), window_closed(spec, now)
+    current = steps.walk(spec.strategy.steps, state, key, now,
+                         hold=overridden or closed is not None)
     why = steps.refusal(current, command.action)
     if command.action in steps.HELD_REFUSED:  # the walk is held: nothing would move
         why = guard_refusal(observed, model, [(rows[0].spec, rows[0].spec_hash)]) or (
             "spec.override is in force; the steps are held until it ends or is removed"
-            if overridden else why)
+            if overridden else f"{closed}; the steps are held while the validity window "
+            "is closed" if closed else why)
     if why is not None:
         raise UsageError(f"cannot {command.action} {tx.tenant}/{model}: {why}")
     (outcome,) = walk_policies(tx, now, policy=rows[0].name, command=command)

@@ -94,6 +94,9 @@ def run_shard(args: argparse.Namespace, source: Path, cache: Path | None,
         raise UsageError(f"--attempt {args.attempt}: more than --attempts {args.attempts}")
     out = Path(args.out)
     shard_out(out)
+    # a marker there now is an earlier attempt's or build's, which is over: a waiting
+    # merge must not fail on it while this one runs (this one writes its own on failure)
+    clear_marker(out)
     result = build_shard(source, out, spec, feature_version=args.feature_version,
                          kind=args.kind, workers=args.workers, limits=limits,
                          progress=progress, cache=cache)

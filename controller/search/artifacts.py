@@ -136,11 +136,14 @@ def _load_manifest(path: Path, ef_search: int | None, limits: LoaderLimits | Non
         if check_faiss(base / idx["file"], idx.get("kind", "flat"), limits) != len(ids):
             raise ArtifactError("faiss index size differs from the manifest",
                                 code="artifact_corrupt")
-        index: VectorIndex = read_faiss(str(base / idx["file"]), idx.get("kind", "flat"),
-                                        ef_search)
-        if index.ntotal != len(ids):
+        faiss_index = read_faiss(str(base / idx["file"]), idx.get("kind", "flat"), ef_search)
+        if faiss_index.ntotal != len(ids):
             raise ArtifactError("faiss index size differs from the manifest",
                                 code="artifact_corrupt")
+        if faiss_index.index.d != vectors.shape[1]:  # every search would fail: served exactly
+            raise ArtifactError(f"faiss index takes {faiss_index.index.d} dimensions, the "
+                                f"vectors have {vectors.shape[1]}", code="artifact_corrupt")
+        index: VectorIndex = faiss_index
         degraded = None
     except (ArtifactError, RuntimeError) as exc:
         index, degraded = ExactIndex(vectors), f"faiss index unavailable: {exc}"

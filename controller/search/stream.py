@@ -96,10 +96,24 @@ def open_drawing(path: str, root: str) -> BinaryIO:
             fd = os.open(target, flags)
     except OSError as exc:
         raise unreadable(exc) from None
+    if not Path(_opened(fd, path)).is_relative_to(root):  # a folder on the way was a link
+        os.close(fd)
+        raise InvalidDrawing(f"a symbolic link out of {root}; not followed",
+                             code="outside_root", stage="read")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise InvalidDrawing("not a regular file; not read", code="not_a_file", stage="read")
     return os.fdopen(fd, "rb")
+
+
+def _opened(fd: int, path: str) -> str:
+    """The file an open descriptor reads, as the kernel resolved it (O_NOFOLLOW covers
+    only the last name: a folder on the path swapped for a link is followed); where
+    /proc is missing, the path resolved now."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
 
 
 def parse_file(path: str, root: str, version: str, limits: SandboxLimits,

@@ -407,7 +407,8 @@ async def search_batch(request: web.Request) -> web.StreamResponse:
         None, runtime.search_routed, [r for _, r, _ in routed[i:i + step]],
         [v for _, _, v in routed[i:i + step]], k, started) for i in range(0, len(routed), step)))
     outcomes = [o for part in found for o in part]
-    await request.app[WRITER].write(outcomes)
+    if outcomes:  # every query refused before routing: no run to record (or to wait for)
+        await request.app[WRITER].write(outcomes)
     s = runtime.settings
     for (i, _, _), o in zip(routed, outcomes, strict=True):
         if o.error is not None:

@@ -34,6 +34,19 @@ def lines_drawing(path: Path, count: int) -> None:
     path.write_text(text.getvalue())
 
 
+def in_the_window(home: Path, src: Path, out: Path) -> subprocess.Popen[str]:
+    """A one-parser shard build of `src` (big.dxf, second.dxf, then the rest), once it
+    said it parsed big.dxf: second.dxf is being parsed (seconds), the rest is not read."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "index", "build", str(src), "--shard", "0/1",
+         "--out", str(out), "--workers", "1", "--no-cache", "--cpu-seconds", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(home))
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    assert first.rstrip().endswith("big.dxf: 20000 entities"), first
+    return proc
+
+
 def test_the_shard_records_the_bytes_parsed_and_skips_a_swapped_in_link(tmp_path: Path
                                                                           ) -> None:
     src = tmp_path / "src"
@@ -44,13 +57,7 @@ def test_the_shard_records_the_bytes_parsed_and_skips_a_swapped_in_link(tmp_path
     (tmp_path / "outside.dxf").write_bytes((DXF_CORPUS / "colors.dxf").read_bytes())
     parsed = (src / "big.dxf").read_bytes()
     out = tmp_path / "shard-0-of-1.cadml-shard"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controller", "index", "build", str(src), "--shard", "0/1",
-         "--out", str(out), "--workers", "1", "--no-cache", "--cpu-seconds", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
-    assert proc.stderr is not None
-    first = proc.stderr.readline()
-    assert first.rstrip().endswith("big.dxf: 20000 entities"), first
+    proc = in_the_window(tmp_path, src, out)
     (src / "big.dxf").write_bytes(b"999\nchanged after its parse\n" + parsed)
     os.unlink(src / "small.dxf")
     (src / "small.dxf").symlink_to(tmp_path / "outside.dxf")
