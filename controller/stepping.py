@@ -161,36 +161,34 @@ def guard_refusal(observed: ObservedTenant, model: str,
     return ("the policy-wide analysis (spec.analysis) aborted canary "
             f"{', '.join(a.version for a in guard)}: {guard[0].latest.get('summary', '')}; "
             "all traffic stays on STABLE until a change of spec.weights or spec.analysis in "
-            "Git (a new plan) restarts the steps")
+            "Git (a new plan) lifts it")
 
 
 def promotion_refusal(tx: StoreTx, model: str, spec: Mapping[str, Any],
                       version: str | None = None) -> str | None:
-    """Why a canary with steps cannot be promoted yet (None: it can): the plan in Git
-    (`spec`, the policy as the promotion would edit it) must be the one the store walked,
-    `version` (the one promoted) one its weights walked, and every step of it must have
-    passed (ReadyToPromote)."""
+    """Why a canary cannot be promoted yet (None: it can): the policy-wide analysis must not
+    have aborted it (in the store's policy or in `spec`, the policy in Git as the promotion
+    would edit it); with steps, the plan in Git must be the one the store walked, `version`
+    (the one promoted) one its weights walked, and every step of it must have passed
+    (ReadyToPromote)."""
     try:
         parsed = RolloutPolicySpec.model_validate(spec)
     except ValueError as exc:
         return f"the policy in Git is not valid: {exc}"
-    if parsed.strategy is None:
-        return None
     walked = [str(w.version) for w in parsed.weights]
-    if version is not None and version not in walked:
+    if parsed.strategy is not None and version is not None and version not in walked:
         return (f"its canary steps walk {', '.join(walked)}, not {version}: add {version} to "
                 "the weights (a new plan) and let its steps run first")
     dumped = parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
-    key = steps.plan_key(dumped)
     observed = tx.observe()
-    state = observed.steps.get(model)
     live = [r for r in observed.policies.values() if r.model_name == model and not r.deleted]
     # what the store holds and what Git would promote: an abort of either is in force
     why = guard_refusal(observed, model, [(r.spec, r.spec_hash) for r in live]
                         + [(dumped, "")])
-    if why is not None:
+    if why is not None or parsed.strategy is None:
         return why
-    if state is None or state.plan_key != key:
+    state = observed.steps.get(model)
+    if state is None or state.plan_key != steps.plan_key(dumped):
         return ("the store has not walked this plan (reconcile the commit and let its steps "
                 "run first)")
     if state.phase != steps.READY:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -133,8 +134,9 @@ def register(sub: Any) -> None:
                    help="Git author and committer of the commit (default: Git's user.name "
                         "and user.email; refused if neither is set)")
     p.add_argument("--repo", metavar="PATH", default=".", help="Git working tree")
-    p.add_argument("--store", help=STORE_HELP + "; read when the policy has canary steps: "
-                   "they must have passed (ReadyToPromote)")
+    p.add_argument("--store", help=STORE_HELP + "; read when the policy has canary steps (they "
+                   "must have passed: ReadyToPromote) or a policy-wide analysis (it must "
+                   "not have aborted the canary; without any store, a warning)")
     p.add_argument("--output", "-o", choices=("text", "json"), default="text", help=OUTPUT_HELP)
     p.set_defaults(handler=_promote)
 
@@ -292,19 +294,29 @@ def _promote(args: argparse.Namespace) -> int:
 
     tenant, model = _model_arg(args.model)
 
-    def steps_passed(spec: dict[str, Any]) -> None:
-        if "strategy" not in spec:
-            return
+    def store_allows(spec: dict[str, Any]) -> None:
+        if "strategy" not in spec and "analysis" not in spec:
+            return  # nothing judged in the store: Git alone decides
+        from controller.errors import StoreMissing
         from controller.stepping import promotion_refusal
         from controller.store.open import open_store
 
-        with open_store(args.store, create=False).read(tenant, "cadml-promote") as tx:
+        try:
+            store = open_store(args.store, create=False)
+        except StoreMissing:
+            if "strategy" in spec:  # the steps must have passed: the store must say so
+                raise
+            print(f"cadml promote: no store to read the policy-wide analysis of {tenant}/"
+                  f"{model} from (no store, so nothing analysed it here); give --store to "
+                  "check that it did not abort the canary", file=sys.stderr)
+            return
+        with store.read(tenant, "cadml-promote") as tx:
             why = promotion_refusal(tx, model, spec, args.version)
         if why is not None:
             raise UsageError(f"cannot promote {tenant}/{model} {args.version}: {why}")
     result = promote_in_repo(args.repo, tenant, model, args.version, args.reason,
                              args.actor or getpass.getuser(), author=args.author,
-                             gate=steps_passed)
+                             gate=store_allows)
     _print_commit(args, result, f"promote {tenant}/{model} {result.target} to STABLE")
     return 0
 

@@ -168,9 +168,6 @@ def test_a_folder_swapped_for_a_link_out_of_the_source_is_not_read(tmp_path: Pat
                                                                   "outside_root")]
 
 
-@pytest.mark.xfail(strict=True, reason="promote's guard check (promotion_refusal) runs only "
-                   "for a policy with spec.strategy: a canary the policy-wide analysis "
-                   "aborted, on a policy without steps, is promoted to STABLE")
 def test_promote_refuses_a_canary_the_guard_aborted_on_a_policy_without_steps(
         tmp_path: Path, corpus_index: BuildResult, backend: Backend,
         capsys: pytest.CaptureFixture[str]) -> None:
