@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -83,11 +84,20 @@ class Look:
     marker: dict[str, Any] | None  # None: no marker, or one that cannot be read (yet)
 
 
+def _read_marker(path: Path) -> bytes:
+    """A marker's bytes, read only from a regular file (a FIFO put there would block the
+    wait for ever, past its timeout): OSError for anything else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return fh.read(MAX_MARKER_BYTES)
+
+
 def look(path: Path) -> Look:
     marker = None
     with contextlib.suppress(OSError, ValueError):
-        with marker_path(path).open("rb") as fh:
-            data = json.loads(fh.read(MAX_MARKER_BYTES))
+        data = json.loads(_read_marker(marker_path(path)))
         if isinstance(data, dict) and data.get("format") == MARKER_FORMAT:
             marker = data
     return Look(path, path.is_file(), marker)

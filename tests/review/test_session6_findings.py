@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -259,3 +260,21 @@ async def test_a_batch_of_refused_queries_records_nothing_and_is_answered(
     assert resp.status == 200, body  # was: 503 run_not_recorded, runKeys []
     assert [r["error"]["code"] for r in body["results"]] == ["bad_vector", "bad_vector"]
     store.dispose()
+
+
+def test_a_marker_that_is_a_fifo_does_not_hang_the_waiting_merge(tmp_path: Path) -> None:
+    """`merge --wait --wait-timeout` must end by its timeout whatever lies beside the
+    shard files: a FIFO named as a failure marker (nobody writes it) blocked the look
+    at the markers for ever, so the timeout never came."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    target = shards / "shard-0-of-1.cadml-shard"
+    os.mkfifo(marker_path(target))
+    try:
+        merge = subprocess.run(
+            [sys.executable, "-m", "controller", "index", "merge", str(target), "--wait",
+             "--wait-timeout", "1", "--out", str(tmp_path / "out")],
+            capture_output=True, text=True, env=_env(tmp_path), timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("merge --wait --wait-timeout 1 still waiting after 60 s")  # was
+    assert merge.returncode == 1 and "still missing after 1 s" in merge.stderr, merge.stderr
