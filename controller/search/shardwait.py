@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import StructuredError
+from controller.search.regular import open_regular
 
 MARKER_SUFFIX = ".failed"
 MARKER_FORMAT = "cadml-index-shard-failure/v1"
@@ -84,20 +84,12 @@ class Look:
     marker: dict[str, Any] | None  # None: no marker, or one that cannot be read (yet)
 
 
-def _read_marker(path: Path) -> bytes:
-    """A marker's bytes, read only from a regular file (a FIFO put there would block the
-    wait for ever, past its timeout): OSError for anything else."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path}: not a regular file")
-        return fh.read(MAX_MARKER_BYTES)
-
-
 def look(path: Path) -> Look:
     marker = None
     with contextlib.suppress(OSError, ValueError):
-        data = json.loads(_read_marker(marker_path(path)))
+        # a regular file only: a FIFO put there would block the wait past its timeout
+        with open_regular(marker_path(path), follow=False) as fh:
+            data = json.loads(fh.read(MAX_MARKER_BYTES))
         if isinstance(data, dict) and data.get("format") == MARKER_FORMAT:
             marker = data
     return Look(path, path.is_file(), marker)

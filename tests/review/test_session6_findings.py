@@ -278,3 +278,19 @@ def test_a_marker_that_is_a_fifo_does_not_hang_the_waiting_merge(tmp_path: Path)
     except subprocess.TimeoutExpired:
         pytest.fail("merge --wait --wait-timeout 1 still waiting after 60 s")  # was
     assert merge.returncode == 1 and "still missing after 1 s" in merge.stderr, merge.stderr
+
+
+def test_a_shard_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """`cadml index merge` of a path that is a FIFO (nobody writes it): a damaged shard
+    file (exit 1, the file named), not a merge blocked for ever."""
+    shard = tmp_path / "shard-0-of-1.cadml-shard"
+    os.mkfifo(shard)
+    try:
+        merge = subprocess.run(
+            [sys.executable, "-m", "controller", "index", "merge", str(shard), "--out",
+             str(tmp_path / "out")],
+            capture_output=True, text=True, env=_env(tmp_path), timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("merge of a FIFO still running after 60 s")  # was
+    assert merge.returncode == 1 and str(shard) in merge.stderr, merge.stderr
+    assert "not a regular file" in merge.stderr, merge.stderr
