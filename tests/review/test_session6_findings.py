@@ -77,6 +77,9 @@ def test_tick_does_not_walk_steps_the_validity_window_holds(
     assert snap is not None and [(r.version, r.weight) for r in snap.routes] == [
         ("1.0.0", 100)]
     assert held.held_since is not None  # the planner holds the walk
+    capsys.readouterr()  # and a resume is refused, saying why
+    assert main(["rollout", "resume", f"{TENANT}/{MODEL}", "--store", backend.app_url]) == 2
+    assert "validity window is closed" in capsys.readouterr().err
     for i, minutes in enumerate((2, 5, 8)):
         _tick(capsys, backend, f"w-{i}", now + timedelta(minutes=minutes))
     with backend.store.read(TENANT, "t") as tx:
