@@ -46,6 +46,7 @@ from controller.features.sandbox import SandboxLimits
 from controller.search.build import BuildResult, collect, manifest_order, write_artifact
 from controller.search.fetch import sha256_file
 from controller.search.progress import BuildTick
+from controller.search.regular import open_regular
 
 SHARD_FORMAT = "cadml-index-shard/v1"
 MAX_SHARDS = 100_000  # an Indexed Job's completions are limited to 100,000 too
@@ -212,7 +213,9 @@ def read_shard(path: Path) -> Shard:
     ShardError naming the file and the field if anything is wrong. shard.json is parsed
     once, and checked before vectors.npy is read."""
     try:
-        with zipfile.ZipFile(path) as zf:  # sizes as declared: a bomb is not inflated
+        # a regular file only (a FIFO would block the merge); sizes as declared: a bomb is
+        # not inflated
+        with open_regular(path) as fh, zipfile.ZipFile(fh) as zf:
             if zf.getinfo(META).file_size > MAX_META_BYTES:
                 raise _damaged(path, META, f"larger than {MAX_META_BYTES} bytes")
             meta = _parse_meta(path, zf.read(META))

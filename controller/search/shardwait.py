@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import StructuredError
+from controller.search.regular import open_regular
 
 MARKER_SUFFIX = ".failed"
 MARKER_FORMAT = "cadml-index-shard-failure/v1"
@@ -86,7 +87,8 @@ class Look:
 def look(path: Path) -> Look:
     marker = None
     with contextlib.suppress(OSError, ValueError):
-        with marker_path(path).open("rb") as fh:
+        # a regular file only: a FIFO put there would block the wait past its timeout
+        with open_regular(marker_path(path), follow=False) as fh:
             data = json.loads(fh.read(MAX_MARKER_BYTES))
         if isinstance(data, dict) and data.get("format") == MARKER_FORMAT:
             marker = data
