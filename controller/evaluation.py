@@ -233,8 +233,15 @@ def _digest(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _key_body(spec: Mapping[str, Any]) -> dict[str, Any]:
-    return {"key": "analysis/2", **{k: spec.get(k) for k in ANALYSIS_FIELDS}}
+def _key_body(spec: Mapping[str, Any], ordered: bool = True) -> dict[str, Any]:
+    """The key's fields; `ordered`: the weights sorted by version (the order they are
+    written in is no part of the plan: reordering them lifts no abort)."""
+    body = {"key": "analysis/2", **{k: spec.get(k) for k in ANALYSIS_FIELDS}}
+    weights = body.get("weights")
+    if ordered and isinstance(weights, list):
+        body["weights"] = sorted(weights, key=lambda w: str(w.get("version", ""))
+                                 if isinstance(w, Mapping) else "")
+    return body
 
 
 def analysis_key(spec: Mapping[str, Any]) -> str:
@@ -250,11 +257,12 @@ def analysis_key(spec: Mapping[str, Any]) -> str:
 def judges(state_key: str, spec: Mapping[str, Any], spec_hash: str) -> bool:
     """Whether analysis state recorded under `state_key` judged this spec: the one
     predicate of the planner, the tick, `cadml rollout` and `cadml promote`. Keys written
-    by older versions still count: with the shadow (e237f7d and before; while the spec
-    keeps that shadow), the spec without `modelRef` (migration 0010..) and the whole
-    spec's hash (before it)."""
-    keys = {analysis_key(spec), spec_hash,
+    by older versions still count: the weights in their written order (before 0019's
+    release), with the shadow (e237f7d and before; while the spec keeps that shadow), the
+    spec without `modelRef` (migration 0010..) and the whole spec's hash (before it)."""
+    written = _key_body(spec, ordered=False)
+    keys = {analysis_key(spec), _digest(written), spec_hash,
             _digest({k: v for k, v in spec.items() if k != "modelRef"})}
     if spec.get("shadow"):
-        keys.add(_digest({**_key_body(spec), "shadow": spec["shadow"]}))
+        keys.add(_digest({**written, "shadow": spec["shadow"]}))
     return state_key in keys

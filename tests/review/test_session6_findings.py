@@ -296,9 +296,6 @@ def test_a_shard_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) ->
     assert "not a regular file" in merge.stderr, merge.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="analysis_key hashes spec.weights as a list: the same "
-                   "weights in another order are a new key, so reordering them in Git lifts "
-                   "the guard's abort")
 def test_reordering_the_weights_lifts_no_guard_abort(
         tmp_path: Path, corpus_index: BuildResult, backend: Backend,
         capsys: pytest.CaptureFixture[str]) -> None:
