@@ -3,10 +3,12 @@
 kopf pauses a replica while a live peer of a higher or equal priority is recorded in the
 peering object, and keeps its pause flag to itself. `PeeringWatch` reads the peering
 object(s) (one GET each, whatever the number of tenants: every 3 s while paused, every
-10 s while operating) and keeps `operating`, which the periodic driver reads before
-each tenant without an API call: a replica paused mid-round stops within 10 s. While
-operating beside another peer, it looks every `HEARTBEAT_SECONDS` and refreshes its own
-record each time (the heartbeat: kopf's keep-alive comes every 50-55 s). While paused,
+`HEARTBEAT_SECONDS` while operating) and keeps `operating`, which the periodic driver
+reads before each tenant without an API call: a replica paused mid-round stops within
+5 s. While operating it refreshes its own record each time (the heartbeat: kopf's
+keep-alive comes every 50-55 s), alone too: a replacement pod arriving while this one
+is cut off from its kubelet (its Pod deleted, its process running) must find the record
+fresh, or it would remove it at start and two replicas would operate. While paused,
 it removes the records of the peers that pause it that are gone: pod gone and record no
 longer refreshed (the decision: `peers.gone_blockers`). kopf's own peering watch sees
 the removal and resumes at once, instead of waiting up to the record's lifetime (60 s)
@@ -57,8 +59,9 @@ class PeeringWatch:
                 here = peers_allow(left, self.identity, self.priority, now)
                 allowed = allowed and here
                 mine = left.get(self.identity)
-                if here and isinstance(mine, dict) and len(left) > 1:
-                    # standbys remove only records not refreshed lately: say this one runs
+                if here and isinstance(mine, dict):
+                    # peers remove only records not refreshed lately: say this one runs
+                    # (alone too: a replacement pod may arrive while this Pod is gone)
                     self.peering.touch(namespace, self.identity,
                                        {**mine, "lastseen": now.isoformat()})
                     heartbeat = True
@@ -70,8 +73,8 @@ class PeeringWatch:
 
     async def run(self) -> None:
         """Forever (until cancelled): a check every `every` seconds while paused (the
-        holder may die), every `HEARTBEAT_SECONDS` while operating beside another peer
-        (its heartbeat), else every `every_operating`, in a thread."""
+        holder may die), every `HEARTBEAT_SECONDS` while operating (its heartbeat), else
+        (operating, its record not readable) every `every_operating`, in a thread."""
         loop = asyncio.get_running_loop()
         while True:
             operating = await loop.run_in_executor(None, self.check)

@@ -169,8 +169,10 @@ def test_a_standby_removes_a_dead_holder_and_then_operates() -> None:
     assert watch.check() is False and watch() is False
     assert len(peering.touched) == 1 and watch.heartbeat is False  # paused: no heartbeat
     alone = _Peering()
-    alone.status = {"pod/ns/me": _peer(1, 0)}  # the only replica: no one to tell
+    alone.status = {"pod/ns/me": _peer(1, 0)}  # the only replica: a replacement pod may
     lone = PeeringWatch(alone, "pod/ns/me", 1, clock=lambda: NOW)  # type: ignore[arg-type]
-    assert lone.check() is True and alone.touched == [] and lone.heartbeat is False
+    # arrive while this one's Pod is gone (a partition): its record must be fresh then
+    assert lone.check() is True and lone.heartbeat is True
+    assert alone.touched == [(None, "pod/ns/me", {**_peer(1, 0), "lastseen": NOW.isoformat()})]
     assert PeeringWatch(_Peering(fail=True), "pod/ns/me", 1,  # type: ignore[arg-type]
                         clock=lambda: NOW).check() is False
