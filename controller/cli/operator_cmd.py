@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from controller.cli._common import add_parser
+from controller.cli._common import add_parser, positive_seconds
 from controller.cli.store_cmds import STORE_HELP
 
 HELP = """\
@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
                                           "https://HOST:PORT (default: no webhook)")
     p.add_argument("--webhook-port", type=int,
                    help="port of the admission webhook (default $CADML_WEBHOOK_PORT, else 9443)")
-    p.add_argument("--timer-interval", type=float,
+    p.add_argument("--timer-interval", type=positive_seconds,
                    help="drift-repair interval, seconds (default $CADML_TIMER_INTERVAL, "
                         "else 60)")
     p.add_argument("--liveness", help="liveness endpoint (default http://0.0.0.0:8081/healthz)")

@@ -111,8 +111,11 @@ class OperatorSettings:
         if settings.webhook_service:
             from controller.operator.webhook import parse_service
 
-            parse_service(settings.webhook_service)  # a malformed value fails at start
+            try:
+                parse_service(settings.webhook_service)  # a malformed value fails at start
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         if settings.webhook_failure_policy not in ("Fail", "Ignore"):
-            raise ValueError(f"CADML_WEBHOOK_FAILURE_POLICY must be Fail or Ignore, "
+            raise UsageError(f"CADML_WEBHOOK_FAILURE_POLICY must be Fail or Ignore, "
                              f"not {settings.webhook_failure_policy!r}")
         return settings

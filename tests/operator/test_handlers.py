@@ -17,6 +17,7 @@ import kopf
 import pytest
 import yaml
 
+from controller.errors import UsageError
 from controller.operator.handlers import (
     CHANGED_BY,
     actor_of,
@@ -384,7 +385,7 @@ def test_webhook_settings_from_the_environment() -> None:
     assert (s.webhook_cert, s.webhook_key, s.webhook_ca, s.webhook_failure_policy) == (
         "/c/tls.crt", "/c/tls.key", "/c/ca.crt", "Ignore")
     assert OperatorSettings.from_env({}).webhook_failure_policy == "Fail"
-    with pytest.raises(ValueError, match="Fail or Ignore"):
+    with pytest.raises(UsageError, match="Fail or Ignore"):
         OperatorSettings.from_env({"CADML_WEBHOOK_FAILURE_POLICY": "fail-open"})
 
 
@@ -449,7 +450,7 @@ def test_webhook_service_reference_parses_and_refuses_garbage() -> None:
     for bad in ("cadml-operator", "/x", "ns/", "ns/x:https"):
         with pytest.raises(ValueError, match="NAMESPACE/NAME"):
             parse_service(bad)
-    with pytest.raises(ValueError, match="NAMESPACE/NAME"):
+    with pytest.raises(UsageError, match="NAMESPACE/NAME"):
         OperatorSettings.from_env({"CADML_WEBHOOK_SERVICE": "nope"})
 
 

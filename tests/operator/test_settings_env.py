@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
     ("CADML_TIMER_INTERVAL", "nan", "a number of seconds above 0"),
     ("CADML_PRIORITY", "high", "a whole number of 0 or more"),
     ("CADML_WEBHOOK_PORT", "-1", "a whole number of 1 or more"),
+    ("CADML_WEBHOOK_FAILURE_POLICY", "fail-open", "Fail or Ignore"),
+    ("CADML_WEBHOOK_SERVICE", "nope", "NAMESPACE/NAME[:PORT]"),
 ])
 def test_a_malformed_number_stops_the_operator_before_it_starts(
         tmp_path: Path, name: str, value: str, accepted: str) -> None:
@@ -54,3 +56,19 @@ def test_well_formed_numbers_are_read(env: dict[str, str], workers: int,
                                       analysis: float) -> None:
     settings = OperatorSettings.from_env({"CADML_STORE_URL": "sqlite://", **env})
     assert (settings.periodic_workers, settings.analysis_interval) == (workers, analysis)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "soon"])
+def test_a_timer_interval_flag_that_is_no_positive_number_is_refused(
+        tmp_path: Path, value: str) -> None:
+    """`cadml run --timer-interval 0` (or negative) was taken: a repair loop without pause.
+    Refused by the parser: exit 2, one usage line naming the flag, nothing started."""
+    store = tmp_path / "store.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KUBECONFIG": str(tmp_path / "none")}
+    done = subprocess.run([sys.executable, "-m", "controller", "run", "--store",
+                           f"sqlite:///{store}", "--timer-interval", value], check=False,
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "--timer-interval" in done.stderr and "seconds above 0" in done.stderr
+    assert not store.exists()
