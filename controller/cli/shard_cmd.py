@@ -88,10 +88,7 @@ def run_shard(args: argparse.Namespace, source: Path, cache: Path | None,
     from controller.search.shards import build_shard, parse_shard
 
     spec = parse_shard(args.shard)
-    if args.attempt > args.attempts:
-        from controller.errors import UsageError
-
-        raise UsageError(f"--attempt {args.attempt}: more than --attempts {args.attempts}")
+    _check_attempts(args)
     out = Path(args.out)
     shard_out(out)
     # a marker there now is an earlier attempt's or build's, which is over: a waiting
@@ -114,9 +111,18 @@ def run_shard(args: argparse.Namespace, source: Path, cache: Path | None,
     return 0
 
 
+def _check_attempts(args: argparse.Namespace) -> None:
+    """--attempt K of --attempts M: K beyond M would mark a final failure that is none."""
+    if args.attempt > args.attempts:
+        from controller.errors import UsageError
+
+        raise UsageError(f"--attempt {args.attempt}: more than --attempts {args.attempts}")
+
+
 def record_failure(args: argparse.Namespace) -> int:
     """`--record-failure CODE`: the marker of an attempt whose process could not write it
     (what the Job's shell line runs after a kill), then exit with that code."""
+    _check_attempts(args)
     code = int(args.record_failure)
     signal = f" (killed by signal {code - 128}: out of memory, or the pod deleted?)" \
         if code > 128 else ""

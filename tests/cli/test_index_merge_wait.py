@@ -92,3 +92,17 @@ def test_a_pattern_needs_its_count_and_comes_alone(tmp_path: Path) -> None:
                        ((str(tmp_path / "a"), "--wait-timeout", "5"), "needs --wait")):
         proc = cadml(tmp_path, "merge", *args, "--out", str(tmp_path / "out"))
         assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+
+
+def test_a_recorded_failure_beyond_its_attempts_is_refused_and_marks_nothing(
+        tmp_path: Path) -> None:
+    """`--record-failure` (the Job's shell line after a kill) with `--attempt 3 --attempts
+    2` wrote a final marker for an attempt the Job never makes: refused like the build
+    itself refuses it (exit 2), and no marker that would fail a waiting merge."""
+    src, shards = corpus(tmp_path), tmp_path / "shards"
+    shards.mkdir()
+    proc = shard(tmp_path, src, shards, 1, "--attempt", "3", "--attempts", "2",
+                 "--record-failure", "137")
+    assert proc.returncode == 2 and "--attempt 3: more than --attempts 2" in proc.stderr, \
+        proc.stderr
+    assert list(shards.iterdir()) == []
