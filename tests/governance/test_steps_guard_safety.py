@@ -308,12 +308,10 @@ def test_two_resumes_racing_apply_once_and_skip_no_step(
     assert resumed == ["alice"]
 
 
-def test_an_abort_keyed_by_the_previous_release_still_holds_and_refuses_promote(
-        tmp_path: Path, corpus_index: BuildResult, backend: Backend,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    """Upgrade: e237f7d keyed the guard's state with the shadow. Its abort, rewritten
-    under that key here as e237f7d wrote it, still routes all to STABLE and still refuses
-    `promote`: the planner and promote read it by the same predicate."""
+def aborted_as_e237f7d_keyed_it(tmp_path: Path, corpus_index: BuildResult, backend: Backend,
+                                capsys: pytest.CaptureFixture[str]) -> Loop:
+    """A guarded policy with a shadow whose guard aborted the canary, its analysis state
+    rewritten under the key e237f7d wrote (with the shadow), then reconciled: an upgrade."""
     loop = _guarded(tmp_path, corpus_index, backend, DONE)
     _commit(loop, DONE + DRAFT_SHADOW, "shadow 5 % of requests to a draft", draft=True)
     loop.reconcile()
@@ -326,6 +324,16 @@ def test_an_abort_keyed_by_the_previous_release_still_holds_and_refuses_promote(
                                         sort_keys=True).encode()).hexdigest()
         assert tx.conn.execute(update(t.analysis_state).values(spec_hash=old)).rowcount == 1
     loop.reconcile()
+    return loop
+
+
+def test_an_abort_keyed_by_the_previous_release_still_holds_and_refuses_promote(
+        tmp_path: Path, corpus_index: BuildResult, backend: Backend,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Upgrade: e237f7d keyed the guard's state with the shadow. Its abort, rewritten
+    under that key here as e237f7d wrote it, still routes all to STABLE and still refuses
+    `promote`: the planner and promote read it by the same predicate."""
+    loop = aborted_as_e237f7d_keyed_it(tmp_path, corpus_index, backend, capsys)
     assert loop.routes() == [("1.0.0", 100)]
     assert _cond(loop.status(), "ReadyToPromote")["reason"] == "CanaryAborted"
     code, err = _promote(loop, capsys)

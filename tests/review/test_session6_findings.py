@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
 
 from controller.cli import main
 from controller.reconcile.gitmode import reconcile_repo
 from controller.search.build import BuildResult
 from controller.search.shardwait import marker_path
-from controller.store import tables as t
 from tests.cli.test_index_shard_reads import in_the_window, lines_drawing
 from tests.cli.test_index_shards import _env, cadml, shard_meta
 from tests.conftest import DXF_CORPUS, git
@@ -34,6 +32,7 @@ from tests.governance.test_steps_guard_safety import (
     _guard_aborts,
     _guarded,
     _promote,
+    aborted_as_e237f7d_keyed_it,
 )
 from tests.stores import Backend
 from tests.waiting import until_sync
@@ -96,18 +95,7 @@ def test_a_shadow_edit_after_the_upgrade_lifts_no_abort_keyed_by_the_previous_re
     """Upgrade from e237f7d (migration 0018): the guard's abort was keyed with the shadow.
     The release claims a shadow edit never lifts a guard abort; here the percent of the
     shadow changes in Git after the upgrade, and the aborted canary must stay off."""
-    loop = _guarded(tmp_path, corpus_index, backend, DONE)
-    _commit(loop, DONE + DRAFT_SHADOW, "shadow 5 % of requests to a draft", draft=True)
-    loop.reconcile()
-    _guard_aborts(loop, capsys)
-    with loop.store.transaction(TENANT, "test") as tx:
-        (row,) = [p for p in tx.observe().policies.values() if not p.deleted]
-        old = hashlib.sha256(json.dumps({"key": "analysis/2", "weights": row.spec["weights"],
-                                         "analysis": row.spec["analysis"],
-                                         "shadow": row.spec["shadow"]},
-                                        sort_keys=True).encode()).hexdigest()
-        assert tx.conn.execute(update(t.analysis_state).values(spec_hash=old)).rowcount == 1
-    loop.reconcile()
+    loop = aborted_as_e237f7d_keyed_it(tmp_path, corpus_index, backend, capsys)
     assert loop.routes() == [("1.0.0", 100)]
     _commit(loop, DONE + DRAFT_SHADOW.replace("percent: 5", "percent: 20"),
             "shadow 20 %", draft=True)
