@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -295,22 +296,24 @@ def _promote(args: argparse.Namespace) -> int:
     tenant, model = _model_arg(args.model)
 
     def store_allows(spec: dict[str, Any]) -> None:
-        if "strategy" not in spec and "analysis" not in spec:
-            return  # nothing judged in the store: Git alone decides
-        from controller.errors import StoreMissing
+        """The store's word on the promotion, read whenever there is a store (its policy
+        may still carry an abort Git no longer shows). Only with no store at all — none
+        given, none in CADML_STORE_URL, no embedded default file — does Git alone decide:
+        refused for steps (they must have passed), a warning for a policy-wide analysis."""
         from controller.stepping import promotion_refusal
+        from controller.store.engine import ENV_URL, resolve_url, sqlite_file
         from controller.store.open import open_store
 
-        try:
-            store = open_store(args.store, create=False)
-        except StoreMissing:
-            if "strategy" in spec:  # the steps must have passed: the store must say so
-                raise
-            print(f"cadml promote: no store to read the policy-wide analysis of {tenant}/"
-                  f"{model} from (no store, so nothing analysed it here); give --store to "
-                  "check that it did not abort the canary", file=sys.stderr)
+        default = sqlite_file(resolve_url(None))
+        if not (args.store or os.environ.get(ENV_URL)) and default is not None \
+                and not default.exists() and "strategy" not in spec:
+            if "analysis" in spec:
+                print(f"cadml promote: no store (none given, no {default}) to read the "
+                      f"policy-wide analysis of {tenant}/{model} from; give --store to "
+                      "check that it did not abort the canary", file=sys.stderr)
             return
-        with store.read(tenant, "cadml-promote") as tx:
+        # a store given but missing, empty or outdated is an error, never "no store"
+        with open_store(args.store, create=False).read(tenant, "cadml-promote") as tx:
             why = promotion_refusal(tx, model, spec, args.version)
         if why is not None:
             raise UsageError(f"cannot promote {tenant}/{model} {args.version}: {why}")

@@ -97,6 +97,22 @@ def test_promote_moves_both_stages_and_the_traffic_in_one_commit(gitops_repo: Pa
     assert [(r.version, r.weight) for r in snap.routes] == [("1.2.0", 100)]
 
 
+@pytest.mark.parametrize("store", ["missing.db", "empty.db"])
+def test_promote_with_a_store_that_cannot_say_refuses_instead_of_warning(
+        gitops_repo: Path, store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """part-similarity has a policy-wide analysis. A --store given but missing (a typo) or
+    without the cadml schema cannot say whether the analysis aborted the canary: it was
+    taken as "no store" (a warning) and the promotion committed with no check at all."""
+    url = f"sqlite:///{gitops_repo.parent / store}"
+    if store == "empty.db":
+        (gitops_repo.parent / store).write_bytes(b"")
+    head = git(gitops_repo, "rev-parse", "HEAD")
+    code = main(["promote", "acme-cad/part-similarity", "--version", "1.2.0", "--reason",
+                 "canary held", "--repo", str(gitops_repo), "--store", url])
+    err = capsys.readouterr().err
+    assert code == 2 and "store" in err, err
+    assert git(gitops_repo, "rev-parse", "HEAD") == head
+
 def test_promote_keeps_the_other_canaries_share(gitops_repo: Path) -> None:
     result = promote_in_repo(str(gitops_repo), "acme-cad", "assembly-match", "2.1.0",
                              "recall up", "ann")
