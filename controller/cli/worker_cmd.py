@@ -127,11 +127,28 @@ def register(sub: Any) -> None:
                         "or $CADML_RUN_COMMIT_TIMEOUT); beyond it the request answers 503 "
                         "run_not_recorded, and while a commit stays pending longer /healthz "
                         "and /readyz fail (the liveness probe restarts a wedged worker)")
+    p.add_argument("--run-recorder", type=_recorder, metavar="{process,thread}",
+                   default=os.environ.get("CADML_RUN_RECORDER", "process"),
+                   help="where run records are committed: 'process' (default, or "
+                        "$CADML_RUN_RECORDER), a recorder process of the worker's own, so "
+                        "that the inserts do not take the serving process's CPU lock (the "
+                        "GIL); 'thread', inside the worker process (one process less; "
+                        "fewer requests a second). An in-memory SQLite store always "
+                        "records in the worker process")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default=os.environ.get("CADML_LOG_LEVEL", "info"),
                    help="JSON-lines log on stderr, one line per event; debug adds one per "
                         "request (default info)")
     p.set_defaults(handler=run)
+
+
+def _recorder(value: str) -> str:
+    from controller.worker.recorder import RUN_RECORDERS
+
+    if value not in RUN_RECORDERS:
+        raise argparse.ArgumentTypeError(f"{value!r}: choose {' or '.join(RUN_RECORDERS)} "
+                                         "(also $CADML_RUN_RECORDER)")
+    return value
 
 
 def _pickle_mode(value: str) -> str:
@@ -200,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         artifact_max_bytes=args.artifact_max_bytes,
         loader_memory_bytes=args.loader_memory_bytes,
         loader_cpu_seconds=args.loader_cpu_seconds, hnsw_ef_search=args.hnsw_ef_search,
-        run_commit_timeout=args.run_commit_timeout)
+        run_commit_timeout=args.run_commit_timeout, run_recorder=args.run_recorder)
     guard = WriteGuard(checker, insecure_local=args.insecure_local)
     listener = _listen(args.host, args.port)  # before any work: a busy port fails first
     _json_logs(args.log_level)

@@ -710,11 +710,16 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _run_writer(app: web.Application) -> AsyncIterator[None]:
+    recorder = app[RUNTIME].recorder
+    if recorder is not None:  # started before the first request: it imports for ~1 s
+        await asyncio.get_running_loop().run_in_executor(None, recorder.start)
     app[WRITER].start()
     app[MIRROR].start()
     yield
     await app[MIRROR].stop()
     await app[WRITER].stop()
+    if recorder is not None:
+        await asyncio.get_running_loop().run_in_executor(None, recorder.close)
 
 
 def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,

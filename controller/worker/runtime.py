@@ -25,7 +25,7 @@ import numpy as np
 from controller import metrics
 from controller.errors import StructuredError
 from controller.features.identity import extractor_version, mismatched
-from controller.records import PolicySnapshot, RunRecord, VersionRow
+from controller.records import PolicySnapshot, VersionRow
 from controller.routing import Choice, choose_version, routable
 from controller.search.artifacts import Artifact, load_artifact
 from controller.search.fetch import Fetcher
@@ -33,6 +33,7 @@ from controller.search.loader import LoaderLimits
 from controller.search.pickle_scan import ScanReport, UnsafeArtifact, check_mode
 from controller.store.repository import Store
 from controller.worker.events import EVENTS, emit
+from controller.worker.recorder import RUN_RECORDERS, RecorderProcess, commit_rows
 from controller.worker.runkeys import new_run_key
 from controller.worker.thresholds import judge_thresholds
 
@@ -81,9 +82,14 @@ class WorkerSettings:
     loader_cpu_seconds: float = 60.0
     run_linger_seconds: float = 0.002  # under load, a run batch waits this long for company
     run_commit_timeout: float = 10.0  # a request waits this long for its commit, then 503
+    # where runs are committed: "process" (a recorder process of its own, recorder.py: the
+    # insert does not take the serving process's GIL) or "thread" (the run writer's)
+    run_recorder: str = "thread"
 
     def __post_init__(self) -> None:
         check_mode(self.pickle_mode)  # a removed mode fails at start, naming its replacement
+        if self.run_recorder not in RUN_RECORDERS:
+            raise ValueError(f"run_recorder must be one of {', '.join(RUN_RECORDERS)}")
 
 
 # A single query over at most this many stored floats (~50 µs of flat scan) is searched
@@ -221,6 +227,19 @@ def hits_of(lv: LoadedVersion, dist: np.ndarray, ids: np.ndarray) -> list[Hit]:
             if x >= 0 and math.isfinite(d)]
 
 
+def recorder_for(store: Store, settings: WorkerSettings) -> RecorderProcess | None:
+    """The recorder process the runs go through (None: the run writer's thread commits).
+    An in-memory SQLite store lives in this process only: its runs stay here."""
+    if settings.run_recorder != "process":
+        return None
+    url = store.engine.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        log.warning("an in-memory store: runs are committed by the run writer's thread")
+        return None
+    return RecorderProcess(url.render_as_string(hide_password=False), settings.tenant,
+                           settings.worker_id, settings.model)
+
+
 class WorkerRuntime:
     def __init__(self, store: Store, settings: WorkerSettings) -> None:
         self.store = store
@@ -237,6 +256,7 @@ class WorkerRuntime:
                                else None, max_bytes=settings.artifact_max_bytes)
         self._lock = threading.Lock()
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.recorder = recorder_for(store, settings)
 
     # ---------------------------------------------------------------- refresh
 
@@ -545,23 +565,23 @@ class WorkerRuntime:
         return k
 
     def record(self, outcomes: list[SearchOutcome]) -> None:
-        """Write the runs in one transaction. A run's latency is its whole request: from
-        its start (upload read) to this record."""
+        """Write the runs in one transaction (in the recorder process, when there is one).
+        A run's latency is its whole request: from its start (upload read) to this
+        record."""
         s = self.settings
         now, stamp = datetime.now(UTC), time.perf_counter()
-        runs = []
+        rows = []
         for o in outcomes:
             if o.started is not None:
                 o.latency_ms = (stamp - o.started) * 1000.0
-            runs.append(RunRecord(s.model, o.version, o.policy_version, o.route_source,
-                                  o.thresholds, o.latency_ms, o.error is None, o.met_threshold,
-                                  job_key=o.job_id,
-                                  ai_suggestion=(o.hits[0].id if o.hits else None),
-                                  error_code=o.error_code, run_key=o.run_key, created_at=now,
-                                  parse_ms=o.parse_ms, search_ms=o.search_ms,
-                                  binding_state=o.binding))
-        with self.store.transaction(s.tenant, s.worker_id) as tx:
-            tx.record_runs(runs)
+            rows.append((o.version, o.policy_version, o.route_source, o.thresholds,
+                         o.latency_ms, o.error is None, o.met_threshold, o.job_id,
+                         o.hits[0].id if o.hits else None, o.error_code, o.run_key,
+                         o.parse_ms, o.search_ms, o.binding))
+        if self.recorder is not None:
+            self.recorder.record(rows, now)
+        else:
+            commit_rows(self.store, s.tenant, s.worker_id, s.model, rows, now)
         if EVENTS.isEnabledFor(logging.DEBUG):
             for o in outcomes:
                 emit("run", logging.DEBUG, run=o.run_key, job=o.job_id, version=o.version,

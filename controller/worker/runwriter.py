@@ -6,7 +6,8 @@ A failed batch is retried run by run, so one bad run cannot fail its neighbours;
 that failed because the store is unavailable (retryable) fails whole: retrying each run
 would only wait for the store once per request.
 
-The commits run on one thread of their own, fed by a lock-free queue: a request costs
+The commits run on one thread of their own (which hands each batch to the recorder
+process, recorder.py, when the worker has one), fed by a lock-free queue: a request costs
 one `put` and one future, a batch one wake-up of the event loop for all its requests
 (an executor hop per batch and an asyncio queue per request cost more than the SQLite
 insert, measured by bench/worker_bench.py's HTTP figure). On stop, everything queued
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.worker.recorder import RecorderLost
 from controller.worker.runtime import SearchOutcome, WorkerError
 
 log = logging.getLogger("cadml.worker")
@@ -337,6 +339,11 @@ class RunWriter:
         try:
             self._record([o for p in batch for o in p.outcomes])
             return [None] * len(batch)
+        except RecorderLost as exc:  # committed or not: unknown, as after a crash
+            return [RunNotRecorded(
+                f"runs not recorded: {exc}; they are recorded only if the recorder "
+                "committed them before it ended: look the runKeys up (GET /v1/runs/RUN) "
+                "before retrying", "run_recorder_lost", p.outcomes) for p in batch]
         except Exception as exc:  # isolate the culprit: commit each request on its own
             if len(batch) == 1 or getattr(exc, "retryable", False):
                 return [exc] * len(batch)

@@ -65,11 +65,13 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str)
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-def wedge_world(backend: Backend, tmp_path: Path, corpus_index: BuildResult,
-                corpus_hnsw: BuildResult) -> World:
+@pytest.fixture(params=["thread", "process"])
+def wedge_world(request: pytest.FixtureRequest, backend: Backend, tmp_path: Path,
+                corpus_index: BuildResult, corpus_hnsw: BuildResult) -> World:
+    """A worker whose runs are committed by its run writer's thread, or by its recorder
+    process (`cadml worker`'s default)."""
     return build_world(backend.store, tmp_path, corpus_index, corpus_hnsw,
-                       run_commit_timeout=BOUND)
+                       run_commit_timeout=BOUND, run_recorder=request.param)
 
 
 async def _client(world: World, aiohttp_client: Any) -> Any:

@@ -1,0 +1,279 @@
+"""Run records committed by a process of their own, so that the store's insert work does
+not run under the serving process's GIL.
+
+The serving process's run writer thread (runwriter.py) still batches requests, waits for
+each batch's commit and answers them; only the commit moves: the thread hands a batch to
+the recorder process (`python -m controller.worker.recorder`) as one frame on its stdin
+and blocks, without the GIL, until the one-frame answer on its stdout. Measured by
+bench/worker_bench.py's HTTP figure: the SQLAlchemy insert of a batch, run in the
+serving process, cost as much CPU per request as a third of the event loop's work, and
+took the GIL from it.
+
+Frames are `marshal` data (it builds only plain values: no object of ours is created
+from a frame, no code runs), a 4-byte length first. The process is ours and the pipe
+is private; still, nothing it answers is more than a class name out of a fixed list and
+a message.
+
+A recorder that ended (killed, out of memory) fails its batch as retryable (503
+run_not_recorded: whether the batch was committed is unknown, as after a crash) and is
+started again for the next batch. Closing its stdin ends it; the worker's stop does that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import marshal
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import IO, Any
+
+from controller.errors import (
+    CadmlError,
+    ConflictError,
+    NotFound,
+    StaleWrite,
+    StoreError,
+    StoreMissing,
+    StoreUnavailable,
+)
+from controller.records import RunRecord
+
+log = logging.getLogger("cadml.worker")
+
+RUN_RECORDERS = ("process", "thread")  # the worker's --run-recorder
+
+# One run as it travels: RunRecord's fields after model_name, without created_at (one for
+# the whole batch): version, policy_version, route_source, thresholds, latency_ms, success,
+# met_threshold, job_key, ai_suggestion, error_code, run_key, parse_ms, search_ms,
+# binding_state
+RunRow = tuple[Any, ...]
+
+# what the recorder may answer: the store's own errors, raised again as they were
+_ERRORS: dict[str, type[StoreError]] = {c.__name__: c for c in (
+    StoreError, ConflictError, NotFound, StoreUnavailable, StoreMissing, StaleWrite)}
+
+_HEADER = struct.Struct("!I")
+MAX_FRAME = 256 * 1024 * 1024
+
+
+class RecorderLost(StoreUnavailable):
+    """The recorder process ended, or its pipe broke, while a batch was handed to it:
+    whether that batch was committed is not known. Retryable: the next batch starts a new
+    recorder."""
+
+
+def records(model: str, rows: Sequence[RunRow], created_at: datetime) -> list[RunRecord]:
+    """The run records of `rows` (RunRow), all created at `created_at`."""
+    out = []
+    for (version, policy_version, source, thresholds, latency_ms, success, met, job, ai,
+         error_code, run_key, parse_ms, search_ms, binding) in rows:
+        out.append(RunRecord(model, version, policy_version, source, thresholds, latency_ms,
+                             success, met, job_key=job, ai_suggestion=ai,
+                             error_code=error_code, run_key=run_key, created_at=created_at,
+                             parse_ms=parse_ms, search_ms=search_ms, binding_state=binding))
+    return out
+
+
+def commit_rows(store: Any, tenant: str, actor: str, model: str, rows: Sequence[RunRow],
+                created_at: datetime) -> None:
+    """Insert the runs of `rows` in one transaction (both the thread and the process
+    write through this)."""
+    runs = records(model, rows, created_at)
+    with store.transaction(tenant, actor) as tx:
+        tx.record_runs(runs)
+
+
+def send(stream: IO[bytes], value: Any) -> None:
+    data = marshal.dumps(value)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def receive(stream: IO[bytes]) -> Any:
+    """The next frame's value; EOFError when the other end closed."""
+    header = _read(stream, _HEADER.size)
+    (size,) = _HEADER.unpack(header)
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes")
+    return marshal.loads(_read(stream, size))
+
+
+def _read(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if data is None or len(data) < size:
+        raise EOFError("the other end closed the pipe")
+    return data
+
+
+def portable(rows: list[RunRow]) -> list[RunRow]:
+    """`rows` as marshal takes them: a threshold snapshot holding a value marshal does not
+    know (a mapping proxy, a numpy scalar) is made plain."""
+    try:
+        marshal.dumps(rows)
+        return rows
+    except ValueError:
+        return [(*row[:3], _plain(row[3]), *row[4:]) for row in rows]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):  # a numpy scalar
+        return value.item()
+    return value
+
+
+class RecorderProcess:
+    """The serving process's end: one recorder at a time, started by `start` or on first
+    use, and again after one ended. `record` is called from one thread at a time (the run
+    writer's)."""
+
+    def __init__(self, url: str, tenant: str, actor: str, model: str) -> None:
+        self._init = (url, tenant, actor, model)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ready = False
+        self._closed = False
+        self._lock = threading.Lock()  # start/close against record's restart
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def start(self) -> None:
+        """Start the recorder and wait until it has its store (the worker's start: a
+        request never waits for the recorder's imports)."""
+        with self._lock:
+            proc = self._ensure()
+        assert proc.stdout is not None
+        try:
+            receive(proc.stdout)
+        except (OSError, EOFError, ValueError) as exc:
+            self._lost(proc)
+            raise RecorderLost(f"the run recorder process did not start ({exc}; exit code "
+                               f"{proc.poll()}): see its error above") from None
+        self._ready = True
+
+    def _ensure(self) -> subprocess.Popen[bytes]:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            return proc
+        if self._closed:
+            raise RecorderLost("the run recorder is closed: the worker is stopping")
+        env = {**os.environ, "CADML_RECORDER_PARENT": str(os.getpid())}
+        proc = subprocess.Popen([sys.executable, "-m", "controller.worker.recorder"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                close_fds=True)
+        assert proc.stdin is not None
+        send(proc.stdin, self._init)  # the URL (with its password) never in argv
+        self._proc, self._ready = proc, False
+        return proc
+
+    def record(self, rows: list[RunRow], created_at: datetime) -> None:
+        """Commit `rows` in the recorder; raise what its commit raised (a store error) or
+        RecorderLost."""
+        with self._lock:
+            proc = self._ensure()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            if not self._ready:
+                receive(proc.stdout)  # the recorder has its store
+                self._ready = True
+            send(proc.stdin, (portable(rows), created_at.isoformat()))
+            reply = receive(proc.stdout)
+        except (OSError, EOFError, ValueError) as exc:
+            self._lost(proc)
+            raise RecorderLost(f"the run recorder process ended ({type(exc).__name__}: "
+                               f"{exc}; exit code {proc.poll()}); a new one is started for "
+                               "the next batch") from None
+        if reply is not None:
+            name, message = reply
+            raise _ERRORS.get(name, StoreError)(message)
+
+    def _lost(self, proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        with self._lock:
+            if self._proc is proc:
+                self._proc = None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the recorder: its stdin closed, it exits once its batch (if any) is done;
+        killed past `timeout` (a commit stalled on a lock)."""
+        with self._lock:
+            proc, self._proc, self._closed = self._proc, None, True
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the run recorder did not end within %g s; killed", timeout)
+            proc.kill()
+            proc.wait(5)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: end when the serving process ends, even while waiting on a lock."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it ended before the line above
+        sys.exit(0)
+
+
+def main() -> int:
+    """The recorder process: its store from the first frame, then one answer per batch."""
+    parent = int(os.environ.get("CADML_RECORDER_PARENT", os.getppid()))
+    _die_with_parent(parent)
+    frames_in = sys.stdin.buffer
+    frames_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever prints, prints to stderr: never into the frames
+    sys.stdout = sys.stderr
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from controller.store import Store
+    from controller.store.engine import make_engine
+
+    try:
+        url, tenant, actor, model = receive(frames_in)
+    except EOFError:
+        return 0
+    store = Store(make_engine(url, create_dirs=False))
+    send(frames_out, None)
+    try:
+        while True:
+            try:
+                rows, created = receive(frames_in)
+            except EOFError:
+                return 0
+            reply: tuple[str, str] | None = None
+            try:
+                commit_rows(store, tenant, actor, model, rows,
+                            datetime.fromisoformat(created))
+            except CadmlError as exc:
+                reply = (type(exc).__name__ if type(exc).__name__ in _ERRORS else
+                         "StoreError", str(exc))
+            except Exception as exc:  # answered, never fatal: the next batch may pass
+                log.exception("recording %d runs failed", len(rows))
+                reply = ("StoreError", f"{type(exc).__name__}: {exc}")
+            send(frames_out, reply)
+    finally:
+        store.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
