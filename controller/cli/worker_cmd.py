@@ -174,6 +174,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from aiohttp import web
 
     from controller.errors import UsageError
@@ -221,8 +223,10 @@ def run(args: argparse.Namespace) -> int:
     guard = WriteGuard(checker, insecure_local=args.insecure_local)
     listener = _listen(args.host, args.port)  # before any work: a busy port fails first
     _json_logs(args.log_level)
+    # request logs are at debug: aiohttp's access log writes one line per request at info
+    access = logging.getLogger("aiohttp.access") if args.log_level == "debug" else None
     web.run_app(make_app(WorkerRuntime(store, settings), guard=guard), sock=listener,
-                print=None)
+                print=None, access_log=access)
     return 0
 
 

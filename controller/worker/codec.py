@@ -30,7 +30,6 @@ import enum
 import importlib
 import json
 import math
-import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +44,15 @@ def _optional(name: str) -> Any:
 
 orjson = _optional("orjson")
 ORJSON_MAX_BRACKETS = 64
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# a run of 19 digits: every digit made "0", then one substring search (a regular
+# expression restarts at each digit of each float: 10-17 µs for a 24-float query vector)
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
+
+
+def long_digits(raw: bytes) -> bool:
+    """Whether `raw` holds a run of 19 or more ASCII digits."""
+    return _LONG_DIGITS in raw.translate(_DIGITS_AS_ZERO)
 
 
 # dates and dataclasses refused as json refuses them (orjson has no such option for UUIDs
@@ -189,7 +196,7 @@ class _Encoder:
 def loads(raw: bytes) -> Any:
     """JSON text as Python values, exactly as json.loads reads it (and raises)."""
     if orjson is not None and raw.count(b"[") + raw.count(b"{") <= ORJSON_MAX_BRACKETS \
-            and _LONG_DIGITS.search(raw) is None:
+            and not long_digits(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:  # maybe valid for json (NaN, …): let json decide

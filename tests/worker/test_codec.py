@@ -145,3 +145,15 @@ def test_dumps_refuses_a_circular_body(codec_backend: str) -> None:
     loop.append(loop)
     with pytest.raises(ValueError, match="Circular"):
         codec.dumps({"a": loop})
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.lists(st.sampled_from([b"0", b"7", b"9", b".", b"-", b"e", b" ", b"[", b"a",
+                                     b"\xff", b"12345678901234567", b"1234567890123456789"]),
+                    max_size=60).map(b"".join))
+def test_the_long_digit_check_is_the_regular_expression_it_replaced(raw: bytes) -> None:
+    """A body with a run of 19 digits goes to json (orjson reads such integers as floats);
+    the check is a translate and a substring search, the same answer as the regex."""
+    import re
+
+    assert codec.long_digits(raw) == (re.search(rb"[0-9]{19}", raw) is not None)

@@ -28,13 +28,13 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def worker(world: World, tmp_path: Path) -> Iterator[tuple[Queue[dict[str, Any]], int]]:
+def _worker(world: World, tmp_path: Path, level: str
+            ) -> Iterator[tuple[Queue[dict[str, Any]], int]]:
     port = _port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "controller", "worker", "--model", f"{TENANT}/{MODEL}",
          "--store", str(world.store.engine.url), "--port", str(port), "--host", "127.0.0.1",
-         "--log-level", "debug"],
+         "--log-level", level],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "CADML_HOME": str(tmp_path)})
     lines: Queue[dict[str, Any]] = Queue()
 
@@ -50,6 +50,11 @@ def worker(world: World, tmp_path: Path) -> Iterator[tuple[Queue[dict[str, Any]]
     yield lines, port
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture
+def worker(world: World, tmp_path: Path) -> Iterator[tuple[Queue[dict[str, Any]], int]]:
+    yield from _worker(world, tmp_path, "debug")
 
 
 def _next(lines: Queue[dict[str, Any]], event: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -87,3 +92,31 @@ def test_the_worker_logs_one_json_line_per_event(
     logged = _next(lines, "run")
     assert logged["level"] == "debug" and logged["run"] == run["runKey"]
     assert logged["version"] == "1.0.0" and logged["policyVersion"] == pv
+
+
+@pytest.fixture
+def info_worker(world: World, tmp_path: Path) -> Iterator[tuple[Queue[dict[str, Any]], int]]:
+    yield from _worker(world, tmp_path, "info")
+
+
+def test_at_info_a_served_request_writes_no_log_line(
+        world: World, info_worker: tuple[Queue[dict[str, Any]], int]) -> None:
+    """Request logs are at debug: before, aiohttp's access log wrote one line per request
+    at info (a line of text in the JSON stream, and CPU on every request). The policy
+    change published after the requests is the positive signal that the log is read up
+    to there."""
+    lines, port = info_worker
+    _next(lines, "version_loaded")
+    for i in range(3):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/search", method="POST",
+                                     data=json.dumps({"vector": [0.0] * 24,
+                                                      "jobId": f"quiet-{i}"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+    world.publish([RouteRow("1.0.0", 100, True)], source="rollback")
+    seen = []
+    while (line := lines.get(timeout=30)).get("event") != "policy_applied":
+        seen.append(line)
+    assert not [line for line in seen if "POST /v1/search" in json.dumps(line)
+                or line.get("logger") == "aiohttp.access"], seen
