@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from controller.cli._common import add_parser, positive_seconds
+from controller.cli._common import add_parser, positive_seconds, tcp_port
 from controller.cli.store_cmds import STORE_HELP
 
 HELP = """\
@@ -39,13 +39,14 @@ def register(sub: Any) -> None:
                                      "chart installs; default: standalone)")
     p.add_argument("--webhook-host", help="serve the admission webhook; the API server calls "
                                           "https://HOST:PORT (default: no webhook)")
-    p.add_argument("--webhook-port", type=int,
+    p.add_argument("--webhook-port", type=tcp_port,
                    help="port of the admission webhook (default $CADML_WEBHOOK_PORT, else 9443)")
     p.add_argument("--timer-interval", type=positive_seconds,
                    help="drift-repair interval, seconds (default $CADML_TIMER_INTERVAL, "
                         "else 60)")
     p.add_argument("--liveness", help="liveness endpoint (default http://0.0.0.0:8081/healthz)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 9090)")
+    p.add_argument("--metrics-port", type=tcp_port,
+                   help="Prometheus /metrics port (default $CADML_METRICS_PORT, else 9090)")
     p.add_argument("--no-workers", action="store_true",
                    help="do not create worker Deployments/Services (store-only mode)")
     p.set_defaults(handler=run)

@@ -29,13 +29,17 @@ def env_seconds(env: dict[str, str], *names: str) -> float | None:
     return None
 
 
-def env_count(env: dict[str, str], name: str, minimum: int = 1) -> int | None:
-    """`name` as a whole number of at least `minimum`; None when unset or empty."""
+def env_count(env: dict[str, str], name: str, minimum: int = 1,
+              maximum: int | None = None) -> int | None:
+    """`name` as a whole number of at least `minimum` (and at most `maximum`); None when
+    unset or empty. ASCII digits only ("²" is a digit to str.isdigit, not to int)."""
     text = (env.get(name) or "").strip()
     if not text:
         return None
-    if not text.isdigit() or int(text) < minimum:
-        raise UsageError(f"{name} {env[name]!r}: use a whole number of {minimum} or more, "
+    if not (text.isascii() and text.isdigit()) or int(text) < minimum or \
+            (maximum is not None and int(text) > maximum):
+        span = f"of {minimum} or more" if maximum is None else f"from {minimum} to {maximum}"
+        raise UsageError(f"{name} {env[name]!r}: use a whole number {span}, "
                          f"or leave it unset for the default")
     return int(text)
 
@@ -98,13 +102,13 @@ class OperatorSettings:
             "pod_namespace": env.get("POD_NAMESPACE") or None,
             "pod_uid": env.get("POD_UID") or None,
             "webhook_host": env.get("CADML_WEBHOOK_HOST") or None,
-            "webhook_port": env_count(env, "CADML_WEBHOOK_PORT"),
+            "webhook_port": env_count(env, "CADML_WEBHOOK_PORT", maximum=65535),
             "webhook_cert": env.get("CADML_WEBHOOK_CERT") or None,
             "webhook_key": env.get("CADML_WEBHOOK_KEY") or None,
             "webhook_ca": env.get("CADML_WEBHOOK_CA") or None,
             "webhook_service": env.get("CADML_WEBHOOK_SERVICE") or None,
             "webhook_failure_policy": env.get("CADML_WEBHOOK_FAILURE_POLICY") or None,
-            "metrics_port": env_count(env, "CADML_METRICS_PORT", minimum=0),
+            "metrics_port": env_count(env, "CADML_METRICS_PORT", minimum=0, maximum=65535),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]

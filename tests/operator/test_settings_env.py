@@ -24,15 +24,18 @@ ROOT = Path(__file__).resolve().parents[2]
     ("CADML_ANALYSIS_INTERVAL", "-5", "a number of seconds above 0"),
     ("CADML_TIMER_INTERVAL", "nan", "a number of seconds above 0"),
     ("CADML_PRIORITY", "high", "a whole number of 0 or more"),
-    ("CADML_WEBHOOK_PORT", "-1", "a whole number of 1 or more"),
+    ("CADML_WEBHOOK_PORT", "-1", "a whole number from 1 to 65535"),
+    ("CADML_WEBHOOK_PORT", "99999", "a whole number from 1 to 65535"),
+    ("CADML_METRICS_PORT", "70000", "a whole number from 0 to 65535"),
+    ("CADML_PERIODIC_WORKERS", "\u00b2", "a whole number of 1 or more"),  # "²".isdigit()
     ("CADML_WEBHOOK_FAILURE_POLICY", "fail-open", "Fail or Ignore"),
     ("CADML_WEBHOOK_SERVICE", "nope", "NAMESPACE/NAME[:PORT]"),
 ])
 def test_a_malformed_number_stops_the_operator_before_it_starts(
         tmp_path: Path, name: str, value: str, accepted: str) -> None:
     store = tmp_path / "store.db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), name: value,
-           "CADML_METRICS_PORT": "0", "KUBECONFIG": str(tmp_path / "none")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CADML_METRICS_PORT": "0",
+           "KUBECONFIG": str(tmp_path / "none"), name: value}
     env.pop("CADML_DEBUG", None)
     done = subprocess.run([sys.executable, "-m", "controller", "run", "--store",
                            f"sqlite:///{store}"], check=False, env=env, capture_output=True,
@@ -42,6 +45,22 @@ def test_a_malformed_number_stops_the_operator_before_it_starts(
     (line,) = done.stderr.strip().splitlines()
     assert name in line and repr(value) in line and accepted in line, line
     assert not store.exists()  # nothing started: the store was not opened
+
+
+@pytest.mark.parametrize("args", [["--webhook-port", "-1"], ["--metrics-port", "99999"],
+                                  ["--webhook-port", "http"]])
+def test_a_port_flag_outside_0_to_65535_stops_the_start_with_one_line(
+        tmp_path: Path, args: list[str]) -> None:
+    """Before: argparse took any int; -1 or 99999 failed later, inside the operator."""
+    store = tmp_path / "store.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KUBECONFIG": str(tmp_path / "none")}
+    done = subprocess.run([sys.executable, "-m", "controller", "run", "--store",
+                           f"sqlite:///{store}", *args], check=False, env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and args[0] in done.stderr
+    assert "0 to 65535" in done.stderr
+    assert not store.exists()
 
 
 @pytest.mark.parametrize(("env", "workers", "analysis"), [
