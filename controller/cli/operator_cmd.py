@@ -43,7 +43,8 @@ def register(sub: Any) -> None:
                    help="port of the admission webhook (default $CADML_WEBHOOK_PORT, else 9443)")
     p.add_argument("--timer-interval", type=positive_seconds,
                    help="drift-repair interval, seconds (default $CADML_TIMER_INTERVAL, "
-                        "else 60)")
+                        "else 60); canary analysis runs at it too unless "
+                        "$CADML_ANALYSIS_INTERVAL is set")
     p.add_argument("--liveness", help="liveness endpoint (default http://0.0.0.0:8081/healthz)")
     p.add_argument("--metrics-port", type=tcp_port,
                    help="Prometheus /metrics port (default $CADML_METRICS_PORT, else 9090)")

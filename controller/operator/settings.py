@@ -110,6 +110,10 @@ class OperatorSettings:
             "webhook_failure_policy": env.get("CADML_WEBHOOK_FAILURE_POLICY") or None,
             "metrics_port": env_count(env, "CADML_METRICS_PORT", minimum=0, maximum=65535),
         }
+        if overrides.get("timer_interval") is not None and \
+                env_seconds(env, "CADML_ANALYSIS_INTERVAL") is None:
+            # --timer-interval, like $CADML_TIMER_INTERVAL, sets analysis' interval too
+            values["analysis_interval"] = overrides["timer_interval"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
         if settings.webhook_service:

@@ -77,6 +77,17 @@ def test_well_formed_numbers_are_read(env: dict[str, str], workers: int,
     assert (settings.periodic_workers, settings.analysis_interval) == (workers, analysis)
 
 
+@pytest.mark.parametrize(("env", "analysis"), [
+    ({}, 2.0), ({"CADML_TIMER_INTERVAL": "30"}, 2.0), ({"CADML_ANALYSIS_INTERVAL": "5"}, 5.0)])
+def test_the_timer_interval_flag_sets_the_analysis_interval_as_its_variable_does(
+        env: dict[str, str], analysis: float) -> None:
+    """Before: `cadml run --timer-interval 2` repaired every 2 s but analysed every 60 s
+    ($CADML_TIMER_INTERVAL=2 set both); $CADML_ANALYSIS_INTERVAL still wins."""
+    settings = OperatorSettings.from_env({"CADML_STORE_URL": "sqlite://", **env},
+                                         timer_interval=2.0)
+    assert (settings.timer_interval, settings.analysis_interval) == (2.0, analysis)
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "nan", "soon"])
 def test_a_timer_interval_flag_that_is_no_positive_number_is_refused(
         tmp_path: Path, value: str) -> None:
