@@ -235,6 +235,11 @@ def bench_http(requests: int, concurrency: int, rounds: int = 1) -> float:
                   f"{side * 1e3:.3f} ms) -> ratio {ratios['process'][-1]:.2f}; by its writer "
                   f"thread {rates['thread']:,.0f} req/s ({cpu['thread'] * 1e3:.2f} ms) -> "
                   f"ratio {ratios['thread'][-1]:.2f}", flush=True)
+        if recorder_pid:
+            rss = next(int(line.split()[1]) for line in
+                       Path(f"/proc/{recorder_pid}/status").read_text().splitlines()
+                       if line.startswith("VmRSS:"))
+            print(f"3. the recorder process's resident memory: {rss / 1024:.0f} MiB")
         for stop in stops:
             stop.set()
         for thread in threads:
