@@ -70,6 +70,13 @@ class _CpuLimit(BaseException):
 _ENV_LOCK = threading.Lock()
 
 
+def process_environ() -> dict[str, str]:
+    """This process's environment, never the parsers' minimal one that it holds for a
+    moment while the fork server starts: what a child started from another thread gets."""
+    with _ENV_LOCK:
+        return dict(os.environ)
+
+
 def _start_scrubbed_forkserver() -> None:
     """Launch the fork server (and resource tracker) with CHILD_ENV as their whole
     environment; every parser child is forked from it. A fork server that is already

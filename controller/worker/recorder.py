@@ -170,12 +170,23 @@ class RecorderProcess:
             return proc
         if self._closed:
             raise RecorderLost("the run recorder is closed: the worker is stopping")
-        env = {**os.environ, "CADML_RECORDER_PARENT": str(os.getpid())}
-        proc = subprocess.Popen([sys.executable, "-m", "controller.worker.recorder"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                close_fds=True)
+        from controller.features.sandbox import process_environ
+
+        env = {**process_environ(), "CADML_RECORDER_PARENT": str(os.getpid())}
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "controller.worker.recorder"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                    close_fds=True)
+        except OSError as exc:  # no pipes, no process (a pids or memory limit)
+            raise RecorderLost(f"the run recorder process could not be started: {exc}"
+                               ) from None
         assert proc.stdin is not None
-        send(proc.stdin, self._init)  # the URL (with its password) never in argv
+        try:
+            send(proc.stdin, self._init)  # the URL (with its password) never in argv
+        except OSError as exc:
+            self._lost(proc)
+            raise RecorderLost(f"the run recorder process ended at its start: {exc}"
+                               ) from None
         self._proc, self._ready = proc, False
         return proc
 
@@ -228,10 +239,15 @@ class RecorderProcess:
 
 
 def _die_with_parent(parent: int) -> None:
-    """Linux: end when the serving process ends, even while waiting on a lock."""
+    """End with the serving process, never before it: SIGINT and SIGTERM are ignored (a
+    Ctrl-C or a stop signals the whole process group; the worker then stops gracefully,
+    its last batches still to commit here, and closes our stdin: that ends us); killed
+    (Linux) when the thread that started us ends, even while waiting on a lock."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it ended before the line above
         sys.exit(0)
 

@@ -30,7 +30,7 @@ from controller.store.repository import RunFilter, Store
 from tests.conftest import ROOT
 from tests.worker.conftest import MODEL, TENANT, World, build_world
 from tests.worker.process import free_port
-from tests.worker.test_recorder_process import _recorders
+from tests.worker.test_recorder_process import _ended, _recorders, _wait
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_a_recorder_that_cannot_be_started_again_answers_503_run_not_recorded(
         assert _call(worker.url, "POST", "/v1/search", _query(world, "before"))[0] == 200
         (recorder,) = _recorders(pid)
         os.kill(recorder, signal.SIGKILL)
-        time.sleep(0.5)
+        _wait(lambda: _ended(recorder), 20, "end of the killed recorder")
         opened = len(os.listdir(f"/proc/{pid}/fd"))
         limit = resource.prlimit(pid, resource.RLIMIT_NOFILE)
         # room for the request's connection, none for the new recorder's pipes
