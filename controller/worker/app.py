@@ -57,7 +57,7 @@ from controller.worker.auth import (
 )
 from controller.worker.events import emit
 from controller.worker.runtime import Route, SearchOutcome, WorkerError, WorkerRuntime
-from controller.worker.runwriter import RunWriter
+from controller.worker.runwriter import PipeWriter, RunWriter
 from controller.worker.shadow import Mirrored, ShadowMirror, wanted
 
 log = logging.getLogger("cadml.worker")
@@ -730,7 +730,9 @@ def make_app(runtime: WorkerRuntime, sandbox: FeatureSandbox | None = None,
     app[RUNTIME] = runtime
     app[GUARD] = guard or WriteGuard()
     app[UPLOADS] = []
-    app[WRITER] = RunWriter(runtime.record, s.run_linger_seconds, s.run_commit_timeout)
+    app[WRITER] = RunWriter(runtime.record, s.run_linger_seconds, s.run_commit_timeout) \
+        if runtime.recorder is None else \
+        PipeWriter(runtime.recorder, runtime.run_rows, runtime.recorded, s.run_commit_timeout)
     app[MIRROR] = ShadowMirror(runtime, lambda: app[SANDBOX], busy=lambda: bool(app[UPLOADS]))
     app[SANDBOX] = sandbox or FeatureSandbox(
         s.sandbox_workers, SandboxLimits(cpu_seconds=s.cpu_seconds,

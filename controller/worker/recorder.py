@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import marshal
 import os
@@ -31,9 +32,9 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from controller.errors import (
     CadmlError,
@@ -49,6 +50,7 @@ from controller.records import RunRecord
 log = logging.getLogger("cadml.worker")
 
 RUN_RECORDERS = ("process", "thread")  # the worker's --run-recorder
+T = TypeVar("T")
 
 # One run as it travels: RunRecord's fields after model_name, without created_at (one for
 # the whole batch): version, policy_version, route_source, thresholds, latency_ms, success,
@@ -91,10 +93,70 @@ def commit_rows(store: Any, tenant: str, actor: str, model: str, rows: Sequence[
         tx.record_runs(runs)
 
 
-def send(stream: IO[bytes], value: Any) -> None:
+def isolate(commit: Callable[[list[T]], None], groups: list[list[T]]
+            ) -> list[Exception | None]:
+    """Commit the groups (one request's runs each) in one transaction; when that fails,
+    each group on its own, so that one bad request cannot fail its neighbours. A retryable
+    failure (the store is unavailable) is every group's at once: trying each would only
+    wait for the store once per request. Each group's result: None or its error."""
+    try:
+        commit([x for g in groups for x in g])
+        return [None] * len(groups)
+    except Exception as exc:  # isolate the culprit: commit each request on its own
+        if len(groups) == 1 or getattr(exc, "retryable", False):
+            return [exc] * len(groups)
+        log.warning("batch of %d requests failed; retrying one request at a time",
+                    len(groups))
+    results: list[Exception | None] = []
+    for g in groups:
+        try:
+            commit(g)
+        except Exception as exc:  # the request learns why
+            results.append(exc)
+        else:
+            results.append(None)
+    return results
+
+
+def encode(value: Any) -> bytes:
+    """One frame: the length, then the marshal data."""
     data = marshal.dumps(value)
-    stream.write(_HEADER.pack(len(data)) + data)
+    return _HEADER.pack(len(data)) + data
+
+
+def send(stream: IO[bytes], value: Any) -> None:
+    stream.write(encode(value))
     stream.flush()
+
+
+def frame(groups: list[list[RunRow]], created_at: datetime) -> bytes:
+    """A batch for the recorder: each request's runs (a group), created at `created_at`."""
+    return encode(([portable(rows) for rows in groups], created_at.isoformat()))
+
+
+def results(reply: Any, groups: int) -> list[Exception | None]:
+    """The recorder's answer to a batch of `groups` requests, as each one's error (None:
+    committed): None (all committed) or one (class name, message) or None per group."""
+    if reply is None:
+        return [None] * groups
+    if not isinstance(reply, list) or len(reply) != groups:
+        raise ValueError(f"a recorder answer of {type(reply).__name__} for {groups} groups")
+    return [None if r is None else _ERRORS.get(r[0], StoreError)(r[1]) for r in reply]
+
+
+def split(buffer: bytearray) -> list[Any]:
+    """The complete frames at the start of `buffer`, removed from it."""
+    out = []
+    while len(buffer) >= _HEADER.size:
+        (size,) = _HEADER.unpack_from(buffer)
+        if size > MAX_FRAME:
+            raise ValueError(f"frame of {size} bytes")
+        end = _HEADER.size + size
+        if len(buffer) < end:
+            break
+        out.append(marshal.loads(bytes(buffer[_HEADER.size:end])))
+        del buffer[:end]
+    return out
 
 
 def receive(stream: IO[bytes]) -> Any:
@@ -190,26 +252,19 @@ class RecorderProcess:
         self._proc, self._ready = proc, False
         return proc
 
-    def record(self, rows: list[RunRow], created_at: datetime) -> None:
-        """Commit `rows` in the recorder; raise what its commit raised (a store error) or
-        RecorderLost."""
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """The running recorder, or a new one (its store not ready until its first frame:
+        None); RecorderLost when it cannot be started or the worker is stopping."""
         with self._lock:
-            proc = self._ensure()
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            if not self._ready:
-                receive(proc.stdout)  # the recorder has its store
-                self._ready = True
-            send(proc.stdin, (portable(rows), created_at.isoformat()))
-            reply = receive(proc.stdout)
-        except (OSError, EOFError, ValueError) as exc:
-            self._lost(proc)
-            raise RecorderLost(f"the run recorder process ended ({type(exc).__name__}: "
-                               f"{exc}; exit code {proc.poll()}); a new one is started for "
-                               "the next batch") from None
-        if reply is not None:
-            name, message = reply
-            raise _ERRORS.get(name, StoreError)(message)
+            return self._ensure()
+
+    def ready_at_start(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Whether `proc` is the recorder `start` waited for (its first frame read)."""
+        return proc is self._proc and self._ready
+
+    def lost(self, proc: subprocess.Popen[bytes]) -> None:
+        """`proc` ended, or its pipe broke: gone, and the next batch starts another."""
+        self._lost(proc)
 
     def _lost(self, proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(OSError):
@@ -252,6 +307,16 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
+def _reply(exc: Exception) -> tuple[str, str]:
+    """A commit's error as the recorder answers it: a store error by its class name, any
+    other as a StoreError naming its type (logged here with its traceback)."""
+    if isinstance(exc, CadmlError):
+        name = type(exc).__name__
+        return (name if name in _ERRORS else "StoreError", str(exc))
+    log.error("recording runs failed", exc_info=exc)
+    return ("StoreError", f"{type(exc).__name__}: {exc}")
+
+
 def main() -> int:
     """The recorder process: its store from the first frame, then one answer per batch."""
     parent = int(os.environ.get("CADML_RECORDER_PARENT", os.getppid()))
@@ -273,20 +338,14 @@ def main() -> int:
     try:
         while True:
             try:
-                rows, created = receive(frames_in)
+                groups, created = receive(frames_in)
             except EOFError:
                 return 0
-            reply: tuple[str, str] | None = None
-            try:
-                commit_rows(store, tenant, actor, model, rows,
-                            datetime.fromisoformat(created))
-            except CadmlError as exc:
-                reply = (type(exc).__name__ if type(exc).__name__ in _ERRORS else
-                         "StoreError", str(exc))
-            except Exception as exc:  # answered, never fatal: the next batch may pass
-                log.exception("recording %d runs failed", len(rows))
-                reply = ("StoreError", f"{type(exc).__name__}: {exc}")
-            send(frames_out, reply)
+            at = datetime.fromisoformat(created)
+            done = isolate(functools.partial(commit_rows, store, tenant, actor, model,
+                                             created_at=at), groups)
+            send(frames_out, None if not any(done) else [None if e is None else _reply(e)
+                                                          for e in done])
     finally:
         store.dispose()
 

@@ -33,7 +33,7 @@ from controller.search.loader import LoaderLimits
 from controller.search.pickle_scan import ScanReport, UnsafeArtifact, check_mode
 from controller.store.repository import Store
 from controller.worker.events import EVENTS, emit
-from controller.worker.recorder import RUN_RECORDERS, RecorderProcess, commit_rows
+from controller.worker.recorder import RUN_RECORDERS, RecorderProcess, RunRow, commit_rows
 from controller.worker.runkeys import new_run_key
 from controller.worker.thresholds import judge_thresholds
 
@@ -565,10 +565,16 @@ class WorkerRuntime:
         return k
 
     def record(self, outcomes: list[SearchOutcome]) -> None:
-        """Write the runs in one transaction (in the recorder process, when there is one).
-        A run's latency is its whole request: from its start (upload read) to this
-        record."""
+        """Write the runs in one transaction, in this process (the run writer's thread;
+        with a recorder process, the PipeWriter sends `run_rows` there instead)."""
         s = self.settings
+        rows, now = self.run_rows(outcomes)
+        commit_rows(self.store, s.tenant, s.worker_id, s.model, rows, now)
+        self.recorded(outcomes)
+
+    def run_rows(self, outcomes: list[SearchOutcome]) -> tuple[list[RunRow], datetime]:
+        """The runs as the store takes them, created now. A run's latency is its whole
+        request: from its start (upload read) to this record."""
         now, stamp = datetime.now(UTC), time.perf_counter()
         rows = []
         for o in outcomes:
@@ -578,10 +584,10 @@ class WorkerRuntime:
                          o.latency_ms, o.error is None, o.met_threshold, o.job_id,
                          o.hits[0].id if o.hits else None, o.error_code, o.run_key,
                          o.parse_ms, o.search_ms, o.binding))
-        if self.recorder is not None:
-            self.recorder.record(rows, now)
-        else:
-            commit_rows(self.store, s.tenant, s.worker_id, s.model, rows, now)
+        return rows, now
+
+    def recorded(self, outcomes: list[SearchOutcome]) -> None:
+        """After the runs' commit: their debug events and metrics."""
         if EVENTS.isEnabledFor(logging.DEBUG):
             for o in outcomes:
                 emit("run", logging.DEBUG, run=o.run_key, job=o.job_id, version=o.version,

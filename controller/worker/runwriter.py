@@ -34,14 +34,25 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import queue
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from controller.worker.recorder import RecorderLost
+from controller.worker.recorder import (
+    RecorderLost,
+    RecorderProcess,
+    RunRow,
+    frame,
+    isolate,
+    results,
+    split,
+)
 from controller.worker.runtime import SearchOutcome, WorkerError
 
 log = logging.getLogger("cadml.worker")
@@ -195,11 +206,11 @@ class RunWriter:
         with self._lock:  # the thread's end clears `_accepting` under it, then answers all
             if self._accepting and (oldest is None
                                     or pending.queued_at - oldest < self._timeout):
-                self._queue.put(pending)
+                self._enqueue(pending)
             else:  # not accepting, or stalled
                 trouble = self.problem(pending.queued_at)
                 if trouble is None:  # the stall ended meanwhile
-                    self._queue.put(pending)
+                    self._enqueue(pending)
         if trouble is not None:
             raise RunNotRecorded(f"runs not recorded: {trouble.message}", trouble.code,
                                  outcomes, trouble.context)
@@ -210,6 +221,9 @@ class RunWriter:
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._watch, loop)
         await pending.future
+
+    def _enqueue(self, pending: _Pending) -> None:
+        self._queue.put(pending)
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """One timer for all waiting requests (one each cost more than the rest of a
@@ -336,28 +350,19 @@ class RunWriter:
     def _commit(self, batch: list[_Pending]) -> list[Exception | None]:
         """Each request's result: one transaction for all, or (when it fails) one each;
         a retryable failure (the store is unavailable) is every request's at once."""
-        try:
-            self._record([o for p in batch for o in p.outcomes])
-            return [None] * len(batch)
-        except RecorderLost as exc:  # committed or not: unknown, as after a crash
-            return [RunNotRecorded(
-                f"runs not recorded: {exc}; they are recorded only if the recorder "
-                "committed them before it ended: look the runKeys up (GET /v1/runs/RUN) "
-                "before retrying", "run_recorder_lost", p.outcomes) for p in batch]
-        except Exception as exc:  # isolate the culprit: commit each request on its own
-            if len(batch) == 1 or getattr(exc, "retryable", False):
-                return [exc] * len(batch)
-            log.warning("batch of %d requests failed; retrying one request at a time",
-                        len(batch))
-        results: list[Exception | None] = []
-        for p in batch:
-            try:
-                self._record(p.outcomes)
-            except Exception as exc:  # the request learns why
-                results.append(exc)
-            else:
-                results.append(None)
-        return results
+        return lost_as_not_recorded(isolate(self._record, [p.outcomes for p in batch]),
+                                    batch)
+
+
+def lost_as_not_recorded(results: list[Exception | None], batch: list[_Pending]
+                         ) -> list[Exception | None]:
+    """A batch whose recorder ended under it: committed or not is unknown, as after a
+    crash; each request gets RunNotRecorded naming its own runs."""
+    return [RunNotRecorded(
+        f"runs not recorded: {exc}; they are recorded only if the recorder committed them "
+        "before it ended: look the runKeys up (GET /v1/runs/RUN) before retrying",
+        "run_recorder_lost", p.outcomes) if isinstance(exc, RecorderLost) else exc
+        for exc, p in zip(results, batch, strict=True)]
 
 
 def _answer(loop: asyncio.AbstractEventLoop, batch: list[_Pending],
@@ -383,3 +388,180 @@ def _settle(future: asyncio.Future[None], exc: Exception | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(exc)
+
+
+class PipeWriter(RunWriter):
+    """The run writer of a worker with a recorder process: no thread. The event loop
+    hands each batch to the recorder as one frame on its stdin and reads the answer when
+    it arrives (`add_reader`); the requests that queue while a batch is out form the next
+    one. The batching, the bound on each request, the stall and the answers are
+    RunWriter's; only where the commit runs differs.
+
+    The frame is written blocking: the recorder reads its stdin whenever no batch is out
+    (the only time one is sent), so the write waits only for the pipe to pass the bytes."""
+
+    def __init__(self, recorder: RecorderProcess,
+                 rows: Callable[[list[SearchOutcome]], tuple[list[RunRow], datetime]],
+                 recorded: Callable[[list[SearchOutcome]], None],
+                 timeout: float = COMMIT_TIMEOUT_SECONDS) -> None:
+        super().__init__(lambda _: None, 0.0, timeout)
+        self._recorder = recorder
+        self._rows = rows
+        self._recorded = recorded
+        self._queued: collections.deque[_Pending] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._proc: subprocess.Popen[bytes] | None = None  # the recorder being read
+        self._ready = False  # it answered its first frame: its store is open
+        self._buffer = bytearray()
+        self._kicked = False
+        self._idle = asyncio.Event()
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._accepting = True
+        self._idle.set()
+
+    async def stop(self) -> None:
+        """Send what is queued and wait for the answers; unless a commit stalls (past
+        the bound): then return at once, its requests answered by their own bound."""
+        with self._lock:
+            self._accepting = False
+        while self._queued or self._inflight:
+            stall = writer_problem(True, None, self._oldest, time.monotonic(), self._timeout)
+            if stall is not None:
+                log.warning("stopping without the run writer: %s", stall.message)
+                break
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 0.05)
+        if not self._inflight:
+            self._drop()  # a stalled batch's answer may still come (its requests wait)
+        if self._watchdog is not None and not self._waiting:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    @property
+    def alive(self) -> bool:
+        return self._loop is not None and self._accepting
+
+    def _enqueue(self, pending: _Pending) -> None:
+        self._queued.append(pending)
+        if not self._inflight and not self._kicked:
+            self._kicked = True  # the requests of this loop iteration join the batch
+            asyncio.get_running_loop().call_soon(self._kick)
+
+    def _kick(self) -> None:
+        """Send the next batch, when none is out and the recorder is ready."""
+        self._kicked = False
+        if self._inflight:
+            return
+        batch, size = [], 0
+        while self._queued and size < MAX_BATCH:
+            p = self._queued.popleft()
+            if not p.withdrawn:
+                batch.append(p)
+                size += len(p.outcomes)
+        if not batch:
+            self._idle.set()
+            return
+        self._inflight, self._oldest = batch, batch[0].queued_at
+        try:
+            proc = self._reader()
+        except RecorderLost as exc:  # none can be started: this batch fails, retryable
+            self._settle([exc] * len(batch))
+            return
+        if self._ready:
+            self._send(proc)
+
+    def _reader(self) -> subprocess.Popen[bytes]:
+        """The recorder, read by the event loop (started again when it ended)."""
+        proc = self._recorder.spawn()
+        if proc is not self._proc:
+            assert proc.stdout is not None and self._loop is not None
+            if self._proc is not None:
+                self._drop()
+            fd = proc.stdout.fileno()
+            os.set_blocking(fd, False)
+            self._proc, self._buffer = proc, bytearray()
+            # the recorder the worker's start waited for is ready; a new one says so
+            self._ready = self._recorder.ready_at_start(proc)
+            self._loop.add_reader(fd, self._readable)
+        return proc
+
+    def _send(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdin is not None
+        outcomes = [o for p in self._inflight for o in p.outcomes]
+        rows, created = self._rows(outcomes)
+        groups, i = [], 0
+        for p in self._inflight:
+            groups.append(rows[i:i + len(p.outcomes)])
+            i += len(p.outcomes)
+        try:
+            proc.stdin.write(frame(groups, created))
+            proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            self._gone(f"{type(exc).__name__}: {exc}")
+
+    def _readable(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        try:
+            data = os.read(proc.stdout.fileno(), 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._gone(f"{type(exc).__name__}: {exc}")
+            return
+        if not data:
+            self._gone(f"end of its output; exit code {proc.poll()}")
+            return
+        self._buffer += data
+        try:
+            frames = split(self._buffer)
+        except ValueError as exc:
+            self._gone(str(exc))
+            return
+        for reply in frames:
+            if not self._ready:
+                self._ready = True
+                if self._inflight:
+                    self._send(proc)
+                continue
+            try:
+                answers = results(reply, len(self._inflight))
+            except ValueError as exc:
+                self._gone(str(exc))
+                return
+            self._settle(answers)
+
+    def _settle(self, answers: list[Exception | None]) -> None:
+        """Answer the batch out, then send the next."""
+        batch = self._inflight
+        self._inflight, self._oldest = [], None
+        answers = lost_as_not_recorded(answers, batch)
+        done = [o for p, a in zip(batch, answers, strict=True) if a is None
+                for o in p.outcomes]
+        if done:
+            self._recorded(done)
+        _settle_all([p.future for p in batch], answers)
+        if self._queued:
+            self._kick()
+        else:
+            self._idle.set()
+
+    def _gone(self, why: str) -> None:
+        """The recorder ended (or its pipe broke): the batch out is answered as lost."""
+        proc = self._proc
+        self._drop()
+        if proc is not None:
+            self._recorder.lost(proc)
+        if self._inflight:
+            self._settle([RecorderLost(f"the run recorder process ended ({why}); a new one "
+                                       "is started for the next batch")] * len(self._inflight))
+
+    def _drop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.stdout is not None and self._loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(proc.stdout.fileno())
+        self._ready = False
