@@ -1,13 +1,16 @@
 """Run records committed by a process of their own, so that the store's insert work does
 not run under the serving process's GIL.
 
-The serving process's run writer thread (runwriter.py) still batches requests, waits for
-each batch's commit and answers them; only the commit moves: the thread hands a batch to
+The serving process keeps the batching, the bound on each request and the answers
+(runwriter.py's PipeWriter); only the commit moves. The event loop hands each batch to
 the recorder process (`python -m controller.worker.recorder`) as one frame on its stdin
-and blocks, without the GIL, until the one-frame answer on its stdout. Measured by
-bench/worker_bench.py's HTTP figure: the SQLAlchemy insert of a batch, run in the
-serving process, cost as much CPU per request as a third of the event loop's work, and
-took the GIL from it.
+(each request's runs a group) and reads the one-frame answer on its stdout when it
+comes: None (all committed) or, per request, None or its error. The recorder commits the
+batch in one transaction; when that fails it commits each request on its own
+(`isolate`, shared with the thread's path), so one bad request fails alone.
+Measured by bench/worker_bench.py's HTTP figure: with the insert in the serving process,
+its writer thread took the GIL from the event loop (0.45 of a minimal aiohttp handler's
+throughput, against 0.53-0.56 with the recorder).
 
 Frames are `marshal` data (it builds only plain values: no object of ours is created
 from a frame, no code runs), a 4-byte length first. The process is ours and the pipe
@@ -15,8 +18,11 @@ is private; still, nothing it answers is more than a class name out of a fixed l
 a message.
 
 A recorder that ended (killed, out of memory) fails its batch as retryable (503
-run_not_recorded: whether the batch was committed is unknown, as after a crash) and is
-started again for the next batch. Closing its stdin ends it; the worker's stop does that.
+run_not_recorded, reason run_recorder_lost: whether the batch was committed is unknown,
+as after a crash) and is started again for the next batch. It ignores SIGINT and SIGTERM
+(a group signal reaches it with the worker, which then stops gracefully and still needs
+it); closing its stdin ends it, as the worker's stop does, and it is killed when the
+worker dies.
 """
 
 from __future__ import annotations
@@ -196,9 +202,9 @@ def _plain(value: Any) -> Any:
 
 
 class RecorderProcess:
-    """The serving process's end: one recorder at a time, started by `start` or on first
-    use, and again after one ended. `record` is called from one thread at a time (the run
-    writer's)."""
+    """The serving process's end: one recorder at a time, started by `start` (the worker's
+    start waits for it) and by `spawn` again after one ended; its pipes are read and
+    written by the PipeWriter on the event loop."""
 
     def __init__(self, url: str, tenant: str, actor: str, model: str) -> None:
         self._init = (url, tenant, actor, model)

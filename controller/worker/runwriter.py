@@ -6,8 +6,9 @@ A failed batch is retried run by run, so one bad run cannot fail its neighbours;
 that failed because the store is unavailable (retryable) fails whole: retrying each run
 would only wait for the store once per request.
 
-The commits run on one thread of their own (which hands each batch to the recorder
-process, recorder.py, when the worker has one), fed by a lock-free queue: a request costs
+The commits run on one thread of their own (RunWriter), fed by a lock-free queue, or,
+when the worker has a recorder process (recorder.py), in that process, the event loop
+sending each batch and reading its answer (PipeWriter, no thread). The thread's case: a request costs
 one `put` and one future, a batch one wake-up of the event loop for all its requests
 (an executor hop per batch and an asyncio queue per request cost more than the SQLite
 insert, measured by bench/worker_bench.py's HTTP figure). On stop, everything queued

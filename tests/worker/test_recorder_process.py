@@ -30,10 +30,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from controller.errors import ConflictError
 from controller.features.sandbox import FeatureSandbox
 from controller.store.repository import RunFilter
 from controller.worker.app import make_app
-from controller.worker.recorder import portable, receive, records, send
+from controller.worker.recorder import (
+    RecorderProcess,
+    frame,
+    portable,
+    receive,
+    records,
+    results,
+    send,
+)
+from controller.worker.runkeys import new_run_key
 from tests.stores import Backend
 from tests.worker.conftest import EDITOR, MODEL, TENANT, World, build_world, editor_guard
 from tests.worker.process import WorkerProcess
@@ -201,3 +211,34 @@ def _fields(record: Any) -> dict[str, Any]:
     """A record's fields, its threshold snapshot as a plain dict."""
     return {name: dict(v) if isinstance(v, types.MappingProxyType) else v
             for name in record.__dataclass_fields__ for v in [getattr(record, name)]}
+
+
+def test_the_recorder_commits_each_request_on_its_own_when_one_of_them_fails(
+        world: World) -> None:
+    """A batch whose runs cannot all be committed (one request's version is not in the
+    store): the recorder answers per request, the others committed. Driven through the
+    recorder's own pipe (a real process on the real store): which requests share a batch
+    cannot be steered through HTTP."""
+    recorder = RecorderProcess(str(world.store.engine.url), TENANT, "w-test", MODEL)
+    recorder.start()
+    try:
+        proc = recorder.spawn()
+        assert proc.stdin is not None and proc.stdout is not None
+
+        def row(version: str, job: str) -> tuple[Any, ...]:
+            return (version, 1, "policy", {}, 1.0, True, True, job, None, None,
+                    new_run_key(), None, 0.1, None)
+
+        batch = [[row("1.0.0", "good-1")], [row("9.9.9", "bad")],
+                 [row("1.0.0", "good-2"), row("1.1.0", "good-3")]]
+        proc.stdin.write(frame(batch, datetime.now(UTC)))
+        proc.stdin.flush()
+        first, bad, last = results(receive(proc.stdout), 3)
+        assert first is None and last is None
+        assert isinstance(bad, ConflictError) and "9.9.9" in str(bad)
+        stored = _stored(world)
+        assert sorted(j for j in stored.values() if j) == ["good-1", "good-2", "good-3"]
+        pid = proc.pid
+    finally:
+        recorder.close()
+    _wait(lambda: _ended(pid), 20, "end of the recorder once its stdin closed")
