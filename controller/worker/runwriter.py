@@ -8,8 +8,8 @@ would only wait for the store once per request.
 
 The commits run on one thread of their own (RunWriter), fed by a lock-free queue, or,
 when the worker has a recorder process (recorder.py), in that process, the event loop
-sending each batch and reading its answer (PipeWriter, no thread). The thread's case: a request costs
-one `put` and one future, a batch one wake-up of the event loop for all its requests
+sending each batch and reading its answer (PipeWriter, no thread). The thread's case:
+a request costs one `put` and one future, a batch one wake-up of the event loop for all its requests
 (an executor hop per batch and an asyncio queue per request cost more than the SQLite
 insert, measured by bench/worker_bench.py's HTTP figure). On stop, everything queued
 before the writer closed is committed before the thread ends.
