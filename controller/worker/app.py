@@ -186,6 +186,7 @@ HUMAN_DECISION_MAX = 32  # and its human_decision
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _controls(text: str) -> bool:
@@ -193,7 +194,8 @@ def _controls(text: str) -> bool:
     a terminal escape sequence run by whoever reads it)."""
     if text.isascii():  # the usual id: printable <=> none of \x00-\x1f, \x7f
         return not text.isprintable()
-    return _CONTROL.search(text) is not None
+    # a lone surrogate ("\\ud800" in JSON) is no character: no store or hash can encode it
+    return _CONTROL.search(text) is not None or _SURROGATE.search(text) is not None
 
 
 def _job(value: Any) -> str:
@@ -202,8 +204,9 @@ def _job(value: Any) -> str:
     job = str(value or uuid.uuid4().hex)
     if len(job) > JOB_KEY_MAX or _controls(job):
         raise WorkerError(f"jobId must be at most {JOB_KEY_MAX} characters, none of them "
-                          "control characters", code="bad_request", stage="request",
-                          status=400, context={"field": "jobId", "limit": JOB_KEY_MAX})
+                          "control characters or lone surrogates", code="bad_request",
+                          stage="request", status=400,
+                          context={"field": "jobId", "limit": JOB_KEY_MAX})
     return job
 
 

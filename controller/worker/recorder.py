@@ -240,7 +240,9 @@ class RecorderProcess:
             raise RecorderLost("the run recorder is closed: the worker is stopping")
         from controller.features.sandbox import process_environ
 
-        env = {**process_environ(), "CADML_RECORDER_PARENT": str(os.getpid())}
+        env = {**process_environ(), "CADML_RECORDER_PARENT": str(os.getpid()),
+               # it logs as the worker does: JSON lines, at the worker's level
+               "CADML_RECORDER_LOG_LEVEL": str(logging.getLogger().getEffectiveLevel())}
         try:
             proc = subprocess.Popen([sys.executable, "-m", "controller.worker.recorder"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
@@ -331,7 +333,13 @@ def main() -> int:
     frames_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever prints, prints to stderr: never into the frames
     sys.stdout = sys.stderr
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from controller.worker.events import JsonLines
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    logging.getLogger().handlers[:] = [handler]
+    level = os.environ.get("CADML_RECORDER_LOG_LEVEL", "")
+    logging.getLogger().setLevel(int(level) if level.isdigit() else logging.WARNING)
     from controller.store import Store
     from controller.store.engine import make_engine
 

@@ -351,19 +351,32 @@ class RunWriter:
     def _commit(self, batch: list[_Pending]) -> list[Exception | None]:
         """Each request's result: one transaction for all, or (when it fails) one each;
         a retryable failure (the store is unavailable) is every request's at once."""
-        return lost_as_not_recorded(isolate(self._record, [p.outcomes for p in batch]),
+        return as_not_recorded(isolate(self._record, [p.outcomes for p in batch]),
                                     batch)
 
 
-def lost_as_not_recorded(results: list[Exception | None], batch: list[_Pending]
-                         ) -> list[Exception | None]:
-    """A batch whose recorder ended under it: committed or not is unknown, as after a
-    crash; each request gets RunNotRecorded naming its own runs."""
-    return [RunNotRecorded(
-        f"runs not recorded: {exc}; they are recorded only if the recorder committed them "
-        "before it ended: look the runKeys up (GET /v1/runs/RUN) before retrying",
-        "run_recorder_lost", p.outcomes) if isinstance(exc, RecorderLost) else exc
-        for exc, p in zip(results, batch, strict=True)]
+def as_not_recorded(results: list[Exception | None], batch: list[_Pending]
+                    ) -> list[Exception | None]:
+    """Each request whose runs the store did not take for a reason that passes (a lock
+    held past the busy timeout, the store unreachable, the recorder ended under the
+    batch): RunNotRecorded naming its own runs, retryable with Retry-After. A recorder
+    that ended: committed or not is unknown, as after a crash."""
+    out: list[Exception | None] = []
+    for exc, p in zip(results, batch, strict=True):
+        answer = exc
+        if isinstance(exc, RecorderLost):
+            answer = RunNotRecorded(
+                f"runs not recorded: {exc}; they are recorded only if the recorder "
+                "committed them before it ended: look the runKeys up (GET /v1/runs/RUN) "
+                "before retrying", "run_recorder_lost", p.outcomes)
+        elif exc is not None and getattr(exc, "retryable", False) and \
+                not isinstance(exc, RunNotRecorded):
+            answer = RunNotRecorded(
+                f"runs not recorded: the store did not take them ({exc}); nothing of them "
+                "was committed: retry in a moment", "store_unavailable", p.outcomes,
+                {"storeError": getattr(exc, "reason", type(exc).__name__)})
+        out.append(answer)
+    return out
 
 
 def _answer(loop: asyncio.AbstractEventLoop, batch: list[_Pending],
@@ -398,8 +411,9 @@ class PipeWriter(RunWriter):
     one. The batching, the bound on each request, the stall and the answers are
     RunWriter's; only where the commit runs differs.
 
-    The frame is written blocking: the recorder reads its stdin whenever no batch is out
-    (the only time one is sent), so the write waits only for the pipe to pass the bytes."""
+    Both pipes are non-blocking: a frame larger than the pipe holds is written as the
+    recorder reads it (`add_writer`), so a recorder that stops reading stalls its batch
+    (answered by the bound, /healthz failing), never the event loop."""
 
     def __init__(self, recorder: RecorderProcess,
                  rows: Callable[[list[SearchOutcome]], tuple[list[RunRow], datetime]],
@@ -416,6 +430,8 @@ class PipeWriter(RunWriter):
         self._buffer = bytearray()
         self._kicked = False
         self._idle = asyncio.Event()
+        self._out = memoryview(b"")  # what is left to write of the frame being sent
+        self._writing = False  # the loop waits for the pipe to take the rest
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -435,6 +451,7 @@ class PipeWriter(RunWriter):
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), 0.05)
+        self._unwrite()  # a frame the recorder does not take: it is closed next
         if not self._inflight:
             self._drop()  # a stalled batch's answer may still come (its requests wait)
         if self._watchdog is not None and not self._waiting:
@@ -481,6 +498,8 @@ class PipeWriter(RunWriter):
             assert proc.stdout is not None and self._loop is not None
             if self._proc is not None:
                 self._drop()
+            assert proc.stdin is not None
+            os.set_blocking(proc.stdin.fileno(), False)
             fd = proc.stdout.fileno()
             os.set_blocking(fd, False)
             self._proc, self._buffer = proc, bytearray()
@@ -490,18 +509,44 @@ class PipeWriter(RunWriter):
         return proc
 
     def _send(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdin is not None
         outcomes = [o for p in self._inflight for o in p.outcomes]
         rows, created = self._rows(outcomes)
         groups, i = [], 0
         for p in self._inflight:
             groups.append(rows[i:i + len(p.outcomes)])
             i += len(p.outcomes)
+        self._out = memoryview(frame(groups, created))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write what is left of the frame; the rest when the pipe takes it (a recorder
+        that does not read, stopped or frozen, leaves the loop free: its batch stalls and
+        is answered by the bound)."""
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return
+        fd = proc.stdin.fileno()
         try:
-            proc.stdin.write(frame(groups, created))
-            proc.stdin.flush()
-        except (OSError, ValueError) as exc:
+            while self._out:
+                self._out = self._out[os.write(fd, self._out):]
+        except BlockingIOError:
+            if not self._writing:
+                assert self._loop is not None
+                self._loop.add_writer(fd, self._flush)
+                self._writing = True
+            return
+        except OSError as exc:
             self._gone(f"{type(exc).__name__}: {exc}")
+            return
+        self._unwrite()
+
+    def _unwrite(self) -> None:
+        proc = self._proc
+        if self._writing and proc is not None and proc.stdin is not None and \
+                self._loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_writer(proc.stdin.fileno())
+        self._writing = False
 
     def _readable(self) -> None:
         proc = self._proc
@@ -539,7 +584,7 @@ class PipeWriter(RunWriter):
         """Answer the batch out, then send the next."""
         batch = self._inflight
         self._inflight, self._oldest = [], None
-        answers = lost_as_not_recorded(answers, batch)
+        answers = as_not_recorded(answers, batch)
         done = [o for p, a in zip(batch, answers, strict=True) if a is None
                 for o in p.outcomes]
         if done:
@@ -561,6 +606,8 @@ class PipeWriter(RunWriter):
                                        "is started for the next batch")] * len(self._inflight))
 
     def _drop(self) -> None:
+        self._unwrite()
+        self._out = memoryview(b"")
         proc, self._proc = self._proc, None
         if proc is not None and proc.stdout is not None and self._loop is not None:
             with contextlib.suppress(ValueError, OSError):

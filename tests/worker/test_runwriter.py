@@ -244,7 +244,10 @@ async def test_an_unavailable_store_fails_the_batch_once_not_once_per_request() 
         held.release.set()
         await asyncio.wait_for(first, 5)
         results = await asyncio.wait_for(asyncio.gather(*batch, return_exceptions=True), 5)
-        assert all(isinstance(r, StoreUnavailable) for r in results)
+        # each answered run_not_recorded (retryable, its own runKeys), the store's reason
+        assert all(isinstance(r, RunNotRecorded) and r.context["reason"] ==
+                   "store_unavailable" and r.context["storeError"] == "StoreUnavailable"
+                   for r in results), results
         assert attempts == [["a"], [f"b{i}" for i in range(5)]]  # one attempt for the batch
     finally:
         await writer.stop()
