@@ -62,6 +62,7 @@ MAX_BATCH = 256
 LINGER_SECONDS = 0.002  # the most a request waits for others to share its commit
 COMMIT_TIMEOUT_SECONDS = 10.0  # the most a request waits for its commit
 RETRY_AFTER_SECONDS = 1
+RESTART_BACKOFF, RESTART_BACKOFF_MAX = 1.0, 30.0  # between starts of a failing recorder
 
 
 @dataclass(eq=False, slots=True)
@@ -432,6 +433,12 @@ class PipeWriter(RunWriter):
         self._idle = asyncio.Event()
         self._out = memoryview(b"")  # what is left to write of the frame being sent
         self._writing = False  # the loop waits for the pipe to take the rest
+        # a recorder that could not be started (or ended before it was ready): why, how
+        # many times in a row, and when the next attempt is due (monotonic)
+        self._start_error: str | None = None
+        self._start_failures = 0
+        self._next_start = 0.0
+        self._retry: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -451,6 +458,9 @@ class PipeWriter(RunWriter):
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), 0.05)
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         self._unwrite()  # a frame the recorder does not take: it is closed next
         if not self._inflight:
             self._drop()  # a stalled batch's answer may still come (its requests wait)
@@ -483,13 +493,48 @@ class PipeWriter(RunWriter):
             self._idle.set()
             return
         self._inflight, self._oldest = batch, batch[0].queued_at
+        wait = self._next_start - time.monotonic()
+        if self._proc is None and self._start_error is not None and wait > 0:
+            self._settle([RecorderLost(  # no attempt per request: one after the backoff
+                f"the run recorder process cannot be started ({self._start_error}); next "
+                f"attempt in {wait:.1f} s")] * len(batch))
+            return
         try:
             proc = self._reader()
         except RecorderLost as exc:  # none can be started: this batch fails, retryable
+            self._start_failed(str(exc))
             self._settle([exc] * len(batch))
             return
         if self._ready:
             self._send(proc)
+
+    def _start_failed(self, why: str) -> None:
+        """A recorder could not be started, or ended before it was ready: /healthz says so
+        (problem), and a new one is tried after a backoff (1, 2, 4 … 30 s), requests or
+        not, until one is ready."""
+        self._start_error, self._start_failures = why, self._start_failures + 1
+        backoff = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (self._start_failures - 1))
+        self._next_start = time.monotonic() + backoff
+        if self._retry is None and self._loop is not None and self._accepting:
+            self._retry = self._loop.call_later(backoff, self._try_start)
+
+    def _try_start(self) -> None:
+        self._retry = None
+        if self._proc is not None or not self._accepting:
+            return
+        try:
+            self._reader()
+        except RecorderLost as exc:
+            self._start_failed(str(exc))
+
+    def problem(self, now: float | None = None) -> WriterProblem | None:
+        found = super().problem(now)
+        if found is None and self._start_error is not None:
+            return WriterProblem(
+                "run_recorder_unavailable", f"the run recorder process cannot be started "
+                f"({self._start_error}); requests are answered 503 run_not_recorded until "
+                "one starts", {"error": self._start_error, "attempts": self._start_failures})
+        return found
 
     def _reader(self) -> subprocess.Popen[bytes]:
         """The recorder, read by the event loop (started again when it ended)."""
@@ -570,6 +615,7 @@ class PipeWriter(RunWriter):
         for reply in frames:
             if not self._ready:
                 self._ready = True
+                self._start_error, self._start_failures = None, 0
                 if self._inflight:
                     self._send(proc)
                 continue
@@ -597,10 +643,12 @@ class PipeWriter(RunWriter):
 
     def _gone(self, why: str) -> None:
         """The recorder ended (or its pipe broke): the batch out is answered as lost."""
-        proc = self._proc
+        proc, starting = self._proc, not self._ready
         self._drop()
         if proc is not None:
             self._recorder.lost(proc)
+            if starting:
+                self._start_failed(f"it ended before it was ready: {why}")
         if self._inflight:
             self._settle([RecorderLost(f"the run recorder process ended ({why}); a new one "
                                        "is started for the next batch")] * len(self._inflight))

@@ -157,12 +157,17 @@ def test_a_recorder_that_cannot_be_started_again_answers_503_run_not_recorded(
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (opened + 2, limit[1]))
         try:
             status, body = _call(worker.url, "POST", "/v1/search", _query(world, "held"))
+            # /healthz says why (the liveness probe restarts a worker that stays so)
+            health, why = _call(worker.url, "GET", "/healthz")
         finally:
             resource.prlimit(pid, resource.RLIMIT_NOFILE, limit)
         assert status == 503, body
         assert body["code"] == "run_not_recorded", body
         assert body["context"]["retryable"] is True and len(body["context"]["runKeys"]) == 1
-        # and once the recorder can start again, requests are recorded
+        assert (health, why.get("code")) == (503, "run_recorder_unavailable"), why
+        # a new start is tried after a backoff, requests or not: healthy again, recorded
+        _wait(lambda: _call(worker.url, "GET", "/healthz")[0] == 200, 30,
+              "a recorder started again after the backoff")
         assert _call(worker.url, "POST", "/v1/search", _query(world, "after"))[0] == 200
     finally:
         worker.stop()
