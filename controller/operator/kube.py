@@ -176,6 +176,9 @@ class Peering:
 
     def __init__(self, custom: Any, core: Any, name: str, namespaces: tuple[str, ...]) -> None:
         self.custom, self.core, self.name, self.namespaces = custom, core, name, namespaces
+        # each peering object's resourceVersion at the last read (`statuses`): this
+        # replica's own record is written only onto the object as it was read
+        self._read: dict[str | None, str] = {}
 
     def statuses(self) -> list[tuple[str | None, dict[str, Any]]]:
         """(namespace or None, the peer records) of each peering object that exists."""
@@ -192,19 +195,36 @@ class Peering:
                 if exc.status == 404:
                     continue
                 raise
+            version = (obj.get("metadata") or {}).get("resourceVersion")
+            if version:
+                self._read[ns] = str(version)
             out.append((ns, dict(obj.get("status") or {})))
         return out
 
     def remove(self, namespace: str | None, identities: list[str]) -> None:
         self._patch(namespace, dict.fromkeys(identities))
 
-    def touch(self, namespace: str | None, identity: str, record: Mapping[str, Any]) -> None:
+    def touch(self, namespace: str | None, identity: str, record: Mapping[str, Any]) -> bool:
         """Write this replica's own record (kopf's keep-alive, more often: the heartbeat
-        that tells standbys it runs)."""
-        self._patch(namespace, {identity: dict(record)})
+        that tells standbys it runs), only onto the peering object as `statuses` read it:
+        if it changed since (kopf removed this record at shutdown, a peer wrote), the API
+        server refuses the write (409) and nothing is written: the next check reads
+        again. False: refused so."""
+        from kubernetes.client.exceptions import ApiException
 
-    def _patch(self, namespace: str | None, records: Mapping[str, Any]) -> None:
-        patch = {"status": dict(records)}
+        try:
+            self._patch(namespace, {identity: dict(record)}, self._read.get(namespace))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return False
+        return True
+
+    def _patch(self, namespace: str | None, records: Mapping[str, Any],
+               version: str | None = None) -> None:
+        patch: dict[str, Any] = {"status": dict(records)}
+        if version is not None:  # a merge patch with it is refused once the object moved
+            patch["metadata"] = {"resourceVersion": version}
         if namespace is None:
             self.custom.patch_cluster_custom_object(
                 "kopf.dev", "v1", "clusterkopfpeerings", self.name, patch,

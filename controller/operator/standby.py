@@ -62,8 +62,11 @@ class PeeringWatch:
                 if here and isinstance(mine, dict):
                     # peers remove only records not refreshed lately: say this one runs
                     # (alone too: a replacement pod may arrive while this Pod is gone)
-                    self.peering.touch(namespace, self.identity,
-                                       {**mine, "lastseen": now.isoformat()})
+                    if not self.peering.touch(namespace, self.identity,
+                                              {**mine, "lastseen": now.isoformat()}):
+                        # the object moved since the read (kopf removed this record at
+                        # shutdown, a peer wrote): never put a removed record back
+                        logger.debug("peering changed since it was read: heartbeat skipped")
                     heartbeat = True
         except Exception:  # any client error: not operating until the next answer
             logger.warning("peering not readable; periodic work held back", exc_info=True)

@@ -204,3 +204,41 @@ def test_a_live_active_replica_whose_pod_object_was_deleted_keeps_its_record(
         assert "Resuming operations" not in log  # the standby never operated beside it
         took = _handles_a_change(cp, ns, "while the active replica's pod is gone", timeout=30)
         print(f"\nthe live active replica still reconciles: {took:.1f} s")
+
+
+def test_the_heartbeat_never_puts_back_a_record_removed_after_its_read(
+        control_plane: ControlPlane, operator_kubeconfig: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operating replica's heartbeat reads the peering object, then writes its own
+    record. kopf removes that record when the replica shuts down; a removal between the
+    read and the write was put back by the write (a merge patch), and the standby then
+    waited for a dead replica's record to go stale. The write now carries the
+    resourceVersion it read: the API server refuses it (409) and nothing is written. Run
+    as the operator's own account (its RBAC), against the real API server."""
+    from datetime import UTC, datetime
+
+    from controller.operator import kube
+
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    me = f"pod/{NS}/heartbeat-test/uid-1"
+    record = {"priority": 5, "lastseen": datetime.now(UTC).isoformat(), "lifetime": 60}
+    control_plane.kubectl("patch", "clusterkopfpeering", "cadml", "--type", "merge", "-p",
+                          json.dumps({"status": {me: record}}))
+    peering = kube.kubernetes_peering("cadml", ())
+    try:
+        (_, read), = peering.statuses()  # the heartbeat's read
+        assert me in read
+        # kopf's shutdown removes the record between the read and the heartbeat's write
+        control_plane.kubectl("patch", "clusterkopfpeering", "cadml", "--type", "merge",
+                              "-p", json.dumps({"status": {me: None}}))
+        assert peering.touch(None, me, {**read[me], "lastseen": "later"}) is False
+        assert me not in _peer_records(control_plane)  # not put back
+        # read again (the record gone: no heartbeat); a write onto what was read applies
+        control_plane.kubectl("patch", "clusterkopfpeering", "cadml", "--type", "merge",
+                              "-p", json.dumps({"status": {me: record}}))
+        peering.statuses()
+        assert peering.touch(None, me, {**record, "lastseen": "now"}) is True
+        assert _peer_records(control_plane)[me]["lastseen"] == "now"
+    finally:
+        control_plane.kubectl("patch", "clusterkopfpeering", "cadml", "--type", "merge",
+                              "-p", json.dumps({"status": {me: None}}))

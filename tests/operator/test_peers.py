@@ -115,8 +115,9 @@ class _Peering:
     def remove(self, namespace: str | None, identities: list[str]) -> None:
         self.removed.append((namespace, identities))
 
-    def touch(self, namespace: str | None, identity: str, record: dict[str, object]) -> None:
+    def touch(self, namespace: str | None, identity: str, record: dict[str, object]) -> bool:
         self.touched.append((namespace, identity, record))
+        return True
 
     def pod_uid(self, namespace: str, name: str) -> str | None:
         return GONE if name == "gone" else f"uid-{name}"
