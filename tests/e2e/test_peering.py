@@ -207,8 +207,7 @@ def test_a_live_active_replica_whose_pod_object_was_deleted_keeps_its_record(
 
 
 def test_the_heartbeat_never_puts_back_a_record_removed_after_its_read(
-        control_plane: ControlPlane, operator_kubeconfig: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        control_plane: ControlPlane, operator_kubeconfig: Path) -> None:
     """The operating replica's heartbeat reads the peering object, then writes its own
     record. kopf removes that record when the replica shuts down; a removal between the
     read and the write was put back by the write (a merge patch), and the standby then
@@ -217,14 +216,18 @@ def test_the_heartbeat_never_puts_back_a_record_removed_after_its_read(
     as the operator's own account (its RBAC), against the real API server."""
     from datetime import UTC, datetime
 
+    from kubernetes import client, config
+
     from controller.operator import kube
 
-    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    # its own client from the operator's kubeconfig (kubernetes reads $KUBECONFIG once,
+    # when first imported: no process-wide configuration is touched)
+    api = config.new_client_from_config(config_file=str(operator_kubeconfig))
     me = f"pod/{NS}/heartbeat-test/uid-1"
     record = {"priority": 5, "lastseen": datetime.now(UTC).isoformat(), "lifetime": 60}
     control_plane.kubectl("patch", "clusterkopfpeering", "cadml", "--type", "merge", "-p",
                           json.dumps({"status": {me: record}}))
-    peering = kube.kubernetes_peering("cadml", ())
+    peering = kube.Peering(client.CustomObjectsApi(api), client.CoreV1Api(api), "cadml", ())
     try:
         (_, read), = peering.statuses()  # the heartbeat's read
         assert me in read
