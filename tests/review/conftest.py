@@ -1,3 +1,3 @@
-"""The corpus index fixtures of the worker tests, shared here."""
+"""The corpus index and world fixtures of the worker tests, shared here."""
 
-from tests.worker.conftest import corpus_hnsw, corpus_index  # noqa: F401
+from tests.worker.conftest import corpus_hnsw, corpus_index, world  # noqa: F401

@@ -16,31 +16,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from controller.search.build import BuildResult
-from controller.store.engine import make_engine
-from controller.store.migrate import upgrade
-from controller.store.repository import RunFilter, Store
+from controller.store.repository import RunFilter
 from tests.conftest import ROOT
-from tests.worker.conftest import MODEL, TENANT, World, build_world
+from tests.worker.conftest import MODEL, TENANT, World
 from tests.worker.process import free_port
 from tests.worker.test_recorder_process import _ended, _recorders, _wait
-
-
-@pytest.fixture
-def world(tmp_path: Path, corpus_index: BuildResult, corpus_hnsw: BuildResult
-          ) -> Iterator[World]:
-    """tests/worker's world: a SQLite store with a STABLE and a CANARY version."""
-    store = Store(make_engine(f"sqlite:///{tmp_path / 'w.db'}"))
-    upgrade(store.engine)
-    yield build_world(store, tmp_path, corpus_index, corpus_hnsw)
-    store.dispose()
 
 
 def _query(world: World, job: str) -> dict[str, Any]:

@@ -13,29 +13,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller.search.build import BuildResult
-from controller.store.engine import make_engine
-from controller.store.migrate import upgrade
-from controller.store.repository import Store
 from tests.review.test_session7_findings import _call, _query, _stored, _Worker
-from tests.worker.conftest import World, build_world
+from tests.worker.conftest import World
 from tests.worker.test_recorder_process import _recorders
-
-
-@pytest.fixture
-def world(tmp_path: Path, corpus_index: BuildResult, corpus_hnsw: BuildResult
-          ) -> Iterator[World]:
-    """tests/worker's world: a SQLite store with a STABLE and a CANARY version."""
-    store = Store(make_engine(f"sqlite:///{tmp_path / 'w.db'}"))
-    upgrade(store.engine)
-    yield build_world(store, tmp_path, corpus_index, corpus_hnsw)
-    store.dispose()
 
 
 def _in_thread(answer: dict[str, Any], url: str, path: str, body: dict[str, Any],
